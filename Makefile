@@ -1,0 +1,41 @@
+# `make` builds the eBPF objects and the TypeScript. `make demo` and
+# `make test` first install what a fresh Debian machine lacks.
+BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
+BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
+BPF_HDRS := $(wildcard bpf/lib/*.h)
+
+.PHONY: all build bpf ts deps demo test test-unit test-netns bench clean
+
+all: build
+build: bpf ts
+
+bpf: $(BPF_OBJS)
+build/bpf/%.o: bpf/%.c $(BPF_HDRS)
+	@mkdir -p build/bpf
+	clang $(BPF_CFLAGS) -c $< -o $@
+
+ts: node_modules
+	npx tsc -p tsconfig.json
+
+node_modules: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch node_modules
+
+deps:
+	bash scripts/install-deps.sh
+
+demo: deps
+	$(MAKE) build
+	node dist/src/cli/main.js demo
+
+test: deps
+	$(MAKE) build
+	node --test dist/test/unit/
+	node --test --test-concurrency=1 dist/test/netns/
+
+bench: deps
+	$(MAKE) build
+	node dist/bench/steering.js
+
+clean:
+	rm -rf build dist

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Outbound capture, attached with bpf_links to the cgroup that holds the
+ * node's pods:
+ *   connect4      an enrolled pod's TCP connect() goes to its own tunnel
+ *                 listener 127.0.0.1:15001; the original destination is
+ *                 kept by socket cookie;
+ *   sockops       once the connection is established the client's local
+ *                 address is known: republish the destination under the
+ *                 key the tunnel computes from the socket it accepted;
+ *   getpeername4  the app keeps seeing the address it dialed. */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include "lib/net.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "lib/maps.h"
+
+#define LOOPBACK_NET 0x7f000000
+#define LOOPBACK_ADDR 0x7f000001
+
+/* A process sits in its container's cgroup, which is a descendant of the
+ * enrolled pod cgroup: look at the process's own cgroup, then at each
+ * ancestor. Levels past the process's depth yield 0 and miss. */
+static __always_inline struct pod_entry *enrolled_pod(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	struct pod_entry *pod = bpf_map_lookup_elem(&enrolled_cgroups, &id);
+
+	if (pod)
+		return pod;
+#pragma unroll
+	for (int level = 1; level <= AMBIT_MAX_CGROUP_DEPTH; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			break;
+		pod = bpf_map_lookup_elem(&enrolled_cgroups, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
+SEC("cgroup/connect4")
+int ambit_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP) {
+		count(REASON_CONNECT_SKIP_NOT_TCP);
+		return 1;
+	}
+	__u32 dst = ctx->user_ip4;
+	if ((bpf_ntohl(dst) & 0xff000000) == LOOPBACK_NET) {
+		count(REASON_CONNECT_SKIP_LOOPBACK);
+		return 1;
+	}
+	struct pod_entry *pod = enrolled_pod();
+	if (!pod) {
+		count(REASON_CONNECT_SKIP_NOT_ENROLLED);
+		return 1;
+	}
+
+	struct orig_dst orig = {
+		.ip4 = dst,
+		.port = (__u16)ctx->user_port,
+		.pod_id = pod->pod_id,
+	};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &orig, BPF_ANY)) {
+		/* Without a record the tunnel could not route it: refuse the
+		 * connect rather than let it bypass the mesh. */
+		count(REASON_CONNECT_ERR_MAP_FULL);
+		return 0;
+	}
+
+	ctx->user_ip4 = bpf_htonl(LOOPBACK_ADDR);
+	/* clang may merge the two adjacent context stores into one 8-byte
+	 * store, which the verifier rejects for bpf_sock_addr. */
+	asm volatile("" ::: "memory");
+	ctx->user_port = bpf_htons(AMBIT_PORT_OUTBOUND);
+	count(REASON_CONNECT_REDIRECTED);
+	return 1;
+}
+
+SEC("sockops")
+int ambit_sockops(struct bpf_sock_ops *ops)
+{
+	__u64 cookie;
+	struct orig_dst *orig;
+
+	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		if (ops->family != AF_INET)
+			return 1;
+		cookie = bpf_get_socket_cookie(ops);
+		orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
+		if (!orig)
+			return 1;
+		struct flow_key key = {
+			.pod_id = orig->pod_id,
+			.src_ip4 = ops->local_ip4,
+			.src_port = (__u16)ops->local_port,
+		};
+		if (bpf_map_update_elem(&orig_by_flow, &key, orig, BPF_ANY)) {
+			count(REASON_SOCKOPS_ERR_MAP_FULL);
+			return 1;
+		}
+		count(REASON_SOCKOPS_PUBLISHED);
+		/* Ask for the close callback, to drop the cookie record. */
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	}
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == BPF_TCP_CLOSE) {
+			cookie = bpf_get_socket_cookie(ops);
+			bpf_map_delete_elem(&orig_by_cookie, &cookie);
+		}
+		return 1;
+	}
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int ambit_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct orig_dst *orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
+
+	if (!orig)
+		return 1;
+	ctx->user_ip4 = orig->ip4;
+	asm volatile("" ::: "memory");
+	ctx->user_port = orig->port;
+	count(REASON_GETPEERNAME_RESTORED);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

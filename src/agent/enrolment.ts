@@ -1,0 +1,132 @@
+// Enrol and unenrol pods. Capture is switched on last and off first, so a
+// pod is never steered to a socket that does not listen yet:
+//   enrol:   listeners in the pod netns → sockmap slots → sk_lookup link
+//            → pod address (inbound on) → cgroup (outbound on)
+//   unenrol: the same steps in reverse.
+// The pod id (the kernel's name for a pod) is kept in the pinned
+// enrolled_cgroups map, so a restarted agent gives a pod the same id.
+import fs from 'node:fs';
+import type net from 'node:net';
+import { AmbitError } from '../errors';
+import type { Datapath } from '../datapath/loader';
+import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from '../datapath/maps';
+import type { Workload } from '../state/types';
+import { listenInNetns, serverFromFd } from './netns';
+
+export const PORT_OUTBOUND = 15001;
+export const PORT_INBOUND_PLAIN = 15006;
+export const PORT_INBOUND_HBONE = 15008;
+
+export interface EnrolledPod {
+  readonly workload: Workload;
+  readonly podId: number;
+  readonly cgroupId: bigint;
+  readonly netns: string;
+  /** 127.0.0.1:15001 in the pod: captured outbound connections. */
+  readonly outbound: net.Server;
+  /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
+  readonly inboundPlain: net.Server;
+  /** :15008 in the pod: inbound HBONE. */
+  readonly inboundHbone: net.Server;
+}
+
+export class Enrolment {
+  private readonly pods = new Map<string, EnrolledPod>();
+  /** Pod ids found in the pinned map at start: cgroup id → pod id. */
+  private readonly inherited: Map<bigint, number>;
+
+  constructor(private readonly dp: Datapath) {
+    this.inherited = dp.maps.enrolledCgroups();
+  }
+
+  get(uid: string): EnrolledPod | undefined { return this.pods.get(uid); }
+  list(): EnrolledPod[] { return [...this.pods.values()]; }
+
+  enrol(w: Workload): EnrolledPod {
+    const existing = this.pods.get(w.uid);
+    if (existing) return existing;
+    if (!w.netns || !w.cgroup) throw new AmbitError('AMBIT_E_ENROL', `workload ${w.uid} has no ${w.netns ? 'cgroup' : 'netns'} path`, 'the hosting node needs both netns and cgroup for each workload');
+    let cgroupId: bigint;
+    try {
+      cgroupId = fs.statSync(w.cgroup, { bigint: true }).ino;
+    } catch {
+      throw new AmbitError('AMBIT_E_ENROL', `cgroup ${w.cgroup} of workload ${w.uid} does not exist`, 'the path must be the pod\'s cgroup v2 directory');
+    }
+    const podId = this.inherited.get(cgroupId) ?? this.allocateId();
+    const key = podKey(w);
+
+    const [outFd, plainFd, hboneFd] = listenInNetns(w.netns, [
+      { ip: '127.0.0.1', port: PORT_OUTBOUND },
+      { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
+      { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
+    ]);
+    const pod: EnrolledPod = {
+      workload: w, podId, cgroupId, netns: w.netns,
+      outbound: serverFromFd(outFd),
+      inboundPlain: serverFromFd(plainFd),
+      inboundHbone: serverFromFd(hboneFd),
+    };
+    try {
+      this.dp.maps.setListener(podId, ROLE_PLAIN, plainFd);
+      this.dp.maps.setListener(podId, ROLE_HBONE, hboneFd);
+      this.dp.attachNetns(key, w.netns);
+      for (const ip of w.addresses) this.dp.maps.setPodAddr(ip, podId);
+      this.dp.maps.setEnrolledCgroup(cgroupId, podId);
+    } catch (err) {
+      this.release(pod);
+      throw err;
+    }
+    this.pods.set(w.uid, pod);
+    this.inherited.delete(cgroupId);
+    return pod;
+  }
+
+  /** Capture off, then the listeners close; connections already accepted carry on. */
+  unenrol(uid: string): void {
+    const pod = this.pods.get(uid);
+    if (!pod) return;
+    this.pods.delete(uid);
+    this.release(pod);
+  }
+
+  /**
+   * After a restart has re-enrolled the pods it still hosts, removes what an
+   * earlier agent left for pods that are gone: their cgroup and address
+   * entries and their sk_lookup links. Until then those pods stayed
+   * captured and failed closed.
+   */
+  removeStale(): string[] {
+    const removed: string[] = [];
+    const liveIds = new Set(this.list().map((p) => p.podId));
+    for (const [cgroupId, podId] of this.dp.maps.enrolledCgroups()) {
+      if (!liveIds.has(podId)) { this.dp.maps.deleteEnrolledCgroup(cgroupId); removed.push(`cgroup ${cgroupId}`); }
+    }
+    for (const [ip, podId] of this.dp.maps.podAddrs()) {
+      if (!liveIds.has(podId)) { this.dp.maps.deletePodAddr(ip); removed.push(`address ${ip}`); }
+    }
+    const liveKeys = new Set(this.list().map((p) => podKey(p.workload)));
+    for (const key of this.dp.netnsLinks()) {
+      if (!liveKeys.has(key)) { this.dp.detachNetns(key); removed.push(`netns link ${key}`); }
+    }
+    this.inherited.clear();
+    return removed;
+  }
+
+  private release(pod: EnrolledPod): void {
+    this.dp.maps.deleteEnrolledCgroup(pod.cgroupId);
+    for (const ip of pod.workload.addresses) this.dp.maps.deletePodAddr(ip);
+    this.dp.detachNetns(podKey(pod.workload));
+    this.dp.maps.deleteListener(pod.podId, ROLE_PLAIN);
+    this.dp.maps.deleteListener(pod.podId, ROLE_HBONE);
+    for (const s of [pod.outbound, pod.inboundPlain, pod.inboundHbone]) if (s.listening) s.close();
+  }
+
+  private allocateId(): number {
+    const used = new Set([...this.inherited.values(), ...this.list().map((p) => p.podId)]);
+    for (let id = 0; id < MAX_PODS; id++) if (!used.has(id)) return id;
+    throw new AmbitError('AMBIT_E_ENROL', `more than ${MAX_PODS} pods on this node`, 'raise AMBIT_MAX_PODS in bpf/lib/types.h and src/datapath/maps.ts');
+  }
+}
+
+/** Name of the pod's pinned sk_lookup link; stable across restarts. */
+export const podKey = (w: Workload): string => w.uid.replace(/[^A-Za-z0-9_.-]/g, '_');

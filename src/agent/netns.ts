@@ -1,0 +1,95 @@
+// Sockets that live in a pod's network namespace but belong to this
+// process: setns into the pod, create the socket, setns back — all
+// synchronously on the main thread, because setns changes only the calling
+// thread and libuv's threads must never see a foreign namespace.
+import net from 'node:net';
+import { AmbitError } from '../errors';
+import {
+  AF_INET, CLONE_NEWNET, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
+  SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
+} from '../datapath/ffi';
+import { ip4Bytes } from '../datapath/maps';
+
+/** Runs fn with the calling thread inside the network namespace at nsPath. */
+export function inNetns<T>(nsPath: string, fn: () => T): T {
+  const home = libcFns.open('/proc/thread-self/ns/net', O_RDONLY | O_CLOEXEC);
+  if (home < 0) throw new AmbitError('AMBIT_E_NETNS', `cannot open own netns: ${errnoName(errno())}`, 'is /proc mounted?');
+  const target = libcFns.open(nsPath, O_RDONLY | O_CLOEXEC);
+  if (target < 0) {
+    const code = errnoName(errno());
+    libcFns.close(home);
+    throw new AmbitError('AMBIT_E_NETNS', `cannot open netns ${nsPath}: ${code}`, 'give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net');
+  }
+  try {
+    if (libcFns.setns(target, CLONE_NEWNET) < 0) {
+      throw new AmbitError('AMBIT_E_NETNS', `setns into ${nsPath} failed: ${errnoName(errno())}`, 'needs CAP_SYS_ADMIN');
+    }
+    try {
+      return fn();
+    } finally {
+      if (libcFns.setns(home, CLONE_NEWNET) < 0) {
+        // Every later socket would be created in the pod: nothing is safe now.
+        process.stderr.write(`fatal: cannot return from netns ${nsPath}: ${errnoName(errno())}\n`);
+        process.abort();
+      }
+    }
+  } finally {
+    libcFns.close(target);
+    libcFns.close(home);
+  }
+}
+
+function sockaddrIn(ip: string, port: number): Buffer {
+  const sa = Buffer.alloc(16);
+  sa.writeUInt16LE(AF_INET, 0);
+  sa.writeUInt16BE(port, 2);
+  ip4Bytes(ip).copy(sa, 4);
+  return sa;
+}
+
+/** A non-blocking TCP socket, optionally bound, in the current netns. */
+function tcpSocket(): number {
+  const fd = libcFns.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) throw new AmbitError('AMBIT_E_NETNS', `socket() failed: ${errnoName(errno())}`);
+  return fd;
+}
+
+export interface ListenSpec { ip: string; port: number }
+
+/** Creates listening sockets inside nsPath; returns their fds in order. */
+export function listenInNetns(nsPath: string, specs: ListenSpec[], backlog = 4096): number[] {
+  return inNetns(nsPath, () => {
+    const fds: number[] = [];
+    try {
+      for (const { ip, port } of specs) {
+        const fd = tcpSocket();
+        fds.push(fd);
+        const one = Buffer.alloc(4); one.writeInt32LE(1);
+        libcFns.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4);
+        if (libcFns.bind(fd, sockaddrIn(ip, port), 16) < 0) {
+          const code = errnoName(errno());
+          throw new AmbitError('AMBIT_E_NETNS', `bind ${ip}:${port} in ${nsPath} failed: ${code}`, code === 'EADDRINUSE' ? `something in the pod already listens on ${port}, a tunnel port; is another agent enrolled it?` : undefined);
+        }
+        if (libcFns.listen(fd, backlog) < 0) throw new AmbitError('AMBIT_E_NETNS', `listen on ${ip}:${port} in ${nsPath} failed: ${errnoName(errno())}`);
+      }
+      return fds;
+    } catch (err) {
+      for (const fd of fds) libcFns.close(fd);
+      throw err;
+    }
+  });
+}
+
+/** Connects to ip:port from inside nsPath (used to deliver to the app from within the pod). */
+export function connectFromNetns(nsPath: string, ip: string, port: number): net.Socket {
+  const fd = inNetns(nsPath, tcpSocket);
+  const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+  return sock.connect({ host: ip, port });
+}
+
+/** Wraps a listening fd as a Node server (Node owns and closes the fd from then on). */
+export function serverFromFd(fd: number): net.Server {
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true });
+  server.listen({ fd });
+  return server;
+}

@@ -1,0 +1,22 @@
+// Errors that leave the process carry a stable code (grep-able in logs and
+// docs) and a hint that names the likely fix. Expected per-connection
+// outcomes (no original destination, refused upstream) are values, not
+// exceptions: see src/tunnel.
+export type ErrorCode =
+  | 'AMBIT_E_KERNEL'        // kernel lacks a feature
+  | 'AMBIT_E_PRIVILEGE'     // missing capability
+  | 'AMBIT_E_MOUNT'         // bpffs or cgroup2 not mounted
+  | 'AMBIT_E_BPF_LOAD'      // object open/load/verifier
+  | 'AMBIT_E_BPF_ATTACH'    // link create/pin/update
+  | 'AMBIT_E_BPF_MAP'       // map update/lookup
+  | 'AMBIT_E_PIN_INCOMPATIBLE'
+  | 'AMBIT_E_NETNS'         // setns/socket inside a pod netns
+  | 'AMBIT_E_ENROL'         // pod facts invalid or conflicting
+  | 'AMBIT_E_CONFIG';       // configuration file invalid
+
+export class AmbitError extends Error {
+  constructor(readonly code: ErrorCode, message: string, readonly hint?: string) {
+    super(hint ? `${message} (hint: ${hint})` : message);
+    this.name = 'AmbitError';
+  }
+}

@@ -1,0 +1,59 @@
+// Shared set-up for root tests: refuses loudly (never skips) when not root,
+// and gives each test file a topology plus per-node datapaths with unique
+// pins, all removed in teardown.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { Datapath } from '../../src/datapath/loader';
+import { cleanupDatapath } from '../../src/datapath/status';
+import { collect } from './proc';
+import { Topology, type TestNode, type TestPod } from './topology';
+
+export const PODAPP = path.resolve(__dirname, 'podapp.js');
+export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+
+export function requireRoot(): void {
+  if (process.getuid?.() !== 0) {
+    throw new Error('root tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run `sudo make test`; they never skip');
+  }
+}
+
+export const pinDirFor = (topo: Topology, node: TestNode): string => `/sys/fs/bpf/${topo.prefix}-${node.name}`;
+
+export function openDatapath(topo: Topology, node: TestNode): Datapath {
+  return Datapath.open({ pinDir: pinDirFor(topo, node), cgroupPath: node.podsCgroup });
+}
+
+export function cleanupPins(topo: Topology): void {
+  for (const n of topo.nodes) cleanupDatapath(pinDirFor(topo, n));
+}
+
+export interface DialSummary { ok: number; failed: number; errors: Record<string, number>; peers: Record<string, number>; firstLines: Record<string, number> }
+
+/** Runs `podapp dial` in a pod and returns its summary. */
+export async function dialFrom(topo: Topology, pod: TestPod, ip: string, port: number, n = 1, concurrency = 1, timeoutMs = 5000): Promise<DialSummary> {
+  const r = await collect(topo.spawnInPod(pod, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(concurrency), String(timeoutMs)]));
+  assert.equal(r.code, 0, `podapp dial failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as DialSummary;
+}
+
+export function workloadOf(pod: TestPod): import('../../src/state/types').Workload {
+  return {
+    uid: pod.uid, name: `${pod.node.name}-${pod.name}`, namespace: 'default', serviceAccount: 'default', node: pod.node.name,
+    addresses: [pod.ip], protocol: 'HBONE', netns: pod.netnsPath, cgroup: pod.cgroup, labels: {},
+  };
+}
+
+/** Asserts that nothing of the topology remains: namespaces, cgroups, pins. */
+export function assertNothingLeft(topo: Topology): void {
+  const netns = fs.existsSync('/var/run/netns') ? fs.readdirSync('/var/run/netns').filter((n) => n.startsWith(topo.prefix)) : [];
+  assert.deepEqual(netns, [], 'network namespaces left behind');
+  assert.equal(fs.existsSync(topo.cgroupRoot), false, `cgroup ${topo.cgroupRoot} left behind`);
+  const pins = fs.readdirSync('/sys/fs/bpf').filter((n) => n.startsWith(topo.prefix));
+  assert.deepEqual(pins, [], 'bpffs pins left behind');
+}
+
+export function waitExit(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+}

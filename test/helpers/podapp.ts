@@ -1,0 +1,74 @@
+// A tiny app run inside test pods (node dist/test/helpers/podapp.js …).
+//   whoami PORT        listen on 0.0.0.0:PORT; on each connection send one
+//                      JSON line {local, remote} and then echo what arrives
+//   dial IP PORT N C   open N connections, C at a time; each reads the first
+//                      line and records what getpeername() said; prints one
+//                      JSON summary line
+import net from 'node:net';
+
+interface DialResult { ok: number; failed: number; errors: Record<string, number>; peers: Record<string, number>; firstLines: Record<string, number> }
+
+function whoami(port: number): void {
+  const server = net.createServer((s) => {
+    s.write(`${JSON.stringify({ local: `${s.localAddress}:${s.localPort}`, remote: `${s.remoteAddress}:${s.remotePort}` })}\n`);
+    s.pipe(s);
+    s.on('error', () => undefined);
+  });
+  server.listen(port, '0.0.0.0', () => console.log(JSON.stringify({ listening: port })));
+}
+
+function dialOne(ip: string, port: number, timeoutMs: number): Promise<{ peer: string; line: string }> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: ip, port });
+    let buf = '';
+    let peer = '';
+    s.setTimeout(timeoutMs, () => s.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    s.on('connect', () => { peer = `${s.remoteAddress}:${s.remotePort}`; });
+    s.on('data', (d) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) { s.end(); resolve({ peer, line: buf.slice(0, nl) }); }
+    });
+    s.on('error', reject);
+    s.on('close', () => reject(Object.assign(new Error('closed before a line'), { code: 'ECLOSED' })));
+  });
+}
+
+/** Drops the remote port from a whoami line: per-connection noise in a summary. */
+function normalise(line: string): string {
+  try {
+    const o = JSON.parse(line) as { remote?: string };
+    if (o.remote) o.remote = o.remote.replace(/:\d+$/, '');
+    return JSON.stringify(o);
+  } catch {
+    return line;
+  }
+}
+
+async function dial(ip: string, port: number, n: number, concurrency: number, timeoutMs: number): Promise<void> {
+  const r: DialResult = { ok: 0, failed: 0, errors: {}, peers: {}, firstLines: {} };
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      next++;
+      try {
+        const { peer, line } = await dialOne(ip, port, timeoutMs);
+        r.ok++;
+        r.peers[peer] = (r.peers[peer] ?? 0) + 1;
+        const key = normalise(line);
+        r.firstLines[key] = (r.firstLines[key] ?? 0) + 1;
+      } catch (err) {
+        r.failed++;
+        const code = (err as NodeJS.ErrnoException).code ?? 'unknown';
+        r.errors[code] = (r.errors[code] ?? 0) + 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
+  console.log(JSON.stringify(r));
+}
+
+const [mode, ...args] = process.argv.slice(2);
+if (mode === 'whoami') whoami(Number(args[0]));
+else if (mode === 'dial') void dial(args[0], Number(args[1]), Number(args[2] ?? 1), Number(args[3] ?? 1), Number(args[4] ?? 5000));
+else { console.error('usage: podapp whoami PORT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS]'); process.exit(2); }

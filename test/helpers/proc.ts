@@ -1,0 +1,54 @@
+// Process and waiting helpers: run a command, wait for a condition (never a
+// fixed sleep), wait for a line from a child process.
+import { execFile, type ChildProcess } from 'node:child_process';
+import readline from 'node:readline';
+
+export function sh(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${cmd} ${args.join(' ')} failed: ${stderr || err.message}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Polls until cond() is truthy; fails with `what` after timeoutMs. */
+export async function waitFor<T>(what: string, cond: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 20): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Resolves with the first stdout line matching; rejects if the child exits first. */
+export function waitForLine(child: ChildProcess, match: (line: string) => boolean, what: string, timeoutMs = 15_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let stderr = '';
+    child.stderr?.on('data', (d) => { stderr += d; });
+    const rl = readline.createInterface({ input: child.stdout! });
+    const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${stderr}`)), timeoutMs);
+    const onExit = (code: number | null): void => finish(new Error(`process exited (${code}) before ${what}; stderr: ${stderr}`));
+    const finish = (err: Error | null, line?: string): void => {
+      clearTimeout(timer);
+      rl.removeAllListeners('line');
+      child.off('exit', onExit);
+      if (err) reject(err); else resolve(line!);
+    };
+    rl.on('line', (line) => { if (match(line)) finish(null, line); });
+    child.once('exit', onExit);
+  });
+}
+
+/** Collects a child's whole stdout and exit code. */
+export function collect(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d) => { stdout += d; });
+    child.stderr?.on('data', (d) => { stderr += d; });
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}

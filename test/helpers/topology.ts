@@ -1,0 +1,187 @@
+// The test bed: N "nodes" × M "pods" on one machine, from real kernel
+// objects. A node is a network namespace; nodes are joined through a
+// bridge in a "switch" namespace (the wire). A pod is a network namespace
+// with a veth to its node plus its own cgroup v2 directory under the node's
+// pods cgroup. Every name carries a unique prefix so concurrent runs never
+// collide, and destroy() removes processes, cgroups and namespaces even
+// after a failure part-way through create().
+//
+// Addressing: node i has 10.201.0.i on the wire and routes 10.200.k.0/24
+// to node k; pod j of node i is 10.200.i.(10+j)/32 behind a veth whose node
+// end holds the gateway address 169.254.1.1 (every pod has the same
+// gateway, as in Calico).
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { cgroup2Root } from '../../src/datapath/probe';
+import { sh } from './proc';
+
+export interface TestPod {
+  name: string;        // p1, p2, … (unique within its node)
+  uid: string;         // <prefix>/<node>-<pod>: unique across runs
+  node: TestNode;
+  netns: string;       // netns name
+  netnsPath: string;   // /var/run/netns/<name>
+  ip: string;
+  cgroup: string;      // absolute cgroup v2 directory
+}
+
+export interface TestNode {
+  name: string;        // n1, n2, …
+  index: number;
+  netns: string;
+  netnsPath: string;
+  wireIp: string;
+  podsCgroup: string;
+  pods: TestPod[];
+}
+
+export interface TopologyOptions { nodes: number; podsPerNode: number; prefix?: string }
+
+const NETNS_DIR = '/var/run/netns';
+
+export class Topology {
+  readonly nodes: TestNode[] = [];
+  readonly cgroupRoot: string;
+  private readonly switchNs: string;
+  private readonly children = new Set<ChildProcess>();
+
+  private constructor(readonly prefix: string) {
+    const root = cgroup2Root();
+    if (!root) throw new Error('no cgroup v2 mount: mount -t cgroup2 none /sys/fs/cgroup/unified');
+    this.cgroupRoot = path.join(root, prefix);
+    this.switchNs = `${prefix}-sw`;
+  }
+
+  static async create(opts: TopologyOptions): Promise<Topology> {
+    const t = new Topology(opts.prefix ?? uniquePrefix());
+    try {
+      await t.build(opts);
+      return t;
+    } catch (err) {
+      await t.destroy();
+      throw err;
+    }
+  }
+
+  get pods(): TestPod[] { return this.nodes.flatMap((n) => n.pods); }
+
+  pod(node: number, pod: number): TestPod { return this.nodes[node - 1].pods[pod - 1]; }
+
+  private async build({ nodes, podsPerNode }: TopologyOptions): Promise<void> {
+    fs.mkdirSync(this.cgroupRoot);
+    await sh('ip', ['netns', 'add', this.switchNs]);
+    const ipSw = ['-n', this.switchNs];
+    await sh('ip', [...ipSw, 'link', 'add', 'br0', 'type', 'bridge']);
+    await sh('ip', [...ipSw, 'link', 'set', 'br0', 'up']);
+
+    for (let i = 1; i <= nodes; i++) {
+      const node: TestNode = {
+        name: `n${i}`, index: i, netns: `${this.prefix}-n${i}`, netnsPath: '', wireIp: `10.201.0.${i}`,
+        podsCgroup: path.join(this.cgroupRoot, `n${i}`), pods: [],
+      };
+      node.netnsPath = path.join(NETNS_DIR, node.netns);
+      this.nodes.push(node);
+      fs.mkdirSync(node.podsCgroup);
+      await sh('ip', ['netns', 'add', node.netns]);
+      const ipN = ['-n', node.netns];
+      await sh('ip', [...ipN, 'link', 'set', 'lo', 'up']);
+      await sh('ip', [...ipN, 'link', 'add', 'wire0', 'type', 'veth', 'peer', 'name', `w${i}`, 'netns', this.switchNs]);
+      await sh('ip', [...ipSw, 'link', 'set', `w${i}`, 'master', 'br0', 'up']);
+      await sh('ip', [...ipN, 'addr', 'add', `${node.wireIp}/24`, 'dev', 'wire0']);
+      await sh('ip', [...ipN, 'link', 'set', 'wire0', 'up']);
+      await this.sysctl(node.netnsPath, 'net.ipv4.ip_forward', '1');
+
+      for (let j = 1; j <= podsPerNode; j++) {
+        const pod: TestPod = {
+          name: `p${j}`, uid: `${this.prefix}/n${i}-p${j}`, node, netns: `${this.prefix}-n${i}p${j}`, netnsPath: '',
+          ip: `10.200.${i}.${10 + j}`, cgroup: path.join(node.podsCgroup, `p${j}`),
+        };
+        pod.netnsPath = path.join(NETNS_DIR, pod.netns);
+        node.pods.push(pod);
+        fs.mkdirSync(pod.cgroup);
+        await sh('ip', ['netns', 'add', pod.netns]);
+        const ipP = ['-n', pod.netns];
+        await sh('ip', [...ipN, 'link', 'add', `p${j}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.netns]);
+        // Every pod-facing veth carries the gateway address: the node answers ARP for it.
+        await sh('ip', [...ipN, 'addr', 'add', '169.254.1.1/32', 'dev', `p${j}`]);
+        await sh('ip', [...ipN, 'link', 'set', `p${j}`, 'up']);
+        await sh('ip', [...ipN, 'route', 'add', `${pod.ip}/32`, 'dev', `p${j}`]);
+        await sh('ip', [...ipP, 'link', 'set', 'lo', 'up']);
+        await sh('ip', [...ipP, 'addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
+        await sh('ip', [...ipP, 'link', 'set', 'eth0', 'up']);
+        await sh('ip', [...ipP, 'route', 'add', '169.254.1.1', 'dev', 'eth0']);
+        await sh('ip', [...ipP, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0', 'onlink']);
+      }
+    }
+    for (const a of this.nodes) {
+      for (const b of this.nodes) {
+        if (a !== b) await sh('ip', ['-n', a.netns, 'route', 'add', `10.200.${b.index}.0/24`, 'via', b.wireIp]);
+      }
+    }
+  }
+
+  private sysctl(nsPath: string, key: string, value: string): Promise<string> {
+    return sh('nsenter', [`--net=${nsPath}`, '--', 'sysctl', '-qw', `${key}=${value}`]);
+  }
+
+  /** Starts a process inside a pod: in its cgroup (before exec) and its netns. */
+  spawnInPod(pod: TestPod, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    return this.track(spawn('bash', ['-c', `echo $$ > ${pod.cgroup}/cgroup.procs && exec nsenter --net=${pod.netnsPath} -- "$@"`, 'bash', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+  }
+
+  /** Starts a process in a node's netns (outside every pod cgroup, as the agent runs). */
+  spawnInNode(node: TestNode, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    return this.track(spawn('nsenter', [`--net=${node.netnsPath}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+  }
+
+  /** The wire between nodes (bridge in the switch netns), for captures. */
+  get wire(): { netnsPath: string; device: string } {
+    return { netnsPath: path.join(NETNS_DIR, this.switchNs), device: 'br0' };
+  }
+
+  private track(child: ChildProcess): ChildProcess {
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  /** Removes everything; safe to call twice and after a partial create(). */
+  async destroy(): Promise<void> {
+    for (const c of this.children) c.kill('SIGKILL');
+    killCgroupTree(this.cgroupRoot);
+    const names = [...this.nodes.flatMap((n) => [...n.pods.map((p) => p.netns), n.netns]), this.switchNs];
+    for (const ns of names) {
+      if (fs.existsSync(path.join(NETNS_DIR, ns))) await sh('ip', ['netns', 'del', ns]).catch(() => undefined);
+    }
+    await removeCgroupTree(this.cgroupRoot);
+  }
+}
+
+export function uniquePrefix(): string {
+  return `at${randomBytes(3).toString('hex')}`;
+}
+
+function killCgroupTree(dir: string): void {
+  if (!fs.existsSync(dir)) return;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) killCgroupTree(path.join(dir, e.name));
+  for (const pid of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+  }
+}
+
+/** rmdir children first; a cgroup is removable once its killed processes are reaped. */
+async function removeCgroupTree(dir: string): Promise<void> {
+  if (!fs.existsSync(dir)) return;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) await removeCgroupTree(path.join(dir, e.name));
+  for (let i = 0; ; i++) {
+    try {
+      fs.rmdirSync(dir);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 20)); // processes still exiting
+    }
+  }
+}

@@ -1,0 +1,140 @@
+// Root: the capture itself, with this test process standing in for the
+// tunnel (it owns the datapath and the enrolled pods' listeners and answers
+// on them), so every assertion sees exactly what the kernel delivered.
+// Topology: 2 nodes × 3 pods; p1 and p2 of each node enrolled, p3 not.
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { Enrolment, type EnrolledPod } from '../../src/agent/enrolment';
+import type { Datapath } from '../../src/datapath/loader';
+import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
+import { waitForLine } from '../helpers/proc';
+import { Topology, type TestPod } from '../helpers/topology';
+
+describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
+  let topo: Topology;
+  const datapaths: Datapath[] = [];
+  const enrolments: Enrolment[] = [];
+  const enrolled = new Map<string, EnrolledPod>();
+
+  /** Every connection accepted on a pod's tunnel sockets answers with what the tunnel learned. */
+  function answer(pod: EnrolledPod, dp: Datapath): void {
+    pod.outbound.on('connection', (s: net.Socket) => {
+      const orig = dp.maps.takeOrigDst(pod.podId, s.remoteAddress!, s.remotePort!);
+      s.end(`${JSON.stringify({ at: 'outbound', pod: pod.workload.uid, orig: orig ? `${orig.ip}:${orig.port}` : null })}\n`);
+    });
+    pod.inboundPlain.on('connection', (s: net.Socket) => {
+      s.end(`${JSON.stringify({ at: 'plain', pod: pod.workload.uid, local: `${s.localAddress}:${s.localPort}` })}\n`);
+    });
+    pod.inboundHbone.on('connection', (s: net.Socket) => {
+      s.end(`${JSON.stringify({ at: 'hbone', pod: pod.workload.uid, local: `${s.localAddress}:${s.localPort}` })}\n`);
+    });
+  }
+
+  function enrol(pod: TestPod): EnrolledPod {
+    const i = pod.node.index - 1;
+    const e = enrolments[i].enrol(workloadOf(pod));
+    answer(e, datapaths[i]);
+    enrolled.set(pod.uid, e);
+    return e;
+  }
+
+  before(async () => {
+    requireRoot();
+    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
+    for (const node of topo.nodes) {
+      const dp = openDatapath(topo, node);
+      datapaths.push(dp);
+      enrolments.push(new Enrolment(dp));
+    }
+    for (const node of topo.nodes) for (const pod of node.pods.slice(0, 2)) enrol(pod);
+  });
+
+  after(async () => {
+    for (const e of enrolments) for (const p of e.list()) e.unenrol(p.workload.uid);
+    for (const dp of datapaths) dp.close();
+    if (topo) {
+      await topo.destroy();
+      cleanupPins(topo);
+    }
+  });
+
+  test('outbound: 1,000 concurrent connects land at the source pod\'s tunnel with the right original destination', async () => {
+    const src = topo.pod(1, 1);
+    const cross = topo.pod(2, 1);
+    const same = topo.pod(1, 2);
+    const [a, b] = await Promise.all([
+      dialFrom(topo, src, cross.ip, 8080, 500, 250),
+      dialFrom(topo, src, same.ip, 9090, 500, 250),
+    ]);
+    for (const [r, dst] of [[a, `${cross.ip}:8080`], [b, `${same.ip}:9090`]] as const) {
+      assert.equal(r.failed, 0, `failures: ${JSON.stringify(r.errors)}`);
+      assert.deepEqual(r.firstLines, { [JSON.stringify({ at: 'outbound', pod: src.uid, orig: dst })]: 500 }, 'every connection: source pod from the listener, original destination from the map');
+      assert.deepEqual(r.peers, { [dst]: 500 }, 'getpeername() shows what the app dialed');
+    }
+  });
+
+  test('inbound: any port of an enrolled pod lands at :15006 with the original destination; :15008 at the HBONE listener', async () => {
+    const client = topo.pod(1, 3); // not enrolled: its connects go out untouched
+    const dst = topo.pod(2, 2);
+    const plain = await dialFrom(topo, client, dst.ip, 7777);
+    assert.deepEqual(plain.firstLines, { [JSON.stringify({ at: 'plain', pod: dst.uid, local: `${dst.ip}:7777` })]: 1 });
+    const hbone = await dialFrom(topo, client, dst.ip, 15008);
+    assert.deepEqual(hbone.firstLines, { [JSON.stringify({ at: 'hbone', pod: dst.uid, local: `${dst.ip}:15008` })]: 1 });
+  });
+
+  test('a non-enrolled pod is untouched both ways', async () => {
+    const server = topo.pod(2, 3);
+    const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
+    const r = await dialFrom(topo, topo.pod(1, 3), server.ip, 8080);
+    assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 }, 'the app itself answered, seeing the client pod\'s address');
+    app.kill();
+  });
+
+  test('with the tunnel\'s sockets closed, outbound is refused and inbound is dropped (never delivered around the tunnel)', async () => {
+    const pod = topo.pod(2, 2);
+    const e = enrolled.get(pod.uid)!;
+    // The real app listens on the pod's 8080: a fail-open datapath would reach it.
+    const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
+    await Promise.all([e.outbound, e.inboundPlain, e.inboundHbone].map((s) => new Promise((r) => s.close(r))));
+    const dp = datapaths[1];
+    const dropsBefore = dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET;
+
+    const out = await dialFrom(topo, pod, topo.pod(1, 3).ip, 8080);
+    assert.deepEqual(out.errors, { ECONNREFUSED: 1 }, 'outbound from a pod whose tunnel is down is refused');
+    const inbound = await dialFrom(topo, topo.pod(1, 3), pod.ip, 8080, 1, 1, 1500);
+    assert.equal(inbound.ok, 0, `inbound reached something: ${JSON.stringify(inbound.firstLines)}`);
+    assert.ok(dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET > dropsBefore, 'sk_lookup dropped it');
+    app.kill();
+
+    // Re-enrol so later tests see a working pod again.
+    enrolments[1].unenrol(pod.uid);
+    enrol(pod);
+  });
+
+  test('unenrol restores direct traffic', async () => {
+    const pod = topo.pod(1, 2);
+    const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
+    enrolments[0].unenrol(pod.uid);
+    const inbound = await dialFrom(topo, topo.pod(1, 3), pod.ip, 8080);
+    assert.deepEqual(inbound.firstLines, { [JSON.stringify({ local: `${pod.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 }, 'inbound reaches the app directly');
+    const target = topo.pod(2, 3);
+    const server = topo.spawnInPod(target, process.execPath, [PODAPP, 'whoami', '8081']);
+    await waitForLine(server, (l) => l.includes('listening'), 'whoami listening');
+    const out = await dialFrom(topo, pod, target.ip, 8081);
+    assert.deepEqual(out.firstLines, { [JSON.stringify({ local: `${target.ip}:8081`, remote: pod.ip })]: 1 }, 'outbound goes straight to the destination');
+    app.kill();
+    server.kill();
+  });
+
+  test('after teardown no namespace, cgroup or pin remains', async () => {
+    for (const e of enrolments) for (const p of e.list()) e.unenrol(p.workload.uid);
+    for (const dp of datapaths.splice(0)) dp.close();
+    await topo.destroy();
+    cleanupPins(topo);
+    assertNothingLeft(topo);
+  });
+});
