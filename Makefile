@@ -26,7 +26,7 @@ deps:
 
 demo: deps
 	$(MAKE) build
-	node dist/src/cli/main.js demo
+	node dist/demo/demo.js
 
 test: deps
 	$(MAKE) build

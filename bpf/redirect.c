@@ -119,7 +119,7 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 }
 
 SEC("cgroup/getpeername4")
-int ambit_getpeername4(struct bpf_sock_addr *ctx)
+int ambit_peername4(struct bpf_sock_addr *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct orig_dst *orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);

@@ -20,7 +20,7 @@ export const DEFAULT_OBJ_DIR = path.resolve(__dirname, '../../../build/bpf');
 const CGROUP_PROGRAMS = [
   { prog: 'ambit_connect4', link: 'connect4' },
   { prog: 'ambit_sockops', link: 'sockops' },
-  { prog: 'ambit_getpeername4', link: 'getpeername4' },
+  { prog: 'ambit_peername4', link: 'getpeername4' },
 ] as const;
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
 

@@ -57,5 +57,5 @@ async function relay(log: Logger, direction: string, client: net.Socket, upstrea
   const started = process.hrtime.bigint();
   const src = `${client.remoteAddress}:${client.remotePort}`;
   const r = await copyBidirectional(client, upstream);
-  log.info({ direction, src, dst, bytes_sent: r.sent, bytes_recv: r.received, duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message }, 'connection complete');
+  log.debug({ direction, src, dst, bytes_sent: r.sent, bytes_recv: r.received, duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message }, 'connection complete');
 }
