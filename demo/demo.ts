@@ -27,6 +27,7 @@ async function main(): Promise<void> {
     const config = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(config, YAML.stringify({
       trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
       workloads: topo.pods.map(workloadOf),
     }));

@@ -1,13 +1,25 @@
 // The composition root of `ambit node`: builds the components in the order
-// a connection meets them — datapath, enrolment (listeners), tunnel — and
-// owns start and stop. Everything else receives what it needs as arguments.
+// a connection meets them — state, identity, datapath, enrolment
+// (listeners), outbound → pool → inbound — and owns start, reload and stop.
+// Everything else receives what it needs as arguments.
+import net from 'node:net';
 import { Enrolment, type EnrolledPod } from './agent/enrolment';
+import { connectFromNetns } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
 import { AmbitError } from './errors';
+import { BuiltinCa } from './identity/builtin-ca';
+import type { CertificateAuthority } from './identity/ca';
+import { CertificateManager } from './identity/cert-manager';
 import type { Logger } from './observability/log';
-import type { MeshConfig } from './state/types';
-import { attachRelay } from './tunnel/relay';
+import { allowAll, type Authorizer } from './policy/authorize';
+import { MeshStore } from './state/store';
+import type { MeshConfig, Workload } from './state/types';
+import { Inbound } from './tunnel/inbound';
+import { attachOutbound } from './tunnel/outbound';
+import { HbonePool, type PoolOptions } from './tunnel/pool';
+
+export type TunnelMode = 'hbone' | 'plain';
 
 export interface NodeOptions {
   config: MeshConfig;
@@ -15,44 +27,76 @@ export interface NodeOptions {
   /** cgroup v2 directory holding this node's pods; the cgroup2 root by default. */
   podsCgroup?: string;
   pinDir?: string;
+  /** hbone (default) or plain: a TCP relay without encryption, to measure the datapath alone. */
+  mode?: TunnelMode;
+  /** Create the node's outgoing sockets in this netns (tests running the node in-process). */
+  nodeNetns?: string;
+  /** The CA; the built-in one in config.ca.dir by default. */
+  ca?: CertificateAuthority;
+  certTtlSeconds?: number;
+  pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
   log: Logger;
 }
 
+interface PodRuntime { pod: EnrolledPod; inbound: Inbound; fingerprint: string }
+
 export class NodeApp {
+  private readonly pods = new Map<string, PodRuntime>();
+  private authorizer: Authorizer = allowAll;
+  private reconciling: Promise<void> = Promise.resolve();
+
   private constructor(
+    private readonly opts: NodeOptions,
+    readonly store: MeshStore,
+    readonly certs: CertificateManager,
     private readonly datapath: Datapath,
     readonly enrolment: Enrolment,
+    readonly pool: HbonePool,
+    private readonly dial: (ip: string, port: number) => net.Socket,
     private readonly log: Logger,
   ) {}
 
-  static start(opts: NodeOptions): NodeApp {
+  static async start(opts: NodeOptions): Promise<NodeApp> {
     const { config, nodeName, log } = opts;
     const pinDir = opts.pinDir ?? DEFAULT_PIN_DIR;
-    if (!config.nodes.some((n) => n.name === nodeName)) {
-      throw new AmbitError('AMBIT_E_CONFIG', `node ${JSON.stringify(nodeName)} is not in the configuration's nodes`, `use one of: ${config.nodes.map((n) => n.name).join(', ')}`);
-    }
+    checkNode(config, nodeName);
     const findings = probe(pinDir);
     if (findings.some((f) => !f.ok)) {
       throw new AmbitError('AMBIT_E_KERNEL', `this host cannot run the datapath:\n${formatFindings(findings.filter((f) => !f.ok))}`, 'fix the lines marked FAIL; `ambit datapath probe` shows them all');
     }
+    const store = new MeshStore(config);
+    const ca = opts.ca ?? await BuiltinCa.open(config.ca.dir);
+    const certs = new CertificateManager(ca, { ttlSeconds: opts.certTtlSeconds, log });
+
     const podsCgroup = opts.podsCgroup ?? cgroup2Root()!;
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
-    const enrolment = new Enrolment(datapath);
-    const app = new NodeApp(datapath, enrolment, log);
-    for (const w of config.workloads) {
-      if (w.node !== nodeName || w.protocol !== 'HBONE') continue;
-      app.attachTunnel(enrolment.enrol(w));
-      log.info({ pod: w.uid, addresses: w.addresses }, 'pod enrolled');
-    }
-    const stale = enrolment.removeStale();
+    const dial = opts.nodeNetns
+      ? (ip: string, port: number) => connectFromNetns(opts.nodeNetns!, ip, port)
+      : (ip: string, port: number) => net.connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
+    const pool = new HbonePool({ certs, dial, log, ...opts.pool });
+    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, dial, log);
+    await app.reconcile();
+    const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
     return app;
   }
 
-  private attachTunnel(pod: EnrolledPod): void {
-    attachRelay(pod, { maps: this.datapath.maps, log: this.log });
+  /** Applies a new valid configuration: enrols, unenrols and re-enrols what changed. */
+  update(config: MeshConfig): Promise<void> {
+    checkNode(config, this.opts.nodeName);
+    this.store.replace(config);
+    return this.reconcile();
+  }
+
+  setAuthorizer(a: Authorizer): void { this.authorizer = a; }
+
+  /** TLS handshakes accepted by this node's pods (HBONE sessions opened towards them). */
+  inboundHandshakes(): number {
+    let n = 0;
+    for (const r of this.pods.values()) n += r.inbound.handshakes;
+    return n;
   }
 
   /**
@@ -61,11 +105,60 @@ export class NodeApp {
    * `ambit datapath cleanup` removes it.
    */
   stop(): void {
-    for (const pod of this.enrolment.list()) {
-      pod.outbound.close();
-      pod.inboundPlain.close();
-      pod.inboundHbone.close();
+    this.pool.close();
+    for (const r of this.pods.values()) {
+      r.inbound.close();
+      for (const s of [r.pod.outbound, r.pod.inboundPlain, r.pod.inboundHbone]) s.close();
     }
+    this.certs.close();
     this.datapath.close();
+  }
+
+  private reconcile(): Promise<void> {
+    // Serialised: a reload arriving mid-enrolment waits for it.
+    this.reconciling = this.reconciling.then(() => this.reconcileNow());
+    return this.reconciling;
+  }
+
+  private async reconcileNow(): Promise<void> {
+    const mode = this.opts.mode ?? 'hbone';
+    const wanted = new Map(this.store.workloadsOn(this.opts.nodeName).filter((w) => w.protocol === 'HBONE').map((w) => [w.uid, w]));
+    for (const [uid, r] of this.pods) {
+      const w = wanted.get(uid);
+      if (w && fingerprint(this.store, w) === r.fingerprint) continue;
+      r.inbound.close();
+      this.enrolment.unenrol(uid);
+      this.pods.delete(uid);
+      this.log.info({ pod: uid }, 'pod unenrolled');
+    }
+    this.certs.retain(new Set([...wanted.values()].map((w) => this.store.identityOf(w))));
+    for (const w of wanted.values()) {
+      if (this.pods.has(w.uid)) continue;
+      const identity = this.store.identityOf(w);
+      // The pod's certificate first: its :15008 must be able to answer once captured.
+      const cert = mode === 'hbone' ? await this.certs.fetch(identity) : undefined;
+      const pod = this.enrolment.enrol(w);
+      const inbound = new Inbound(pod, identity, cert, {
+        certs: this.certs,
+        trustDomain: () => this.store.trustDomain,
+        authorizer: () => this.authorizer,
+        dialInPod: (p, ip, port) => connectFromNetns(p.netns, ip, port),
+        log: this.log,
+      });
+      attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', log: this.log });
+      this.pods.set(w.uid, { pod, inbound, fingerprint: fingerprint(this.store, w) });
+      this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
+    }
+  }
+}
+
+/** What, when it changes, needs the pod re-enrolled (addresses, netns, cgroup, identity). */
+function fingerprint(store: MeshStore, w: Workload): string {
+  return JSON.stringify([w.addresses, w.netns, w.cgroup, store.identityOf(w)]);
+}
+
+function checkNode(config: MeshConfig, nodeName: string): void {
+  if (!config.nodes.some((n) => n.name === nodeName)) {
+    throw new AmbitError('AMBIT_E_CONFIG', `node ${JSON.stringify(nodeName)} is not in the configuration's nodes`, `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`);
   }
 }

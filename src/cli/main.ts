@@ -1,9 +1,16 @@
 #!/usr/bin/env node
 // `ambit` — one binary, subcommands:
-//   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR]
+//   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
 //   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
+//   ambit ca init|issue …
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { NodeApp } from '../app';
+import { NodeApp, type TunnelMode } from '../app';
+import { BuiltinCa } from '../identity/builtin-ca';
+import { requestCertificate } from '../identity/cert-manager';
+import { parseSpiffe } from '../identity/spiffe';
+import { watchConfigFile } from '../state/file-source';
 import { DEFAULT_PIN_DIR } from '../datapath/loader';
 import { formatFindings, probe } from '../datapath/probe';
 import { cleanupDatapath, datapathStatus } from '../datapath/status';
@@ -12,33 +19,70 @@ import { createLogger } from '../observability/log';
 import { loadConfigFile } from '../state/config';
 
 const USAGE = `usage:
-  ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR]
+  ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
+  ambit ca init  --dir DIR
+  ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
   ambit datapath probe   [--pin-dir DIR]
   ambit datapath status  [--pin-dir DIR] [--json]
   ambit datapath cleanup [--pin-dir DIR]`;
 
-function node(argv: string[]): void {
+async function node(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, node: { type: 'string' }, 'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' } },
+    options: { config: { type: 'string' }, node: { type: 'string' }, 'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' } },
   });
   if (!values.config || !values.node) throw new AmbitError('AMBIT_E_CONFIG', '--config and --node are required', USAGE);
+  const mode = (values.tunnel ?? 'hbone') as TunnelMode;
+  if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
   const log = createLogger();
-  const app = NodeApp.start({
-    config: loadConfigFile(values.config),
+  const configFile = values.config;
+  const app = await NodeApp.start({
+    config: loadConfigFile(configFile),
     nodeName: values.node,
     podsCgroup: values['pods-cgroup'],
     pinDir: values['pin-dir'],
+    mode,
     log,
   });
-  log.info({ node: values.node, pods: app.enrolment.list().length }, 'node ready');
+  const unwatch = watchConfigFile(
+    configFile,
+    (cfg) => app.update(cfg).then(
+      () => log.info({ file: configFile }, 'configuration applied'),
+      (err: Error) => log.error({ file: configFile, err: err.message }, 'configuration change could not be applied'),
+    ),
+    (err) => log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'),
+  );
+  log.info({ node: values.node, mode, pods: app.enrolment.list().length }, 'node ready');
   const stop = (signal: string): void => {
     log.info({ signal }, 'stopping');
+    unwatch();
     app.stop();
     process.exit(0);
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+}
+
+async function ca(argv: string[]): Promise<void> {
+  const [verb, ...rest] = argv;
+  const { values } = parseArgs({ args: rest, options: { dir: { type: 'string' }, identity: { type: 'string' }, out: { type: 'string' }, ttl: { type: 'string' } } });
+  if (!values.dir) throw new AmbitError('AMBIT_E_CONFIG', '--dir is required', USAGE);
+  const authority = await BuiltinCa.open(values.dir);
+  if (verb === 'init') {
+    console.log(`CA ready in ${values.dir} (root-cert.pem, root-key.pem; readable by root only)`);
+    return;
+  }
+  if (verb !== 'issue') throw new AmbitError('AMBIT_E_CONFIG', `unknown ca command ${JSON.stringify(verb ?? '')}`, USAGE);
+  if (!values.identity || !parseSpiffe(values.identity)) throw new AmbitError('AMBIT_E_CONFIG', `--identity ${JSON.stringify(values.identity ?? '')} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+  if (!values.out) throw new AmbitError('AMBIT_E_CONFIG', '--out is required', USAGE);
+  const ttl = Number(values.ttl ?? 86400);
+  if (!Number.isInteger(ttl) || ttl <= 0) throw new AmbitError('AMBIT_E_CONFIG', `--ttl ${JSON.stringify(values.ttl)} is not a positive number of seconds`);
+  const c = await requestCertificate(authority, values.identity, ttl);
+  fs.mkdirSync(values.out, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(path.join(values.out, 'cert.pem'), c.chainPem, { mode: 0o644 });
+  fs.writeFileSync(path.join(values.out, 'key.pem'), c.keyPem, { mode: 0o600 });
+  fs.writeFileSync(path.join(values.out, 'root.pem'), c.rootsPem, { mode: 0o644 });
+  console.log(`issued ${values.identity} until ${c.notAfter.toISOString()}: ${values.out}/{cert,key,root}.pem`);
 }
 
 function datapath(argv: string[]): void {
@@ -75,22 +119,22 @@ function datapath(argv: string[]): void {
   }
 }
 
-function main(argv: string[]): void {
+async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'node': return node(rest);
+    case 'ca': return ca(rest);
     case 'datapath': return datapath(rest);
     case undefined: case '-h': case '--help': console.log(USAGE); return;
     default: throw new AmbitError('AMBIT_E_CONFIG', `unknown command ${JSON.stringify(cmd)}`, USAGE);
   }
 }
 
-try {
-  main(process.argv.slice(2));
-} catch (err) {
+main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof AmbitError) {
     console.error(`ambit: ${err.code}: ${err.message}`);
     process.exit(2);
   }
-  throw err;
-}
+  console.error(err);
+  process.exit(1);
+});

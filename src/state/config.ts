@@ -81,7 +81,14 @@ function workload(p: Problems, v: unknown, at: string): Workload {
     netns: str(p, o, 'netns', at, { optional: true }) || undefined,
     cgroup: str(p, o, 'cgroup', at, { optional: true }) || undefined,
     labels: labels(p, o, 'labels', at),
+    capacity: capacity(p, o.capacity, `${at}.capacity`),
   };
+}
+
+function capacity(p: Problems, v: unknown, at: string): number {
+  if (v === undefined) return 1;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) { p.add(at, v, 'must be a whole number >= 0 (0 takes the endpoint out of rotation)'); return 1; }
+  return v;
 }
 
 function service(p: Problems, v: unknown, at: string): Service {

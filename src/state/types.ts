@@ -15,6 +15,8 @@ export interface Workload {
   /** cgroup v2 directory of the pod; only the hosting node uses it. */
   cgroup?: string;
   labels: Record<string, string>;
+  /** Relative weight when chosen as a service endpoint (default 1). */
+  capacity: number;
 }
 
 export interface ServicePort { port: number; targetPort: number }

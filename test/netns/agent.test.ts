@@ -43,6 +43,7 @@ describe('ambit node (agent process with the plain relay)', () => {
     configFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`)), 'mesh.yaml');
     fs.writeFileSync(configFile, YAML.stringify({
       trustDomain: 'cluster.local',
+      ca: { dir: path.join(path.dirname(configFile), 'ca') },
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
       workloads,
     }));

@@ -1,0 +1,133 @@
+// The built-in CA for standalone use: an ECDSA P-256 root kept in a state
+// directory (created on first use, readable by root only), issuing one
+// short-lived leaf per SPIFFE identity with a URI SAN only.
+import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
+import * as x509 from '@peculiar/x509';
+import { randomBytes, webcrypto } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { AmbitError } from '../errors';
+import type { CertificateAuthority } from './ca';
+import { parseSpiffe } from './spiffe';
+
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+
+export const EC_ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+const ROOT_CERT = 'root-cert.pem';
+const ROOT_KEY = 'root-key.pem';
+const ROOT_YEARS = 10;
+/** Issued leaves start this far in the past: tolerates clock skew between nodes. */
+const BACKDATE_MS = 5 * 60_000;
+
+export interface IssueOptions { notBefore?: Date; notAfter?: Date }
+
+export class BuiltinCa implements CertificateAuthority {
+  private constructor(private readonly root: x509.X509Certificate, private readonly rootKey: CryptoKey, readonly dir: string) {}
+
+  get rootPem(): string { return this.root.toString('pem'); }
+
+  /** Opens the CA in dir, creating the root on first use (safe against a concurrent creator). */
+  static async open(dir: string): Promise<BuiltinCa> {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const certFile = path.join(dir, ROOT_CERT);
+    if (!fs.existsSync(certFile)) await BuiltinCa.create(dir);
+    for (let i = 0; !fs.existsSync(certFile); i++) {
+      if (i > 250) throw new AmbitError('AMBIT_E_CONFIG', `CA directory ${dir} has ${ROOT_KEY} but no ${ROOT_CERT}`, `remove ${dir} to create a new root, or restore the file`);
+      await new Promise((r) => setTimeout(r, 20)); // another process is finishing the root
+    }
+    try {
+      const root = new x509.X509Certificate(fs.readFileSync(certFile, 'utf8'));
+      const keyDer = pemBody(fs.readFileSync(path.join(dir, ROOT_KEY), 'utf8'));
+      const key = await webcrypto.subtle.importKey('pkcs8', keyDer, EC_ALG, false, ['sign']);
+      return new BuiltinCa(root, key, dir);
+    } catch (err) {
+      throw new AmbitError('AMBIT_E_CONFIG', `cannot load the CA in ${dir}: ${(err as Error).message}`, 'the directory must hold the root-cert.pem and root-key.pem that `ambit ca init` wrote');
+    }
+  }
+
+  private static async create(dir: string): Promise<void> {
+    const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as CryptoKeyPair;
+    const now = Date.now();
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: serial(),
+      name: 'O=ambit, CN=ambit root CA',
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(now + ROOT_YEARS * 365 * 86400_000),
+      keys,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      ],
+    });
+    const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
+    const tag = randomBytes(4).toString('hex');
+    const tmpKey = path.join(dir, `.${ROOT_KEY}.${tag}`);
+    const tmpCert = path.join(dir, `.${ROOT_CERT}.${tag}`);
+    fs.writeFileSync(tmpKey, toPem(Buffer.from(pkcs8), 'PRIVATE KEY'), { mode: 0o600 });
+    fs.writeFileSync(tmpCert, cert.toString('pem'), { mode: 0o600 });
+    try {
+      // link() never replaces: the first creator wins, later ones use its root.
+      fs.linkSync(tmpKey, path.join(dir, ROOT_KEY));
+      fs.linkSync(tmpCert, path.join(dir, ROOT_CERT));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    } finally {
+      fs.rmSync(tmpKey, { force: true });
+      fs.rmSync(tmpCert, { force: true });
+    }
+  }
+
+  async sign(csrPem: string, identity: string, ttlSeconds: number): Promise<string[]> {
+    const csr = new x509.Pkcs10CertificateRequest(csrPem);
+    if (!(await csr.verify())) throw new AmbitError('AMBIT_E_CONFIG', `CSR for ${identity} has a bad signature`);
+    const now = Date.now();
+    const leaf = await this.issue(csr.publicKey, identity, { notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + ttlSeconds * 1000) });
+    return [leaf, this.rootPem];
+  }
+
+  /** Issues a leaf for identity; the validity window is open to tests (expired certificates). */
+  async issue(publicKey: x509.PublicKey | CryptoKey, identity: string, opts: IssueOptions = {}): Promise<string> {
+    if (!parseSpiffe(identity)) {
+      throw new AmbitError('AMBIT_E_CONFIG', `cannot issue for ${JSON.stringify(identity)}: not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+    }
+    const now = Date.now();
+    const key = publicKey instanceof x509.PublicKey ? await publicKey.export(EC_ALG, ['verify']) : publicKey;
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: serial(),
+      issuer: this.root.subject,
+      subject: '',
+      notBefore: opts.notBefore ?? new Date(now - BACKDATE_MS),
+      notAfter: opts.notAfter ?? new Date(now + 86400_000),
+      publicKey: key,
+      signingKey: this.rootKey,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+        // Critical: the subject is empty, the SAN is the whole identity.
+        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: identity }], true),
+        await x509.AuthorityKeyIdentifierExtension.create(this.root),
+      ],
+    });
+    return cert.toString('pem');
+  }
+}
+
+function serial(): string {
+  const b = randomBytes(16);
+  b[0] &= 0x7f; // positive
+  return b.toString('hex');
+}
+
+export function toPem(der: Buffer, label: string): string {
+  return `-----BEGIN ${label}-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END ${label}-----\n`;
+}
+
+function pemBody(pem: string): Buffer {
+  return Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+}

@@ -1,0 +1,181 @@
+// One certificate per workload identity, held in memory only. Fetched on
+// demand or prefetched at enrolment; one CA request in flight per identity;
+// refreshed at half-life; on failure retried with exponential backoff while
+// a still-valid certificate keeps serving; forgotten when the identity
+// leaves the node. Emits 'updated' (identity, cert) so TLS servers swap
+// their context without dropping connections.
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { EventEmitter } from 'node:events';
+import { createPrivateKey, X509Certificate, webcrypto } from 'node:crypto';
+import { AmbitError } from '../errors';
+import type { Logger } from '../observability/log';
+import { EC_ALG, toPem } from './builtin-ca';
+import type { CertificateAuthority } from './ca';
+import { spiffeIdsOf } from './spiffe';
+
+export interface WorkloadCert {
+  identity: string;
+  /** Leaf then intermediates (PEM), what a TLS peer is sent. */
+  chainPem: string;
+  keyPem: string;
+  /** Trust roots: the last element(s) of the CA's answer. */
+  rootsPem: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+export interface CertManagerOptions {
+  ttlSeconds?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  now?: () => number;
+  log: Logger;
+}
+
+interface Entry {
+  cert?: WorkloadCert;
+  inflight?: Promise<WorkloadCert>;
+  timer?: NodeJS.Timeout;
+  failures: number;
+}
+
+export class CertificateManager extends EventEmitter {
+  private readonly entries = new Map<string, Entry>();
+  private readonly ttl: number;
+  private readonly backoffInitial: number;
+  private readonly backoffMax: number;
+  private readonly now: () => number;
+  private readonly log: Logger;
+  /** CA calls made, for tests and metrics. */
+  requests = 0;
+
+  constructor(private readonly ca: CertificateAuthority, opts: CertManagerOptions) {
+    super();
+    this.ttl = opts.ttlSeconds ?? 86400;
+    this.backoffInitial = opts.backoffInitialMs ?? 1000;
+    this.backoffMax = opts.backoffMaxMs ?? 150_000;
+    this.now = opts.now ?? Date.now;
+    this.log = opts.log.child({ component: 'certs' });
+  }
+
+  /** A valid certificate for identity: the cached one, or one being fetched. */
+  fetch(identity: string): Promise<WorkloadCert> {
+    const e = this.entry(identity);
+    const c = e.cert;
+    if (c && this.valid(c)) return Promise.resolve(c);
+    return this.request(identity);
+  }
+
+  /** Starts fetching in the background (at enrolment). */
+  prefetch(identity: string): void {
+    this.fetch(identity).catch((err) => this.log.warn({ identity, err: (err as Error).message }, 'prefetch failed; will retry'));
+  }
+
+  current(identity: string): WorkloadCert | undefined {
+    const c = this.entries.get(identity)?.cert;
+    return c && this.valid(c) ? c : undefined;
+  }
+
+  identities(): string[] { return [...this.entries.keys()]; }
+
+  /** Forgets every identity not in keep (workloads that left the node). */
+  retain(keep: Set<string>): void {
+    for (const [id, e] of this.entries) {
+      if (keep.has(id)) continue;
+      clearTimeout(e.timer);
+      this.entries.delete(id);
+      this.log.info({ identity: id }, 'certificate forgotten');
+    }
+  }
+
+  close(): void {
+    for (const e of this.entries.values()) clearTimeout(e.timer);
+    this.entries.clear();
+  }
+
+  private entry(identity: string): Entry {
+    let e = this.entries.get(identity);
+    if (!e) this.entries.set(identity, (e = { failures: 0 }));
+    return e;
+  }
+
+  private valid(c: WorkloadCert): boolean {
+    const t = this.now();
+    return c.notBefore.getTime() <= t && t < c.notAfter.getTime();
+  }
+
+  private request(identity: string): Promise<WorkloadCert> {
+    const e = this.entry(identity);
+    if (e.inflight) return e.inflight;
+    clearTimeout(e.timer);
+    const p = this.issue(identity).then(
+      (cert) => {
+        if (this.entries.get(identity) !== e) return cert; // forgotten meanwhile
+        e.inflight = undefined;
+        e.cert = cert;
+        e.failures = 0;
+        const lifetime = cert.notAfter.getTime() - cert.notBefore.getTime();
+        this.schedule(identity, e, cert.notBefore.getTime() + lifetime / 2 - this.now());
+        this.log.info({ identity, notAfter: cert.notAfter.toISOString() }, 'certificate issued');
+        this.emit('updated', identity, cert);
+        return cert;
+      },
+      (err: Error) => {
+        e.inflight = undefined;
+        e.failures++;
+        const delay = Math.min(this.backoffMax, this.backoffInitial * 2 ** (e.failures - 1)) * (0.8 + 0.4 * Math.random());
+        if (this.entries.get(identity) === e) this.schedule(identity, e, delay);
+        this.log.warn({ identity, err: err.message, retryInMs: Math.round(delay), keeping: e.cert && this.valid(e.cert) ? e.cert.notAfter.toISOString() : null }, 'certificate request failed');
+        throw err;
+      },
+    );
+    e.inflight = p;
+    return p;
+  }
+
+  private schedule(identity: string, e: Entry, delayMs: number): void {
+    clearTimeout(e.timer);
+    e.timer = setTimeout(() => { this.request(identity).catch(() => undefined); }, Math.max(0, delayMs));
+    e.timer.unref();
+  }
+
+  private issue(identity: string): Promise<WorkloadCert> {
+    this.requests++;
+    return requestCertificate(this.ca, identity, this.ttl);
+  }
+}
+
+/** A fresh P-256 key and a CSR for identity, signed by ca, checked. The key never leaves memory. */
+export async function requestCertificate(ca: CertificateAuthority, identity: string, ttlSeconds: number): Promise<WorkloadCert> {
+  const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    keys,
+    signingAlgorithm: EC_ALG,
+    extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: identity }])],
+  });
+  const chain = await ca.sign(csr.toString('pem'), identity, ttlSeconds);
+  const keyPem = toPem(Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), 'PRIVATE KEY');
+  return checkChain(identity, chain, keyPem);
+}
+
+/** The CA's answer must be for exactly this identity and this key. */
+export function checkChain(identity: string, chain: string[], keyPem: string): WorkloadCert {
+  if (chain.length < 2) throw new AmbitError('AMBIT_E_CONFIG', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
+  const leaf = new X509Certificate(chain[0]);
+  const ids = spiffeIdsOf(leaf.subjectAltName);
+  if (ids.length !== 1 || ids[0] !== identity) {
+    throw new AmbitError('AMBIT_E_CONFIG', `CA issued a certificate for ${JSON.stringify(ids)} when ${identity} was asked`, 'the CA must honour the requested identity');
+  }
+  if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) throw new AmbitError('AMBIT_E_CONFIG', `CA returned a certificate for another key (${identity})`);
+  return {
+    identity,
+    chainPem: joinPem(chain.slice(0, -1)),
+    keyPem,
+    rootsPem: joinPem(chain.slice(-1)),
+    notBefore: new Date(leaf.validFrom),
+    notAfter: new Date(leaf.validTo),
+  };
+}
+
+const joinPem = (pems: string[]): string => pems.map((p) => (p.endsWith('\n') ? p : `${p}\n`)).join('');

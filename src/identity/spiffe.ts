@@ -1,0 +1,27 @@
+// SPIFFE identities as Istio uses them: spiffe://<trust domain>/ns/<ns>/sa/<sa>,
+// exactly these path segments; anything else is not an identity.
+export interface SpiffeId { trustDomain: string; namespace: string; serviceAccount: string }
+
+const SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+export function parseSpiffe(uri: string): SpiffeId | undefined {
+  if (!uri.startsWith('spiffe://')) return undefined;
+  const parts = uri.slice('spiffe://'.length).split('/');
+  if (parts.length !== 5 || parts[1] !== 'ns' || parts[3] !== 'sa') return undefined;
+  if (![parts[0], parts[2], parts[4]].every((p) => SEGMENT.test(p))) return undefined;
+  return { trustDomain: parts[0], namespace: parts[2], serviceAccount: parts[4] };
+}
+
+export const formatSpiffe = (id: SpiffeId): string => `spiffe://${id.trustDomain}/ns/${id.namespace}/sa/${id.serviceAccount}`;
+
+export const workloadIdentity = (trustDomain: string, w: { namespace: string; serviceAccount: string }): string =>
+  formatSpiffe({ trustDomain, namespace: w.namespace, serviceAccount: w.serviceAccount });
+
+/**
+ * The SPIFFE identities of a peer certificate, from Node's subjectAltName
+ * string ("URI:spiffe://…, DNS:…"). DNS names are ignored.
+ */
+export function spiffeIdsOf(subjectAltName: string | undefined): string[] {
+  if (!subjectAltName) return [];
+  return subjectAltName.split(/,\s*/).filter((s) => s.startsWith('URI:')).map((s) => s.slice(4)).filter((u) => parseSpiffe(u) !== undefined);
+}

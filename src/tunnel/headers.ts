@@ -1,0 +1,43 @@
+// The metadata HBONE carries on each CONNECT (PROTOCOL.md): a random W3C
+// traceparent per connection — its trace id is the connection id both nodes
+// log — the source workload as baggage, and the client address as forwarded.
+import { randomBytes } from 'node:crypto';
+import type { OutgoingHttpHeaders } from 'node:http2';
+import type { Service, Workload } from '../state/types';
+
+export function newTraceparent(): { traceparent: string; connId: string } {
+  const traceId = randomBytes(16).toString('hex');
+  return { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`, connId: traceId };
+}
+
+/** The trace id of a traceparent header, or undefined when it is malformed. */
+export function connIdOf(traceparent: unknown): string | undefined {
+  const m = typeof traceparent === 'string' ? /^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent) : null;
+  return m?.[1];
+}
+
+export function connectHeaders(opts: { authority: string; traceparent: string; src: Workload; clientAddr: string; service?: Service }): OutgoingHttpHeaders {
+  const { src } = opts;
+  const baggage = [
+    `k8s.namespace.name=${src.namespace}`,
+    `k8s.pod.name=${src.name}`,
+    `service.name=${src.labels.app ?? src.name}`,
+    `service.version=${src.labels.version ?? 'latest'}`,
+  ].join(',');
+  return {
+    ':authority': opts.authority,
+    baggage,
+    forwarded: `for="${opts.clientAddr}"${opts.service ? `;host=${opts.service.hostname}` : ''}`,
+    traceparent: opts.traceparent,
+  };
+}
+
+/** `ip:port` with a valid IPv4 address and port, or undefined. */
+export function parseAuthority(authority: unknown): { ip: string; port: number } | undefined {
+  if (typeof authority !== 'string') return undefined;
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(authority);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535 || m[1].split('.').some((o) => Number(o) > 255)) return undefined;
+  return { ip: m[1], port };
+}

@@ -1,0 +1,136 @@
+// The destination side, per enrolled pod: HBONE on the pod's :15008 (mutual
+// TLS with the pod's own certificate, then HTTP/2 CONNECT) and captured
+// plaintext on :15006. Both ask the authorizer, then dial the app from
+// inside the pod's netns; HBONE answers 200 only once that connect worked.
+import http2 from 'node:http2';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND, type EnrolledPod } from '../agent/enrolment';
+import type { CertificateManager, WorkloadCert } from '../identity/cert-manager';
+import { peerIdentity, serverTlsOptions } from '../identity/tls';
+import type { Logger } from '../observability/log';
+import type { Authorizer } from '../policy/authorize';
+import { copyBidirectional } from './copy';
+import { connIdOf, parseAuthority } from './headers';
+import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
+
+const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
+
+export interface InboundDeps {
+  certs: CertificateManager;
+  trustDomain: () => string;
+  authorizer: () => Authorizer;
+  /** Dials the app from inside the pod. */
+  dialInPod: (pod: EnrolledPod, ip: string, port: number) => net.Socket;
+  log: Logger;
+}
+
+export class Inbound {
+  private readonly server?: http2.Http2SecureServer;
+  private readonly log: Logger;
+  private readonly onCert: (id: string, c: WorkloadCert) => void;
+  /** TLS handshakes completed on :15008 (tests count pooled-session reuse with it). */
+  handshakes = 0;
+
+  /** cert undefined: plain mode, HBONE connections are refused. */
+  constructor(private readonly pod: EnrolledPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
+    this.log = deps.log.child({ pod: pod.workload.uid });
+    this.onCert = (id, c) => { if (id === identity) this.server?.setSecureContext(serverTlsOptions(c)); };
+    pod.inboundPlain.on('connection', (s: net.Socket) => this.onPlain(s));
+    if (!cert) {
+      pod.inboundHbone.on('connection', (s: net.Socket) => s.destroy());
+      return;
+    }
+    const server = http2.createSecureServer({
+      ...serverTlsOptions(cert),
+      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, maxConcurrentStreams: 200 },
+    });
+    this.server = server;
+    server.on('secureConnection', (s: tls.TLSSocket) => this.checkPeer(s));
+    server.on('session', (session) => session.once('connect', () => session.setLocalWindowSize(CONNECTION_WINDOW)));
+    server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    server.on('tlsClientError', (err, s) => this.log.warn({ peer: s.remoteAddress, err: err.message, reason: 'tls_handshake' }, 'HBONE connection refused'));
+    // Certificate rotation: new handshakes use the new certificate, open sessions carry on.
+    deps.certs.on('updated', this.onCert);
+    pod.inboundHbone.on('connection', (s: net.Socket) => {
+      s.setNoDelay(true);
+      s.setKeepAlive(true, 30_000);
+      server.emit('connection', s);
+    });
+  }
+
+  close(): void {
+    this.deps.certs.off('updated', this.onCert);
+    this.server?.close();
+  }
+
+  private checkPeer(s: tls.TLSSocket): void {
+    const peer = peerIdentity(s, this.deps.trustDomain());
+    if ('error' in peer) {
+      this.log.warn({ peer: s.remoteAddress, reason: 'peer_identity', err: peer.error }, 'HBONE connection refused');
+      s.destroy();
+      return;
+    }
+    this.handshakes++;
+  }
+
+  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const session = stream.session;
+    const tlsSocket = session?.socket as tls.TLSSocket | undefined;
+    const srcIp = tlsSocket?.remoteAddress ?? '';
+    const connId = connIdOf(headers.traceparent);
+    const refuse = (status: number, reason: string, extra: Record<string, unknown> = {}): void => {
+      this.log.warn({ conn_id: connId, src: srcIp, authority: headers[':authority'], status, reason, ...extra }, 'HBONE stream refused');
+      if (!stream.destroyed) stream.respond({ ':status': status }, { endStream: true });
+    };
+    if (headers[':method'] !== 'CONNECT') return refuse(400, 'not_connect');
+    const target = parseAuthority(headers[':authority']);
+    if (!target) return refuse(400, 'bad_authority');
+    if (!this.pod.workload.addresses.includes(target.ip)) return refuse(400, 'authority_not_this_pod');
+    if (TUNNEL_PORTS.has(target.port)) return refuse(503, 'tunnel_port');
+    const peer = tlsSocket ? peerIdentity(tlsSocket, this.deps.trustDomain()) : { error: 'no TLS' };
+    if ('error' in peer) return refuse(401, 'peer_identity', { err: peer.error });
+    const decision = this.deps.authorizer().check({ srcIdentity: peer.identity, srcIp, dst: this.pod.workload, dstIp: target.ip, dstPort: target.port });
+    if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
+
+    const started = process.hrtime.bigint();
+    const upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
+    upstream.setNoDelay(true);
+    const onConnectError = (err: Error): void => refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
+    upstream.once('error', onConnectError);
+    upstream.once('connect', () => {
+      upstream.off('error', onConnectError);
+      if (stream.destroyed) { upstream.destroy(); return; }
+      stream.respond({ ':status': 200 });
+      void copyBidirectional(stream, upstream).then((r) => this.log.info({
+        conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.identity': peer.identity, 'dst.addr': `${target.ip}:${target.port}`,
+        'dst.workload': this.pod.workload.name, 'dst.identity': this.identity, bytes_sent: r.received, bytes_recv: r.sent,
+        duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
+      }, 'connection complete'));
+    });
+  }
+
+  /** Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer without identity. */
+  private onPlain(client: net.Socket): void {
+    client.setNoDelay(true);
+    const ip = client.localAddress ?? '';
+    const port = client.localPort ?? 0;
+    const srcIp = client.remoteAddress ?? '';
+    if (TUNNEL_PORTS.has(port)) {
+      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'tunnel_port' }, 'plaintext connection refused');
+      client.destroy();
+      return;
+    }
+    const decision = this.deps.authorizer().check({ srcIp, dst: this.pod.workload, dstIp: ip, dstPort: port });
+    if (!decision.allow) {
+      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'denied', policy: decision.policy }, 'plaintext connection refused');
+      client.destroy();
+      return;
+    }
+    const started = process.hrtime.bigint();
+    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => this.log.info({
+      direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name,
+      bytes_sent: r.received, bytes_recv: r.sent, duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
+    }, 'connection complete'));
+  }
+}

@@ -1,0 +1,91 @@
+// The source side, per enrolled pod: a connection accepted on the pod's
+// :15001 came from that pod (the listener says so); the datapath says where
+// it was going. Mesh destinations get an HBONE stream with the pod's own
+// identity; plain workloads and unknown addresses a direct TCP connection.
+import type net from 'node:net';
+import type { EnrolledPod } from '../agent/enrolment';
+import type { DatapathMaps } from '../datapath/maps';
+import type { Logger } from '../observability/log';
+import type { MeshStore } from '../state/store';
+import { copyBidirectional } from './copy';
+import { connectHeaders, newTraceparent } from './headers';
+import type { HbonePool } from './pool';
+import { resolveOutbound } from './route';
+
+export interface OutboundDeps {
+  maps: DatapathMaps;
+  store: MeshStore;
+  pool: HbonePool;
+  /** Opens a plain TCP connection from the node. */
+  dial: (ip: string, port: number) => net.Socket;
+  /** Plain mode: every destination is dialed directly, without HBONE. */
+  plainOnly?: boolean;
+  log: Logger;
+}
+
+export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
+  const log = deps.log.child({ pod: pod.workload.uid });
+  pod.outbound.on('connection', (client: net.Socket) => {
+    client.setNoDelay(true);
+    const srcPort = client.remotePort ?? 0;
+    const orig = deps.maps.takeOrigDst(pod.podId, client.remoteAddress ?? '', srcPort);
+    if (!orig) {
+      // Not steered by connect4 (e.g. 127.0.0.1:15001 dialed directly): nowhere to go.
+      log.warn({ src: `${client.remoteAddress}:${srcPort}`, reason: 'no_original_destination' }, 'outbound connection refused');
+      client.destroy();
+      return;
+    }
+    void handle(pod, client, orig.ip, orig.port, srcPort, deps, log);
+  });
+}
+
+async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
+  const started = process.hrtime.bigint();
+  const src = pod.workload;
+  const srcIdentity = deps.store.identityOf(src);
+  const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
+  const { traceparent, connId } = newTraceparent();
+  const entry: Record<string, unknown> = {
+    conn_id: connId, direction: 'outbound', 'src.addr': `${src.addresses[0]}:${srcPort}`, 'src.workload': src.name,
+    'src.namespace': src.namespace, 'src.identity': srcIdentity, 'dst.addr': `${ip}:${port}`,
+  };
+  const finish = (fields: Record<string, unknown>): void => {
+    log.info({ ...entry, ...fields, duration_ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'connection complete');
+  };
+
+  if (route.kind === 'refuse') {
+    client.destroy();
+    return finish({ 'dst.service': route.service.hostname, error: route.reason });
+  }
+  if (route.service) entry['dst.service'] = route.service.hostname;
+  if (route.workload) Object.assign(entry, { 'dst.workload': route.workload.name, 'dst.namespace': route.workload.namespace });
+
+  if (route.kind === 'plain') {
+    const r = await copyBidirectional(client, deps.dial(route.ip, route.port));
+    return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
+  }
+
+  entry['dst.hbone_addr'] = `${route.ip}:15008`;
+  entry['dst.identity'] = route.identities[0];
+  // A client that gives up while the stream is being set up must not leak it.
+  let gone = false;
+  const onEarlyClose = (): void => { gone = true; };
+  client.once('close', onEarlyClose);
+  client.on('error', () => undefined);
+  try {
+    const stream = await deps.pool.connect(
+      { srcIdentity, dstIp: route.ip, identities: route.identities },
+      connectHeaders({ authority: `${route.ip}:${route.port}`, traceparent, src, clientAddr: `${src.addresses[0]}:${srcPort}`, service: route.service }),
+    );
+    client.off('close', onEarlyClose);
+    if (gone) {
+      stream.close();
+      return finish({ error: 'client_closed' });
+    }
+    const r = await copyBidirectional(client, stream);
+    finish({ bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
+  } catch (err) {
+    client.destroy();
+    finish({ error: (err as NodeJS.ErrnoException).code ?? (err as Error).message, detail: (err as Error).message });
+  }
+}
