@@ -4,7 +4,7 @@
 // Everything else receives what it needs as arguments.
 import net from 'node:net';
 import { Enrolment, type EnrolledPod } from './agent/enrolment';
-import { connectFromNetns } from './agent/netns';
+import { connectFromNetns, type Dialer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
 import { AmbitError } from './errors';
@@ -52,7 +52,7 @@ export class NodeApp {
     private readonly datapath: Datapath,
     readonly enrolment: Enrolment,
     readonly pool: HbonePool,
-    private readonly dial: (ip: string, port: number) => net.Socket,
+    private readonly dial: Dialer,
     private readonly log: Logger,
   ) {}
 
@@ -72,9 +72,9 @@ export class NodeApp {
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
-    const dial = opts.nodeNetns
-      ? (ip: string, port: number) => connectFromNetns(opts.nodeNetns!, ip, port)
-      : (ip: string, port: number) => net.connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
+    const dial: Dialer = opts.nodeNetns
+      ? (ip, port, o = {}) => connectFromNetns(opts.nodeNetns!, ip, port, o)
+      : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
     const pool = new HbonePool({ certs, dial, log, ...opts.pool });
     const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, dial, log);
     await app.reconcile();

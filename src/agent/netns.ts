@@ -80,10 +80,22 @@ export function listenInNetns(nsPath: string, specs: ListenSpec[], backlog = 409
   });
 }
 
+export interface DialOptions {
+  /**
+   * Keep the socket open for writing after the peer's FIN: right for byte
+   * copies, which carry half-close across; wrong under TLS, which must see
+   * the peer's close to end the session.
+   */
+  allowHalfOpen?: boolean;
+}
+
+/** Opens a TCP connection (the seam between the tunnel and where its sockets live). */
+export type Dialer = (ip: string, port: number, opts?: DialOptions) => net.Socket;
+
 /** Connects to ip:port from inside nsPath (used to deliver to the app from within the pod). */
-export function connectFromNetns(nsPath: string, ip: string, port: number): net.Socket {
+export function connectFromNetns(nsPath: string, ip: string, port: number, opts: DialOptions = {}): net.Socket {
   const fd = inNetns(nsPath, tcpSocket);
-  const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+  const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
   return sock.connect({ host: ip, port });
 }
 

@@ -115,8 +115,9 @@ export class CertificateManager extends EventEmitter {
         e.inflight = undefined;
         e.cert = cert;
         e.failures = 0;
-        const lifetime = cert.notAfter.getTime() - cert.notBefore.getTime();
-        this.schedule(identity, e, cert.notBefore.getTime() + lifetime / 2 - this.now());
+        // Half of what is left: notBefore is backdated for clock skew, so the
+        // nominal half-life could already have passed.
+        this.schedule(identity, e, (cert.notAfter.getTime() - this.now()) / 2);
         this.log.info({ identity, notAfter: cert.notAfter.toISOString() }, 'certificate issued');
         this.emit('updated', identity, cert);
         return cert;

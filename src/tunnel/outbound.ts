@@ -4,6 +4,7 @@
 // identity; plain workloads and unknown addresses a direct TCP connection.
 import type net from 'node:net';
 import type { EnrolledPod } from '../agent/enrolment';
+import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
 import type { MeshStore } from '../state/store';
@@ -17,7 +18,7 @@ export interface OutboundDeps {
   store: MeshStore;
   pool: HbonePool;
   /** Opens a plain TCP connection from the node. */
-  dial: (ip: string, port: number) => net.Socket;
+  dial: Dialer;
   /** Plain mode: every destination is dialed directly, without HBONE. */
   plainOnly?: boolean;
   log: Logger;

@@ -5,7 +5,7 @@
 // opens. Sessions are PINGed every 10 s and dropped after 20 s without an
 // answer, and closed after 5 minutes without streams.
 import http2 from 'node:http2';
-import type net from 'node:net';
+import type { Dialer } from '../agent/netns';
 import tls from 'node:tls';
 import type { CertificateManager } from '../identity/cert-manager';
 import { clientTlsOptions } from '../identity/tls';
@@ -19,7 +19,7 @@ export const MAX_FRAME = 1 << 20;
 export interface PoolOptions {
   certs: CertificateManager;
   /** Opens the TCP leg to a peer (from the node's netns). */
-  dial: (ip: string, port: number) => net.Socket;
+  dial: Dialer;
   log: Logger;
   maxStreams?: number;
   idleMs?: number;
@@ -92,7 +92,7 @@ export class HbonePool {
     // Another connection may have opened one while the certificate was fetched.
     const opened = usable();
     if (opened) return opened;
-    const tcp = this.opts.dial(t.dstIp, HBONE_PORT);
+    const tcp = this.opts.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
     tcp.setKeepAlive(true, 30_000);
     tcp.setNoDelay(true);
     const h2 = http2.connect(`https://${t.dstIp}:${HBONE_PORT}`, {

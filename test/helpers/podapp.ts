@@ -4,6 +4,9 @@
 //   dial IP PORT N C   open N connections, C at a time; each reads the first
 //                      line and records what getpeername() said; prints one
 //                      JSON summary line
+//   stream IP PORT MIB SECONDS
+//                      one connection to a whoami server: send MIB MiB paced
+//                      over SECONDS, count the echo; prints {sent, echoed, ms}
 import net from 'node:net';
 
 interface DialResult { ok: number; failed: number; errors: Record<string, number>; peers: Record<string, number>; firstLines: Record<string, number> }
@@ -68,7 +71,36 @@ async function dial(ip: string, port: number, n: number, concurrency: number, ti
   console.log(JSON.stringify(r));
 }
 
+function stream(ip: string, port: number, mib: number, seconds: number): void {
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const total = mib * 1024 * 1024;
+  const started = Date.now();
+  let sent = 0;
+  let received = 0;
+  let firstLine = true;
+  const s = net.connect({ host: ip, port });
+  s.on('data', (d: Buffer) => {
+    if (firstLine) {
+      const nl = d.indexOf(10);
+      if (nl < 0) return;
+      firstLine = false;
+      d = d.subarray(nl + 1);
+    }
+    received += d.length;
+    if (received >= total) s.end();
+  });
+  s.on('close', () => console.log(JSON.stringify({ sent, echoed: received, ms: Date.now() - started })));
+  s.on('error', (err) => console.log(JSON.stringify({ sent, echoed: received, error: (err as NodeJS.ErrnoException).code ?? err.message })));
+  const tick = setInterval(() => {
+    // Paced: by now, elapsed/seconds of the total should be out.
+    const due = Math.min(total, Math.ceil((total * (Date.now() - started)) / (seconds * 1000)));
+    while (sent < due) { s.write(chunk.subarray(0, Math.min(chunk.length, total - sent))); sent += Math.min(chunk.length, total - sent); }
+    if (sent >= total) clearInterval(tick);
+  }, 50);
+}
+
 const [mode, ...args] = process.argv.slice(2);
 if (mode === 'whoami') whoami(Number(args[0]));
+else if (mode === 'stream') stream(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
 else if (mode === 'dial') void dial(args[0], Number(args[1]), Number(args[2] ?? 1), Number(args[3] ?? 1), Number(args[4] ?? 5000));
-else { console.error('usage: podapp whoami PORT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS]'); process.exit(2); }
+else { console.error('usage: podapp whoami PORT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS'); process.exit(2); }

@@ -1,0 +1,205 @@
+// Root: the HBONE tunnel end to end on the test bed. Both nodes' agents run
+// in this process (NodeApp, the same composition root `ambit node` uses),
+// with their outgoing sockets created in their node's netns, so the test
+// can read their counters and swap their authorizer.
+// Topology: 2 nodes × 3 pods. p1, p2 in the mesh (HBONE); n2-p3 is not in
+// the configuration at all (an unknown destination).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http2 from 'node:http2';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { webcrypto } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { NodeApp } from '../../src/app';
+import { connectFromNetns } from '../../src/agent/netns';
+import { BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
+import type { ConnectionFacts } from '../../src/policy/authorize';
+import type { MeshConfig } from '../../src/state/types';
+import { createLogger } from '../../src/observability/log';
+import { assertNothingLeft, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { collect, waitForLine } from '../helpers/proc';
+import { Topology, type TestPod } from '../helpers/topology';
+
+const VIP = '10.96.0.10';
+
+describe('HBONE tunnel', () => {
+  let topo: Topology;
+  let dir: string;
+  let ca: BuiltinCa;
+  const apps: NodeApp[] = [];
+  const seen: ConnectionFacts[] = [];
+  const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
+
+  const identity = (sa: string, td = 'cluster.local'): string => `spiffe://${td}/ns/default/sa/${sa}`;
+
+  function config(): MeshConfig {
+    const inMesh = topo.pods.filter((p) => p.name !== 'p3');
+    return {
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: inMesh.map((p) => ({ ...workloadOf(p), serviceAccount: `sa-${p.node.name}-${p.name}`, labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
+      services: [{ name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: [VIP], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],
+    };
+  }
+
+  async function whoami(pod: TestPod, port = 8080): Promise<void> {
+    const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', String(port)]);
+    await waitForLine(app, (l) => l.includes('listening'), `whoami in ${pod.uid}`);
+  }
+
+  before(async () => {
+    requireRoot();
+    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ca = await BuiltinCa.open(path.join(dir, 'ca'));
+    for (const node of topo.nodes) {
+      const app = await NodeApp.start({
+        config: config(), nodeName: node.name, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
+        nodeNetns: node.netnsPath, certTtlSeconds: 4, log,
+      });
+      app.setAuthorizer({ check: (c) => { seen.push(c); return { allow: true }; } });
+      apps.push(app);
+    }
+    for (const pod of topo.pods) await whoami(pod);
+  });
+
+  after(async () => {
+    for (const a of apps.splice(0)) a.stop();
+    if (topo) {
+      await topo.destroy();
+      cleanupPins(topo);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('cross-node and same-node traffic goes through HBONE; the server side sees the client\'s identity', async () => {
+    const client = topo.pod(1, 1);
+    for (const server of [topo.pod(2, 1), topo.pod(1, 2)]) {
+      seen.length = 0;
+      const before = apps[server.node.index - 1].inboundHandshakes();
+      const r = await dialFrom(topo, client, server.ip, 8080, 20, 5);
+      assert.equal(r.failed, 0, JSON.stringify(r.errors));
+      assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 20 });
+      assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 20 }, 'delivered from inside the server pod');
+      assert.equal(seen.length, 20);
+      assert.ok(seen.every((c) => c.srcIdentity === identity('sa-n1-p1') && c.dstPort === 8080 && c.dst.uid === server.uid), JSON.stringify(seen[0]));
+      assert.ok(apps[server.node.index - 1].inboundHandshakes() > before, 'arrived over mutual TLS on :15008');
+    }
+  });
+
+  test('1,500 sequential connections share one pooled TLS session; no reset storm kills it', async () => {
+    const server = topo.pod(2, 2);
+    const client = topo.pod(1, 2);
+    const opened = apps[0].pool.sessionsOpened;
+    const handshakes = apps[1].inboundHandshakes();
+    const r = await dialFrom(topo, client, server.ip, 8080, 1500, 1);
+    assert.equal(r.failed, 0, JSON.stringify(r.errors));
+    assert.equal(apps[0].pool.sessionsOpened - opened, 1, 'one session opened for the pair');
+    assert.equal(apps[1].inboundHandshakes() - handshakes, 1, 'one TLS handshake at the destination');
+  });
+
+  test('service VIP traffic spreads across endpoints with port translation', async () => {
+    seen.length = 0;
+    const r = await dialFrom(topo, topo.pod(1, 1), VIP, 80, 100, 10);
+    assert.equal(r.failed, 0, JSON.stringify(r.errors));
+    assert.deepEqual(r.peers, { [`${VIP}:80`]: 100 }, 'the app still sees the VIP');
+    const served = Object.entries(r.firstLines).map(([l, n]) => [(JSON.parse(l) as { local: string }).local, n]);
+    assert.deepEqual(served.map(([l]) => l).sort(), [`${topo.pod(2, 1).ip}:8080`, `${topo.pod(2, 2).ip}:8080`], `both endpoints served: ${JSON.stringify(served)}`);
+  });
+
+  test('an unknown destination passes through as plain TCP', async () => {
+    const unknown = topo.pod(2, 3);
+    const r = await dialFrom(topo, topo.pod(1, 1), unknown.ip, 8080);
+    assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${unknown.ip}:8080`, remote: topo.nodes[0].wireIp })]: 1 }, 'dialed directly from the node');
+  });
+
+  describe('the HBONE listener refuses', () => {
+    const target = (): TestPod => topo.pod(2, 1);
+
+    /** Opens HBONE from node 1's netns with the given client TLS settings; resolves with the CONNECT status or the error. */
+    function tryConnect(clientTls: tls.ConnectionOptions): Promise<string> {
+      const pod = target();
+      return new Promise((resolve) => {
+        const tcp = connectFromNetns(topo.nodes[0].netnsPath, pod.ip, 15008, { allowHalfOpen: false });
+        const session = http2.connect(`https://${pod.ip}:15008`, {
+          createConnection: () => tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...clientTls }),
+        });
+        const timer = setTimeout(() => { session.destroy(); resolve('timeout'); }, 5000);
+        const done = (v: string): void => { clearTimeout(timer); session.destroy(); resolve(v); };
+        session.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+        session.on('close', () => done('closed'));
+        const req = session.request({ ':method': 'CONNECT', ':authority': `${pod.ip}:8080` }, { endStream: false });
+        req.on('response', (h) => done(`status ${h[':status']}`));
+        req.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
+      });
+    }
+
+    async function certFor(id: string, signer: BuiltinCa, validity?: { notBefore: Date; notAfter: Date }): Promise<tls.ConnectionOptions> {
+      const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+      const cert = await signer.issue(keys.publicKey, id, validity);
+      return { cert, key: toPem(Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), 'PRIVATE KEY') };
+    }
+
+    test('a valid client certificate gets 200 (control)', async () => {
+      assert.equal(await tryConnect(await certFor(identity('tester'), ca)), 'status 200');
+    });
+
+    test('a certificate from another trust domain', async () => {
+      const r = await tryConnect(await certFor(identity('tester', 'evil.local'), ca));
+      assert.notEqual(r, 'status 200', r);
+      assert.doesNotMatch(r, /timeout/);
+    });
+
+    test('a certificate from another CA', async () => {
+      const other = await BuiltinCa.open(path.join(dir, 'other-ca'));
+      const r = await tryConnect(await certFor(identity('tester'), other));
+      assert.notEqual(r, 'status 200', r);
+    });
+
+    test('an expired certificate', async () => {
+      const r = await tryConnect(await certFor(identity('tester'), ca, { notBefore: new Date(Date.now() - 7200_000), notAfter: new Date(Date.now() - 3600_000) }));
+      assert.notEqual(r, 'status 200', r);
+    });
+
+    test('no client certificate', async () => {
+      const r = await tryConnect({});
+      assert.notEqual(r, 'status 200', r);
+    });
+
+    test('plaintext', async () => {
+      const pod = target();
+      const reply = await new Promise<string>((resolve) => {
+        const s = connectFromNetns(topo.nodes[0].netnsPath, pod.ip, 15008, { allowHalfOpen: false });
+        let got = '';
+        s.setTimeout(5000, () => { got += '(timeout)'; s.destroy(); });
+        s.on('connect', () => s.write(`CONNECT ${pod.ip}:8080 HTTP/1.1\r\nHost: ${pod.ip}:8080\r\n\r\n`));
+        s.on('data', (d) => { got += d.toString('latin1'); });
+        s.on('error', () => undefined);
+        s.on('close', () => resolve(got));
+      });
+      assert.doesNotMatch(reply, /HTTP\/1\.1 200|"local"|\(timeout\)/, 'closed, and no tunnel was opened for plaintext');
+    });
+  });
+
+  test('a certificate rotation during a long transfer does not break it', async () => {
+    const requests = apps[0].certs.requests + apps[1].certs.requests;
+    const child = topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'stream', topo.pod(2, 1).ip, '8080', '8', '6']);
+    const r = await collect(child);
+    const result = JSON.parse(r.stdout.trim()) as { sent: number; echoed: number; error?: string };
+    assert.equal(result.error, undefined);
+    assert.equal(result.echoed, 8 * 1024 * 1024, 'every byte came back');
+    assert.ok(apps[0].certs.requests + apps[1].certs.requests - requests >= 4, 'certificates of both ends were renewed during the transfer (TTL 4 s)');
+    const after = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 5, 5);
+    assert.equal(after.failed, 0, 'new connections work with the renewed certificates');
+  });
+
+  test('after teardown no namespace, cgroup or pin remains', async () => {
+    for (const a of apps.splice(0)) a.stop();
+    await topo.destroy();
+    cleanupPins(topo);
+    assertNothingLeft(topo);
+  });
+});
