@@ -1,6 +1,6 @@
 // Root: `ambit node` as a real process per node (in the node's netns, as a
-// DaemonSet pod runs on the host), with the plain relay as its tunnel.
-// Covers the end-to-end path, agent restarts (exactly one attachment of each
+// DaemonSet pod runs on the host). Covers the end-to-end path, live
+// configuration changes, agent restarts (exactly one attachment of each
 // program, capture keeps working) and `ambit datapath status|cleanup`.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
@@ -15,7 +15,7 @@ import { Topology, type TestNode } from '../helpers/topology';
 
 interface BpftoolLink { id: number; prog_id: number; type: string; cgroup_id?: number; netns_ino?: number }
 
-describe('ambit node (agent process with the plain relay)', () => {
+describe('ambit node (agent process)', () => {
   let topo: Topology;
   let configFile: string;
   const agents = new Map<string, ChildProcess>();
@@ -59,7 +59,7 @@ describe('ambit node (agent process with the plain relay)', () => {
     }
   });
 
-  test('cross-node and same-node connections go through both nodes\' relays', async () => {
+  test('cross-node and same-node connections go through both nodes\' tunnels', async () => {
     const server = topo.pod(2, 1);
     const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
@@ -67,10 +67,43 @@ describe('ambit node (agent process with the plain relay)', () => {
       const r = await dialFrom(topo, client, server.ip, 8080, 200, 50);
       assert.equal(r.failed, 0, JSON.stringify(r.errors));
       assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 200 });
-      // Delivered from inside the server pod by its node's inbound relay.
+      // Delivered from inside the server pod by its node's tunnel.
       assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 200 });
     }
     app.kill();
+  });
+
+  test('a configuration change applies without a restart; an invalid one is rejected and the last good state keeps serving', async () => {
+    const agent = agents.get('n1')!;
+    const original = fs.readFileSync(configFile, 'utf8');
+    const server = topo.pod(2, 1);
+    const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
+    const netnsLinks = async (): Promise<string[]> => (JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, topo.nodes[0]), '--json'])) as { links: { pin: string }[] })
+      .links.map((l) => l.pin).filter((p) => p.startsWith('netns-')).sort();
+    try {
+      const rejected = waitForLine(agent, (l) => l.includes('configuration change rejected'), 'the rejection');
+      fs.writeFileSync(configFile, original.replace('protocol: HBONE', 'protocol: TLS'));
+      assert.match(await rejected, /workloads\[0\]\.protocol: must be HBONE/);
+      const still = await dialFrom(topo, topo.pod(1, 1), server.ip, 8080, 10, 5);
+      assert.equal(still.failed, 0, 'the last good state keeps serving');
+      assert.equal((await netnsLinks()).length, 2);
+
+      const cfg = YAML.parse(original) as { workloads: { uid: string; protocol: string }[] };
+      cfg.workloads.find((w) => w.uid === topo.pod(1, 2).uid)!.protocol = 'NONE';
+      const applied = waitForLine(agent, (l) => l.includes('configuration applied'), 'the change applied');
+      fs.writeFileSync(configFile, YAML.stringify(cfg));
+      await applied;
+      assert.deepEqual(await netnsLinks(), [`netns-${topo.prefix}_n1-p1`], 'n1-p2 left the mesh: unenrolled');
+      const direct = await dialFrom(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1, 1, 1000);
+      assert.equal(direct.ok, 0, 'nothing listens on n1-p2:15008 any more');
+    } finally {
+      const restored = waitForLine(agent, (l) => l.includes('configuration applied'), 'the original configuration');
+      fs.writeFileSync(configFile, original);
+      await restored;
+      app.kill();
+    }
+    assert.equal((await netnsLinks()).length, 2, 'n1-p2 enrolled again');
   });
 
   test('an agent restart reuses its pinned state: one attachment of each program, capture keeps working', async () => {
