@@ -136,11 +136,6 @@ export class Topology {
     return this.track(spawn('nsenter', [`--net=${node.netnsPath}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
   }
 
-  /** The wire between nodes (bridge in the switch netns), for captures. */
-  get wire(): { netnsPath: string; device: string } {
-    return { netnsPath: path.join(NETNS_DIR, this.switchNs), device: 'br0' };
-  }
-
   private track(child: ChildProcess): ChildProcess {
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));

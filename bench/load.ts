@@ -1,0 +1,196 @@
+// The client side of the steering benchmark, run inside the client pod
+// (node dist/bench/load.js MODE IP PORT …); prints one JSON line.
+//   probe  IP PORT                            the peer address the server saw
+//   rr     IP PORT RATE WARMUP_S SECONDS      1 KiB → 1 KiB on one persistent
+//          connection at a fixed rate. Open loop: request i is due at
+//          t0 + i/RATE whatever happened before, and its latency runs from
+//          that intended time, so a stall is charged to every request it
+//          delayed (no coordinated omission). A worker thread paces the sends
+//          with sub-millisecond sleeps; Node's own timers only tick in whole
+//          milliseconds, which would swamp a ~100 µs round trip.
+//   conn   IP PORT CONCURRENCY SECONDS        connect + 1-byte exchange + close,
+//          CONCURRENCY at a time, new ones started until SECONDS have passed
+//   stream IP PORT SECONDS                    one connection, send as fast as
+//          backpressure allows; the server's byte count is the result
+import fs from 'node:fs';
+import net from 'node:net';
+import { Worker } from 'node:worker_threads';
+import { RR_SIZE } from './server';
+
+const now = (): bigint => process.hrtime.bigint();
+const usSince = (t: bigint): number => Number(now() - t) / 1e3;
+
+function connect(ip: string, port: number, opts: { allowHalfOpen?: boolean } = {}): net.Socket {
+  return net.connect({ host: ip, port, noDelay: true, ...opts });
+}
+
+function probe(ip: string, port: number): Promise<object> {
+  return new Promise((resolve, reject) => {
+    const s = connect(ip, port);
+    let buf = '';
+    s.setTimeout(5000, () => s.destroy(new Error('probe timed out')));
+    s.on('data', (d) => { buf += d; });
+    s.on('error', reject);
+    s.on('close', () => {
+      try { resolve(JSON.parse(buf) as object); } catch { reject(new Error(`probe got ${JSON.stringify(buf)}`)); }
+    });
+  });
+}
+
+// The pacer, a worker thread: sleeps until each intended send time (the
+// last SPIN_NS spent spinning, as a wake-up on a VM overshoots by tens of
+// µs) and writes the request straight to the socket's fd, so neither the
+// main thread's event loop nor a message hop delays a send. It records how
+// late each send started (lag) for the report. Only the pacer writes; the
+// main thread only reads.
+const PACER = `
+const fs = require('node:fs');
+const { workerData } = require('node:worker_threads');
+const { t0, intervalNs, count, fd, size, lagBuffer } = workerData;
+const SPIN_NS = 60000;
+const lag = new Float64Array(lagBuffer);
+const cell = new Int32Array(new SharedArrayBuffer(4));
+const request = Buffer.alloc(size, 0x71);
+const since = () => Number(process.hrtime.bigint() - t0);
+for (let i = 0; i < count; i++) {
+  const due = i * intervalNs;
+  for (let left = due - since(); left > SPIN_NS; left = due - since()) Atomics.wait(cell, 0, 0, (left - SPIN_NS) / 1e6);
+  while (since() < due);
+  lag[i] = (since() - due) / 1e3;
+  for (let off = 0; off < size;) {
+    try { off += fs.writeSync(fd, request, off); }
+    catch (err) { if (err.code !== 'EAGAIN') throw err; Atomics.wait(cell, 0, 0, 0.05); }
+  }
+}`;
+
+function percentile(sorted: Float64Array, p: number): number {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] : NaN;
+}
+
+async function rr(ip: string, port: number, rate: number, warmupS: number, seconds: number): Promise<object> {
+  const s = connect(ip, port);
+  await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('rr: no file descriptor for the socket');
+  // Timer slack is inherited by threads created later: 1 ns instead of 50 µs for the pacer's sleeps.
+  try { fs.writeFileSync('/proc/self/timerslack_ns', '1'); } catch { /* coarser pacing, still measured as lag */ }
+  const warmup = Math.round(rate * warmupS);
+  const count = warmup + Math.round(rate * seconds);
+  const intervalNs = 1e9 / rate;
+  const lagBuffer = new SharedArrayBuffer(count * 8);
+  const lat = new Float64Array(count - warmup);
+  let received = 0;
+  let pending = 0;
+  const t0 = now();
+  const intended = (i: number): bigint => t0 + BigInt(Math.round(i * intervalNs));
+
+  const pacer = new Worker(PACER, { eval: true, workerData: { t0, intervalNs, count, fd, size: RR_SIZE, lagBuffer } });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`rr: ${received}/${count} responses after ${seconds + warmupS + 10} s`)), (seconds + warmupS + 10) * 1000);
+      pacer.on('error', reject);
+      s.on('error', reject);
+      s.on('close', () => reject(new Error(`rr: connection closed after ${received}/${count} responses`)));
+      s.on('data', (d: Buffer) => {
+        const t = now();
+        pending += d.length;
+        for (; pending >= RR_SIZE; pending -= RR_SIZE, received++) {
+          if (received >= warmup) lat[received - warmup] = Number(t - intended(received)) / 1e3;
+        }
+        if (received >= count) { clearTimeout(timer); resolve(); }
+      });
+    });
+  } finally {
+    await pacer.terminate();
+    s.destroy();
+  }
+  const lag = new Float64Array(lagBuffer).slice(warmup).sort();
+  lat.sort();
+  return {
+    requests: lat.length, rate, p50_us: percentile(lat, 0.5), p99_us: percentile(lat, 0.99), max_us: lat[lat.length - 1],
+    sendLag_p50_us: percentile(lag, 0.5), sendLag_p99_us: percentile(lag, 0.99),
+  };
+}
+
+function oneConnection(ip: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = connect(ip, port);
+    let got = 0;
+    s.setTimeout(5000, () => s.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    s.once('connect', () => s.write('x'));
+    s.on('data', (d: Buffer) => { got += d.length; });
+    s.on('error', reject);
+    // The server closes first; our FIN follows its own (allowHalfOpen is off).
+    s.on('close', (hadError) => {
+      if (hadError) return;
+      if (got === 1) resolve(); else reject(Object.assign(new Error('closed without the answer'), { code: 'ECLOSED' }));
+    });
+  });
+}
+
+async function conn(ip: string, port: number, concurrency: number, seconds: number): Promise<object> {
+  const t0 = now();
+  const deadline = t0 + BigInt(seconds * 1e9);
+  let ok = 0;
+  const errors: Record<string, number> = {};
+  const worker = async (): Promise<void> => {
+    while (now() < deadline) {
+      try {
+        await oneConnection(ip, port);
+        ok++;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'unknown';
+        errors[code] = (errors[code] ?? 0) + 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsedS = usSince(t0) / 1e6;
+  return { ok, failed: Object.values(errors).reduce((a, b) => a + b, 0), errors, elapsed_s: elapsedS, per_s: ok / elapsedS };
+}
+
+async function stream(ip: string, port: number, seconds: number): Promise<object> {
+  const s = connect(ip, port, { allowHalfOpen: true });
+  await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
+  const t0 = now();
+  const deadline = t0 + BigInt(seconds * 1e9);
+  const chunk = Buffer.alloc(64 * 1024, 0x73);
+  let written = 0;
+  let answer = '';
+  const result = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => s.destroy(new Error('stream: no byte count from the server')), (seconds + 30) * 1000);
+    s.on('data', (d) => { answer += d; });
+    s.on('error', reject);
+    s.on('close', () => { clearTimeout(timer); resolve(answer); });
+  });
+  const pump = (): void => {
+    while (now() < deadline) {
+      written += chunk.length;
+      if (!s.write(chunk)) { s.once('drain', pump); return; }
+    }
+    s.end();
+  };
+  pump();
+  const counted = Number((await result).trim());
+  const elapsedS = usSince(t0) / 1e6;
+  if (!Number.isFinite(counted) || counted !== written) throw new Error(`stream: wrote ${written} bytes, server counted ${JSON.stringify(answer)}`);
+  return { bytes: counted, elapsed_s: elapsedS, mib_per_s: counted / elapsedS / 2 ** 20 };
+}
+
+async function main(argv: string[]): Promise<object> {
+  const [mode, ip, portArg, ...rest] = argv;
+  const port = Number(portArg);
+  const n = rest.map(Number);
+  switch (mode) {
+    case 'probe': return probe(ip, port);
+    case 'rr': return rr(ip, port, n[0], n[1], n[2]);
+    case 'conn': return conn(ip, port, n[0], n[1]);
+    case 'stream': return stream(ip, port, n[0]);
+    default: throw new Error('usage: load probe|rr|conn|stream IP PORT …');
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (r) => { console.log(JSON.stringify(r)); process.exit(0); },
+  (err: Error) => { console.error(err.stack ?? String(err)); process.exit(1); },
+);
