@@ -104,16 +104,29 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 			return 1;
 		}
 		count(REASON_SOCKOPS_PUBLISHED);
-		/* Ask for the close callback, to drop the cookie record. */
+		/* Ask for the close callback, to drop both records. */
 		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
-	case BPF_SOCK_OPS_STATE_CB:
-		if (ops->args[1] == BPF_TCP_CLOSE) {
-			cookie = bpf_get_socket_cookie(ops);
-			bpf_map_delete_elem(&orig_by_cookie, &cookie);
-		}
+	case BPF_SOCK_OPS_STATE_CB: {
+		/* The client socket is gone (for an active close: entering
+		 * TIME_WAIT, long after the tunnel accepted it): forget both
+		 * records, so the tunnel's lookup needs no delete of its own. */
+		if (ops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		cookie = bpf_get_socket_cookie(ops);
+		orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
+		if (!orig)
+			return 1;
+		struct flow_key key = {
+			.pod_id = orig->pod_id,
+			.src_ip4 = ops->local_ip4,
+			.src_port = (__u16)ops->local_port,
+		};
+		bpf_map_delete_elem(&orig_by_flow, &key);
+		bpf_map_delete_elem(&orig_by_cookie, &cookie);
 		return 1;
+	}
 	}
 	return 1;
 }

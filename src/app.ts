@@ -4,7 +4,7 @@
 // Everything else receives what it needs as arguments.
 import net from 'node:net';
 import { Enrolment, type EnrolledPod } from './agent/enrolment';
-import { connectFromNetns, type Dialer } from './agent/netns';
+import { Netns, type Dialer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
 import { AmbitError } from './errors';
@@ -54,6 +54,7 @@ export class NodeApp {
     readonly pool: HbonePool,
     private readonly dial: Dialer,
     private readonly log: Logger,
+    private readonly nodeNetns?: Netns,
   ) {}
 
   static async start(opts: NodeOptions): Promise<NodeApp> {
@@ -72,11 +73,12 @@ export class NodeApp {
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
-    const dial: Dialer = opts.nodeNetns
-      ? (ip, port, o = {}) => connectFromNetns(opts.nodeNetns!, ip, port, o)
+    const nodeNetns = opts.nodeNetns ? Netns.open(opts.nodeNetns) : undefined;
+    const dial: Dialer = nodeNetns
+      ? (ip, port, o = {}) => nodeNetns.connect(ip, port, o)
       : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
     const pool = new HbonePool({ certs, dial, log, ...opts.pool });
-    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, dial, log);
+    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, dial, log, nodeNetns);
     await app.reconcile();
     const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
@@ -112,6 +114,7 @@ export class NodeApp {
     }
     this.certs.close();
     this.datapath.close();
+    this.nodeNetns?.close();
   }
 
   private reconcile(): Promise<void> {
@@ -142,7 +145,7 @@ export class NodeApp {
         certs: this.certs,
         trustDomain: () => this.store.trustDomain,
         authorizer: () => this.authorizer,
-        dialInPod: (p, ip, port) => connectFromNetns(p.netns, ip, port),
+        dialInPod: (p, ip, port) => p.netns.connect(ip, port),
         log: this.log,
       });
       attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', log: this.log });

@@ -11,7 +11,7 @@ import { AmbitError } from '../errors';
 import type { Datapath } from '../datapath/loader';
 import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from '../datapath/maps';
 import type { Workload } from '../state/types';
-import { listenInNetns, serverFromFd } from './netns';
+import { Netns, serverFromFd } from './netns';
 
 export const PORT_OUTBOUND = 15001;
 export const PORT_INBOUND_PLAIN = 15006;
@@ -21,7 +21,8 @@ export interface EnrolledPod {
   readonly workload: Workload;
   readonly podId: number;
   readonly cgroupId: bigint;
-  readonly netns: string;
+  /** The pod's network namespace, held open while the pod is enrolled. */
+  readonly netns: Netns;
   /** 127.0.0.1:15001 in the pod: captured outbound connections. */
   readonly outbound: net.Server;
   /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
@@ -55,13 +56,21 @@ export class Enrolment {
     const podId = this.inherited.get(cgroupId) ?? this.allocateId();
     const key = podKey(w);
 
-    const [outFd, plainFd, hboneFd] = listenInNetns(w.netns, [
-      { ip: '127.0.0.1', port: PORT_OUTBOUND },
-      { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
-      { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
-    ]);
+    const netns = Netns.open(w.netns);
+    let fds: number[];
+    try {
+      fds = netns.listen([
+        { ip: '127.0.0.1', port: PORT_OUTBOUND },
+        { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
+        { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
+      ]);
+    } catch (err) {
+      netns.close();
+      throw err;
+    }
+    const [outFd, plainFd, hboneFd] = fds;
     const pod: EnrolledPod = {
-      workload: w, podId, cgroupId, netns: w.netns,
+      workload: w, podId, cgroupId, netns,
       outbound: serverFromFd(outFd),
       inboundPlain: serverFromFd(plainFd),
       inboundHbone: serverFromFd(hboneFd),
@@ -119,6 +128,7 @@ export class Enrolment {
     this.dp.maps.deleteListener(pod.podId, ROLE_PLAIN);
     this.dp.maps.deleteListener(pod.podId, ROLE_HBONE);
     for (const s of [pod.outbound, pod.inboundPlain, pod.inboundHbone]) if (s.listening) s.close();
+    pod.netns.close();
   }
 
   private allocateId(): number {

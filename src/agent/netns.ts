@@ -1,7 +1,8 @@
 // Sockets that live in a pod's network namespace but belong to this
 // process: setns into the pod, create the socket, setns back — all
 // synchronously on the main thread, because setns changes only the calling
-// thread and libuv's threads must never see a foreign namespace.
+// thread and libuv's threads must never see a foreign namespace. A socket
+// keeps the namespace it was created in; only creation needs the switch.
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import {
@@ -10,32 +11,82 @@ import {
 } from '../datapath/ffi';
 import { ip4Bytes } from '../datapath/maps';
 
-/** Runs fn with the calling thread inside the network namespace at nsPath. */
-export function inNetns<T>(nsPath: string, fn: () => T): T {
-  const home = libcFns.open('/proc/thread-self/ns/net', O_RDONLY | O_CLOEXEC);
-  if (home < 0) throw new AmbitError('AMBIT_E_NETNS', `cannot open own netns: ${errnoName(errno())}`, 'is /proc mounted?');
-  const target = libcFns.open(nsPath, O_RDONLY | O_CLOEXEC);
-  if (target < 0) {
-    const code = errnoName(errno());
-    libcFns.close(home);
-    throw new AmbitError('AMBIT_E_NETNS', `cannot open netns ${nsPath}: ${code}`, 'give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net');
+/** This process's own netns, opened once: where every setns returns to. */
+let homeFd = -1;
+function home(): number {
+  if (homeFd < 0) {
+    homeFd = libcFns.open('/proc/thread-self/ns/net', O_RDONLY | O_CLOEXEC);
+    if (homeFd < 0) throw new AmbitError('AMBIT_E_NETNS', `cannot open own netns: ${errnoName(errno())}`, 'is /proc mounted?');
   }
-  try {
-    if (libcFns.setns(target, CLONE_NEWNET) < 0) {
-      throw new AmbitError('AMBIT_E_NETNS', `setns into ${nsPath} failed: ${errnoName(errno())}`, 'needs CAP_SYS_ADMIN');
+  return homeFd;
+}
+
+/**
+ * An open network namespace. Holding the fd keeps per-connection work to
+ * two setns calls (no path lookups), and pins the namespace we checked
+ * rather than whatever later appears at the same path.
+ */
+export class Netns {
+  private constructor(readonly path: string, private fd: number) {}
+
+  static open(nsPath: string): Netns {
+    const fd = libcFns.open(nsPath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw new AmbitError('AMBIT_E_NETNS', `cannot open netns ${nsPath}: ${errnoName(errno())}`, 'give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net');
+    return new Netns(nsPath, fd);
+  }
+
+  /** Runs fn with the calling thread inside this namespace. */
+  run<T>(fn: () => T): T {
+    if (this.fd < 0) throw new AmbitError('AMBIT_E_NETNS', `netns ${this.path} is closed`);
+    const back = home();
+    if (libcFns.setns(this.fd, CLONE_NEWNET) < 0) {
+      throw new AmbitError('AMBIT_E_NETNS', `setns into ${this.path} failed: ${errnoName(errno())}`, 'needs CAP_SYS_ADMIN');
     }
     try {
       return fn();
     } finally {
-      if (libcFns.setns(home, CLONE_NEWNET) < 0) {
+      if (libcFns.setns(back, CLONE_NEWNET) < 0) {
         // Every later socket would be created in the pod: nothing is safe now.
-        process.stderr.write(`fatal: cannot return from netns ${nsPath}: ${errnoName(errno())}\n`);
+        process.stderr.write(`fatal: cannot return from netns ${this.path}: ${errnoName(errno())}\n`);
         process.abort();
       }
     }
-  } finally {
-    libcFns.close(target);
-    libcFns.close(home);
+  }
+
+  /** Creates listening sockets inside this namespace; returns their fds in order. */
+  listen(specs: ListenSpec[], backlog = 4096): number[] {
+    return this.run(() => {
+      const fds: number[] = [];
+      try {
+        for (const { ip, port } of specs) {
+          const fd = tcpSocket();
+          fds.push(fd);
+          const one = Buffer.alloc(4); one.writeInt32LE(1);
+          libcFns.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4);
+          if (libcFns.bind(fd, sockaddrIn(ip, port), 16) < 0) {
+            const code = errnoName(errno());
+            throw new AmbitError('AMBIT_E_NETNS', `bind ${ip}:${port} in ${this.path} failed: ${code}`, code === 'EADDRINUSE' ? `something in the pod already listens on ${port}, a tunnel port; has another agent enrolled it?` : undefined);
+          }
+          if (libcFns.listen(fd, backlog) < 0) throw new AmbitError('AMBIT_E_NETNS', `listen on ${ip}:${port} in ${this.path} failed: ${errnoName(errno())}`);
+        }
+        return fds;
+      } catch (err) {
+        for (const fd of fds) libcFns.close(fd);
+        throw err;
+      }
+    });
+  }
+
+  /** Connects to ip:port from inside this namespace (delivery to the app from within the pod). */
+  connect(ip: string, port: number, opts: DialOptions = {}): net.Socket {
+    const fd = this.run(tcpSocket);
+    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
+    return sock.connect({ host: ip, port });
+  }
+
+  close(): void {
+    if (this.fd >= 0) libcFns.close(this.fd);
+    this.fd = -1;
   }
 }
 
@@ -56,30 +107,6 @@ function tcpSocket(): number {
 
 export interface ListenSpec { ip: string; port: number }
 
-/** Creates listening sockets inside nsPath; returns their fds in order. */
-export function listenInNetns(nsPath: string, specs: ListenSpec[], backlog = 4096): number[] {
-  return inNetns(nsPath, () => {
-    const fds: number[] = [];
-    try {
-      for (const { ip, port } of specs) {
-        const fd = tcpSocket();
-        fds.push(fd);
-        const one = Buffer.alloc(4); one.writeInt32LE(1);
-        libcFns.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4);
-        if (libcFns.bind(fd, sockaddrIn(ip, port), 16) < 0) {
-          const code = errnoName(errno());
-          throw new AmbitError('AMBIT_E_NETNS', `bind ${ip}:${port} in ${nsPath} failed: ${code}`, code === 'EADDRINUSE' ? `something in the pod already listens on ${port}, a tunnel port; is another agent enrolled it?` : undefined);
-        }
-        if (libcFns.listen(fd, backlog) < 0) throw new AmbitError('AMBIT_E_NETNS', `listen on ${ip}:${port} in ${nsPath} failed: ${errnoName(errno())}`);
-      }
-      return fds;
-    } catch (err) {
-      for (const fd of fds) libcFns.close(fd);
-      throw err;
-    }
-  });
-}
-
 export interface DialOptions {
   /**
    * Keep the socket open for writing after the peer's FIN: right for byte
@@ -92,11 +119,14 @@ export interface DialOptions {
 /** Opens a TCP connection (the seam between the tunnel and where its sockets live). */
 export type Dialer = (ip: string, port: number, opts?: DialOptions) => net.Socket;
 
-/** Connects to ip:port from inside nsPath (used to deliver to the app from within the pod). */
+/** One connection from inside the netns at nsPath (tests and one-off tools). */
 export function connectFromNetns(nsPath: string, ip: string, port: number, opts: DialOptions = {}): net.Socket {
-  const fd = inNetns(nsPath, tcpSocket);
-  const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
-  return sock.connect({ host: ip, port });
+  const ns = Netns.open(nsPath);
+  try {
+    return ns.connect(ip, port, opts);
+  } finally {
+    ns.close();
+  }
 }
 
 /** Wraps a listening fd as a Node server (Node owns and closes the fd from then on). */

@@ -64,6 +64,7 @@ export class DatapathMaps {
   private readonly addrs: RawMap;
   private readonly sockets: RawMap;
   private readonly byFlow: RawMap;
+  private readonly byCookie: RawMap;
   private readonly counters: RawMap;
 
   constructor(fds: ReadonlyMap<string, number>) {
@@ -76,6 +77,7 @@ export class DatapathMaps {
     this.addrs = get('pod_addrs');
     this.sockets = get('listeners', true);
     this.byFlow = get('orig_by_flow');
+    this.byCookie = get('orig_by_cookie');
     this.counters = get('counters');
   }
 
@@ -121,16 +123,23 @@ export class DatapathMaps {
   deleteListener(podId: number, role: number): void { this.sockets.delete(slot(podId, role)); }
 
   // --- orig_by_flow: { pod_id, src ip, src port } -> orig_dst
-  /** Reads and removes the original destination of an accepted :15001 connection. */
-  takeOrigDst(podId: number, srcIp: string, srcPort: number): OrigDst | undefined {
+  /**
+   * The original destination of an accepted :15001 connection: one lookup,
+   * no delete (sockops drops the record when the client socket closes).
+   */
+  origDst(podId: number, srcIp: string, srcPort: number): OrigDst | undefined {
     const k = Buffer.alloc(12);
     k.writeUInt32LE(podId, 0);
     ip4Bytes(srcIp).copy(k, 4);
     k.writeUInt16LE(srcPort, 8);
     const v = this.byFlow.lookup(k, 16);
     if (!v) return undefined;
-    this.byFlow.delete(k);
     return { ip: ip4String(v, 0), port: v.readUInt16BE(4), podId: v.readUInt32LE(8) };
+  }
+
+  /** Original-destination records still held (both maps); 0 once every captured socket closed. */
+  pendingRecords(): { byCookie: number; byFlow: number } {
+    return { byCookie: this.byCookie.keys(8).length, byFlow: this.byFlow.keys(12).length };
   }
 
   // --- counters: per-CPU u64 by reason, summed

@@ -6,8 +6,9 @@ import type { OutgoingHttpHeaders } from 'node:http2';
 import type { Service, Workload } from '../state/types';
 
 export function newTraceparent(): { traceparent: string; connId: string } {
-  const traceId = randomBytes(16).toString('hex');
-  return { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01`, connId: traceId };
+  const r = randomBytes(24).toString('hex'); // one call: trace id (16 bytes) + span id (8)
+  const traceId = r.slice(0, 32);
+  return { traceparent: `00-${traceId}-${r.slice(32)}-01`, connId: traceId };
 }
 
 /** The trace id of a traceparent header, or undefined when it is malformed. */

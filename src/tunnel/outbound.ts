@@ -29,7 +29,7 @@ export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
   pod.outbound.on('connection', (client: net.Socket) => {
     client.setNoDelay(true);
     const srcPort = client.remotePort ?? 0;
-    const orig = deps.maps.takeOrigDst(pod.podId, client.remoteAddress ?? '', srcPort);
+    const orig = deps.maps.origDst(pod.podId, client.remoteAddress ?? '', srcPort);
     if (!orig) {
       // Not steered by connect4 (e.g. 127.0.0.1:15001 dialed directly): nowhere to go.
       log.warn({ src: `${client.remoteAddress}:${srcPort}`, reason: 'no_original_destination' }, 'outbound connection refused');

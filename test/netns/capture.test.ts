@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { Enrolment, type EnrolledPod } from '../../src/agent/enrolment';
 import type { Datapath } from '../../src/datapath/loader';
 import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
-import { waitForLine } from '../helpers/proc';
+import { waitFor, waitForLine } from '../helpers/proc';
 import { Topology, type TestPod } from '../helpers/topology';
 
 describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
@@ -20,7 +20,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   /** Every connection accepted on a pod's tunnel sockets answers with what the tunnel learned. */
   function answer(pod: EnrolledPod, dp: Datapath): void {
     pod.outbound.on('connection', (s: net.Socket) => {
-      const orig = dp.maps.takeOrigDst(pod.podId, s.remoteAddress!, s.remotePort!);
+      const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
       s.end(`${JSON.stringify({ at: 'outbound', pod: pod.workload.uid, orig: orig ? `${orig.ip}:${orig.port}` : null })}\n`);
     });
     pod.inboundPlain.on('connection', (s: net.Socket) => {
@@ -72,6 +72,11 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
       assert.deepEqual(r.firstLines, { [JSON.stringify({ at: 'outbound', pod: src.uid, orig: dst })]: 500 }, 'every connection: source pod from the listener, original destination from the map');
       assert.deepEqual(r.peers, { [dst]: 500 }, 'getpeername() shows what the app dialed');
     }
+    // Every client socket has closed: sockops dropped both records of each connection.
+    await waitFor('original-destination records to be dropped', () => {
+      const left = datapaths[0].maps.pendingRecords();
+      return left.byCookie === 0 && left.byFlow === 0;
+    });
   });
 
   test('inbound: any port of an enrolled pod lands at :15006 with the original destination; :15008 at the HBONE listener', async () => {
