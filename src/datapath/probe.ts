@@ -57,11 +57,10 @@ export function probe(pinDir = '/sys/fs/bpf/ambit'): Finding[] {
     ? { ok: false, what: 'capabilities', detail: `missing ${missing.join(', ')}; run as root or grant them (the DaemonSet's securityContext.capabilities.add)` }
     : { ok: true, what: 'capabilities', detail: CAPS.map((c) => c.name).join(', ') });
 
-  const bpffsRoot = pinDir.split('/').slice(0, 4).join('/'); // /sys/fs/bpf
   const bpffs = mountsOfType('bpf');
   findings.push(bpffs.some((m) => pinDir === m || pinDir.startsWith(`${m}/`))
     ? { ok: true, what: 'bpffs', detail: `mounted at ${bpffs.join(', ')}` }
-    : { ok: false, what: 'bpffs', detail: `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf ${bpffsRoot} (in Kubernetes: hostPath-mount the node's /sys/fs/bpf)` });
+    : { ok: false, what: 'bpffs', detail: `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf /sys/fs/bpf and keep --pin-dir under it (in Kubernetes: hostPath-mount the node's /sys/fs/bpf)` });
 
   const cg2 = cgroup2Root();
   findings.push(cg2

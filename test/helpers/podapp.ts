@@ -4,6 +4,10 @@
 //   dial IP PORT N C   open N connections, C at a time; each reads the first
 //                      line and records what getpeername() said; prints one
 //                      JSON summary line
+//   sink PORT          listen on 0.0.0.0:PORT; read each connection to its end
+//                      (the client's FIN), then answer {"got": bytes} and close
+//   halfclose IP PORT TEXT
+//                      send TEXT, shut down writing, print what comes back
 //   stream IP PORT MIB SECONDS
 //                      one connection to a whoami server: send MIB MiB paced
 //                      over SECONDS, count the echo; prints {sent, echoed, ms}
@@ -99,8 +103,29 @@ function stream(ip: string, port: number, mib: number, seconds: number): void {
   }, 50);
 }
 
+function sink(port: number): void {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    let got = 0;
+    s.on('data', (d: Buffer) => { got += d.length; });
+    s.on('end', () => s.end(`${JSON.stringify({ got })}\n`));
+    s.on('error', () => undefined);
+  });
+  server.listen(port, '0.0.0.0', () => console.log(JSON.stringify({ listening: port })));
+}
+
+function halfclose(ip: string, port: number, text: string): void {
+  const s = net.connect({ host: ip, port, allowHalfOpen: true });
+  let reply = '';
+  s.on('connect', () => s.end(text));
+  s.on('data', (d) => { reply += d; });
+  s.on('close', () => console.log(JSON.stringify({ reply: reply.trim() })));
+  s.on('error', (err) => console.log(JSON.stringify({ error: (err as NodeJS.ErrnoException).code ?? err.message })));
+}
+
 const [mode, ...args] = process.argv.slice(2);
 if (mode === 'whoami') whoami(Number(args[0]));
+else if (mode === 'sink') sink(Number(args[0]));
+else if (mode === 'halfclose') halfclose(args[0], Number(args[1]), args[2]);
 else if (mode === 'stream') stream(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
 else if (mode === 'dial') void dial(args[0], Number(args[1]), Number(args[2] ?? 1), Number(args[3] ?? 1), Number(args[4] ?? 5000));
-else { console.error('usage: podapp whoami PORT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS'); process.exit(2); }
+else { console.error('usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS'); process.exit(2); }

@@ -120,7 +120,7 @@ describe('HBONE tunnel', () => {
     const target = (): TestPod => topo.pod(2, 1);
 
     /** Opens HBONE from node 1's netns with the given client TLS settings; resolves with the CONNECT status or the error. */
-    function tryConnect(clientTls: tls.ConnectionOptions): Promise<string> {
+    function tryConnect(clientTls: tls.ConnectionOptions, authority = `${target().ip}:8080`): Promise<string> {
       const pod = target();
       return new Promise((resolve) => {
         const tcp = connectFromNetns(topo.nodes[0].netnsPath, pod.ip, 15008, { allowHalfOpen: false });
@@ -131,7 +131,7 @@ describe('HBONE tunnel', () => {
         const done = (v: string): void => { clearTimeout(timer); session.destroy(); resolve(v); };
         session.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
         session.on('close', () => done('closed'));
-        const req = session.request({ ':method': 'CONNECT', ':authority': `${pod.ip}:8080` }, { endStream: false });
+        const req = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
         req.on('response', (h) => done(`status ${h[':status']}`));
         req.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
       });
@@ -145,6 +145,15 @@ describe('HBONE tunnel', () => {
 
     test('a valid client certificate gets 200 (control)', async () => {
       assert.equal(await tryConnect(await certFor(identity('tester'), ca)), 'status 200');
+    });
+
+    test('CONNECT answers: 400 bad or foreign authority, 503 tunnel port or nothing listening', async () => {
+      const good = await certFor(identity('tester'), ca);
+      const pod = target();
+      assert.equal(await tryConnect(good, 'not-an-address'), 'status 400');
+      assert.equal(await tryConnect(good, `${topo.pod(2, 2).ip}:8080`), 'status 400', 'authority of another pod than the one the stream arrived at');
+      assert.equal(await tryConnect(good, `${pod.ip}:15006`), 'status 503', 'a tunnel port');
+      assert.equal(await tryConnect(good, `${pod.ip}:9`), 'status 503', 'nothing listens there');
     });
 
     test('a certificate from another trust domain', async () => {
@@ -182,6 +191,15 @@ describe('HBONE tunnel', () => {
       });
       assert.doesNotMatch(reply, /HTTP\/1\.1 200|"local"|\(timeout\)/, 'closed, and no tunnel was opened for plaintext');
     });
+  });
+
+  test('half-close crosses the tunnel: the app sees the client\'s FIN and can still answer', async () => {
+    const server = topo.pod(2, 2);
+    const sink = topo.spawnInPod(server, process.execPath, [PODAPP, 'sink', '9100']);
+    await waitForLine(sink, (l) => l.includes('listening'), 'sink listening');
+    const r = await collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'halfclose', server.ip, '9100', 'x'.repeat(100_000)]));
+    assert.deepEqual(JSON.parse(r.stdout.trim()), { reply: JSON.stringify({ got: 100_000 }) });
+    sink.kill();
   });
 
   test('a certificate rotation during a long transfer does not break it', async () => {
