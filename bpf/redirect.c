@@ -80,25 +80,34 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The key the tunnel computes from the socket it accepted: its peer (our
+ * local address) and the pod whose listener accepted it. */
+static __always_inline struct flow_key flow_key_of(struct bpf_sock_ops *ops, struct orig_dst *orig)
+{
+	struct flow_key key = {
+		.pod_id = orig->pod_id,
+		.src_ip4 = ops->local_ip4,
+		.src_port = (__u16)ops->local_port,
+	};
+	return key;
+}
+
 SEC("sockops")
 int ambit_sockops(struct bpf_sock_ops *ops)
 {
-	__u64 cookie;
+	struct flow_key key;
 	struct orig_dst *orig;
+	__u64 cookie;
 
+	if (ops->family != AF_INET)
+		return 1;
 	switch (ops->op) {
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-		if (ops->family != AF_INET)
-			return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		cookie = bpf_get_socket_cookie(ops);
 		orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
 		if (!orig)
 			return 1;
-		struct flow_key key = {
-			.pod_id = orig->pod_id,
-			.src_ip4 = ops->local_ip4,
-			.src_port = (__u16)ops->local_port,
-		};
+		key = flow_key_of(ops, orig);
 		if (bpf_map_update_elem(&orig_by_flow, &key, orig, BPF_ANY)) {
 			count(REASON_SOCKOPS_ERR_MAP_FULL);
 			return 1;
@@ -107,8 +116,7 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 		/* Ask for the close callback, to drop both records. */
 		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
-	}
-	case BPF_SOCK_OPS_STATE_CB: {
+	case BPF_SOCK_OPS_STATE_CB:
 		/* The client socket is gone (for an active close: entering
 		 * TIME_WAIT, long after the tunnel accepted it): forget both
 		 * records, so the tunnel's lookup needs no delete of its own. */
@@ -118,15 +126,10 @@ int ambit_sockops(struct bpf_sock_ops *ops)
 		orig = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
 		if (!orig)
 			return 1;
-		struct flow_key key = {
-			.pod_id = orig->pod_id,
-			.src_ip4 = ops->local_ip4,
-			.src_port = (__u16)ops->local_port,
-		};
+		key = flow_key_of(ops, orig);
 		bpf_map_delete_elem(&orig_by_flow, &key);
 		bpf_map_delete_elem(&orig_by_cookie, &cookie);
 		return 1;
-	}
 	}
 	return 1;
 }

@@ -81,7 +81,8 @@ export class Netns {
   connect(ip: string, port: number, opts: DialOptions = {}): net.Socket {
     const fd = this.run(tcpSocket);
     const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
-    return sock.connect({ host: ip, port });
+    // A tunnel leg forwards what it was handed at once: no Nagle delay on top of the app's own.
+    return sock.connect({ host: ip, port, noDelay: true });
   }
 
   close(): void {

@@ -95,7 +95,6 @@ export class Inbound {
 
     const started = process.hrtime.bigint();
     const upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
-    upstream.setNoDelay(true);
     const onConnectError = (err: Error): void => refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
     upstream.once('error', onConnectError);
     upstream.once('connect', () => {
