@@ -62,8 +62,9 @@ export class NodeApp {
     const pinDir = opts.pinDir ?? DEFAULT_PIN_DIR;
     checkNode(config, nodeName);
     const findings = probe(pinDir);
-    if (findings.some((f) => !f.ok)) {
-      throw new AmbitError('AMBIT_E_KERNEL', `this host cannot run the datapath:\n${formatFindings(findings.filter((f) => !f.ok))}`, 'fix the lines marked FAIL; `ambit datapath probe` shows them all');
+    const failed = findings.filter((f) => !f.ok);
+    if (failed.length) {
+      throw new AmbitError(failed[0].code ?? 'AMBIT_E_KERNEL', `this host cannot run the datapath:\n${formatFindings(failed)}`, 'fix the lines marked FAIL; `ambit datapath probe` shows them all');
     }
     const store = new MeshStore(config);
     const ca = opts.ca ?? await BuiltinCa.open(config.ca.dir);

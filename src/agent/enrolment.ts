@@ -40,7 +40,6 @@ export class Enrolment {
     this.inherited = dp.maps.enrolledCgroups();
   }
 
-  get(uid: string): EnrolledPod | undefined { return this.pods.get(uid); }
   list(): EnrolledPod[] { return [...this.pods.values()]; }
 
   enrol(w: Workload): EnrolledPod {

@@ -1,5 +1,5 @@
 // One certificate per workload identity, held in memory only. Fetched on
-// demand or prefetched at enrolment; one CA request in flight per identity;
+// demand (the node fetches before it enrols a pod); one CA request in flight per identity;
 // refreshed at half-life; on failure retried with exponential backoff while
 // a still-valid certificate keeps serving; forgotten when the identity
 // leaves the node. Emits 'updated' (identity, cert) so TLS servers swap
@@ -65,11 +65,6 @@ export class CertificateManager extends EventEmitter {
     const c = e.cert;
     if (c && this.valid(c)) return Promise.resolve(c);
     return this.request(identity);
-  }
-
-  /** Starts fetching in the background (at enrolment). */
-  prefetch(identity: string): void {
-    this.fetch(identity).catch((err) => this.log.warn({ identity, err: (err as Error).message }, 'prefetch failed; will retry'));
   }
 
   current(identity: string): WorkloadCert | undefined {

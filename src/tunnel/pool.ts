@@ -73,12 +73,6 @@ export class HbonePool {
     });
   }
 
-  get openSessions(): number {
-    let n = 0;
-    for (const list of this.sessions.values()) n += list.length;
-    return n;
-  }
-
   close(): void {
     for (const list of this.sessions.values()) for (const s of list) this.drop(s, 'pool closed');
   }
