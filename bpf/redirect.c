@@ -47,6 +47,11 @@ int ambit_connect4(struct bpf_sock_addr *ctx)
 		count(REASON_CONNECT_SKIP_NOT_TCP);
 		return 1;
 	}
+	struct bpf_sock *sk = ctx->sk;
+	if (sk && sk->mark == AMBIT_SOCKET_MARK) {
+		count(REASON_CONNECT_SKIP_TUNNEL);
+		return 1;
+	}
 	__u32 dst = ctx->user_ip4;
 	if ((bpf_ntohl(dst) & 0xff000000) == LOOPBACK_NET) {
 		count(REASON_CONNECT_SKIP_LOOPBACK);

@@ -9,10 +9,9 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import YAML from 'yaml';
 import { cleanupPins, CLI, pinDirFor, workloadOf } from '../test/helpers/fixture';
-import { collect, sh, waitFor, waitForLine } from '../test/helpers/proc';
+import { collect, jsonLines, sh, waitFor, waitForLine } from '../test/helpers/proc';
 import { Topology, type TestPod } from '../test/helpers/topology';
 
 const APP = path.resolve(__dirname, 'podhttp.js');
@@ -55,9 +54,7 @@ async function main(): Promise<void> {
     for (const node of topo.nodes) {
       const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
       agents.push(agent);
-      const lines: LogLine[] = [];
-      logs.set(node.name, lines);
-      readline.createInterface({ input: agent.stdout! }).on('line', (l) => { try { lines.push(JSON.parse(l) as LogLine); } catch { /* not JSON */ } });
+      logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `ambit node ${node.name}`);
     }
     console.log(`ambit node running on ${topo.nodes.map((n) => n.name).join(' and ')}; every pod enrolled with its own SPIFFE identity`);

@@ -1,9 +1,12 @@
-// The composition root of `ambit node`: builds the components in the order
-// a connection meets them — state, identity, datapath, enrolment
-// (listeners), outbound → pool → inbound — and owns start, reload and stop.
-// Everything else receives what it needs as arguments.
+// The composition root of `ambit node` and `ambit sidecar`: builds the
+// components in the order a connection meets them — state, identity,
+// datapath, enrolment (listeners), outbound → pool → inbound — and owns
+// start, reload and stop. Everything else receives what it needs as
+// arguments. The two modes differ only in scope: a node agent serves the
+// ambient workloads of its node from the node's netns; a sidecar serves one
+// workload from inside that workload's own netns and cgroup.
 import net from 'node:net';
-import { Enrolment, type EnrolledPod } from './agent/enrolment';
+import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
 import { Netns, type Dialer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
@@ -21,9 +24,12 @@ import { HbonePool, type PoolOptions } from './tunnel/pool';
 
 export type TunnelMode = 'hbone' | 'plain';
 
+/** What one ambit process serves: the ambient pods of a node, or one pod as its sidecar. */
+export type Scope = { node: string } | { sidecar: string };
+
 export interface NodeOptions {
   config: MeshConfig;
-  nodeName: string;
+  scope: Scope;
   /** cgroup v2 directory holding this node's pods; the cgroup2 root by default. */
   podsCgroup?: string;
   pinDir?: string;
@@ -58,9 +64,10 @@ export class NodeApp {
   ) {}
 
   static async start(opts: NodeOptions): Promise<NodeApp> {
-    const { config, nodeName, log } = opts;
-    const pinDir = opts.pinDir ?? DEFAULT_PIN_DIR;
-    checkNode(config, nodeName);
+    const { config, scope, log } = opts;
+    checkScope(config, scope);
+    const own = 'sidecar' in scope ? config.workloads.find((w) => w.uid === scope.sidecar)! : undefined;
+    const pinDir = opts.pinDir ?? (own ? `${DEFAULT_PIN_DIR}/sidecar-${podKey(own)}` : DEFAULT_PIN_DIR);
     const findings = probe(pinDir);
     const failed = findings.filter((f) => !f.ok);
     if (failed.length) {
@@ -70,11 +77,14 @@ export class NodeApp {
     const ca = opts.ca ?? await BuiltinCa.open(config.ca.dir);
     const certs = new CertificateManager(ca, { ttlSeconds: opts.certTtlSeconds, log });
 
-    const podsCgroup = opts.podsCgroup ?? cgroup2Root()!;
+    // A sidecar captures its own pod only: its programs go on the pod's cgroup.
+    const podsCgroup = own?.cgroup ?? opts.podsCgroup ?? cgroup2Root()!;
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
-    const nodeNetns = opts.nodeNetns ? Netns.open(opts.nodeNetns) : undefined;
+    // A sidecar dials from inside its pod; its sockets carry the tunnel mark, so its own connect4 passes them.
+    const nodeNetnsPath = own?.netns ?? opts.nodeNetns;
+    const nodeNetns = nodeNetnsPath ? Netns.open(nodeNetnsPath) : undefined;
     const dial: Dialer = nodeNetns
       ? (ip, port, o = {}) => nodeNetns.connect(ip, port, o)
       : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
@@ -88,7 +98,7 @@ export class NodeApp {
 
   /** Applies a new valid configuration: enrols, unenrols and re-enrols what changed. */
   update(config: MeshConfig): Promise<void> {
-    checkNode(config, this.opts.nodeName);
+    checkScope(config, this.opts.scope);
     this.store.replace(config);
     return this.reconcile();
   }
@@ -126,7 +136,11 @@ export class NodeApp {
 
   private async reconcileNow(): Promise<void> {
     const mode = this.opts.mode ?? 'hbone';
-    const wanted = new Map(this.store.workloadsOn(this.opts.nodeName).filter((w) => w.protocol === 'HBONE').map((w) => [w.uid, w]));
+    const { scope } = this.opts;
+    const mine = 'sidecar' in scope
+      ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
+      : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
+    const wanted = new Map(mine.filter((w) => w.protocol === 'HBONE').map((w) => [w.uid, w]));
     for (const [uid, r] of this.pods) {
       const w = wanted.get(uid);
       if (w && fingerprint(this.store, w) === r.fingerprint) continue;
@@ -161,8 +175,16 @@ function fingerprint(store: MeshStore, w: Workload): string {
   return JSON.stringify([w.addresses, w.netns, w.cgroup, store.identityOf(w)]);
 }
 
-function checkNode(config: MeshConfig, nodeName: string): void {
-  if (!config.nodes.some((n) => n.name === nodeName)) {
-    throw new AmbitError('AMBIT_E_CONFIG', `node ${JSON.stringify(nodeName)} is not in the configuration's nodes`, `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`);
+function checkScope(config: MeshConfig, scope: Scope): void {
+  if ('node' in scope) {
+    if (!config.nodes.some((n) => n.name === scope.node)) {
+      throw new AmbitError('AMBIT_E_CONFIG', `node ${JSON.stringify(scope.node)} is not in the configuration's nodes`, `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`);
+    }
+    return;
+  }
+  const w = config.workloads.find((x) => x.uid === scope.sidecar);
+  if (!w) throw new AmbitError('AMBIT_E_CONFIG', `workload ${JSON.stringify(scope.sidecar)} is not in the configuration`, 'give the uid of a workload entry');
+  if (w.dataplane !== 'sidecar' || w.protocol !== 'HBONE' || !w.netns || !w.cgroup) {
+    throw new AmbitError('AMBIT_E_CONFIG', `workload ${w.uid} cannot have a sidecar: it needs protocol: HBONE, dataplane: sidecar, netns and cgroup (has ${w.protocol}, ${w.dataplane}, ${w.netns ?? 'no netns'}, ${w.cgroup ?? 'no cgroup'})`, 'set dataplane: sidecar so that the node agent leaves the pod to its sidecar');
   }
 }

@@ -20,7 +20,8 @@ enum ambit_reason {
 	REASON_LOOKUP_SKIP_LOCAL = 11,    /* from the pod itself or loopback: no loop */
 	REASON_LOOKUP_DROP_NO_SOCKET = 12,/* enrolled pod, tunnel socket gone: fail closed */
 	REASON_LOOKUP_DROP_ASSIGN = 13,   /* bpf_sk_assign refused the socket */
-	REASON_MAX = 14,
+	REASON_CONNECT_SKIP_TUNNEL = 14,  /* the tunnel's own socket (marked): never captured */
+	REASON_MAX = 15,
 };
 
 #endif

@@ -11,6 +11,11 @@
 #define AMBIT_PORT_INBOUND_PLAIN 15006
 #define AMBIT_PORT_INBOUND_HBONE 15008
 
+/* SO_MARK of every socket the tunnel itself dials. In sidecar mode the
+ * tunnel runs inside the captured pod's cgroup: the mark is what keeps its
+ * own connections from being steered back into it. */
+#define AMBIT_SOCKET_MARK 0x616d6274 /* "ambt" */
+
 /* Slots of a pod in the `listeners` sockmap: pod_id * AMBIT_ROLES + role. */
 #define AMBIT_ROLE_PLAIN 0
 #define AMBIT_ROLE_HBONE 1

@@ -6,8 +6,8 @@
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import {
-  AF_INET, CLONE_NEWNET, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
-  SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
+  AF_INET, AMBIT_SOCKET_MARK, CLONE_NEWNET, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
+  SO_MARK, SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
 } from '../datapath/ffi';
 import { ip4Bytes } from '../datapath/maps';
 
@@ -77,9 +77,10 @@ export class Netns {
     });
   }
 
-  /** Connects to ip:port from inside this namespace (delivery to the app from within the pod). */
+  /** Connects to ip:port from inside this namespace; the socket carries the tunnel's mark. */
   connect(ip: string, port: number, opts: DialOptions = {}): net.Socket {
     const fd = this.run(tcpSocket);
+    markAsTunnel(fd);
     const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: opts.allowHalfOpen ?? true });
     // A tunnel leg forwards what it was handed at once: no Nagle delay on top of the app's own.
     return sock.connect({ host: ip, port, noDelay: true });
@@ -88,6 +89,17 @@ export class Netns {
   close(): void {
     if (this.fd >= 0) libcFns.close(this.fd);
     this.fd = -1;
+  }
+}
+
+/** Marks a socket as the tunnel's own, so connect4 leaves it alone even inside a captured cgroup. */
+function markAsTunnel(fd: number): void {
+  const mark = Buffer.alloc(4);
+  mark.writeUInt32LE(AMBIT_SOCKET_MARK);
+  if (libcFns.setsockopt(fd, SOL_SOCKET, SO_MARK, mark, 4) < 0) {
+    const code = errnoName(errno());
+    libcFns.close(fd);
+    throw new AmbitError('AMBIT_E_NETNS', `setting SO_MARK on a tunnel socket failed: ${code}`, 'needs CAP_NET_ADMIN');
   }
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `ambit` — one binary, subcommands:
 //   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
+//   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
 //   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
 //   ambit ca init|issue …
 import fs from 'node:fs';
@@ -20,25 +21,31 @@ import { loadConfigFile } from '../state/config';
 
 const USAGE = `usage:
   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
+  ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
   ambit ca init  --dir DIR
   ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
   ambit datapath probe   [--pin-dir DIR]
   ambit datapath status  [--pin-dir DIR] [--json]
   ambit datapath cleanup [--pin-dir DIR]`;
 
-async function node(argv: string[]): Promise<void> {
+/** `ambit node` and `ambit sidecar`: the same tunnel, scoped to a node's ambient pods or to one pod. */
+async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, node: { type: 'string' }, 'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' } },
+    options: {
+      config: { type: 'string' }, node: { type: 'string' }, workload: { type: 'string' },
+      'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
+    },
   });
-  if (!values.config || !values.node) throw new AmbitError('AMBIT_E_CONFIG', '--config and --node are required', USAGE);
+  const target = kind === 'node' ? values.node : values.workload;
+  if (!values.config || !target) throw new AmbitError('AMBIT_E_CONFIG', `--config and ${kind === 'node' ? '--node' : '--workload'} are required`, USAGE);
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
   const log = createLogger();
   const configFile = values.config;
   const app = await NodeApp.start({
     config: loadConfigFile(configFile),
-    nodeName: values.node,
+    scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
     pinDir: values['pin-dir'],
     mode,
@@ -52,7 +59,7 @@ async function node(argv: string[]): Promise<void> {
     ),
     (err) => log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'),
   );
-  log.info({ node: values.node, mode, pods: app.enrolment.list().length }, 'node ready');
+  log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, pods: app.enrolment.list().length }, `${kind} ready`);
   const stop = (signal: string): void => {
     log.info({ signal }, 'stopping');
     unwatch();
@@ -122,7 +129,8 @@ function datapath(argv: string[]): void {
 async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
-    case 'node': return node(rest);
+    case 'node': return serve('node', rest);
+    case 'sidecar': return serve('sidecar', rest);
     case 'ca': return ca(rest);
     case 'datapath': return datapath(rest);
     case undefined: case '-h': case '--help': console.log(USAGE); return;

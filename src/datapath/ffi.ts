@@ -81,4 +81,7 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
+export const SO_MARK = 36;
+/** AMBIT_SOCKET_MARK of bpf/lib/types.h: connect4 never captures a socket with it. */
+export const AMBIT_SOCKET_MARK = 0x616d6274;
 export const IPPROTO_TCP = 6;

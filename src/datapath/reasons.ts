@@ -15,6 +15,7 @@ export const REASONS = [
   'LOOKUP_SKIP_LOCAL',
   'LOOKUP_DROP_NO_SOCKET',
   'LOOKUP_DROP_ASSIGN',
+  'CONNECT_SKIP_TUNNEL',
 ] as const;
 
 export type Reason = (typeof REASONS)[number];

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
-import type { MeshConfig, MeshNode, Service, ServicePort, TunnelProtocol, Workload } from './types';
+import type { Dataplane, MeshConfig, MeshNode, Service, ServicePort, TunnelProtocol, Workload } from './types';
 
 type Obj = Record<string, unknown>;
 
@@ -65,6 +65,8 @@ function workload(p: Problems, v: unknown, at: string): Workload {
   const o = isObj(v) ? v : (p.add(at, v, 'must be a map'), {} as Obj);
   const protocol = (o.protocol ?? 'HBONE') as TunnelProtocol;
   if (protocol !== 'HBONE' && protocol !== 'NONE') p.add(`${at}.protocol`, o.protocol, 'must be HBONE (in the mesh) or NONE (plain TCP peer)');
+  const dataplane = (o.dataplane ?? 'ambient') as Dataplane;
+  if (dataplane !== 'ambient' && dataplane !== 'sidecar') p.add(`${at}.dataplane`, o.dataplane, 'must be ambient (the node agent captures it) or sidecar (`ambit sidecar` runs in the pod)');
   const addresses = list(p, o, 'addresses', at, false).map((a, i) => {
     if (typeof a !== 'string' || !net.isIPv4(a)) p.add(`${at}.addresses[${i}]`, a, 'must be an IPv4 address such as 10.200.0.10');
     return String(a);
@@ -78,6 +80,7 @@ function workload(p: Problems, v: unknown, at: string): Workload {
     node: str(p, o, 'node', at, { fix: 'the name of an entry of nodes:' }),
     addresses,
     protocol,
+    dataplane,
     netns: str(p, o, 'netns', at, { optional: true }) || undefined,
     cgroup: str(p, o, 'cgroup', at, { optional: true }) || undefined,
     labels: labels(p, o, 'labels', at),

@@ -1,6 +1,8 @@
 // The control-plane view of the mesh, as every source (the standalone YAML
 // today, xDS later) delivers it. Field names follow the standalone YAML.
 export type TunnelProtocol = 'HBONE' | 'NONE';
+/** Who carries a mesh workload's traffic: its node's agent, or its own sidecar. */
+export type Dataplane = 'ambient' | 'sidecar';
 
 export interface Workload {
   uid: string;
@@ -10,6 +12,7 @@ export interface Workload {
   node: string;
   addresses: string[];
   protocol: TunnelProtocol;
+  dataplane: Dataplane;
   /** Network namespace file; only the hosting node uses it. */
   netns?: string;
   /** cgroup v2 directory of the pod; only the hosting node uses it. */

@@ -52,3 +52,12 @@ export function collect(child: ChildProcess): Promise<{ code: number | null; std
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** Every JSON line a child prints on stdout, parsed, as it arrives (a live array). */
+export function jsonLines(child: ChildProcess): Record<string, unknown>[] {
+  const lines: Record<string, unknown>[] = [];
+  readline.createInterface({ input: child.stdout! }).on('line', (l) => {
+    try { lines.push(JSON.parse(l) as Record<string, unknown>); } catch { /* not JSON */ }
+  });
+  return lines;
+}

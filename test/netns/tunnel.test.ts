@@ -57,7 +57,7 @@ describe('HBONE tunnel', () => {
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     for (const node of topo.nodes) {
       const app = await NodeApp.start({
-        config: config(), nodeName: node.name, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
+        config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
         nodeNetns: node.netnsPath, certTtlSeconds: 4, log,
       });
       app.setAuthorizer({ check: (c) => { seen.push(c); return { allow: true }; } });

@@ -1,9 +1,14 @@
 // src/datapath/maps.ts encodes the structs of bpf/lib/types.h by hand; the
-// compiled object's BTF is the truth. A field moved in C fails here.
+// compiled object's BTF is the truth. A field moved in C fails here, and so
+// does a constant changed on one side only.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import fs from 'node:fs';
 import { test } from 'node:test';
+import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../../src/agent/enrolment';
+import { AMBIT_SOCKET_MARK } from '../../src/datapath/ffi';
+import { MAX_PODS } from '../../src/datapath/maps';
 
 const OBJ = path.resolve(__dirname, '../../../build/bpf/redirect.o');
 
@@ -17,6 +22,16 @@ function structs(): Map<string, BtfType> {
 
 const layout = (t: BtfType | undefined): Record<string, number> =>
   Object.fromEntries((t?.members ?? []).map((m) => [m.name, m.bits_offset / 8]));
+
+test('constants of bpf/lib/types.h match their TypeScript mirrors', () => {
+  const header = fs.readFileSync(path.resolve(__dirname, '../../../bpf/lib/types.h'), 'utf8');
+  const define = (name: string): number => Number(new RegExp(`#define ${name} (\\S+)`).exec(header)?.[1]);
+  assert.equal(define('AMBIT_SOCKET_MARK'), AMBIT_SOCKET_MARK);
+  assert.equal(define('AMBIT_PORT_OUTBOUND'), PORT_OUTBOUND);
+  assert.equal(define('AMBIT_PORT_INBOUND_PLAIN'), PORT_INBOUND_PLAIN);
+  assert.equal(define('AMBIT_PORT_INBOUND_HBONE'), PORT_INBOUND_HBONE);
+  assert.equal(define('AMBIT_MAX_PODS'), MAX_PODS);
+});
 
 test('struct layouts match what maps.ts encodes', () => {
   const s = structs();

@@ -6,7 +6,7 @@ import { connIdOf, connectHeaders, newTraceparent, parseAuthority } from '../../
 import { pickWeighted, resolveOutbound } from '../../src/tunnel/route';
 
 const w = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
-  uid: `default/${name}`, name, namespace: 'default', serviceAccount: name, node: 'n1', addresses: [ip], protocol: 'HBONE', labels: {}, capacity: 1, ...extra,
+  uid: `default/${name}`, name, namespace: 'default', serviceAccount: name, node: 'n1', addresses: [ip], protocol: 'HBONE', dataplane: 'ambient', labels: {}, capacity: 1, ...extra,
 });
 
 const cfg: MeshConfig = {
