@@ -31,6 +31,8 @@ export class Inbound {
   private readonly onCert: (id: string, c: WorkloadCert) => void;
   /** TLS handshakes completed on :15008 (tests count pooled-session reuse with it). */
   handshakes = 0;
+  /** The peer identity (or why there is none) of each TLS connection: checked once, not per stream. */
+  private readonly peers = new WeakMap<tls.TLSSocket, ReturnType<typeof peerIdentity>>();
 
   /** cert undefined: plain mode, HBONE connections are refused. */
   constructor(private readonly pod: EnrolledPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
@@ -64,8 +66,14 @@ export class Inbound {
     this.server?.close();
   }
 
+  private peerOf(s: tls.TLSSocket): ReturnType<typeof peerIdentity> {
+    let peer = this.peers.get(s);
+    if (!peer) this.peers.set(s, (peer = peerIdentity(s, this.deps.trustDomain())));
+    return peer;
+  }
+
   private checkPeer(s: tls.TLSSocket): void {
-    const peer = peerIdentity(s, this.deps.trustDomain());
+    const peer = this.peerOf(s);
     if ('error' in peer) {
       this.log.warn({ peer: s.remoteAddress, reason: 'peer_identity', err: peer.error }, 'HBONE connection refused');
       s.destroy();
@@ -88,9 +96,11 @@ export class Inbound {
     if (!target) return refuse(400, 'bad_authority');
     if (!this.pod.workload.addresses.includes(target.ip)) return refuse(400, 'authority_not_this_pod');
     if (TUNNEL_PORTS.has(target.port)) return refuse(503, 'tunnel_port');
-    const peer = tlsSocket ? peerIdentity(tlsSocket, this.deps.trustDomain()) : { error: 'no TLS' };
+    // A stream can be read before 'secureConnection' ran (same read as the handshake's end): check here too.
+    const peer = tlsSocket ? this.peerOf(tlsSocket) : { error: 'no TLS' };
     if ('error' in peer) return refuse(401, 'peer_identity', { err: peer.error });
-    const decision = this.deps.authorizer().check({ srcIdentity: peer.identity, srcIp, dst: this.pod.workload, dstIp: target.ip, dstPort: target.port });
+    const srcIdentity = peer.identity;
+    const decision = this.deps.authorizer().check({ srcIdentity, srcIp, dst: this.pod.workload, dstIp: target.ip, dstPort: target.port });
     if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
 
     const started = process.hrtime.bigint();
@@ -102,7 +112,7 @@ export class Inbound {
       if (stream.destroyed) { upstream.destroy(); return; }
       stream.respond({ ':status': 200 });
       void copyBidirectional(stream, upstream).then((r) => this.log.info({
-        conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.identity': peer.identity, 'dst.addr': `${target.ip}:${target.port}`,
+        conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.identity': srcIdentity, 'dst.addr': `${target.ip}:${target.port}`,
         'dst.workload': this.pod.workload.name, 'dst.identity': this.identity, bytes_sent: r.received, bytes_recv: r.sent,
         duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
       }, 'connection complete'));
