@@ -12,6 +12,8 @@
 //          CONCURRENCY at a time, new ones started until SECONDS have passed
 //   stream IP PORT SECONDS                    one connection, send as fast as
 //          backpressure allows; the server's byte count is the result
+//   streams IP PORT N SECONDS                 N such connections in parallel
+//          (one process); the result is the sum of the servers' byte counts
 import fs from 'node:fs';
 import net from 'node:net';
 import { Worker } from 'node:worker_threads';
@@ -107,7 +109,7 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
   const lag = new Float64Array(lagBuffer).slice(warmup).sort();
   lat.sort();
   return {
-    requests: lat.length, rate, p50_us: percentile(lat, 0.5), p99_us: percentile(lat, 0.99), max_us: lat[lat.length - 1],
+    requests: lat.length, rate, p50_us: percentile(lat, 0.5), p90_us: percentile(lat, 0.9), p99_us: percentile(lat, 0.99), max_us: lat[lat.length - 1],
     sendLag_p50_us: percentile(lag, 0.5), sendLag_p99_us: percentile(lag, 0.99),
   };
 }
@@ -149,7 +151,9 @@ async function conn(ip: string, port: number, concurrency: number, seconds: numb
   return { ok, failed: Object.values(errors).reduce((a, b) => a + b, 0), errors, elapsed_s: elapsedS, per_s: ok / elapsedS };
 }
 
-async function stream(ip: string, port: number, seconds: number): Promise<object> {
+interface StreamResult { bytes: number; elapsed_s: number; mib_per_s: number }
+
+async function stream(ip: string, port: number, seconds: number): Promise<StreamResult> {
   const s = connect(ip, port, { allowHalfOpen: true });
   await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
   const t0 = now();
@@ -177,6 +181,13 @@ async function stream(ip: string, port: number, seconds: number): Promise<object
   return { bytes: counted, elapsed_s: elapsedS, mib_per_s: counted / elapsedS / 2 ** 20 };
 }
 
+async function streams(ip: string, port: number, n: number, seconds: number): Promise<object> {
+  const each = await Promise.all(Array.from({ length: n }, () => stream(ip, port, seconds)));
+  const bytes = each.reduce((a, r) => a + r.bytes, 0);
+  const elapsedS = Math.max(...each.map((r) => r.elapsed_s));
+  return { streams: n, bytes, elapsed_s: elapsedS, mib_per_s: bytes / elapsedS / 2 ** 20, per_stream_mib_per_s: each.map((r) => r.mib_per_s) };
+}
+
 async function main(argv: string[]): Promise<object> {
   const [mode, ip, portArg, ...rest] = argv;
   const port = Number(portArg);
@@ -186,7 +197,8 @@ async function main(argv: string[]): Promise<object> {
     case 'rr': return rr(ip, port, n[0], n[1], n[2]);
     case 'conn': return conn(ip, port, n[0], n[1]);
     case 'stream': return stream(ip, port, n[0]);
-    default: throw new Error('usage: load probe|rr|conn|stream IP PORT …');
+    case 'streams': return streams(ip, port, n[0], n[1]);
+    default: throw new Error('usage: load probe|rr|conn|stream|streams IP PORT …');
   }
 }
 

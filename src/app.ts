@@ -152,21 +152,31 @@ export class NodeApp {
     this.certs.retain(new Set([...wanted.values()].map((w) => this.store.identityOf(w))));
     for (const w of wanted.values()) {
       if (this.pods.has(w.uid)) continue;
-      const identity = this.store.identityOf(w);
-      // The pod's certificate first: its :15008 must be able to answer once captured.
-      const cert = mode === 'hbone' ? await this.certs.fetch(identity) : undefined;
-      const pod = this.enrolment.enrol(w);
-      const inbound = new Inbound(pod, identity, cert, {
-        certs: this.certs,
-        trustDomain: () => this.store.trustDomain,
-        authorizer: () => this.authorizer,
-        dialInPod: (p, ip, port) => p.netns.connect(ip, port),
-        log: this.log,
-      });
-      attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', log: this.log });
-      this.pods.set(w.uid, { pod, inbound, fingerprint: fingerprint(this.store, w) });
-      this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
+      // One pod that cannot be enrolled (netns gone, port taken) must not keep
+      // the others out: it is logged and retried at the next change.
+      try {
+        await this.enrol(w, mode);
+      } catch (err) {
+        this.log.error({ pod: w.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'pod enrolment failed; its traffic is not captured');
+      }
     }
+  }
+
+  private async enrol(w: Workload, mode: TunnelMode): Promise<void> {
+    const identity = this.store.identityOf(w);
+    // The pod's certificate first: its :15008 must be able to answer once captured.
+    const cert = mode === 'hbone' ? await this.certs.fetch(identity) : undefined;
+    const pod = this.enrolment.enrol(w);
+    const inbound = new Inbound(pod, identity, cert, {
+      certs: this.certs,
+      trustDomain: () => this.store.trustDomain,
+      authorizer: () => this.authorizer,
+      dialInPod: (p, ip, port) => p.netns.connect(ip, port),
+      log: this.log,
+    });
+    attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', log: this.log });
+    this.pods.set(w.uid, { pod, inbound, fingerprint: fingerprint(this.store, w) });
+    this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
   }
 }
 

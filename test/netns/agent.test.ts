@@ -89,10 +89,14 @@ describe('ambit node (agent process)', () => {
       assert.equal(still.failed, 0, 'the last good state keeps serving');
       assert.equal((await netnsLinks()).length, 2);
 
-      const cfg = YAML.parse(original) as { workloads: { uid: string; protocol: string }[] };
+      const cfg = YAML.parse(original) as { workloads: Record<string, unknown>[] };
       cfg.workloads.find((w) => w.uid === topo.pod(1, 2).uid)!.protocol = 'NONE';
+      // A pod whose netns is gone: logged, and it keeps no other pod out.
+      cfg.workloads.push({ ...workloadOf(topo.pod(1, 3)), uid: `${topo.prefix}/ghost`, addresses: ['10.200.1.99'], netns: `/var/run/netns/${topo.prefix}-ghost` });
+      const ghost = waitForLine(agent, (l) => l.includes('pod enrolment failed'), 'the failed enrolment');
       const applied = waitForLine(agent, (l) => l.includes('configuration applied'), 'the change applied');
       fs.writeFileSync(configFile, YAML.stringify(cfg));
+      assert.match(await ghost, /AMBIT_E_NETNS.*cannot open netns .*ghost: ENOENT/);
       await applied;
       assert.deepEqual(await netnsLinks(), [`netns-${topo.prefix}_n1-p1`], 'n1-p2 left the mesh: unenrolled');
       const direct = await dialFrom(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1, 1, 1000);

@@ -1,0 +1,76 @@
+// Small helpers shared by the comparison benchmark: statistics, number
+// formatting, child process bookkeeping, bounded concurrency, and the
+// kernel's own accounting of a process's CPU time and resident memory.
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on Linux for x86 and arm64). */
+export const CLOCK_TICKS = 100;
+
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+export function fmt(v: unknown): string {
+  const n = Number(v);
+  if (!Number.isFinite(n)) return '–';
+  if (Math.abs(n) >= 100) return Math.round(n).toLocaleString('en-US');
+  if (Math.abs(n) >= 1) return n.toFixed(1);
+  return n.toFixed(3);
+}
+
+export const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
+
+/** Keeps the last few KiB a child printed (and keeps its pipes drained). */
+export function tail(child: ChildProcess): () => string {
+  let out = '';
+  const add = (d: Buffer): void => { out = (out + d.toString()).slice(-4000); };
+  child.stdout?.on('data', add);
+  child.stderr?.on('data', add);
+  return () => out.trim();
+}
+
+/** Signals a child and waits for it to exit, escalating to SIGKILL after graceMs. */
+export async function stop(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<void> {
+  if (exited(child)) return;
+  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await gone;
+  clearTimeout(timer);
+}
+
+/** Runs fn over items, at most `limit` at a time; rejects with the first failure once all settled. */
+export async function eachLimited<T>(items: T[], limit: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const worker = async (): Promise<void> => {
+    while (next < items.length && failure === undefined) {
+      const i = next++;
+      try { await fn(items[i], i); } catch (err) { failure ??= err; }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure !== undefined) throw failure;
+}
+
+/** utime + stime of a whole process (all its threads), in clock ticks. */
+export function cpuTicks(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces; fields after it start at state (field 3).
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]); // fields 14 and 15
+}
+
+/** Resident set size of a process, in bytes (VmRSS). */
+export function rssBytes(pid: number): number {
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+export function commOf(pid: number): string {
+  try { return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '(gone)'; }
+}
