@@ -12,8 +12,9 @@ fi
 
 # Debian packages: clang/llvm build bpf/*.c; libbpf1 is loaded through koffi;
 # bpftool inspects links in the tests; iproute2 and util-linux (nsenter) build
-# the namespace test bed; tcpdump captures the wire in the demo.
-packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make)
+# the namespace test bed; tcpdump captures the wire in the demo; stunnel4 is
+# the C/OpenSSL mutual-TLS reference of `make compare`.
+packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
