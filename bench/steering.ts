@@ -29,6 +29,7 @@ import { CLI, cleanupPins, pinDirFor, workloadOf } from '../test/helpers/fixture
 import { collect, waitFor, waitForLine } from '../test/helpers/proc';
 import { Topology, type TestNode, type TestPod } from '../test/helpers/topology';
 import { PORTS } from './server';
+import { exited, fmt, median, stop, tail } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);
 const RR = { rate: 1000, warmupS: 0.5, seconds: 3 };
@@ -60,36 +61,6 @@ const METRICS: Metric[] = [
   { label: 'new connections per second', measure: 'conn', field: 'per_s', target: (m) => ({ text: '≥ 2,000/s', met: m.hbone >= 2000 }) },
   { label: 'single-stream throughput (MiB/s)', measure: 'stream', field: 'mib_per_s', target: (m) => ({ text: '≥ 500 MiB/s', met: m.hbone >= 500 }) },
 ];
-
-function fmt(v: unknown): string {
-  const n = Number(v);
-  return Math.abs(n) >= 100 ? n.toFixed(0) : n.toFixed(1);
-}
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
-/** Keeps the last few KiB a child printed (and keeps its pipes drained). */
-function tail(child: ChildProcess): () => string {
-  let out = '';
-  const add = (d: Buffer): void => { out = (out + d.toString()).slice(-4000); };
-  child.stdout?.on('data', add);
-  child.stderr?.on('data', add);
-  return () => out.trim();
-}
-
-const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.signalCode !== null;
-
-async function stop(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<void> {
-  if (exited(child)) return;
-  const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await gone;
-  clearTimeout(timer);
-}
 
 class Bench {
   topo?: Topology;
