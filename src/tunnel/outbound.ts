@@ -10,7 +10,7 @@ import type { Logger } from '../observability/log';
 import type { MeshStore } from '../state/store';
 import { copyBidirectional } from './copy';
 import { connectHeaders, newTraceparent } from './headers';
-import type { HbonePool } from './pool';
+import { HBONE_PORT, type HbonePool } from './pool';
 import { resolveOutbound } from './route';
 
 export interface OutboundDeps {
@@ -66,7 +66,7 @@ async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: nu
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
 
-  entry['dst.hbone_addr'] = `${route.ip}:15008`;
+  entry['dst.hbone_addr'] = `${route.ip}:${HBONE_PORT}`;
   entry['dst.identity'] = route.identities[0];
   // A client that gives up while the stream is being set up must not leak it.
   let gone = false;
