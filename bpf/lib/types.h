@@ -23,8 +23,11 @@
 
 #define AMBIT_MAX_PODS 4096
 #define AMBIT_MAX_FLOWS 65536
-/* Deepest cgroup level searched for an enrolled ancestor (kubepods nests 3-5). */
+/* Deepest cgroup level searched for an enrolled ancestor (kubepods nests 3-5).
+ * Overridable at build time; the upgrade test builds a variant with it. */
+#ifndef AMBIT_MAX_CGROUP_DEPTH
 #define AMBIT_MAX_CGROUP_DEPTH 12
+#endif
 
 /* Value of `enrolled_cgroups` (key: cgroup v2 id = inode of the directory). */
 struct pod_entry {
