@@ -15,6 +15,9 @@ import { BuiltinCa } from './identity/builtin-ca';
 import type { CertificateAuthority } from './identity/ca';
 import { CertificateManager } from './identity/cert-manager';
 import type { Logger } from './observability/log';
+import type { Readiness } from './observability/admin';
+import { Metrics } from './observability/metrics';
+import { datapathStatus } from './datapath/status';
 import { allowAll, type Authorizer } from './policy/authorize';
 import { MeshStore } from './state/store';
 import type { MeshConfig, Workload } from './state/types';
@@ -48,6 +51,8 @@ interface PodRuntime { pod: EnrolledPod; inbound: Inbound; fingerprint: string }
 
 export class NodeApp {
   private readonly pods = new Map<string, PodRuntime>();
+  /** Pods that should be enrolled but could not be, with why (retried at the next change). */
+  private readonly failed = new Map<string, string>();
   private authorizer: Authorizer = allowAll;
   private reconciling: Promise<void> = Promise.resolve();
 
@@ -58,6 +63,7 @@ export class NodeApp {
     private readonly datapath: Datapath,
     readonly enrolment: Enrolment,
     readonly pool: HbonePool,
+    readonly metrics: Metrics,
     private readonly dial: Dialer,
     private readonly log: Logger,
     private readonly nodeNetns?: Netns,
@@ -89,7 +95,9 @@ export class NodeApp {
       ? (ip, port, o = {}) => nodeNetns.connect(ip, port, o)
       : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
     const pool = new HbonePool({ certs, dial, log, ...opts.pool });
-    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, dial, log, nodeNetns);
+    const metrics = new Metrics({ maps: datapath.maps, certs, pool: () => pool.stats() });
+    metrics.configApplied.setToCurrentTime();
+    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, metrics, dial, log, nodeNetns);
     await app.reconcile();
     const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
@@ -100,10 +108,37 @@ export class NodeApp {
   update(config: MeshConfig): Promise<void> {
     checkScope(config, this.opts.scope);
     this.store.replace(config);
+    this.metrics.configApplied.setToCurrentTime();
     return this.reconcile();
   }
 
   setAuthorizer(a: Authorizer): void { this.authorizer = a; }
+
+  /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
+  readiness(): Readiness {
+    const pending = [...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`);
+    for (const r of this.pods.values()) {
+      for (const s of [r.pod.outbound, r.pod.inboundPlain, r.pod.inboundHbone]) if (!s.listening) pending.push(`listeners of pod ${r.pod.workload.uid}`);
+    }
+    return { pending };
+  }
+
+  /** What this process serves, for the admin API: state, pods, certificates (never keys), datapath. */
+  configDump(): unknown {
+    return {
+      scope: this.opts.scope,
+      mode: this.opts.mode ?? 'hbone',
+      config: this.store.config,
+      pods: [...this.pods.values()].map(({ pod, inbound }) => ({
+        uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity: inbound.identity,
+        addresses: pod.workload.addresses, listeners: { outbound: pod.outbound.listening, inboundPlain: pod.inboundPlain.listening, inboundHbone: pod.inboundHbone.listening },
+      })),
+      failedPods: Object.fromEntries(this.failed),
+      certificates: this.certs.certificates().map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),
+      pool: this.pool.stats(),
+      datapath: datapathStatus(this.datapath.pinDir),
+    };
+  }
 
   /** TLS handshakes accepted by this node's pods (HBONE sessions opened towards them). */
   inboundHandshakes(): number {
@@ -149,6 +184,7 @@ export class NodeApp {
       this.pods.delete(uid);
       this.log.info({ pod: uid }, 'pod unenrolled');
     }
+    for (const uid of this.failed.keys()) if (!wanted.has(uid)) this.failed.delete(uid);
     this.certs.retain(new Set([...wanted.values()].map((w) => this.store.identityOf(w))));
     for (const w of wanted.values()) {
       if (this.pods.has(w.uid)) continue;
@@ -156,7 +192,9 @@ export class NodeApp {
       // the others out: it is logged and retried at the next change.
       try {
         await this.enrol(w, mode);
+        this.failed.delete(w.uid);
       } catch (err) {
+        this.failed.set(w.uid, (err as Error).message);
         this.log.error({ pod: w.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'pod enrolment failed; its traffic is not captured');
       }
     }
@@ -172,9 +210,11 @@ export class NodeApp {
       trustDomain: () => this.store.trustDomain,
       authorizer: () => this.authorizer,
       dialInPod: (p, ip, port) => p.netns.connect(ip, port),
+      workloadByIp: (ip) => this.store.workloadByIp(ip),
+      metrics: this.metrics,
       log: this.log,
     });
-    attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', log: this.log });
+    attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', metrics: this.metrics, log: this.log });
     this.pods.set(w.uid, { pod, inbound, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
   }

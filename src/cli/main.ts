@@ -16,6 +16,7 @@ import { DEFAULT_PIN_DIR } from '../datapath/loader';
 import { formatFindings, probe } from '../datapath/probe';
 import { cleanupDatapath, datapathStatus } from '../datapath/status';
 import { AmbitError } from '../errors';
+import { startAdmin } from '../observability/admin';
 import { createLogger } from '../observability/log';
 import { loadConfigFile } from '../state/config';
 
@@ -43,7 +44,27 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
   const log = createLogger();
   const configFile = values.config;
-  const app = await NodeApp.start({
+  // The endpoints come up first, so readiness can say what is still pending.
+  let app: NodeApp | undefined;
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    unwatch?.();
+    admin.close();
+    app?.stop();
+    process.exit(0);
+  };
+  const admin = await startAdmin({
+    metrics: () => app?.metrics,
+    readiness: () => app?.readiness() ?? { pending: ['datapath attach', 'configuration', 'pod listeners and certificates'] },
+    configDump: () => app?.configDump() ?? { starting: true },
+    log,
+    quit: () => stop('quitquitquit'),
+  });
+  let unwatch: (() => void) | undefined;
+  app = await NodeApp.start({
     config: loadConfigFile(configFile),
     scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
@@ -51,21 +72,19 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     mode,
     log,
   });
-  const unwatch = watchConfigFile(
+  const running = app;
+  unwatch = watchConfigFile(
     configFile,
-    (cfg) => app.update(cfg).then(
+    (cfg) => running.update(cfg).then(
       () => log.info({ file: configFile }, 'configuration applied'),
       (err: Error) => log.error({ file: configFile, err: err.message }, 'configuration change could not be applied'),
     ),
-    (err) => log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'),
+    (err) => {
+      running.metrics.configRejected.inc();
+      log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
+    },
   );
   log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, pods: app.enrolment.list().length }, `${kind} ready`);
-  const stop = (signal: string): void => {
-    log.info({ signal }, 'stopping');
-    unwatch();
-    app.stop();
-    process.exit(0);
-  };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
 }

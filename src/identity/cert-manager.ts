@@ -74,6 +74,11 @@ export class CertificateManager extends EventEmitter {
 
   identities(): string[] { return [...this.entries.keys()]; }
 
+  /** The certificates held now (for metrics and config dumps; callers must not expose keyPem). */
+  certificates(): WorkloadCert[] {
+    return [...this.entries.values()].flatMap((e) => (e.cert ? [e.cert] : []));
+  }
+
   /** Forgets every identity not in keep (workloads that left the node). */
   retain(keep: Set<string>): void {
     for (const [id, e] of this.entries) {

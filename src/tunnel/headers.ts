@@ -33,6 +33,24 @@ export function connectHeaders(opts: { authority: string; traceparent: string; s
   };
 }
 
+/** The source workload a peer described in its baggage (what the destination reports it as). */
+export function sourceFromBaggage(baggage: unknown): { name: string; namespace: string; labels: Record<string, string> } | undefined {
+  if (typeof baggage !== 'string') return undefined;
+  const kv = new Map(baggage.split(',').map((p) => p.trim().split('=', 2) as [string, string]).filter(([k, v]) => k && v));
+  const name = kv.get('k8s.pod.name');
+  const namespace = kv.get('k8s.namespace.name');
+  if (!name || !namespace) return undefined;
+  const labels: Record<string, string> = {};
+  if (kv.has('service.name')) labels.app = kv.get('service.name')!;
+  if (kv.has('service.version')) labels.version = kv.get('service.version')!;
+  return { name, namespace, labels };
+}
+
+/** The service hostname of a `forwarded` header's `host=` parameter, if any. */
+export function forwardedHost(forwarded: unknown): string | undefined {
+  return typeof forwarded === 'string' ? /;\s*host=([^;,\s]+)/.exec(forwarded)?.[1] : undefined;
+}
+
 /** `ip:port` with a valid IPv4 address and port, or undefined. */
 export function parseAuthority(authority: unknown): { ip: string; port: number } | undefined {
   if (typeof authority !== 'string') return undefined;

@@ -9,9 +9,11 @@ import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND, type EnrolledPod
 import type { CertificateManager, WorkloadCert } from '../identity/cert-manager';
 import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import type { Logger } from '../observability/log';
+import { tcpLabels, type Metrics } from '../observability/metrics';
+import type { Workload } from '../state/types';
 import type { Authorizer } from '../policy/authorize';
 import { copyBidirectional } from './copy';
-import { connIdOf, parseAuthority } from './headers';
+import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
 
 const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
@@ -22,6 +24,9 @@ export interface InboundDeps {
   authorizer: () => Authorizer;
   /** Dials the app from inside the pod. */
   dialInPod: (pod: EnrolledPod, ip: string, port: number) => net.Socket;
+  /** The workload at an address, for plaintext peers (which present no identity). */
+  workloadByIp: (ip: string) => Workload | undefined;
+  metrics: Metrics;
   log: Logger;
 }
 
@@ -89,6 +94,7 @@ export class Inbound {
     const connId = connIdOf(headers.traceparent);
     const refuse = (status: number, reason: string, extra: Record<string, unknown> = {}): void => {
       this.log.warn({ conn_id: connId, src: srcIp, authority: headers[':authority'], status, reason, ...extra }, 'HBONE stream refused');
+      this.deps.metrics.failure('inbound', reason);
       if (!stream.destroyed) stream.respond({ ':status': status }, { endStream: true });
     };
     if (headers[':method'] !== 'CONNECT') return refuse(400, 'not_connect');
@@ -111,7 +117,11 @@ export class Inbound {
       upstream.off('error', onConnectError);
       if (stream.destroyed) { upstream.destroy(); return; }
       stream.respond({ ':status': 200 });
-      void copyBidirectional(stream, upstream).then((r) => this.log.info({
+      const closed = this.deps.metrics.open(tcpLabels({
+        reporter: 'destination', src: sourceFromBaggage(headers.baggage), srcPrincipal: srcIdentity,
+        dst: this.pod.workload, dstPrincipal: this.identity, service: forwardedHost(headers.forwarded), mtls: true,
+      }));
+      void copyBidirectional(stream, upstream).then((r) => { closed({ fromSource: r.sent, toSource: r.received }); return r; }).then((r) => this.log.info({
         conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.identity': srcIdentity, 'dst.addr': `${target.ip}:${target.port}`,
         'dst.workload': this.pod.workload.name, 'dst.identity': this.identity, bytes_sent: r.received, bytes_recv: r.sent,
         duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
@@ -127,17 +137,20 @@ export class Inbound {
     const srcIp = client.remoteAddress ?? '';
     if (TUNNEL_PORTS.has(port)) {
       this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'tunnel_port' }, 'plaintext connection refused');
+      this.deps.metrics.failure('inbound', 'tunnel_port');
       client.destroy();
       return;
     }
     const decision = this.deps.authorizer().check({ srcIp, dst: this.pod.workload, dstIp: ip, dstPort: port });
     if (!decision.allow) {
       this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'denied', policy: decision.policy }, 'plaintext connection refused');
+      this.deps.metrics.failure('inbound', 'denied');
       client.destroy();
       return;
     }
     const started = process.hrtime.bigint();
-    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => this.log.info({
+    const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src: this.deps.workloadByIp(srcIp), dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
+    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => { closed({ fromSource: r.sent, toSource: r.received }); return r; }).then((r) => this.log.info({
       direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name,
       bytes_sent: r.received, bytes_recv: r.sent, duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
     }, 'connection complete'));

@@ -7,6 +7,7 @@ import type { EnrolledPod } from '../agent/enrolment';
 import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
+import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { MeshStore } from '../state/store';
 import { copyBidirectional } from './copy';
 import { connectHeaders, newTraceparent } from './headers';
@@ -21,6 +22,7 @@ export interface OutboundDeps {
   dial: Dialer;
   /** Plain mode: every destination is dialed directly, without HBONE. */
   plainOnly?: boolean;
+  metrics: Metrics;
   log: Logger;
 }
 
@@ -33,6 +35,7 @@ export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
     if (!orig) {
       // Not steered by connect4 (e.g. 127.0.0.1:15001 dialed directly): nowhere to go.
       log.warn({ src: `${client.remoteAddress}:${srcPort}`, reason: 'no_original_destination' }, 'outbound connection refused');
+      deps.metrics.failure('outbound', 'no_original_destination');
       client.destroy();
       return;
     }
@@ -55,14 +58,21 @@ async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: nu
   };
 
   if (route.kind === 'refuse') {
+    deps.metrics.failure('outbound', route.reason);
     client.destroy();
     return finish({ 'dst.service': route.service.hostname, error: route.reason });
   }
   if (route.service) entry['dst.service'] = route.service.hostname;
   if (route.workload) Object.assign(entry, { 'dst.workload': route.workload.name, 'dst.namespace': route.workload.namespace });
+  const labels = tcpLabels({
+    reporter: 'source', src, srcPrincipal: srcIdentity, dst: route.workload, service: route.service?.hostname,
+    dstPrincipal: route.kind === 'hbone' ? route.identities[0] : undefined, mtls: route.kind === 'hbone',
+  });
 
   if (route.kind === 'plain') {
+    const closed = deps.metrics.open(labels);
     const r = await copyBidirectional(client, deps.dial(route.ip, route.port));
+    closed({ fromSource: r.sent, toSource: r.received });
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
 
@@ -81,12 +91,17 @@ async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: nu
     client.off('close', onEarlyClose);
     if (gone) {
       stream.close();
+      deps.metrics.failure('outbound', 'client_closed');
       return finish({ error: 'client_closed' });
     }
+    const closed = deps.metrics.open(labels);
     const r = await copyBidirectional(client, stream);
+    closed({ fromSource: r.sent, toSource: r.received });
     finish({ bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   } catch (err) {
     client.destroy();
-    finish({ error: (err as NodeJS.ErrnoException).code ?? (err as Error).message, detail: (err as Error).message });
+    const code = (err as NodeJS.ErrnoException).code ?? 'hbone_connect';
+    deps.metrics.failure('outbound', code);
+    finish({ error: code, detail: (err as Error).message });
   }
 }

@@ -73,6 +73,17 @@ export class HbonePool {
     });
   }
 
+  /** Open sessions and the streams they carry. */
+  stats(): { sessions: number; streams: number } {
+    let sessions = 0;
+    let streams = 0;
+    for (const list of this.sessions.values()) {
+      sessions += list.length;
+      for (const s of list) streams += s.streams;
+    }
+    return { sessions, streams };
+  }
+
   close(): void {
     for (const list of this.sessions.values()) for (const s of list) this.drop(s, 'pool closed');
   }

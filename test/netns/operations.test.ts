@@ -1,0 +1,154 @@
+// Root: what an operator sees of a running `ambit node` — Prometheus
+// metrics after known traffic (Istio's TCP metrics from both reporters, with
+// their labels), failures by reason, datapath counters, readiness, the admin
+// API (config dump without keys, log level, quit) and that the admin port
+// listens on localhost only.
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { connectFromNetns } from '../../src/agent/netns';
+import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { waitFor, waitForLine } from '../helpers/proc';
+import { Topology, type TestNode } from '../helpers/topology';
+
+/** An HTTP request made from inside a node's netns. */
+function request(node: TestNode, host: string, port: number, method: string, urlPath: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    // No agent: with one, Node would dial on its own and ignore createConnection.
+    const req = http.request({ method, path: urlPath, host, port, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of one sample of a Prometheus text exposition, matched by name and labels. */
+function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const body = line.includes('{') ? line.slice(name.length + 1, line.lastIndexOf('}')) : '';
+    const got = Object.fromEntries([...body.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return undefined;
+}
+
+describe('operations: metrics, readiness, admin', () => {
+  let topo: Topology;
+  let dir: string;
+  const agents = new Map<string, ChildProcess>();
+  const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
+  const metrics = async (node: TestNode): Promise<string> => (await request(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
+
+  before(async () => {
+    requireRoot();
+    topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    const config = path.join(dir, 'mesh.yaml');
+    fs.writeFileSync(config, YAML.stringify({
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: topo.pods.map((p) => ({ ...workloadOf(p), name: `${p.node.name}-${p.name}`, serviceAccount: `sa-${p.node.name}`, labels: { app: `app-${p.node.name}`, version: 'v7' } })),
+    }));
+    for (const node of topo.nodes) {
+      const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
+      agents.set(node.name, agent);
+      await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);
+    }
+    const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami');
+  });
+
+  after(async () => {
+    for (const a of agents.values()) a.kill('SIGKILL');
+    await Promise.all([...agents.values()].map(waitExit));
+    if (topo) {
+      await topo.destroy();
+      cleanupPins(topo);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('readiness says ready once the node serves', async () => {
+    const r = await request(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready');
+    assert.deepEqual(r, { status: 200, body: 'ready\n' });
+  });
+
+  test('Istio TCP metrics after known traffic, from the source and the destination, with every label known', async () => {
+    const [n1, n2] = topo.nodes;
+    const r = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 30, 5);
+    assert.equal(r.failed, 0);
+    const expected = {
+      source_workload: 'n1-p1', source_workload_namespace: 'default', source_principal: id('sa-n1'), source_app: 'app-n1', source_version: 'v7',
+      destination_workload: 'n2-p1', destination_workload_namespace: 'default', destination_principal: id('sa-n2'),
+      request_protocol: 'tcp', response_flags: '-', connection_security_policy: 'mutual_tls',
+    };
+    const source = { reporter: 'source', ...expected };
+    const destination = { reporter: 'destination', ...expected };
+    // Connections are counted closed when both ends are done: wait for the last one.
+    await waitFor('30 closed connections on both reporters', async () =>
+      sample(await metrics(n1), 'istio_tcp_connections_closed_total', source) === 30 && sample(await metrics(n2), 'istio_tcp_connections_closed_total', destination) === 30);
+    const m1 = await metrics(n1);
+    const m2 = await metrics(n2);
+    assert.equal(sample(m1, 'istio_tcp_connections_opened_total', source), 30);
+    assert.equal(sample(m2, 'istio_tcp_connections_opened_total', destination), 30);
+    const sent = sample(m1, 'istio_tcp_sent_bytes_total', source)!;
+    assert.ok(sent > 30 * 40, `sent bytes ${sent}: 30 whoami lines toward the source`);
+    assert.equal(sample(m2, 'istio_tcp_sent_bytes_total', destination), sent, 'both reporters count the same bytes');
+    assert.equal(sample(m1, 'istio_tcp_received_bytes_total', source), 0, 'the client sent nothing');
+    assert.doesNotMatch(m1.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total{reporter="source",source_workload="n1-p1"')).join('\n'), /destination_workload="unknown"/);
+    assert.ok(sample(m1, 'ambit_datapath_events_total', { reason: 'CONNECT_REDIRECTED' })! >= 30, 'datapath counters read on scrape');
+    assert.ok(sample(m2, 'ambit_datapath_events_total', { reason: 'LOOKUP_TO_HBONE' })! >= 1);
+    assert.ok(sample(m1, 'ambit_certificate_expiry_timestamp_seconds', { identity: id('sa-n1') })! > Date.now() / 1000 + 23 * 3600);
+    assert.ok(sample(m1, 'ambit_pool_sessions', {})! >= 1);
+    assert.match(m1, /^process_open_fds \d+/m);
+    assert.match(m1, /^nodejs_eventloop_lag_seconds /m);
+  });
+
+  test('failures are counted by reason on both sides', async () => {
+    const r = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 15006, 1, 1, 2000);
+    assert.equal(r.ok, 0);
+    await waitFor('the inbound refusal counted', async () => sample(await metrics(topo.nodes[1]), 'ambit_connection_failures_total', { direction: 'inbound', reason: 'tunnel_port' }) === 1);
+    assert.equal(sample(await metrics(topo.nodes[0]), 'ambit_connection_failures_total', { direction: 'outbound', reason: 'AMBIT_E_HBONE_STATUS' }), 1);
+  });
+
+  test('admin: config dump without keys, log level at runtime, localhost only, quit', async () => {
+    const node = topo.nodes[0];
+    const dump = await request(node, '127.0.0.1', 15000, 'GET', '/config_dump');
+    assert.equal(dump.status, 200);
+    const parsed = JSON.parse(dump.body) as { pods: { uid: string; identity: string; listeners: Record<string, boolean> }[]; certificates: { identity: string }[]; datapath: { links: unknown[] } };
+    assert.deepEqual(parsed.pods.map((p) => [p.uid, p.identity, p.listeners]), [[topo.pod(1, 1).uid, id('sa-n1'), { outbound: true, inboundPlain: true, inboundHbone: true }]]);
+    assert.deepEqual(parsed.certificates.map((c) => c.identity), [id('sa-n1')]);
+    assert.equal(parsed.datapath.links.length, 4);
+    assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');
+
+    assert.deepEqual(await request(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug'), { status: 200, body: 'level=debug\n' });
+    assert.deepEqual(await request(node, '127.0.0.1', 15000, 'POST', '/logging'), { status: 200, body: 'level=debug\n' });
+    assert.equal((await request(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud')).status, 400);
+
+    await assert.rejects(request(node, node.wireIp, 15000, 'GET', '/config_dump'), /ECONNREFUSED/, 'the admin API is not reachable from the network');
+    assert.equal((await request(node, node.wireIp, 15020, 'GET', '/metrics')).status, 200, 'metrics are');
+
+    const agent = agents.get(node.name)!;
+    const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
+    assert.equal((await request(node, '127.0.0.1', 15000, 'POST', '/quitquitquit')).status, 200);
+    assert.equal(await exited, 0);
+  });
+
+  test('after teardown no namespace, cgroup, pin or process remains', async () => {
+    for (const a of agents.values()) a.kill('SIGTERM');
+    await Promise.all([...agents.values()].map(waitExit));
+    await topo.destroy();
+    cleanupPins(topo);
+    assertNothingLeft(topo);
+  });
+});
