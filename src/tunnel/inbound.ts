@@ -8,6 +8,7 @@ import type tls from 'node:tls';
 import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND, type EnrolledPod } from '../agent/enrolment';
 import type { CertificateManager, WorkloadCert } from '../identity/cert-manager';
 import { peerIdentity, serverTlsOptions } from '../identity/tls';
+import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { Workload } from '../state/types';
@@ -109,7 +110,13 @@ export class Inbound {
     const decision = this.deps.authorizer().check({ srcIdentity, srcIp, dst: this.pod.workload, dstIp: target.ip, dstPort: target.port });
     if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
 
-    const started = process.hrtime.bigint();
+    const src = sourceFromBaggage(headers.baggage);
+    const service = forwardedHost(headers.forwarded);
+    const finish = accessLog(this.log, {
+      conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.workload': src?.name, 'src.namespace': src?.namespace, 'src.identity': srcIdentity,
+      'dst.addr': `${target.ip}:${target.port}`, 'dst.hbone_addr': `${target.ip}:${PORT_INBOUND_HBONE}`, 'dst.service': service,
+      'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace, 'dst.identity': this.identity,
+    });
     const upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
     const onConnectError = (err: Error): void => refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
     upstream.once('error', onConnectError);
@@ -118,14 +125,12 @@ export class Inbound {
       if (stream.destroyed) { upstream.destroy(); return; }
       stream.respond({ ':status': 200 });
       const closed = this.deps.metrics.open(tcpLabels({
-        reporter: 'destination', src: sourceFromBaggage(headers.baggage), srcPrincipal: srcIdentity,
-        dst: this.pod.workload, dstPrincipal: this.identity, service: forwardedHost(headers.forwarded), mtls: true,
+        reporter: 'destination', src, srcPrincipal: srcIdentity, dst: this.pod.workload, dstPrincipal: this.identity, service, mtls: true,
       }));
-      void copyBidirectional(stream, upstream).then((r) => { closed({ fromSource: r.sent, toSource: r.received }); return r; }).then((r) => this.log.info({
-        conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.identity': srcIdentity, 'dst.addr': `${target.ip}:${target.port}`,
-        'dst.workload': this.pod.workload.name, 'dst.identity': this.identity, bytes_sent: r.received, bytes_recv: r.sent,
-        duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
-      }, 'connection complete'));
+      void copyBidirectional(stream, upstream).then((r) => {
+        closed({ fromSource: r.sent, toSource: r.received });
+        finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
+      });
     });
   }
 
@@ -148,11 +153,15 @@ export class Inbound {
       client.destroy();
       return;
     }
-    const started = process.hrtime.bigint();
-    const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src: this.deps.workloadByIp(srcIp), dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
-    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => { closed({ fromSource: r.sent, toSource: r.received }); return r; }).then((r) => this.log.info({
-      direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name,
-      bytes_sent: r.received, bytes_recv: r.sent, duration_ms: Number(process.hrtime.bigint() - started) / 1e6, error: r.error?.message,
-    }, 'connection complete'));
+    const src = this.deps.workloadByIp(srcIp);
+    const finish = accessLog(this.log, {
+      direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'src.workload': src?.name, 'src.namespace': src?.namespace,
+      'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace,
+    });
+    const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
+    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => {
+      closed({ fromSource: r.sent, toSource: r.received });
+      finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
+    });
   }
 }

@@ -7,6 +7,7 @@ import type { EnrolledPod } from '../agent/enrolment';
 import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
+import { accessLog } from '../observability/access-log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { MeshStore } from '../state/store';
 import { copyBidirectional } from './copy';
@@ -44,7 +45,6 @@ export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
 }
 
 async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
-  const started = process.hrtime.bigint();
   const src = pod.workload;
   const srcIdentity = deps.store.identityOf(src);
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
@@ -53,9 +53,7 @@ async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: nu
     conn_id: connId, direction: 'outbound', 'src.addr': `${src.addresses[0]}:${srcPort}`, 'src.workload': src.name,
     'src.namespace': src.namespace, 'src.identity': srcIdentity, 'dst.addr': `${ip}:${port}`,
   };
-  const finish = (fields: Record<string, unknown>): void => {
-    log.info({ ...entry, ...fields, duration_ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'connection complete');
-  };
+  const finish = accessLog(log, entry);
 
   if (route.kind === 'refuse') {
     deps.metrics.failure('outbound', route.reason);

@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { connectFromNetns } from '../../src/agent/netns';
 import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
-import { waitFor, waitForLine } from '../helpers/proc';
+import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { Topology, type TestNode } from '../helpers/topology';
 
 /** An HTTP request made from inside a node's netns. */
@@ -45,6 +45,7 @@ describe('operations: metrics, readiness, admin', () => {
   let topo: Topology;
   let dir: string;
   const agents = new Map<string, ChildProcess>();
+  const logs = new Map<string, Record<string, unknown>[]>();
   const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
   const metrics = async (node: TestNode): Promise<string> => (await request(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
 
@@ -62,6 +63,7 @@ describe('operations: metrics, readiness, admin', () => {
     for (const node of topo.nodes) {
       const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
       agents.set(node.name, agent);
+      logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);
     }
     const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
@@ -112,6 +114,20 @@ describe('operations: metrics, readiness, admin', () => {
     assert.ok(sample(m1, 'ambit_pool_sessions', {})! >= 1);
     assert.match(m1, /^process_open_fds \d+/m);
     assert.match(m1, /^nodejs_eventloop_lag_seconds /m);
+  });
+
+  test('access log: one line per connection on each side, sharing the connection id, with Istio\'s fields', async () => {
+    const out = logs.get('n1')!.filter((l) => l.direction === 'outbound' && l.msg === 'connection complete');
+    assert.ok(out.length >= 30, `${out.length} outbound lines`);
+    const fields = ['src.addr', 'src.workload', 'src.namespace', 'src.identity', 'dst.addr', 'dst.hbone_addr', 'dst.workload', 'dst.namespace', 'dst.identity', 'bytes_sent', 'bytes_recv', 'duration'];
+    for (const line of out) for (const f of fields) assert.ok(line[f] !== undefined && line[f] !== null, `outbound line lacks ${f}: ${JSON.stringify(line)}`);
+    const first = out[0];
+    const peer = await waitFor('the destination\'s line for the same connection', () => logs.get('n2')!.find((l) => l.direction === 'inbound' && l.conn_id === first.conn_id));
+    for (const f of fields) assert.ok(peer[f] !== undefined, `inbound line lacks ${f}: ${JSON.stringify(peer)}`);
+    assert.equal(peer['src.identity'], first['src.identity']);
+    assert.equal(peer['src.workload'], 'n1-p1');
+    assert.equal(peer.bytes_sent, first.bytes_recv, 'what the destination sent is what the source received');
+    assert.match(String(first.duration), /^\d+\.\d{3}ms$/);
   });
 
   test('failures are counted by reason on both sides', async () => {

@@ -81,7 +81,7 @@ describe('sidecar mode', () => {
     const r = await dialFrom(topo, topo.pod(1, 1), server.ip, 8080, 20, 5);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
     assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 20 });
-    const line = (await inboundFrom('sidecar', id('sa-n1-p1')))!;
+    const line = await inboundFrom('sidecar', id('sa-n1-p1'));
     assert.equal(line['dst.identity'], id('sa-n2-p1'));
   });
 
