@@ -1,34 +1,58 @@
 // The composition root of `ambit node` and `ambit sidecar`: builds the
 // components in the order a connection meets them — state, identity,
-// datapath, enrolment (listeners), outbound → pool → inbound — and owns
-// start, reload and stop. Everything else receives what it needs as
-// arguments. The two modes differ only in scope: a node agent serves the
-// ambient workloads of its node from the node's netns; a sidecar serves one
-// workload from inside that workload's own netns and cgroup.
+// datapath, enrolment (listening sockets), then the data plane that serves
+// them — and owns start, reload, drain and stop. Everything else receives
+// what it needs as arguments.
+//
+// Scope: a node agent serves the ambient workloads of its node from the
+// node's netns; a sidecar serves one workload from inside that workload's
+// own netns and cgroup. Data plane: the tunnel runs in this process, or in
+// tunnel worker processes that accept on the same sockets (src/agent/workers.ts).
 import net from 'node:net';
 import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
-import { Netns, type Dialer } from './agent/netns';
+import { listenerServer, Netns, type Dialer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
+import { datapathStatus } from './datapath/status';
 import { AmbitError } from './errors';
 import { BuiltinCa } from './identity/builtin-ca';
 import type { CertificateAuthority } from './identity/ca';
-import { CertificateManager } from './identity/cert-manager';
-import type { Logger } from './observability/log';
+import { CertificateManager, type WorkloadCert } from './identity/cert-manager';
 import type { Readiness } from './observability/admin';
+import type { Logger } from './observability/log';
 import { Metrics } from './observability/metrics';
-import { datapathStatus } from './datapath/status';
 import { allowAll, type Authorizer } from './policy/authorize';
 import { MeshStore } from './state/store';
 import type { MeshConfig, Workload } from './state/types';
-import { Inbound } from './tunnel/inbound';
-import { attachOutbound } from './tunnel/outbound';
-import { HbonePool, type PoolOptions } from './tunnel/pool';
+import type { PoolOptions } from './tunnel/pool';
+import { Tunnel, type TunnelMode } from './tunnel/tunnel';
 
-export type TunnelMode = 'hbone' | 'plain';
+export type { TunnelMode } from './tunnel/tunnel';
 
 /** What one ambit process serves: the ambient pods of a node, or one pod as its sidecar. */
 export type Scope = { node: string } | { sidecar: string };
+
+/** Where enrolled pods are served: a Tunnel in this process, or tunnel workers. */
+export interface DataPlane {
+  addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void;
+  removePod(uid: string): void;
+  configChanged(config: MeshConfig): void;
+  /** Tasks before the data plane serves every pod it was given. */
+  pending(): string[];
+  drain(deadlineMs: number): Promise<void>;
+  stop(): void;
+}
+
+export interface DataPlaneContext {
+  store: MeshStore;
+  certs: CertificateManager;
+  datapath: Datapath;
+  metrics: Metrics;
+  dial: Dialer;
+  mode: TunnelMode;
+  authorizer: () => Authorizer;
+  log: Logger;
+}
 
 export interface NodeOptions {
   config: MeshConfig;
@@ -44,10 +68,39 @@ export interface NodeOptions {
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  /** Builds the data plane; by default the tunnel runs in this process. */
+  dataPlane?: (ctx: DataPlaneContext) => DataPlane;
   log: Logger;
 }
 
-interface PodRuntime { pod: EnrolledPod; inbound: Inbound; fingerprint: string }
+/** The tunnel in this process, on duplicates of the pods' listening sockets. */
+export class InProcessDataPlane implements DataPlane {
+  readonly tunnel: Tunnel;
+
+  constructor(ctx: DataPlaneContext, pool?: NodeOptions['pool']) {
+    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, dial: ctx.dial, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, log: ctx.log });
+  }
+
+  addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
+    const { listeners: l } = pod;
+    this.tunnel.addPod({
+      workload: pod.workload, podId: pod.podId, identity, netns: pod.netns,
+      outbound: listenerServer(l.outbound), inboundPlain: listenerServer(l.inboundPlain), inboundHbone: listenerServer(l.inboundHbone),
+    }, cert);
+  }
+
+  removePod(uid: string): void { this.tunnel.removePod(uid); }
+  configChanged(): void { /* the tunnel reads the shared store */ }
+
+  pending(): string[] {
+    return this.tunnel.served().flatMap((p) => ([p.outbound, p.inboundPlain, p.inboundHbone].every((s) => s.listening) ? [] : [`listeners of pod ${p.workload.uid}`]));
+  }
+
+  async drain(deadlineMs: number): Promise<void> { await this.tunnel.drain(deadlineMs); }
+  stop(): void { this.tunnel.stop(); }
+}
+
+interface PodRuntime { pod: EnrolledPod; identity: string; fingerprint: string }
 
 export class NodeApp {
   private readonly pods = new Map<string, PodRuntime>();
@@ -55,6 +108,7 @@ export class NodeApp {
   private readonly failed = new Map<string, string>();
   private authorizer: Authorizer = allowAll;
   private reconciling: Promise<void> = Promise.resolve();
+  readonly dataPlane: DataPlane;
 
   private constructor(
     private readonly opts: NodeOptions,
@@ -62,12 +116,14 @@ export class NodeApp {
     readonly certs: CertificateManager,
     private readonly datapath: Datapath,
     readonly enrolment: Enrolment,
-    readonly pool: HbonePool,
     readonly metrics: Metrics,
-    private readonly dial: Dialer,
+    dial: Dialer,
     private readonly log: Logger,
     private readonly nodeNetns?: Netns,
-  ) {}
+  ) {
+    const ctx: DataPlaneContext = { store, certs, datapath, metrics, dial, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizer, log };
+    this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
+  }
 
   static async start(opts: NodeOptions): Promise<NodeApp> {
     const { config, scope, log } = opts;
@@ -94,20 +150,27 @@ export class NodeApp {
     const dial: Dialer = nodeNetns
       ? (ip, port, o = {}) => nodeNetns.connect(ip, port, o)
       : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
-    const pool = new HbonePool({ certs, dial, log, ...opts.pool });
-    const metrics = new Metrics({ maps: datapath.maps, certs, pool: () => pool.stats() });
+    const metrics = new Metrics({ maps: datapath.maps, certs });
     metrics.configApplied.setToCurrentTime();
-    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), pool, metrics, dial, log, nodeNetns);
+    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), metrics, dial, log, nodeNetns);
     await app.reconcile();
     const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
     return app;
   }
 
+  get pinDir(): string { return this.datapath.pinDir; }
+
+  /** The in-process tunnel, when there is one (tests read its pool and handshake counts). */
+  get tunnel(): Tunnel | undefined {
+    return this.dataPlane instanceof InProcessDataPlane ? this.dataPlane.tunnel : undefined;
+  }
+
   /** Applies a new valid configuration: enrols, unenrols and re-enrols what changed. */
   update(config: MeshConfig): Promise<void> {
     checkScope(config, this.opts.scope);
     this.store.replace(config);
+    this.dataPlane.configChanged(config);
     this.metrics.configApplied.setToCurrentTime();
     return this.reconcile();
   }
@@ -116,11 +179,7 @@ export class NodeApp {
 
   /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
   readiness(): Readiness {
-    const pending = [...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`);
-    for (const r of this.pods.values()) {
-      for (const s of [r.pod.outbound, r.pod.inboundPlain, r.pod.inboundHbone]) if (!s.listening) pending.push(`listeners of pod ${r.pod.workload.uid}`);
-    }
-    return { pending };
+    return { pending: [...[...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`), ...this.dataPlane.pending()] };
   }
 
   /** What this process serves, for the admin API: state, pods, certificates (never keys), datapath. */
@@ -129,23 +188,18 @@ export class NodeApp {
       scope: this.opts.scope,
       mode: this.opts.mode ?? 'hbone',
       config: this.store.config,
-      pods: [...this.pods.values()].map(({ pod, inbound }) => ({
-        uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity: inbound.identity,
-        addresses: pod.workload.addresses, listeners: { outbound: pod.outbound.listening, inboundPlain: pod.inboundPlain.listening, inboundHbone: pod.inboundHbone.listening },
+      pods: [...this.pods.values()].map(({ pod, identity }) => ({
+        uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity, addresses: pod.workload.addresses,
       })),
       failedPods: Object.fromEntries(this.failed),
       certificates: this.certs.certificates().map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),
-      pool: this.pool.stats(),
+      dataPlane: { pending: this.dataPlane.pending() },
       datapath: datapathStatus(this.datapath.pinDir),
     };
   }
 
-  /** TLS handshakes accepted by this node's pods (HBONE sessions opened towards them). */
-  inboundHandshakes(): number {
-    let n = 0;
-    for (const r of this.pods.values()) n += r.inbound.handshakes;
-    return n;
-  }
+  /** Graceful stop of the data plane: no new connections, open ones finish until the deadline. */
+  drain(deadlineMs: number): Promise<void> { return this.dataPlane.drain(deadlineMs); }
 
   /**
    * Stops serving. Capture stays pinned on purpose: until an agent runs
@@ -153,11 +207,8 @@ export class NodeApp {
    * `ambit datapath cleanup` removes it.
    */
   stop(): void {
-    this.pool.close();
-    for (const r of this.pods.values()) {
-      r.inbound.close();
-      for (const s of [r.pod.outbound, r.pod.inboundPlain, r.pod.inboundHbone]) s.close();
-    }
+    this.dataPlane.stop();
+    for (const uid of [...this.pods.keys()]) this.enrolment.unenrol(uid);
     this.certs.close();
     this.datapath.close();
     this.nodeNetns?.close();
@@ -170,7 +221,6 @@ export class NodeApp {
   }
 
   private async reconcileNow(): Promise<void> {
-    const mode = this.opts.mode ?? 'hbone';
     const { scope } = this.opts;
     const mine = 'sidecar' in scope
       ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
@@ -179,7 +229,7 @@ export class NodeApp {
     for (const [uid, r] of this.pods) {
       const w = wanted.get(uid);
       if (w && fingerprint(this.store, w) === r.fingerprint) continue;
-      r.inbound.close();
+      this.dataPlane.removePod(uid);
       this.enrolment.unenrol(uid);
       this.pods.delete(uid);
       this.log.info({ pod: uid }, 'pod unenrolled');
@@ -191,7 +241,7 @@ export class NodeApp {
       // One pod that cannot be enrolled (netns gone, port taken) must not keep
       // the others out: it is logged and retried at the next change.
       try {
-        await this.enrol(w, mode);
+        await this.enrol(w);
         this.failed.delete(w.uid);
       } catch (err) {
         this.failed.set(w.uid, (err as Error).message);
@@ -200,22 +250,13 @@ export class NodeApp {
     }
   }
 
-  private async enrol(w: Workload, mode: TunnelMode): Promise<void> {
+  private async enrol(w: Workload): Promise<void> {
     const identity = this.store.identityOf(w);
     // The pod's certificate first: its :15008 must be able to answer once captured.
-    const cert = mode === 'hbone' ? await this.certs.fetch(identity) : undefined;
+    const cert = (this.opts.mode ?? 'hbone') === 'hbone' ? await this.certs.fetch(identity) : undefined;
     const pod = this.enrolment.enrol(w);
-    const inbound = new Inbound(pod, identity, cert, {
-      certs: this.certs,
-      trustDomain: () => this.store.trustDomain,
-      authorizer: () => this.authorizer,
-      dialInPod: (p, ip, port) => p.netns.connect(ip, port),
-      workloadByIp: (ip) => this.store.workloadByIp(ip),
-      metrics: this.metrics,
-      log: this.log,
-    });
-    attachOutbound(pod, { maps: this.datapath.maps, store: this.store, pool: this.pool, dial: this.dial, plainOnly: mode === 'plain', metrics: this.metrics, log: this.log });
-    this.pods.set(w.uid, { pod, inbound, fingerprint: fingerprint(this.store, w) });
+    this.dataPlane.addPod(pod, identity, cert);
+    this.pods.set(w.uid, { pod, identity, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
   }
 }

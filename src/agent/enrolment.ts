@@ -6,16 +6,31 @@
 // The pod id (the kernel's name for a pod) is kept in the pinned
 // enrolled_cgroups map, so a restarted agent gives a pod the same id.
 import fs from 'node:fs';
-import type net from 'node:net';
 import { AmbitError } from '../errors';
+import { libcFns } from '../datapath/ffi';
 import type { Datapath } from '../datapath/loader';
 import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from '../datapath/maps';
 import type { Workload } from '../state/types';
-import { Netns, serverFromFd } from './netns';
+import { Netns } from './netns';
 
 export const PORT_OUTBOUND = 15001;
 export const PORT_INBOUND_PLAIN = 15006;
 export const PORT_INBOUND_HBONE = 15008;
+
+/**
+ * The pod's listening sockets, as raw fds owned by the agent for as long as
+ * the pod is enrolled: whoever serves them (this process or tunnel workers)
+ * accepts on duplicates, so the sockets outlive any one of them and the
+ * kernel queues connections while a server restarts.
+ */
+export interface PodListeners {
+  /** 127.0.0.1:15001 in the pod: captured outbound connections. */
+  readonly outbound: number;
+  /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
+  readonly inboundPlain: number;
+  /** :15008 in the pod: inbound HBONE. */
+  readonly inboundHbone: number;
+}
 
 export interface EnrolledPod {
   readonly workload: Workload;
@@ -23,12 +38,7 @@ export interface EnrolledPod {
   readonly cgroupId: bigint;
   /** The pod's network namespace, held open while the pod is enrolled. */
   readonly netns: Netns;
-  /** 127.0.0.1:15001 in the pod: captured outbound connections. */
-  readonly outbound: net.Server;
-  /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
-  readonly inboundPlain: net.Server;
-  /** :15008 in the pod: inbound HBONE. */
-  readonly inboundHbone: net.Server;
+  readonly listeners: PodListeners;
 }
 
 export class Enrolment {
@@ -70,9 +80,7 @@ export class Enrolment {
     const [outFd, plainFd, hboneFd] = fds;
     const pod: EnrolledPod = {
       workload: w, podId, cgroupId, netns,
-      outbound: serverFromFd(outFd),
-      inboundPlain: serverFromFd(plainFd),
-      inboundHbone: serverFromFd(hboneFd),
+      listeners: { outbound: outFd, inboundPlain: plainFd, inboundHbone: hboneFd },
     };
     try {
       this.dp.maps.setListener(podId, ROLE_PLAIN, plainFd);
@@ -126,7 +134,7 @@ export class Enrolment {
     this.dp.detachNetns(podKey(pod.workload));
     this.dp.maps.deleteListener(pod.podId, ROLE_PLAIN);
     this.dp.maps.deleteListener(pod.podId, ROLE_HBONE);
-    for (const s of [pod.outbound, pod.inboundPlain, pod.inboundHbone]) if (s.listening) s.close();
+    closeListeners(pod);
     pod.netns.close();
   }
 
@@ -134,6 +142,15 @@ export class Enrolment {
     const used = new Set([...this.inherited.values(), ...this.list().map((p) => p.podId)]);
     for (let id = 0; id < MAX_PODS; id++) if (!used.has(id)) return id;
     throw new AmbitError('AMBIT_E_ENROL', `more than ${MAX_PODS} pods on this node`, 'raise AMBIT_MAX_PODS in bpf/lib/types.h and src/datapath/maps.ts');
+  }
+}
+
+/** Closes the agent's own fds of a pod's listening sockets (servers on duplicates close separately). */
+export function closeListeners(pod: EnrolledPod): void {
+  const l = pod.listeners as { outbound: number; inboundPlain: number; inboundHbone: number };
+  for (const k of ['outbound', 'inboundPlain', 'inboundHbone'] as const) {
+    if (l[k] >= 0) libcFns.close(l[k]);
+    l[k] = -1;
   }
 }
 

@@ -6,7 +6,7 @@
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import {
-  AF_INET, AMBIT_SOCKET_MARK, CLONE_NEWNET, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
+  AF_INET, AMBIT_SOCKET_MARK, CLONE_NEWNET, F_DUPFD_CLOEXEC, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
   SO_MARK, SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
 } from '../datapath/ffi';
 import { ip4Bytes } from '../datapath/maps';
@@ -142,9 +142,26 @@ export function connectFromNetns(nsPath: string, ip: string, port: number, opts:
   }
 }
 
-/** Wraps a listening fd as a Node server (Node owns and closes the fd from then on). */
-export function serverFromFd(fd: number): net.Server {
+/**
+ * A Node server accepting on a listening socket the agent owns: it gets a
+ * duplicate of the fd, so closing the server stops this process accepting
+ * while the socket itself stays open for whoever else serves it.
+ */
+export function listenerServer(fd: number): net.Server {
+  const copy = dupCloexec(fd);
   const server = net.createServer({ allowHalfOpen: true, noDelay: true });
-  server.listen({ fd });
+  server.listen({ fd: copy });
   return server;
+}
+
+/** A listening socket as a handle that Node's IPC can pass to a tunnel worker (a duplicate fd, closed here once sent). */
+export function listenerHandle(fd: number): net.Socket {
+  return new net.Socket({ fd: dupCloexec(fd), readable: false, writable: false });
+}
+
+/** A duplicate that child processes do not inherit. */
+function dupCloexec(fd: number): number {
+  const copy = libcFns.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 0);
+  if (copy < 0) throw new AmbitError('AMBIT_E_NETNS', `duplicating listening socket ${fd} failed: ${errnoName(errno())}`);
+  return copy;
 }

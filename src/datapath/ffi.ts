@@ -54,6 +54,7 @@ export const bpf = {
 export const libcFns = {
   open: libc.func('int open(const char *path, int flags)') as (p: string, f: number) => number,
   close: libc.func('int close(int fd)') as (fd: number) => number,
+  fcntl: libc.func('int fcntl(int fd, int cmd, ...)') as (fd: number, cmd: number, type: 'int', arg: number) => number,
   setns: libc.func('int setns(int fd, int nstype)') as (fd: number, t: number) => number,
   socket: libc.func('int socket(int domain, int type, int protocol)') as (d: number, t: number, p: number) => number,
   setsockopt: libc.func('int setsockopt(int fd, int level, int name, const uint8_t *val, uint32_t len)') as (fd: number, l: number, n: number, v: Buffer, len: number) => number,
@@ -71,6 +72,8 @@ export function errnoName(code: number): string {
 }
 
 // Linux constants (x86_64/arm64 share these values).
+/** fcntl: duplicate with FD_CLOEXEC set (plain dup() would leak the socket into every child process). */
+export const F_DUPFD_CLOEXEC = 1030;
 export const O_RDONLY = 0;
 export const O_CLOEXEC = 0o2000000;
 export const O_DIRECTORY = 0o200000;

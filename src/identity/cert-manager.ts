@@ -25,6 +25,13 @@ export interface WorkloadCert {
   notAfter: Date;
 }
 
+/** What the data path needs of certificates: the current one per identity, and news of renewals. */
+export interface CertProvider {
+  fetch(identity: string): Promise<WorkloadCert>;
+  on(event: 'updated', listener: (identity: string, cert: WorkloadCert) => void): this;
+  off(event: 'updated', listener: (identity: string, cert: WorkloadCert) => void): this;
+}
+
 export interface CertManagerOptions {
   ttlSeconds?: number;
   backoffInitialMs?: number;
@@ -40,7 +47,7 @@ interface Entry {
   failures: number;
 }
 
-export class CertificateManager extends EventEmitter {
+export class CertificateManager extends EventEmitter implements CertProvider {
   private readonly entries = new Map<string, Entry>();
   private readonly ttl: number;
   private readonly backoffInitial: number;

@@ -52,7 +52,6 @@ export function tcpLabels(f: {
 export interface MetricsSources {
   maps?: DatapathMaps;
   certs?: CertificateManager;
-  pool?: () => { sessions: number; streams: number };
 }
 
 export class Metrics {
@@ -76,11 +75,7 @@ export class Metrics {
     this.configApplied = new client.Gauge({ name: 'ambit_config_last_applied_timestamp_seconds', help: 'When the current configuration was applied', registers: [r] });
     this.configRejected = new client.Counter({ name: 'ambit_config_rejected_total', help: 'Configuration changes rejected as invalid', registers: [r] });
 
-    const { maps, certs, pool } = sources;
-    if (pool) {
-      new client.Gauge({ name: 'ambit_pool_sessions', help: 'Open HBONE client sessions (one TLS connection each)', registers: [r], collect() { this.set(pool().sessions); } });
-      new client.Gauge({ name: 'ambit_pool_streams', help: 'Open HBONE client streams (one per proxied connection)', registers: [r], collect() { this.set(pool().streams); } });
-    }
+    const { maps, certs } = sources;
     if (certs) {
       new client.Gauge({
         name: 'ambit_certificate_expiry_timestamp_seconds', help: 'When the current certificate of each workload identity expires', labelNames: ['identity'], registers: [r],
@@ -107,6 +102,13 @@ export class Metrics {
       });
     }
     client.collectDefaultMetrics({ register: r });
+  }
+
+  /** Reports an HBONE pool's sessions and streams (the tunnel that owns the pool calls this once). */
+  trackPool(stats: () => { sessions: number; streams: number }): void {
+    const r = this.registry;
+    new client.Gauge({ name: 'ambit_pool_sessions', help: 'Open HBONE client sessions (one TLS connection each)', registers: [r], collect() { this.set(stats().sessions); } });
+    new client.Gauge({ name: 'ambit_pool_streams', help: 'Open HBONE client streams (one per proxied connection)', registers: [r], collect() { this.set(stats().streams); } });
   }
 
   /** Counts a connection as opened; the returned function closes it with its byte counts. */

@@ -5,8 +5,8 @@
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND, type EnrolledPod } from '../agent/enrolment';
-import type { CertificateManager, WorkloadCert } from '../identity/cert-manager';
+import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../agent/enrolment';
+import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
@@ -16,15 +16,16 @@ import type { Authorizer } from '../policy/authorize';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
+import type { ServedPod } from './served-pod';
 
 const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
 
 export interface InboundDeps {
-  certs: CertificateManager;
+  certs: CertProvider;
   trustDomain: () => string;
   authorizer: () => Authorizer;
   /** Dials the app from inside the pod. */
-  dialInPod: (pod: EnrolledPod, ip: string, port: number) => net.Socket;
+  dialInPod: (pod: ServedPod, ip: string, port: number) => net.Socket;
   /** The workload at an address, for plaintext peers (which present no identity). */
   workloadByIp: (ip: string) => Workload | undefined;
   metrics: Metrics;
@@ -37,11 +38,12 @@ export class Inbound {
   private readonly onCert: (id: string, c: WorkloadCert) => void;
   /** TLS handshakes completed on :15008 (tests count pooled-session reuse with it). */
   handshakes = 0;
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** The peer identity (or why there is none) of each TLS connection: checked once, not per stream. */
   private readonly peers = new WeakMap<tls.TLSSocket, ReturnType<typeof peerIdentity>>();
 
   /** cert undefined: plain mode, HBONE connections are refused. */
-  constructor(private readonly pod: EnrolledPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
+  constructor(private readonly pod: ServedPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
     this.log = deps.log.child({ pod: pod.workload.uid });
     this.onCert = (id, c) => { if (id === identity) this.server?.setSecureContext(serverTlsOptions(c)); };
     pod.inboundPlain.on('connection', (s: net.Socket) => this.onPlain(s));
@@ -55,7 +57,11 @@ export class Inbound {
     });
     this.server = server;
     server.on('secureConnection', (s: tls.TLSSocket) => this.checkPeer(s));
-    server.on('session', (session) => session.once('connect', () => session.setLocalWindowSize(CONNECTION_WINDOW)));
+    server.on('session', (session) => {
+      this.sessions.add(session);
+      session.once('close', () => this.sessions.delete(session));
+      session.once('connect', () => session.setLocalWindowSize(CONNECTION_WINDOW));
+    });
     server.on('stream', (stream, headers) => this.onStream(stream, headers));
     server.on('tlsClientError', (err, s) => this.log.warn({ peer: s.remoteAddress, err: err.message, reason: 'tls_handshake' }, 'HBONE connection refused'));
     // Certificate rotation: new handshakes use the new certificate, open sessions carry on.
@@ -70,6 +76,12 @@ export class Inbound {
   close(): void {
     this.deps.certs.off('updated', this.onCert);
     this.server?.close();
+  }
+
+  /** GOAWAY to every HBONE peer: no new streams here; open ones finish. */
+  drain(): void {
+    this.close();
+    for (const s of this.sessions) s.close();
   }
 
   private peerOf(s: tls.TLSSocket): ReturnType<typeof peerIdentity> {

@@ -3,7 +3,6 @@
 // it was going. Mesh destinations get an HBONE stream with the pod's own
 // identity; plain workloads and unknown addresses a direct TCP connection.
 import type net from 'node:net';
-import type { EnrolledPod } from '../agent/enrolment';
 import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
@@ -14,6 +13,7 @@ import { copyBidirectional } from './copy';
 import { connectHeaders, newTraceparent } from './headers';
 import { HBONE_PORT, type HbonePool } from './pool';
 import { resolveOutbound } from './route';
+import type { ServedPod } from './served-pod';
 
 export interface OutboundDeps {
   maps: DatapathMaps;
@@ -27,7 +27,7 @@ export interface OutboundDeps {
   log: Logger;
 }
 
-export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
+export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   const log = deps.log.child({ pod: pod.workload.uid });
   pod.outbound.on('connection', (client: net.Socket) => {
     client.setNoDelay(true);
@@ -44,7 +44,7 @@ export function attachOutbound(pod: EnrolledPod, deps: OutboundDeps): void {
   });
 }
 
-async function handle(pod: EnrolledPod, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
+async function handle(pod: ServedPod, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
   const src = pod.workload;
   const srcIdentity = deps.store.identityOf(src);
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);

@@ -7,7 +7,7 @@
 import http2 from 'node:http2';
 import type { Dialer } from '../agent/netns';
 import tls from 'node:tls';
-import type { CertificateManager } from '../identity/cert-manager';
+import type { CertProvider } from '../identity/cert-manager';
 import { clientTlsOptions } from '../identity/tls';
 import type { Logger } from '../observability/log';
 
@@ -17,7 +17,7 @@ export const CONNECTION_WINDOW = 16 << 20;
 export const MAX_FRAME = 1 << 20;
 
 export interface PoolOptions {
-  certs: CertificateManager;
+  certs: CertProvider;
   /** Opens the TCP leg to a peer (from the node's netns). */
   dial: Dialer;
   log: Logger;

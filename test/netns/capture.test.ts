@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { Enrolment, type EnrolledPod } from '../../src/agent/enrolment';
+import { closeListeners, Enrolment, type EnrolledPod } from '../../src/agent/enrolment';
+import { listenerServer } from '../../src/agent/netns';
 import type { Datapath } from '../../src/datapath/loader';
 import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
 import { waitFor, waitForLine } from '../helpers/proc';
@@ -15,28 +16,37 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   let topo: Topology;
   const datapaths: Datapath[] = [];
   const enrolments: Enrolment[] = [];
-  const enrolled = new Map<string, EnrolledPod>();
+  const enrolled = new Map<string, { pod: EnrolledPod; servers: net.Server[] }>();
 
   /** Every connection accepted on a pod's tunnel sockets answers with what the tunnel learned. */
-  function answer(pod: EnrolledPod, dp: Datapath): void {
-    pod.outbound.on('connection', (s: net.Socket) => {
+  function answer(pod: EnrolledPod, dp: Datapath): net.Server[] {
+    const [outbound, plain, hbone] = [pod.listeners.outbound, pod.listeners.inboundPlain, pod.listeners.inboundHbone].map(listenerServer);
+    outbound.on('connection', (s: net.Socket) => {
       const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
       s.end(`${JSON.stringify({ at: 'outbound', pod: pod.workload.uid, orig: orig ? `${orig.ip}:${orig.port}` : null })}\n`);
     });
-    pod.inboundPlain.on('connection', (s: net.Socket) => {
+    plain.on('connection', (s: net.Socket) => {
       s.end(`${JSON.stringify({ at: 'plain', pod: pod.workload.uid, local: `${s.localAddress}:${s.localPort}` })}\n`);
     });
-    pod.inboundHbone.on('connection', (s: net.Socket) => {
+    hbone.on('connection', (s: net.Socket) => {
       s.end(`${JSON.stringify({ at: 'hbone', pod: pod.workload.uid, local: `${s.localAddress}:${s.localPort}` })}\n`);
     });
+    return [outbound, plain, hbone];
   }
 
   function enrol(pod: TestPod): EnrolledPod {
     const i = pod.node.index - 1;
     const e = enrolments[i].enrol(workloadOf(pod));
-    answer(e, datapaths[i]);
-    enrolled.set(pod.uid, e);
+    enrolled.set(pod.uid, { pod: e, servers: answer(e, datapaths[i]) });
     return e;
+  }
+
+  function unenrol(pod: TestPod): void {
+    const e = enrolled.get(pod.uid);
+    if (!e) return;
+    for (const s of e.servers) s.close();
+    enrolments[pod.node.index - 1].unenrol(pod.uid);
+    enrolled.delete(pod.uid);
   }
 
   before(async () => {
@@ -51,7 +61,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   });
 
   after(async () => {
-    for (const e of enrolments) for (const p of e.list()) e.unenrol(p.workload.uid);
+    for (const pod of topo?.pods ?? []) unenrol(pod);
     for (const dp of datapaths) dp.close();
     if (topo) {
       await topo.destroy();
@@ -103,7 +113,9 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     // The real app listens on the pod's 8080: a fail-open datapath would reach it.
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
-    await Promise.all([e.outbound, e.inboundPlain, e.inboundHbone].map((s) => new Promise((r) => s.close(r))));
+    // The tunnel is gone: every server and the agent's own fds of the sockets closed.
+    await Promise.all(e.servers.map((s) => new Promise((r) => s.close(r))));
+    closeListeners(e.pod);
     const dp = datapaths[1];
     const dropsBefore = dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET;
 
@@ -115,7 +127,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     app.kill();
 
     // Re-enrol so later tests see a working pod again.
-    enrolments[1].unenrol(pod.uid);
+    unenrol(pod);
     enrol(pod);
   });
 
@@ -123,7 +135,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     const pod = topo.pod(1, 2);
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
-    enrolments[0].unenrol(pod.uid);
+    unenrol(pod);
     const inbound = await dialFrom(topo, topo.pod(1, 3), pod.ip, 8080);
     assert.deepEqual(inbound.firstLines, { [JSON.stringify({ local: `${pod.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 }, 'inbound reaches the app directly');
     const target = topo.pod(2, 3);
@@ -136,7 +148,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   });
 
   test('after teardown no namespace, cgroup or pin remains', async () => {
-    for (const e of enrolments) for (const p of e.list()) e.unenrol(p.workload.uid);
+    for (const pod of topo.pods) unenrol(pod);
     for (const dp of datapaths.splice(0)) dp.close();
     await topo.destroy();
     cleanupPins(topo);

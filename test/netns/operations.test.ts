@@ -141,8 +141,9 @@ describe('operations: metrics, readiness, admin', () => {
     const node = topo.nodes[0];
     const dump = await request(node, '127.0.0.1', 15000, 'GET', '/config_dump');
     assert.equal(dump.status, 200);
-    const parsed = JSON.parse(dump.body) as { pods: { uid: string; identity: string; listeners: Record<string, boolean> }[]; certificates: { identity: string }[]; datapath: { links: unknown[] } };
-    assert.deepEqual(parsed.pods.map((p) => [p.uid, p.identity, p.listeners]), [[topo.pod(1, 1).uid, id('sa-n1'), { outbound: true, inboundPlain: true, inboundHbone: true }]]);
+    const parsed = JSON.parse(dump.body) as { pods: { uid: string; identity: string }[]; certificates: { identity: string }[]; datapath: { links: unknown[] }; dataPlane: { pending: string[] } };
+    assert.deepEqual(parsed.pods.map((p) => [p.uid, p.identity]), [[topo.pod(1, 1).uid, id('sa-n1')]]);
+    assert.deepEqual(parsed.dataPlane.pending, []);
     assert.deepEqual(parsed.certificates.map((c) => c.identity), [id('sa-n1')]);
     assert.equal(parsed.datapath.links.length, 4);
     assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');

@@ -79,26 +79,26 @@ describe('HBONE tunnel', () => {
     const client = topo.pod(1, 1);
     for (const server of [topo.pod(2, 1), topo.pod(1, 2)]) {
       seen.length = 0;
-      const before = apps[server.node.index - 1].inboundHandshakes();
+      const before = apps[server.node.index - 1].tunnel!.handshakes();
       const r = await dialFrom(topo, client, server.ip, 8080, 20, 5);
       assert.equal(r.failed, 0, JSON.stringify(r.errors));
       assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 20 });
       assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 20 }, 'delivered from inside the server pod');
       assert.equal(seen.length, 20);
       assert.ok(seen.every((c) => c.srcIdentity === identity('sa-n1-p1') && c.dstPort === 8080 && c.dst.uid === server.uid), JSON.stringify(seen[0]));
-      assert.ok(apps[server.node.index - 1].inboundHandshakes() > before, 'arrived over mutual TLS on :15008');
+      assert.ok(apps[server.node.index - 1].tunnel!.handshakes() > before, 'arrived over mutual TLS on :15008');
     }
   });
 
   test('1,500 sequential connections share one pooled TLS session; no reset storm kills it', async () => {
     const server = topo.pod(2, 2);
     const client = topo.pod(1, 2);
-    const opened = apps[0].pool.sessionsOpened;
-    const handshakes = apps[1].inboundHandshakes();
+    const opened = apps[0].tunnel!.pool.sessionsOpened;
+    const handshakes = apps[1].tunnel!.handshakes();
     const r = await dialFrom(topo, client, server.ip, 8080, 1500, 1);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
-    assert.equal(apps[0].pool.sessionsOpened - opened, 1, 'one session opened for the pair');
-    assert.equal(apps[1].inboundHandshakes() - handshakes, 1, 'one TLS handshake at the destination');
+    assert.equal(apps[0].tunnel!.pool.sessionsOpened - opened, 1, 'one session opened for the pair');
+    assert.equal(apps[1].tunnel!.handshakes() - handshakes, 1, 'one TLS handshake at the destination');
   });
 
   test('service VIP traffic spreads across endpoints with port translation', async () => {

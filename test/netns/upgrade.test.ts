@@ -11,6 +11,7 @@ import path from 'node:path';
 import type net from 'node:net';
 import { after, before, test } from 'node:test';
 import { Enrolment } from '../../src/agent/enrolment';
+import { listenerServer } from '../../src/agent/netns';
 import { Datapath } from '../../src/datapath/loader';
 import { datapathStatus } from '../../src/datapath/status';
 import { assertNothingLeft, cleanupPins, dialFrom, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
@@ -43,11 +44,12 @@ after(async () => {
 function serve(dp: Datapath): { enrolment: Enrolment; close: () => void } {
   const enrolment = new Enrolment(dp);
   const pod = enrolment.enrol(workloadOf(topo.pod(1, 1)));
-  pod.outbound.on('connection', (s: net.Socket) => {
+  const outbound = listenerServer(pod.listeners.outbound);
+  outbound.on('connection', (s: net.Socket) => {
     const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
     s.end(`${orig ? `${orig.ip}:${orig.port}` : 'none'}\n`);
   });
-  return { enrolment, close: () => { enrolment.unenrol(pod.workload.uid); dp.close(); } };
+  return { enrolment, close: () => { outbound.close(); enrolment.unenrol(pod.workload.uid); dp.close(); } };
 }
 
 test('a changed connect4 replaces the program in the pinned link; the others are reused', async () => {

@@ -1,0 +1,115 @@
+// The data path of one process: the HBONE pool and, per served pod, its
+// outbound and inbound handlers on servers accepting on the pod's listening
+// sockets. The same class runs inside `ambit node --workers 0` and
+// `ambit sidecar` (one process) and inside every tunnel worker.
+import type net from 'node:net';
+import type { Dialer } from '../agent/netns';
+import type { DatapathMaps } from '../datapath/maps';
+import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
+import type { Logger } from '../observability/log';
+import type { Metrics } from '../observability/metrics';
+import type { Authorizer } from '../policy/authorize';
+import type { MeshStore } from '../state/store';
+import { Inbound } from './inbound';
+import { attachOutbound } from './outbound';
+import { HbonePool, type PoolOptions } from './pool';
+import type { ServedPod } from './served-pod';
+
+export type { ServedPod } from './served-pod';
+
+export type TunnelMode = 'hbone' | 'plain';
+
+
+export interface TunnelDeps {
+  /** Replaced in place when the configuration changes. */
+  store: MeshStore;
+  certs: CertProvider;
+  maps: DatapathMaps;
+  dial: Dialer;
+  mode: TunnelMode;
+  metrics: Metrics;
+  authorizer: () => Authorizer;
+  pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  log: Logger;
+}
+
+interface Served { pod: ServedPod; inbound: Inbound; open: Set<net.Socket> }
+
+export class Tunnel {
+  readonly pool: HbonePool;
+  private readonly pods = new Map<string, Served>();
+
+  constructor(private readonly deps: TunnelDeps) {
+    this.pool = new HbonePool({ certs: deps.certs, dial: deps.dial, log: deps.log, ...deps.pool });
+    deps.metrics.trackPool(() => this.pool.stats());
+  }
+
+  /** Starts serving a pod; in HBONE mode cert is the pod's own (its :15008 answers with it). */
+  addPod(pod: ServedPod, cert: WorkloadCert | undefined): void {
+    const { deps } = this;
+    const open = new Set<net.Socket>();
+    // Every accepted socket is tracked, so a drain can end what outlives its deadline.
+    for (const s of [pod.outbound, pod.inboundPlain, pod.inboundHbone]) {
+      s.on('connection', (c: net.Socket) => { open.add(c); c.once('close', () => open.delete(c)); });
+    }
+    const inbound = new Inbound(pod, pod.identity, deps.mode === 'hbone' ? cert : undefined, {
+      certs: deps.certs,
+      trustDomain: () => deps.store.trustDomain,
+      authorizer: deps.authorizer,
+      dialInPod: (p, ip, port) => p.netns.connect(ip, port),
+      workloadByIp: (ip) => deps.store.workloadByIp(ip),
+      metrics: deps.metrics,
+      log: deps.log,
+    });
+    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, dial: deps.dial, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
+    this.pods.set(pod.workload.uid, { pod, inbound, open });
+  }
+
+  /** Stops serving a pod: no new connections; those open carry on. */
+  removePod(uid: string): void {
+    const s = this.pods.get(uid);
+    if (!s) return;
+    this.pods.delete(uid);
+    s.inbound.close();
+    for (const srv of [s.pod.outbound, s.pod.inboundPlain, s.pod.inboundHbone]) srv.close();
+  }
+
+  served(): ServedPod[] { return [...this.pods.values()].map((s) => s.pod); }
+
+  /** TLS handshakes accepted on the served pods' :15008. */
+  handshakes(): number {
+    let n = 0;
+    for (const s of this.pods.values()) n += s.inbound.handshakes;
+    return n;
+  }
+
+  openConnections(): number {
+    let n = 0;
+    for (const s of this.pods.values()) n += s.open.size;
+    return n;
+  }
+
+  /**
+   * Graceful stop: stop accepting, ask HBONE peers to open no new streams
+   * (GOAWAY), let open connections finish until the deadline, then end them.
+   */
+  async drain(deadlineMs: number): Promise<{ left: number }> {
+    const all = [...this.pods.values()];
+    for (const s of all) {
+      s.inbound.drain();
+      for (const srv of [s.pod.outbound, s.pod.inboundPlain, s.pod.inboundHbone]) srv.close();
+    }
+    this.pool.close();
+    const deadline = Date.now() + deadlineMs;
+    const open = (): number => all.reduce((n, s) => n + s.open.size, 0);
+    while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const left = open();
+    for (const s of all) for (const c of s.open) c.destroy();
+    return { left };
+  }
+
+  stop(): void {
+    for (const uid of [...this.pods.keys()]) this.removePod(uid);
+    this.pool.close();
+  }
+}
