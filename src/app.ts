@@ -19,6 +19,7 @@ import { BuiltinCa } from './identity/builtin-ca';
 import type { CertificateAuthority } from './identity/ca';
 import { CertificateManager, type WorkloadCert } from './identity/cert-manager';
 import type { Readiness } from './observability/admin';
+import { aggregateMetrics } from './observability/aggregate';
 import type { Logger } from './observability/log';
 import { Metrics } from './observability/metrics';
 import { allowAll, type Authorizer } from './policy/authorize';
@@ -41,6 +42,11 @@ export interface DataPlane {
   pending(): string[];
   drain(deadlineMs: number): Promise<void>;
   stop(): void;
+  /** Metrics of other processes serving the data plane, to aggregate with this one's. */
+  collect?(): Promise<unknown[]>;
+  setLogLevel?(level: string): void;
+  /** Replaces the processes serving the data plane without dropping new connections. */
+  roll?(drainMs: number): Promise<void>;
 }
 
 export interface DataPlaneContext {
@@ -196,6 +202,18 @@ export class NodeApp {
       dataPlane: { pending: this.dataPlane.pending() },
       datapath: datapathStatus(this.datapath.pinDir),
     };
+  }
+
+  /** The Prometheus exposition of this process and of the data plane's workers. */
+  async metricsText(): Promise<string> {
+    const parts = await this.dataPlane.collect?.();
+    if (!parts?.length) return this.metrics.registry.metrics();
+    return aggregateMetrics(this.metrics.registry, parts);
+  }
+
+  setLogLevel(level: string): void {
+    this.log.level = level;
+    this.dataPlane.setLogLevel?.(level);
   }
 
   /** Graceful stop of the data plane: no new connections, open ones finish until the deadline. */

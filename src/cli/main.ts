@@ -16,12 +16,16 @@ import { DEFAULT_PIN_DIR } from '../datapath/loader';
 import { formatFindings, probe } from '../datapath/probe';
 import { cleanupDatapath, datapathStatus } from '../datapath/status';
 import { AmbitError } from '../errors';
+import os from 'node:os';
+import { WorkersDataPlane } from '../agent/workers';
 import { startAdmin } from '../observability/admin';
+import { runWorker } from '../tunnel/worker';
 import { createLogger } from '../observability/log';
 import { loadConfigFile } from '../state/config';
 
 const USAGE = `usage:
   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
+             [--workers N (default: one per core; 0: in-process)] [--drain-seconds S (default 25)]
   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
   ambit ca init  --dir DIR
   ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
@@ -36,40 +40,49 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     options: {
       config: { type: 'string' }, node: { type: 'string' }, workload: { type: 'string' },
       'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
+      workers: { type: 'string' }, 'drain-seconds': { type: 'string' },
     },
   });
   const target = kind === 'node' ? values.node : values.workload;
   if (!values.config || !target) throw new AmbitError('AMBIT_E_CONFIG', `--config and ${kind === 'node' ? '--node' : '--workload'} are required`, USAGE);
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
+  // A node agent runs the tunnel in one worker per core by default; a sidecar serves one pod in-process.
+  const workers = count('--workers', values.workers, kind === 'node' ? os.cpus().length : 0);
+  const drainMs = count('--drain-seconds', values['drain-seconds'], 25) * 1000;
   const log = createLogger();
   const configFile = values.config;
   // The endpoints come up first, so readiness can say what is still pending.
   let app: NodeApp | undefined;
+  let unwatch: (() => void) | undefined;
   let stopping = false;
-  const stop = (signal: string): void => {
+  const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'stopping');
+    log.info({ signal, drainSeconds: drainMs / 1000 }, 'draining: no new connections, open ones finish');
     unwatch?.();
+    await app?.drain(drainMs);
     admin.close();
     app?.stop();
+    log.info('stopped');
     process.exit(0);
   };
   const admin = await startAdmin({
-    metrics: () => app?.metrics,
+    metrics: () => app?.metricsText(),
     readiness: () => app?.readiness() ?? { pending: ['datapath attach', 'configuration', 'pod listeners and certificates'] },
     configDump: () => app?.configDump() ?? { starting: true },
     log,
-    quit: () => stop('quitquitquit'),
+    setLogLevel: (level) => (app ? app.setLogLevel(level) : (log.level = level)),
+    quit: () => void stop('quitquitquit'),
   });
-  let unwatch: (() => void) | undefined;
+  const pinDir = values['pin-dir'];
   app = await NodeApp.start({
     config: loadConfigFile(configFile),
     scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
-    pinDir: values['pin-dir'],
+    pinDir,
     mode,
+    dataPlane: workers > 0 ? (ctx) => new WorkersDataPlane(ctx, { count: workers, pinDir: ctx.datapath.pinDir, cli: __filename }) : undefined,
     log,
   });
   const running = app;
@@ -84,9 +97,23 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
       log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
     },
   );
-  log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, pods: app.enrolment.list().length }, `${kind} ready`);
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, workers, pods: app.enrolment.list().length }, `${kind} ready`);
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+  // SIGHUP: a rolling replacement of the tunnel workers (new code on disk is picked up).
+  process.on('SIGHUP', () => {
+    const roll = running.dataPlane.roll;
+    if (!roll) return void log.warn('SIGHUP: no tunnel workers to replace (--workers 0)');
+    log.info('rolling the tunnel workers');
+    roll.call(running.dataPlane, drainMs).then(() => log.info('tunnel workers replaced'), (err: Error) => log.error({ err: err.message }, 'rolling the tunnel workers failed'));
+  });
+}
+
+function count(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new AmbitError('AMBIT_E_CONFIG', `${flag} ${JSON.stringify(value)} is not a whole number >= 0`);
+  return n;
 }
 
 async function ca(argv: string[]): Promise<void> {
@@ -150,6 +177,7 @@ async function main(argv: string[]): Promise<void> {
   switch (cmd) {
     case 'node': return serve('node', rest);
     case 'sidecar': return serve('sidecar', rest);
+    case 'worker': return runWorker(); // started by `ambit node`, not by hand
     case 'ca': return ca(rest);
     case 'datapath': return datapath(rest);
     case undefined: case '-h': case '--help': console.log(USAGE); return;

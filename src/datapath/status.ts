@@ -74,7 +74,8 @@ export function cleanupDatapath(pinDir: string): string[] {
   return removed;
 }
 
-function openPinnedMaps(pinDir: string): Map<string, number> {
+/** The pinned maps under pinDir, opened by path (no object load): for status and tunnel workers. */
+export function openPinnedMaps(pinDir: string): Map<string, number> {
   const fds = new Map<string, number>();
   const mapsDir = path.join(pinDir, 'maps');
   if (!fs.existsSync(mapsDir)) return fds;

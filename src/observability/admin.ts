@@ -6,16 +6,17 @@
 //          tasks still pending, one per line
 import http from 'node:http';
 import type { Logger } from './log';
-import type { Metrics } from './metrics';
 
 export interface Readiness { pending: string[] }
 
 export interface AdminDeps {
-  /** undefined until the process has something to report (still starting). */
-  metrics: () => Metrics | undefined;
+  /** The exposition; undefined while still starting. */
+  metrics: () => Promise<string> | undefined;
   readiness: () => Readiness;
   configDump: () => unknown;
   log: Logger;
+  /** Applies a new log level (this process and its workers). */
+  setLogLevel: (level: string) => void;
   quit: () => void;
 }
 
@@ -54,7 +55,7 @@ function admin(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerRespo
     const level = url.searchParams.get('level');
     if (!level) return send(res, 200, `level=${deps.log.level}\n`);
     if (!LEVELS.has(level)) return send(res, 400, `unknown level ${JSON.stringify(level)}; use one of ${[...LEVELS].join(', ')}\n`);
-    deps.log.level = level;
+    deps.setLogLevel(level);
     deps.log.warn({ level }, 'log level changed');
     return send(res, 200, `level=${level}\n`);
   }
@@ -69,10 +70,10 @@ function admin(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerRespo
 function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
   const path = new URL(req.url ?? '/', 'http://localhost').pathname;
   if (req.method !== 'GET' || (path !== '/metrics' && path !== '/stats/prometheus')) return send(res, 404, 'GET /metrics\n');
-  const metrics = deps.metrics();
-  if (!metrics) return send(res, 503, 'starting\n');
-  metrics.registry.metrics().then(
-    (text) => send(res, 200, text, metrics.registry.contentType),
+  const text = deps.metrics();
+  if (!text) return send(res, 503, 'starting\n');
+  text.then(
+    (body) => send(res, 200, body, 'text/plain; version=0.0.4; charset=utf-8'),
     (err: Error) => send(res, 500, `${err.message}\n`),
   );
 }

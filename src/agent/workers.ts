@@ -1,0 +1,179 @@
+// The agent's side of the tunnel workers: a DataPlane that runs the tunnel
+// in N child processes (`ambit worker`). Every worker gets every pod's three
+// listening sockets (duplicates of the agent's fds) and accepts on them, so
+// the kernel spreads connections over the workers and, while one dies or is
+// replaced, the others — or the queue, with the agent still holding the
+// sockets — take new connections: none is refused.
+//   - a worker that exits unexpectedly is replaced at once;
+//   - roll(): new workers start and serve every pod, then the old ones drain;
+//   - drain(): every worker stops accepting and finishes open connections.
+import { fork, type ChildProcess } from 'node:child_process';
+import type { DataPlane, DataPlaneContext } from '../app';
+import type { WorkloadCert } from '../identity/cert-manager';
+import type { MeshConfig } from '../state/types';
+import { ROLES, type FromWorker, type ToWorker, type WireCert } from '../tunnel/ipc';
+import type { EnrolledPod } from './enrolment';
+import { listenerHandle } from './netns';
+
+export interface WorkersOptions {
+  count: number;
+  pinDir: string;
+  /** The `ambit` CLI script the workers run (`ambit worker`). */
+  cli: string;
+}
+
+interface Worker {
+  id: number;
+  child: ChildProcess;
+  ready: boolean;
+  serving: Set<string>;
+  /** Draining or stopped on purpose: its exit needs no replacement. */
+  retiring: boolean;
+}
+
+const toWire = (c: WorkloadCert): WireCert => ({ ...c, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString() });
+
+export class WorkersDataPlane implements DataPlane {
+  private workers: Worker[] = [];
+  private readonly pods = new Map<string, { pod: EnrolledPod; identity: string }>();
+  private nextId = 1;
+  private metricsRequest = 0;
+  private readonly metricsWaiting = new Map<number, { left: number; parts: unknown[]; done: (parts: unknown[]) => void }>();
+  private stopping = false;
+  private readonly onCert = (_id: string, c: WorkloadCert): void => this.broadcast({ t: 'cert', cert: toWire(c) });
+
+  constructor(private readonly ctx: DataPlaneContext, private readonly opts: WorkersOptions) {
+    ctx.certs.on('updated', this.onCert);
+    for (let i = 0; i < opts.count; i++) this.spawn();
+  }
+
+  addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
+    this.pods.set(pod.workload.uid, { pod, identity });
+    for (const w of this.workers) {
+      if (cert) this.send(w, { t: 'cert', cert: toWire(cert) });
+      this.sendPod(w, pod, identity);
+    }
+  }
+
+  removePod(uid: string): void {
+    this.pods.delete(uid);
+    this.broadcast({ t: 'unpod', uid });
+    for (const w of this.workers) w.serving.delete(uid);
+  }
+
+  configChanged(config: MeshConfig): void { this.broadcast({ t: 'config', config }); }
+
+  setLogLevel(level: string): void { this.broadcast({ t: 'log', level }); }
+
+  pending(): string[] {
+    const live = this.workers.filter((w) => !w.retiring);
+    if (!live.some((w) => w.ready)) return ['tunnel workers starting'];
+    return [...this.pods.keys()].filter((uid) => !live.some((w) => w.serving.has(uid))).map((uid) => `no tunnel worker serves pod ${uid} yet`);
+  }
+
+  pids(): number[] { return this.workers.filter((w) => !w.retiring).map((w) => w.child.pid!); }
+
+  /** Replaces every worker: the new ones start and serve every pod before the old ones drain. */
+  async roll(drainMs: number): Promise<void> {
+    const old = this.workers.filter((w) => !w.retiring);
+    const fresh = old.map(() => this.spawn());
+    await Promise.all(fresh.map((w) => this.untilServing(w)));
+    await Promise.all(old.map((w) => this.retire(w, drainMs)));
+  }
+
+  async drain(deadlineMs: number): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.workers.map((w) => this.retire(w, deadlineMs)));
+  }
+
+  /** Metrics of every worker (prom-client JSON), for the agent to aggregate with its own. */
+  collect(): Promise<unknown[]> {
+    const live = this.workers.filter((w) => w.ready && !w.retiring && w.child.connected);
+    if (!live.length) return Promise.resolve([]);
+    const id = ++this.metricsRequest;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.metricsWaiting.delete(id); resolve([]); }, 2000);
+      this.metricsWaiting.set(id, { left: live.length, parts: [], done: (parts) => { clearTimeout(timer); resolve(parts); } });
+      for (const w of live) this.send(w, { t: 'metrics', id });
+    });
+  }
+
+  stop(): void {
+    this.stopping = true;
+    this.ctx.certs.off('updated', this.onCert);
+    for (const w of this.workers) { w.retiring = true; w.child.kill('SIGTERM'); }
+  }
+
+  private spawn(): Worker {
+    const child = fork(this.opts.cli, ['worker'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const w: Worker = { id: this.nextId++, child, ready: false, serving: new Set(), retiring: false };
+    this.workers.push(w);
+    this.ctx.log.info({ worker: w.id, pid: child.pid }, 'worker started');
+    child.on('message', (m: FromWorker) => this.onMessage(w, m));
+    child.on('error', (err) => this.ctx.log.warn({ worker: w.id, err: err.message }, 'worker channel error'));
+    child.once('exit', (code, signal) => {
+      this.workers = this.workers.filter((x) => x !== w);
+      if (w.retiring || this.stopping) return;
+      // Its connections are gone; the sockets are not: a replacement accepts what queued meanwhile.
+      this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal }, 'worker exited; starting a replacement');
+      this.spawn();
+    });
+    this.send(w, { t: 'init', pinDir: this.opts.pinDir, mode: this.ctx.mode, config: this.ctx.store.config, logLevel: this.ctx.log.level });
+    for (const c of this.ctx.certs.certificates()) this.send(w, { t: 'cert', cert: toWire(c) });
+    for (const { pod, identity } of this.pods.values()) this.sendPod(w, pod, identity);
+    return w;
+  }
+
+  private sendPod(w: Worker, pod: EnrolledPod, identity: string): void {
+    for (const role of ROLES) {
+      const msg: ToWorker = { t: 'pod', uid: pod.workload.uid, podId: pod.podId, identity, netns: pod.netns.path, role };
+      // Node closes our copy of the handle once it has been sent.
+      if (w.child.connected) w.child.send(msg, listenerHandle(pod.listeners[role]), (err) => { if (err) this.ctx.log.warn({ worker: w.id, err: err.message }, 'sending a listener failed'); });
+    }
+  }
+
+  private onMessage(w: Worker, m: FromWorker): void {
+    switch (m.t) {
+      case 'ready': w.ready = true; return;
+      case 'serving': w.serving.add(m.uid); return;
+      case 'cert?':
+        this.ctx.certs.fetch(m.identity).then((c) => this.send(w, { t: 'cert', cert: toWire(c) }), (err: Error) => this.ctx.log.warn({ identity: m.identity, err: err.message }, 'certificate for a worker failed'));
+        return;
+      case 'metrics': {
+        const req = this.metricsWaiting.get(m.id);
+        if (!req) return;
+        req.parts.push(m.data);
+        if (--req.left === 0) { this.metricsWaiting.delete(m.id); req.done(req.parts); }
+        return;
+      }
+      case 'drained': this.ctx.log.info({ worker: w.id, left: m.left }, 'worker drained'); return;
+    }
+  }
+
+  private untilServing(w: Worker): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = setInterval(() => {
+        if (w.ready && [...this.pods.keys()].every((uid) => w.serving.has(uid))) { clearInterval(check); resolve(); }
+        else if (w.child.exitCode !== null || w.child.signalCode !== null) { clearInterval(check); reject(new Error(`worker ${w.id} exited before serving`)); }
+      }, 20);
+    });
+  }
+
+  private retire(w: Worker, deadlineMs: number): Promise<void> {
+    w.retiring = true;
+    if (w.child.exitCode !== null || w.child.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      const kill = setTimeout(() => w.child.kill('SIGKILL'), deadlineMs + 2000);
+      w.child.once('exit', () => { clearTimeout(kill); resolve(); });
+      this.send(w, { t: 'drain', deadlineMs });
+    });
+  }
+
+  private send(w: Worker, m: ToWorker): void {
+    if (w.child.connected) w.child.send(m);
+  }
+
+  private broadcast(m: ToWorker): void {
+    for (const w of this.workers) this.send(w, m);
+  }
+}

@@ -1,0 +1,30 @@
+// Messages between the agent and its tunnel workers (Node IPC, JSON). The
+// agent owns state, certificates and the listening sockets; a worker gets a
+// duplicate of each pod socket as a handle alongside a `pod` message and
+// serves it. Certificates cross the pipe in PEM: a worker's keys, like the
+// agent's, live in memory only.
+import type { MeshConfig } from '../state/types';
+import type { TunnelMode } from './tunnel';
+
+export type ListenerRole = 'outbound' | 'inboundPlain' | 'inboundHbone';
+export const ROLES: readonly ListenerRole[] = ['outbound', 'inboundPlain', 'inboundHbone'];
+
+/** A certificate as it travels (dates as ISO strings). */
+export interface WireCert { identity: string; chainPem: string; keyPem: string; rootsPem: string; notBefore: string; notAfter: string }
+
+export type ToWorker =
+  | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string }
+  | { t: 'config'; config: MeshConfig }
+  | { t: 'cert'; cert: WireCert }
+  | { t: 'pod'; uid: string; podId: number; identity: string; netns: string; role: ListenerRole }
+  | { t: 'unpod'; uid: string }
+  | { t: 'drain'; deadlineMs: number }
+  | { t: 'metrics'; id: number }
+  | { t: 'log'; level: string };
+
+export type FromWorker =
+  | { t: 'ready' }
+  | { t: 'serving'; uid: string }
+  | { t: 'cert?'; identity: string }
+  | { t: 'metrics'; id: number; data: unknown }
+  | { t: 'drained'; left: number };
