@@ -55,13 +55,31 @@ export class HbonePool {
 
   /** Opens one CONNECT stream; resolves once the peer answered 200, rejects on anything else. */
   async connect(target: ConnectTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
-    const s = await this.session(target);
+    try {
+      return await this.connectOnce(target, headers);
+    } catch (err) {
+      // REFUSED_STREAM means the peer never saw the request (its session was
+      // going away): safe to send again, on another session.
+      if (!(err as { refused?: boolean }).refused) throw err;
+      return this.connectOnce(target, headers);
+    }
+  }
+
+  private async connectOnce(target: ConnectTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
+    let s = await this.session(target);
+    // The session may have been closed (drain, GOAWAY) while we waited: take another.
+    while (s.h2.closed || s.h2.destroyed) s = await this.session(target);
     s.streams++;
     clearTimeout(s.idle);
     const stream = s.h2.request({ ':method': 'CONNECT', ...headers }, { endStream: false });
     stream.once('close', () => this.release(s));
     return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
+      const onError = (err: Error): void => {
+        if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
+          this.forget(s);
+          reject(Object.assign(err, { refused: true }));
+        } else reject(err);
+      };
       stream.once('error', onError);
       stream.once('response', (h) => {
         stream.off('error', onError);

@@ -92,6 +92,8 @@ export class Tunnel {
   /**
    * Graceful stop: stop accepting, ask HBONE peers to open no new streams
    * (GOAWAY), let open connections finish until the deadline, then end them.
+   * The client pool is left alone: connections already accepted still need
+   * it, and its sessions end with the process.
    */
   async drain(deadlineMs: number): Promise<{ left: number }> {
     const all = [...this.pods.values()];
@@ -99,11 +101,14 @@ export class Tunnel {
       s.inbound.drain();
       for (const srv of [s.pod.outbound, s.pod.inboundPlain, s.pod.inboundHbone]) srv.close();
     }
-    this.pool.close();
     const deadline = Date.now() + deadlineMs;
     const open = (): number => all.reduce((n, s) => n + s.open.size, 0);
     while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = open();
+    if (left > 0) {
+      const sample = all.flatMap((s) => [...s.open].map((c) => `${s.pod.workload.uid} ${c.remoteAddress}:${c.remotePort}→${c.localAddress}:${c.localPort} read ${c.bytesRead} written ${c.bytesWritten}`)).slice(0, 10);
+      this.deps.log.warn({ left, sample }, 'drain deadline reached: closing the connections still open');
+    }
     for (const s of all) for (const c of s.open) c.destroy();
     return { left };
   }

@@ -1,0 +1,138 @@
+// Root: `ambit node` with two tunnel workers per node. A worker killed with
+// SIGKILL during a connection storm ends the connections it carried, but no
+// new connection is refused; a rolling replacement (SIGHUP) loses none; a
+// SIGTERM drain lets an open transfer finish before the agent exits.
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
+import { Topology, type TestNode } from '../helpers/topology';
+
+const CONCURRENCY = 16;
+
+describe('tunnel workers', () => {
+  let topo: Topology;
+  let dir: string;
+  let config: string;
+  const agents = new Map<string, { child: ChildProcess; logs: Record<string, unknown>[] }>();
+
+  async function startAgent(node: TestNode): Promise<void> {
+    const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '2', '--drain-seconds', '10'], { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } });
+    const logs = jsonLines(child);
+    agents.set(node.name, { child, logs });
+    await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
+    await waitFor(`${node.name} workers serving`, () => logs.filter((l) => l.msg === 'worker started').length >= 2);
+  }
+
+  /** Pids of the workers an agent started, in order (replacements come last). */
+  const workerPids = (node: string): number[] => agents.get(node)!.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number).filter((p, i, all) => all.indexOf(p) === i && p !== agents.get(node)!.child.pid);
+  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+  /**
+   * Runs a storm of short connections n1-p1 → n2-p1 and calls during() once
+   * it is under way; fails unless the disturbance started and ended while
+   * connections were still being made.
+   */
+  async function storm(n: number, during: () => Promise<void>): Promise<{ ok: number; failed: number; errors: Record<string, number> }> {
+    const client = topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'dial', topo.pod(2, 1).ip, '8080', String(n), String(CONCURRENCY), '5000']);
+    let endedAt = 0;
+    const result = collect(client).then((r) => { endedAt = Date.now(); return r; });
+    await new Promise((r) => setTimeout(r, 300)); // the storm is under way (about 1,000 connections/s here)
+    assert.equal(client.exitCode, null, 'the storm was running when the workers were disturbed');
+    await during();
+    const disturbedUntil = Date.now();
+    const r = await result;
+    const slow = [...agents.values()].flatMap((a) => a.logs.filter((l) => l.msg === 'drain deadline reached: closing the connections still open'));
+    assert.ok(endedAt >= disturbedUntil, `the storm ended ${disturbedUntil - endedAt} ms before the disturbance did: make it longer ${JSON.stringify(slow)}`);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ok: number; failed: number; errors: Record<string, number> };
+  }
+
+  before(async () => {
+    requireRoot();
+    topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    config = path.join(dir, 'mesh.yaml');
+    fs.writeFileSync(config, YAML.stringify({
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: topo.pods.map(workloadOf),
+    }));
+    for (const node of topo.nodes) await startAgent(node);
+    const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami');
+    const warm = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 20, 4);
+    assert.equal(warm.failed, 0);
+  });
+
+  after(async () => {
+    for (const { child } of agents.values()) child.kill('SIGKILL');
+    await Promise.all([...agents.values()].map((a) => waitExit(a.child)));
+    if (topo) {
+      await topo.destroy();
+      cleanupPins(topo);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a worker killed with SIGKILL during a storm: no connection refused, only those it carried end, and it is replaced', async () => {
+    const [source, destination] = [workerPids('n1')[0], workerPids('n2')[0]];
+    const r = await storm(2000, async () => {
+      process.kill(source, 'SIGKILL');
+      await new Promise((res) => setTimeout(res, 300));
+      process.kill(destination, 'SIGKILL');
+    });
+    assert.equal(r.errors.ECONNREFUSED, undefined, `refused: ${JSON.stringify(r.errors)}`);
+    assert.ok(r.failed <= 2 * 2 * CONCURRENCY, `only connections in flight on the two killed workers may end: ${JSON.stringify(r)}`);
+    assert.ok(r.ok >= 2000 - 2 * 2 * CONCURRENCY);
+    for (const node of ['n1', 'n2']) {
+      await waitFor(`a replacement worker on ${node}`, () => workerPids(node).filter(alive).length === 2);
+    }
+  });
+
+  test('a rolling replacement of the workers (SIGHUP) loses no connection', async () => {
+    const before = workerPids('n1').filter(alive);
+    const agent = agents.get('n1')!;
+    const r = await storm(6000, async () => {
+      agent.child.kill('SIGHUP');
+      await waitFor('the workers replaced', () => agent.logs.some((l) => l.msg === 'tunnel workers replaced'), 15_000);
+    });
+    assert.deepEqual(r.errors, {}, JSON.stringify(r));
+    assert.equal(r.ok, 6000);
+    const now = workerPids('n1').filter(alive);
+    assert.equal(now.length, 2);
+    assert.deepEqual(now.filter((p) => before.includes(p)), [], 'every worker was replaced');
+  });
+
+  test('SIGTERM drains: an open transfer finishes, then the agent exits', async () => {
+    const transfer = collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'stream', topo.pod(2, 1).ip, '8080', '4', '3']));
+    await new Promise((r) => setTimeout(r, 1000));
+    const agent = agents.get('n1')!;
+    const exited = new Promise<{ code: number | null; at: number }>((resolve) => agent.child.once('exit', (code) => resolve({ code, at: Date.now() })));
+    agent.child.kill('SIGTERM');
+    const t = await transfer;
+    const doneAt = Date.now();
+    const result = JSON.parse(t.stdout.trim()) as { echoed: number; error?: string };
+    assert.equal(result.error, undefined);
+    assert.equal(result.echoed, 4 * 1024 * 1024, 'the whole transfer came back');
+    const exit = await exited;
+    assert.equal(exit.code, 0);
+    assert.ok(exit.at >= doneAt - 500, 'the agent waited for the transfer');
+    assert.ok(agent.logs.some((l) => l.msg === 'stopped'));
+  });
+
+  test('after teardown no namespace, cgroup, pin or process remains', async () => {
+    const pids = [...agents.keys()].flatMap(workerPids);
+    for (const { child } of agents.values()) child.kill('SIGTERM');
+    await Promise.all([...agents.values()].map((a) => waitExit(a.child)));
+    await waitFor('every worker gone', () => pids.every((p) => !alive(p)));
+    await topo.destroy();
+    cleanupPins(topo);
+    assertNothingLeft(topo);
+  });
+});
