@@ -4,7 +4,7 @@ BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-
 BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 
-.PHONY: all build bpf ts deps demo test test-unit test-netns bench compare clean
+.PHONY: all build bpf ts deps demo test test-unit test-netns bench compare hygiene clean
 
 all: build
 build: bpf ts
@@ -41,6 +41,11 @@ bench: deps
 compare: deps
 	$(MAKE) build
 	node dist/bench/compare.js
+
+# Growth of fds, memory, handles across BENCH_CONNECTIONS (100,000) short connections.
+hygiene: deps
+	$(MAKE) build
+	node dist/bench/hygiene.js
 
 clean:
 	rm -rf build dist

@@ -2,7 +2,8 @@
 //   direct  n1p2 → n2p2 (NONE pods: not captured)
 //   plain   n1p1 → n2p1 with `ambit node --tunnel plain`: the datapath alone
 //           (connect4 → n1 relay → wire → sk_lookup → n2 relay → app)
-//   hbone   n1p1 → n2p1 with `ambit node` (HBONE: HTTP/2 CONNECT in mutual TLS)
+//   hbone   n1p1 → n2p1 with `ambit node --workers 1` (HBONE: HTTP/2 CONNECT in mutual TLS)
+//   hbone2  the same with two tunnel workers per node (`--workers 2`)
 // Topology: 2 nodes × 2 pods; p1 of each node is in the mesh, p2 is not.
 //
 // Measures (bench/load.ts in the client pod, bench/server.ts in the server
@@ -12,9 +13,10 @@
 //
 // Why it is fair: all pairs live in the same topology and the client and
 // server programs are identical; the only differences are enrolment and the
-// agents' tunnel mode. Every repeat measures direct and plain (agents in
-// plain mode), then hbone (agents restarted in HBONE mode, reusing their
-// pinned datapath), so drift on a noisy machine hits all alike; medians over
+// agents' tunnel mode and worker count. Every repeat measures direct and
+// plain (agents in plain mode), then hbone and hbone2 (agents restarted in
+// HBONE mode with one, then two tunnel workers, reusing their pinned
+// datapath), so drift on a noisy machine hits all alike; medians over
 // the repeats are compared and the min–max spread is shown. Before
 // measuring, a probe checks which path each pair really takes. Agents log
 // at warn: per-connection access logs are not part of the measured cost.
@@ -39,11 +41,13 @@ const LOAD = path.resolve(__dirname, 'load.js');
 const SERVER = path.resolve(__dirname, 'server.js');
 const RESULTS_DIR = path.resolve(__dirname, '../../bench/results');
 
-type PathName = 'direct' | 'plain' | 'hbone';
-type Mode = 'plain' | 'hbone';
-const PATHS: PathName[] = ['direct', 'plain', 'hbone'];
+type PathName = 'direct' | 'plain' | 'hbone' | 'hbone2';
+type Mode = 'plain' | 'hbone' | 'hbone2';
+const PATHS: PathName[] = ['direct', 'plain', 'hbone', 'hbone2'];
+/** How the agents run in each mode. */
+const MODE_ARGS: Record<Mode, string[]> = { plain: ['--tunnel', 'plain', '--workers', '1'], hbone: ['--workers', '1'], hbone2: ['--workers', '2'] };
 /** Which paths are measured while the agents run in each mode. */
-const MODE_PATHS: Record<Mode, PathName[]> = { plain: ['direct', 'plain'], hbone: ['hbone'] };
+const MODE_PATHS: Record<Mode, PathName[]> = { plain: ['direct', 'plain'], hbone: ['hbone'], hbone2: ['hbone2'] };
 type Raw = Record<string, number | string | object>;
 
 interface Measure { name: string; args: (ip: string) => string[]; seconds: number; show: (r: Raw) => string }
@@ -95,7 +99,7 @@ class Bench {
     await this.stopAgents();
     const topo = this.topo!;
     for (const node of topo.nodes) {
-      const args = [CLI, 'node', '--config', this.configFile, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--tunnel', mode];
+      const args = [CLI, 'node', '--config', this.configFile, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), ...MODE_ARGS[mode]];
       const child = topo.spawnInNode(node, process.execPath, args, { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
       this.agents.push({ node, child, output: tail(child) });
     }
@@ -183,10 +187,10 @@ async function run(bench: Bench): Promise<void> {
   const topo = bench.topo!;
   console.error(`topology ${topo.prefix} up (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 
-  const raw: Record<PathName, Record<string, Raw[]>> = { direct: {}, plain: {}, hbone: {} };
+  const raw: Record<PathName, Record<string, Raw[]>> = { direct: {}, plain: {}, hbone: {}, hbone2: {} };
   const odd: string[] = [];
   for (let rep = 1; rep <= REPEATS; rep++) {
-    for (const mode of ['plain', 'hbone'] as const) {
+    for (const mode of ['plain', 'hbone', 'hbone2'] as const) {
       await bench.startAgents(mode);
       for (const m of MEASURES) {
         for (const p of MODE_PATHS[mode]) {
@@ -207,13 +211,13 @@ async function run(bench: Bench): Promise<void> {
     const med = Object.fromEntries(PATHS.map((p) => [p, median(values[p])])) as Record<PathName, number>;
     const spread = Object.fromEntries(PATHS.map((p) => [p, { min: Math.min(...values[p]), max: Math.max(...values[p]) }])) as Record<PathName, { min: number; max: number }>;
     const target = mt.target?.(med);
-    return { metric: mt.label, median: med, ratio: { plain: med.plain / med.direct, hbone: med.hbone / med.direct }, spread, target, values };
+    return { metric: mt.label, median: med, ratio: { plain: med.plain / med.direct, hbone: med.hbone / med.direct, hbone2: med.hbone2 / med.hbone }, spread, target, values };
   });
 
   const lines = [
-    '| metric | direct | plain relay | HBONE | plain / direct | HBONE / direct | HBONE target | spread (min–max) |',
-    '|---|---:|---:|---:|---:|---:|---|---|',
-    ...summary.map((s) => `| ${s.metric} | ${fmt(s.median.direct)} | ${fmt(s.median.plain)} | ${fmt(s.median.hbone)} | ${s.ratio.plain.toFixed(2)}× | ${s.ratio.hbone.toFixed(2)}× | ${s.target ? `${s.target.text}: ${s.target.met ? 'met' : 'not met'}` : ''} | ${PATHS.map((p) => `${p} ${fmt(s.spread[p].min)}–${fmt(s.spread[p].max)}`).join(', ')} |`),
+    '| metric | direct | plain relay | HBONE (1 worker) | HBONE (2 workers) | plain / direct | HBONE / direct | 2 workers / 1 | HBONE target (1 worker) | spread (min–max) |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---|---|',
+    ...summary.map((s) => `| ${s.metric} | ${fmt(s.median.direct)} | ${fmt(s.median.plain)} | ${fmt(s.median.hbone)} | ${fmt(s.median.hbone2)} | ${s.ratio.plain.toFixed(2)}× | ${s.ratio.hbone.toFixed(2)}× | ${s.ratio.hbone2.toFixed(2)}× | ${s.target ? `${s.target.text}: ${s.target.met ? 'met' : 'not met'}` : ''} | ${PATHS.map((p) => `${p} ${fmt(s.spread[p].min)}–${fmt(s.spread[p].max)}`).join(', ')} |`),
   ];
   console.log(`\nmedians of ${REPEATS} repeats, cross-node; direct = n1p2 → n2p2; plain and HBONE = n1p1 → n2p1 through ambit\n`);
   console.log(lines.join('\n'));
@@ -226,7 +230,7 @@ async function run(bench: Bench): Promise<void> {
   const file = path.join(RESULTS_DIR, `steering-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   fs.writeFileSync(file, `${JSON.stringify({
     benchmark: 'steering', date: new Date().toISOString(), machine, source, repeats: REPEATS,
-    config: { rr: { ...RR, size: 1024 }, conn: CONN, stream: STREAM, pairs: { direct: 'n1p2 → n2p2 (NONE)', plain: 'n1p1 → n2p1 (ambit node --tunnel plain)', hbone: 'n1p1 → n2p1 (ambit node, HBONE)' } },
+    config: { rr: { ...RR, size: 1024 }, conn: CONN, stream: STREAM, pairs: { direct: 'n1p2 → n2p2 (NONE)', plain: 'n1p1 → n2p1 (ambit node --tunnel plain)', hbone: 'n1p1 → n2p1 (ambit node --workers 1, HBONE)', hbone2: 'n1p1 → n2p1 (ambit node --workers 2, HBONE)' } },
     summary, raw, warnings: odd, loadAverage: { before: loadBefore, after: loadAfter }, durationS: (Date.now() - started) / 1000,
   }, null, 2)}\n`);
   console.log(`\nresults: ${file}`);
