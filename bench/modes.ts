@@ -25,7 +25,7 @@ import { collect, sh, waitFor, waitForLine } from '../test/helpers/proc';
 import { Topology, type TestPod } from '../test/helpers/topology';
 import { PORTS } from './server';
 import { CLIENT_OFFSET, clientConfig, issueCert, serverConfig, type Measure } from './stunnel';
-import { commOf, eachLimited, exited, stop, tail } from './util';
+import { commOf, eachLimited, exited, stop, tail, withDescendants } from './util';
 
 export type Mode = 'nomesh' | 'ambient' | 'sidecar' | 'stunnel';
 export const MODES: Mode[] = ['nomesh', 'ambient', 'sidecar', 'stunnel'];
@@ -123,7 +123,8 @@ export class Testbed {
     this.mode = undefined;
   }
 
-  meshPids(): number[] { return this.procs.map((p) => p.child.pid!); }
+  /** Every mesh process: those started here and their descendants (an agent's tunnel workers). */
+  meshPids(): number[] { return withDescendants(this.procs.map((p) => p.child.pid!)); }
 
   /** Mesh processes that died; each with the end of its output. */
   deaths(): string[] {

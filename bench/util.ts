@@ -74,3 +74,20 @@ export function rssBytes(pid: number): number {
 export function commOf(pid: number): string {
   try { return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '(gone)'; }
 }
+
+/** pids and all their descendants, from the kernel's children lists (/proc/<pid>/task/<tid>/children). */
+export function withDescendants(pids: number[]): number[] {
+  const out: number[] = [];
+  const visit = (pid: number): void => {
+    out.push(pid);
+    let tasks: string[] = [];
+    try { tasks = fs.readdirSync(`/proc/${pid}/task`); } catch { return; }
+    for (const tid of tasks) {
+      let kids = '';
+      try { kids = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8'); } catch { continue; }
+      for (const k of kids.split(' ').filter(Boolean)) visit(Number(k));
+    }
+  };
+  for (const p of pids) visit(p);
+  return [...new Set(out)];
+}

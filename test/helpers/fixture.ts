@@ -5,6 +5,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import { connectFromNetns } from '../../src/agent/netns';
 import { Datapath } from '../../src/datapath/loader';
 import { cleanupDatapath } from '../../src/datapath/status';
 import { collect } from './proc';
@@ -56,4 +58,18 @@ export function assertNothingLeft(topo: Topology): void {
 
 export function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+}
+
+/** An HTTP request made from inside a node's netns. */
+export function httpInNetns(node: { netnsPath: string }, host: string, port: number, method: string, urlPath: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    // No agent: with one, Node would dial on its own and ignore createConnection.
+    const req = http.request({ method, path: urlPath, host, port, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
 import { sh, waitForLine } from '../helpers/proc';
 import { Topology, type TestNode } from '../helpers/topology';
 
@@ -98,6 +98,9 @@ describe('ambit node (agent process)', () => {
       fs.writeFileSync(configFile, YAML.stringify(cfg));
       assert.match(await ghost, /AMBIT_E_NETNS.*cannot open netns .*ghost: ENOENT/);
       await applied;
+      const ready = await httpInNetns(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready');
+      assert.equal(ready.status, 503, 'a pod whose listeners cannot come up keeps the node not ready');
+      assert.match(ready.body, new RegExp(`not ready:\\n- listeners of pod ${topo.prefix}/ghost: .*ENOENT`));
       assert.deepEqual(await netnsLinks(), [`netns-${topo.prefix}_n1-p1`], 'n1-p2 left the mesh: unenrolled');
       const direct = await dialFrom(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1, 1, 1000);
       assert.equal(direct.ok, 0, 'nothing listens on n1-p2:15008 any more');

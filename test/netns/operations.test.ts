@@ -6,29 +6,13 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { connectFromNetns } from '../../src/agent/netns';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { Topology, type TestNode } from '../helpers/topology';
-
-/** An HTTP request made from inside a node's netns. */
-function request(node: TestNode, host: string, port: number, method: string, urlPath: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    // No agent: with one, Node would dial on its own and ignore createConnection.
-    const req = http.request({ method, path: urlPath, host, port, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 /** The value of one sample of a Prometheus text exposition, matched by name and labels. */
 function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
@@ -47,7 +31,7 @@ describe('operations: metrics, readiness, admin', () => {
   const agents = new Map<string, ChildProcess>();
   const logs = new Map<string, Record<string, unknown>[]>();
   const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
-  const metrics = async (node: TestNode): Promise<string> => (await request(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
+  const metrics = async (node: TestNode): Promise<string> => (await httpInNetns(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
 
   before(async () => {
     requireRoot();
@@ -81,7 +65,7 @@ describe('operations: metrics, readiness, admin', () => {
   });
 
   test('readiness says ready once the node serves', async () => {
-    const r = await request(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready');
+    const r = await httpInNetns(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready');
     assert.deepEqual(r, { status: 200, body: 'ready\n' });
   });
 
@@ -139,7 +123,7 @@ describe('operations: metrics, readiness, admin', () => {
 
   test('admin: config dump without keys, log level at runtime, localhost only, quit', async () => {
     const node = topo.nodes[0];
-    const dump = await request(node, '127.0.0.1', 15000, 'GET', '/config_dump');
+    const dump = await httpInNetns(node, '127.0.0.1', 15000, 'GET', '/config_dump');
     assert.equal(dump.status, 200);
     const parsed = JSON.parse(dump.body) as { pods: { uid: string; identity: string }[]; certificates: { identity: string }[]; datapath: { links: unknown[] }; dataPlane: { pending: string[] } };
     assert.deepEqual(parsed.pods.map((p) => [p.uid, p.identity]), [[topo.pod(1, 1).uid, id('sa-n1')]]);
@@ -148,16 +132,16 @@ describe('operations: metrics, readiness, admin', () => {
     assert.equal(parsed.datapath.links.length, 4);
     assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');
 
-    assert.deepEqual(await request(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug'), { status: 200, body: 'level=debug\n' });
-    assert.deepEqual(await request(node, '127.0.0.1', 15000, 'POST', '/logging'), { status: 200, body: 'level=debug\n' });
-    assert.equal((await request(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud')).status, 400);
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug'), { status: 200, body: 'level=debug\n' });
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging'), { status: 200, body: 'level=debug\n' });
+    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud')).status, 400);
 
-    await assert.rejects(request(node, node.wireIp, 15000, 'GET', '/config_dump'), /ECONNREFUSED/, 'the admin API is not reachable from the network');
-    assert.equal((await request(node, node.wireIp, 15020, 'GET', '/metrics')).status, 200, 'metrics are');
+    await assert.rejects(httpInNetns(node, node.wireIp, 15000, 'GET', '/config_dump'), /ECONNREFUSED/, 'the admin API is not reachable from the network');
+    assert.equal((await httpInNetns(node, node.wireIp, 15020, 'GET', '/metrics')).status, 200, 'metrics are');
 
     const agent = agents.get(node.name)!;
     const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
-    assert.equal((await request(node, '127.0.0.1', 15000, 'POST', '/quitquitquit')).status, 200);
+    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/quitquitquit')).status, 200);
     assert.equal(await exited, 0);
   });
 
