@@ -71,8 +71,6 @@ export class WorkersDataPlane implements DataPlane {
     return [...this.pods.keys()].filter((uid) => !live.some((w) => w.serving.has(uid))).map((uid) => `no tunnel worker serves pod ${uid} yet`);
   }
 
-  pids(): number[] { return this.workers.filter((w) => !w.retiring).map((w) => w.child.pid!); }
-
   /** Replaces every worker: the new ones start and serve every pod before the old ones drain. */
   async roll(drainMs: number): Promise<void> {
     const old = this.workers.filter((w) => !w.retiring);

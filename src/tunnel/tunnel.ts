@@ -83,12 +83,6 @@ export class Tunnel {
     return n;
   }
 
-  openConnections(): number {
-    let n = 0;
-    for (const s of this.pods.values()) n += s.open.size;
-    return n;
-  }
-
   /**
    * Graceful stop: stop accepting, ask HBONE peers to open no new streams
    * (GOAWAY), let open connections finish until the deadline, then end them.
