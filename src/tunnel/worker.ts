@@ -86,7 +86,10 @@ export function runWorker(): void {
         // Listen at once (the handle is only good in this tick); connections
         // that arrive before the pod's three sockets are complete are parked.
         const server = net.createServer({ allowHalfOpen: true, noDelay: true });
-        const park = (c: net.Socket): void => { p.parked.push([server, c]); };
+        const park = (c: net.Socket): void => {
+          c.on('error', () => undefined); // a client may give up while parked: no crash for that
+          p.parked.push([server, c]);
+        };
         server.on('connection', park);
         server.listen(handle);
         p.servers[m.role] = server;
@@ -124,4 +127,9 @@ export function runWorker(): void {
   });
   // The agent is gone (its IPC channel closed): nothing will feed us any more.
   process.on('disconnect', () => process.exit(0));
+  // A bug must not pass silently: say what it was; the agent starts a replacement.
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err: err.stack ?? String(err) }, 'tunnel worker crashed');
+    process.exit(70);
+  });
 }

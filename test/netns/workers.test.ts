@@ -81,7 +81,9 @@ describe('tunnel workers', () => {
   });
 
   test('a worker killed with SIGKILL during a storm: no connection refused, only those it carried end, and it is replaced', async () => {
-    const [source, destination] = [workerPids('n1')[0], workerPids('n2')[0]];
+    const crashed = [...agents.values()].flatMap((a) => a.logs.filter((l) => l.level as number >= 40 || String(l.msg).includes('exited')));
+    assert.deepEqual(crashed, [], 'no worker failed before the test disturbed them');
+    const [source, destination] = [workerPids('n1').filter(alive)[0], workerPids('n2').filter(alive)[0]];
     const r = await storm(2000, async () => {
       process.kill(source, 'SIGKILL');
       await new Promise((res) => setTimeout(res, 300));
