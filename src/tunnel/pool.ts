@@ -74,14 +74,27 @@ export class HbonePool {
     const stream = s.h2.request({ ':method': 'CONNECT', ...headers }, { endStream: false });
     stream.once('close', () => this.release(s));
     return new Promise((resolve, reject) => {
+      let settled = false;
       const onError = (err: Error): void => {
+        if (settled) return;
+        settled = true;
         if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
           this.forget(s);
           reject(Object.assign(err, { refused: true }));
         } else reject(err);
       };
       stream.once('error', onError);
+      // A stream can also end without an error and without an answer (its
+      // session closed before sending it): never processed, so retryable.
+      stream.once('close', () => {
+        if (settled) return;
+        settled = true;
+        this.forget(s);
+        reject(Object.assign(new Error(`HBONE stream closed before an answer (code ${stream.rstCode})`), { code: 'AMBIT_E_HBONE_CLOSED', refused: true }));
+      });
       stream.once('response', (h) => {
+        if (settled) return;
+        settled = true;
         stream.off('error', onError);
         const status = Number(h[':status']);
         if (status === 200) return resolve(stream);

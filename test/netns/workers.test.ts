@@ -84,10 +84,15 @@ describe('tunnel workers', () => {
     const crashed = [...agents.values()].flatMap((a) => a.logs.filter((l) => l.level as number >= 40 || String(l.msg).includes('exited')));
     assert.deepEqual(crashed, [], 'no worker failed before the test disturbed them');
     const [source, destination] = [workerPids('n1').filter(alive)[0], workerPids('n2').filter(alive)[0]];
+    const failures = (): string => JSON.stringify([...agents.values()].flatMap((a) => a.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'))));
+    const kill = (pid: number): void => {
+      if (!alive(pid)) assert.fail(`worker ${pid} died before it was killed: ${failures()}`);
+      process.kill(pid, 'SIGKILL');
+    };
     const r = await storm(2000, async () => {
-      process.kill(source, 'SIGKILL');
+      kill(source);
       await new Promise((res) => setTimeout(res, 300));
-      process.kill(destination, 'SIGKILL');
+      kill(destination);
     });
     assert.equal(r.errors.ECONNREFUSED, undefined, `refused: ${JSON.stringify(r.errors)}`);
     assert.ok(r.failed <= 2 * 2 * CONCURRENCY, `only connections in flight on the two killed workers may end: ${JSON.stringify(r)}`);
