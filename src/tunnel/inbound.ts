@@ -148,6 +148,8 @@ export class Inbound {
 
   /** Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer without identity. */
   private onPlain(client: net.Socket): void {
+    // A client that reset before we got to it has no addresses any more: nothing to serve.
+    if (!client.localAddress || !client.remoteAddress) return void client.destroy();
     client.setNoDelay(true);
     const ip = client.localAddress ?? '';
     const port = client.localPort ?? 0;

@@ -32,7 +32,9 @@ export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   pod.outbound.on('connection', (client: net.Socket) => {
     client.setNoDelay(true);
     const srcPort = client.remotePort ?? 0;
-    const orig = deps.maps.origDst(pod.podId, client.remoteAddress ?? '', srcPort);
+    // A client that reset before we got to it has no address any more: nothing to serve.
+    if (!client.remoteAddress) return void client.destroy();
+    const orig = deps.maps.origDst(pod.podId, client.remoteAddress, srcPort);
     if (!orig) {
       // Not steered by connect4 (e.g. 127.0.0.1:15001 dialed directly): nowhere to go.
       log.warn({ src: `${client.remoteAddress}:${srcPort}`, reason: 'no_original_destination' }, 'outbound connection refused');
