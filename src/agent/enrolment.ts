@@ -25,11 +25,11 @@ export const PORT_INBOUND_HBONE = 15008;
  */
 export interface PodListeners {
   /** 127.0.0.1:15001 in the pod: captured outbound connections. */
-  readonly outbound: number;
+  outbound: number;
   /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
-  readonly inboundPlain: number;
+  inboundPlain: number;
   /** :15008 in the pod: inbound HBONE. */
-  readonly inboundHbone: number;
+  inboundHbone: number;
 }
 
 export interface EnrolledPod {
@@ -161,7 +161,7 @@ function allowTimeWaitReuse(netns: Netns): void {
 
 /** Closes the agent's own fds of a pod's listening sockets (servers on duplicates close separately). */
 export function closeListeners(pod: EnrolledPod): void {
-  const l = pod.listeners as { outbound: number; inboundPlain: number; inboundHbone: number };
+  const l = pod.listeners;
   for (const k of ['outbound', 'inboundPlain', 'inboundHbone'] as const) {
     if (l[k] >= 0) libcFns.close(l[k]);
     l[k] = -1;

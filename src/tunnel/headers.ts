@@ -17,17 +17,20 @@ export function connIdOf(traceparent: unknown): string | undefined {
   return m?.[1];
 }
 
-export function connectHeaders(opts: { authority: string; traceparent: string; src: Workload; clientAddr: string; service?: Service }): OutgoingHttpHeaders {
-  const { src } = opts;
-  const baggage = [
+/** The source metadata a workload's connections carry (the same for all of them: build it once). */
+export function baggageOf(src: Workload): string {
+  return [
     `k8s.namespace.name=${src.namespace}`,
     `k8s.pod.name=${src.name}`,
     `service.name=${src.labels.app ?? src.name}`,
     `service.version=${src.labels.version ?? 'latest'}`,
   ].join(',');
+}
+
+export function connectHeaders(opts: { authority: string; traceparent: string; baggage: string; clientAddr: string; service?: Service }): OutgoingHttpHeaders {
   return {
     ':authority': opts.authority,
-    baggage,
+    baggage: opts.baggage,
     forwarded: `for="${opts.clientAddr}"${opts.service ? `;host=${opts.service.hostname}` : ''}`,
     traceparent: opts.traceparent,
   };

@@ -10,7 +10,7 @@ import { accessLog } from '../observability/access-log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { MeshStore } from '../state/store';
 import { copyBidirectional } from './copy';
-import { connectHeaders, newTraceparent } from './headers';
+import { baggageOf, connectHeaders, newTraceparent } from './headers';
 import { HBONE_PORT, type HbonePool } from './pool';
 import { resolveOutbound } from './route';
 import type { ServedPod } from './served-pod';
@@ -29,6 +29,7 @@ export interface OutboundDeps {
 
 export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   const log = deps.log.child({ pod: pod.workload.uid });
+  const baggage = baggageOf(pod.workload);
   pod.outbound.on('connection', (client: net.Socket) => {
     client.setNoDelay(true);
     const srcPort = client.remotePort ?? 0;
@@ -42,13 +43,13 @@ export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
       client.destroy();
       return;
     }
-    void handle(pod, client, orig.ip, orig.port, srcPort, deps, log);
+    void handle(pod, baggage, client, orig.ip, orig.port, srcPort, deps, log);
   });
 }
 
-async function handle(pod: ServedPod, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
+async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
   const src = pod.workload;
-  const srcIdentity = deps.store.identityOf(src);
+  const srcIdentity = pod.identity;
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
   const { traceparent, connId } = newTraceparent();
   const entry: Record<string, unknown> = {
@@ -86,7 +87,7 @@ async function handle(pod: ServedPod, client: net.Socket, ip: string, port: numb
   try {
     const stream = await deps.pool.connect(
       { srcIdentity, dstIp: route.ip, identities: route.identities },
-      connectHeaders({ authority: `${route.ip}:${route.port}`, traceparent, src, clientAddr: `${src.addresses[0]}:${srcPort}`, service: route.service }),
+      connectHeaders({ authority: `${route.ip}:${route.port}`, traceparent, baggage, clientAddr: `${src.addresses[0]}:${srcPort}`, service: route.service }),
     );
     client.off('close', onEarlyClose);
     if (gone) {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Workload } from '../../src/state/types';
-import { connIdOf, connectHeaders, newTraceparent, parseAuthority } from '../../src/tunnel/headers';
+import { baggageOf, connIdOf, connectHeaders, newTraceparent, parseAuthority } from '../../src/tunnel/headers';
 import { pickWeighted, resolveOutbound } from '../../src/tunnel/route';
 
 const w = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
@@ -56,7 +56,7 @@ test('CONNECT headers: authority, baggage, forwarded with host for services, W3C
   const { traceparent, connId } = newTraceparent();
   assert.match(traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   assert.equal(connIdOf(traceparent), connId);
-  const h = connectHeaders({ authority: '10.200.0.1:8080', traceparent, src: w('a', '10.200.0.1', { labels: { app: 'sleep', version: 'v1' } }), clientAddr: '10.200.0.1:4242', service: cfg.services[0] });
+  const h = connectHeaders({ authority: '10.200.0.1:8080', traceparent, baggage: baggageOf(w('a', '10.200.0.1', { labels: { app: 'sleep', version: 'v1' } })), clientAddr: '10.200.0.1:4242', service: cfg.services[0] });
   assert.equal(h[':authority'], '10.200.0.1:8080');
   assert.equal(h.baggage, 'k8s.namespace.name=default,k8s.pod.name=a,service.name=sleep,service.version=v1');
   assert.equal(h.forwarded, 'for="10.200.0.1:4242";host=echo.default.svc.cluster.local');
