@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
-import type { Dataplane, MeshConfig, MeshNode, Service, ServicePort, TunnelProtocol, Workload } from './types';
+import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from './types';
 
 type Obj = Record<string, unknown>;
 
@@ -85,6 +85,7 @@ function workload(p: Problems, v: unknown, at: string): Workload {
     cgroup: str(p, o, 'cgroup', at, { optional: true }) || undefined,
     labels: labels(p, o, 'labels', at),
     capacity: capacity(p, o.capacity, `${at}.capacity`),
+    authorizationPolicies: [],
   };
 }
 
@@ -115,6 +116,18 @@ function service(p: Problems, v: unknown, at: string): Service {
   };
 }
 
+function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
+  if (v === undefined) return [];
+  if (!isObj(v)) { p.add(at, v, 'must be a map with tokens: [{ node, sha256 }]'); return []; }
+  return list(p, v, 'tokens', at).map((t, i) => {
+    const o = isObj(t) ? t : (p.add(`${at}.tokens[${i}]`, t, 'must be { node, sha256 }'), {} as Obj);
+    return {
+      node: str(p, o, 'node', `${at}.tokens[${i}]`, { fix: 'the node name this token authenticates' }),
+      sha256: str(p, o, 'sha256', `${at}.tokens[${i}]`, { pattern: /^[0-9a-f]{64}$/, fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE' }),
+    };
+  });
+}
+
 /** Parses and validates; throws AMBIT_E_CONFIG listing every problem. */
 export function parseConfig(text: string, source = 'config'): MeshConfig {
   let doc: unknown;
@@ -132,6 +145,9 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
     nodes: list(p, o, 'nodes', '').map((n, i) => node(p, n, `nodes[${i}]`)),
     workloads: list(p, o, 'workloads', '').map((w, i) => workload(p, w, `workloads[${i}]`)),
     services: list(p, o, 'services', '').map((s, i) => service(p, s, `services[${i}]`)),
+    policies: [],
+    rootNamespace: o.rootNamespace === undefined ? 'istio-system' : str(p, o, 'rootNamespace', '', { pattern: DNS_LABELS, fix: 'a namespace name; policies there without a selector apply mesh-wide' }),
+    controlPlane: { tokens: tokens(p, o.controlPlane, 'controlPlane') },
   };
 
   const nodeNames = new Set(cfg.nodes.map((n) => n.name));

@@ -1,5 +1,7 @@
-// The control-plane view of the mesh, as every source (the standalone YAML
-// today, xDS later) delivers it. Field names follow the standalone YAML.
+// The control-plane view of the mesh, as every source (the standalone YAML,
+// xDS) delivers it. Field names follow the standalone YAML.
+import type { Authorization } from '../policy/types';
+
 export type TunnelProtocol = 'HBONE' | 'NONE';
 /** Who carries a mesh workload's traffic: its node's agent, or its own sidecar. */
 export type Dataplane = 'ambient' | 'sidecar';
@@ -20,6 +22,12 @@ export interface Workload {
   labels: Record<string, string>;
   /** Relative weight when chosen as a service endpoint (default 1). */
   capacity: number;
+  /** Its own trust domain when it differs from the mesh's (xDS trust_domain). */
+  trustDomain?: string;
+  /** Services it backs ("<namespace>/<hostname>") besides those whose selector picks it (xDS). */
+  services?: string[];
+  /** WORKLOAD_SELECTOR policies ("<namespace>/<name>") that apply to it. */
+  authorizationPolicies: string[];
 }
 
 export interface ServicePort { port: number; targetPort: number }
@@ -35,10 +43,18 @@ export interface Service {
 
 export interface MeshNode { name: string; address: string }
 
+/** A node agent allowed to use the control-plane server: the SHA-256 (hex) of its bearer token. */
+export interface NodeToken { node: string; sha256: string }
+
 export interface MeshConfig {
   trustDomain: string;
   ca: { dir: string };
   nodes: MeshNode[];
   workloads: Workload[];
   services: Service[];
+  policies: Authorization[];
+  /** Policies in this namespace without a selector apply mesh-wide (Istio's root namespace). */
+  rootNamespace: string;
+  /** Read by `ambit control-plane` only. */
+  controlPlane: { tokens: NodeToken[] };
 }

@@ -43,7 +43,7 @@ export async function dialFrom(topo: Topology, pod: TestPod, ip: string, port: n
 export function workloadOf(pod: TestPod): import('../../src/state/types').Workload {
   return {
     uid: pod.uid, name: `${pod.node.name}-${pod.name}`, namespace: 'default', serviceAccount: 'default', node: pod.node.name,
-    addresses: [pod.ip], protocol: 'HBONE', dataplane: 'ambient', netns: pod.netnsPath, cgroup: pod.cgroup, labels: {}, capacity: 1,
+    addresses: [pod.ip], protocol: 'HBONE', dataplane: 'ambient', netns: pod.netnsPath, cgroup: pod.cgroup, labels: {}, capacity: 1, authorizationPolicies: [],
   };
 }
 

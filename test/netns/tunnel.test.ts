@@ -39,6 +39,7 @@ describe('HBONE tunnel', () => {
     return {
       trustDomain: 'cluster.local',
       ca: { dir: path.join(dir, 'ca') },
+      policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
       workloads: inMesh.map((p) => ({ ...workloadOf(p), serviceAccount: `sa-${p.node.name}-${p.name}`, labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
       services: [{ name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: [VIP], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],

@@ -6,12 +6,13 @@ import { baggageOf, connIdOf, connectHeaders, newTraceparent, parseAuthority } f
 import { pickWeighted, resolveOutbound } from '../../src/tunnel/route';
 
 const w = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
-  uid: `default/${name}`, name, namespace: 'default', serviceAccount: name, node: 'n1', addresses: [ip], protocol: 'HBONE', dataplane: 'ambient', labels: {}, capacity: 1, ...extra,
+  uid: `default/${name}`, name, namespace: 'default', serviceAccount: name, node: 'n1', addresses: [ip], protocol: 'HBONE', dataplane: 'ambient', labels: {}, capacity: 1, authorizationPolicies: [], ...extra,
 });
 
 const cfg: MeshConfig = {
   trustDomain: 'cluster.local',
   ca: { dir: '/tmp/x' },
+  policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
   nodes: [{ name: 'n1', address: '10.0.0.1' }],
   workloads: [
     w('a', '10.200.0.1', { labels: { app: 'echo' } }),

@@ -1,0 +1,73 @@
+// The one place that loads ambit's .proto files (proto/ at the repository
+// root): gRPC service definitions through @grpc/proto-loader, and the
+// payloads carried inside google.protobuf.Any (xDS resources) through
+// protobufjs, which proto-loader itself builds on. Field names keep the
+// .proto spelling (snake_case) so code and wire definitions read alike.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import fs from 'node:fs';
+import path from 'node:path';
+import protobuf from 'protobufjs';
+import type { Any } from './messages';
+
+/** dist/src/protocol → the repository's proto/ directory. */
+export const PROTO_DIR = [path.resolve(__dirname, '../../../proto'), path.resolve(__dirname, '../../proto')].find((d) => fs.existsSync(d))!;
+
+export const PROTO_FILES = [
+  'istio/workload/workload.proto',
+  'istio/security/authorization.proto',
+  'istio/ca/ca.proto',
+  'envoy/service/discovery/v3/discovery.proto',
+];
+
+export const TYPE_ADDRESS = 'type.googleapis.com/istio.workload.Address';
+export const TYPE_AUTHORIZATION = 'type.googleapis.com/istio.security.Authorization';
+export const ADS_METHOD = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
+export const CA_METHOD = '/istio.v1.auth.IstioCertificateService/CreateCertificate';
+
+const CONVERSION = { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, arrays: true } as const;
+
+let services: { ads: grpc.ServiceClientConstructor; ca: grpc.ServiceClientConstructor } | undefined;
+
+/** The gRPC services: AggregatedDiscoveryService (delta) and IstioCertificateService. */
+export function grpcServices(): { ads: grpc.ServiceClientConstructor; ca: grpc.ServiceClientConstructor } {
+  if (services) return services;
+  const def = protoLoader.loadSync(PROTO_FILES, { keepCase: true, ...CONVERSION, includeDirs: [PROTO_DIR] });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    envoy: { service: { discovery: { v3: { AggregatedDiscoveryService: grpc.ServiceClientConstructor } } } };
+    istio: { v1: { auth: { IstioCertificateService: grpc.ServiceClientConstructor } } };
+  };
+  services = { ads: pkg.envoy.service.discovery.v3.AggregatedDiscoveryService, ca: pkg.istio.v1.auth.IstioCertificateService };
+  return services;
+}
+
+let root: protobuf.Root | undefined;
+
+function types(): protobuf.Root {
+  if (root) return root;
+  const r = new protobuf.Root();
+  // Our imports resolve under proto/; google/protobuf/* are protobufjs's bundled well-known types.
+  r.resolvePath = (_origin, target) => {
+    const local = path.join(PROTO_DIR, target);
+    return fs.existsSync(local) ? local : target;
+  };
+  root = r.loadSync(PROTO_FILES, { keepCase: true });
+  return root;
+}
+
+function typeOf(typeUrl: string): protobuf.Type {
+  const name = typeUrl.slice(typeUrl.lastIndexOf('/') + 1);
+  return types().lookupType(name);
+}
+
+/** Packs a message (plain object, .proto field names) into an Any of typeUrl. */
+export function pack(typeUrl: string, message: object): Any {
+  const t = typeOf(typeUrl);
+  return { type_url: typeUrl, value: Buffer.from(t.encode(t.fromObject(message)).finish()) };
+}
+
+/** Unpacks an Any; throws (with protobufjs's reason) when the bytes are not a valid message of its type. */
+export function unpack<T>(any: Any): T {
+  const t = typeOf(any.type_url);
+  return t.toObject(t.decode(any.value), CONVERSION) as T;
+}
