@@ -12,7 +12,10 @@ export type ErrorCode =
   | 'AMBIT_E_PIN_INCOMPATIBLE'
   | 'AMBIT_E_NETNS'         // setns/socket inside a pod netns
   | 'AMBIT_E_ENROL'         // pod facts invalid or conflicting
-  | 'AMBIT_E_CONFIG';       // configuration file invalid
+  | 'AMBIT_E_CONFIG'        // configuration file invalid
+  | 'AMBIT_E_CA'            // the CA refused or answered wrongly
+  | 'AMBIT_E_XDS'           // the control plane's stream failed or sent something invalid
+  | 'AMBIT_E_AUTH';         // a node's bearer token or requested identity was refused
 
 export class AmbitError extends Error {
   constructor(readonly code: ErrorCode, message: string, readonly hint?: string) {

@@ -5,6 +5,7 @@ import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded fi
 import * as x509 from '@peculiar/x509';
 import { randomBytes, webcrypto } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { AmbitError } from '../errors';
 import type { CertificateAuthority } from './ca';
@@ -22,6 +23,11 @@ const ROOT_YEARS = 10;
 const BACKDATE_MS = 5 * 60_000;
 
 export interface IssueOptions { notBefore?: Date; notAfter?: Date }
+
+/** Names of a TLS server (the control plane's gRPC endpoint), not a workload identity. */
+export interface ServerCertOptions { dns: string[]; ips: string[]; ttlSeconds: number }
+
+const DNS_NAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 export class BuiltinCa implements CertificateAuthority {
   private constructor(private readonly root: x509.X509Certificate, private readonly rootKey: CryptoKey, readonly dir: string) {}
@@ -111,6 +117,44 @@ export class BuiltinCa implements CertificateAuthority {
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
         // Critical: the subject is empty, the SAN is the whole identity.
         new x509.SubjectAlternativeNameExtension([{ type: 'url', value: identity }], true),
+        await x509.AuthorityKeyIdentifierExtension.create(this.root),
+      ],
+    });
+    return cert.toString('pem');
+  }
+
+  /**
+   * Issues a TLS server certificate (DNS and IP SANs, serverAuth only) from
+   * the same root, so node agents that already trust the mesh root can
+   * verify the control plane without a second trust anchor.
+   */
+  async issueServer(publicKey: x509.PublicKey | CryptoKey, opts: ServerCertOptions): Promise<string> {
+    const badDns = opts.dns.find((d) => !DNS_NAME.test(d));
+    if (badDns !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `server certificate DNS name ${JSON.stringify(badDns)} is not a host name`, 'use names like ambit-control-plane.ambit-system.svc');
+    const badIp = opts.ips.find((ip) => net.isIP(ip) === 0);
+    if (badIp !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `server certificate IP ${JSON.stringify(badIp)} is not an IPv4 or IPv6 address`, 'give addresses like 10.201.0.254');
+    if (opts.dns.length + opts.ips.length === 0) throw new AmbitError('AMBIT_E_CONFIG', 'server certificate has no DNS name and no IP', 'give at least one name clients dial');
+    if (!(opts.ttlSeconds > 0)) throw new AmbitError('AMBIT_E_CONFIG', `server certificate ttlSeconds ${opts.ttlSeconds} must be > 0`);
+    const now = Date.now();
+    const key = publicKey instanceof x509.PublicKey ? await publicKey.export(EC_ALG, ['verify']) : publicKey;
+    const names: x509.JsonGeneralName[] = [...opts.dns.map((value) => ({ type: 'dns' as const, value })), ...opts.ips.map((value) => ({ type: 'ip' as const, value }))];
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: serial(),
+      issuer: this.root.subject,
+      // A CN for humans reading the certificate; clients match the SANs.
+      subject: `O=ambit, CN=${opts.dns[0] ?? opts.ips[0]}`,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(now + opts.ttlSeconds * 1000),
+      publicKey: key,
+      signingKey: this.rootKey,
+      signingAlgorithm: EC_ALG,
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        // ECDSA keys only sign; keyEncipherment would be meaningless.
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        // serverAuth only: this certificate must not pass as a workload's client identity.
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+        new x509.SubjectAlternativeNameExtension(names, false),
         await x509.AuthorityKeyIdentifierExtension.create(this.root),
       ],
     });

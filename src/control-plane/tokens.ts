@@ -1,0 +1,52 @@
+// Node agents authenticate to the control plane with a bearer token; the
+// configuration holds only each token's SHA-256, so a leaked config file
+// does not leak credentials. Every configured hash is compared, in constant
+// time, so neither timing nor order reveals how close a guess came.
+import type * as grpc from '@grpc/grpc-js';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { AmbitError } from '../errors';
+import type { NodeToken } from '../state/types';
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+export class NodeTokens {
+  private readonly entries: { node: string; digest: Buffer }[];
+
+  constructor(tokens: NodeToken[]) {
+    const seen = new Map<string, string>();
+    this.entries = tokens.map((t, i) => {
+      const hex = t.sha256.toLowerCase();
+      if (!SHA256_HEX.test(hex)) {
+        throw new AmbitError('AMBIT_E_CONFIG', `controlPlane.tokens[${i}].sha256 (node ${t.node}) is not 64 hex digits`, 'put the output of `printf %s "$TOKEN" | sha256sum` there, not the token');
+      }
+      // Two nodes sharing a token could each act as the other.
+      const other = seen.get(hex);
+      if (other !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `controlPlane.tokens[${i}]: nodes ${other} and ${t.node} have the same token`, 'give every node its own token');
+      seen.set(hex, t.node);
+      return { node: t.node, digest: Buffer.from(hex, 'hex') };
+    });
+  }
+
+  /** The SHA-256 hex of a token, as the configuration stores it. */
+  static hash(token: string): string {
+    return createHash('sha256').update(token, 'utf8').digest('hex');
+  }
+
+  /** The node whose token the call carries; the error never contains the token. */
+  authenticate(md: grpc.Metadata): { node: string } | { error: string } {
+    const values = md.get('authorization');
+    if (values.length === 0) return { error: 'no authorization header; node agents send "authorization: Bearer <token>"' };
+    if (values.length > 1) return { error: `${values.length} authorization headers; send exactly one` };
+    const value = typeof values[0] === 'string' ? values[0] : values[0].toString('utf8');
+    const m = /^Bearer +(\S+)\s*$/i.exec(value);
+    // Not echoed: a header sent without its scheme would be the bare token.
+    if (!m) return { error: 'authorization header is not "Bearer <token>"' };
+    const digest = createHash('sha256').update(m[1], 'utf8').digest();
+    let found: string | undefined;
+    for (const e of this.entries) {
+      // No early exit: the time taken does not depend on which entry matched.
+      if (timingSafeEqual(digest, e.digest) && found === undefined) found = e.node;
+    }
+    return found !== undefined ? { node: found } : { error: 'unknown bearer token (no configured node has it)' };
+  }
+}
