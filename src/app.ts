@@ -22,7 +22,7 @@ import type { Readiness } from './observability/admin';
 import { aggregateMetrics } from './observability/aggregate';
 import type { Logger } from './observability/log';
 import { Metrics } from './observability/metrics';
-import { allowAll, type Authorizer } from './policy/authorize';
+import type { Authorizer } from './policy/authorize';
 import { MeshStore } from './state/store';
 import type { MeshConfig, Workload } from './state/types';
 import type { PoolOptions } from './tunnel/pool';
@@ -112,7 +112,8 @@ export class NodeApp {
   private readonly pods = new Map<string, PodRuntime>();
   /** Pods that should be enrolled but could not be, with why (retried at the next change). */
   private readonly failed = new Map<string, string>();
-  private authorizer: Authorizer = allowAll;
+  /** Replaces the policies' verdicts (tests observe what the data path asks). */
+  private authorizerOverride?: Authorizer;
   private reconciling: Promise<void> = Promise.resolve();
   readonly dataPlane: DataPlane;
 
@@ -127,7 +128,7 @@ export class NodeApp {
     private readonly log: Logger,
     private readonly nodeNetns?: Netns,
   ) {
-    const ctx: DataPlaneContext = { store, certs, datapath, metrics, dial, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizer, log };
+    const ctx: DataPlaneContext = { store, certs, datapath, metrics, dial, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, log };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
   }
 
@@ -181,7 +182,7 @@ export class NodeApp {
     return this.reconcile();
   }
 
-  setAuthorizer(a: Authorizer): void { this.authorizer = a; }
+  setAuthorizer(a: Authorizer): void { this.authorizerOverride = a; }
 
   /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
   readiness(): Readiness {

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // `ambit` — one binary, subcommands:
 //   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
+//   ambit node --xds HOST:PORT --xds-root FILE --node NAME [--pods FILE] …
+//   ambit control-plane --config FILE [--listen HOST:PORT]
 //   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
 //   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
 //   ambit ca init|issue …
@@ -22,11 +24,21 @@ import { startAdmin } from '../observability/admin';
 import { runWorker } from '../tunnel/worker';
 import { createLogger } from '../observability/log';
 import { loadConfigFile } from '../state/config';
+import { ControlPlane } from '../control-plane/server';
+import { IstioCaClient } from '../identity/ca-client';
+import type { Logger } from '../observability/log';
+import { loadLocalPods } from '../state/local-pods';
+import type { MeshConfig } from '../state/types';
+import { XdsMeshSource } from '../state/xds-mesh';
+import { nodeMessage, XdsClient } from '../state/xds-source';
 
 const USAGE = `usage:
   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
              [--workers N (default: one per core; 0: in-process)] [--drain-seconds S (default 25)]
+  ambit node --xds HOST:PORT --xds-root FILE --node NAME [--xds-token FILE] [--xds-server-name NAME]
+             [--pods FILE] [--trust-domain TD] [--cluster-id ID] [other node flags]
   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
+  ambit control-plane --config FILE [--listen HOST:PORT (default 0.0.0.0:15012)] [--server-ip IP]…
   ambit ca init  --dir DIR
   ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
   ambit datapath probe   [--pin-dir DIR]
@@ -41,17 +53,22 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
       config: { type: 'string' }, node: { type: 'string' }, workload: { type: 'string' },
       'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
       workers: { type: 'string' }, 'drain-seconds': { type: 'string' },
+      xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
+      pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
     },
   });
   const target = kind === 'node' ? values.node : values.workload;
-  if (!values.config || !target) throw new AmbitError('AMBIT_E_CONFIG', `--config and ${kind === 'node' ? '--node' : '--workload'} are required`, USAGE);
+  if (!target) throw new AmbitError('AMBIT_E_CONFIG', `${kind === 'node' ? '--node' : '--workload'} is required`, USAGE);
+  if (!values.config && !values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config FILE (standalone) or --xds HOST:PORT (control plane) is required', USAGE);
+  if (values.config && values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config and --xds exclude each other', 'with --xds, node-local pod facts go in --pods FILE');
+  if (values.xds && kind !== 'node') throw new AmbitError('AMBIT_E_CONFIG', '--xds is for `ambit node`', 'a sidecar reads --config');
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
   // A node agent runs the tunnel in one worker per core by default; a sidecar serves one pod in-process.
   const workers = count('--workers', values.workers, kind === 'node' ? os.cpus().length : 0);
   const drainMs = count('--drain-seconds', values['drain-seconds'], 25) * 1000;
   const log = createLogger();
-  const configFile = values.config;
+  const source = values.xds ? xdsSource(values, target, log) : undefined;
   // The endpoints come up first, so readiness can say what is still pending.
   let app: NodeApp | undefined;
   let unwatch: (() => void) | undefined;
@@ -69,15 +86,17 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   };
   const admin = await startAdmin({
     metrics: () => app?.metricsText(),
-    readiness: () => app?.readiness() ?? { pending: ['datapath attach', 'configuration', 'pod listeners and certificates'] },
+    readiness: () => app?.readiness() ?? { pending: [source ? `first full xDS sync from ${values.xds}` : 'configuration', 'datapath attach', 'pod listeners and certificates'] },
     configDump: () => app?.configDump() ?? { starting: true },
     log,
     setLogLevel: (level) => (app ? app.setLogLevel(level) : (log.level = level)),
     quit: () => void stop('quitquitquit'),
   });
   const pinDir = values['pin-dir'];
+  const config = source ? await source.mesh.initial(XDS_SYNC_TIMEOUT_MS) : loadConfigFile(values.config!);
   app = await NodeApp.start({
-    config: loadConfigFile(configFile),
+    config,
+    ca: source?.ca,
     scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
     pinDir,
@@ -86,17 +105,16 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     log,
   });
   const running = app;
-  unwatch = watchConfigFile(
-    configFile,
-    (cfg) => running.update(cfg).then(
-      () => log.info({ file: configFile }, 'configuration applied'),
-      (err: Error) => log.error({ file: configFile, err: err.message }, 'configuration change could not be applied'),
-    ),
-    (err) => {
-      running.metrics.configRejected.inc();
-      log.error({ file: configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
-    },
+  const from = values.xds ?? values.config!;
+  const onValid = (cfg: MeshConfig): void => void running.update(cfg).then(
+    () => log.info({ from }, 'configuration applied'),
+    (err: Error) => log.error({ from, err: err.message }, 'configuration change could not be applied'),
   );
+  const onInvalid = (err: AmbitError): void => {
+    running.metrics.configRejected.inc();
+    log.error({ from, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
+  };
+  unwatch = source ? source.mesh.watch(onValid, onInvalid) : watchConfigFile(values.config!, onValid, onInvalid);
   log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, workers, pods: app.enrolment.list().length }, `${kind} ready`);
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
@@ -107,6 +125,51 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     log.info('rolling the tunnel workers');
     roll.call(running.dataPlane, drainMs).then(() => log.info('tunnel workers replaced'), (err: Error) => log.error({ err: err.message }, 'rolling the tunnel workers failed'));
   });
+}
+
+const XDS_SYNC_TIMEOUT_MS = 10 * 60_000;
+
+/** `ambit node --xds`: state from a control plane's delta xDS, certificates from its CA. */
+function xdsSource(values: Record<string, string | boolean | undefined>, nodeName: string, log: Logger): { mesh: XdsMeshSource; ca: IstioCaClient } {
+  const address = String(values.xds);
+  const rootFile = values['xds-root'] as string | undefined;
+  if (!rootFile) throw new AmbitError('AMBIT_E_CONFIG', '--xds-root FILE is required with --xds', "the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)");
+  let rootsPem: string;
+  try {
+    rootsPem = fs.readFileSync(rootFile, 'utf8');
+  } catch (err) {
+    throw new AmbitError('AMBIT_E_CONFIG', `cannot read --xds-root ${rootFile}: ${(err as NodeJS.ErrnoException).code}`);
+  }
+  const tokenFile = values['xds-token'] as string | undefined;
+  const serverName = values['xds-server-name'] as string | undefined;
+  const trustDomain = (values['trust-domain'] as string | undefined) ?? 'cluster.local';
+  const podsFile = values.pods as string | undefined;
+  const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
+  const node = nodeMessage({ nodeName, podName: process.env.POD_NAME ?? `ambit-${nodeName}`, podNamespace: process.env.POD_NAMESPACE ?? 'ambit-system', ip });
+  const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, log });
+  const facts = { node: nodeName, trustDomain, pods: podsFile ? loadLocalPods(podsFile) : new Map() };
+  const ca = new IstioCaClient({ address, rootsPem, serverName, tokenFile, clusterId: values['cluster-id'] as string | undefined });
+  return { mesh: new XdsMeshSource(client, facts, podsFile), ca };
+}
+
+function firstIpv4(): string | undefined {
+  return Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+}
+
+async function controlPlane(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true } } });
+  if (!values.config) throw new AmbitError('AMBIT_E_CONFIG', '--config is required', USAGE);
+  const log = createLogger();
+  const cp = await ControlPlane.start({
+    configFile: values.config, listen: values.listen, log,
+    names: { dns: values['server-name'] ?? [], ips: values['server-ip'] ?? [] },
+  });
+  const stop = (signal: string): void => {
+    log.info({ signal }, 'control plane stopping');
+    void cp.stop().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
 }
 
 function count(flag: string, value: string | undefined, fallback: number): number {
@@ -177,6 +240,7 @@ async function main(argv: string[]): Promise<void> {
   switch (cmd) {
     case 'node': return serve('node', rest);
     case 'sidecar': return serve('sidecar', rest);
+    case 'control-plane': return controlPlane(rest);
     case 'worker': return runWorker(); // started by `ambit node`, not by hand
     case 'ca': return ca(rest);
     case 'datapath': return datapath(rest);

@@ -3,13 +3,18 @@
 // whole when the source delivers a new valid state.
 import { EventEmitter } from 'node:events';
 import { workloadIdentity } from '../identity/spiffe';
+import type { Authorizer } from '../policy/authorize';
+import { PolicyAuthorizer } from '../policy/engine';
 import type { MeshConfig, Service, Workload } from './types';
+import { serviceKey } from './xds-resources';
 
 export class MeshStore extends EventEmitter {
   private cfg!: MeshConfig;
   private byIp = new Map<string, Workload>();
   private byVip = new Map<string, Service>();
   private endpointsOf = new Map<Service, Workload[]>();
+  /** The policies of this state, indexed for per-connection checks. */
+  authorizer!: Authorizer;
 
   constructor(cfg: MeshConfig) {
     super();
@@ -28,13 +33,18 @@ export class MeshStore extends EventEmitter {
   serviceByVip(ip: string): Service | undefined { return this.byVip.get(ip); }
   endpoints(s: Service): Workload[] { return this.endpointsOf.get(s) ?? []; }
   workloadsOn(node: string): Workload[] { return this.cfg.workloads.filter((w) => w.node === node); }
-  identityOf(w: Workload): string { return workloadIdentity(this.cfg.trustDomain, w); }
+  identityOf(w: Workload): string { return workloadIdentity(w.trustDomain ?? this.cfg.trustDomain, w); }
 
   private index(cfg: MeshConfig): void {
     this.cfg = cfg;
     this.byIp = new Map(cfg.workloads.flatMap((w) => w.addresses.map((a) => [a, w] as const)));
     this.byVip = new Map(cfg.services.flatMap((s) => s.addresses.map((a) => [a, s] as const)));
-    this.endpointsOf = new Map(cfg.services.map((s) => [s, cfg.workloads.filter((w) => w.namespace === s.namespace && selects(s.selector, w.labels))]));
+    // Endpoints: picked by the service's selector (standalone YAML), or naming the service themselves (xDS).
+    this.endpointsOf = new Map(cfg.services.map((s) => {
+      const key = serviceKey(s);
+      return [s, cfg.workloads.filter((w) => w.services?.includes(key) || (w.namespace === s.namespace && selects(s.selector, w.labels)))];
+    }));
+    this.authorizer = PolicyAuthorizer.of(cfg.policies);
   }
 }
 

@@ -12,7 +12,7 @@ import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { Workload } from '../state/types';
-import type { Authorizer } from '../policy/authorize';
+import type { Authorizer, ConnectionFacts, Decision } from '../policy/authorize';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
@@ -41,6 +41,8 @@ export class Inbound {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** The peer identity (or why there is none) of each TLS connection: checked once, not per stream. */
   private readonly peers = new WeakMap<tls.TLSSocket, ReturnType<typeof peerIdentity>>();
+  /** Connections delivered to the app, re-checked when the policies change. */
+  private readonly authorized = new Set<{ facts: Omit<ConnectionFacts, 'dst'>; connId?: string; end: () => void }>();
 
   /** cert undefined: plain mode, HBONE connections are refused. */
   constructor(private readonly pod: ServedPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
@@ -84,6 +86,42 @@ export class Inbound {
     for (const s of this.sessions) s.close();
   }
 
+  /**
+   * Re-checks every open connection against the current policies and closes
+   * those now denied (a policy change applies to what is already flowing).
+   */
+  recheck(): number {
+    let closed = 0;
+    for (const c of this.authorized) {
+      const decision = this.authorize(c.facts);
+      if (decision.allow) continue;
+      this.authorized.delete(c);
+      closed++;
+      this.log.warn({ conn_id: c.connId, src: c.facts.srcIp, 'src.identity': c.facts.srcIdentity, dst: `${c.facts.dstIp}:${c.facts.dstPort}`, reason: 'denied_after_policy_change', policy: decision.policy, why: decision.reason }, 'open connection closed: the policies now deny it');
+      this.deps.metrics.failure('inbound', 'denied_after_policy_change');
+      c.end();
+    }
+    return closed;
+  }
+
+  /** The pod's workload as the current state describes it (its policy list can change without re-enrolment). */
+  private workload(): Workload {
+    return this.deps.workloadByIp(this.pod.workload.addresses[0]) ?? this.pod.workload;
+  }
+
+  private authorize(facts: Omit<ConnectionFacts, 'dst'>, connId?: string): Decision {
+    const decision = this.deps.authorizer().check({ ...facts, dst: this.workload() });
+    if (decision.dryRun?.length) this.log.info({ conn_id: connId, src: facts.srcIp, 'src.identity': facts.srcIdentity, dst: `${facts.dstIp}:${facts.dstPort}`, dryRun: decision.dryRun }, 'dry-run policies evaluated (not enforced)');
+    return decision;
+  }
+
+  /** Tracks a delivered connection until done resolves, for recheck(). */
+  private track(facts: Omit<ConnectionFacts, 'dst'>, connId: string | undefined, end: () => void, done: Promise<unknown>): void {
+    const entry = { facts, connId, end };
+    this.authorized.add(entry);
+    void done.finally(() => this.authorized.delete(entry));
+  }
+
   private peerOf(s: tls.TLSSocket): ReturnType<typeof peerIdentity> {
     let peer = this.peers.get(s);
     if (!peer) this.peers.set(s, (peer = peerIdentity(s, this.deps.trustDomain())));
@@ -119,7 +157,8 @@ export class Inbound {
     const peer = tlsSocket ? this.peerOf(tlsSocket) : { error: 'no TLS' };
     if ('error' in peer) return refuse(401, 'peer_identity', { err: peer.error });
     const srcIdentity = peer.identity;
-    const decision = this.deps.authorizer().check({ srcIdentity, srcIp, dst: this.pod.workload, dstIp: target.ip, dstPort: target.port });
+    const facts = { srcIdentity, srcIp, dstIp: target.ip, dstPort: target.port };
+    const decision = this.authorize(facts, connId);
     if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
 
     const src = sourceFromBaggage(headers.baggage);
@@ -128,6 +167,7 @@ export class Inbound {
       conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.workload': src?.name, 'src.namespace': src?.namespace, 'src.identity': srcIdentity,
       'dst.addr': `${target.ip}:${target.port}`, 'dst.hbone_addr': `${target.ip}:${PORT_INBOUND_HBONE}`, 'dst.service': service,
       'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace, 'dst.identity': this.identity,
+      policy: decision.policy,
     });
     const upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
     const onConnectError = (err: Error): void => refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
@@ -139,10 +179,11 @@ export class Inbound {
       const closed = this.deps.metrics.open(tcpLabels({
         reporter: 'destination', src, srcPrincipal: srcIdentity, dst: this.pod.workload, dstPrincipal: this.identity, service, mtls: true,
       }));
-      void copyBidirectional(stream, upstream).then((r) => {
+      const copied = copyBidirectional(stream, upstream).then((r) => {
         closed({ fromSource: r.sent, toSource: r.received });
         finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
       });
+      this.track(facts, connId, () => { stream.close(http2.constants.NGHTTP2_CANCEL); upstream.destroy(); }, copied);
     });
   }
 
@@ -160,9 +201,10 @@ export class Inbound {
       client.destroy();
       return;
     }
-    const decision = this.deps.authorizer().check({ srcIp, dst: this.pod.workload, dstIp: ip, dstPort: port });
+    const facts = { srcIp, dstIp: ip, dstPort: port };
+    const decision = this.authorize(facts);
     if (!decision.allow) {
-      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'denied', policy: decision.policy }, 'plaintext connection refused');
+      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'denied', policy: decision.policy, why: decision.reason }, 'plaintext connection refused');
       this.deps.metrics.failure('inbound', 'denied');
       client.destroy();
       return;
@@ -171,11 +213,14 @@ export class Inbound {
     const finish = accessLog(this.log, {
       direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'src.workload': src?.name, 'src.namespace': src?.namespace,
       'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace,
+      policy: decision.policy,
     });
     const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
-    void copyBidirectional(client, this.deps.dialInPod(this.pod, ip, port)).then((r) => {
+    const upstream = this.deps.dialInPod(this.pod, ip, port);
+    const copied = copyBidirectional(client, upstream).then((r) => {
       closed({ fromSource: r.sent, toSource: r.received });
       finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
     });
+    this.track(facts, undefined, () => { client.destroy(); upstream.destroy(); }, copied);
   }
 }

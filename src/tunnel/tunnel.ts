@@ -39,9 +39,15 @@ export class Tunnel {
   readonly pool: HbonePool;
   private readonly pods = new Map<string, Served>();
 
+  private readonly onStateChanged = (): void => {
+    for (const s of this.pods.values()) s.inbound.recheck();
+  };
+
   constructor(private readonly deps: TunnelDeps) {
     this.pool = new HbonePool({ certs: deps.certs, dial: deps.dial, log: deps.log, ...deps.pool });
     deps.metrics.trackPool(() => this.pool.stats());
+    // New policies apply to open connections too.
+    deps.store.on('changed', this.onStateChanged);
   }
 
   /** Starts serving a pod; in HBONE mode cert is the pod's own (its :15008 answers with it). */
@@ -108,6 +114,7 @@ export class Tunnel {
   }
 
   stop(): void {
+    this.deps.store.off('changed', this.onStateChanged);
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
     this.pool.close();
   }

@@ -14,7 +14,6 @@ import { openPinnedMaps } from '../datapath/status';
 import { AmbitError } from '../errors';
 import { createLogger } from '../observability/log';
 import { Metrics } from '../observability/metrics';
-import { allowAll } from '../policy/authorize';
 import { MeshStore } from '../state/store';
 import { ROLES, type FromWorker, type ListenerRole, type ToWorker, type WireCert } from './ipc';
 import { Tunnel } from './tunnel';
@@ -70,7 +69,7 @@ export function runWorker(): void {
         store = new MeshStore(m.config);
         const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
         tunnel = new Tunnel({
-          store, certs, maps, mode: m.mode, metrics, authorizer: () => allowAll, log,
+          store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, log,
           dial: (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true }),
         });
         send({ t: 'ready' });

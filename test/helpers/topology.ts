@@ -6,7 +6,8 @@
 // collide, and destroy() removes processes, cgroups and namespaces even
 // after a failure part-way through create().
 //
-// Addressing: node i has 10.201.0.i on the wire and routes 10.200.k.0/24
+// Addressing: node i has 10.201.0.i on the wire, the switch itself
+// 10.201.0.254 (where a control plane runs, reachable from every node) and routes 10.200.k.0/24
 // to node k; pod j of node i is 10.200.i.(10+j)/32 behind a veth whose node
 // end holds the gateway address 169.254.1.1 (every pod has the same
 // gateway, as in Calico).
@@ -36,6 +37,9 @@ export interface TestNode {
   podsCgroup: string;
   pods: TestPod[];
 }
+
+/** The switch namespace's address on the wire: a place for a control plane every node reaches. */
+export const SWITCH_IP = '10.201.0.254';
 
 export interface TopologyOptions { nodes: number; podsPerNode: number; prefix?: string }
 
@@ -75,6 +79,8 @@ export class Topology {
     const ipSw = ['-n', this.switchNs];
     await sh('ip', [...ipSw, 'link', 'add', 'br0', 'type', 'bridge']);
     await sh('ip', [...ipSw, 'link', 'set', 'br0', 'up']);
+    await sh('ip', [...ipSw, 'link', 'set', 'lo', 'up']);
+    await sh('ip', [...ipSw, 'addr', 'add', `${SWITCH_IP}/24`, 'dev', 'br0']);
 
     for (let i = 1; i <= nodes; i++) {
       const node: TestNode = {
@@ -134,6 +140,11 @@ export class Topology {
   /** Starts a process in a node's netns (outside every pod cgroup, as the agent runs). */
   spawnInNode(node: TestNode, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
     return this.track(spawn('nsenter', [`--net=${node.netnsPath}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+  }
+
+  /** Starts a process in the switch netns (reachable from every node at SWITCH_IP). */
+  spawnInSwitch(cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    return this.track(spawn('nsenter', [`--net=${path.join(NETNS_DIR, this.switchNs)}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
   }
 
   private track(child: ChildProcess): ChildProcess {

@@ -1,0 +1,99 @@
+// `ambit control-plane`: the standalone YAML served to every node agent as
+// delta xDS, plus the CA, on one TLS gRPC server (port 15012 by default, as
+// istiod). Node agents authenticate with bearer tokens listed (hashed) in
+// the YAML; certificates are issued only for identities of workloads placed
+// on the asking node. When the file changes, only what changed is pushed;
+// an invalid change is logged and the last good state keeps serving.
+import * as grpc from '@grpc/grpc-js';
+import { AmbitError } from '../errors';
+import { BuiltinCa } from '../identity/builtin-ca';
+import type { Logger } from '../observability/log';
+import { grpcServices } from '../protocol/protos';
+import { loadConfigFile } from '../state/config';
+import { watchConfigFile } from '../state/file-source';
+import { MeshStore } from '../state/store';
+import type { MeshConfig } from '../state/types';
+import { toResources } from '../state/xds-resources';
+import { caServiceHandlers } from './ca-service';
+import { serverCredentials } from './tls';
+import { NodeTokens } from './tokens';
+import { XdsServer } from './xds-server';
+
+export const DEFAULT_LISTEN = '0.0.0.0:15012';
+
+export interface ControlPlaneOptions {
+  configFile: string;
+  listen?: string;
+  /** Names the server certificate carries (clients verify one of them). */
+  names?: { dns: string[]; ips: string[] };
+  log: Logger;
+}
+
+export class ControlPlane {
+  private tokens: NodeTokens;
+  private unwatch?: () => void;
+
+  private constructor(
+    private store: MeshStore,
+    readonly ca: BuiltinCa,
+    readonly xds: XdsServer,
+    private readonly server: grpc.Server,
+    readonly port: number,
+    private readonly log: Logger,
+  ) {
+    this.tokens = new NodeTokens(store.config.controlPlane.tokens);
+  }
+
+  static async start(opts: ControlPlaneOptions): Promise<ControlPlane> {
+    const { log } = opts;
+    const config = loadConfigFile(opts.configFile);
+    const ca = await BuiltinCa.open(config.ca.dir);
+    const tls = await serverCredentials(ca, opts.names ?? { dns: [], ips: [] });
+    // Late-bound: the token list and the workload placement follow the file.
+    let self: ControlPlane | undefined;
+    const xds = new XdsServer((md) => self!.tokens.authenticate(md), log.child({ component: 'xds' }));
+    const server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+    const { ads, ca: caService } = grpcServices();
+    server.addService(ads.service, xds.handlers());
+    server.addService(caService.service, caServiceHandlers({
+      ca,
+      tokens: { authenticate: (md) => self!.tokens.authenticate(md) } as NodeTokens,
+      identitiesOn: (node) => self!.identitiesOn(node),
+      log: log.child({ component: 'ca' }),
+    }));
+    const listen = opts.listen ?? DEFAULT_LISTEN;
+    const creds = grpc.ServerCredentials.createSsl(Buffer.from(tls.rootPem), [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }], false);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync(listen, creds, (err, p) => (err
+      ? reject(new AmbitError('AMBIT_E_CONFIG', `cannot listen on ${listen}: ${err.message}`, 'is another control plane (or istiod) on that port? pass --listen HOST:PORT'))
+      : resolve(p))));
+    self = new ControlPlane(new MeshStore(config), ca, xds, server, port, log);
+    self.publish(config);
+    self.unwatch = watchConfigFile(opts.configFile, (cfg) => self!.apply(cfg), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
+    log.info({ listen, port, workloads: config.workloads.length, services: config.services.length, policies: config.policies.length }, 'control plane serving xDS and the CA');
+    return self;
+  }
+
+  get config(): MeshConfig { return this.store.config; }
+
+  /** SPIFFE identities of the workloads placed on node: the only ones its agent may ask for. */
+  identitiesOn(node: string): Set<string> {
+    return new Set(this.store.workloadsOn(node).filter((w) => w.protocol === 'HBONE').map((w) => this.store.identityOf(w)));
+  }
+
+  apply(config: MeshConfig): void {
+    this.store = new MeshStore(config);
+    this.tokens = new NodeTokens(config.controlPlane.tokens);
+    this.publish(config);
+    this.log.info({ workloads: config.workloads.length, services: config.services.length, policies: config.policies.length }, 'configuration applied and pushed');
+  }
+
+  async stop(): Promise<void> {
+    this.unwatch?.();
+    this.xds.close();
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+
+  private publish(config: MeshConfig): void {
+    this.xds.update(toResources(config, (s) => this.store.endpoints(s)));
+  }
+}

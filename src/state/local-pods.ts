@@ -1,0 +1,51 @@
+// Node-local facts about pods that no control plane knows: where each pod's
+// network namespace and cgroup v2 directory are on this node. In
+// standalone mode they sit in the YAML's workload entries; with xDS they
+// come from a small file the node reads (and re-reads when it changes):
+//
+//   pods:
+//     - { uid: default/pod-a, netns: /var/run/netns/pod-a, cgroup: /sys/fs/cgroup/kubepods/pod-a }
+//
+// A standalone configuration file is accepted too (its workloads' uid,
+// netns and cgroup are used), so one file can serve both.
+import fs from 'node:fs';
+import YAML from 'yaml';
+import { AmbitError } from '../errors';
+
+export interface LocalPod { uid: string; netns: string; cgroup: string }
+
+export function parseLocalPods(text: string, source: string): Map<string, LocalPod> {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (err) {
+    throw new AmbitError('AMBIT_E_CONFIG', `${source} is not valid YAML: ${(err as Error).message}`);
+  }
+  const o = (doc ?? {}) as Record<string, unknown>;
+  const key = Array.isArray(o.pods) ? 'pods' : 'workloads';
+  const list = o[key];
+  if (!Array.isArray(list)) throw new AmbitError('AMBIT_E_CONFIG', `${source}: pods must be a list of { uid, netns, cgroup }`, 'see "Pods on this node" in the README');
+  const problems: string[] = [];
+  const pods = new Map<string, LocalPod>();
+  list.forEach((p: Record<string, unknown>, i) => {
+    const at = `${key}[${i}]`;
+    if (typeof p?.uid !== 'string' || !p.uid) return void problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
+    if (typeof p.netns !== 'string' || typeof p.cgroup !== 'string') {
+      if (key === 'pods') problems.push(`${at}: netns and cgroup must be paths (got ${JSON.stringify([p.netns, p.cgroup])})`);
+      return; // a standalone workload hosted elsewhere has neither
+    }
+    pods.set(p.uid, { uid: p.uid, netns: p.netns, cgroup: p.cgroup });
+  });
+  if (problems.length) throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${problems.join('\n  - ')}`, 'fix the entries named above');
+  return pods;
+}
+
+export function loadLocalPods(file: string): Map<string, LocalPod> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AmbitError('AMBIT_E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, 'pass an existing file with --pods');
+  }
+  return parseLocalPods(text, file);
+}
