@@ -106,8 +106,10 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   });
   const running = app;
   const from = values.xds ?? values.config!;
+  const warn = (cfg: MeshConfig): void => { if (cfg.warnings?.length) log.warn({ warnings: cfg.warnings }, 'policies accepted with warnings'); };
+  warn(config);
   const onValid = (cfg: MeshConfig): void => void running.update(cfg).then(
-    () => log.info({ from }, 'configuration applied'),
+    () => { warn(cfg); log.info({ from }, 'configuration applied'); },
     (err: Error) => log.error({ from, err: err.message }, 'configuration change could not be applied'),
   );
   const onInvalid = (err: AmbitError): void => {

@@ -94,6 +94,7 @@ export class ControlPlane {
   }
 
   private publish(config: MeshConfig): void {
+    if (config.warnings?.length) this.log.warn({ warnings: config.warnings }, 'policies accepted with warnings');
     this.xds.update(toResources(config, (s) => this.store.endpoints(s)));
   }
 }

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
+import { compileIstioPolicies } from '../policy/istio-crd';
 import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from './types';
 
 type Obj = Record<string, unknown>;
@@ -147,6 +148,7 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
     services: list(p, o, 'services', '').map((s, i) => service(p, s, `services[${i}]`)),
     policies: [],
     rootNamespace: o.rootNamespace === undefined ? 'istio-system' : str(p, o, 'rootNamespace', '', { pattern: DNS_LABELS, fix: 'a namespace name; policies there without a selector apply mesh-wide' }),
+    warnings: [],
     controlPlane: { tokens: tokens(p, o.controlPlane, 'controlPlane') },
   };
 
@@ -162,6 +164,10 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
       owners.set(a, w.uid);
     }
   });
+  // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
+  const compiled = compileIstioPolicies(list(p, o, 'policies', ''), cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, (at, v, what) => p.add(at, v, what));
+  cfg.policies = compiled.policies;
+  cfg.warnings = compiled.warnings;
   if (p.list.length) {
     throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${p.list.join('\n  - ')}`, 'fix the fields named above; nothing was applied');
   }

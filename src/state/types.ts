@@ -55,6 +55,8 @@ export interface MeshConfig {
   policies: Authorization[];
   /** Policies in this namespace without a selector apply mesh-wide (Istio's root namespace). */
   rootNamespace: string;
+  /** What was accepted but not fully usable (e.g. HTTP-only policy attributes), to log. */
+  warnings?: string[];
   /** Read by `ambit control-plane` only. */
   controlPlane: { tokens: NodeToken[] };
 }
