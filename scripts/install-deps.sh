@@ -13,8 +13,12 @@ fi
 # Debian packages: clang/llvm build bpf/*.c; libbpf1 is loaded through koffi;
 # bpftool inspects links in the tests; iproute2 and util-linux (nsenter) build
 # the namespace test bed; tcpdump captures the wire in the demo; stunnel4 is
-# the C/OpenSSL mutual-TLS reference of `make compare`.
-packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4)
+# the C/OpenSSL mutual-TLS reference of `make compare`; python3-grpcio,
+# python3-protobuf, protobuf-compiler (+ libprotobuf-dev for the well-known
+# .proto files) and python3-cryptography are the independent client of the
+# wire-compatibility test.
+packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4
+  python3 python3-grpcio python3-protobuf protobuf-compiler libprotobuf-dev python3-cryptography)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

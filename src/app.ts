@@ -8,9 +8,8 @@
 // node's netns; a sidecar serves one workload from inside that workload's
 // own netns and cgroup. Data plane: the tunnel runs in this process, or in
 // tunnel worker processes that accept on the same sockets (src/agent/workers.ts).
-import net from 'node:net';
 import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
-import { listenerServer, Netns, type Dialer } from './agent/netns';
+import { listenerServer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
 import { cgroup2Root, formatFindings, probe } from './datapath/probe';
 import { datapathStatus } from './datapath/status';
@@ -54,7 +53,6 @@ export interface DataPlaneContext {
   certs: CertificateManager;
   datapath: Datapath;
   metrics: Metrics;
-  dial: Dialer;
   mode: TunnelMode;
   authorizer: () => Authorizer;
   log: Logger;
@@ -68,8 +66,6 @@ export interface NodeOptions {
   pinDir?: string;
   /** hbone (default) or plain: a TCP relay without encryption, to measure the datapath alone. */
   mode?: TunnelMode;
-  /** Create the node's outgoing sockets in this netns (tests running the node in-process). */
-  nodeNetns?: string;
   /** The CA; the built-in one in config.ca.dir by default. */
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
@@ -84,7 +80,7 @@ export class InProcessDataPlane implements DataPlane {
   readonly tunnel: Tunnel;
 
   constructor(ctx: DataPlaneContext, pool?: NodeOptions['pool']) {
-    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, dial: ctx.dial, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, log: ctx.log });
+    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, log: ctx.log });
   }
 
   addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
@@ -124,11 +120,9 @@ export class NodeApp {
     private readonly datapath: Datapath,
     readonly enrolment: Enrolment,
     readonly metrics: Metrics,
-    dial: Dialer,
     private readonly log: Logger,
-    private readonly nodeNetns?: Netns,
   ) {
-    const ctx: DataPlaneContext = { store, certs, datapath, metrics, dial, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, log };
+    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, log };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
   }
 
@@ -151,15 +145,9 @@ export class NodeApp {
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
-    // A sidecar dials from inside its pod; its sockets carry the tunnel mark, so its own connect4 passes them.
-    const nodeNetnsPath = own?.netns ?? opts.nodeNetns;
-    const nodeNetns = nodeNetnsPath ? Netns.open(nodeNetnsPath) : undefined;
-    const dial: Dialer = nodeNetns
-      ? (ip, port, o = {}) => nodeNetns.connect(ip, port, o)
-      : (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true });
     const metrics = new Metrics({ maps: datapath.maps, certs });
     metrics.configApplied.setToCurrentTime();
-    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), metrics, dial, log, nodeNetns);
+    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), metrics, log);
     await app.reconcile();
     const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
@@ -230,7 +218,6 @@ export class NodeApp {
     for (const uid of [...this.pods.keys()]) this.enrolment.unenrol(uid);
     this.certs.close();
     this.datapath.close();
-    this.nodeNetns?.close();
   }
 
   private reconcile(): Promise<void> {

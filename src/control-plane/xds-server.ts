@@ -55,7 +55,7 @@ export class XdsServer {
     const auth = this.authenticate(call.metadata);
     if ('error' in auth) {
       this.log.warn({ peer: call.getPeer(), err: auth.error }, 'xDS stream refused');
-      call.destroy(Object.assign(new Error(auth.error), { code: 16 /* UNAUTHENTICATED */ }));
+      refuse(call, 16 /* UNAUTHENTICATED */, auth.error);
       return;
     }
     let stream: NodeStream | undefined;
@@ -65,7 +65,7 @@ export class XdsServer {
         if (claimed !== auth.node) {
           const why = `the token is node ${auth.node}'s but the stream says NODE_NAME ${JSON.stringify(claimed ?? '')}`;
           this.log.warn({ peer: call.getPeer(), err: why }, 'xDS stream refused');
-          call.destroy(Object.assign(new Error(why), { code: 7 /* PERMISSION_DENIED */ }));
+          refuse(call, 7 /* PERMISSION_DENIED */, why);
           return;
         }
         stream = new NodeStream(call, auth.node, call.getPeer());
@@ -122,6 +122,11 @@ export class XdsServer {
     s.call.write({ system_version_info: '', type_url: typeUrl, nonce, resources: changed, removed_resources: removed });
     this.log.debug({ node: s.node, typeUrl, nonce, changed: changed.length, removed: removed.length }, 'xDS push');
   }
+}
+
+/** Ends the stream with a status the client sees at once (destroy() would drop it, leaving the client to time out). */
+function refuse(call: Call, code: number, details: string): void {
+  call.emit('error', Object.assign(new Error(details), { code, details }));
 }
 
 function nodeNameOf(req: DeltaDiscoveryRequest): string | undefined {

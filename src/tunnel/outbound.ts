@@ -3,7 +3,6 @@
 // it was going. Mesh destinations get an HBONE stream with the pod's own
 // identity; plain workloads and unknown addresses a direct TCP connection.
 import type net from 'node:net';
-import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
 import { accessLog } from '../observability/access-log';
@@ -19,8 +18,6 @@ export interface OutboundDeps {
   maps: DatapathMaps;
   store: MeshStore;
   pool: HbonePool;
-  /** Opens a plain TCP connection from the node. */
-  dial: Dialer;
   /** Plain mode: every destination is dialed directly, without HBONE. */
   plainOnly?: boolean;
   metrics: Metrics;
@@ -72,7 +69,7 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
 
   if (route.kind === 'plain') {
     const closed = deps.metrics.open(labels);
-    const r = await copyBidirectional(client, deps.dial(route.ip, route.port));
+    const r = await copyBidirectional(client, pod.netns.connect(route.ip, route.port));
     closed({ fromSource: r.sent, toSource: r.received });
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
@@ -86,7 +83,7 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
   client.on('error', () => undefined);
   try {
     const stream = await deps.pool.connect(
-      { srcIdentity, dstIp: route.ip, identities: route.identities },
+      { srcIdentity, srcIp: src.addresses[0], dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o), dstIp: route.ip, identities: route.identities },
       connectHeaders({ authority: `${route.ip}:${route.port}`, traceparent, baggage, clientAddr: `${src.addresses[0]}:${srcPort}`, service: route.service }),
     );
     client.off('close', onEarlyClose);

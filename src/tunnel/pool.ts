@@ -1,5 +1,7 @@
-// HBONE client sessions: HTTP/2 over mutual TLS to <pod IP>:15008, pooled
-// by (source identity, expected destination identities, destination IP),
+// HBONE client sessions: HTTP/2 over mutual TLS to <pod IP>:15008, dialed
+// from inside the source pod (so the destination sees the pod's own address,
+// which IP-block policies match), pooled by (source identity, expected
+// destination identities, destination IP, source IP),
 // many CONNECT streams per session so a new pod connection costs no TLS
 // handshake. A session takes at most `maxStreams`; past that a new one
 // opens. Sessions are PINGed every 10 s and dropped after 20 s without an
@@ -18,8 +20,6 @@ export const MAX_FRAME = 1 << 20;
 
 export interface PoolOptions {
   certs: CertProvider;
-  /** Opens the TCP leg to a peer (from the node's netns). */
-  dial: Dialer;
   log: Logger;
   maxStreams?: number;
   idleMs?: number;
@@ -35,7 +35,14 @@ interface Session {
   ping?: NodeJS.Timeout;
 }
 
-export interface ConnectTarget { srcIdentity: string; dstIp: string; identities: string[] }
+export interface ConnectTarget {
+  srcIdentity: string;
+  srcIp: string;
+  /** Opens the TCP leg from the source pod. */
+  dial: Dialer;
+  dstIp: string;
+  identities: string[];
+}
 
 export class HbonePool {
   private readonly sessions = new Map<string, Session[]>();
@@ -120,7 +127,7 @@ export class HbonePool {
   }
 
   private async session(t: ConnectTarget): Promise<Session> {
-    const key = `${t.srcIdentity}|${[...t.identities].sort().join(',')}|${t.dstIp}`;
+    const key = `${t.srcIdentity}|${[...t.identities].sort().join(',')}|${t.dstIp}|${t.srcIp}`;
     const usable = (): Session | undefined => (this.sessions.get(key) ?? []).find((s) => s.streams < this.maxStreams && !s.h2.closed && !s.h2.destroyed);
     const found = usable();
     if (found) return found;
@@ -128,7 +135,7 @@ export class HbonePool {
     // Another connection may have opened one while the certificate was fetched.
     const opened = usable();
     if (opened) return opened;
-    const tcp = this.opts.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
+    const tcp = t.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
     tcp.setKeepAlive(true, 30_000);
     tcp.setNoDelay(true);
     const h2 = http2.connect(`https://${t.dstIp}:${HBONE_PORT}`, {

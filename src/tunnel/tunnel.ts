@@ -3,7 +3,6 @@
 // sockets. The same class runs inside `ambit node --workers 0` and
 // `ambit sidecar` (one process) and inside every tunnel worker.
 import type net from 'node:net';
-import type { Dialer } from '../agent/netns';
 import type { DatapathMaps } from '../datapath/maps';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import type { Logger } from '../observability/log';
@@ -25,7 +24,6 @@ export interface TunnelDeps {
   store: MeshStore;
   certs: CertProvider;
   maps: DatapathMaps;
-  dial: Dialer;
   mode: TunnelMode;
   metrics: Metrics;
   authorizer: () => Authorizer;
@@ -44,7 +42,7 @@ export class Tunnel {
   };
 
   constructor(private readonly deps: TunnelDeps) {
-    this.pool = new HbonePool({ certs: deps.certs, dial: deps.dial, log: deps.log, ...deps.pool });
+    this.pool = new HbonePool({ certs: deps.certs, log: deps.log, ...deps.pool });
     deps.metrics.trackPool(() => this.pool.stats());
     // New policies apply to open connections too.
     deps.store.on('changed', this.onStateChanged);
@@ -67,7 +65,7 @@ export class Tunnel {
       metrics: deps.metrics,
       log: deps.log,
     });
-    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, dial: deps.dial, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
+    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
     this.pods.set(pod.workload.uid, { pod, inbound, open });
   }
 

@@ -70,7 +70,6 @@ export function runWorker(): void {
         const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
         tunnel = new Tunnel({
           store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, log,
-          dial: (ip, port, o = {}) => net.connect({ host: ip, port, allowHalfOpen: o.allowHalfOpen ?? true, noDelay: true }),
         });
         send({ t: 'ready' });
         return;

@@ -93,9 +93,11 @@ function stream(ip: string, port: number, mib: number, seconds: number): void {
     received += d.length;
     if (received >= total) s.end();
   });
-  s.on('close', () => console.log(JSON.stringify({ sent, echoed: received, ms: Date.now() - started })));
+  // Closed early (reset, or ended by the far side) or done: report once and stop sending.
+  s.on('close', () => { clearInterval(tick); console.log(JSON.stringify({ sent, echoed: received, ms: Date.now() - started })); });
   s.on('error', (err) => console.log(JSON.stringify({ sent, echoed: received, error: (err as NodeJS.ErrnoException).code ?? err.message })));
   const tick = setInterval(() => {
+    if (s.destroyed) return;
     // Paced: by now, elapsed/seconds of the total should be out.
     const due = Math.min(total, Math.ceil((total * (Date.now() - started)) / (seconds * 1000)));
     while (sent < due) { s.write(chunk.subarray(0, Math.min(chunk.length, total - sent))); sent += Math.min(chunk.length, total - sent); }

@@ -59,7 +59,7 @@ describe('HBONE tunnel', () => {
     for (const node of topo.nodes) {
       const app = await NodeApp.start({
         config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
-        nodeNetns: node.netnsPath, certTtlSeconds: 4, log,
+        certTtlSeconds: 4, log,
       });
       app.setAuthorizer({ check: (c) => { seen.push(c); return { allow: true }; } });
       apps.push(app);
