@@ -30,7 +30,7 @@ export class XdsServer {
   private resources: Resources = new Map();
   private readonly streams = new Set<NodeStream>();
   /** Counters for tests and logs. */
-  readonly stats = { pushes: 0, acks: 0, nacks: 0 };
+  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0 };
 
   constructor(private readonly authenticate: Authenticate, private readonly log: Logger) {}
 
@@ -119,6 +119,7 @@ export class XdsServer {
     for (const r of changed) t.held.set(r.name, r.version);
     for (const n of removed) t.held.delete(n);
     this.stats.pushes++;
+    this.stats.resourcesSent += changed.length;
     s.call.write({ system_version_info: '', type_url: typeUrl, nonce, resources: changed, removed_resources: removed });
     this.log.debug({ node: s.node, typeUrl, nonce, changed: changed.length, removed: removed.length }, 'xDS push');
   }
