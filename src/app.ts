@@ -70,6 +70,8 @@ export interface NodeOptions {
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  /** The state source's own status (xDS), for the config dump. */
+  sourceStatus?: () => unknown;
   /** Builds the data plane; by default the tunnel runs in this process. */
   dataPlane?: (ctx: DataPlaneContext) => DataPlane;
   log: Logger;
@@ -183,6 +185,7 @@ export class NodeApp {
       scope: this.opts.scope,
       mode: this.opts.mode ?? 'hbone',
       config: this.store.config,
+      source: this.opts.sourceStatus?.() ?? 'file',
       pods: [...this.pods.values()].map(({ pod, identity }) => ({
         uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity, addresses: pod.workload.addresses,
       })),

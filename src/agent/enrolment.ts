@@ -55,7 +55,7 @@ export class Enrolment {
   enrol(w: Workload): EnrolledPod {
     const existing = this.pods.get(w.uid);
     if (existing) return existing;
-    if (!w.netns || !w.cgroup) throw new AmbitError('AMBIT_E_ENROL', `workload ${w.uid} has no ${w.netns ? 'cgroup' : 'netns'} path`, 'the hosting node needs both netns and cgroup for each workload');
+    if (!w.netns || !w.cgroup) throw new AmbitError('AMBIT_E_ENROL', `workload ${w.uid} has no ${w.netns ? 'cgroup' : 'netns'} path`, 'the hosting node needs both: in the standalone YAML on the workload entry; with --xds in the --pods file');
     let cgroupId: bigint;
     try {
       cgroupId = fs.statSync(w.cgroup, { bigint: true }).ino;

@@ -97,6 +97,7 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   app = await NodeApp.start({
     config,
     ca: source?.ca,
+    sourceStatus: source ? () => ({ xds: values.xds, ...source.mesh.status() }) : undefined,
     scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
     pinDir,
@@ -105,6 +106,7 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     log,
   });
   const running = app;
+  source?.mesh.registerMetrics(app.metrics.registry);
   const from = values.xds ?? values.config!;
   const warn = (cfg: MeshConfig): void => { if (cfg.warnings?.length) log.warn({ warnings: cfg.warnings }, 'policies accepted with warnings'); };
   warn(config);

@@ -2,6 +2,7 @@
 // resources plus what only the node knows (its pods' netns and cgroup, its
 // own name and trust domain).
 import fs from 'node:fs';
+import client from 'prom-client';
 import { AmbitError } from '../errors';
 import { loadLocalPods, type LocalPod } from './local-pods';
 import type { MeshConfig } from './types';
@@ -33,6 +34,21 @@ export function meshFromXds(state: XdsState, facts: NodeFacts): MeshConfig {
  */
 export class XdsMeshSource {
   constructor(private readonly client: XdsClient, private readonly facts: NodeFacts, private readonly podsFile?: string) {}
+
+  /** For the config dump: is the stream up, and what has been accepted and refused. */
+  status(): Record<string, unknown> {
+    return { connected: this.client.connected, synced: this.client.isSynced, ...this.client.stats };
+  }
+
+  /** ambit_xds_connected and ambit_xds_responses_total{result}, read on scrape. */
+  registerMetrics(registry: client.Registry): void {
+    const c = this.client;
+    new client.Gauge({ name: 'ambit_xds_connected', help: '1 while the xDS stream to the control plane is up', registers: [registry], collect() { this.set(c.connected ? 1 : 0); } });
+    new client.Gauge({
+      name: 'ambit_xds_responses', help: 'xDS responses accepted (ack) and rejected (nack) since start', labelNames: ['result'], registers: [registry],
+      collect() { this.set({ result: 'ack' }, c.stats.acks); this.set({ result: 'nack' }, c.stats.nacks); },
+    });
+  }
 
   async initial(timeoutMs: number): Promise<MeshConfig> {
     this.client.start();

@@ -246,11 +246,16 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal((await dialFrom(topo, sleep(), web().ip, 8080, 20, 5)).ok, 20);
     assert.equal((await dialFrom(topo, other(), db().ip, 8080, 5, 5)).ok, 5);
     assert.equal((await ready(n1)).status, 200, 'still ready: serving with the state it has');
+    assert.match((await httpInNetns(n1, '127.0.0.1', 15020, 'GET', '/metrics')).body, /^ambit_xds_connected 0$/m);
     // Changed while away: delivered when the control plane is back.
     writeConfig([ap('deny-other', 'server', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }] })]);
     await waitForLine(startControlPlane(), (l) => l.includes('control plane serving'), 'control plane serving again');
     await untilApplied([ap('deny-other', 'server', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }] })]);
     assert.equal(await reaches(other(), db(), 8080), false, 'the new policy is enforced after the resync');
+    assert.match((await httpInNetns(n1, '127.0.0.1', 15020, 'GET', '/metrics')).body, /^ambit_xds_connected 1$/m);
+    const dump = JSON.parse((await httpInNetns(n1, '127.0.0.1', 15000, 'GET', '/config_dump')).body) as { source: { connected: boolean; connects: number } };
+    assert.equal(dump.source.connected, true);
+    assert.ok(dump.source.connects >= 2, 'reconnected');
     assert.equal(await reaches(sleep(), db(), 8080), true);
     await untilApplied([]);
   });
