@@ -4,7 +4,7 @@ BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-
 BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 
-.PHONY: all build bpf ts deps demo test test-unit test-netns bench compare hygiene clean
+.PHONY: all build bpf ts deps demo test test-unit test-netns bench bench-policy compare hygiene clean
 
 all: build
 build: bpf ts
@@ -36,6 +36,11 @@ test: deps
 bench: deps
 	$(MAKE) build
 	node dist/bench/steering.js
+
+# Authorization checks and xDS encode/decode, in-process (no root needed).
+bench-policy: deps
+	$(MAKE) build
+	node dist/bench/policy.js
 
 # No mesh vs ambient vs sidecar vs stunnel (BENCH_REPEATS, BENCH_PODS).
 compare: deps
