@@ -208,7 +208,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal(await reaches(legacy(), web(), 9090), false, 'web has no exception');
   });
 
-  test('a policy change closes open connections that it now denies, and leaves allowed ones open', async () => {
+  test('a policy change closes open connections that it now denies, and leaves allowed ones open', async (t) => {
     await untilApplied([]);
     const streamTo = (from: TestPod, to: TestPod): ChildProcess => topo.spawnInPod(from, process.execPath, [PODAPP, 'stream', to.ip, '8080', '40', '20']);
     const doomed = streamTo(sleep(), web());
@@ -227,6 +227,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await untilApplied([ap('deny-sleep', 'server', { action: 'DENY', rules: [{ from: [{ source: { principals: [`${td}/ns/client/sa/sleep`] } }] }] })]);
     const closedLine = await waitFor('the closure logged', () => logged(n2, 'open connection closed: the policies now deny it', open(`spiffe://${td}/ns/client/sa/sleep`)));
     assert.equal(closedLine.policy, 'server/deny-sleep');
+    t.diagnostic(`file written → connection closed on the destination node: ${(closedLine.time as number) - started} ms (poll 500 ms, push, NACK-checked apply, re-check)`);
     const d = JSON.parse((await doomedDone).stdout.trim().split('\n').pop()!) as { echoed: number; ms: number };
     assert.ok(d.echoed < 40 * 1024 * 1024 && Date.now() - started < 15_000, `the denied stream ended early (${JSON.stringify(d)})`);
     assert.equal(kept.exitCode, null, 'the allowed stream is still running');
