@@ -70,6 +70,12 @@ export interface NodeOptions {
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  /**
+   * Where pods are comes separately from what they are (xDS + --pods or
+   * Kubernetes): a pod of this node whose netns and cgroup are not known
+   * yet waits (its sandbox is not up) instead of failing enrolment.
+   */
+  podsLocatedSeparately?: boolean;
   /** The state source's own status (xDS), for the config dump. */
   sourceStatus?: () => unknown;
   /** Builds the data plane; by default the tunnel runs in this process. */
@@ -110,6 +116,8 @@ export class NodeApp {
   private readonly pods = new Map<string, PodRuntime>();
   /** Pods that should be enrolled but could not be, with why (retried at the next change). */
   private readonly failed = new Map<string, string>();
+  /** Pods of this node not located yet (no netns/cgroup known), with podsLocatedSeparately. */
+  private waiting: string[] = [];
   /** Replaces the policies' verdicts (tests observe what the data path asks). */
   private authorizerOverride?: Authorizer;
   private reconciling: Promise<void> = Promise.resolve();
@@ -190,6 +198,7 @@ export class NodeApp {
         uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity, addresses: pod.workload.addresses,
       })),
       failedPods: Object.fromEntries(this.failed),
+      waitingPods: this.waiting,
       certificates: this.certs.certificates().map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),
       dataPlane: { pending: this.dataPlane.pending() },
       datapath: datapathStatus(this.datapath.pinDir),
@@ -234,7 +243,13 @@ export class NodeApp {
     const mine = 'sidecar' in scope
       ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
       : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
-    const wanted = new Map(mine.filter((w) => w.protocol === 'HBONE').map((w) => [w.uid, w]));
+    let hbone = mine.filter((w) => w.protocol === 'HBONE');
+    if (this.opts.podsLocatedSeparately) {
+      const located = (w: Workload): boolean => !!w.netns && !!w.cgroup;
+      this.waiting = hbone.filter((w) => !located(w)).map((w) => w.uid);
+      hbone = hbone.filter(located);
+    }
+    const wanted = new Map(hbone.map((w) => [w.uid, w]));
     for (const [uid, r] of this.pods) {
       const w = wanted.get(uid);
       if (w && fingerprint(this.store, w) === r.fingerprint) continue;

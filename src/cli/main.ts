@@ -15,7 +15,7 @@ import { requestCertificate } from '../identity/cert-manager';
 import { parseSpiffe } from '../identity/spiffe';
 import { watchConfigFile } from '../state/file-source';
 import { DEFAULT_PIN_DIR } from '../datapath/loader';
-import { formatFindings, probe } from '../datapath/probe';
+import { cgroup2Root, formatFindings, probe } from '../datapath/probe';
 import { cleanupDatapath, datapathStatus } from '../datapath/status';
 import { AmbitError } from '../errors';
 import os from 'node:os';
@@ -27,18 +27,22 @@ import { loadConfigFile } from '../state/config';
 import { ControlPlane } from '../control-plane/server';
 import { IstioCaClient } from '../identity/ca-client';
 import type { Logger } from '../observability/log';
-import { loadLocalPods } from '../state/local-pods';
+import { LocalPodsFile, NoLocalPods } from '../state/local-pods';
 import type { MeshConfig } from '../state/types';
 import { XdsMeshSource } from '../state/xds-mesh';
+import { PodLocator } from '../agent/pod-locator';
+import { KubeClient } from '../kube/client';
+import { KubeNodePods } from '../kube/node-pods';
 import { nodeMessage, XdsClient } from '../state/xds-source';
 
 const USAGE = `usage:
   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
              [--workers N (default: one per core; 0: in-process)] [--drain-seconds S (default 25)]
   ambit node --xds HOST:PORT --xds-root FILE --node NAME [--xds-token FILE] [--xds-server-name NAME]
-             [--pods FILE] [--trust-domain TD] [--cluster-id ID] [other node flags]
+             [--pods FILE | --kubernetes [--kube-api URL] [--proc DIR]] [--trust-domain TD] [--cluster-id ID] [other node flags]
   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
-  ambit control-plane --config FILE [--listen HOST:PORT (default 0.0.0.0:15012)] [--server-ip IP]…
+  ambit control-plane --config FILE [--listen HOST:PORT (default 0.0.0.0:15012)] [--server-ip IP]… [--server-name DNS]…
+                      [--kubernetes [--kube-api URL]]
   ambit ca init  --dir DIR
   ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
   ambit datapath probe   [--pin-dir DIR]
@@ -55,6 +59,7 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
       workers: { type: 'string' }, 'drain-seconds': { type: 'string' },
       xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
       pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
+      kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, proc: { type: 'string' },
     },
   });
   const target = kind === 'node' ? values.node : values.workload;
@@ -62,13 +67,15 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   if (!values.config && !values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config FILE (standalone) or --xds HOST:PORT (control plane) is required', USAGE);
   if (values.config && values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config and --xds exclude each other', 'with --xds, node-local pod facts go in --pods FILE');
   if (values.xds && kind !== 'node') throw new AmbitError('AMBIT_E_CONFIG', '--xds is for `ambit node`', 'a sidecar reads --config');
+  if (values.kubernetes && !values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--kubernetes needs --xds', 'in Kubernetes the node takes its state from the control plane; --kubernetes finds its pods');
+  if (values.kubernetes && values.pods) throw new AmbitError('AMBIT_E_CONFIG', '--kubernetes and --pods exclude each other', 'with --kubernetes the node finds its pods itself');
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
   // A node agent runs the tunnel in one worker per core by default; a sidecar serves one pod in-process.
   const workers = count('--workers', values.workers, kind === 'node' ? os.cpus().length : 0);
   const drainMs = count('--drain-seconds', values['drain-seconds'], 25) * 1000;
   const log = createLogger();
-  const source = values.xds ? xdsSource(values, target, log) : undefined;
+  const source = values.xds ? await xdsSource(values, target, log) : undefined;
   // The endpoints come up first, so readiness can say what is still pending.
   let app: NodeApp | undefined;
   let unwatch: (() => void) | undefined;
@@ -97,6 +104,7 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
   app = await NodeApp.start({
     config,
     ca: source?.ca,
+    podsLocatedSeparately: !!source,
     sourceStatus: source ? () => ({ xds: values.xds, ...source.mesh.status() }) : undefined,
     scope: kind === 'node' ? { node: target } : { sidecar: target },
     podsCgroup: values['pods-cgroup'],
@@ -134,7 +142,7 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
 const XDS_SYNC_TIMEOUT_MS = 10 * 60_000;
 
 /** `ambit node --xds`: state from a control plane's delta xDS, certificates from its CA. */
-function xdsSource(values: Record<string, string | boolean | undefined>, nodeName: string, log: Logger): { mesh: XdsMeshSource; ca: IstioCaClient } {
+async function xdsSource(values: Record<string, string | boolean | undefined>, nodeName: string, log: Logger): Promise<{ mesh: XdsMeshSource; ca: IstioCaClient }> {
   const address = String(values.xds);
   const rootFile = values['xds-root'] as string | undefined;
   if (!rootFile) throw new AmbitError('AMBIT_E_CONFIG', '--xds-root FILE is required with --xds', "the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)");
@@ -151,9 +159,19 @@ function xdsSource(values: Record<string, string | boolean | undefined>, nodeNam
   const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
   const node = nodeMessage({ nodeName, podName: process.env.POD_NAME ?? `ambit-${nodeName}`, podNamespace: process.env.POD_NAMESPACE ?? 'ambit-system', ip });
   const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, log });
-  const facts = { node: nodeName, trustDomain, pods: podsFile ? loadLocalPods(podsFile) : new Map() };
+  const pods = values.kubernetes ? await kubeNodePods(values, nodeName, log) : podsFile ? new LocalPodsFile(podsFile) : new NoLocalPods();
   const ca = new IstioCaClient({ address, rootsPem, serverName, tokenFile, clusterId: values['cluster-id'] as string | undefined });
-  return { mesh: new XdsMeshSource(client, facts, podsFile), ca };
+  return { mesh: new XdsMeshSource(client, { node: nodeName, trustDomain }, pods), ca };
+}
+
+/** This node's pods from the API server, located in the host's /proc. */
+async function kubeNodePods(values: Record<string, string | boolean | undefined>, nodeName: string, log: Logger): Promise<KubeNodePods> {
+  const root = cgroup2Root();
+  if (!root) throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount: pods cannot be located', 'mount cgroup2 (the kubelet needs it too)');
+  const locator = new PodLocator((values.proc as string | undefined) ?? '/proc', root);
+  const pods = new KubeNodePods(KubeClient.inCluster(values['kube-api'] as string | undefined), nodeName, locator, log.child({ component: 'kubernetes' }));
+  await pods.start();
+  return pods;
 }
 
 function firstIpv4(): string | undefined {
@@ -161,12 +179,19 @@ function firstIpv4(): string | undefined {
 }
 
 async function controlPlane(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true },
+      kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' },
+    },
+  });
   if (!values.config) throw new AmbitError('AMBIT_E_CONFIG', '--config is required', USAGE);
   const log = createLogger();
   const cp = await ControlPlane.start({
     configFile: values.config, listen: values.listen, log,
     names: { dns: values['server-name'] ?? [], ips: values['server-ip'] ?? [] },
+    kube: values.kubernetes ? KubeClient.inCluster(values['kube-api']) : undefined,
   });
   const stop = (signal: string): void => {
     log.info({ signal }, 'control plane stopping');

@@ -4,20 +4,20 @@
 // token cannot mint identities running elsewhere.
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
 import * as grpc from '@grpc/grpc-js';
+import type { Authenticate } from './xds-server';
 import * as x509 from '@peculiar/x509';
 import type { CertificateAuthority } from '../identity/ca';
 import { parseSpiffe } from '../identity/spiffe';
 import type { Logger } from '../observability/log';
 import type { IstioCertificateRequest, IstioCertificateResponse } from '../protocol/messages';
-import type { NodeTokens } from './tokens';
 
 export const IMPERSONATED_IDENTITY = 'ImpersonatedIdentity';
 const DEFAULT_TTL_SECONDS = 86400;
 
 export interface CaServiceDeps {
   ca: CertificateAuthority;
-  /** Only authenticate is used, so a caller can swap the token set on reload behind it. */
-  tokens: Pick<NodeTokens, 'authenticate'>;
+  /** Who is asking: node tokens from the YAML, or a TokenReview; swappable on reload. */
+  tokens: { authenticate: Authenticate };
   /** SPIFFE ids of the workloads placed on node (read per call: placements change). */
   identitiesOn: (node: string) => Set<string>;
   /** Longer asks are capped to this; default 24 h. */
@@ -32,17 +32,17 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
   const log = deps.log.child({ component: 'ca-service' });
   const maxTtl = deps.maxTtlSeconds ?? DEFAULT_TTL_SECONDS;
 
-  const createCertificate = (
+  const createCertificate = async (
     call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>,
     callback: grpc.sendUnaryData<IstioCertificateResponse>,
-  ): void => {
+  ): Promise<void> => {
     const peer = call.getPeer();
     const refuse = (r: Refusal, fields: object = {}): void => {
       log.warn({ peer, ...fields, status: grpc.status[r.code], reason: r.details }, 'certificate refused');
       callback({ code: r.code, details: r.details });
     };
 
-    const auth = deps.tokens.authenticate(call.metadata);
+    const auth = await deps.tokens.authenticate(call.metadata);
     if ('error' in auth) return refuse({ code: grpc.status.UNAUTHENTICATED, details: auth.error });
     const node = auth.node;
 
@@ -50,23 +50,24 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
     if ('code' in checked) return refuse(checked, { node });
     const { identity, ttl } = checked;
 
-    verifyCsr(call.request.csr).then(
-      async (csrError) => {
-        if (csrError) return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity}: ${csrError}` }, { node, identity });
-        let chain: string[];
-        try {
-          chain = await deps.ca.sign(call.request.csr, identity, ttl);
-        } catch (err) {
-          log.error({ peer, node, identity, err: (err as Error).message }, 'CA failed to sign');
-          return callback({ code: grpc.status.INTERNAL, details: `signing ${identity} failed: ${(err as Error).message}` });
-        }
-        log.info({ node, identity, ttl }, 'certificate issued');
-        callback(null, { cert_chain: chain });
-      },
-    ).catch((err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }));
+    const csrError = await verifyCsr(call.request.csr);
+    if (csrError) return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity}: ${csrError}` }, { node, identity });
+    let chain: string[];
+    try {
+      chain = await deps.ca.sign(call.request.csr, identity, ttl);
+    } catch (err) {
+      log.error({ peer, node, identity, err: (err as Error).message }, 'CA failed to sign');
+      return callback({ code: grpc.status.INTERNAL, details: `signing ${identity} failed: ${(err as Error).message}` });
+    }
+    log.info({ node, identity, ttl }, 'certificate issued');
+    callback(null, { cert_chain: chain });
   };
 
-  return { CreateCertificate: createCertificate as grpc.handleUnaryCall<unknown, unknown> };
+  const handler = (call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>, callback: grpc.sendUnaryData<IstioCertificateResponse>): void => {
+    createCertificate(call, callback).catch((err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }));
+  };
+
+  return { CreateCertificate: handler as grpc.handleUnaryCall<unknown, unknown> };
 }
 
 /** Everything that can be decided without crypto: who may ask for what, for how long. */

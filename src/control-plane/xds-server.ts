@@ -12,7 +12,9 @@ import type { XdsResource } from '../state/xds-resources';
 
 type Resources = Map<string, Map<string, XdsResource>>;
 type Call = grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
-export type Authenticate = (md: grpc.Metadata) => { node: string } | { error: string };
+/** Who a node agent is, from its call metadata (a bearer token); may ask the API server (TokenReview). */
+export type Authenticate = (md: grpc.Metadata) => AuthResult | Promise<AuthResult>;
+export type AuthResult = { node: string } | { error: string };
 
 interface TypeState {
   /** name → version the node holds, as far as this server knows. */
@@ -52,7 +54,12 @@ export class XdsServer {
   }
 
   private serve(call: Call): void {
-    const auth = this.authenticate(call.metadata);
+    // Requests that arrive while the token is checked wait in the stream's buffer.
+    call.pause();
+    void Promise.resolve(this.authenticate(call.metadata)).then((auth) => this.authenticated(call, auth), (err: Error) => this.authenticated(call, { error: `cannot check the token: ${err.message}` }));
+  }
+
+  private authenticated(call: Call, auth: AuthResult): void {
     if ('error' in auth) {
       this.log.warn({ peer: call.getPeer(), err: auth.error }, 'xDS stream refused');
       refuse(call, 16 /* UNAUTHENTICATED */, auth.error);
@@ -80,6 +87,7 @@ export class XdsServer {
     call.on('end', () => { gone('client ended'); call.end(); });
     call.on('error', (err) => gone(err.message));
     call.on('cancelled', () => gone('cancelled'));
+    call.resume();
   }
 
   private onRequest(s: NodeStream, req: DeltaDiscoveryRequest): void {

@@ -165,7 +165,8 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
     }
   });
   // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
-  const compiled = compileIstioPolicies(list(p, o, 'policies', ''), cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, (at, v, what) => p.add(at, v, what));
+  cfg.policyDocs = list(p, o, 'policies', '');
+  const compiled = compileIstioPolicies(cfg.policyDocs, cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, (at, v, what) => p.add(at, v, what));
   cfg.policies = compiled.policies;
   cfg.warnings = compiled.warnings;
   if (p.list.length) {

@@ -7,12 +7,48 @@
 //     - { uid: default/pod-a, netns: /var/run/netns/pod-a, cgroup: /sys/fs/cgroup/kubepods/pod-a }
 //
 // A standalone configuration file is accepted too (its workloads' uid,
-// netns and cgroup are used), so one file can serve both.
+// netns and cgroup are used), so one file can serve both. On a Kubernetes
+// node the agent finds them itself (src/kube/node-pods.ts).
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
 
 export interface LocalPod { uid: string; netns: string; cgroup: string }
+
+/** Where the node's pods are, kept current: emits 'changed' and 'invalid' (an AmbitError). */
+export interface LocalPodSource extends EventEmitter {
+  current(): Map<string, LocalPod>;
+  stop(): void;
+}
+
+/** The pods file, re-read when it changes; an invalid change is reported and the last good list kept. */
+export class LocalPodsFile extends EventEmitter implements LocalPodSource {
+  private pods: Map<string, LocalPod>;
+  private readonly check = (): void => {
+    try {
+      this.pods = loadLocalPods(this.file);
+      this.emit('changed');
+    } catch (err) {
+      this.emit('invalid', err);
+    }
+  };
+
+  constructor(private readonly file: string) {
+    super();
+    this.pods = loadLocalPods(file);
+    fs.watchFile(file, { interval: 500, persistent: false }, this.check);
+  }
+
+  current(): Map<string, LocalPod> { return this.pods; }
+  stop(): void { fs.unwatchFile(this.file, this.check); }
+}
+
+/** No node-local facts (a node with no pods of its own to serve, or one that finds none). */
+export class NoLocalPods extends EventEmitter implements LocalPodSource {
+  current(): Map<string, LocalPod> { return new Map(); }
+  stop(): void { /* nothing to watch */ }
+}
 
 export function parseLocalPods(text: string, source: string): Map<string, LocalPod> {
   let doc: unknown;

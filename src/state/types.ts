@@ -55,6 +55,8 @@ export interface MeshConfig {
   policies: Authorization[];
   /** Policies in this namespace without a selector apply mesh-wide (Istio's root namespace). */
   rootNamespace: string;
+  /** The policies as written (Istio objects), to convert again when the workloads come from elsewhere (Kubernetes). */
+  policyDocs?: unknown[];
   /** What was accepted but not fully usable (e.g. HTTP-only policy attributes), to log. */
   warnings?: string[];
   /** Read by `ambit control-plane` only. */

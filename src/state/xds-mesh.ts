@@ -1,18 +1,17 @@
 // A node's mesh state when it comes from a control plane: the xDS
 // resources plus what only the node knows (its pods' netns and cgroup, its
 // own name and trust domain).
-import fs from 'node:fs';
 import client from 'prom-client';
 import { AmbitError } from '../errors';
-import { loadLocalPods, type LocalPod } from './local-pods';
+import type { LocalPod, LocalPodSource } from './local-pods';
 import type { MeshConfig } from './types';
 import type { XdsClient, XdsState } from './xds-source';
 
-export interface NodeFacts { node: string; trustDomain: string; pods: Map<string, LocalPod> }
+export interface NodeFacts { node: string; trustDomain: string }
 
-export function meshFromXds(state: XdsState, facts: NodeFacts): MeshConfig {
+export function meshFromXds(state: XdsState, facts: NodeFacts, pods: Map<string, LocalPod>): MeshConfig {
   const workloads = state.workloads.map((w) => {
-    const local = w.node === facts.node ? facts.pods.get(w.uid) : undefined;
+    const local = w.node === facts.node ? pods.get(w.uid) : undefined;
     return local ? { ...w, netns: local.netns, cgroup: local.cgroup } : w;
   });
   const nodes = [...new Set([facts.node, ...workloads.map((w) => w.node).filter(Boolean)])];
@@ -30,10 +29,10 @@ export function meshFromXds(state: XdsState, facts: NodeFacts): MeshConfig {
 
 /**
  * The node's live state from xDS: the first full sync, then every accepted
- * change — of the control plane's resources or of the local pods file.
+ * change — of the control plane's resources or of where the node's pods are.
  */
 export class XdsMeshSource {
-  constructor(private readonly client: XdsClient, private readonly facts: NodeFacts, private readonly podsFile?: string) {}
+  constructor(private readonly client: XdsClient, private readonly facts: NodeFacts, private readonly pods: LocalPodSource) {}
 
   /** For the config dump: is the stream up, and what has been accepted and refused. */
   status(): Record<string, unknown> {
@@ -53,28 +52,24 @@ export class XdsMeshSource {
   async initial(timeoutMs: number): Promise<MeshConfig> {
     this.client.start();
     await this.client.whenSynced(timeoutMs);
-    return meshFromXds(this.client.state(), this.facts);
+    return this.mesh();
   }
 
+  private mesh(): MeshConfig { return meshFromXds(this.client.state(), this.facts, this.pods.current()); }
+
   watch(onValid: (cfg: MeshConfig) => void, onInvalid: (err: AmbitError) => void): () => void {
-    const onChanged = (state: XdsState): void => onValid(meshFromXds(state, this.facts));
+    const onChanged = (): void => onValid(this.mesh());
     const onRejected = (why: string): void => onInvalid(new AmbitError('AMBIT_E_XDS', why, 'the control plane sent an invalid resource; it was rejected (NACK)'));
     this.client.on('changed', onChanged);
     this.client.on('rejected', onRejected);
-    const file = this.podsFile;
-    const check = (): void => {
-      try {
-        this.facts.pods = loadLocalPods(file!);
-        onValid(meshFromXds(this.client.state(), this.facts));
-      } catch (err) {
-        onInvalid(err as AmbitError);
-      }
-    };
-    if (file) fs.watchFile(file, { interval: 500, persistent: false }, check);
+    this.pods.on('changed', onChanged);
+    this.pods.on('invalid', onInvalid);
     return () => {
       this.client.off('changed', onChanged);
       this.client.off('rejected', onRejected);
-      if (file) fs.unwatchFile(file, check);
+      this.pods.off('changed', onChanged);
+      this.pods.off('invalid', onInvalid);
+      this.pods.stop();
       this.client.stop();
     };
   }

@@ -1,0 +1,69 @@
+// Finds a Kubernetes pod's network namespace and cgroup v2 directory on
+// this node from its processes: /proc/<pid>/cgroup names the pod by its
+// uid in the kubelet's layout, and /proc/<pid>/ns/net is its netns. Both
+// cgroup drivers are understood:
+//   systemd:  …/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice/cri-containerd-<id>.scope
+//   cgroupfs: …/kubepods/besteffort/pod<uid>/<container id>
+// (Guaranteed pods have no QoS level; kind and nested setups add a prefix.)
+// The pod's cgroup is the directory named after it, above its containers.
+// Once a process is chosen for a pod it is kept while it lives, so the
+// netns path — part of what identifies an enrolment — does not churn.
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface LocatedPod { netns: string; cgroup: string; pid: number }
+
+const SYSTEMD_POD = /^kubepods(?:-[a-z]+)?-pod([0-9a-f_]{36})\.slice$/;
+const CGROUPFS_POD = /^pod([0-9a-f-]{36})$/;
+
+/** The pod uid and the pod's own cgroup path (relative to the cgroup2 root) in a process's cgroup path. */
+export function podOfCgroupPath(cgPath: string): { uid: string; podPath: string } | undefined {
+  const parts = cgPath.split('/');
+  for (let i = 0; i < parts.length; i++) {
+    const m = SYSTEMD_POD.exec(parts[i]) ?? (parts.slice(0, i).some((p) => p === 'kubepods' || p.startsWith('kubepods')) ? CGROUPFS_POD.exec(parts[i]) : null);
+    if (m) return { uid: m[1].replace(/_/g, '-'), podPath: parts.slice(0, i + 1).join('/') };
+  }
+  return undefined;
+}
+
+/** The cgroup v2 path of a process ("0::/…" line), or undefined if it is gone. */
+function cgroupOf(procRoot: string, pid: number): string | undefined {
+  try {
+    const line = fs.readFileSync(path.join(procRoot, String(pid), 'cgroup'), 'utf8').split('\n').find((l) => l.startsWith('0::'));
+    return line?.slice(3);
+  } catch {
+    return undefined;
+  }
+}
+
+export class PodLocator {
+  private readonly chosen = new Map<string, number>();
+
+  /** procRoot: the host's /proc (mounted at /host/proc in the DaemonSet); cgroupRoot: the cgroup2 mount. */
+  constructor(private readonly procRoot: string, private readonly cgroupRoot: string) {}
+
+  /** Where each of the given pods (by Kubernetes uid) is; pods with no process yet are absent. */
+  locate(uids: ReadonlySet<string>): Map<string, LocatedPod> {
+    const found = new Map<string, LocatedPod>();
+    const at = (uid: string, pid: number, podPath: string): void => {
+      found.set(uid, { pid, netns: path.join(this.procRoot, String(pid), 'ns', 'net'), cgroup: path.join(this.cgroupRoot, podPath) });
+    };
+    // Keep earlier choices that still hold.
+    for (const [uid, pid] of this.chosen) {
+      const pod = uids.has(uid) ? podOfCgroupPath(cgroupOf(this.procRoot, pid) ?? '') : undefined;
+      if (pod?.uid === uid) at(uid, pid, pod.podPath);
+      else this.chosen.delete(uid);
+    }
+    if ([...uids].every((u) => found.has(u))) return found;
+    // The lowest pid of a pod is its oldest process (normally the sandbox).
+    const pids = fs.readdirSync(this.procRoot).filter((d) => /^\d+$/.test(d)).map(Number).sort((a, b) => a - b);
+    for (const pid of pids) {
+      const cg = cgroupOf(this.procRoot, pid);
+      const pod = cg ? podOfCgroupPath(cg) : undefined;
+      if (!pod || !uids.has(pod.uid) || found.has(pod.uid)) continue;
+      this.chosen.set(pod.uid, pid);
+      at(pod.uid, pid, pod.podPath);
+    }
+    return found;
+  }
+}
