@@ -4,7 +4,7 @@
 // cgroup drivers are understood:
 //   systemd:  …/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice/cri-containerd-<id>.scope
 //   cgroupfs: …/kubepods/besteffort/pod<uid>/<container id>
-// (Guaranteed pods have no QoS level; kind and nested setups add a prefix.)
+// (Guaranteed pods have no QoS level; kind and nested setups add prefixes.)
 // The pod's cgroup is the directory named after it, above its containers.
 // Once a process is chosen for a pod it is kept while it lives, so the
 // netns path — part of what identifies an enrolment — does not churn.
@@ -13,7 +13,8 @@ import path from 'node:path';
 
 export interface LocatedPod { netns: string; cgroup: string; pid: number }
 
-const SYSTEMD_POD = /^kubepods(?:-[a-z]+)?-pod([0-9a-f_]{36})\.slice$/;
+// kind and nested kubelets prefix the slice names (kubelet-kubepods-besteffort-pod….slice).
+const SYSTEMD_POD = /^(?:[a-z]+-)?kubepods(?:-[a-z]+)?-pod([0-9a-f_]{36})\.slice$/;
 const CGROUPFS_POD = /^pod([0-9a-f-]{36})$/;
 
 /** The pod uid and the pod's own cgroup path (relative to the cgroup2 root) in a process's cgroup path. */

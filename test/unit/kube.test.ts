@@ -1,0 +1,171 @@
+// Kubernetes-facing logic without a cluster: the kubelet's cgroup layouts,
+// locating pods in a /proc tree, mesh membership by labels, workloads and
+// services from recorded API objects, and the client, informer and
+// TokenReview against a local HTTP server that speaks the API paths
+// (test/helpers/fake-kube.ts).
+import * as grpc from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import pino from 'pino';
+import { PodLocator, podOfCgroupPath } from '../../src/agent/pod-locator';
+import { TokenReviewer } from '../../src/control-plane/token-review';
+import { KubeClient } from '../../src/kube/client';
+import { Informer } from '../../src/kube/informer';
+import { inMesh, meshFromCluster, podUid } from '../../src/kube/mesh';
+import type { EndpointSlice, Namespace, Pod, Service } from '../../src/kube/types';
+import { FakeKube, fixture } from '../helpers/fake-kube';
+import { waitFor } from '../helpers/proc';
+
+const log = pino({ level: 'silent' });
+const UID = '5f0c7a53-8f7e-4a51-b6a4-2c1d9e0b7a64';
+
+test('the pod and its own cgroup are read from both kubelet cgroup drivers', () => {
+  const u = UID.replace(/-/g, '_');
+  const cases: [string, string | undefined][] = [
+    [`/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice`],
+    [`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice`],
+    [`/kubepods.slice/kubepods-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-pod${u}.slice`], // Guaranteed
+    [`/kubepods/besteffort/pod${UID}/9a1f3c0d7be2`, `/kubepods/besteffort/pod${UID}`],
+    [`/kubepods/pod${UID}/9a1f3c0d7be2`, `/kubepods/pod${UID}`],
+    [`/system.slice/containerd.service/kubepods-besteffort-pod${u}.slice:cri-containerd:9a1f`, undefined], // not a directory of its own
+    [`/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice/cri-containerd-1.scope`, `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice`], // kind
+    [`/user.slice/user-0.slice/session-1.scope`, undefined],
+    [`/system.slice/pod${UID}`, undefined], // a pod-looking name outside kubepods
+  ];
+  for (const [p, podPath] of cases) {
+    const got = podOfCgroupPath(p);
+    assert.deepEqual(got, podPath ? { uid: UID, podPath } : undefined, p);
+  }
+});
+
+test('the locator finds each pod by its processes and keeps its choice while that process lives', () => {
+  const proc = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-proc-'));
+  try {
+    const u = UID.replace(/-/g, '_');
+    const other = '11111111-2222-4333-8444-555555555555';
+    const write = (pid: number, cg: string): void => {
+      fs.mkdirSync(path.join(proc, String(pid), 'ns'), { recursive: true });
+      fs.writeFileSync(path.join(proc, String(pid), 'cgroup'), `0::${cg}\n`);
+    };
+    write(900, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-b.scope`);
+    write(120, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-pause.scope`);
+    write(300, `/kubepods/burstable/pod${other}/c0ffee`);
+    write(1, '/init.scope');
+    fs.mkdirSync(path.join(proc, 'self'));
+    const locator = new PodLocator(proc, '/sys/fs/cgroup');
+    const first = locator.locate(new Set([UID, other, 'not-here']));
+    assert.deepEqual(first.get(UID), { pid: 120, netns: path.join(proc, '120/ns/net'), cgroup: `/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice` });
+    assert.equal(first.get(other)?.cgroup, `/sys/fs/cgroup/kubepods/burstable/pod${other}`);
+    assert.equal(first.has('not-here'), false);
+    write(50, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-new.scope`);
+    assert.equal(locator.locate(new Set([UID])).get(UID)?.pid, 120, 'a lower pid appearing does not move a live choice');
+    fs.rmSync(path.join(proc, '120'), { recursive: true });
+    assert.equal(locator.locate(new Set([UID])).get(UID)?.pid, 50, 'the chosen process is gone (sandbox restarted): another one is chosen');
+  } finally {
+    fs.rmSync(proc, { recursive: true, force: true });
+  }
+});
+
+test('mesh membership: namespace label, pod label, pod opt-out, host network', () => {
+  const ns = fixture<Namespace>('namespace');
+  const plainNs: Namespace = { metadata: { ...ns.metadata, labels: {} } };
+  const pod = (labels: Record<string, string>, hostNetwork = false): Pod => {
+    const p = fixture<Pod>('pod');
+    p.metadata.labels = labels;
+    p.spec.hostNetwork = hostNetwork;
+    return p;
+  };
+  assert.equal(inMesh(pod({}), ns), true);
+  assert.equal(inMesh(pod({ 'ambit.dev/mode': 'none' }), ns), false);
+  assert.equal(inMesh(pod({}), plainNs), false);
+  assert.equal(inMesh(pod({ 'ambit.dev/mode': 'ambient' }), plainNs), true);
+  assert.equal(inMesh(pod({ 'ambit.dev/mode': 'ambient' }, true), ns), false);
+  assert.equal(inMesh(pod({}), undefined), false);
+});
+
+test('workloads and services from recorded API objects: identity facts, named target ports, endpoints', () => {
+  const sleep = fixture<Pod>('pod');
+  const web = fixture<Pod>('pod');
+  Object.assign(web.metadata, { name: 'web-5b8d7c9f6-qz4lm', uid: 'a4e9c2d1-6b3f-4f8e-8c7a-1d2e3f4a5b6c', labels: { app: 'web', version: 'v2' } });
+  Object.assign(web.spec, { nodeName: 'kind-worker2', serviceAccountName: 'web' });
+  Object.assign(web.status, { podIP: '10.244.2.5', podIPs: [{ ip: '10.244.2.5' }, { ip: 'fd00::5' }] });
+  const done = fixture<Pod>('pod');
+  Object.assign(done.metadata, { name: 'job-1', uid: 'u-job' });
+  done.status.phase = 'Succeeded';
+  const headless = fixture<Service>('service');
+  Object.assign(headless.metadata, { name: 'web-headless' });
+  Object.assign(headless.spec, { clusterIP: 'None', clusterIPs: ['None'] });
+  const { workloads, services } = meshFromCluster({
+    pods: [sleep, web, done], namespaces: [fixture<Namespace>('namespace')], services: [fixture<Service>('service'), headless], slices: [fixture<EndpointSlice>('endpointslice')],
+  });
+  assert.deepEqual(workloads.map((w) => w.uid), ['Kubernetes//Pod/demo/sleep-7d9c6b5f8d-x2kqf', 'Kubernetes//Pod/demo/web-5b8d7c9f6-qz4lm'], 'finished pods are not workloads');
+  const w = workloads[1];
+  assert.deepEqual(
+    { sa: w.serviceAccount, node: w.node, addresses: w.addresses, protocol: w.protocol, services: w.services, labels: w.labels },
+    { sa: 'web', node: 'kind-worker2', addresses: ['10.244.2.5'], protocol: 'HBONE', services: ['demo/web.demo.svc.cluster.local'], labels: { app: 'web', version: 'v2' } },
+  );
+  assert.equal(podUid(sleep), workloads[0].uid);
+  assert.deepEqual(services, [{ name: 'web', namespace: 'demo', hostname: 'web.demo.svc.cluster.local', addresses: ['10.96.14.122'], ports: [{ port: 80, targetPort: 8080 }], selector: {} }], 'named targetPort "http" → 8080 from the slice; headless skipped');
+});
+
+let kube: FakeKube;
+let client: KubeClient;
+before(async () => {
+  kube = new FakeKube();
+  await new Promise<void>((r) => kube.server.listen(0, '127.0.0.1', () => r()));
+  client = new KubeClient({ server: `http://127.0.0.1:${(kube.server.address() as AddressInfo).port}` });
+});
+after(() => { kube.server.closeAllConnections(); kube.server.close(); });
+
+test('the informer lists, follows the watch, and relists after 410 Gone', async () => {
+  const pod = (name: string, node: string): Pod => {
+    const p = fixture<Pod>('pod');
+    Object.assign(p.metadata, { name, uid: `uid-${name}` });
+    p.spec.nodeName = node;
+    return p;
+  };
+  kube.put({ kind: 'Pod', ...pod('a', 'n1') });
+  kube.put({ kind: 'Pod', ...pod('b', 'n2') });
+  const informer = new Informer<Pod>(client, `/api/v1/pods?fieldSelector=${encodeURIComponent('spec.nodeName=n1')}`, log).start();
+  try {
+    await informer.whenSynced();
+    assert.deepEqual(informer.list().map((p) => p.metadata.name), ['a'], 'only this node\'s pods');
+    kube.put({ kind: 'Pod', ...pod('c', 'n1') });
+    await waitFor('the watched add', () => informer.get('demo/c'));
+    kube.delete('Pod', 'demo', 'a');
+    await waitFor('the watched delete', () => !informer.get('demo/a'));
+    const lists = kube.requests.filter((r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1')).length;
+    kube.expireWatches();
+    kube.put({ kind: 'Pod', ...pod('d', 'n1') });
+    await waitFor('the relist after 410', () => informer.get('demo/d'));
+    assert.equal(kube.requests.filter((r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1')).length, lists + 1, 'one relist');
+    assert.deepEqual(informer.list().map((p) => p.metadata.name).sort(), ['c', 'd']);
+  } finally {
+    informer.stop();
+  }
+});
+
+test('TokenReview: the node agent account with a node claim, or via its pod; anything else refused', async () => {
+  const status = fixture<{ status: { user: { extra: Record<string, string[]> } } }>('tokenreview').status;
+  kube.review('with-node', status);
+  kube.review('pod-only', { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/pod-name': ['ambit-node-7xk2p'] } } });
+  kube.review('other-sa', { ...status, user: { ...status.user, username: 'system:serviceaccount:demo:sleep' } });
+  const reviewer = new TokenReviewer(client, { nodeOfPod: (ns, name) => (ns === 'ambit-system' && name === 'ambit-node-7xk2p' ? 'kind-worker2' : undefined), log });
+  const md = (token?: string): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    if (token) m.set('authorization', `Bearer ${token}`);
+    return m;
+  };
+  assert.deepEqual(await reviewer.authenticate(md('with-node')), { node: 'kind-worker' });
+  assert.deepEqual(await reviewer.authenticate(md('pod-only')), { node: 'kind-worker2' });
+  assert.match(JSON.stringify(await reviewer.authenticate(md('other-sa'))), /system:serviceaccount:demo:sleep is not a node agent's service account/);
+  assert.match(JSON.stringify(await reviewer.authenticate(md('unknown'))), /did not accept the token: invalid bearer token/);
+  assert.match(JSON.stringify(await reviewer.authenticate(md())), /no bearer token/);
+  const reviews = kube.requests.filter((r) => r.startsWith('POST /apis/authentication.k8s.io/v1/tokenreviews')).length;
+  await reviewer.authenticate(md('with-node'));
+  assert.equal(kube.requests.filter((r) => r.startsWith('POST /apis/authentication.k8s.io/v1/tokenreviews')).length, reviews, 'cached');
+});
