@@ -8,6 +8,7 @@
 // node's netns; a sidecar serves one workload from inside that workload's
 // own netns and cgroup. Data plane: the tunnel runs in this process, or in
 // tunnel worker processes that accept on the same sockets (src/agent/workers.ts).
+import fs from 'node:fs';
 import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
 import { listenerServer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
@@ -274,20 +275,50 @@ export class NodeApp {
     }
   }
 
+  /**
+   * Re-enrolling in the same netns (the pod's identity changed) meets its
+   * old listeners until every tunnel worker has closed its copies, which
+   * happens within moments: the bind is retried for up to 2 s.
+   */
+  private async enrolWhenPortsFree(w: Workload): Promise<EnrolledPod> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return this.enrolment.enrol(w);
+      } catch (err) {
+        if (attempt >= 40 || !String((err as Error).message).includes('EADDRINUSE')) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
   private async enrol(w: Workload): Promise<void> {
     const identity = this.store.identityOf(w);
     // The pod's certificate first: its :15008 must be able to answer once captured.
     const cert = (this.opts.mode ?? 'hbone') === 'hbone' ? await this.certs.fetch(identity) : undefined;
-    const pod = this.enrolment.enrol(w);
+    const pod = await this.enrolWhenPortsFree(w);
     this.dataPlane.addPod(pod, identity, cert);
     this.pods.set(w.uid, { pod, identity, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
   }
 }
 
-/** What, when it changes, needs the pod re-enrolled (addresses, netns, cgroup, identity). */
+/**
+ * What, when it changes, needs the pod re-enrolled (addresses, netns,
+ * cgroup, identity). The netns counts by identity, not path: a pod found
+ * through another of its processes (/proc/<pid>/ns/net) is the same pod.
+ */
 function fingerprint(store: MeshStore, w: Workload): string {
-  return JSON.stringify([w.addresses, w.netns, w.cgroup, store.identityOf(w)]);
+  return JSON.stringify([w.addresses, netnsIdentity(w.netns), w.cgroup, store.identityOf(w)]);
+}
+
+function netnsIdentity(p: string | undefined): string | undefined {
+  if (!p) return p;
+  try {
+    const st = fs.statSync(p);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return p; // gone: compared by path, so a new one is enrolled
+  }
 }
 
 function checkScope(config: MeshConfig, scope: Scope): void {

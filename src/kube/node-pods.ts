@@ -3,7 +3,9 @@
 // its namespace); the node's /proc says where each one's netns and cgroup
 // are. A pod is offered for enrolment only once a process of it exists
 // (its sandbox is up), so its capture never comes on before its sockets
-// can; until then it is re-looked for every second.
+// can; until then it is re-looked for every second. A pod whose sandbox is
+// replaced gets a status update from the kubelet, which triggers a new
+// look; a slow check every few seconds catches what no event announces.
 import { EventEmitter } from 'node:events';
 import type { PodLocator } from '../agent/pod-locator';
 import type { Logger } from '../observability/log';
@@ -14,6 +16,7 @@ import { inMesh, isLive, podUid } from './mesh';
 import type { Namespace, Pod } from './types';
 
 const RELOOK_MS = 1000;
+const RECHECK_MS = 5000;
 
 export class KubeNodePods extends EventEmitter implements LocalPodSource {
   private readonly pods: Informer<Pod>;
@@ -21,6 +24,7 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
   private located = new Map<string, LocalPod>();
   private fingerprint = '';
   private timer?: NodeJS.Timeout;
+  private recheck?: NodeJS.Timeout;
 
   constructor(client: KubeClient, private readonly node: string, private readonly locator: PodLocator, private readonly log: Logger) {
     super();
@@ -34,6 +38,7 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
     this.namespaces.start();
     await Promise.all([this.pods.whenSynced(), this.namespaces.whenSynced()]);
     this.refresh();
+    this.recheck = setInterval(() => this.refresh(), RECHECK_MS).unref();
   }
 
   current(): Map<string, LocalPod> { return this.located; }
@@ -45,6 +50,7 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
 
   stop(): void {
     clearTimeout(this.timer);
+    clearInterval(this.recheck);
     this.pods.stop();
     this.namespaces.stop();
   }
