@@ -18,7 +18,7 @@ fi
 # .proto files) and python3-cryptography are the independent client of the
 # wire-compatibility test.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4
-  python3 python3-grpcio python3-protobuf protobuf-compiler libprotobuf-dev python3-cryptography)
+  python3 python3-grpcio python3-protobuf protobuf-compiler libprotobuf-dev python3-cryptography shellcheck ruby)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
