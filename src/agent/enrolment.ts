@@ -39,6 +39,8 @@ export interface EnrolledPod {
   /** The pod's network namespace, held open while the pod is enrolled. */
   readonly netns: Netns;
   readonly listeners: PodListeners;
+  /** Why TIME_WAIT reuse could not be turned on in the pod's netns (a read-only /proc/sys in a container), if so. */
+  readonly timeWaitReuse?: string;
 }
 
 export class Enrolment {
@@ -73,14 +75,13 @@ export class Enrolment {
         { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
         { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
       ]);
-      allowTimeWaitReuse(netns);
     } catch (err) {
       netns.close();
       throw err;
     }
     const [outFd, plainFd, hboneFd] = fds;
     const pod: EnrolledPod = {
-      workload: w, podId, cgroupId, netns,
+      workload: w, podId, cgroupId, netns, timeWaitReuse: allowTimeWaitReuse(netns),
       listeners: { outbound: outFd, inboundPlain: plainFd, inboundHbone: hboneFd },
     };
     try {
@@ -155,8 +156,14 @@ export class Enrolment {
  * failed). tcp_tw_reuse=1 (per netns) lets connect() reuse a TIME_WAIT
  * tuple once TCP timestamps prove it safe.
  */
-function allowTimeWaitReuse(netns: Netns): void {
-  netns.run(() => fs.writeFileSync('/proc/sys/net/ipv4/tcp_tw_reuse', '1'));
+function allowTimeWaitReuse(netns: Netns): string | undefined {
+  try {
+    netns.run(() => fs.writeFileSync('/proc/sys/net/ipv4/tcp_tw_reuse', '1'));
+    return undefined;
+  } catch (err) {
+    // Not fatal: the pod is served, it just runs out of ports sooner under heavy connection churn.
+    return `${(err as NodeJS.ErrnoException).code ?? (err as Error).message} writing net.ipv4.tcp_tw_reuse`;
+  }
 }
 
 /** Closes the agent's own fds of a pod's listening sockets (servers on duplicates close separately). */

@@ -8,6 +8,10 @@
 // The pod's cgroup is the directory named after it, above its containers.
 // Once a process is chosen for a pod it is kept while it lives, so the
 // netns path — part of what identifies an enrolment — does not churn.
+// In a container with its own cgroup namespace (the default on cgroup v2),
+// other processes' paths are relative to the agent's own cgroup ("/../../
+// kubepods-…"): the pod's directory is then found by its name under the
+// host's cgroup2 mount.
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -39,6 +43,8 @@ function cgroupOf(procRoot: string, pid: number): string | undefined {
 
 export class PodLocator {
   private readonly chosen = new Map<string, number>();
+  /** Pod cgroup directory name → where it was found under the cgroup root. */
+  private readonly byName = new Map<string, string>();
 
   /** procRoot: the host's /proc (mounted at /host/proc in the DaemonSet); cgroupRoot: the cgroup2 mount. */
   constructor(private readonly procRoot: string, private readonly cgroupRoot: string) {}
@@ -47,7 +53,8 @@ export class PodLocator {
   locate(uids: ReadonlySet<string>): Map<string, LocatedPod> {
     const found = new Map<string, LocatedPod>();
     const at = (uid: string, pid: number, podPath: string): void => {
-      found.set(uid, { pid, netns: path.join(this.procRoot, String(pid), 'ns', 'net'), cgroup: path.join(this.cgroupRoot, podPath) });
+      const cgroup = this.resolve(podPath);
+      if (cgroup) found.set(uid, { pid, netns: path.join(this.procRoot, String(pid), 'ns', 'net'), cgroup });
     };
     // Keep earlier choices that still hold.
     for (const [uid, pid] of this.chosen) {
@@ -67,4 +74,42 @@ export class PodLocator {
     }
     return found;
   }
+
+  /** The pod's cgroup directory on the cgroup2 mount, or undefined when it cannot be found. */
+  private resolve(podPath: string): string | undefined {
+    if (!podPath.split('/').includes('..')) {
+      const direct = path.join(this.cgroupRoot, podPath);
+      if (fs.existsSync(direct)) return direct;
+    }
+    const name = path.basename(podPath);
+    const known = this.byName.get(name);
+    if (known && fs.existsSync(known)) return known;
+    const hit = findDir(this.cgroupRoot, name, 6);
+    if (hit) this.byName.set(name, hit);
+    return hit;
+  }
+}
+
+/** Breadth-first search for a directory called name, at most depth levels down. */
+function findDir(root: string, name: string, depth: number): string | undefined {
+  let level = [root];
+  for (let d = 0; d < depth && level.length; d++) {
+    const next: string[] = [];
+    for (const dir of level) {
+      let entries: fs.Dirent[];
+      try {
+        entries = fs.readdirSync(dir, { withFileTypes: true });
+      } catch {
+        continue;
+      }
+      for (const e of entries) {
+        if (!e.isDirectory()) continue;
+        const p = path.join(dir, e.name);
+        if (e.name === name) return p;
+        next.push(p);
+      }
+    }
+    level = next;
+  }
+  return undefined;
 }

@@ -44,6 +44,7 @@ test('the pod and its own cgroup are read from both kubelet cgroup drivers', () 
 
 test('the locator finds each pod by its processes and keeps its choice while that process lives', () => {
   const proc = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-proc-'));
+  const cgRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-cgroup-'));
   try {
     const u = UID.replace(/-/g, '_');
     const other = '11111111-2222-4333-8444-555555555555';
@@ -56,17 +57,30 @@ test('the locator finds each pod by its processes and keeps its choice while tha
     write(300, `/kubepods/burstable/pod${other}/c0ffee`);
     write(1, '/init.scope');
     fs.mkdirSync(path.join(proc, 'self'));
-    const locator = new PodLocator(proc, '/sys/fs/cgroup');
+    const podDir = path.join(cgRoot, 'kubepods.slice', 'kubepods-besteffort.slice', `kubepods-besteffort-pod${u}.slice`);
+    fs.mkdirSync(podDir, { recursive: true });
+    fs.mkdirSync(path.join(cgRoot, 'kubepods', 'burstable', `pod${other}`), { recursive: true });
+    const locator = new PodLocator(proc, cgRoot);
     const first = locator.locate(new Set([UID, other, 'not-here']));
-    assert.deepEqual(first.get(UID), { pid: 120, netns: path.join(proc, '120/ns/net'), cgroup: `/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice` });
-    assert.equal(first.get(other)?.cgroup, `/sys/fs/cgroup/kubepods/burstable/pod${other}`);
+    assert.deepEqual(first.get(UID), { pid: 120, netns: path.join(proc, '120/ns/net'), cgroup: podDir });
+    assert.equal(first.get(other)?.cgroup, path.join(cgRoot, `kubepods/burstable/pod${other}`));
     assert.equal(first.has('not-here'), false);
     write(50, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-new.scope`);
     assert.equal(locator.locate(new Set([UID])).get(UID)?.pid, 120, 'a lower pid appearing does not move a live choice');
     fs.rmSync(path.join(proc, '120'), { recursive: true });
     assert.equal(locator.locate(new Set([UID])).get(UID)?.pid, 50, 'the chosen process is gone (sandbox restarted): another one is chosen');
+
+    // Seen from a container with its own cgroup namespace: paths relative to the agent's cgroup.
+    const inNs = new PodLocator(proc, cgRoot);
+    fs.rmSync(path.join(proc, '50'), { recursive: true });
+    fs.rmSync(path.join(proc, '900'), { recursive: true });
+    write(77, `/../../kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-x.scope`);
+    assert.equal(inNs.locate(new Set([UID])).get(UID)?.cgroup, podDir, 'found by name under the cgroup root');
+    write(78, `/../kubepods-besteffort-pod${'9'.repeat(8)}_1111_4111_8111_111111111111.slice/c.scope`);
+    assert.equal(inNs.locate(new Set(['99999999-1111-4111-8111-111111111111'])).size, 0, 'a pod whose directory is not there is not located');
   } finally {
     fs.rmSync(proc, { recursive: true, force: true });
+    fs.rmSync(cgRoot, { recursive: true, force: true });
   }
 });
 
