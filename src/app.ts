@@ -299,6 +299,7 @@ export class NodeApp {
     this.dataPlane.addPod(pod, identity, cert);
     this.pods.set(w.uid, { pod, identity, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
+    if (pod.timeWaitReuse) this.log.warn({ pod: w.uid, err: pod.timeWaitReuse }, 'TIME_WAIT reuse not enabled in the pod: under heavy connection churn it may run out of ports (is /proc/sys read-only?)');
   }
 }
 
