@@ -12,8 +12,17 @@ export function sh(cmd: string, args: string[]): Promise<string> {
   });
 }
 
-/** Polls until cond() is truthy; fails with `what` after timeoutMs. */
+/**
+ * Multiplier for every timeout below, from AMBIT_TEST_TIME_SCALE (default 1).
+ * The timeouts are sized for a real machine; scripts/vm-test.sh runs the
+ * tests in QEMU without hardware virtualisation (~10x slower) and sets it
+ * to 10 there, so the waits stretch instead of the conditions changing.
+ */
+export const TIME_SCALE = Math.max(1, Number(process.env.AMBIT_TEST_TIME_SCALE) || 1);
+
+/** Polls until cond() is truthy; fails with `what` after timeoutMs (× TIME_SCALE). */
 export async function waitFor<T>(what: string, cond: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
+  timeoutMs *= TIME_SCALE;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await cond();
@@ -23,8 +32,9 @@ export async function waitFor<T>(what: string, cond: () => T | Promise<T>, timeo
   }
 }
 
-/** Resolves with the first stdout line matching; rejects if the child exits first. */
+/** Resolves with the first stdout line matching; rejects if the child exits first or after timeoutMs (× TIME_SCALE). */
 export function waitForLine(child: ChildProcess, match: (line: string) => boolean, what: string, timeoutMs = 15_000): Promise<string> {
+  timeoutMs *= TIME_SCALE;
   return new Promise((resolve, reject) => {
     let stderr = '';
     child.stderr?.on('data', (d) => { stderr += d; });
