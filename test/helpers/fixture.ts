@@ -9,7 +9,7 @@ import http from 'node:http';
 import { connectFromNetns } from '../../src/agent/netns';
 import { Datapath } from '../../src/datapath/loader';
 import { cleanupDatapath } from '../../src/datapath/status';
-import { collect } from './proc';
+import { collect, TIME_SCALE } from './proc';
 import { Topology, type TestNode, type TestPod } from './topology';
 
 export const PODAPP = path.resolve(__dirname, 'podapp.js');
@@ -35,7 +35,8 @@ export interface DialSummary { ok: number; failed: number; errors: Record<string
 
 /** Runs `podapp dial` in a pod and returns its summary. */
 export async function dialFrom(topo: Topology, pod: TestPod, ip: string, port: number, n = 1, concurrency = 1, timeoutMs = 5000): Promise<DialSummary> {
-  const r = await collect(topo.spawnInPod(pod, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(concurrency), String(timeoutMs)]));
+  // Per connection; stretched like every wait under emulation (AMBIT_TEST_TIME_SCALE).
+  const r = await collect(topo.spawnInPod(pod, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(concurrency), String(timeoutMs * TIME_SCALE)]));
   assert.equal(r.code, 0, `podapp dial failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as DialSummary;
 }
