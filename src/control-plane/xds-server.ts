@@ -42,8 +42,6 @@ export class XdsServer {
     for (const s of this.streams) for (const typeUrl of s.types.keys()) this.push(s, typeUrl);
   }
 
-  connectedNodes(): string[] { return [...this.streams].map((s) => s.node); }
-
   handlers(): grpc.UntypedServiceImplementation {
     return { DeltaAggregatedResources: (call: Call) => this.serve(call) };
   }

@@ -43,11 +43,6 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
 
   current(): Map<string, LocalPod> { return this.located; }
 
-  /** The node's pods in the mesh, located or not (for the config dump). */
-  status(): { meshPods: number; located: number } {
-    return { meshPods: this.wanted().length, located: this.located.size };
-  }
-
   stop(): void {
     clearTimeout(this.timer);
     clearInterval(this.recheck);

@@ -41,16 +41,10 @@ export const matchOf = (m: Partial<Match> = {}): Match => ({
   ...m,
 });
 
-export function indexPolicies(policies: readonly Authorization[]): Map<string, Authorization> {
+function indexPolicies(policies: readonly Authorization[]): Map<string, Authorization> {
   const byKey = new Map<string, Authorization>();
   for (const p of policies) if (!byKey.has(policyKey(p))) byKey.set(policyKey(p), p);
   return byKey;
-}
-
-/** Global ∪ the destination namespace's ∪ the workload-selected ones it names. */
-export function policiesInScope(byKey: ReadonlyMap<string, Authorization>, dst: Workload): Authorization[] {
-  const out = [...byKey.values()].filter((p) => p.scope === 'GLOBAL' || (p.scope === 'NAMESPACE' && p.namespace === dst.namespace));
-  return addSelected(out, byKey, dst);
 }
 
 function addSelected(out: Authorization[], byKey: ReadonlyMap<string, Authorization>, dst: Workload): Authorization[] {
@@ -62,7 +56,11 @@ function addSelected(out: Authorization[], byKey: ReadonlyMap<string, Authorizat
   return out;
 }
 
-/** Built once per config; inScope runs per connection and reuses per-namespace lists. */
+/**
+ * Policies in scope of a destination: global ∪ its namespace's ∪ the
+ * workload-selected ones it names. Built once per config; inScope runs per
+ * connection and reuses per-namespace lists.
+ */
 export class PolicyIndex {
   readonly byKey: ReadonlyMap<string, Authorization>;
   private readonly global: Authorization[];

@@ -22,8 +22,6 @@ export const PROTO_FILES = [
 
 export const TYPE_ADDRESS = 'type.googleapis.com/istio.workload.Address';
 export const TYPE_AUTHORIZATION = 'type.googleapis.com/istio.security.Authorization';
-export const ADS_METHOD = '/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources';
-export const CA_METHOD = '/istio.v1.auth.IstioCertificateService/CreateCertificate';
 
 const CONVERSION = { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, arrays: true } as const;
 
