@@ -12,8 +12,8 @@ import { AmbitError } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
 import type { Logger } from '../observability/log';
 import { grpcServices } from '../protocol/protos';
-import { loadConfigFile } from '../state/config';
-import { watchConfigFile } from '../state/file-source';
+import { loadConfigFile, parseConfig } from '../state/config';
+import { watchParsedFile } from '../state/file-source';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
 import { toResources } from '../state/xds-resources';
@@ -90,7 +90,7 @@ export class ControlPlane {
       cluster.on('changed', () => cp.refresh());
     }
     cp.refresh();
-    cp.unwatch = watchConfigFile(opts.configFile, (cfg) => cp.apply(cfg), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
+    cp.unwatch = watchParsedFile(opts.configFile, parseConfig, (cfg) => cp.apply(cfg), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
     const served = cp.config;
     log.info({ listen, port, kubernetes: opts.kube?.server, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'control plane serving xDS and the CA');
     return cp;

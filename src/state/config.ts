@@ -1,11 +1,11 @@
 // The standalone configuration: one YAML file that describes the mesh.
 // Validation collects every problem, each naming the path, the value and
 // the fix, so an operator corrects a file in one pass.
-import fs from 'node:fs';
 import net from 'node:net';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
 import { compileIstioPolicies } from '../policy/istio-crd';
+import { readTextFile } from './file-source';
 import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from './types';
 
 type Obj = Record<string, unknown>;
@@ -176,11 +176,5 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
 }
 
 export function loadConfigFile(file: string): MeshConfig {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, 'pass an existing file with --config');
-  }
-  return parseConfig(text, file);
+  return parseConfig(readTextFile(file, '--config'), file);
 }

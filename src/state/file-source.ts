@@ -1,25 +1,35 @@
-// The standalone configuration as a live source: the file is re-read when
-// it changes; a valid change is delivered, an invalid one is reported and
-// dropped, so the last good state keeps serving. Polling (stat) rather than
-// inotify: editors and ConfigMap mounts replace files by rename, which
-// inotify watches lose.
+// Files as live sources (the standalone configuration, a node's pods
+// file): read once with an error that says what to fix, then re-read when
+// the content changes; a valid change is delivered, an invalid one is
+// reported and dropped, so the last good state keeps serving. Polling
+// (stat + content hash) rather than inotify: editors and ConfigMap mounts
+// replace files by rename, which inotify watches lose.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { AmbitError } from '../errors';
-import { parseConfig } from './config';
-import type { MeshConfig } from './types';
 
-export function watchConfigFile(file: string, onValid: (cfg: MeshConfig) => void, onInvalid: (err: AmbitError) => void, intervalMs = 500): () => void {
+/** The file's text, or AMBIT_E_CONFIG naming the file, the errno and the flag that gave it. */
+export function readTextFile(file: string, flag: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new AmbitError('AMBIT_E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, `pass an existing file with ${flag}`);
+  }
+}
+
+export function watchParsedFile<T>(file: string, parse: (text: string, source: string) => T, onValid: (value: T) => void, onInvalid: (err: AmbitError) => void, intervalMs = 500): () => void {
   let lastHash = hashOf(file);
   const check = (): void => {
     const hash = hashOf(file);
     if (hash === undefined || hash === lastHash) return;
     lastHash = hash;
+    let value: T;
     try {
-      onValid(parseConfig(fs.readFileSync(file, 'utf8'), file));
+      value = parse(fs.readFileSync(file, 'utf8'), file);
     } catch (err) {
-      onInvalid(err instanceof AmbitError ? err : new AmbitError('AMBIT_E_CONFIG', String(err)));
+      return onInvalid(err instanceof AmbitError ? err : new AmbitError('AMBIT_E_CONFIG', String(err)));
     }
+    onValid(value);
   };
   fs.watchFile(file, { interval: intervalMs, persistent: false }, check);
   return () => fs.unwatchFile(file, check);

@@ -10,9 +10,9 @@
 // netns and cgroup are used), so one file can serve both. On a Kubernetes
 // node the agent finds them itself (src/kube/node-pods.ts).
 import { EventEmitter } from 'node:events';
-import fs from 'node:fs';
 import YAML from 'yaml';
 import { AmbitError } from '../errors';
+import { readTextFile, watchParsedFile } from './file-source';
 
 export interface LocalPod { uid: string; netns: string; cgroup: string }
 
@@ -25,23 +25,15 @@ export interface LocalPodSource extends EventEmitter {
 /** The pods file, re-read when it changes; an invalid change is reported and the last good list kept. */
 export class LocalPodsFile extends EventEmitter implements LocalPodSource {
   private pods: Map<string, LocalPod>;
-  private readonly check = (): void => {
-    try {
-      this.pods = loadLocalPods(this.file);
-      this.emit('changed');
-    } catch (err) {
-      this.emit('invalid', err);
-    }
-  };
+  readonly stop: () => void;
 
-  constructor(private readonly file: string) {
+  constructor(file: string) {
     super();
     this.pods = loadLocalPods(file);
-    fs.watchFile(file, { interval: 500, persistent: false }, this.check);
+    this.stop = watchParsedFile(file, parseLocalPods, (pods) => { this.pods = pods; this.emit('changed'); }, (err) => this.emit('invalid', err));
   }
 
   current(): Map<string, LocalPod> { return this.pods; }
-  stop(): void { fs.unwatchFile(this.file, this.check); }
 }
 
 /** No node-local facts (a node with no pods of its own to serve, or one that finds none). */
@@ -77,11 +69,5 @@ export function parseLocalPods(text: string, source: string): Map<string, LocalP
 }
 
 export function loadLocalPods(file: string): Map<string, LocalPod> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`, 'pass an existing file with --pods');
-  }
-  return parseLocalPods(text, file);
+  return parseLocalPods(readTextFile(file, '--pods'), file);
 }
