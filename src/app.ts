@@ -36,7 +36,8 @@ export type Scope = { node: string } | { sidecar: string };
 /** Where enrolled pods are served: a Tunnel in this process, or tunnel workers. */
 export interface DataPlane {
   addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void;
-  removePod(uid: string): void;
+  /** Stops serving a pod; resolves once its sockets are closed everywhere but in the agent. */
+  removePod(uid: string): Promise<void>;
   configChanged(config: MeshConfig): void;
   /** Tasks before the data plane serves every pod it was given. */
   pending(): string[];
@@ -100,7 +101,10 @@ export class InProcessDataPlane implements DataPlane {
     }, cert);
   }
 
-  removePod(uid: string): void { this.tunnel.removePod(uid); }
+  removePod(uid: string): Promise<void> {
+    this.tunnel.removePod(uid);
+    return Promise.resolve();
+  }
   configChanged(): void { /* the tunnel reads the shared store */ }
 
   pending(): string[] {
@@ -254,7 +258,8 @@ export class NodeApp {
     for (const [uid, r] of this.pods) {
       const w = wanted.get(uid);
       if (w && fingerprint(this.store, w) === r.fingerprint) continue;
-      this.dataPlane.removePod(uid);
+      // Only once no worker holds its sockets may the same netns be enrolled again (same ports).
+      await this.dataPlane.removePod(uid);
       this.enrolment.unenrol(uid);
       this.pods.delete(uid);
       this.log.info({ pod: uid }, 'pod unenrolled');
@@ -275,27 +280,11 @@ export class NodeApp {
     }
   }
 
-  /**
-   * Re-enrolling in the same netns (the pod's identity changed) meets its
-   * old listeners until every tunnel worker has closed its copies, which
-   * happens within moments: the bind is retried for up to 2 s.
-   */
-  private async enrolWhenPortsFree(w: Workload): Promise<EnrolledPod> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return this.enrolment.enrol(w);
-      } catch (err) {
-        if (attempt >= 40 || !String((err as Error).message).includes('EADDRINUSE')) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-  }
-
   private async enrol(w: Workload): Promise<void> {
     const identity = this.store.identityOf(w);
     // The pod's certificate first: its :15008 must be able to answer once captured.
     const cert = (this.opts.mode ?? 'hbone') === 'hbone' ? await this.certs.fetch(identity) : undefined;
-    const pod = await this.enrolWhenPortsFree(w);
+    const pod = this.enrolment.enrol(w);
     this.dataPlane.addPod(pod, identity, cert);
     this.pods.set(w.uid, { pod, identity, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');

@@ -31,6 +31,8 @@ interface Worker {
   retiring: boolean;
 }
 
+const RELEASE_TIMEOUT_MS = 5000;
+
 const toWire = (c: WorkloadCert): WireCert => ({ ...c, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString() });
 
 export class WorkersDataPlane implements DataPlane {
@@ -40,6 +42,8 @@ export class WorkersDataPlane implements DataPlane {
   private metricsRequest = 0;
   private readonly metricsWaiting = new Map<number, { left: number; parts: unknown[]; done: (parts: unknown[]) => void }>();
   private stopping = false;
+  /** removePod calls waiting for the workers to close their copies of a pod's sockets. */
+  private readonly releasing = new Map<string, { left: Set<Worker>; done: () => void }>();
   private readonly onCert = (_id: string, c: WorkloadCert): void => this.broadcast({ t: 'cert', cert: toWire(c) });
 
   constructor(private readonly ctx: DataPlaneContext, private readonly opts: WorkersOptions) {
@@ -55,10 +59,26 @@ export class WorkersDataPlane implements DataPlane {
     }
   }
 
-  removePod(uid: string): void {
+  /** Resolves once every worker closed its copies of the pod's sockets (or exited). */
+  removePod(uid: string): Promise<void> {
     this.pods.delete(uid);
+    const left = new Set(this.workers.filter((w) => w.child.connected));
     this.broadcast({ t: 'unpod', uid });
     for (const w of this.workers) w.serving.delete(uid);
+    if (!left.size) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.ctx.log.warn({ pod: uid, workers: [...left].map((w) => w.id) }, 'workers did not confirm closing the pod sockets in time');
+        finish();
+      }, RELEASE_TIMEOUT_MS);
+      const finish = (): void => { clearTimeout(timer); this.releasing.delete(uid); resolve(); };
+      this.releasing.set(uid, { left, done: finish });
+    });
+  }
+
+  private released(w: Worker, uid: string): void {
+    const r = this.releasing.get(uid);
+    if (r && r.left.delete(w) && r.left.size === 0) r.done();
   }
 
   configChanged(config: MeshConfig): void { this.broadcast({ t: 'config', config }); }
@@ -111,6 +131,7 @@ export class WorkersDataPlane implements DataPlane {
     child.on('error', (err) => this.ctx.log.warn({ worker: w.id, err: err.message }, 'worker channel error'));
     child.once('exit', (code, signal) => {
       this.workers = this.workers.filter((x) => x !== w);
+      for (const uid of [...this.releasing.keys()]) this.released(w, uid); // a dead worker holds nothing
       if (w.retiring || this.stopping) return;
       // Its connections are gone; the sockets are not: a replacement accepts what queued meanwhile.
       this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal }, 'worker exited; starting a replacement');
@@ -134,6 +155,7 @@ export class WorkersDataPlane implements DataPlane {
     switch (m.t) {
       case 'ready': w.ready = true; return;
       case 'serving': w.serving.add(m.uid); return;
+      case 'released': this.released(w, m.uid); return;
       case 'cert?':
         this.ctx.certs.fetch(m.identity).then((c) => this.send(w, { t: 'cert', cert: toWire(c) }), (err: Error) => this.ctx.log.warn({ identity: m.identity, err: err.message }, 'certificate for a worker failed'));
         return;

@@ -25,6 +25,8 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready' }
   | { t: 'serving'; uid: string }
+  /** The worker closed its copies of a pod's sockets (after `unpod`). */
+  | { t: 'released'; uid: string }
   | { t: 'cert?'; identity: string }
   | { t: 'metrics'; id: number; data: unknown }
   | { t: 'drained'; left: number };

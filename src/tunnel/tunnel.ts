@@ -37,9 +37,20 @@ export class Tunnel {
   readonly pool: HbonePool;
   private readonly pods = new Map<string, Served>();
 
+  /** What decisions depend on besides the connection itself: the policies and which ones select each served pod. */
+  private policyView = '';
   private readonly onStateChanged = (): void => {
+    // Most changes (pods coming and going elsewhere) cannot change a verdict: re-check only when policies could.
+    const view = this.currentPolicyView();
+    if (view === this.policyView) return;
+    this.policyView = view;
     for (const s of this.pods.values()) s.inbound.recheck();
   };
+
+  private currentPolicyView(): string {
+    const { store } = this.deps;
+    return JSON.stringify([store.config.policies, [...this.pods.values()].map((s) => store.workloadByIp(s.pod.workload.addresses[0])?.authorizationPolicies)]);
+  }
 
   constructor(private readonly deps: TunnelDeps) {
     this.pool = new HbonePool({ certs: deps.certs, log: deps.log, ...deps.pool });
@@ -67,6 +78,7 @@ export class Tunnel {
     });
     attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
     this.pods.set(pod.workload.uid, { pod, inbound, open });
+    this.policyView = this.currentPolicyView();
   }
 
   /** Stops serving a pod: no new connections; those open carry on. */

@@ -111,6 +111,8 @@ export function runWorker(): void {
         tunnel?.removePod(m.uid);
         netnsOf.get(m.uid)?.close();
         netnsOf.delete(m.uid);
+        // Closing a listening server closes its fd at once: the ports are free for a re-enrolment.
+        send({ t: 'released', uid: m.uid });
         return;
       case 'metrics':
         metrics.registry.getMetricsAsJSON().then((data) => send({ t: 'metrics', id: m.id, data }), () => send({ t: 'metrics', id: m.id, data: [] }));

@@ -113,6 +113,33 @@ describe('ambit node (agent process)', () => {
     assert.equal((await netnsLinks()).length, 2, 'n1-p2 enrolled again');
   });
 
+  test('a pod whose addresses change is re-enrolled in the same netns at once: its workers free the ports first', async () => {
+    const agent = agents.get('n1')!;
+    const original = fs.readFileSync(configFile, 'utf8');
+    const pod = topo.pod(1, 1);
+    // Its certificate is already held, so the re-enrolment follows the unenrolment with no pause.
+    const enrolledWith = (addresses: string[]): Promise<string> => waitForLine(agent, (l) => l.includes('"pod enrolled"') && l.includes(pod.uid) && l.includes(`"addresses":${JSON.stringify(addresses)}`), `${pod.uid} enrolled with ${addresses.join(', ')}`);
+    const failed = waitForLine(agent, (l) => l.includes('pod enrolment failed'), 'an enrolment failure', 60_000).then((l) => l, () => undefined);
+    try {
+      const cfg = YAML.parse(original) as { workloads: Record<string, unknown>[] };
+      cfg.workloads.find((w) => w.uid === pod.uid)!.addresses = [pod.ip, '10.200.1.99'];
+      const changed = enrolledWith([pod.ip, '10.200.1.99']);
+      fs.writeFileSync(configFile, YAML.stringify(cfg));
+      await changed;
+      assert.equal((await httpInNetns(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready')).status, 200, 'nothing failed to enrol');
+      const server = topo.pod(2, 3);
+      const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
+      await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
+      assert.equal((await dialFrom(topo, pod, server.ip, 8080, 10, 5)).ok, 10, 'captured and served again');
+      app.kill();
+    } finally {
+      const back = enrolledWith([pod.ip]);
+      fs.writeFileSync(configFile, original);
+      await back;
+    }
+    assert.equal(await Promise.race([failed, Promise.resolve('none')]), 'none', 'no enrolment failed');
+  });
+
   test('an agent restart reuses its pinned state: one attachment of each program, capture keeps working', async () => {
     const node = topo.nodes[0];
     const server = topo.pod(2, 3); // not in the mesh: answers directly
