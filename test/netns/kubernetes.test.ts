@@ -187,11 +187,17 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     // A long connection from sleep to web, which must not notice.
     const stream = runInPod(kp('sleep'), ['stream', kp('web').pod.ip, '8080', '16', '8']);
     const streamDone = collect(stream);
+    // Its sandbox runs but it has no address yet (Pending): not to be enrolled.
     const late = addPod('late', topo.pod(1, 3), 'demo', 'late');
-    send({ put: podObject(late, 'Pending') });
-    await waitFor('the pending pod to be seen', () => logged(n1, (l) => l.msg === 'node pods located'));
-    assert.deepEqual(await enrolled(n1), ['sleep'], 'not enrolled before it has an address and a process');
     await startSandbox(late);
+    send({ put: podObject(late, 'Pending') });
+    // A barrier on the same watch stream: a later change that n1 does act on.
+    const optout = kp('optout');
+    send({ put: podObject({ ...optout, labels: { ...optout.labels, 'ambit.dev/mode': 'ambient' } }) });
+    await waitFor('optout enrolled after opting in', async () => (await enrolled(n1)).includes('optout'), 15_000, 100);
+    assert.deepEqual(await enrolled(n1), ['optout', 'sleep'], 'the Pending pod (seen before that change) is not enrolled');
+    send({ put: podObject(optout) });
+    await waitFor('optout unenrolled after opting out again', async () => !(await enrolled(n1)).includes('optout'), 15_000, 100);
     send({ put: podObject(late) });
     await waitFor('late enrolled', async () => (await enrolled(n1)).includes('late'), 15_000, 100);
     const r = await dial(late, kp('web').pod.ip, 8080, 2);
