@@ -20,6 +20,7 @@ import { toResources } from '../state/xds-resources';
 import { caServiceHandlers } from './ca-service';
 import { serverCredentials } from './tls';
 import { NodeTokens } from './tokens';
+import type { CertificateAuthority } from '../identity/ca';
 import type { KubeClient } from '../kube/client';
 import { KubeClusterSource } from '../kube/cluster-source';
 import { TokenReviewer } from './token-review';
@@ -32,6 +33,8 @@ export interface ControlPlaneOptions {
   listen?: string;
   /** Names the server certificate carries (clients verify one of them). */
   names?: { dns: string[]; ips: string[] };
+  /** What signs certificates; the built-in CA in the YAML's ca.dir by default (tests swap a misbehaving one in). */
+  signer?: CertificateAuthority;
   /** Workloads and services from this API server instead of the YAML. */
   kube?: KubeClient;
   log: Logger;
@@ -70,7 +73,7 @@ export class ControlPlane {
     const { ads, ca: caService } = grpcServices();
     server.addService(ads.service, xds.handlers());
     server.addService(caService.service, caServiceHandlers({
-      ca,
+      ca: opts.signer ?? ca,
       tokens: { authenticate },
       identitiesOn: (node) => self!.identitiesOn(node),
       log: log.child({ component: 'ca' }),
