@@ -9,7 +9,7 @@ import http from 'node:http';
 import { connectFromNetns } from '../../src/agent/netns';
 import { Datapath } from '../../src/datapath/loader';
 import { cleanupDatapath } from '../../src/datapath/status';
-import { collect, TIME_SCALE } from './proc';
+import { collect, TIME_SCALE, waitFor } from './proc';
 import { Topology, type TestNode, type TestPod } from './topology';
 
 export const PODAPP = path.resolve(__dirname, 'podapp.js');
@@ -59,6 +59,16 @@ export function assertNothingLeft(topo: Topology): void {
 
 export function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+}
+
+/** A node agent's config dump (its admin API on 127.0.0.1:15000 inside the node's netns). */
+export async function configDump<T>(node: { netnsPath: string }): Promise<T> {
+  return JSON.parse((await httpInNetns(node, '127.0.0.1', 15000, 'GET', '/config_dump')).body) as T;
+}
+
+/** Waits until a node agent answers 200 on /healthz/ready (it may not listen yet). */
+export function untilReady(node: { name: string; netnsPath: string }, timeoutMs = 30_000): Promise<unknown> {
+  return waitFor(`${node.name} ready`, async () => (await httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, timeoutMs, 100);
 }
 
 /** An HTTP request made from inside a node's netns. */

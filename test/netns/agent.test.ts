@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, untilReady, waitExit, workloadOf } from '../helpers/fixture';
 import { sh, waitForLine } from '../helpers/proc';
 import { Topology, type TestNode } from '../helpers/topology';
 
@@ -126,7 +126,7 @@ describe('ambit node (agent process)', () => {
       const changed = enrolledWith([pod.ip, '10.200.1.99']);
       fs.writeFileSync(configFile, YAML.stringify(cfg));
       await changed;
-      assert.equal((await httpInNetns(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready')).status, 200, 'nothing failed to enrol');
+      await untilReady(topo.nodes[0], 10_000); // a pod that failed to enrol would keep it at 503
       const server = topo.pod(2, 3);
       const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
       await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { parseConfig } from '../../src/state/config';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { assertNothingLeft, CLI, cleanupPins, configDump, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, untilReady, waitExit, workloadOf } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { SWITCH_IP, Topology, type TestNode, type TestPod } from '../helpers/topology';
 
@@ -58,7 +58,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     const want = parseConfig(fs.readFileSync(configFile, 'utf8')).policies.map((p) => `${p.namespace}/${p.name}`).sort();
     for (const node of topo.nodes) {
       await waitFor(`${node.name} to hold policies ${want.join(', ') || '(none)'}`, async () => {
-        const dump = JSON.parse((await httpInNetns(node, '127.0.0.1', 15000, 'GET', '/config_dump')).body) as { config: { policies: { namespace: string; name: string }[] } };
+        const dump = await configDump<{ config: { policies: { namespace: string; name: string }[] } }>(node);
         return JSON.stringify(dump.config.policies.map((p) => `${p.namespace}/${p.name}`).sort()) === JSON.stringify(want);
       }, 15_000, 100);
     }
@@ -88,7 +88,6 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   }
 
   const ready = (node: TestNode): Promise<{ status: number; body: string }> => httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready');
-  const untilReady = (node: TestNode): Promise<unknown> => waitFor(`${node.name} ready`, async () => (await ready(node).catch(() => ({ status: 0 }))).status === 200, 30_000, 100);
 
   async function serve(pod: TestPod, port: number): Promise<void> {
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', String(port)]);
@@ -156,7 +155,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal(viaVip.ok, 5, 'the service VIP resolves to its endpoint from xDS');
     const seen = await waitFor('the destination access log', () => logged(topo.nodes[1], 'connection complete', (l) => l.direction === 'inbound' && l['src.identity'] === `spiffe://${td}/ns/client/sa/sleep`));
     assert.equal(seen['dst.identity'], `spiffe://${td}/ns/server/sa/web`);
-    const dump = JSON.parse((await httpInNetns(topo.nodes[0], '127.0.0.1', 15000, 'GET', '/config_dump')).body) as { certificates: { identity: string }[] };
+    const dump = await configDump<{ certificates: { identity: string }[] }>(topo.nodes[0]);
     assert.deepEqual(dump.certificates.map((c) => c.identity).sort(), [`spiffe://${td}/ns/client/sa/sleep`, `spiffe://${td}/ns/other/sa/other`]);
   });
 
@@ -254,7 +253,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await untilApplied([ap('deny-other', 'server', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }] })]);
     assert.equal(await reaches(other(), db(), 8080), false, 'the new policy is enforced after the resync');
     assert.match((await httpInNetns(n1, '127.0.0.1', 15020, 'GET', '/metrics')).body, /^ambit_xds_connected 1$/m);
-    const dump = JSON.parse((await httpInNetns(n1, '127.0.0.1', 15000, 'GET', '/config_dump')).body) as { source: { connected: boolean; connects: number } };
+    const dump = await configDump<{ source: { connected: boolean; connects: number } }>(n1);
     assert.equal(dump.source.connected, true);
     assert.ok(dump.source.connects >= 2, 'reconnected');
     assert.equal(await reaches(sleep(), db(), 8080), true);
@@ -303,7 +302,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       assert.match(String(nack.err), new RegExp(`${db().uid}: addresses\\[0\\] "0ac8020c07" is not an IP address`));
       assert.ok(logged(n1, 'xDS response rejected (NACK); the last good state keeps serving'));
       assert.equal(await reaches(sleep(), db(), 8080), true, 'the last good state keeps serving');
-      const dump = JSON.parse((await httpInNetns(n1, '127.0.0.1', 15000, 'GET', '/config_dump')).body) as { config: { workloads: { uid: string; addresses: string[] }[] } };
+      const dump = await configDump<{ config: { workloads: { uid: string; addresses: string[] }[] } }>(n1);
       assert.deepEqual(dump.config.workloads.find((w) => w.uid === db().uid)?.addresses, [db().ip]);
     } finally {
       fixture.kill('SIGKILL');

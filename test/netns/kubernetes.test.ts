@@ -16,7 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import type { Pod } from '../../src/kube/types';
 import { fixture } from '../helpers/fake-kube';
-import { assertNothingLeft, CLI, cleanupPins, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit } from '../helpers/fixture';
+import { assertNothingLeft, CLI, cleanupPins, configDump, PODAPP, pinDirFor, requireRoot, untilReady, waitExit } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { SWITCH_IP, Topology, type TestNode, type TestPod } from '../helpers/topology';
 
@@ -77,7 +77,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
   }
 
   const dump = async (node: TestNode): Promise<{ pods: { uid: string; netns: string }[]; waitingPods: string[]; config: { workloads: { uid: string; protocol: string; serviceAccount: string }[] } }> =>
-    JSON.parse((await httpInNetns(node, '127.0.0.1', 15000, 'GET', '/config_dump')).body);
+    configDump(node);
   const enrolled = async (node: TestNode): Promise<string[]> => (await dump(node)).pods.map((p) => p.uid.split('/').pop()!).sort();
 
   /** podapp dial from inside a pod's container cgroup (so capture applies). */
@@ -150,7 +150,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     await waitForLine(cp, (l) => l.includes('control plane serving'), 'control plane serving');
     for (const node of topo.nodes) startAgent(node);
     for (const node of topo.nodes) {
-      await waitFor(`${node.name} ready`, async () => (await httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, 30_000, 100);
+      await untilReady(node);
     }
   });
 
