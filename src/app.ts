@@ -25,6 +25,7 @@ import { Metrics } from './observability/metrics';
 import type { Authorizer } from './policy/authorize';
 import { MeshStore } from './state/store';
 import type { MeshConfig, Workload } from './state/types';
+import type { TunnelLimits } from './tunnel/limits';
 import type { PoolOptions } from './tunnel/pool';
 import { Tunnel, type TunnelMode } from './tunnel/tunnel';
 
@@ -57,6 +58,8 @@ export interface DataPlaneContext {
   metrics: Metrics;
   mode: TunnelMode;
   authorizer: () => Authorizer;
+  /** Timeouts and caps of the tunnel (defaults for the ones not given). */
+  limits: Partial<TunnelLimits>;
   log: Logger;
 }
 
@@ -72,6 +75,8 @@ export interface NodeOptions {
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  /** Timeouts and caps of the tunnel; DEFAULT_LIMITS for the ones not given. */
+  limits?: Partial<TunnelLimits>;
   /**
    * Where pods are comes separately from what they are (xDS + --pods or
    * Kubernetes): a pod of this node whose netns and cgroup are not known
@@ -90,7 +95,7 @@ export class InProcessDataPlane implements DataPlane {
   readonly tunnel: Tunnel;
 
   constructor(ctx: DataPlaneContext, pool?: NodeOptions['pool']) {
-    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, log: ctx.log });
+    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, limits: ctx.limits, log: ctx.log });
   }
 
   addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
@@ -137,7 +142,7 @@ export class NodeApp {
     readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
-    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, log };
+    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, limits: opts.limits ?? {}, log };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
   }
 

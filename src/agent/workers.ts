@@ -137,7 +137,7 @@ export class WorkersDataPlane implements DataPlane {
       this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal }, 'worker exited; starting a replacement');
       this.spawn();
     });
-    this.send(w, { t: 'init', pinDir: this.opts.pinDir, mode: this.ctx.mode, config: this.ctx.store.config, logLevel: this.ctx.log.level });
+    this.send(w, { t: 'init', pinDir: this.opts.pinDir, mode: this.ctx.mode, config: this.ctx.store.config, logLevel: this.ctx.log.level, limits: this.ctx.limits });
     for (const c of this.ctx.certs.certificates()) this.send(w, { t: 'cert', cert: toWire(c) });
     for (const { pod, identity } of this.pods.values()) this.sendPod(w, pod, identity);
     return w;

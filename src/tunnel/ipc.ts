@@ -4,6 +4,7 @@
 // serves it. Certificates cross the pipe in PEM: a worker's keys, like the
 // agent's, live in memory only.
 import type { MeshConfig } from '../state/types';
+import type { TunnelLimits } from './limits';
 import type { TunnelMode } from './tunnel';
 
 export type ListenerRole = 'outbound' | 'inboundPlain' | 'inboundHbone';
@@ -13,7 +14,7 @@ export const ROLES: readonly ListenerRole[] = ['outbound', 'inboundPlain', 'inbo
 export interface WireCert { identity: string; chainPem: string; keyPem: string; rootsPem: string; notBefore: string; notAfter: string }
 
 export type ToWorker =
-  | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string }
+  | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string; limits: Partial<TunnelLimits> }
   | { t: 'config'; config: MeshConfig }
   | { t: 'cert'; cert: WireCert }
   | { t: 'pod'; uid: string; podId: number; identity: string; netns: string; role: ListenerRole }

@@ -11,6 +11,7 @@ import type { Authorizer } from '../policy/authorize';
 import type { MeshStore } from '../state/store';
 import { Inbound } from './inbound';
 import { attachOutbound } from './outbound';
+import { tunnelLimits, type TunnelLimits } from './limits';
 import { HbonePool, type PoolOptions } from './pool';
 import type { ServedPod } from './served-pod';
 
@@ -28,6 +29,8 @@ export interface TunnelDeps {
   metrics: Metrics;
   authorizer: () => Authorizer;
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  /** Timeouts and caps; DEFAULT_LIMITS for the ones not given. */
+  limits?: Partial<TunnelLimits>;
   log: Logger;
 }
 
@@ -35,6 +38,7 @@ interface Served { pod: ServedPod; inbound: Inbound; open: Set<net.Socket> }
 
 export class Tunnel {
   readonly pool: HbonePool;
+  readonly limits: TunnelLimits;
   private readonly pods = new Map<string, Served>();
 
   /** What decisions depend on besides the connection itself: the policies and which ones select each served pod. */
@@ -53,6 +57,7 @@ export class Tunnel {
   }
 
   constructor(private readonly deps: TunnelDeps) {
+    this.limits = tunnelLimits(deps.limits);
     this.pool = new HbonePool({ certs: deps.certs, log: deps.log, ...deps.pool });
     deps.metrics.trackPool(() => this.pool.stats());
     // New policies apply to open connections too.

@@ -69,7 +69,7 @@ export function runWorker(): void {
         store = new MeshStore(m.config);
         const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
         tunnel = new Tunnel({
-          store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, log,
+          store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, limits: m.limits, log,
         });
         send({ t: 'ready' });
         return;
