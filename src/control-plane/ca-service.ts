@@ -5,14 +5,21 @@
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
 import * as grpc from '@grpc/grpc-js';
 import type { Authenticate } from './xds-server';
-import * as x509 from '@peculiar/x509';
 import type { CertificateAuthority } from '../identity/ca';
+import { checkCsr } from '../identity/csr';
 import { parseSpiffe } from '../identity/spiffe';
 import type { Logger } from '../observability/log';
 import type { IstioCertificateRequest, IstioCertificateResponse } from '../protocol/messages';
 
 export const IMPERSONATED_IDENTITY = 'ImpersonatedIdentity';
 const DEFAULT_TTL_SECONDS = 86400;
+/**
+ * Asks up to this long are clamped to maxTtlSeconds, as clients (istio-agent,
+ * ztunnel) ask for 24 h whatever the server's maximum and must still get a
+ * certificate. Longer than a year is not a lifetime anyone means but a unit
+ * mistake (24 h in milliseconds is 86,400,000): refused so it is noticed.
+ */
+const ABSURD_TTL_SECONDS = 365 * 86400;
 
 export interface CaServiceDeps {
   ca: CertificateAuthority;
@@ -50,8 +57,11 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
     if ('code' in checked) return refuse(checked, { node });
     const { identity, ttl } = checked;
 
-    const csrError = await verifyCsr(call.request.csr);
-    if (csrError) return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity}: ${csrError}` }, { node, identity });
+    // Checked here rather than left to the CA, so a malformed CSR is the
+    // caller's INVALID_ARGUMENT whichever CA implementation signs; what is
+    // left to fail in sign() is the server's own fault.
+    const csr = await checkCsr(call.request.csr, identity);
+    if (!csr.ok) return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity} ${csr.reason}` }, { node, identity });
     let chain: string[];
     try {
       chain = await deps.ca.sign(call.request.csr, identity, ttl);
@@ -93,26 +103,11 @@ function checkRequest(
     return { code: grpc.status.PERMISSION_DENIED, details: `node ${node} asked for ${identity}, which no workload on ${node} runs as` };
   }
   const asked = Number(req.validity_duration ?? 0);
-  if (!Number.isFinite(asked) || asked < 0) return { code: grpc.status.INVALID_ARGUMENT, details: `validity_duration ${req.validity_duration} must be >= 0 seconds` };
+  if (!Number.isInteger(asked) || asked < 0 || asked > ABSURD_TTL_SECONDS) {
+    return {
+      code: grpc.status.INVALID_ARGUMENT,
+      details: `validity_duration ${req.validity_duration} must be whole seconds from 0 (the default, ${DEFAULT_TTL_SECONDS}) to ${ABSURD_TTL_SECONDS}; asks above ${maxTtl} are shortened to it`,
+    };
+  }
   return { identity, ttl: Math.min(asked === 0 ? DEFAULT_TTL_SECONDS : asked, maxTtl) };
-}
-
-/**
- * Checked here rather than left to the CA, so a malformed CSR is the
- * caller's INVALID_ARGUMENT whichever CA implementation signs.
- */
-async function verifyCsr(pem: string): Promise<string | undefined> {
-  if (!pem) return 'empty';
-  let csr: x509.Pkcs10CertificateRequest;
-  try {
-    csr = new x509.Pkcs10CertificateRequest(pem);
-  } catch (err) {
-    return `not a PEM PKCS#10 request (${(err as Error).message})`;
-  }
-  try {
-    if (!(await csr.verify())) return 'its signature does not match its public key';
-  } catch (err) {
-    return `cannot verify its signature (${(err as Error).message})`;
-  }
-  return undefined;
 }

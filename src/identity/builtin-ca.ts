@@ -9,6 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { AmbitError } from '../errors';
 import type { CertificateAuthority } from './ca';
+import { checkCsr } from './csr';
 import { parseSpiffe } from './spiffe';
 
 type CryptoKey = webcrypto.CryptoKey;
@@ -88,8 +89,13 @@ export class BuiltinCa implements CertificateAuthority {
   }
 
   async sign(csrPem: string, identity: string, ttlSeconds: number): Promise<string[]> {
-    const csr = new x509.Pkcs10CertificateRequest(csrPem);
-    if (!(await csr.verify())) throw new AmbitError('AMBIT_E_CONFIG', `CSR for ${identity} has a bad signature`);
+    // The CA service's checks but the SAN's (the caller decides the
+    // identity), so a caller in this process gets the reason (wrong key
+    // type, bad signature) instead of a failure deep in key export.
+    const checked = await checkCsr(csrPem);
+    if (!checked.ok) throw new AmbitError('AMBIT_E_CA', `CSR for ${identity} ${checked.reason}`);
+    if (!(Number.isFinite(ttlSeconds) && ttlSeconds > 0)) throw new AmbitError('AMBIT_E_CA', `certificate lifetime ${ttlSeconds} s for ${identity} must be > 0`);
+    const csr = checked.csr;
     const now = Date.now();
     const leaf = await this.issue(csr.publicKey, identity, { notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + ttlSeconds * 1000) });
     return [leaf, this.rootPem];

@@ -15,6 +15,7 @@ import { NodeTokens } from '../../src/control-plane/tokens';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { IstioCaClient, type IstioCaClientOptions } from '../../src/identity/ca-client';
 import { requestCertificate } from '../../src/identity/cert-manager';
+import { csrWith, flipSignature } from '../helpers/csr-forge';
 import type { IstioCertificateRequest, IstioCertificateResponse } from '../../src/protocol/messages';
 import { grpcServices } from '../../src/protocol/protos';
 
@@ -198,7 +199,7 @@ test('requests without ImpersonatedIdentity or with a bad CSR are INVALID_ARGUME
   const c = client({ tokenFile: tokenFile('n1-bad-csr', TOKEN_N1) });
   try {
     await assert.rejects(requestCertificate(own, ID_N1, 600), /INVALID_ARGUMENT: metadata\.ImpersonatedIdentity is missing: .*node n1's own identity, which ambit's control plane does not issue/);
-    await assert.rejects(c.sign('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n', ID_N1, 600), /INVALID_ARGUMENT: csr for spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep: not a PEM PKCS#10 request/);
+    await assert.rejects(c.sign('-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n', ID_N1, 600), /INVALID_ARGUMENT: csr for spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep is not a PEM PKCS#10 request/);
   } finally {
     own.close();
     c.close();
@@ -237,4 +238,58 @@ test('a client that does not trust the server certificate fails as unreachable',
   } finally {
     c.close();
   }
+});
+
+test('every malformed CSR is INVALID_ARGUMENT naming what is wrong and what is expected, never INTERNAL', async () => {
+  const c = client({ tokenFile: tokenFile('n1-csr-zoo', TOKEN_N1) });
+  const P384 = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' };
+  const RSA = { name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' };
+  const cases: [string, string, RegExp][] = [
+    ['RSA key', await csrWith({ alg: RSA, sans: [ID_N1] }), /has an RSA 2048-bit key; expected an ECDSA P-256 key/],
+    ['P-384 key', await csrWith({ alg: P384, sans: [ID_N1] }), /has an EC secp384r1 key; expected an ECDSA P-256 key/],
+    ['garbage', 'hello, CA', /is not PEM with a "-----BEGIN CERTIFICATE REQUEST-----" block/],
+    ['a certificate, not a request', ca.rootPem, /is not PEM with a "-----BEGIN CERTIFICATE REQUEST-----" block/],
+    ['empty', '', /is empty; expected a PEM "CERTIFICATE REQUEST"/],
+    ['too large', `${await csrWith({ sans: [ID_N1] })}${'#'.repeat(20_000)}`, /is \d+ bytes; at most 16384 are accepted/],
+    ['bad signature', flipSignature(await csrWith({ sans: [ID_N1] })), /signature that does not match its public key/],
+    ['no SAN', await csrWith({ sans: [] }), /has no subjectAltName extension; expected exactly one URI SAN, spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep/],
+    ['two SANs', await csrWith({ sans: [ID_N1, ID_N2] }), /names 2 SANs \(url:spiffe:\/\/.*sleep, url:spiffe:\/\/.*httpbin\); expected exactly one URI SAN/],
+    ['DNS SAN', await csrWith({ sans: [], dns: ['sleep.default.svc'] }), /names dns:sleep\.default\.svc; expected exactly one URI SAN/],
+    ['not SPIFFE', await csrWith({ sans: ['https://example.com/sleep'] }), /names "https:\/\/example\.com\/sleep", not spiffe:\/\/<trust domain>/],
+    ['wrong identity', await csrWith({ sans: [ID_N2] }), /names spiffe:\/\/cluster\.local\/ns\/default\/sa\/httpbin, not the identity asked for; expected exactly one URI SAN, spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep/],
+  ];
+  try {
+    for (const [what, csr, reason] of cases) {
+      await assert.rejects(c.sign(csr, ID_N1, 600), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'AMBIT_E_CA', what);
+        assert.match(e.message, /refused spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep: INVALID_ARGUMENT: csr for spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep /, `${what}: ${e.message}`);
+        assert.match(e.message, reason, `${what}: ${e.message}`);
+        return true;
+      }, what);
+    }
+  } finally {
+    c.close();
+  }
+});
+
+test('validity_duration: negative or beyond a year is INVALID_ARGUMENT (a unit mistake); up to a year is clamped to the maximum', async () => {
+  const c = client({ tokenFile: tokenFile('n1-ttl', TOKEN_N1) });
+  try {
+    for (const ttl of [-1, 86_400_000, 366 * 86400]) {
+      await assert.rejects(c.sign(await csrFor(ID_N1), ID_N1, ttl), (e: Error) => {
+        assert.match(e.message, new RegExp(`INVALID_ARGUMENT: validity_duration ${ttl} must be whole seconds from 0 \\(the default, 86400\\) to 31536000; asks above ${MAX_TTL} are shortened to it`), e.message);
+        return true;
+      }, String(ttl));
+    }
+    const chain = await c.sign(await csrFor(ID_N1), ID_N1, 365 * 86400);
+    const seconds = (new Date(new X509Certificate(chain[0]).validTo).getTime() - Date.now()) / 1000;
+    assert.ok(seconds > MAX_TTL - 60 && seconds <= MAX_TTL, `lifetime ${seconds} s`);
+  } finally {
+    c.close();
+  }
+});
+
+test('the built-in CA itself refuses a non-P-256 key with its reason, not an export failure', async () => {
+  const rsa = await csrWith({ alg: { name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, sans: [ID_N1] });
+  await assert.rejects(ca.sign(rsa, ID_N1, 600), (e: Error & { code?: string }) => e.code === 'AMBIT_E_CA' && /has an RSA 2048-bit key; expected an ECDSA P-256 key/.test(e.message));
 });
