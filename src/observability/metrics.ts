@@ -124,4 +124,25 @@ export class Metrics {
   failure(direction: 'outbound' | 'inbound', reason: string): void {
     this.failures.inc({ direction, reason });
   }
+
+  /**
+   * Removes the TCP series that name a workload no longer in the mesh, so
+   * the number of series follows the mesh, not the history of who came and
+   * went. A connection of a removed workload still open when it closes
+   * brings its series back until the next change.
+   */
+  async pruneWorkloads(present: (namespace: string, name: string) => boolean): Promise<number> {
+    let removed = 0;
+    const gone = (ns: string, name: string): boolean => name !== UNKNOWN && ns !== UNKNOWN && !present(ns, name);
+    for (const c of [this.opened, this.closed, this.sent, this.received]) {
+      for (const { labels } of (await c.get()).values) {
+        const l = labels as TcpLabels;
+        if (gone(l.source_workload_namespace, l.source_workload) || gone(l.destination_workload_namespace, l.destination_workload)) {
+          c.remove(labels as Partial<Record<string, string>>);
+          removed++;
+        }
+      }
+    }
+    return removed;
+  }
 }
