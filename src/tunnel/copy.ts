@@ -2,6 +2,8 @@
 // streams): backpressure through pipe(), half-close carried across (the end
 // of one direction ends only that direction — for an HTTP/2 stream that is
 // END_STREAM, never a reset), and an error on either side tears down both.
+// The promise always settles: a side already closed when the copy starts
+// (a peer that reset in between) counts as closed, not as a wait forever.
 import type { Duplex } from 'node:stream';
 
 export interface CopyResult { sent: number; received: number; error?: Error }
@@ -22,8 +24,16 @@ export function copyBidirectional(a: Duplex, b: Duplex, onError: (err: Error) =>
     };
     a.on('data', (d: Buffer) => { r.sent += d.length; });
     b.on('data', (d: Buffer) => { r.received += d.length; });
-    a.on('error', fail).once('close', done);
-    b.on('error', fail).once('close', done);
+    for (const s of [a, b]) {
+      s.on('error', fail);
+      if (s.closed) queueMicrotask(done);
+      else s.once('close', done);
+    }
+    if (a.destroyed || b.destroyed) {
+      a.destroy();
+      b.destroy();
+      return;
+    }
     a.pipe(b);
     b.pipe(a);
   });

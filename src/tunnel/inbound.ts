@@ -2,6 +2,9 @@
 // TLS with the pod's own certificate, then HTTP/2 CONNECT) and captured
 // plaintext on :15006. Both ask the authorizer, then dial the app from
 // inside the pod's netns; HBONE answers 200 only once that connect worked.
+// Everything here is driven by peers, so every socket and stream has its
+// error handled where it appears, every wait a deadline, and every refusal
+// is a reason in a metric and a rate-limited log line, never an exception.
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -11,25 +14,34 @@ import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
+import { RateLimitedLog } from '../observability/rate-limited';
 import type { Workload } from '../state/types';
 import type { Authorizer, ConnectionFacts, Decision } from '../policy/authorize';
+import { Admission } from './admission';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
+import type { TunnelLimits } from './limits';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
 import type { ServedPod } from './served-pod';
+import { ServerSessions } from './server-sessions';
+import { verifiedService, verifiedSource, type MeshView } from './source';
 
 const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
+const ignore = (): void => undefined;
 
 export interface InboundDeps {
   certs: CertProvider;
   trustDomain: () => string;
   authorizer: () => Authorizer;
-  /** Dials the app from inside the pod. */
+  /** Dials the app from inside the pod; throws when the pod's netns is gone. */
   dialInPod: (pod: ServedPod, ip: string, port: number) => net.Socket;
-  /** The workload at an address, for plaintext peers (which present no identity). */
-  workloadByIp: (ip: string) => Workload | undefined;
+  /** The mesh state: which workload holds an address and what identity it runs as. */
+  mesh: MeshView;
+  limits: TunnelLimits;
   metrics: Metrics;
   log: Logger;
+  /** Warnings a peer can trigger, shared by the tunnel's pods. */
+  warn: RateLimitedLog;
 }
 
 export class Inbound {
@@ -38,7 +50,10 @@ export class Inbound {
   private readonly onCert: (id: string, c: WorkloadCert) => void;
   /** TLS handshakes completed on :15008 (tests count pooled-session reuse with it). */
   handshakes = 0;
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly sessions: ServerSessions;
+  private readonly admission: Admission;
+  /** Set when the pod leaves the tunnel: streams on sessions still open are refused. */
+  private closed = false;
   /** The peer identity (or why there is none) of each TLS connection: checked once, not per stream. */
   private readonly peers = new WeakMap<tls.TLSSocket, ReturnType<typeof peerIdentity>>();
   /** Connections delivered to the app, re-checked when the policies change. */
@@ -47,43 +62,85 @@ export class Inbound {
   /** cert undefined: plain mode, HBONE connections are refused. */
   constructor(private readonly pod: ServedPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
     this.log = deps.log.child({ pod: pod.workload.uid });
+    const { limits } = deps;
+    this.admission = new Admission(limits);
+    this.sessions = new ServerSessions(limits, (session, reason) => {
+      this.deps.metrics.failure('inbound', reason);
+      this.warn(reason, { peer: session.socket?.remoteAddress }, reason === 'session_idle' ? 'idle HBONE session closed' : 'HBONE session closed: no HTTP/2 preface in time');
+    });
     this.onCert = (id, c) => { if (id === identity) this.server?.setSecureContext(serverTlsOptions(c)); };
-    pod.inboundPlain.on('connection', (s: net.Socket) => this.onPlain(s));
+    pod.inboundPlain.on('connection', (s: net.Socket) => this.guard('plaintext', () => this.onPlain(s), () => s.destroy()));
     if (!cert) {
-      pod.inboundHbone.on('connection', (s: net.Socket) => s.destroy());
+      pod.inboundHbone.on('connection', (s: net.Socket) => { s.on('error', ignore); s.destroy(); });
       return;
     }
     const server = http2.createSecureServer({
       ...serverTlsOptions(cert),
-      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, maxConcurrentStreams: 200 },
+      handshakeTimeout: limits.serverHandshakeMs,
+      // A client that does not offer h2 is closed at once, not after Node's 10 s.
+      unknownProtocolTimeout: 1,
+      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, maxConcurrentStreams: limits.serverMaxStreams },
     });
     this.server = server;
-    server.on('secureConnection', (s: tls.TLSSocket) => this.checkPeer(s));
-    server.on('session', (session) => {
-      this.sessions.add(session);
-      session.once('close', () => this.sessions.delete(session));
-      session.once('connect', () => session.setLocalWindowSize(CONNECTION_WINDOW));
+    server.on('secureConnection', (s: tls.TLSSocket) => { this.admission.handshakeDone(s); this.guard('peer check', () => this.checkPeer(s), () => s.destroy()); });
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, s: tls.TLSSocket) => {
+      this.admission.handshakeDone(s);
+      const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'tls_handshake_timeout' : 'tls_handshake';
+      this.deps.metrics.failure('inbound', reason);
+      this.warn(reason, { peer: s.remoteAddress, err: err.message }, 'HBONE connection refused');
     });
-    server.on('stream', (stream, headers) => this.onStream(stream, headers));
-    server.on('tlsClientError', (err, s) => this.log.warn({ peer: s.remoteAddress, err: err.message, reason: 'tls_handshake' }, 'HBONE connection refused'));
+    server.on('unknownProtocol', (s: tls.TLSSocket) => {
+      this.deps.metrics.failure('inbound', 'not_h2');
+      this.warn('not_h2', { peer: s.remoteAddress }, 'HBONE connection refused: the client did not offer HTTP/2 (ALPN h2)');
+      s.destroy();
+    });
+    server.on('sessionError', (err: Error, session: http2.ServerHttp2Session) => this.warn('session_error', { peer: session.socket?.remoteAddress, err: err.message }, 'HBONE session failed'));
+    server.on('session', (session: http2.ServerHttp2Session) => {
+      this.sessions.add(session);
+      session.once('connect', () => { if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW); });
+    });
+    server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+      // Before anything else: a peer may reset the stream at any moment.
+      stream.on('error', ignore);
+      this.guard('stream', () => this.onStream(stream, headers), () => respond(stream, 503));
+    });
     // Certificate rotation: new handshakes use the new certificate, open sessions carry on.
     deps.certs.on('updated', this.onCert);
     pod.inboundHbone.on('connection', (s: net.Socket) => {
+      s.on('error', ignore); // the TLS socket over it reports; a reset while queued must not throw
+      const refused = this.admission.admit(s);
+      if (refused) {
+        this.deps.metrics.failure('inbound', refused);
+        this.warn(refused, { peer: s.remoteAddress, ...this.admission.stats() }, 'HBONE connection refused: over a connection cap');
+        s.destroy();
+        return;
+      }
       s.setNoDelay(true);
       s.setKeepAlive(true, 30_000);
       server.emit('connection', s);
     });
   }
 
+  /**
+   * The pod leaves the tunnel: GOAWAY to every HBONE peer and no new
+   * stream or plaintext connection is served (its netns may be closed
+   * next); connections already delivered carry on.
+   */
   close(): void {
+    this.closed = true;
     this.deps.certs.off('updated', this.onCert);
     this.server?.close();
+    this.sessions.close();
   }
 
   /** GOAWAY to every HBONE peer: no new streams here; open ones finish. */
   drain(): void {
     this.close();
-    for (const s of this.sessions) s.close();
+  }
+
+  /** Sessions open on :15008 and what admission holds (tests and debugging). */
+  stats(): { sessions: number; pending: number; open: number } {
+    return { sessions: this.sessions.size, ...this.admission.stats() };
   }
 
   /**
@@ -106,7 +163,7 @@ export class Inbound {
 
   /** The pod's workload as the current state describes it (its policy list can change without re-enrolment). */
   private workload(): Workload {
-    return this.deps.workloadByIp(this.pod.workload.addresses[0]) ?? this.pod.workload;
+    return this.deps.mesh.workloadByIp(this.pod.workload.addresses[0]) ?? this.pod.workload;
   }
 
   private authorize(facts: Omit<ConnectionFacts, 'dst'>, connId?: string): Decision {
@@ -122,6 +179,21 @@ export class Inbound {
     void done.finally(() => this.authorized.delete(entry));
   }
 
+  private warn(reason: string, fields: Record<string, unknown>, msg: string): void {
+    this.deps.warn.warn(reason, { pod: this.pod.workload.uid, ...fields }, msg);
+  }
+
+  /** Runs a handler a peer drives; a bug in it costs that connection, never the process. */
+  private guard(what: string, fn: () => void, onFail: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.deps.metrics.failure('inbound', 'internal');
+      this.warn('internal', { what, err: (err as Error).stack ?? String(err) }, 'inbound handler failed: connection closed');
+      try { onFail(); } catch { /* already gone */ }
+    }
+  }
+
   private peerOf(s: tls.TLSSocket): ReturnType<typeof peerIdentity> {
     let peer = this.peers.get(s);
     if (!peer) this.peers.set(s, (peer = peerIdentity(s, this.deps.trustDomain())));
@@ -131,7 +203,8 @@ export class Inbound {
   private checkPeer(s: tls.TLSSocket): void {
     const peer = this.peerOf(s);
     if ('error' in peer) {
-      this.log.warn({ peer: s.remoteAddress, reason: 'peer_identity', err: peer.error }, 'HBONE connection refused');
+      this.deps.metrics.failure('inbound', 'peer_identity');
+      this.warn('peer_identity', { peer: s.remoteAddress, err: peer.error }, 'HBONE connection refused');
       s.destroy();
       return;
     }
@@ -144,10 +217,11 @@ export class Inbound {
     const srcIp = tlsSocket?.remoteAddress ?? '';
     const connId = connIdOf(headers.traceparent);
     const refuse = (status: number, reason: string, extra: Record<string, unknown> = {}): void => {
-      this.log.warn({ conn_id: connId, src: srcIp, authority: headers[':authority'], status, reason, ...extra }, 'HBONE stream refused');
       this.deps.metrics.failure('inbound', reason);
-      if (!stream.destroyed) stream.respond({ ':status': status }, { endStream: true });
+      this.warn(reason, { conn_id: connId, src: srcIp, authority: headers[':authority'], status, ...extra }, 'HBONE stream refused');
+      respond(stream, status);
     };
+    if (this.closed) return refuse(503, 'pod_removed');
     if (headers[':method'] !== 'CONNECT') return refuse(400, 'not_connect');
     const target = parseAuthority(headers[':authority']);
     if (!target) return refuse(400, 'bad_authority');
@@ -161,66 +235,129 @@ export class Inbound {
     const decision = this.authorize(facts, connId);
     if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
 
-    const src = sourceFromBaggage(headers.baggage);
-    const service = forwardedHost(headers.forwarded);
-    const finish = accessLog(this.log, {
-      conn_id: connId, direction: 'inbound', 'src.addr': srcIp, 'src.workload': src?.name, 'src.namespace': src?.namespace, 'src.identity': srcIdentity,
-      'dst.addr': `${target.ip}:${target.port}`, 'dst.hbone_addr': `${target.ip}:${PORT_INBOUND_HBONE}`, 'dst.service': service,
-      'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace, 'dst.identity': this.identity,
-      policy: decision.policy,
-    });
-    const upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
-    const onConnectError = (err: Error): void => refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
-    upstream.once('error', onConnectError);
-    upstream.once('connect', () => {
+    let upstream: net.Socket;
+    try {
+      upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
+    } catch (err) {
+      return refuse(503, 'upstream_dial', { err: (err as Error).message, code: (err as NodeJS.ErrnoException).code });
+    }
+    // Until the app answers, the stream and the dial wait on each other; each outcome settles both once.
+    let settled = false;
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      stream.off('close', onStreamGone);
       upstream.off('error', onConnectError);
-      if (stream.destroyed) { upstream.destroy(); return; }
-      stream.respond({ ':status': 200 });
-      const closed = this.deps.metrics.open(tcpLabels({
-        reporter: 'destination', src, srcPrincipal: srcIdentity, dst: this.pod.workload, dstPrincipal: this.identity, service, mtls: true,
-      }));
-      const copied = copyBidirectional(stream, upstream).then((r) => {
-        closed({ fromSource: r.sent, toSource: r.received });
-        finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
-      });
-      this.track(facts, connId, () => { stream.close(http2.constants.NGHTTP2_CANCEL); upstream.destroy(); }, copied);
+      return true;
+    };
+    const onConnectError = (err: Error): void => {
+      if (!settle()) return;
+      upstream.destroy();
+      refuse(503, 'upstream_connect', { err: (err as NodeJS.ErrnoException).code ?? err.message });
+    };
+    const onStreamGone = (): void => {
+      if (!settle()) return;
+      upstream.destroy();
+      this.deps.metrics.failure('inbound', 'reset_before_connect');
+      this.warn('reset_before_connect', { conn_id: connId, src: srcIp, rst: stream.rstCode }, 'HBONE stream closed by the peer before the app answered');
+    };
+    const timer = setTimeout(() => {
+      if (!settle()) return;
+      upstream.destroy();
+      refuse(503, 'upstream_timeout', { after_ms: this.deps.limits.upstreamDialMs });
+    }, this.deps.limits.upstreamDialMs).unref();
+    upstream.on('error', onConnectError);
+    stream.once('close', onStreamGone);
+    upstream.once('connect', () => {
+      if (!settle()) return;
+      upstream.on('error', ignore); // the copy reports from here on
+      if (!respond(stream, 200, false)) { upstream.destroy(); return; }
+      this.deliver(stream, upstream, { srcIp, srcIdentity, connId, target, decision, facts, headers });
     });
+  }
+
+  /** The CONNECT was answered 200: copy bytes, with labels and log fields from verified facts only. */
+  private deliver(stream: http2.ServerHttp2Stream, upstream: net.Socket, c: {
+    srcIp: string; srcIdentity: string; connId?: string; target: { ip: string; port: number }; decision: Decision;
+    facts: Omit<ConnectionFacts, 'dst'>; headers: http2.IncomingHttpHeaders;
+  }): void {
+    const { mesh } = this.deps;
+    const src = verifiedSource(mesh, c.srcIp, c.srcIdentity, sourceFromBaggage(c.headers.baggage));
+    const service = verifiedService(mesh, forwardedHost(c.headers.forwarded), this.workload());
+    const finish = accessLog(this.log, {
+      conn_id: c.connId, direction: 'inbound', 'src.addr': c.srcIp, 'src.workload': src.workload?.name, 'src.namespace': src.namespace, 'src.identity': c.srcIdentity,
+      'dst.addr': `${c.target.ip}:${c.target.port}`, 'dst.hbone_addr': `${c.target.ip}:${PORT_INBOUND_HBONE}`, 'dst.service': service,
+      'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace, 'dst.identity': this.identity,
+      policy: c.decision.policy,
+    });
+    const closed = this.deps.metrics.open(tcpLabels({
+      reporter: 'destination', src: src.workload, srcPrincipal: c.srcIdentity, dst: this.pod.workload, dstPrincipal: this.identity, service, mtls: true,
+    }));
+    const copied = copyBidirectional(stream, upstream).then((r) => {
+      closed({ fromSource: r.sent, toSource: r.received });
+      finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
+    });
+    this.track(c.facts, c.connId, () => { stream.close(http2.constants.NGHTTP2_CANCEL); upstream.destroy(); }, copied);
   }
 
   /** Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer without identity. */
   private onPlain(client: net.Socket): void {
+    client.on('error', ignore); // a peer's reset before the copy starts is no error of ours
     // A client that reset before we got to it has no addresses any more: nothing to serve.
     if (!client.localAddress || !client.remoteAddress) return void client.destroy();
     client.setNoDelay(true);
-    const ip = client.localAddress ?? '';
+    const ip = client.localAddress;
     const port = client.localPort ?? 0;
-    const srcIp = client.remoteAddress ?? '';
-    if (TUNNEL_PORTS.has(port)) {
-      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'tunnel_port' }, 'plaintext connection refused');
-      this.deps.metrics.failure('inbound', 'tunnel_port');
+    const srcIp = client.remoteAddress;
+    const refuse = (reason: string, extra: Record<string, unknown> = {}): void => {
+      this.deps.metrics.failure('inbound', reason);
+      this.warn(`plain_${reason}`, { src: srcIp, dst: `${ip}:${port}`, ...extra }, 'plaintext connection refused');
       client.destroy();
-      return;
-    }
+    };
+    if (this.closed) return refuse('pod_removed');
+    if (TUNNEL_PORTS.has(port)) return refuse('tunnel_port');
     const facts = { srcIp, dstIp: ip, dstPort: port };
     const decision = this.authorize(facts);
-    if (!decision.allow) {
-      this.log.warn({ src: srcIp, dst: `${ip}:${port}`, reason: 'denied', policy: decision.policy, why: decision.reason }, 'plaintext connection refused');
-      this.deps.metrics.failure('inbound', 'denied');
-      client.destroy();
-      return;
+    if (!decision.allow) return refuse('denied', { policy: decision.policy, why: decision.reason });
+    let upstream: net.Socket;
+    try {
+      upstream = this.deps.dialInPod(this.pod, ip, port);
+    } catch (err) {
+      return refuse('upstream_dial', { err: (err as Error).message });
     }
-    const src = this.deps.workloadByIp(srcIp);
+    // No identity to check: the address is all a plaintext peer has, and the mesh state says whose it is.
+    const src = this.deps.mesh.workloadByIp(srcIp);
     const finish = accessLog(this.log, {
       direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'src.workload': src?.name, 'src.namespace': src?.namespace,
       'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace,
       policy: decision.policy,
     });
+    const timer = setTimeout(() => {
+      this.deps.metrics.failure('inbound', 'upstream_timeout');
+      this.warn('plain_upstream_timeout', { src: srcIp, dst: `${ip}:${port}`, after_ms: this.deps.limits.upstreamDialMs }, 'plaintext connection closed: the app did not accept in time');
+      upstream.destroy(new Error(`the app did not accept within ${this.deps.limits.upstreamDialMs} ms`));
+    }, this.deps.limits.upstreamDialMs).unref();
+    let connected = false;
+    upstream.once('connect', () => { connected = true; clearTimeout(timer); });
+    upstream.once('close', () => clearTimeout(timer));
+    upstream.once('error', (err: NodeJS.ErrnoException) => { if (!connected) this.deps.metrics.failure('inbound', 'upstream_connect'); void err; });
     const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
-    const upstream = this.deps.dialInPod(this.pod, ip, port);
     const copied = copyBidirectional(client, upstream).then((r) => {
       closed({ fromSource: r.sent, toSource: r.received });
       finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
     });
     this.track(facts, undefined, () => { client.destroy(); upstream.destroy(); }, copied);
+  }
+}
+
+/** Answers a stream if it can still be answered; false when the peer is already gone. */
+function respond(stream: http2.ServerHttp2Stream, status: number, endStream = true): boolean {
+  if (stream.destroyed || stream.closed || stream.headersSent) return false;
+  try {
+    stream.respond({ ':status': status }, { endStream });
+    return true;
+  } catch {
+    return false; // the session went away between the check and the write
   }
 }

@@ -14,6 +14,8 @@ export interface TunnelLimits {
   sessionIdleMs: number;
   /** TLS handshakes in progress at once on one pod's :15008; past it new connections are closed at once. */
   maxPendingHandshakes: number;
+  /** TLS handshakes in progress at once on one pod's :15008 from one source address: one peer cannot take all the pod's slots. */
+  maxPendingHandshakesPerSource: number;
   /** Open TCP connections to one pod's :15008 from one source address. */
   maxConnectionsPerSource: number;
   /** Streams per client session unless the peer allows fewer (its SETTINGS_MAX_CONCURRENT_STREAMS). */
@@ -31,6 +33,7 @@ export const DEFAULT_LIMITS: TunnelLimits = {
   upstreamDialMs: 10_000,
   sessionIdleMs: 5 * 60_000,
   maxPendingHandshakes: 128,
+  maxPendingHandshakesPerSource: 32,
   maxConnectionsPerSource: 256,
   maxStreamsPerSession: 100,
   serverMaxStreams: 200,

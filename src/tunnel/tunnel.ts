@@ -7,6 +7,7 @@ import type { DatapathMaps } from '../datapath/maps';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import type { Logger } from '../observability/log';
 import type { Metrics } from '../observability/metrics';
+import { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer } from '../policy/authorize';
 import type { MeshStore } from '../state/store';
 import { Inbound } from './inbound';
@@ -14,6 +15,7 @@ import { attachOutbound } from './outbound';
 import { tunnelLimits, type TunnelLimits } from './limits';
 import { HbonePool, type PoolOptions } from './pool';
 import type { ServedPod } from './served-pod';
+import { workloadPresent } from './source';
 
 export type { ServedPod } from './served-pod';
 
@@ -40,10 +42,16 @@ export class Tunnel {
   readonly pool: HbonePool;
   readonly limits: TunnelLimits;
   private readonly pods = new Map<string, Served>();
+  /** Warnings peers can trigger, one line per reason per interval for all served pods. */
+  private readonly warn: RateLimitedLog;
 
   /** What decisions depend on besides the connection itself: the policies and which ones select each served pod. */
   private policyView = '';
   private readonly onStateChanged = (): void => {
+    // Series of workloads that left go with them: cardinality follows the mesh.
+    const cfg = this.deps.store.config;
+    this.deps.metrics.pruneWorkloads((ns, name) => workloadPresent(cfg, ns, name))
+      .catch((err: Error) => this.deps.log.warn({ err: err.message }, 'removing the metric series of departed workloads failed'));
     // Most changes (pods coming and going elsewhere) cannot change a verdict: re-check only when policies could.
     const view = this.currentPolicyView();
     if (view === this.policyView) return;
@@ -58,6 +66,7 @@ export class Tunnel {
 
   constructor(private readonly deps: TunnelDeps) {
     this.limits = tunnelLimits(deps.limits);
+    this.warn = new RateLimitedLog(deps.log);
     this.pool = new HbonePool({ certs: deps.certs, log: deps.log, ...deps.pool });
     deps.metrics.trackPool(() => this.pool.stats());
     // New policies apply to open connections too.
@@ -77,9 +86,11 @@ export class Tunnel {
       trustDomain: () => deps.store.trustDomain,
       authorizer: deps.authorizer,
       dialInPod: (p, ip, port) => p.netns.connect(ip, port),
-      workloadByIp: (ip) => deps.store.workloadByIp(ip),
+      mesh: deps.store,
+      limits: this.limits,
       metrics: deps.metrics,
       log: deps.log,
+      warn: this.warn,
     });
     attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
     this.pods.set(pod.workload.uid, { pod, inbound, open });
@@ -102,6 +113,11 @@ export class Tunnel {
     let n = 0;
     for (const s of this.pods.values()) n += s.inbound.handshakes;
     return n;
+  }
+
+  /** What one served pod's :15008 holds: sessions, handshakes in progress, open connections. */
+  inboundStats(uid: string): { sessions: number; pending: number; open: number } | undefined {
+    return this.pods.get(uid)?.inbound.stats();
   }
 
   /**
