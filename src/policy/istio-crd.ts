@@ -8,8 +8,10 @@
 //   skipped with a warning.
 // - Each rule's `from` and `to` become one clause each (one match per entry);
 //   each `when` condition its own clause.
-// - Unknown fields are problems: a misspelt `from` would turn an ALLOW rule
-//   into "allow everything".
+// - Unknown fields are problems, with the field probably meant: a misspelt
+//   `from` would turn an ALLOW rule into "allow everything", a misspelt
+//   `selector` widen a policy to the whole namespace. metadata takes every
+//   field Kubernetes defines, so exported objects (kubectl get -o yaml) load.
 // - PeerAuthentication: the effective mode of each workload (selector >
 //   namespace > mesh; UNSET inherits; DISABLE acts as PERMISSIVE) becomes,
 //   like istiod's STRICT, a DENY of peers without identity; port-level modes
@@ -18,6 +20,7 @@
 //   governs. Among rivals at one level the oldest (creationTimestamp, then
 //   document order) wins.
 import net from 'node:net';
+import { unknownKeyHint } from '../state/schema';
 import type { Workload } from '../state/types';
 import { matchOf } from './engine';
 import { policyKey, type Authorization, type Clause, type IpBlock, type Match, type PolicyAction, type Rule, type StringMatch } from './types';
@@ -31,6 +34,9 @@ export interface IstioPolicies { policies: Authorization[]; warnings: string[] }
 
 const API_VERSIONS = ['security.istio.io/v1', 'security.istio.io/v1beta1'];
 const KINDS = ['AuthorizationPolicy', 'PeerAuthentication'];
+/** Kubernetes ObjectMeta (clusterName: before 1.25), so objects exported from a cluster are accepted as they are. */
+const METADATA = ['name', 'namespace', 'generateName', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp',
+  'deletionTimestamp', 'deletionGracePeriodSeconds', 'ownerReferences', 'finalizers', 'managedFields', 'selfLink', 'clusterName'];
 const MODES: Mode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
 const DNS = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const L4_ONLY = 'a node tunnel sees only L4';
@@ -56,7 +62,7 @@ class Doc {
     if (v === undefined) return undefined;
     if (!isObj(v)) { this.problem(rel, v, what); return undefined; }
     for (const k of Object.keys(v)) {
-      if (keys && !keys.includes(k)) this.problem(rel ? `${rel}.${k}` : k, v[k], `unknown field; expected one of ${keys.join(', ')}`);
+      if (keys && !keys.includes(k)) this.problem(rel ? `${rel}.${k}` : k, v[k], unknownKeyHint(k, keys));
     }
     return v;
   }
@@ -294,12 +300,13 @@ function header(raw: unknown, at: string, order: number, report: Report, warning
   if (!o) return undefined;
   if (!API_VERSIONS.includes(o.apiVersion as string)) d.problem('apiVersion', o.apiVersion, `must be ${API_VERSIONS.join(' or ')}`);
   if (!KINDS.includes(o.kind as string)) d.problem('kind', o.kind, `must be ${KINDS.join(' or ')}`);
-  const meta = d.obj(o.metadata, 'metadata', 'must be a map with name and namespace') ?? {};
+  const meta = d.obj(o.metadata, 'metadata', 'must be a map with name and namespace', METADATA) ?? {};
   for (const k of ['name', 'namespace'] as const) {
     if (typeof meta[k] === 'string' && DNS.test(meta[k] as string)) d[k] = meta[k] as string;
     else d.problem(`metadata.${k}`, meta[k], 'is required: lower-case letters, digits, - and .');
   }
   d.annotations = d.obj(meta.annotations, 'metadata.annotations', 'must be a map of string to string') ?? {};
+  d.obj(meta.labels, 'metadata.labels', 'must be a map of string to string');
   d.created = typeof meta.creationTimestamp === 'string' ? meta.creationTimestamp : '';
   d.spec = o.spec === undefined || o.spec === null ? {} : (o.spec as Obj);
   return d.problems === 0 ? { doc: d, kind: o.kind as string } : undefined;

@@ -1,20 +1,37 @@
 // The standalone configuration: one YAML file that describes the mesh.
 // Validation collects every problem, each naming the path, the value and
-// the fix, so an operator corrects a file in one pass.
+// the fix, so an operator corrects a file in one pass. Unknown keys are
+// problems too (a typo must not silently change what the mesh allows), and
+// the rules across entries are checked here, before anything is applied.
 import net from 'node:net';
-import YAML from 'yaml';
 import { AmbitError } from '../errors';
 import { compileIstioPolicies } from '../policy/istio-crd';
+import { checkCrossFields } from './cross-checks';
 import { readTextFile } from './file-source';
+import { checkKeys, join, KEYS } from './schema';
+import { parseYamlBounded } from './yaml-bounded';
 import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from './types';
 
 type Obj = Record<string, unknown>;
 
+/** Values are quoted up to this length: a misspelt `polices:` must not paste the whole list into the log. */
+const QUOTE_MAX = 120;
+
 class Problems {
   readonly list: string[] = [];
   add(at: string, value: unknown, what: string): void {
-    this.list.push(`${at}: ${what} (got ${JSON.stringify(value) ?? 'nothing'})`);
+    let got = JSON.stringify(value) ?? 'nothing';
+    if (got.length > QUOTE_MAX) got = `${got.slice(0, QUOTE_MAX)}…`;
+    this.list.push(`${at}: ${what} (got ${got})`);
   }
+  readonly report = (at: string, value: unknown, what: string): void => this.add(at, value, what);
+}
+
+/** o's fields, with unknown ones reported; undefined when v is not a map (reported as `what`). */
+function fields(p: Problems, v: unknown, at: string, known: readonly string[], what: string): Obj | undefined {
+  if (!isObj(v)) { p.add(at, v, what); return undefined; }
+  checkKeys(p.report, v, known, at);
+  return v;
 }
 
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -24,17 +41,17 @@ function str(p: Problems, o: Obj, key: string, at: string, opts: { optional?: bo
   const v = o[key];
   if (v === undefined && opts.optional) return '';
   if (typeof v !== 'string' || v === '') {
-    p.add(`${at}.${key}`, v, `must be a non-empty string${opts.fix ? `; ${opts.fix}` : ''}`);
+    p.add(join(at, key), v, `must be a non-empty string${opts.fix ? `; ${opts.fix}` : ''}`);
     return '';
   }
-  if (opts.pattern && !opts.pattern.test(v)) p.add(`${at}.${key}`, v, opts.fix ?? `must match ${opts.pattern}`);
+  if (opts.pattern && !opts.pattern.test(v)) p.add(join(at, key), v, opts.fix ?? `must match ${opts.pattern}`);
   return v;
 }
 
 function list(p: Problems, o: Obj, key: string, at: string, optional = true): unknown[] {
   const v = o[key];
   if (v === undefined && optional) return [];
-  if (!Array.isArray(v)) { p.add(`${at}.${key}`, v, 'must be a list'); return []; }
+  if (!Array.isArray(v)) { p.add(join(at, key), v, 'must be a list'); return []; }
   return v;
 }
 
@@ -56,14 +73,14 @@ function port(p: Problems, v: unknown, at: string): number {
 }
 
 function node(p: Problems, v: unknown, at: string): MeshNode {
-  if (!isObj(v)) { p.add(at, v, 'must be a map with name and address'); return { name: '', address: '' }; }
+  if (!fields(p, v, at, KEYS.node, 'must be a map with name and address') || !isObj(v)) return { name: '', address: '' };
   const address = str(p, v, 'address', at);
   if (address && !net.isIP(address)) p.add(`${at}.address`, address, 'must be an IP address');
   return { name: str(p, v, 'name', at), address };
 }
 
 function workload(p: Problems, v: unknown, at: string): Workload {
-  const o = isObj(v) ? v : (p.add(at, v, 'must be a map'), {} as Obj);
+  const o = fields(p, v, at, KEYS.workload, 'must be a map') ?? {};
   const protocol = (o.protocol ?? 'HBONE') as TunnelProtocol;
   if (protocol !== 'HBONE' && protocol !== 'NONE') p.add(`${at}.protocol`, o.protocol, 'must be HBONE (in the mesh) or NONE (plain TCP peer)');
   const dataplane = (o.dataplane ?? 'ambient') as Dataplane;
@@ -73,6 +90,9 @@ function workload(p: Problems, v: unknown, at: string): Workload {
     return String(a);
   });
   if (addresses.length === 0 && Array.isArray(o.addresses)) p.add(`${at}.addresses`, o.addresses, 'needs at least one address');
+  if (o.authorizationPolicies !== undefined && !(Array.isArray(o.authorizationPolicies) && o.authorizationPolicies.length === 0)) {
+    p.add(`${at}.authorizationPolicies`, o.authorizationPolicies, "is computed from the policies' selectors (spec.selector.matchLabels against labels); remove it and select the workload from the policy");
+  }
   return {
     uid: str(p, o, 'uid', at, { fix: 'a unique id such as default/pod-a' }),
     name: str(p, o, 'name', at),
@@ -97,13 +117,13 @@ function capacity(p: Problems, v: unknown, at: string): number {
 }
 
 function service(p: Problems, v: unknown, at: string): Service {
-  const o = isObj(v) ? v : (p.add(at, v, 'must be a map'), {} as Obj);
+  const o = fields(p, v, at, KEYS.service, 'must be a map') ?? {};
   const addresses = list(p, o, 'addresses', at, false).map((a, i) => {
     if (typeof a !== 'string' || !net.isIPv4(a)) p.add(`${at}.addresses[${i}]`, a, 'must be an IPv4 virtual IP such as 10.96.0.10');
     return String(a);
   });
   const ports: ServicePort[] = list(p, o, 'ports', at, false).map((x, i) => {
-    if (!isObj(x)) { p.add(`${at}.ports[${i}]`, x, 'must be { port, targetPort }'); return { port: 0, targetPort: 0 }; }
+    if (!fields(p, x, `${at}.ports[${i}]`, KEYS.servicePort, 'must be { port, targetPort }') || !isObj(x)) return { port: 0, targetPort: 0 };
     const svcPort = port(p, x.port, `${at}.ports[${i}].port`);
     return { port: svcPort, targetPort: x.targetPort === undefined ? svcPort : port(p, x.targetPort, `${at}.ports[${i}].targetPort`) };
   });
@@ -119,9 +139,10 @@ function service(p: Problems, v: unknown, at: string): Service {
 
 function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
   if (v === undefined) return [];
-  if (!isObj(v)) { p.add(at, v, 'must be a map with tokens: [{ node, sha256 }]'); return []; }
-  return list(p, v, 'tokens', at).map((t, i) => {
-    const o = isObj(t) ? t : (p.add(`${at}.tokens[${i}]`, t, 'must be { node, sha256 }'), {} as Obj);
+  const cp = fields(p, v, at, KEYS.controlPlane, 'must be a map with tokens: [{ node, sha256 }]');
+  if (!cp) return [];
+  return list(p, cp, 'tokens', at).map((t, i) => {
+    const o = fields(p, t, `${at}.tokens[${i}]`, KEYS.token, 'must be { node, sha256 }') ?? {};
     return {
       node: str(p, o, 'node', `${at}.tokens[${i}]`, { fix: 'the node name this token authenticates' }),
       sha256: str(p, o, 'sha256', `${at}.tokens[${i}]`, { pattern: /^[0-9a-f]{64}$/, fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE' }),
@@ -131,18 +152,14 @@ function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
 
 /** Parses and validates; throws AMBIT_E_CONFIG listing every problem. */
 export function parseConfig(text: string, source = 'config'): MeshConfig {
-  let doc: unknown;
-  try {
-    doc = YAML.parse(text);
-  } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `${source} is not valid YAML: ${(err as Error).message}`);
-  }
+  const doc = parseYamlBounded(text, source);
   const p = new Problems();
   const o = isObj(doc) ? doc : (p.add('(top level)', doc, 'must be a map with trustDomain, nodes, workloads, services'), {} as Obj);
-  const ca = isObj(o.ca) ? o.ca : {};
+  checkKeys(p.report, o, KEYS.top, '');
+  const ca = o.ca === undefined ? {} : fields(p, o.ca, 'ca', KEYS.ca, 'must be a map such as { dir: /var/lib/ambit/ca }') ?? {};
   const cfg: MeshConfig = {
     trustDomain: str(p, o, 'trustDomain', '', { pattern: DNS_LABELS, fix: 'a DNS-like name such as cluster.local' }),
-    ca: { dir: typeof ca.dir === 'string' ? ca.dir : '/var/lib/ambit/ca' },
+    ca: { dir: ca.dir === undefined ? '/var/lib/ambit/ca' : str(p, ca, 'dir', 'ca', { fix: "the CA's directory, e.g. /var/lib/ambit/ca" }) },
     nodes: list(p, o, 'nodes', '').map((n, i) => node(p, n, `nodes[${i}]`)),
     workloads: list(p, o, 'workloads', '').map((w, i) => workload(p, w, `workloads[${i}]`)),
     services: list(p, o, 'services', '').map((s, i) => service(p, s, `services[${i}]`)),
@@ -151,22 +168,10 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
     warnings: [],
     controlPlane: { tokens: tokens(p, o.controlPlane, 'controlPlane') },
   };
-
-  const nodeNames = new Set(cfg.nodes.map((n) => n.name));
-  const uids = new Map<string, number>();
-  const owners = new Map<string, string>();
-  cfg.workloads.forEach((w, i) => {
-    if (uids.has(w.uid)) p.add(`workloads[${i}].uid`, w.uid, `duplicates workloads[${uids.get(w.uid)}].uid; uids must be unique`);
-    uids.set(w.uid, i);
-    if (w.node && !nodeNames.has(w.node)) p.add(`workloads[${i}].node`, w.node, `is not among nodes: (${[...nodeNames].join(', ') || 'none'}); add it there or fix the name`);
-    for (const a of w.addresses) {
-      if (owners.has(a)) p.add(`workloads[${i}].addresses`, a, `is already the address of ${owners.get(a)}; pod addresses must be unique`);
-      owners.set(a, w.uid);
-    }
-  });
+  checkCrossFields(cfg, p.report);
   // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
   cfg.policyDocs = list(p, o, 'policies', '');
-  const compiled = compileIstioPolicies(cfg.policyDocs, cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, (at, v, what) => p.add(at, v, what));
+  const compiled = compileIstioPolicies(cfg.policyDocs, cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, p.report);
   cfg.policies = compiled.policies;
   cfg.warnings = compiled.warnings;
   if (p.list.length) {

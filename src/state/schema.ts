@@ -1,0 +1,69 @@
+// Unknown keys in the configuration are errors, not silence: a misspelt
+// `polices:` would otherwise leave the mesh with no policy (allow-all), a
+// misspelt `dataplan: sidecar` would leave a sidecar workload captured by its
+// node. Each level of the YAML lists the keys it knows; a key outside the
+// list is reported with its path and, when one is close, the key meant.
+
+type Obj = Record<string, unknown>;
+export type Report = (at: string, value: unknown, what: string) => void;
+
+/** The keys of each level of the standalone YAML (Istio objects: see src/policy/istio-crd.ts). */
+export const KEYS = {
+  top: ['trustDomain', 'ca', 'nodes', 'workloads', 'services', 'policies', 'rootNamespace', 'controlPlane'],
+  ca: ['dir'],
+  node: ['name', 'address'],
+  // authorizationPolicies is derived from the policies' selectors; it is known so that a Workload
+  // written out as YAML reads back, and config.ts accepts it only empty.
+  workload: ['uid', 'name', 'namespace', 'serviceAccount', 'node', 'addresses', 'protocol', 'dataplane', 'netns', 'cgroup', 'labels', 'capacity', 'authorizationPolicies'],
+  service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector'],
+  servicePort: ['port', 'targetPort'],
+  controlPlane: ['tokens'],
+  token: ['node', 'sha256'],
+} as const;
+
+/** Levenshtein distance, ignoring case (so `targetport` is one step from nothing but `targetPort`). */
+export function editDistance(a: string, b: string): number {
+  const [s, t] = [a.toLowerCase(), b.toLowerCase()];
+  let prev = Array.from({ length: t.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= s.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= t.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (s[i - 1] === t[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[t.length];
+}
+
+/**
+ * The known key a typo most likely meant: the nearest within a third of its
+ * length (at least 1, at most 3 edits), a case-only difference first. A
+ * wild guess would mislead more than no guess.
+ */
+export function closest(key: string, known: readonly string[]): string | undefined {
+  if (key.length > 64) return undefined; // not a typo of any key we have; spare the quadratic work
+  let best: string | undefined;
+  let bestD = Math.min(3, Math.max(1, Math.floor(key.length / 3))) + 1;
+  for (const k of known) {
+    const d = key.toLowerCase() === k.toLowerCase() ? 0 : editDistance(key, k);
+    if (d < bestD) { best = k; bestD = d; }
+  }
+  return best;
+}
+
+/** What to say about an unknown key: the key meant, or the keys this level takes. */
+export function unknownKeyHint(key: string, known: readonly string[]): string {
+  if (key === '<<') return 'YAML merge keys (<<) are not supported; write the fields out (anchors and aliases, &name and *name, work)';
+  const near = closest(key, known);
+  return near ? `unknown field; did you mean \`${near}\`?` : `unknown field; expected one of ${known.join(', ')}`;
+}
+
+/** A child path: `workloads[2]` + `dataplan` is `workloads[2].dataplan`; at the top, just the key. */
+export const join = (at: string, key: string): string => (at ? `${at}.${key}` : key);
+
+/** Reports every key of o that is not in known, each with its path and hint. */
+export function checkKeys(report: Report, o: Obj, known: readonly string[], at: string): void {
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) report(join(at, k), o[k], unknownKeyHint(k, known));
+  }
+}
