@@ -2,7 +2,10 @@
 // demand (the node fetches before it enrols a pod); one CA request in flight per identity;
 // refreshed at half-life; on failure retried with exponential backoff while
 // a still-valid certificate keeps serving; forgotten when the identity
-// leaves the node. Emits 'updated' (identity, cert) so TLS servers swap
+// leaves the node. Without a valid certificate, a fetch during the backoff
+// fails at once with the last error (AMBIT_E_CA) instead of asking the CA
+// again: a CA outage must not turn every new connection into a CA call, nor
+// leave connections waiting on one. Emits 'updated' (identity, cert) so TLS servers swap
 // their context without dropping connections.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
@@ -45,6 +48,9 @@ interface Entry {
   inflight?: Promise<WorkloadCert>;
   timer?: NodeJS.Timeout;
   failures: number;
+  /** The last CA failure and when the next attempt is due, while backing off. */
+  lastError?: AmbitError;
+  retryAt?: number;
 }
 
 export class CertificateManager extends EventEmitter implements CertProvider {
@@ -71,6 +77,11 @@ export class CertificateManager extends EventEmitter implements CertProvider {
     const e = this.entry(identity);
     const c = e.cert;
     if (c && this.valid(c)) return Promise.resolve(c);
+    if (e.inflight) return e.inflight;
+    if (e.lastError && e.retryAt !== undefined && this.now() < e.retryAt) {
+      const inMs = Math.round(e.retryAt - this.now());
+      return Promise.reject(new AmbitError('AMBIT_E_CA', `no valid certificate for ${identity}: the CA failed ${e.failures} time(s), next attempt in ${inMs} ms; last error: ${e.lastError.message}`));
+    }
     return this.request(identity);
   }
 
@@ -122,6 +133,8 @@ export class CertificateManager extends EventEmitter implements CertProvider {
         e.inflight = undefined;
         e.cert = cert;
         e.failures = 0;
+        e.lastError = undefined;
+        e.retryAt = undefined;
         // Half of what is left: notBefore is backdated for clock skew, so the
         // nominal half-life could already have passed.
         this.schedule(identity, e, (cert.notAfter.getTime() - this.now()) / 2);
@@ -129,12 +142,15 @@ export class CertificateManager extends EventEmitter implements CertProvider {
         this.emit('updated', identity, cert);
         return cert;
       },
-      (err: Error) => {
+      (cause: Error) => {
+        const err = asCaError(cause, identity);
         e.inflight = undefined;
         e.failures++;
         const delay = Math.min(this.backoffMax, this.backoffInitial * 2 ** (e.failures - 1)) * (0.8 + 0.4 * Math.random());
+        e.lastError = err;
+        e.retryAt = this.now() + delay;
         if (this.entries.get(identity) === e) this.schedule(identity, e, delay);
-        this.log.warn({ identity, err: err.message, retryInMs: Math.round(delay), keeping: e.cert && this.valid(e.cert) ? e.cert.notAfter.toISOString() : null }, 'certificate request failed');
+        this.log.warn({ identity, code: err.code, err: err.message, retryInMs: Math.round(delay), keeping: e.cert && this.valid(e.cert) ? e.cert.notAfter.toISOString() : null }, 'certificate request failed');
         throw err;
       },
     );
@@ -154,6 +170,13 @@ export class CertificateManager extends EventEmitter implements CertProvider {
   }
 }
 
+/** A failed issuance as the data path reports it: AmbitError codes kept (AMBIT_E_AUTH says more), anything else is the CA's. */
+function asCaError(err: Error, identity: string): AmbitError {
+  if (err instanceof AmbitError) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  return new AmbitError('AMBIT_E_CA', `certificate request for ${identity} failed: ${code && !err.message.includes(code) ? `${code}: ` : ''}${err.message}`);
+}
+
 /** A fresh P-256 key and a CSR for identity, signed by ca, checked. The key never leaves memory. */
 export async function requestCertificate(ca: CertificateAuthority, identity: string, ttlSeconds: number): Promise<WorkloadCert> {
   const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
@@ -169,13 +192,13 @@ export async function requestCertificate(ca: CertificateAuthority, identity: str
 
 /** The CA's answer must be for exactly this identity and this key. */
 export function checkChain(identity: string, chain: string[], keyPem: string): WorkloadCert {
-  if (chain.length < 2) throw new AmbitError('AMBIT_E_CONFIG', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
+  if (chain.length < 2) throw new AmbitError('AMBIT_E_CA', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
   const leaf = new X509Certificate(chain[0]);
   const ids = spiffeIdsOf(leaf.subjectAltName);
   if (ids.length !== 1 || ids[0] !== identity) {
-    throw new AmbitError('AMBIT_E_CONFIG', `CA issued a certificate for ${JSON.stringify(ids)} when ${identity} was asked`, 'the CA must honour the requested identity');
+    throw new AmbitError('AMBIT_E_CA', `CA issued a certificate for ${JSON.stringify(ids)} when ${identity} was asked`, 'the CA must honour the requested identity');
   }
-  if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) throw new AmbitError('AMBIT_E_CONFIG', `CA returned a certificate for another key (${identity})`);
+  if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) throw new AmbitError('AMBIT_E_CA', `CA returned a certificate for another key (${identity})`);
   return {
     identity,
     chainPem: joinPem(chain.slice(0, -1)),

@@ -1,36 +1,64 @@
 // HBONE client sessions: HTTP/2 over mutual TLS to <pod IP>:15008, dialed
 // from inside the source pod (so the destination sees the pod's own address,
 // which IP-block policies match), pooled by (source identity, expected
-// destination identities, destination IP, source IP),
-// many CONNECT streams per session so a new pod connection costs no TLS
-// handshake. A session takes at most `maxStreams`; past that a new one
-// opens. Sessions are PINGed every 10 s and dropped after 20 s without an
-// answer, and closed after 5 minutes without streams.
+// destination identities, destination IP, source IP), many CONNECT streams
+// per session so a new pod connection costs no TLS handshake.
+//
+// A peer is untrusted until it answers, so every step has a bound: the
+// session setup (TCP + TLS + the peer's SETTINGS) clientHandshakeMs, each
+// CONNECT's answer connectResponseMs, liveness a PING every 10 s answered
+// within 20 s, an idle session sessionIdleMs. A session carries at most
+// min(maxStreams, the peer's SETTINGS_MAX_CONCURRENT_STREAMS) streams, and
+// a caller reserves its place synchronously when it picks a session (even
+// one still connecting): concurrent callers spread over sessions instead of
+// piling onto one that nghttp2 would then queue them behind.
 import http2 from 'node:http2';
+import type net from 'node:net';
 import type { Dialer } from '../agent/netns';
 import tls from 'node:tls';
-import type { CertProvider } from '../identity/cert-manager';
+import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { clientTlsOptions } from '../identity/tls';
 import type { Logger } from '../observability/log';
+import { RateLimitedLog } from '../observability/rate-limited';
+import { ClientFailure, failureCode } from './client-errors';
+import { tunnelLimits, type TunnelLimits } from './limits';
 
 export const HBONE_PORT = 15008;
 export const STREAM_WINDOW = 4 << 20;
 export const CONNECTION_WINDOW = 16 << 20;
 export const MAX_FRAME = 1 << 20;
 
+/** A caller moved off sessions that turned out full (a peer lowering its cap) this often gives up. */
+const MAX_PLACEMENTS = 8;
+
 export interface PoolOptions {
   certs: CertProvider;
   log: Logger;
+  /** Overrides limits.maxStreamsPerSession. */
   maxStreams?: number;
+  /** Overrides limits.sessionIdleMs. */
   idleMs?: number;
   pingEveryMs?: number;
   pingTimeoutMs?: number;
+  /** Timeouts and caps (the tunnel's); DEFAULT_LIMITS for the ones not given. */
+  limits?: Partial<TunnelLimits>;
 }
 
 interface Session {
   key: string;
-  h2: http2.ClientHttp2Session;
-  streams: number;
+  /** Set once the certificate is in hand and the TCP leg dialed. */
+  h2?: http2.ClientHttp2Session;
+  /** Callers counted against this session: streams open plus callers waiting for it to be ready. */
+  reserved: number;
+  /** Streams requested on it and not closed yet. */
+  open: number;
+  /** The peer's SETTINGS_MAX_CONCURRENT_STREAMS; until it is known, what the destination said before, else unlimited. */
+  peerMax: number;
+  peerMaxKnown: boolean;
+  /** Settles when the session can carry streams (TLS done, the peer's SETTINGS received) or cannot. */
+  ready: Promise<void>;
+  /** False once taken out of the pool: no new reservations. */
+  pooled: boolean;
   idle?: NodeJS.Timeout;
   ping?: NodeJS.Timeout;
 }
@@ -46,69 +74,34 @@ export interface ConnectTarget {
 
 export class HbonePool {
   private readonly sessions = new Map<string, Session[]>();
+  private readonly limits: TunnelLimits;
   private readonly maxStreams: number;
   private readonly idleMs: number;
   private readonly pingEveryMs: number;
   private readonly pingTimeoutMs: number;
+  private readonly warn: RateLimitedLog;
   /** Sessions (= TLS handshakes) opened so far. */
   sessionsOpened = 0;
 
   constructor(private readonly opts: PoolOptions) {
-    this.maxStreams = opts.maxStreams ?? 100;
-    this.idleMs = opts.idleMs ?? 5 * 60_000;
+    this.limits = tunnelLimits(opts.limits);
+    this.maxStreams = opts.maxStreams ?? this.limits.maxStreamsPerSession;
+    this.idleMs = opts.idleMs ?? this.limits.sessionIdleMs;
     this.pingEveryMs = opts.pingEveryMs ?? 10_000;
     this.pingTimeoutMs = opts.pingTimeoutMs ?? 20_000;
+    this.warn = new RateLimitedLog(opts.log);
   }
 
-  /** Opens one CONNECT stream; resolves once the peer answered 200, rejects on anything else. */
+  /** Opens one CONNECT stream; resolves once the peer answered 200, rejects with a ClientFailure otherwise. */
   async connect(target: ConnectTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
     try {
       return await this.connectOnce(target, headers);
     } catch (err) {
       // REFUSED_STREAM means the peer never saw the request (its session was
       // going away): safe to send again, on another session.
-      if (!(err as { refused?: boolean }).refused) throw err;
+      if (!(err as ClientFailure).refused) throw err;
       return this.connectOnce(target, headers);
     }
-  }
-
-  private async connectOnce(target: ConnectTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
-    let s = await this.session(target);
-    // The session may have been closed (drain, GOAWAY) while we waited: take another.
-    while (s.h2.closed || s.h2.destroyed) s = await this.session(target);
-    s.streams++;
-    clearTimeout(s.idle);
-    const stream = s.h2.request({ ':method': 'CONNECT', ...headers }, { endStream: false });
-    stream.once('close', () => this.release(s));
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const onError = (err: Error): void => {
-        if (settled) return;
-        settled = true;
-        if (stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM) {
-          this.forget(s);
-          reject(Object.assign(err, { refused: true }));
-        } else reject(err);
-      };
-      stream.once('error', onError);
-      // A stream can also end without an error and without an answer (its
-      // session closed before sending it): never processed, so retryable.
-      stream.once('close', () => {
-        if (settled) return;
-        settled = true;
-        this.forget(s);
-        reject(Object.assign(new Error(`HBONE stream closed before an answer (code ${stream.rstCode})`), { code: 'AMBIT_E_HBONE_CLOSED', refused: true }));
-      });
-      stream.once('response', (h) => {
-        if (settled) return;
-        settled = true;
-        stream.off('error', onError);
-        const status = Number(h[':status']);
-        if (status === 200) return resolve(stream);
-        stream.close(http2.constants.NGHTTP2_CANCEL);
-        reject(Object.assign(new Error(`peer answered ${status} to CONNECT ${String(headers[':authority'])}`), { code: 'AMBIT_E_HBONE_STATUS', status }));
-      });
-    });
   }
 
   /** Open sessions and the streams they carry. */
@@ -117,64 +110,231 @@ export class HbonePool {
     let streams = 0;
     for (const list of this.sessions.values()) {
       sessions += list.length;
-      for (const s of list) streams += s.streams;
+      for (const s of list) streams += s.open;
     }
     return { sessions, streams };
   }
 
   close(): void {
-    for (const list of this.sessions.values()) for (const s of list) this.drop(s, 'pool closed');
+    for (const list of [...this.sessions.values()]) for (const s of list) this.drop(s, 'pool closed');
   }
 
-  private async session(t: ConnectTarget): Promise<Session> {
+  private async connectOnce(t: ConnectTarget, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
+    for (let placed = 1; ; placed++) {
+      const s = this.reserve(t);
+      try {
+        await s.ready;
+      } catch (err) {
+        this.unreserve(s);
+        throw err;
+      }
+      // Ready, but the peer may allow fewer streams than were reserved
+      // while it connected, or the session went away meanwhile: try another.
+      if (s.pooled && s.h2 && !s.h2.closed && !s.h2.destroyed && s.open < this.cap(s)) return this.request(s, headers);
+      this.unreserve(s);
+      if (placed >= MAX_PLACEMENTS) {
+        throw new ClientFailure('AMBIT_E_HBONE_SESSION', `no HBONE session to ${t.dstIp}:${HBONE_PORT} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`);
+      }
+    }
+  }
+
+  private cap(s: Session): number { return Math.min(this.maxStreams, s.peerMax); }
+
+  /** Picks a session with room, or starts one, and counts the caller on it before anything is awaited. */
+  private reserve(t: ConnectTarget): Session {
     const key = `${t.srcIdentity}|${[...t.identities].sort().join(',')}|${t.dstIp}|${t.srcIp}`;
-    const usable = (): Session | undefined => (this.sessions.get(key) ?? []).find((s) => s.streams < this.maxStreams && !s.h2.closed && !s.h2.destroyed);
-    const found = usable();
-    if (found) return found;
-    const cert = await this.opts.certs.fetch(t.srcIdentity);
-    // Another connection may have opened one while the certificate was fetched.
-    const opened = usable();
-    if (opened) return opened;
-    const tcp = t.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
-    tcp.setKeepAlive(true, 30_000);
-    tcp.setNoDelay(true);
-    const h2 = http2.connect(`https://${t.dstIp}:${HBONE_PORT}`, {
-      createConnection: () => tls.connect({ ...clientTlsOptions(cert, t.identities), socket: tcp }),
-      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, enablePush: false },
-      peerMaxConcurrentStreams: this.maxStreams,
-    });
-    const s: Session = { key, h2, streams: 0 };
-    this.sessionsOpened++;
-    this.sessions.set(key, [...(this.sessions.get(key) ?? []), s]);
-    h2.once('connect', () => {
-      h2.setLocalWindowSize(CONNECTION_WINDOW);
-      s.ping = setInterval(() => this.keepalive(s), this.pingEveryMs).unref();
-    });
-    h2.once('close', () => this.forget(s));
-    h2.on('error', (err) => this.opts.log.warn({ peer: t.dstIp, err: err.message, code: (err as NodeJS.ErrnoException).code }, 'HBONE session failed'));
-    h2.on('goaway', () => this.forget(s));
+    const list = this.sessions.get(key) ?? [];
+    let s = list.find((x) => x.pooled && x.reserved < this.cap(x) && !x.h2?.closed && !x.h2?.destroyed);
+    if (!s) {
+      // A new session to a destination whose cap is known starts with it, so it is not over-booked.
+      const known = list.find((x) => x.peerMaxKnown);
+      s = { key, reserved: 0, open: 0, peerMax: known?.peerMax ?? Infinity, peerMaxKnown: false, pooled: true, ready: Promise.resolve() };
+      s.ready = this.establish(s, t);
+      s.ready.catch(() => undefined); // each waiter sees the failure; nobody waiting is not an error
+      this.sessions.set(key, [...list, s]);
+    }
+    s.reserved++;
+    clearTimeout(s.idle);
+    s.idle = undefined;
     return s;
   }
 
+  private unreserve(s: Session): void {
+    s.reserved--;
+    this.maybeIdle(s);
+  }
+
+  /** Certificate, TCP leg, TLS, the peer's SETTINGS; settles ready. */
+  private async establish(s: Session, t: ConnectTarget): Promise<void> {
+    let cert: WorkloadCert;
+    try {
+      cert = await this.opts.certs.fetch(t.srcIdentity);
+    } catch (err) {
+      this.forget(s);
+      const inner = err as NodeJS.ErrnoException;
+      throw new ClientFailure('AMBIT_E_CA', `no certificate for ${t.srcIdentity}: ${inner.code && !inner.message.includes(inner.code) ? `${inner.code}: ` : ''}${inner.message}`, { cause: err });
+    }
+    if (!s.pooled) throw new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE session to ${t.dstIp}:${HBONE_PORT} closed while it was being set up`, { refused: true });
+    const peer = `${t.dstIp}:${HBONE_PORT}`;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      let connected = false;
+      let settings = false;
+      let tcp: net.Socket | undefined;
+      const fail = (err: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.forget(s);
+        s.h2?.destroy();
+        tcp?.destroy();
+        reject(err);
+      };
+      const timer = setTimeout(() => fail(new ClientFailure('AMBIT_E_HBONE_HANDSHAKE_TIMEOUT', `TLS handshake with ${peer} not finished in ${this.limits.clientHandshakeMs} ms (clientHandshakeMs): the peer accepted TCP and went silent`)), this.limits.clientHandshakeMs);
+      timer.unref();
+      const failSession = (err: Error): void => fail(new ClientFailure('AMBIT_E_HBONE_SESSION', `HBONE session to ${peer} failed: ${failureCode(err, 'error')}: ${err.message}`, { cause: err }));
+      try {
+        tcp = t.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
+      } catch (err) {
+        return failSession(err as Error);
+      }
+      // The TCP leg's own errors (refused, reset) end the session here rather than as an unhandled 'error'.
+      tcp.on('error', failSession);
+      tcp.setKeepAlive(true, 30_000);
+      tcp.setNoDelay(true);
+      this.sessionsOpened++;
+      const h2 = http2.connect(`https://${peer}`, {
+        createConnection: () => {
+          const sock = tls.connect({ ...clientTlsOptions(cert, t.identities), socket: tcp! });
+          sock.on('error', failSession);
+          return sock;
+        },
+        settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, enablePush: false },
+        peerMaxConcurrentStreams: this.maxStreams,
+      });
+      s.h2 = h2;
+      const check = (): void => {
+        if (settled || !connected || !settings) return;
+        settled = true;
+        clearTimeout(timer);
+        s.ping = setInterval(() => this.keepalive(s), this.pingEveryMs).unref();
+        resolve();
+      };
+      h2.once('connect', () => {
+        h2.setLocalWindowSize(CONNECTION_WINDOW);
+        connected = true;
+        check();
+      });
+      // Also later: a peer may lower (or raise) its cap on a live session.
+      h2.on('remoteSettings', (st) => {
+        s.peerMax = st.maxConcurrentStreams ?? Infinity;
+        s.peerMaxKnown = true;
+        settings = true;
+        check();
+      });
+      h2.on('error', (err) => {
+        this.warn.warn(`hbone_session_${failureCode(err, 'error')}`, { peer, err: err.message, code: (err as NodeJS.ErrnoException).code }, 'HBONE session failed');
+        failSession(err);
+      });
+      h2.once('close', () => {
+        this.forget(s);
+        fail(new ClientFailure('AMBIT_E_HBONE_SESSION', `HBONE session to ${peer} closed during setup`));
+      });
+      h2.on('goaway', () => this.forget(s));
+    });
+  }
+
+  /** One CONNECT on a ready session the caller holds a reservation on. */
+  private request(s: Session, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
+    const h2 = s.h2!;
+    const authority = String(headers[':authority']);
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = h2.request({ ':method': 'CONNECT', ...headers }, { endStream: false });
+    } catch (err) {
+      this.unreserve(s);
+      const refused = h2.closed || h2.destroyed;
+      return Promise.reject(new ClientFailure('AMBIT_E_HBONE_SESSION', `CONNECT ${authority} could not be sent: ${(err as Error).message}`, { cause: err, refused }));
+    }
+    s.open++;
+    stream.once('close', () => this.release(s));
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (): boolean => {
+        if (settled) return false;
+        settled = true;
+        clearTimeout(timer);
+        return true;
+      };
+      const timer = setTimeout(() => {
+        if (!settle()) return;
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        // A peer that leaves one CONNECT unanswered gets no new streams on this session.
+        this.drop(s, `no answer to CONNECT in ${this.limits.connectResponseMs} ms`);
+        reject(new ClientFailure('AMBIT_E_HBONE_CONNECT_TIMEOUT', `no answer to CONNECT ${authority} in ${this.limits.connectResponseMs} ms (connectResponseMs)`));
+      }, this.limits.connectResponseMs);
+      timer.unref();
+      // Stays attached for the stream's life: an error between the answer and
+      // the byte copy taking the stream over must not reach the process.
+      stream.on('error', (err) => {
+        if (!settle()) return;
+        const refused = stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM;
+        if (refused) this.forget(s);
+        reject(new ClientFailure('AMBIT_E_HBONE_SESSION', `CONNECT ${authority} failed: ${err.message}`, { cause: err, refused }));
+      });
+      // A stream can also end without an error and without an answer (its
+      // session closed before sending it): never processed, so retryable.
+      stream.once('close', () => {
+        if (!settle()) return;
+        this.forget(s);
+        reject(new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE stream closed before an answer (code ${stream.rstCode})`, { refused: true }));
+      });
+      stream.once('response', (h) => {
+        if (!settle()) return;
+        const status = Number(h[':status']);
+        if (status === 200) return resolve(stream);
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new ClientFailure('AMBIT_E_HBONE_STATUS', `peer answered ${status} to CONNECT ${authority}`, { status }));
+      });
+    });
+  }
+
   private keepalive(s: Session): void {
+    const h2 = s.h2;
+    if (!h2 || h2.destroyed) return;
     const timer = setTimeout(() => this.drop(s, `no PING answer in ${this.pingTimeoutMs} ms`), this.pingTimeoutMs).unref();
-    const sent = s.h2.ping((err) => { clearTimeout(timer); if (err) this.drop(s, `PING failed: ${err.message}`); });
-    if (!sent) clearTimeout(timer);
+    try {
+      const sent = h2.ping((err) => { clearTimeout(timer); if (err) this.drop(s, `PING failed: ${err.message}`); });
+      if (!sent) clearTimeout(timer);
+    } catch {
+      clearTimeout(timer); // the session is closing: nothing to keep alive
+    }
   }
 
   private release(s: Session): void {
-    s.streams--;
-    if (s.streams === 0) s.idle = setTimeout(() => this.drop(s, 'idle'), this.idleMs).unref();
+    s.open--;
+    s.reserved--;
+    this.maybeIdle(s);
+  }
+
+  private maybeIdle(s: Session): void {
+    if (s.reserved > 0 || !s.pooled || s.idle) return;
+    s.idle = setTimeout(() => this.drop(s, 'idle'), this.idleMs).unref();
   }
 
   private drop(s: Session, why: string): void {
     this.opts.log.debug({ session: s.key, why }, 'HBONE session closed');
     this.forget(s);
-    if (!s.h2.destroyed) s.h2.close();
+    // Graceful: streams already open on it finish; a session still being set up has none.
+    if (s.h2 && !s.h2.destroyed) {
+      if (s.open === 0) s.h2.destroy();
+      else s.h2.close();
+    }
   }
 
   /** Takes a session out of the pool: no new streams; open ones finish. */
   private forget(s: Session): void {
+    s.pooled = false;
     clearTimeout(s.idle);
     clearInterval(s.ping);
     const list = (this.sessions.get(s.key) ?? []).filter((x) => x !== s);
