@@ -1,45 +1,111 @@
 // The server half of delta ADS: every node stream subscribes (wildcard) to
 // each type it asks for; the first response of a type carries what the node
 // lacks (its initial_resource_versions say what it already holds), later
-// ones only what changed. What a node holds is tracked per stream from the
-// responses it ACKed: a NACKed response is rolled back, so the resources
-// in it are offered again with the next change.
+// ones only what changed.
+//
+// Memory per stream is bounded whatever the node does: what it holds (one
+// version per resource name, needed to send only differences), and at most
+// one response per type awaiting its ACK, remembered as the previous
+// versions of just the names in it. Changes while a response is out are
+// not queued: at the ACK the difference is computed afresh, so any number
+// of changes coalesce into the next response, and a node that never ACKs
+// gets nothing more and costs nothing more. A response never exceeds
+// maxResponseBytes: a large difference goes out in parts, each marked
+// MORE_FOLLOWS but the last. A NACKed part is rolled back and its
+// resources are not offered again until the next change of configuration.
 import type * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../observability/log';
-import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse, ResourceMessage } from '../protocol/messages';
+import { RateLimitedLog } from '../observability/rate-limited';
+import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../protocol/messages';
+import { MORE_FOLLOWS } from '../protocol/protos';
 import type { XdsResource } from '../state/xds-resources';
+import { DEFAULT_MAX_RESPONSE_BYTES, nextChunk, REMOVAL } from './xds-chunks';
 
 type Resources = Map<string, Map<string, XdsResource>>;
 type Call = grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 /** Who a node agent is, from its call metadata (a bearer token); may ask the API server (TokenReview). */
 export type Authenticate = (md: grpc.Metadata) => AuthResult | Promise<AuthResult>;
-export type AuthResult = { node: string } | { error: string };
+/** transient: the check itself failed (API server away); not a verdict on the token. */
+export type AuthResult = { node: string } | { error: string; transient?: boolean };
+
+const UNAUTHENTICATED = 16;
+const PERMISSION_DENIED = 7;
+const RESOURCE_EXHAUSTED = 8;
+const INVALID_ARGUMENT = 3;
+
+export interface XdsServerOptions {
+  /** No response is larger than this (bytes); a bigger difference is sent in parts. */
+  maxResponseBytes?: number;
+  /** Open streams per node; a newer stream closes the node's oldest (a reconnect whose old stream lingers). */
+  maxStreamsPerNode?: number;
+  /** Types one stream may subscribe to (ambit serves two; any other gets an empty answer). */
+  maxTypesPerStream?: number;
+}
+
+export const DEFAULT_MAX_STREAMS_PER_NODE = 4;
+export const DEFAULT_MAX_TYPES_PER_STREAM = 8;
+
+interface InFlight {
+  nonce: string;
+  /** Versions before this response of the names in it (undefined: the node did not hold it). */
+  undo: Map<string, string | undefined>;
+}
 
 interface TypeState {
-  /** name → version the node holds, as far as this server knows. */
+  /** name → version the node holds, as far as this server knows (including what is in flight). */
   held: Map<string, string>;
-  /** Responses not yet answered: nonce → what `held` was before it. */
-  pending: Map<string, Map<string, string>>;
+  /** The one response awaiting the node's ACK or NACK. */
+  inFlight?: InFlight;
+  /** Versions (or REMOVAL) the node refused: not offered again until the next update(). */
+  refused: Map<string, string>;
 }
 
 class NodeStream {
   readonly types = new Map<string, TypeState>();
+  closed = false;
   constructor(readonly call: Call, readonly node: string, readonly peer: string) {}
+}
+
+/** What the server keeps for one stream: for tests, the config dump and sizing. */
+export interface StreamState {
+  node: string;
+  peer: string;
+  types: { typeUrl: string; held: number; inFlight: number; undo: number; refused: number }[];
 }
 
 export class XdsServer {
   private resources: Resources = new Map();
   private readonly streams = new Set<NodeStream>();
-  /** Counters for tests and logs. */
-  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0 };
+  private readonly opts: Required<XdsServerOptions>;
+  private readonly noisy: RateLimitedLog;
+  /** Counters for tests and logs; parts: responses that were one part of a larger update. */
+  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0, parts: 0, bytesSent: 0, maxResponseBytes: 0, revoked: 0 };
 
-  constructor(private readonly authenticate: Authenticate, private readonly log: Logger) {}
+  constructor(private readonly authenticate: Authenticate, private readonly log: Logger, opts: XdsServerOptions = {}) {
+    this.opts = {
+      maxResponseBytes: opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES,
+      maxStreamsPerNode: opts.maxStreamsPerNode ?? DEFAULT_MAX_STREAMS_PER_NODE,
+      maxTypesPerStream: opts.maxTypesPerStream ?? DEFAULT_MAX_TYPES_PER_STREAM,
+    };
+    this.noisy = new RateLimitedLog(log);
+  }
 
-  /** Replaces the resource set and pushes the difference to every subscribed node. */
+  /** Replaces the resource set and pushes the difference to every subscribed node not awaiting an ACK. */
   update(resources: Resources): void {
     this.resources = resources;
-    for (const s of this.streams) for (const typeUrl of s.types.keys()) this.push(s, typeUrl);
+    for (const s of this.streams) {
+      try {
+        for (const [typeUrl, t] of s.types) {
+          t.refused.clear(); // a new configuration: what was refused may be offered again
+          this.push(s, typeUrl);
+        }
+      } catch (err) {
+        // One stream's failure (a write after the peer vanished) must not keep the others from the update.
+        this.log.error({ node: s.node, err: (err as Error).stack ?? String(err) }, 'xDS push failed; closing the stream');
+        this.end(s, 13, 'internal error');
+      }
+    }
   }
 
   handlers(): grpc.UntypedServiceImplementation {
@@ -47,87 +113,167 @@ export class XdsServer {
   }
 
   close(): void {
-    for (const s of this.streams) s.call.end();
+    for (const s of this.streams) { s.closed = true; s.call.end(); }
     this.streams.clear();
+  }
+
+  streamStates(): StreamState[] {
+    return [...this.streams].map((s) => ({
+      node: s.node, peer: s.peer,
+      types: [...s.types].map(([typeUrl, t]) => ({ typeUrl, held: t.held.size, inFlight: t.inFlight ? 1 : 0, undo: t.inFlight?.undo.size ?? 0, refused: t.refused.size })),
+    }));
+  }
+
+  /**
+   * Checks every open stream's credentials again (the token list changed, or
+   * a TokenReview may no longer pass): a stream whose token no longer names
+   * its node is closed with UNAUTHENTICATED. A check that could not be made
+   * (the API server away) closes nothing. Resolves to the number closed.
+   */
+  async recheck(): Promise<number> {
+    let closed = 0;
+    await Promise.all([...this.streams].map(async (s) => {
+      let auth: AuthResult;
+      try {
+        auth = await this.authenticate(s.call.metadata);
+      } catch (err) {
+        auth = { error: `cannot check the token: ${(err as Error).message}`, transient: true };
+      }
+      if (s.closed || ('error' in auth && auth.transient)) return;
+      const why = 'error' in auth ? auth.error : auth.node !== s.node ? `the token is now node ${auth.node}'s, not ${s.node}'s` : undefined;
+      if (why === undefined) return;
+      closed++;
+      this.stats.revoked++;
+      this.log.warn({ node: s.node, peer: s.peer, err: why }, 'xDS stream closed: its token is no longer accepted');
+      this.end(s, UNAUTHENTICATED, `credentials no longer accepted: ${why}`);
+    }));
+    return closed;
   }
 
   private serve(call: Call): void {
     // Requests that arrive while the token is checked wait in the stream's buffer.
     call.pause();
-    void Promise.resolve(this.authenticate(call.metadata)).then((auth) => this.authenticated(call, auth), (err: Error) => this.authenticated(call, { error: `cannot check the token: ${err.message}` }));
+    // Errors before authentication (the peer resets) must not reach the process.
+    call.on('error', () => undefined);
+    void Promise.resolve()
+      .then(() => this.authenticate(call.metadata))
+      .then((auth) => this.authenticated(call, auth), (err: Error) => this.authenticated(call, { error: `cannot check the token: ${err.message}` }))
+      .catch((err: Error) => { this.log.error({ peer: call.getPeer(), err: err.stack ?? err.message }, 'xDS stream failed'); refuse(call, 13, 'internal error'); });
   }
 
   private authenticated(call: Call, auth: AuthResult): void {
+    if (call.cancelled) return;
     if ('error' in auth) {
-      this.log.warn({ peer: call.getPeer(), err: auth.error }, 'xDS stream refused');
-      refuse(call, 16 /* UNAUTHENTICATED */, auth.error);
+      this.noisy.warn('xds-refused', { peer: call.getPeer(), err: auth.error }, 'xDS stream refused');
+      refuse(call, UNAUTHENTICATED, auth.error);
       return;
     }
     let stream: NodeStream | undefined;
     call.on('data', (req: DeltaDiscoveryRequest) => {
-      if (!stream) {
-        const claimed = nodeNameOf(req);
-        if (claimed !== auth.node) {
-          const why = `the token is node ${auth.node}'s but the stream says NODE_NAME ${JSON.stringify(claimed ?? '')}`;
-          this.log.warn({ peer: call.getPeer(), err: why }, 'xDS stream refused');
-          refuse(call, 7 /* PERMISSION_DENIED */, why);
-          return;
+      try {
+        if (!stream) {
+          stream = this.open(call, auth.node, req);
+          if (!stream) return;
         }
-        stream = new NodeStream(call, auth.node, call.getPeer());
-        this.streams.add(stream);
-        this.log.info({ node: stream.node, peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
+        if (!stream.closed) this.onRequest(stream, req);
+      } catch (err) {
+        // A bug serving one node must not take the others' control plane down.
+        this.log.error({ node: auth.node, err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
+        if (stream) this.end(stream, 13, 'internal error'); else refuse(call, 13, 'internal error');
       }
-      this.onRequest(stream, req);
     });
     const gone = (why: string): void => {
-      if (stream && this.streams.delete(stream)) this.log.info({ node: stream.node, why }, 'xDS stream closed');
+      if (stream && this.streams.delete(stream)) {
+        stream.closed = true;
+        this.log.info({ node: stream.node, why }, 'xDS stream closed');
+      }
     };
     call.on('end', () => { gone('client ended'); call.end(); });
     call.on('error', (err) => gone(err.message));
     call.on('cancelled', () => gone('cancelled'));
+    call.on('close', () => gone('closed'));
     call.resume();
+  }
+
+  /** The first request names the node: it must be the token's. */
+  private open(call: Call, node: string, req: DeltaDiscoveryRequest): NodeStream | undefined {
+    const claimed = nodeNameOf(req);
+    if (claimed !== node) {
+      const why = `the token is node ${node}'s but the stream says NODE_NAME ${JSON.stringify(claimed ?? '')}`;
+      this.noisy.warn('xds-wrong-node', { peer: call.getPeer(), err: why }, 'xDS stream refused');
+      refuse(call, PERMISSION_DENIED, why);
+      return undefined;
+    }
+    const mine = [...this.streams].filter((s) => s.node === node);
+    for (const old of mine.slice(0, Math.max(0, mine.length - this.opts.maxStreamsPerNode + 1))) {
+      this.log.warn({ node, peer: old.peer, max: this.opts.maxStreamsPerNode }, 'xDS stream superseded by a newer one of the same node');
+      this.end(old, RESOURCE_EXHAUSTED, `node ${node} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`);
+    }
+    const stream = new NodeStream(call, node, call.getPeer());
+    this.streams.add(stream);
+    this.log.info({ node, peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
+    return stream;
+  }
+
+  private end(s: NodeStream, code: number, details: string): void {
+    s.closed = true;
+    this.streams.delete(s);
+    refuse(s.call, code, details);
   }
 
   private onRequest(s: NodeStream, req: DeltaDiscoveryRequest): void {
     const typeUrl = req.type_url;
-    let t = s.types.get(typeUrl);
-    if (req.response_nonce && t) {
-      const before = t.pending.get(req.response_nonce);
-      t.pending.delete(req.response_nonce);
+    const t = s.types.get(typeUrl);
+    if (req.response_nonce) {
+      // An answer to anything but the response in flight (an earlier stream's, a guess) changes nothing.
+      if (!t?.inFlight || t.inFlight.nonce !== req.response_nonce) return;
+      const { undo } = t.inFlight;
+      t.inFlight = undefined;
       if (req.error_detail) {
         this.stats.nacks++;
-        if (before) t.held = before;
+        for (const [name, before] of undo) {
+          t.refused.set(name, t.held.get(name) ?? REMOVAL);
+          if (before === undefined) t.held.delete(name); else t.held.set(name, before);
+        }
         this.log.warn({ node: s.node, typeUrl, nonce: req.response_nonce, err: req.error_detail.message }, 'xDS response rejected by the node (NACK)');
       } else {
         this.stats.acks++;
         this.log.debug({ node: s.node, typeUrl, nonce: req.response_nonce }, 'xDS ACK');
       }
+      // What changed meanwhile, or the next part, goes now.
+      this.push(s, typeUrl);
       return;
     }
-    if (!t) {
-      // A new subscription (the first request of a type, or after a reconnect): wildcard.
-      t = { held: new Map(Object.entries(req.initial_resource_versions ?? {})), pending: new Map() };
-      s.types.set(typeUrl, t);
-      this.push(s, typeUrl, true);
+    if (t) return; // a repeated subscription: the stream is wildcard already
+    if (s.types.size >= this.opts.maxTypesPerStream) {
+      this.end(s, INVALID_ARGUMENT, `a stream may subscribe to at most ${this.opts.maxTypesPerStream} types; ${JSON.stringify(typeUrl)} is one too many`);
+      return;
     }
+    // A new subscription (the first request of a type, or after a reconnect): wildcard.
+    s.types.set(typeUrl, { held: new Map(Object.entries(req.initial_resource_versions ?? {})), refused: new Map() });
+    this.push(s, typeUrl, true);
   }
 
-  /** Sends what the node lacks of typeUrl; always on a new subscription, so the node knows it is in sync. */
+  /** Sends the next part of what the node lacks of typeUrl, unless a response is in flight; always on a new subscription, so the node knows it is in sync. */
   private push(s: NodeStream, typeUrl: string, always = false): void {
     const t = s.types.get(typeUrl)!;
+    if (t.inFlight || s.closed) return;
     const want = this.resources.get(typeUrl) ?? new Map<string, XdsResource>();
-    const changed: ResourceMessage[] = [];
-    for (const r of want.values()) if (t.held.get(r.name) !== r.version) changed.push({ name: r.name, version: r.version, resource: r.resource });
-    const removed = [...t.held.keys()].filter((n) => !want.has(n));
-    if (!changed.length && !removed.length && !always) return;
+    const chunk = nextChunk(want, t.held, t.refused, this.opts.maxResponseBytes);
+    if (!chunk.changed.length && !chunk.removed.length && !always) return;
     const nonce = randomBytes(8).toString('hex');
-    t.pending.set(nonce, new Map(t.held));
-    for (const r of changed) t.held.set(r.name, r.version);
-    for (const n of removed) t.held.delete(n);
+    const undo = new Map<string, string | undefined>();
+    for (const r of chunk.changed) { undo.set(r.name, t.held.get(r.name)); t.held.set(r.name, r.version); }
+    for (const n of chunk.removed) { undo.set(n, t.held.get(n)); t.held.delete(n); }
+    t.inFlight = { nonce, undo };
+    if (chunk.oversized.length) this.noisy.warn('xds-oversized', { node: s.node, typeUrl, names: chunk.oversized.slice(0, 5), maxResponseBytes: this.opts.maxResponseBytes }, 'xDS resource larger than the response budget: sent alone');
     this.stats.pushes++;
-    this.stats.resourcesSent += changed.length;
-    s.call.write({ system_version_info: '', type_url: typeUrl, nonce, resources: changed, removed_resources: removed });
-    this.log.debug({ node: s.node, typeUrl, nonce, changed: changed.length, removed: removed.length }, 'xDS push');
+    if (chunk.more) this.stats.parts++;
+    this.stats.resourcesSent += chunk.changed.length;
+    this.stats.bytesSent += chunk.bytes;
+    this.stats.maxResponseBytes = Math.max(this.stats.maxResponseBytes, chunk.bytes);
+    s.call.write({ system_version_info: chunk.more ? MORE_FOLLOWS : '', type_url: typeUrl, nonce, resources: chunk.changed, removed_resources: chunk.removed });
+    this.log.debug({ node: s.node, typeUrl, nonce, changed: chunk.changed.length, removed: chunk.removed.length, bytes: chunk.bytes, more: chunk.more }, 'xDS push');
   }
 }
 

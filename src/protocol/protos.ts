@@ -23,6 +23,16 @@ export const PROTO_FILES = [
 export const TYPE_ADDRESS = 'type.googleapis.com/istio.workload.Address';
 export const TYPE_AUTHORIZATION = 'type.googleapis.com/istio.security.Authorization';
 
+/**
+ * system_version_info of a delta response that is one part of a larger
+ * update: the server sends the next part of the same type after this one's
+ * ACK. A response without it completes the update, so a server that never
+ * splits (istiod) needs no change: its every response is complete. A node
+ * counts a type as synced, and applies a change to its data plane, only at
+ * a complete response.
+ */
+export const MORE_FOLLOWS = 'ambit.dev/more-follows';
+
 const CONVERSION = { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: true, arrays: true } as const;
 
 let services: { ads: grpc.ServiceClientConstructor; ca: grpc.ServiceClientConstructor } | undefined;
@@ -62,6 +72,12 @@ function typeOf(typeUrl: string): protobuf.Type {
 export function pack(typeUrl: string, message: object): Any {
   const t = typeOf(typeUrl);
   return { type_url: typeUrl, value: Buffer.from(t.encode(t.fromObject(message)).finish()) };
+}
+
+/** Bytes a message of the named type (e.g. envoy.service.discovery.v3.DeltaDiscoveryResponse) takes encoded. */
+export function encodedLength(typeName: string, message: object): number {
+  const t = types().lookupType(typeName);
+  return t.encode(t.fromObject(message)).finish().length;
 }
 
 /** Unpacks an Any; throws (with protobufjs's reason) when the bytes are not a valid message of its type. */

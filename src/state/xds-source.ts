@@ -7,19 +7,33 @@
 // announcing what the node holds (initial_resource_versions) so the server
 // sends only the difference. While the control plane is away the node keeps
 // serving with what it has.
+//
+// A large update may come in parts (system_version_info MORE_FOLLOWS on all
+// but the last, see protos.ts): each part is checked, applied to what the
+// node holds and ACKed on its own, as delta xDS asks; the data plane sees
+// the change, and the type counts as synced, only at the part that
+// completes it. Responses from istiod are always complete.
 import * as grpc from '@grpc/grpc-js';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import { AmbitError } from '../errors';
 import type { Logger } from '../observability/log';
 import type { AddressMessage, AuthorizationMessage, DeltaDiscoveryRequest, DeltaDiscoveryResponse, NodeMessage } from '../protocol/messages';
-import { grpcServices, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
+import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
 import type { Authorization } from '../policy/types';
 import type { Service, Workload } from './types';
 import { addressFromMessage, authorizationFromMessage, ResourceError, type AddressEntry } from './xds-resources';
 
 export const SUBSCRIBED_TYPES = [TYPE_ADDRESS, TYPE_AUTHORIZATION];
 const INVALID_ARGUMENT = 3;
+const RESOURCE_EXHAUSTED = 8;
+/**
+ * Largest response the node accepts. istiod sends a whole type in one
+ * response, about 200 bytes per workload: 64 MiB is a mesh of some 300,000
+ * workloads, far past gRPC's 4 MiB default (which a mesh of 25,000 already
+ * exceeds), and still a bound on what one message can make the node buffer.
+ */
+export const DEFAULT_XDS_MAX_RECEIVE_BYTES = 64 * 1024 * 1024;
 
 export interface XdsClientOptions {
   /** host:port of the control plane (istiod or `ambit control-plane`), e.g. 10.0.0.2:15012. */
@@ -33,6 +47,8 @@ export interface XdsClientOptions {
   node: NodeMessage;
   /** Trust domain of workloads that do not say theirs. */
   trustDomain: string;
+  /** Largest response accepted (bytes); DEFAULT_XDS_MAX_RECEIVE_BYTES when not set. */
+  maxReceiveBytes?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
   log: Logger;
@@ -54,6 +70,10 @@ export class XdsClient extends EventEmitter {
   private readonly addresses = new Map<string, Held<AddressEntry>>();
   private readonly policies = new Map<string, Held<Authorization>>();
   private readonly synced = new Set<string>();
+  /** Types whose update is arriving in parts: the data plane waits for the last. */
+  private readonly partial = new Set<string>();
+  /** Something was applied that the data plane has not been told about. */
+  private unannounced = false;
   private readonly client: AdsClient;
   private call?: AdsStream;
   private failures = 0;
@@ -63,19 +83,27 @@ export class XdsClient extends EventEmitter {
   /** Responses accepted / rejected, connections made: for metrics and tests. */
   readonly stats = { acks: 0, nacks: 0, connects: 0 };
   connected = false;
+  readonly maxReceiveBytes: number;
 
   constructor(private readonly opts: XdsClientOptions) {
     super();
     this.log = opts.log.child({ component: 'xds', controlPlane: opts.address });
     const creds = grpc.credentials.createSsl(Buffer.from(opts.rootsPem));
-    const channelOpts: grpc.ChannelOptions = { 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000 };
+    this.maxReceiveBytes = opts.maxReceiveBytes ?? DEFAULT_XDS_MAX_RECEIVE_BYTES;
+    const channelOpts: grpc.ChannelOptions = {
+      'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.max_receive_message_length': this.maxReceiveBytes,
+      // What the node announces on reconnect (a version per resource held) grows with the mesh too.
+      'grpc.max_send_message_length': -1,
+    };
     if (opts.serverName) channelOpts['grpc.ssl_target_name_override'] = opts.serverName;
     const Ads = grpcServices().ads;
     this.client = new Ads(opts.address, creds, channelOpts) as unknown as AdsClient;
   }
 
-  /** True once a first response of every subscribed type was applied. */
-  get isSynced(): boolean { return SUBSCRIBED_TYPES.every((t) => this.synced.has(t)); }
+  /** True once a complete update of every subscribed type was applied (and no update was half-way in parts). */
+  get isSynced(): boolean { return this.firstSync; }
+  private firstSync = false;
 
   start(): void { this.connect(); }
 
@@ -140,13 +168,20 @@ export class XdsClient extends EventEmitter {
       }
       this.onResponse(call, res);
     });
-    call.on('error', (err: grpc.ServiceError) => this.lost(call, `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}`));
+    call.on('error', (err: grpc.ServiceError) => {
+      if (err.code === RESOURCE_EXHAUSTED) {
+        this.log.error({ err: err.details, maxReceiveBytes: this.maxReceiveBytes, code: 'AMBIT_E_XDS' }, 'xDS response larger than the node accepts; raise --xds-max-message-bytes');
+      }
+      this.lost(call, `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}`);
+    });
     call.on('end', () => this.lost(call, 'the control plane ended the stream'));
   }
 
   private lost(call: unknown, why: string): void {
     if (call !== this.call) return;
     this.call = undefined;
+    // Parts of an update cut short are sent again (as a difference) on the next stream.
+    this.partial.clear();
     const was = this.connected;
     this.connected = false;
     if (this.stopped) return;
@@ -176,24 +211,36 @@ export class XdsClient extends EventEmitter {
         error_detail: error ? { code: INVALID_ARGUMENT, message: error } : undefined,
       });
     };
-    let apply: () => void;
+    const more = res.system_version_info === MORE_FOLLOWS;
+    let apply: (() => void) | undefined;
+    let refused: string | undefined;
     try {
       apply = this.check(res);
     } catch (err) {
-      const why = err instanceof ResourceError ? err.message : `${res.type_url}: ${(err as Error).message}`;
-      this.stats.nacks++;
-      this.log.error({ typeUrl: res.type_url, nonce: res.nonce, err: why }, 'xDS response rejected (NACK); the last good state keeps serving');
-      this.emit('rejected', why);
-      return ack(why);
+      refused = err instanceof ResourceError ? err.message : `${res.type_url}: ${(err as Error).message}`;
     }
-    apply();
-    this.stats.acks++;
-    ack();
-    const wasSynced = this.isSynced;
-    this.synced.add(res.type_url);
-    this.log.debug({ typeUrl: res.type_url, changed: res.resources.length, removed: res.removed_resources.length }, 'xDS response applied');
-    if (this.isSynced) this.emit('changed', this.state());
-    if (!wasSynced && this.isSynced) this.emit('synced');
+    if (more && SUBSCRIBED_TYPES.includes(res.type_url)) this.partial.add(res.type_url); else this.partial.delete(res.type_url);
+    if (apply) {
+      apply();
+      this.stats.acks++;
+      this.unannounced = true;
+      if (!more) this.synced.add(res.type_url);
+      this.log.debug({ typeUrl: res.type_url, changed: res.resources.length, removed: res.removed_resources.length, more }, 'xDS response applied');
+    } else {
+      this.stats.nacks++;
+      this.log.error({ typeUrl: res.type_url, nonce: res.nonce, err: refused, code: 'AMBIT_E_XDS' }, 'xDS response rejected (NACK); the last good state keeps serving');
+      this.emit('rejected', refused);
+    }
+    ack(refused);
+    if (this.partial.size > 0) return;
+    const first = !this.firstSync && SUBSCRIBED_TYPES.every((t) => this.synced.has(t));
+    if (first) this.firstSync = true;
+    // Earlier parts of an update that ends in a NACK were applied (and ACKed): they are announced too.
+    if (this.unannounced && this.firstSync) {
+      this.unannounced = false;
+      this.emit('changed', this.state());
+    }
+    if (first) this.emit('synced');
   }
 
   /** Decodes every resource of a response; returns how to apply it, or throws naming the bad resource. */
