@@ -7,8 +7,15 @@
 // certificates are issued only for identities of workloads placed on the
 // asking node. Only what changed is pushed; an invalid file change is
 // logged and the last good state keeps serving.
+//
+// A reload is all or nothing: the new token list, mesh and resources are
+// all built before any of them replaces the old, and whatever fails on the
+// way is logged with its code while the last good state keeps serving; the
+// process never exits for a file it was given. Open streams are checked
+// against the tokens after every reload (and, with TokenReview, every
+// minute): a node whose token went is cut off with UNAUTHENTICATED.
 import * as grpc from '@grpc/grpc-js';
-import { AmbitError } from '../errors';
+import { AmbitError, type ErrorCode } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
 import type { Logger } from '../observability/log';
 import { grpcServices } from '../protocol/protos';
@@ -16,17 +23,24 @@ import { loadConfigFile, parseConfig } from '../state/config';
 import { watchParsedFile } from '../state/file-source';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
-import { toResources } from '../state/xds-resources';
+import { toResources, type XdsResource } from '../state/xds-resources';
 import { caServiceHandlers } from './ca-service';
 import { serverCredentials } from './tls';
 import { NodeTokens } from './tokens';
 import type { CertificateAuthority } from '../identity/ca';
 import type { KubeClient } from '../kube/client';
 import { KubeClusterSource } from '../kube/cluster-source';
-import { TokenReviewer } from './token-review';
-import { XdsServer, type AuthResult } from './xds-server';
+import { REVIEW_CACHE_MS, TokenReviewer } from './token-review';
+import { XdsServer, type AuthResult, type XdsServerOptions } from './xds-server';
 
 export const DEFAULT_LISTEN = '0.0.0.0:15012';
+/**
+ * Largest request accepted. A reconnecting node announces a version per
+ * resource it holds (about 60 bytes each): 16 MiB is some 250,000
+ * resources, while bounding what an unauthenticated peer can make the
+ * server buffer before its token is checked.
+ */
+export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
 
 export interface ControlPlaneOptions {
   configFile: string;
@@ -37,39 +51,55 @@ export interface ControlPlaneOptions {
   signer?: CertificateAuthority;
   /** Workloads and services from this API server instead of the YAML. */
   kube?: KubeClient;
+  /** xDS: response size budget (a bigger update goes in parts), streams per node, types per stream. */
+  xds?: XdsServerOptions;
+  /** Largest gRPC request accepted (bytes). */
+  maxRequestBytes?: number;
+  /** With TokenReview: how often open streams' tokens are reviewed again. */
+  recheckMs?: number;
   log: Logger;
 }
 
+/** Everything a configuration produces, built before any of it is served. */
+interface Prepared {
+  base: MeshConfig;
+  tokens: NodeTokens;
+  store: MeshStore;
+  resources: Map<string, Map<string, XdsResource>>;
+}
+
 export class ControlPlane {
-  private tokens: NodeTokens;
   private unwatch?: () => void;
   private cluster?: KubeClusterSource;
   private reviewer?: TokenReviewer;
+  private recheckTimer?: NodeJS.Timeout;
   /** The file's configuration; what is served adds the cluster's workloads to it. */
   private base: MeshConfig;
 
   private constructor(
     private store: MeshStore,
+    private tokens: NodeTokens,
     readonly ca: BuiltinCa,
     readonly xds: XdsServer,
     private readonly server: grpc.Server,
     readonly port: number,
     private readonly log: Logger,
   ) {
-    this.tokens = new NodeTokens(store.config.controlPlane.tokens);
     this.base = store.config;
   }
 
   static async start(opts: ControlPlaneOptions): Promise<ControlPlane> {
     const { log } = opts;
     const config = loadConfigFile(opts.configFile);
+    // Checked before listening: a start with a bad token list fails naming it, with nothing bound.
+    const tokens = new NodeTokens(config.controlPlane.tokens);
     const ca = await BuiltinCa.open(config.ca.dir);
     const tls = await serverCredentials(ca, opts.names ?? { dns: [], ips: [] });
     // Late-bound: the token list and the workload placement follow the file.
     let self: ControlPlane | undefined;
     const authenticate = (md: grpc.Metadata): Promise<AuthResult> => self!.authenticate(md);
-    const xds = new XdsServer(authenticate, log.child({ component: 'xds' }));
-    const server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+    const xds = new XdsServer(authenticate, log.child({ component: 'xds' }), opts.xds);
+    const server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES });
     const { ads, ca: caService } = grpcServices();
     server.addService(ads.service, xds.handlers());
     server.addService(caService.service, caServiceHandlers({
@@ -83,20 +113,33 @@ export class ControlPlane {
     const port = await new Promise<number>((resolve, reject) => server.bindAsync(listen, creds, (err, p) => (err
       ? reject(new AmbitError('AMBIT_E_CONFIG', `cannot listen on ${listen}: ${err.message}`, 'is another control plane (or istiod) on that port? pass --listen HOST:PORT'))
       : resolve(p))));
-    self = new ControlPlane(new MeshStore(config), ca, xds, server, port, log);
+    self = new ControlPlane(new MeshStore(config), tokens, ca, xds, server, port, log);
     const cp = self;
+    try {
+      await cp.begin(opts, config);
+    } catch (err) {
+      await cp.stop();
+      throw err;
+    }
+    const served = cp.config;
+    log.info({ listen, port, kubernetes: opts.kube?.server, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'control plane serving xDS and the CA');
+    return cp;
+  }
+
+  private async begin(opts: ControlPlaneOptions, config: MeshConfig): Promise<void> {
+    const cp = this;
+    const { log } = this;
     if (opts.kube) {
       const cluster = new KubeClusterSource(opts.kube, log.child({ component: 'kubernetes' }));
       await cluster.start();
       cp.cluster = cluster;
       cp.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), log });
-      cluster.on('changed', () => cp.refresh());
+      cluster.on('changed', () => cp.apply(cp.base, 'cluster'));
+      // A token the API server no longer accepts shows only when asked again (answers are cached this long).
+      cp.recheckTimer = setInterval(() => cp.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();
     }
-    cp.refresh();
-    cp.unwatch = watchParsedFile(opts.configFile, parseConfig, (cfg) => cp.apply(cfg), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
-    const served = cp.config;
-    log.info({ listen, port, kubernetes: opts.kube?.server, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'control plane serving xDS and the CA');
-    return cp;
+    cp.commit(cp.prepare(config), 'start');
+    cp.unwatch = watchParsedFile(opts.configFile, parseConfig, (cfg) => cp.apply(cfg, 'file'), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
   }
 
   get config(): MeshConfig { return this.store.config; }
@@ -106,11 +149,58 @@ export class ControlPlane {
     return new Set(this.store.workloadsOn(node).filter((w) => w.protocol === 'HBONE').map((w) => this.store.identityOf(w)));
   }
 
-  /** A new configuration file. */
-  apply(config: MeshConfig): void {
-    this.base = config;
-    this.tokens = new NodeTokens(config.controlPlane.tokens);
-    this.refresh();
+  /**
+   * Serves a configuration (a new file, or the cluster changed under the
+   * same file): false, with the reason logged, when it cannot be served;
+   * then nothing of it was applied.
+   */
+  apply(config: MeshConfig, why: 'start' | 'file' | 'cluster' = 'file'): boolean {
+    let next: Prepared;
+    try {
+      next = this.prepare(config);
+    } catch (err) {
+      this.rejected(err, why);
+      return false;
+    }
+    this.commit(next, why);
+    return true;
+  }
+
+  private commit(next: Prepared, why: 'start' | 'file' | 'cluster'): void {
+    this.base = next.base;
+    this.tokens = next.tokens;
+    this.store = next.store;
+    try {
+      if (next.store.config.warnings?.length) this.log.warn({ warnings: next.store.config.warnings }, 'policies accepted with warnings');
+      this.xds.update(next.resources);
+    } catch (err) {
+      // Not expected (update guards each stream); the state is in place, the next change pushes it.
+      this.rejected(err, why);
+    }
+    const served = this.store.config;
+    this.log.info({ why, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'configuration applied and pushed');
+    if (why === 'file') this.recheckStreams();
+  }
+
+  /** Every check and every derived structure, before anything is replaced. */
+  private prepare(base: MeshConfig): Prepared {
+    const tokens = new NodeTokens(base.controlPlane.tokens);
+    const config = this.cluster ? this.cluster.mesh(base) : base;
+    const store = new MeshStore(config);
+    return { base, tokens, store, resources: toResources(config, (s) => store.endpoints(s)) };
+  }
+
+  private rejected(err: unknown, why: string): void {
+    const code: ErrorCode = err instanceof AmbitError ? err.code : 'AMBIT_E_CONFIG';
+    const e = err as Error;
+    this.log.error({ why, code, err: err instanceof AmbitError ? e.message : (e?.stack ?? String(err)) }, 'configuration change rejected; the last good state keeps serving');
+  }
+
+  private recheckStreams(): void {
+    this.xds.recheck().then(
+      (n) => { if (n) this.log.info({ closed: n }, 'xDS streams whose token is no longer accepted were closed'); },
+      (err: Error) => this.log.error({ err: err.message }, 're-checking the xDS streams\' tokens failed'),
+    );
   }
 
   /** Node tokens from the YAML first; in Kubernetes, otherwise a TokenReview of the projected token. */
@@ -120,23 +210,12 @@ export class ControlPlane {
     return this.reviewer.authenticate(md);
   }
 
-  /** Serves the file's configuration (plus the cluster's workloads): only the difference is pushed. */
-  private refresh(): void {
-    const config = this.cluster ? this.cluster.mesh(this.base) : this.base;
-    this.store = new MeshStore(config);
-    this.publish(config);
-    this.log.info({ workloads: config.workloads.length, services: config.services.length, policies: config.policies.length }, 'configuration applied and pushed');
-  }
 
   async stop(): Promise<void> {
     this.unwatch?.();
+    clearInterval(this.recheckTimer);
     this.cluster?.stop();
     this.xds.close();
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
-  }
-
-  private publish(config: MeshConfig): void {
-    if (config.warnings?.length) this.log.warn({ warnings: config.warnings }, 'policies accepted with warnings');
-    this.xds.update(toResources(config, (s) => this.store.endpoints(s)));
   }
 }

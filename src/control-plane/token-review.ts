@@ -14,7 +14,9 @@ import type { AuthResult } from './xds-server';
 
 export const TOKEN_AUDIENCE = 'istio-ca';
 export const NODE_AGENT_ACCOUNT = 'system:serviceaccount:ambit-system:ambit-node';
-const CACHE_MS = 60_000;
+export const REVIEW_CACHE_MS = 60_000;
+const CACHE_MS = REVIEW_CACHE_MS;
+const RETRY_MS = 5_000;
 
 export interface TokenReviewOptions {
   /** Usernames allowed to act as node agents (default: the DaemonSet's service account). */
@@ -41,7 +43,9 @@ export class TokenReviewer {
     const hit = this.cache.get(key);
     if (hit && hit.until > Date.now()) return hit.result;
     const result = await this.review(m[1]);
-    this.cache.set(key, { result, until: Date.now() + CACHE_MS });
+    // A failed review is not an answer: asked again soon, but not by every caller during an outage.
+    const transient = 'error' in result && result.transient;
+    this.cache.set(key, { result, until: Date.now() + (transient ? RETRY_MS : CACHE_MS) });
     if (this.cache.size > 10_000) this.cache.delete(this.cache.keys().next().value!);
     return result;
   }
@@ -54,7 +58,7 @@ export class TokenReviewer {
       });
     } catch (err) {
       this.opts.log.error({ err: (err as Error).message }, 'TokenReview failed');
-      return { error: `the token could not be reviewed: ${(err as Error).message}` };
+      return { error: `the token could not be reviewed: ${(err as Error).message}`, transient: true };
     }
     const s = r.status ?? {};
     if (!s.authenticated) return { error: `the API server did not accept the token${s.error ? `: ${s.error}` : ''} (audience must be ${TOKEN_AUDIENCE})` };
