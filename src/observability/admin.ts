@@ -1,10 +1,13 @@
 // The operator's three HTTP endpoints, on ztunnel's ports:
 //   :15000 (localhost only) admin — GET /config_dump, POST /logging?level=,
-//          POST /quitquitquit
+//          POST /quitquitquit (mutations need `x-ambit-admin: true`, no
+//          Origin, a loopback Host: see admin-guard.ts)
 //   :15020 Prometheus — GET /metrics, GET /stats/prometheus
 //   :15021 readiness — GET /healthz/ready: 200 "ready", or 503 with the
 //          tasks still pending, one per line
 import http from 'node:http';
+import { refusal } from './admin-guard';
+import { RateLimitedLog } from './rate-limited';
 import type { Logger } from './log';
 
 export interface Readiness { pending: string[] }
@@ -24,21 +27,98 @@ export interface AdminPorts { admin: number; stats: number; ready: number }
 export const DEFAULT_PORTS: AdminPorts = { admin: 15000, stats: 15020, ready: 15021 };
 const LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
-export async function startAdmin(deps: AdminDeps, ports: AdminPorts = DEFAULT_PORTS): Promise<{ close: () => void }> {
-  const servers = await Promise.all([
-    listen(ports.admin, '127.0.0.1', (req, res) => admin(deps, req, res)),
-    listen(ports.stats, '0.0.0.0', (req, res) => stats(deps, req, res)),
-    listen(ports.ready, '0.0.0.0', (req, res) => ready(deps, req, res)),
-  ]);
-  return { close: () => { for (const s of servers) s.close(); } };
+/**
+ * Bounds on what a client can make these servers hold. The endpoints take
+ * no bodies and answer at once, so honest clients (curl, Prometheus, the
+ * kubelet) never come near them; a slow or idle one is cut.
+ */
+export interface AdminLimits {
+  /** Request headers must arrive within this. */
+  headersTimeoutMs: number;
+  /** The whole request (headers and any body) must arrive within this. */
+  requestTimeoutMs: number;
+  /** A kept-alive connection with no request for this long is closed. */
+  keepAliveTimeoutMs: number;
+  /** Request bodies larger than this are refused (413) and the connection closed. */
+  maxBodyBytes: number;
+  /** Open connections per server; past it new ones are closed at once. */
+  maxConnections: number;
 }
 
-function listen(port: number, host: string, handler: http.RequestListener): Promise<http.Server> {
+export const DEFAULT_ADMIN_LIMITS: AdminLimits = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 15_000,
+  keepAliveTimeoutMs: 5_000,
+  maxBodyBytes: 4096,
+  maxConnections: 64,
+};
+
+/** ports in the answer are the bound ones (differ from the asked when those are 0). */
+export async function startAdmin(deps: AdminDeps, ports: AdminPorts = DEFAULT_PORTS, limits: Partial<AdminLimits> = {}): Promise<{ close: () => void; ports: AdminPorts }> {
+  const l: AdminLimits = { ...DEFAULT_ADMIN_LIMITS, ...limits };
+  const log = deps.log.child({ component: 'admin' });
+  // A page in a local browser can send forged requests in a loop: one line per kind per interval.
+  const warnings = new RateLimitedLog(log);
+  const servers = await Promise.all([
+    listen(ports.admin, '127.0.0.1', l, log, (req, res) => admin(deps, warnings, req, res)),
+    listen(ports.stats, '0.0.0.0', l, log, (req, res) => stats(deps, req, res)),
+    listen(ports.ready, '0.0.0.0', l, log, (req, res) => ready(deps, req, res)),
+  ]);
+  const bound = servers.map((s) => (s.address() as { port: number }).port);
+  return { close: () => { for (const s of servers) { s.close(); s.closeAllConnections(); } }, ports: { admin: bound[0], stats: bound[1], ready: bound[2] } };
+}
+
+function listen(port: number, host: string, l: AdminLimits, log: Logger, handler: http.RequestListener): Promise<http.Server> {
   return new Promise((resolve, reject) => {
-    const s = http.createServer(handler);
+    const s = http.createServer({
+      headersTimeout: l.headersTimeoutMs,
+      requestTimeout: l.requestTimeoutMs,
+      keepAliveTimeout: l.keepAliveTimeoutMs,
+      // Node checks the two timeouts above only this often (30 s by default),
+      // which would let a slow client stay three times as long as allowed.
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, l.headersTimeoutMs / 4)),
+      maxHeaderSize: 16 * 1024,
+    }, (req, res) => {
+      if (!withinBody(req, res, l.maxBodyBytes)) return;
+      try {
+        handler(req, res);
+      } catch (err) {
+        // A request target URL cannot parse, or a dump throws: this request's failure only.
+        log.warn({ port, err: (err as Error).message }, 'admin request failed');
+        if (!res.headersSent) send(res, err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_INVALID_URL' ? 400 : 500, `${(err as Error).message}\n`);
+        else res.destroy();
+      }
+    });
+    s.maxConnections = l.maxConnections;
+    // A socket that is idle between the checks above (say, half a request line) is cut too.
+    s.setTimeout(l.requestTimeoutMs, (socket) => socket.destroy());
+    s.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      // Node's default answers 400/408 and closes; keep that, quietly: a port scanner is not news.
+      if (socket.writable && err.code !== 'ECONNRESET') socket.end(`HTTP/1.1 ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400} ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'Request Timeout' : 'Bad Request'}\r\nconnection: close\r\n\r\n`);
+      else socket.destroy();
+    });
     s.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(err, { message: `cannot listen on ${host}:${port}: ${err.code}; is another ambit running in this network namespace?` })));
-    s.listen(port, host, () => resolve(s));
+    s.listen(port, host, () => {
+      s.on('error', (err: Error) => log.error({ port, err: err.message }, 'admin endpoint error'));
+      resolve(s);
+    });
   });
+}
+
+/** No endpoint takes a body; one is read (so the connection can be reused) up to max, past that refused. */
+function withinBody(req: http.IncomingMessage, res: http.ServerResponse, max: number): boolean {
+  const refuse = (): void => {
+    if (!res.headersSent) {
+      res.writeHead(413, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
+      res.end(`request body over ${max} bytes; these endpoints take none\n`);
+    }
+    req.socket.destroySoon();
+  };
+  if (Number(req.headers['content-length'] ?? 0) > max) { refuse(); return false; }
+  let seen = 0;
+  req.on('data', (chunk: Buffer) => { seen += chunk.length; if (seen > max) refuse(); });
+  req.on('error', () => req.socket.destroy());
+  return true;
 }
 
 function send(res: http.ServerResponse, status: number, body: string, type = 'text/plain; charset=utf-8'): void {
@@ -46,8 +126,13 @@ function send(res: http.ServerResponse, status: number, body: string, type = 'te
   res.end(body);
 }
 
-function admin(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
+function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMessage, res: http.ServerResponse): void {
   const url = new URL(req.url ?? '/', 'http://localhost');
+  const why = refusal(req, req.method !== 'GET' && req.method !== 'HEAD');
+  if (why) {
+    warnings.warn(why.kind, { method: req.method, path: url.pathname.slice(0, 100), detail: why.message }, 'admin request refused');
+    return send(res, 403, `refused: ${why.message}\n`);
+  }
   if (req.method === 'GET' && url.pathname === '/config_dump') {
     return send(res, 200, `${JSON.stringify(deps.configDump(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`, 'application/json');
   }

@@ -71,11 +71,14 @@ export function untilReady(node: { name: string; netnsPath: string }, timeoutMs 
   return waitFor(`${node.name} ready`, async () => (await httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, timeoutMs, 100);
 }
 
+/** Admin mutations (POST on :15000) must carry this; see src/observability/admin-guard.ts. */
+export const ADMIN_MUTATION = { 'x-ambit-admin': 'true' };
+
 /** An HTTP request made from inside a node's netns. */
-export function httpInNetns(node: { netnsPath: string }, host: string, port: number, method: string, urlPath: string): Promise<{ status: number; body: string }> {
+export function httpInNetns(node: { netnsPath: string }, host: string, port: number, method: string, urlPath: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     // No agent: with one, Node would dial on its own and ignore createConnection.
-    const req = http.request({ method, path: urlPath, host, port, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
+    const req = http.request({ method, path: urlPath, host, port, headers, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
       let body = '';
       res.on('data', (d) => { body += d; });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));

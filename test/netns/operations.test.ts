@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { ADMIN_MUTATION, assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { Topology, type TestNode } from '../helpers/topology';
 
@@ -132,16 +132,17 @@ describe('operations: metrics, readiness, admin', () => {
     assert.equal(parsed.datapath.links.length, 4);
     assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');
 
-    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug'), { status: 200, body: 'level=debug\n' });
-    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging'), { status: 200, body: 'level=debug\n' });
-    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud')).status, 400);
+    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug')).status, 403, 'a mutation without x-ambit-admin (what a browser page can forge)');
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug', ADMIN_MUTATION), { status: 200, body: 'level=debug\n' });
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging', ADMIN_MUTATION), { status: 200, body: 'level=debug\n' });
+    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud', ADMIN_MUTATION)).status, 400);
 
     await assert.rejects(httpInNetns(node, node.wireIp, 15000, 'GET', '/config_dump'), /ECONNREFUSED/, 'the admin API is not reachable from the network');
     assert.equal((await httpInNetns(node, node.wireIp, 15020, 'GET', '/metrics')).status, 200, 'metrics are');
 
     const agent = agents.get(node.name)!;
     const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
-    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/quitquitquit')).status, 200);
+    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/quitquitquit', ADMIN_MUTATION)).status, 200);
     assert.equal(await exited, 0);
   });
 
