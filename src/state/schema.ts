@@ -21,23 +21,24 @@ export const KEYS = {
   token: ['node', 'sha256'],
 } as const;
 
-/** Levenshtein distance, ignoring case (so `targetport` is one step from nothing but `targetPort`). */
+/** Edit distance counting a swap of neighbours as one edit (`dri` is one from `dir`), ignoring case. */
 export function editDistance(a: string, b: string): number {
   const [s, t] = [a.toLowerCase(), b.toLowerCase()];
-  let prev = Array.from({ length: t.length + 1 }, (_, j) => j);
+  const d: number[][] = Array.from({ length: s.length + 1 }, (_, i) => [i, ...new Array<number>(t.length).fill(0)]);
+  for (let j = 1; j <= t.length; j++) d[0][j] = j;
   for (let i = 1; i <= s.length; i++) {
-    const row = [i];
     for (let j = 1; j <= t.length; j++) {
-      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (s[i - 1] === t[j - 1] ? 0 : 1));
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (s[i - 1] === t[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && s[i - 1] === t[j - 2] && s[i - 2] === t[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
     }
-    prev = row;
   }
-  return prev[t.length];
+  return d[s.length][t.length];
 }
 
 /**
  * The known key a typo most likely meant: the nearest within a third of its
- * length (at least 1, at most 3 edits), a case-only difference first. A
+ * length (at least 1, at most 3 edits), a case-only difference first, a
+ * clipped key counting as one edit. A
  * wild guess would mislead more than no guess.
  */
 export function closest(key: string, known: readonly string[]): string | undefined {
@@ -45,7 +46,9 @@ export function closest(key: string, known: readonly string[]): string | undefin
   let best: string | undefined;
   let bestD = Math.min(3, Math.max(1, Math.floor(key.length / 3))) + 1;
   for (const k of known) {
-    const d = key.toLowerCase() === k.toLowerCase() ? 0 : editDistance(key, k);
+    const [lk, lc] = [key.toLowerCase(), k.toLowerCase()];
+    // A clipped key (`sha` for `sha256`) is as good a guess as one typo.
+    const d = lk === lc ? 0 : lk.length >= 3 && lc.startsWith(lk) ? 1 : editDistance(key, k);
     if (d < bestD) { best = k; bestD = d; }
   }
   return best;
