@@ -9,6 +9,7 @@
 // own netns and cgroup. Data plane: the tunnel runs in this process, or in
 // tunnel worker processes that accept on the same sockets (src/agent/workers.ts).
 import fs from 'node:fs';
+import type net from 'node:net';
 import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
 import { listenerServer } from './agent/netns';
 import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
@@ -22,6 +23,7 @@ import type { Readiness } from './observability/admin';
 import { aggregateMetrics } from './observability/aggregate';
 import type { Logger } from './observability/log';
 import { Metrics } from './observability/metrics';
+import { RateLimitedLog } from './observability/rate-limited';
 import type { Authorizer } from './policy/authorize';
 import { MeshStore } from './state/store';
 import type { MeshConfig, Workload } from './state/types';
@@ -93,16 +95,22 @@ export interface NodeOptions {
 /** The tunnel in this process, on duplicates of the pods' listening sockets. */
 export class InProcessDataPlane implements DataPlane {
   readonly tunnel: Tunnel;
+  private readonly warn: RateLimitedLog;
 
   constructor(ctx: DataPlaneContext, pool?: NodeOptions['pool']) {
     this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, limits: ctx.limits, log: ctx.log });
+    this.warn = new RateLimitedLog(ctx.log);
   }
 
   addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
     const { listeners: l } = pod;
+    const server = (fd: number, role: string): net.Server => listenerServer(fd).on('error', (err: NodeJS.ErrnoException) => {
+      // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
+      this.warn.warn(`listener_${err.code ?? 'error'}`, { pod: pod.workload.uid, role, code: err.code, err: err.message }, 'pod listener error');
+    });
     this.tunnel.addPod({
       workload: pod.workload, podId: pod.podId, identity, netns: pod.netns,
-      outbound: listenerServer(l.outbound), inboundPlain: listenerServer(l.inboundPlain), inboundHbone: listenerServer(l.inboundHbone),
+      outbound: server(l.outbound, 'outbound'), inboundPlain: server(l.inboundPlain, 'inboundPlain'), inboundHbone: server(l.inboundHbone, 'inboundHbone'),
     }, cert);
   }
 

@@ -4,7 +4,10 @@
 // the kernel spreads connections over the workers and, while one dies or is
 // replaced, the others — or the queue, with the agent still holding the
 // sockets — take new connections: none is refused.
-//   - a worker that exits unexpectedly is replaced at once;
+//   - a worker that exits unexpectedly is replaced after a backoff (0.1 s
+//     doubling to 10 s, back to 0.1 s once a worker stayed up a minute): one
+//     that crashes in a loop must not fork-bomb the node, and while it waits
+//     the other workers, or the kernel's accept queue, hold new connections;
 //   - roll(): new workers start and serve every pod, then the old ones drain;
 //   - drain(): every worker stops accepting and finishes open connections.
 import { fork, type ChildProcess } from 'node:child_process';
@@ -20,6 +23,12 @@ export interface WorkersOptions {
   pinDir: string;
   /** The `ambit` CLI script the workers run (`ambit worker`). */
   cli: string;
+  /** Delay before replacing the first worker that died; doubles per death up to respawnMaxMs. Default 100 ms. */
+  respawnInitialMs?: number;
+  /** Default 10 s. */
+  respawnMaxMs?: number;
+  /** A worker that lived this long resets the backoff. Default 60 s. */
+  respawnResetMs?: number;
 }
 
 interface Worker {
@@ -29,9 +38,12 @@ interface Worker {
   serving: Set<string>;
   /** Draining or stopped on purpose: its exit needs no replacement. */
   retiring: boolean;
+  startedAt: number;
 }
 
 const RELEASE_TIMEOUT_MS = 5000;
+/** A rolling replacement gives up on a new worker that does not serve every pod in this time. */
+const SERVING_TIMEOUT_MS = 30_000;
 
 const toWire = (c: WorkloadCert): WireCert => ({ ...c, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString() });
 
@@ -45,6 +57,9 @@ export class WorkersDataPlane implements DataPlane {
   /** removePod calls waiting for the workers to close their copies of a pod's sockets. */
   private readonly releasing = new Map<string, { left: Set<Worker>; done: () => void }>();
   private readonly onCert = (_id: string, c: WorkloadCert): void => this.broadcast({ t: 'cert', cert: toWire(c) });
+  /** Unexpected worker deaths since the last worker that stayed up respawnResetMs. */
+  private deaths = 0;
+  private readonly respawns = new Set<NodeJS.Timeout>();
 
   constructor(private readonly ctx: DataPlaneContext, private readonly opts: WorkersOptions) {
     ctx.certs.on('updated', this.onCert);
@@ -101,6 +116,8 @@ export class WorkersDataPlane implements DataPlane {
 
   async drain(deadlineMs: number): Promise<void> {
     this.stopping = true;
+    for (const t of this.respawns) clearTimeout(t);
+    this.respawns.clear();
     await Promise.all(this.workers.map((w) => this.retire(w, deadlineMs)));
   }
 
@@ -118,13 +135,15 @@ export class WorkersDataPlane implements DataPlane {
 
   stop(): void {
     this.stopping = true;
+    for (const t of this.respawns) clearTimeout(t);
+    this.respawns.clear();
     this.ctx.certs.off('updated', this.onCert);
     for (const w of this.workers) { w.retiring = true; w.child.kill('SIGTERM'); }
   }
 
   private spawn(): Worker {
     const child = fork(this.opts.cli, ['worker'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    const w: Worker = { id: this.nextId++, child, ready: false, serving: new Set(), retiring: false };
+    const w: Worker = { id: this.nextId++, child, ready: false, serving: new Set(), retiring: false, startedAt: Date.now() };
     this.workers.push(w);
     this.ctx.log.info({ worker: w.id, pid: child.pid }, 'worker started');
     child.on('message', (m: FromWorker) => this.onMessage(w, m));
@@ -134,13 +153,28 @@ export class WorkersDataPlane implements DataPlane {
       for (const uid of [...this.releasing.keys()]) this.released(w, uid); // a dead worker holds nothing
       if (w.retiring || this.stopping) return;
       // Its connections are gone; the sockets are not: a replacement accepts what queued meanwhile.
-      this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal }, 'worker exited; starting a replacement');
-      this.spawn();
+      const delayMs = this.respawnDelay(Date.now() - w.startedAt);
+      this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal, delayMs, deaths: this.deaths }, 'worker exited; starting a replacement');
+      const timer = setTimeout(() => {
+        this.respawns.delete(timer);
+        if (!this.stopping) this.spawn();
+      }, delayMs);
+      this.respawns.add(timer);
     });
     this.send(w, { t: 'init', pinDir: this.opts.pinDir, mode: this.ctx.mode, config: this.ctx.store.config, logLevel: this.ctx.log.level, limits: this.ctx.limits });
     for (const c of this.ctx.certs.certificates()) this.send(w, { t: 'cert', cert: toWire(c) });
     for (const { pod, identity } of this.pods.values()) this.sendPod(w, pod, identity);
     return w;
+  }
+
+  /** Exponential in the deaths since a worker last lived respawnResetMs. */
+  private respawnDelay(livedMs: number): number {
+    const initial = this.opts.respawnInitialMs ?? 100;
+    const max = this.opts.respawnMaxMs ?? 10_000;
+    if (livedMs >= (this.opts.respawnResetMs ?? 60_000)) this.deaths = 0;
+    const delay = Math.min(max, initial * 2 ** Math.min(this.deaths, 30));
+    this.deaths++;
+    return delay;
   }
 
   private sendPod(w: Worker, pod: EnrolledPod, identity: string): void {
@@ -157,7 +191,11 @@ export class WorkersDataPlane implements DataPlane {
       case 'serving': w.serving.add(m.uid); return;
       case 'released': this.released(w, m.uid); return;
       case 'cert?':
-        this.ctx.certs.fetch(m.identity).then((c) => this.send(w, { t: 'cert', cert: toWire(c) }), (err: Error) => this.ctx.log.warn({ identity: m.identity, err: err.message }, 'certificate for a worker failed'));
+        // Either answer is sent: a worker's connections wait for it.
+        this.ctx.certs.fetch(m.identity).then((c) => this.send(w, { t: 'cert', cert: toWire(c) }), (err: Error) => {
+          this.ctx.log.warn({ identity: m.identity, worker: w.id, code: (err as NodeJS.ErrnoException).code, err: err.message }, 'certificate for a worker failed');
+          this.send(w, { t: 'certFailed', identity: m.identity, message: err.message });
+        });
         return;
       case 'metrics': {
         const req = this.metricsWaiting.get(m.id);
@@ -171,10 +209,12 @@ export class WorkersDataPlane implements DataPlane {
   }
 
   private untilServing(w: Worker): Promise<void> {
+    const deadline = Date.now() + SERVING_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
       const check = setInterval(() => {
         if (w.ready && [...this.pods.keys()].every((uid) => w.serving.has(uid))) { clearInterval(check); resolve(); }
         else if (w.child.exitCode !== null || w.child.signalCode !== null) { clearInterval(check); reject(new Error(`worker ${w.id} exited before serving`)); }
+        else if (Date.now() > deadline) { clearInterval(check); reject(new Error(`worker ${w.id} did not serve every pod within ${SERVING_TIMEOUT_MS} ms`)); }
       }, 20);
     });
   }
@@ -190,7 +230,8 @@ export class WorkersDataPlane implements DataPlane {
   }
 
   private send(w: Worker, m: ToWorker): void {
-    if (w.child.connected) w.child.send(m);
+    // A worker dying between the check and the write is an answer in the callback, not an 'error' event.
+    if (w.child.connected) w.child.send(m, (err) => { if (err) this.ctx.log.debug({ worker: w.id, err: err.message }, 'message to a worker not delivered'); });
   }
 
   private broadcast(m: ToWorker): void {

@@ -16,6 +16,8 @@ export type ClientFailureCode =
   | 'AMBIT_E_HBONE_CLOSED'
   /** The peer answered CONNECT with a status other than 200. */
   | 'AMBIT_E_HBONE_STATUS'
+  /** No socket could be made inside the source pod (its netns went away with the pod). */
+  | 'AMBIT_E_DIAL'
   /** A plain (non-HBONE) upstream did not accept the TCP connection within upstreamDialMs. */
   | 'AMBIT_E_UPSTREAM_DIAL_TIMEOUT';
 

@@ -17,6 +17,8 @@ export type ToWorker =
   | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string; limits: Partial<TunnelLimits> }
   | { t: 'config'; config: MeshConfig }
   | { t: 'cert'; cert: WireCert }
+  /** The answer to `cert?` when the agent has no certificate to give (the CA failed): the worker's waiters fail with AMBIT_E_CA. */
+  | { t: 'certFailed'; identity: string; message: string }
   | { t: 'pod'; uid: string; podId: number; identity: string; netns: string; role: ListenerRole }
   | { t: 'unpod'; uid: string }
   | { t: 'drain'; deadlineMs: number }

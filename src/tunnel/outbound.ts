@@ -2,14 +2,21 @@
 // :15001 came from that pod (the listener says so); the datapath says where
 // it was going. Mesh destinations get an HBONE stream with the pod's own
 // identity; plain workloads and unknown addresses a direct TCP connection.
+// A connection that cannot be carried (no certificate, a stalled or failing
+// peer, an upstream that does not accept) is closed with a reason: in the
+// access log, in ambit_connection_failures_total and as a rate-limited
+// warning; it never throws past this file.
 import type net from 'node:net';
 import type { DatapathMaps } from '../datapath/maps';
 import type { Logger } from '../observability/log';
 import { accessLog } from '../observability/access-log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
 import type { MeshStore } from '../state/store';
+import { RateLimitedLog } from '../observability/rate-limited';
+import { ClientFailure, failureCode } from './client-errors';
 import { copyBidirectional } from './copy';
 import { baggageOf, connectHeaders, newTraceparent } from './headers';
+import { tunnelLimits, type TunnelLimits } from './limits';
 import { HBONE_PORT, type HbonePool } from './pool';
 import { resolveOutbound } from './route';
 import type { ServedPod } from './served-pod';
@@ -21,13 +28,20 @@ export interface OutboundDeps {
   /** Plain mode: every destination is dialed directly, without HBONE. */
   plainOnly?: boolean;
   metrics: Metrics;
+  /** upstreamDialMs bounds plain upstream dials; DEFAULT_LIMITS when not given. */
+  limits?: Partial<TunnelLimits>;
   log: Logger;
 }
+
+interface Ctx extends OutboundDeps { upstreamDialMs: number; warn: RateLimitedLog }
 
 export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   const log = deps.log.child({ pod: pod.workload.uid });
   const baggage = baggageOf(pod.workload);
+  const ctx: Ctx = { ...deps, upstreamDialMs: tunnelLimits(deps.limits).upstreamDialMs, warn: new RateLimitedLog(log) };
   pod.outbound.on('connection', (client: net.Socket) => {
+    // Handled from the first moment: a client may reset before we get to it.
+    client.on('error', () => undefined);
     client.setNoDelay(true);
     const srcPort = client.remotePort ?? 0;
     // A client that reset before we got to it has no address any more: nothing to serve.
@@ -40,11 +54,32 @@ export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
       client.destroy();
       return;
     }
-    void handle(pod, baggage, client, orig.ip, orig.port, srcPort, deps, log);
+    handle(pod, baggage, client, orig.ip, orig.port, srcPort, ctx, log).catch((err: Error) => {
+      // A bug in this connection's path: it ends, the others carry on.
+      client.destroy();
+      deps.metrics.failure('outbound', 'internal');
+      log.error({ err: err.stack ?? err.message }, 'outbound connection failed unexpectedly');
+    });
   });
 }
 
-async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: string, port: number, srcPort: number, deps: OutboundDeps, log: Logger): Promise<void> {
+/** A plain upstream leg from inside the source pod; errors (including a dial that outlasts upstreamDialMs) surface on the socket. */
+function dialUpstream(pod: ServedPod, ip: string, port: number, dialMs: number): net.Socket | ClientFailure {
+  let up: net.Socket;
+  try {
+    up = pod.netns.connect(ip, port);
+  } catch (err) {
+    return new ClientFailure('AMBIT_E_DIAL', `cannot dial ${ip}:${port} from the pod: ${(err as Error).message}`, { cause: err });
+  }
+  up.on('error', () => undefined); // reported by the copy, which takes the socket over below
+  const timer = setTimeout(() => up.destroy(new ClientFailure('AMBIT_E_UPSTREAM_DIAL_TIMEOUT', `${ip}:${port} did not accept the connection in ${dialMs} ms (upstreamDialMs)`)), dialMs);
+  timer.unref();
+  up.once('connect', () => clearTimeout(timer));
+  up.once('close', () => clearTimeout(timer));
+  return up;
+}
+
+async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: string, port: number, srcPort: number, deps: Ctx, log: Logger): Promise<void> {
   const src = pod.workload;
   const srcIdentity = pod.identity;
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
@@ -68,9 +103,20 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
   });
 
   if (route.kind === 'plain') {
+    const up = dialUpstream(pod, route.ip, route.port, deps.upstreamDialMs);
+    if (up instanceof ClientFailure) {
+      client.destroy();
+      deps.metrics.failure('outbound', up.code);
+      deps.warn.warn(up.code, { dst: `${route.ip}:${route.port}`, err: up.message }, 'outbound connection failed');
+      return finish({ 'dst.hbone_addr': null, error: up.code, detail: up.message });
+    }
     const closed = deps.metrics.open(labels);
-    const r = await copyBidirectional(client, pod.netns.connect(route.ip, route.port));
+    const r = await copyBidirectional(client, up);
     closed({ fromSource: r.sent, toSource: r.received });
+    if (r.error instanceof ClientFailure) {
+      deps.metrics.failure('outbound', r.error.code);
+      deps.warn.warn(r.error.code, { dst: `${route.ip}:${route.port}`, err: r.error.message }, 'outbound connection failed');
+    }
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
 
@@ -80,7 +126,6 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
   let gone = false;
   const onEarlyClose = (): void => { gone = true; };
   client.once('close', onEarlyClose);
-  client.on('error', () => undefined);
   try {
     const stream = await deps.pool.connect(
       { srcIdentity, srcIp: src.addresses[0], dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o), dstIp: route.ip, identities: route.identities },
@@ -97,9 +142,11 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
     closed({ fromSource: r.sent, toSource: r.received });
     finish({ bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   } catch (err) {
+    client.off('close', onEarlyClose);
     client.destroy();
-    const code = (err as NodeJS.ErrnoException).code ?? 'hbone_connect';
+    const code = failureCode(err, 'hbone_connect');
     deps.metrics.failure('outbound', code);
+    deps.warn.warn(code, { dst: `${route.ip}:${route.port}`, identity: srcIdentity, err: (err as Error).message }, 'outbound connection failed');
     finish({ error: code, detail: (err as Error).message });
   }
 }

@@ -4,49 +4,30 @@
 // it opens the pinned datapath maps itself (read-only use: original
 // destinations). A worker can die or be replaced at any time: the sockets
 // stay open in the agent and in the other workers, so the kernel keeps
-// queueing connections and no new one is refused.
-import { EventEmitter } from 'node:events';
+// queueing connections and no new one is refused. An error that escapes a
+// connection's own handling is logged with its stack and counted
+// (ambit_uncaught_errors_total), and the worker keeps serving its other
+// connections; only a broken state or a storm of such errors ends it, and
+// the agent starts a replacement with backoff.
 import net from 'node:net';
-import type { WorkloadCert, CertProvider } from '../identity/cert-manager';
+import client from 'prom-client';
 import { Netns } from '../agent/netns';
 import { DatapathMaps } from '../datapath/maps';
 import { openPinnedMaps } from '../datapath/status';
 import { AmbitError } from '../errors';
+import { installLastResort } from '../observability/last-resort';
 import { createLogger } from '../observability/log';
 import { Metrics } from '../observability/metrics';
+import { RateLimitedLog } from '../observability/rate-limited';
 import { MeshStore } from '../state/store';
-import { ROLES, type FromWorker, type ListenerRole, type ToWorker, type WireCert } from './ipc';
+import { ROLES, type FromWorker, type ListenerRole, type ToWorker } from './ipc';
+import { tunnelLimits, type TunnelLimits } from './limits';
+import { RemoteCerts } from './remote-certs';
 import { Tunnel } from './tunnel';
 
-/** Certificates pushed by the agent; a missing one is asked for. */
-class RemoteCerts extends EventEmitter implements CertProvider {
-  private readonly certs = new Map<string, WorkloadCert>();
-  private readonly waiting = new Map<string, ((c: WorkloadCert) => void)[]>();
-
-  fetch(identity: string): Promise<WorkloadCert> {
-    const c = this.certs.get(identity);
-    if (c && c.notAfter.getTime() > Date.now()) return Promise.resolve(c);
-    return new Promise((resolve) => {
-      const list = this.waiting.get(identity) ?? [];
-      list.push(resolve);
-      this.waiting.set(identity, list);
-      if (list.length === 1) send({ t: 'cert?', identity });
-    });
-  }
-
-  get(identity: string): WorkloadCert | undefined { return this.certs.get(identity); }
-
-  put(w: WireCert): void {
-    const c: WorkloadCert = { ...w, notBefore: new Date(w.notBefore), notAfter: new Date(w.notAfter) };
-    this.certs.set(c.identity, c);
-    for (const resolve of this.waiting.get(c.identity) ?? []) resolve(c);
-    this.waiting.delete(c.identity);
-    this.emit('updated', c.identity, c);
-  }
-}
-
 function send(m: FromWorker): void {
-  process.send?.(m);
+  // With a callback a closed channel is an answer, not an 'error' event on the process.
+  if (process.connected) process.send?.(m, undefined, undefined, () => undefined);
 }
 
 /** A pod whose three sockets are arriving; connections accepted meanwhile wait in `parked`. */
@@ -55,8 +36,12 @@ interface PendingPod { podId: number; identity: string; netns: string; servers: 
 export function runWorker(): void {
   if (!process.send) throw new AmbitError('AMBIT_E_CONFIG', '`ambit worker` is started by `ambit node`, not by hand');
   const log = createLogger();
-  const certs = new RemoteCerts();
   const metrics = new Metrics();
+  const uncaught = new client.Counter({ name: 'ambit_uncaught_errors_total', help: 'Errors that escaped their connection\'s handling (bugs), by kind; the process kept serving', labelNames: ['kind'], registers: [metrics.registry] });
+  installLastResort({ log, role: 'tunnel worker', count: (kind) => uncaught.inc({ kind }) });
+  let limits: TunnelLimits = tunnelLimits();
+  const certs = new RemoteCerts(send, () => limits.certificateWaitMs);
+  const warn = new RateLimitedLog(log);
   let tunnel: Tunnel | undefined;
   let store: MeshStore | undefined;
   const pending = new Map<string, PendingPod>();
@@ -66,16 +51,24 @@ export function runWorker(): void {
     switch (m.t) {
       case 'init': {
         log.level = m.logLevel;
-        store = new MeshStore(m.config);
-        const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
-        tunnel = new Tunnel({
-          store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, limits: m.limits, log,
-        });
+        limits = tunnelLimits(m.limits);
+        try {
+          store = new MeshStore(m.config);
+          const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
+          tunnel = new Tunnel({
+            store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, limits: m.limits, log,
+          });
+        } catch (err) {
+          // Nothing to serve with: a replacement may find the pins (or a fixed configuration).
+          log.fatal({ code: (err as AmbitError).code, err: (err as Error).message }, 'tunnel worker could not start');
+          process.exit(70);
+        }
         send({ t: 'ready' });
         return;
       }
       case 'config': store?.replace(m.config); return;
       case 'cert': certs.put(m.cert); return;
+      case 'certFailed': certs.failed(m.identity, m.message); return;
       case 'log': log.level = m.level; return;
       case 'pod': {
         if (!handle || !tunnel || !store) return;
@@ -84,6 +77,8 @@ export function runWorker(): void {
         // Listen at once (the handle is only good in this tick); connections
         // that arrive before the pod's three sockets are complete are parked.
         const server = net.createServer({ allowHalfOpen: true, noDelay: true });
+        // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
+        server.on('error', (err: NodeJS.ErrnoException) => warn.warn(`listener_${err.code ?? 'error'}`, { pod: m.uid, role: m.role, code: err.code, err: err.message }, 'pod listener error'));
         const park = (c: net.Socket): void => {
           c.on('error', () => undefined); // a client may give up while parked: no crash for that
           p.parked.push([server, c]);
@@ -100,9 +95,20 @@ export function runWorker(): void {
           for (const [, c] of p.parked) c.destroy();
           return;
         }
-        const netns = Netns.open(p.netns);
-        netnsOf.set(m.uid, netns);
-        tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, outbound: p.servers.outbound!, inboundPlain: p.servers.inboundPlain!, inboundHbone: p.servers.inboundHbone! }, certs.get(p.identity));
+        try {
+          const netns = Netns.open(p.netns);
+          netnsOf.set(m.uid, netns);
+          tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, outbound: p.servers.outbound!, inboundPlain: p.servers.inboundPlain!, inboundHbone: p.servers.inboundHbone! }, certs.get(p.identity));
+        } catch (err) {
+          // The pod went away meanwhile (its netns with it): this worker does not serve it; the others decide for themselves.
+          log.warn({ pod: m.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'cannot serve pod');
+          tunnel.removePod(m.uid);
+          netnsOf.get(m.uid)?.close();
+          netnsOf.delete(m.uid);
+          for (const s of Object.values(p.servers)) s!.close();
+          for (const [, c] of p.parked) c.destroy();
+          return;
+        }
         for (const [s, c] of p.parked) s.emit('connection', c);
         send({ t: 'serving', uid: m.uid });
         return;
@@ -127,9 +133,4 @@ export function runWorker(): void {
   });
   // The agent is gone (its IPC channel closed): nothing will feed us any more.
   process.on('disconnect', () => process.exit(0));
-  // A bug must not pass silently: say what it was; the agent starts a replacement.
-  process.on('uncaughtException', (err) => {
-    log.fatal({ err: err.stack ?? String(err) }, 'tunnel worker crashed');
-    process.exit(70);
-  });
 }
