@@ -17,6 +17,9 @@ type Obj = Record<string, unknown>;
 /** Values are quoted up to this length: a misspelt `polices:` must not paste the whole list into the log. */
 const QUOTE_MAX = 120;
 
+/** Problems listed in one error; the count of the rest follows. */
+const MAX_LISTED = 100;
+
 class Problems {
   readonly list: string[] = [];
   add(at: string, value: unknown, what: string): void {
@@ -175,7 +178,10 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
   cfg.policies = compiled.policies;
   cfg.warnings = compiled.warnings;
   if (p.list.length) {
-    throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${p.list.join('\n  - ')}`, 'fix the fields named above; nothing was applied');
+    // A file of 25,000 workloads with one typo each would otherwise be a multi-megabyte log line.
+    const shown = p.list.slice(0, MAX_LISTED);
+    if (p.list.length > MAX_LISTED) shown.push(`… and ${p.list.length - MAX_LISTED} more problems of the same kinds`);
+    throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${shown.join('\n  - ')}`, 'fix the fields named above; nothing was applied');
   }
   return cfg;
 }

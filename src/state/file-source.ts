@@ -2,8 +2,8 @@
 // file): read once with an error that says what to fix, then re-read when
 // the content changes; a valid change is delivered, an invalid one is
 // reported and dropped, so the last good state keeps serving. Polling
-// (stat + content hash) rather than inotify: editors and ConfigMap mounts
-// replace files by rename, which inotify watches lose.
+// (stat, then content hash) rather than inotify: editors and ConfigMap
+// mounts replace files by rename, which inotify watches lose.
 //
 // A reload runs inside a timer callback, where an exception would end the
 // process: everything it calls (read, parse, apply, report) is caught and
@@ -58,6 +58,7 @@ function readAtMost(file: string, limit: number): Bounded {
 const asConfigError = (err: unknown): AmbitError => (err instanceof AmbitError ? err : new AmbitError('AMBIT_E_CONFIG', String((err as Error)?.message ?? err)));
 
 export function watchParsedFile<T>(file: string, parse: (text: string, source: string) => T, onValid: (value: T) => void, onInvalid: (err: AmbitError) => void, intervalMs = 500): () => void {
+  let lastStat = statOf(file); // before the read: a change in between is then seen as a change
   let lastHash = read(file)?.hash;
   const report = (err: unknown): void => {
     try {
@@ -67,16 +68,19 @@ export function watchParsedFile<T>(file: string, parse: (text: string, source: s
       process.stderr.write(`ambit: AMBIT_E_CONFIG: ${file}: reporting a rejected change failed: ${String(inner)}\n`);
     }
   };
-  const check = (): void => {
+  /** False when the file could not be read (mid-replace): the next tick tries again. */
+  const check = (): boolean => {
     const now = read(file);
-    if (now === undefined || now.hash === lastHash) return;
+    if (now === undefined) return false;
+    if (now.hash === lastHash) return true;
     lastHash = now.hash;
     let value: T;
     try {
-      if (now.data === undefined) { checkSize(now.size, file); return; }
-      value = parse(now.data.toString('utf8'), file);
+      if (now.data === undefined) checkSize(now.size, file);
+      value = parse(now.data!.toString('utf8'), file);
     } catch (err) {
-      return report(err);
+      report(err);
+      return true;
     }
     try {
       onValid(value);
@@ -84,9 +88,28 @@ export function watchParsedFile<T>(file: string, parse: (text: string, source: s
       // Valid but not applicable: a rule parse() missed. Reported like an invalid file; the caller's state decides what serves.
       report(new AmbitError('AMBIT_E_CONFIG', `${file} could not be applied: ${asConfigError(err).message}`));
     }
+    return true;
   };
-  fs.watchFile(file, { interval: intervalMs, persistent: false }, check);
-  return () => fs.unwatchFile(file, check);
+  // Our own poll rather than fs.watchFile: its first stat is taken later, asynchronously, so a change
+  // landing between the read above and that stat would go unseen until the next one.
+  const timer = setInterval(() => {
+    const st = statOf(file);
+    if (st === lastStat) return;
+    lastStat = st;
+    if (!check()) lastStat = '';
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/** What tells a changed file without reading it: inode (a rename), size, mtime, ctime. */
+function statOf(file: string): string {
+  try {
+    const st = fs.statSync(file);
+    return `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+  } catch (err) {
+    return `missing:${(err as NodeJS.ErrnoException).code}`;
+  }
 }
 
 /** The file's content and hash; of an oversized file only its size, unread (the hash is size and mtime). */

@@ -84,6 +84,19 @@ describe('reloading the configuration file', () => {
     }
   });
 
+  test('a change made the moment the watch starts is not missed', async () => {
+    fs.writeFileSync(file, BASE);
+    let applied: MeshConfig | undefined;
+    const stop = watchParsedFile(file, parseConfig, (cfg) => { applied = cfg; }, () => undefined, POLL_MS);
+    try {
+      replace((t) => fs.writeFileSync(t, once(BASE, '    capacity: 1', '    capacity: 7')));
+      const cfg = await waitFor('the change to be applied', () => applied, 10_000);
+      assert.equal(cfg.workloads[0].capacity, 7);
+    } finally {
+      stop();
+    }
+  });
+
   test('an apply that throws, or a reporter that throws, does not leave the watcher', async () => {
     fs.writeFileSync(file, BASE);
     const reported: AmbitError[] = [];

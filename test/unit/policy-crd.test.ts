@@ -216,7 +216,7 @@ ${pa('default', 'pa', '  mtls: { mode: STRICTER }')}${ap('default', 'bad', '  {}
     'policies[0].spec.rules[0].from[0].source.ipBlocks[1]: must be an IPv4/IPv6 address or CIDR such as 10.0.0.0/8 (got "10.0.0.300")',
     'policies[0].spec.rules[0].to[0].operation.ports[0]: must be a port number 1..65535, e.g. 8080 or "8080" (got 70000)',
     'policies[0].spec.rules[0].when[0]: needs values or notValues (got {"key":"source.ip"})',
-    'policies[0].spec.rules[1].form: unknown field; expected one of from, to, when (got [{"source":{"namespaces":["x"]}}])',
+    'policies[0].spec.rules[1].form: unknown field; did you mean `from`? (got [{"source":{"namespaces":["x"]}}])',
     'policies[1].apiVersion: must be security.istio.io/v1 or security.istio.io/v1beta1 (got "security.istio.io/v1alpha3")',
     'policies[1].kind: must be AuthorizationPolicy or PeerAuthentication (got "Sidecar")',
     'policies[1].metadata.namespace: is required: lower-case letters, digits, - and . (got undefined)',
