@@ -133,6 +133,11 @@ export class WorkersDataPlane implements DataPlane {
     });
   }
 
+  /** Process ids of the workers alive now (operators and tests tell a replacement from a survivor). */
+  pids(): number[] {
+    return this.workers.flatMap((w) => (w.child.pid !== undefined && w.child.exitCode === null && w.child.signalCode === null ? [w.child.pid] : []));
+  }
+
   stop(): void {
     this.stopping = true;
     for (const t of this.respawns) clearTimeout(t);
