@@ -55,7 +55,7 @@ export interface ControlPlaneOptions {
   xds?: XdsServerOptions;
   /** Largest gRPC request accepted (bytes). */
   maxRequestBytes?: number;
-  /** With TokenReview: how often open streams' tokens are reviewed again. */
+  /** With TokenReview: how often open streams' tokens are reviewed again (and how long an answer is reused). */
   recheckMs?: number;
   log: Logger;
 }
@@ -133,7 +133,7 @@ export class ControlPlane {
       const cluster = new KubeClusterSource(opts.kube, log.child({ component: 'kubernetes' }));
       await cluster.start();
       cp.cluster = cluster;
-      cp.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), log });
+      cp.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), cacheMs: opts.recheckMs, log });
       cluster.on('changed', () => cp.apply(cp.base, 'cluster'));
       // A token the API server no longer accepts shows only when asked again (answers are cached this long).
       cp.recheckTimer = setInterval(() => cp.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();

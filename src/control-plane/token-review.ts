@@ -15,7 +15,6 @@ import type { AuthResult } from './xds-server';
 export const TOKEN_AUDIENCE = 'istio-ca';
 export const NODE_AGENT_ACCOUNT = 'system:serviceaccount:ambit-system:ambit-node';
 export const REVIEW_CACHE_MS = 60_000;
-const CACHE_MS = REVIEW_CACHE_MS;
 const RETRY_MS = 5_000;
 
 export interface TokenReviewOptions {
@@ -23,6 +22,8 @@ export interface TokenReviewOptions {
   accounts?: string[];
   /** The node a pod runs on, for tokens without a node claim. */
   nodeOfPod: (namespace: string, name: string) => string | undefined;
+  /** How long an answer is reused (REVIEW_CACHE_MS): also how late a revoked token is noticed. */
+  cacheMs?: number;
   log: Logger;
 }
 
@@ -45,7 +46,7 @@ export class TokenReviewer {
     const result = await this.review(m[1]);
     // A failed review is not an answer: asked again soon, but not by every caller during an outage.
     const transient = 'error' in result && result.transient;
-    this.cache.set(key, { result, until: Date.now() + (transient ? RETRY_MS : CACHE_MS) });
+    this.cache.set(key, { result, until: Date.now() + (transient ? Math.min(RETRY_MS, this.opts.cacheMs ?? RETRY_MS) : this.opts.cacheMs ?? REVIEW_CACHE_MS) });
     if (this.cache.size > 10_000) this.cache.delete(this.cache.keys().next().value!);
     return result;
   }

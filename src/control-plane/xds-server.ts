@@ -79,8 +79,12 @@ export class XdsServer {
   private readonly streams = new Set<NodeStream>();
   private readonly opts: Required<XdsServerOptions>;
   private readonly noisy: RateLimitedLog;
-  /** Counters for tests and logs; parts: responses that were one part of a larger update. */
-  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0, parts: 0, bytesSent: 0, maxResponseBytes: 0, revoked: 0 };
+  /**
+   * Counters for tests and logs. parts: responses that were one part of a
+   * larger update; revoked: streams closed because their token no longer
+   * passed; unverified: re-checks that could not be made (kept open).
+   */
+  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0, parts: 0, bytesSent: 0, maxResponseBytes: 0, revoked: 0, unverified: 0 };
 
   constructor(private readonly authenticate: Authenticate, private readonly log: Logger, opts: XdsServerOptions = {}) {
     this.opts = {
@@ -139,6 +143,7 @@ export class XdsServer {
       } catch (err) {
         auth = { error: `cannot check the token: ${(err as Error).message}`, transient: true };
       }
+      if ('error' in auth && auth.transient) this.stats.unverified++;
       if (s.closed || ('error' in auth && auth.transient)) return;
       const why = 'error' in auth ? auth.error : auth.node !== s.node ? `the token is now node ${auth.node}'s, not ${s.node}'s` : undefined;
       if (why === undefined) return;

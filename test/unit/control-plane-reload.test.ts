@@ -3,7 +3,8 @@
 // (two nodes sharing a token) is refused with its code while the process
 // and every node's stream keep serving the last good state; a node whose
 // token is removed from the file has its open stream closed with
-// UNAUTHENTICATED while the others stay.
+// UNAUTHENTICATED while the others stay, and so is one whose TokenReview
+// no longer passes (a local stand-in for the API server).
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -14,7 +15,9 @@ import { after, before, test } from 'node:test';
 import pino from 'pino';
 import YAML from 'yaml';
 import { ControlPlane } from '../../src/control-plane/server';
+import { KubeClient } from '../../src/kube/client';
 import { nodeMessage, XdsClient } from '../../src/state/xds-source';
+import { FakeKube, fixture } from '../helpers/fake-kube';
 import { CLI, waitExit } from '../helpers/fixture';
 import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';
 
@@ -133,5 +136,42 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
     for (const c of clients) c.stop();
     child.kill('SIGKILL');
     await waitExit(child);
+  }
+});
+
+test('with TokenReview: a token the API server stops accepting has its stream closed at the next re-check; a review that fails closes nothing', async () => {
+  const kube = new FakeKube();
+  const kubePort = await new Promise<number>((resolve) => kube.server.listen(0, '127.0.0.1', () => resolve((kube.server.address() as { port: number }).port)));
+  const status = fixture<{ status: { user: { username: string; extra: Record<string, string[]> } } }>('tokenreview').status;
+  kube.review(tokens.get('n1')!, { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/node-name': ['n1'] } } });
+  const file = path.join(dir, 'kube.yaml');
+  write(file, doc({ tokensFor: [] }));
+  const recheckMs = 300;
+  const cp = await ControlPlane.start({ configFile: file, listen: '127.0.0.1:0', kube: new KubeClient({ server: `http://127.0.0.1:${kubePort}` }), recheckMs, log });
+  const n1 = nodeClient('n1', cp.port);
+  const lost: string[] = [];
+  n1.on('disconnected', (why: string) => lost.push(why));
+  try {
+    n1.start();
+    await n1.whenSynced(10_000 * TIME_SCALE);
+    // The API server away: reviews fail, the stream stays.
+    kube.server.close();
+    kube.server.closeAllConnections();
+    const unverified = cp.xds.stats.unverified;
+    await waitFor('two re-checks that could not be made', () => cp.xds.stats.unverified >= unverified + 2, 10_000);
+    assert.equal(n1.connected, true, 'a review that could not be made is no verdict');
+    assert.deepEqual(lost, []);
+    await new Promise<void>((resolve) => kube.server.listen(kubePort, '127.0.0.1', () => resolve()));
+
+    kube.review(tokens.get('n1')!, { authenticated: false, error: 'token has been invalidated' });
+    const t0 = Date.now();
+    await waitFor('the stream to be closed', () => lost.length > 0, 5_000);
+    console.log(`# TokenReview revoked: stream closed ${Date.now() - t0} ms later (re-check every ${recheckMs} ms)`);
+    assert.match(lost[0], /^UNAUTHENTICATED: credentials no longer accepted: the API server did not accept the token: token has been invalidated/);
+  } finally {
+    n1.stop();
+    await cp.stop();
+    kube.server.closeAllConnections();
+    kube.server.close();
   }
 });
