@@ -36,7 +36,7 @@ export class XdsMeshSource {
 
   /** For the config dump: is the stream up, and what has been accepted and refused. */
   status(): Record<string, unknown> {
-    return { connected: this.client.connected, synced: this.client.isSynced, ...this.client.stats };
+    return { connected: this.client.connected, synced: this.client.isSynced, maxReceiveBytes: this.client.maxReceiveBytes, ...this.client.stats };
   }
 
   /** ambit_xds_connected and ambit_xds_responses_total{result}, read on scrape. */
