@@ -302,9 +302,10 @@ export class HbonePool {
   private keepalive(s: Session): void {
     const h2 = s.h2;
     if (!h2 || h2.destroyed) return;
-    const timer = setTimeout(() => this.drop(s, `no PING answer in ${this.pingTimeoutMs} ms`), this.pingTimeoutMs).unref();
+    // A peer that stopped answering will not finish the streams either: they end with the session.
+    const timer = setTimeout(() => this.drop(s, `no PING answer in ${this.pingTimeoutMs} ms`, true), this.pingTimeoutMs).unref();
     try {
-      const sent = h2.ping((err) => { clearTimeout(timer); if (err) this.drop(s, `PING failed: ${err.message}`); });
+      const sent = h2.ping((err) => { clearTimeout(timer); if (err) this.drop(s, `PING failed: ${err.message}`, true); });
       if (!sent) clearTimeout(timer);
     } catch {
       clearTimeout(timer); // the session is closing: nothing to keep alive
@@ -322,12 +323,13 @@ export class HbonePool {
     s.idle = setTimeout(() => this.drop(s, 'idle'), this.idleMs).unref();
   }
 
-  private drop(s: Session, why: string): void {
-    this.opts.log.debug({ session: s.key, why }, 'HBONE session closed');
+  /** Out of the pool and closed: gracefully (open streams finish) unless the peer is dead. */
+  private drop(s: Session, why: string, dead = false): void {
+    if (dead) this.warn.warn('hbone_peer_dead', { session: s.key, why, streams: s.open }, 'HBONE session closed: the peer stopped answering');
+    else this.opts.log.debug({ session: s.key, why }, 'HBONE session closed');
     this.forget(s);
-    // Graceful: streams already open on it finish; a session still being set up has none.
     if (s.h2 && !s.h2.destroyed) {
-      if (s.open === 0) s.h2.destroy();
+      if (s.open === 0 || dead) s.h2.destroy();
       else s.h2.close();
     }
   }

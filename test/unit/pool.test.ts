@@ -162,6 +162,36 @@ describe('HBONE client pool', () => {
     for (const s of r.ok) s.close();
   });
 
+  test('a peer that goes silent after its streams are open: PING detects it and the streams end, not wait for ever', async () => {
+    const peer = await hbonePeer({ answer: true });
+    // A relay the test can freeze: the TCP connection stays up, nothing crosses any more.
+    let frozen = false;
+    const legs: net.Socket[] = [];
+    const relay = net.createServer((c) => {
+      const up = net.connect({ host: '127.0.0.1', port: peer.port });
+      legs.push(c, up);
+      for (const [a, b] of [[c, up], [up, c]] as const) {
+        a.on('error', () => undefined);
+        a.on('data', (d: Buffer) => { if (!frozen) b.write(d); });
+      }
+    });
+    const port = await listen(relay);
+    cleanups.push(() => { for (const l of legs) l.destroy(); relay.close(); });
+    const pingEveryMs = 200 * TIME_SCALE;
+    const pingTimeoutMs = 300 * TIME_SCALE;
+    const pool = new HbonePool({ certs, log, pingEveryMs, pingTimeoutMs });
+    cleanups.push(() => pool.close());
+    const streams = await within(Promise.all([1, 2, 3].map(() => pool.connect(target(port), headers))), 5 * BOUND, 'CONNECTs through the relay');
+    const ended = streams.map((st) => new Promise<number>((resolve) => { st.on('error', () => undefined); st.once('close', () => resolve(Date.now())); }));
+    const start = Date.now();
+    frozen = true;
+    const at = await within(Promise.all(ended), 4 * (pingEveryMs + pingTimeoutMs), 'streams of a silent peer ending');
+    const tookMs = Math.max(...at) - start;
+    assert.ok(tookMs <= pingEveryMs + pingTimeoutMs + 200 * TIME_SCALE, `ended after ${tookMs} ms`);
+    assert.deepEqual(pool.stats(), { sessions: 0, streams: 0 });
+    console.log(`silent established peer: 3 open streams ended ${tookMs} ms after it went silent (PING every ${pingEveryMs} ms, answer within ${pingTimeoutMs} ms)`);
+  });
+
   test('a CA that fails: connect rejects with AMBIT_E_CA at once, and a second connection does not ask the CA again', async () => {
     let calls = 0;
     const down: CertificateAuthority = { sign: () => { calls++; return Promise.reject(new Error('connect ECONNREFUSED 10.0.0.1:15012')); } };
