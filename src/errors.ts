@@ -15,7 +15,8 @@ export type ErrorCode =
   | 'AMBIT_E_CONFIG'        // configuration file invalid
   | 'AMBIT_E_CA'            // the CA refused or answered wrongly
   | 'AMBIT_E_XDS'           // the control plane's stream failed or sent something invalid
-  | 'AMBIT_E_AUTH';         // a node's bearer token or requested identity was refused
+  | 'AMBIT_E_AUTH'          // a node's bearer token or requested identity was refused
+  | 'AMBIT_E_INTERNAL';     // a fault of ambit's own (a bug): an error that carried no code
 
 export class AmbitError extends Error {
   constructor(readonly code: ErrorCode, message: string, readonly hint?: string) {

@@ -1,26 +1,17 @@
 #!/usr/bin/env node
-// `ambit` — one binary, subcommands:
-//   ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
-//   ambit node --xds HOST:PORT --xds-root FILE --node NAME [--pods FILE] …
-//   ambit control-plane --config FILE [--listen HOST:PORT]
-//   ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
-//   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
-//   ambit ca init|issue …
+// `ambit` — one binary: node, sidecar, control-plane, worker, ca, datapath.
+// Each command's flags are in ./usage.ts (`ambit COMMAND --help`); how a
+// mistake on the command line is reported is in ./args.ts.
 import fs from 'node:fs';
-import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { NodeApp, type TunnelMode } from '../app';
-import { BuiltinCa } from '../identity/builtin-ca';
-import { requestCertificate } from '../identity/cert-manager';
-import { parseSpiffe } from '../identity/spiffe';
-import { watchParsedFile } from '../state/file-source';
-import { DEFAULT_PIN_DIR } from '../datapath/loader';
-import { cgroup2Root, formatFindings, probe } from '../datapath/probe';
-import { cleanupDatapath, datapathStatus } from '../datapath/status';
-import { AmbitError } from '../errors';
 import os from 'node:os';
+import client from 'prom-client';
+import { NodeApp, type TunnelMode } from '../app';
+import { watchParsedFile } from '../state/file-source';
+import { cgroup2Root } from '../datapath/probe';
+import { AmbitError } from '../errors';
 import { WorkersDataPlane } from '../agent/workers';
 import { startAdmin } from '../observability/admin';
+import { installLastResort } from '../observability/last-resort';
 import { runWorker } from '../tunnel/worker';
 import { createLogger } from '../observability/log';
 import { loadConfigFile, parseConfig } from '../state/config';
@@ -34,46 +25,45 @@ import { PodLocator } from '../agent/pod-locator';
 import { KubeClient } from '../kube/client';
 import { KubeNodePods } from '../kube/node-pods';
 import { nodeMessage, XdsClient } from '../state/xds-source';
+import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
+import { limitOptions, limitsFromFlags } from './limit-flags';
+import { ca, datapath } from './tools';
+import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, WORKER_USAGE } from './usage';
 
-const USAGE = `usage:
-  ambit node --config FILE --node NAME [--pods-cgroup DIR] [--pin-dir DIR] [--tunnel hbone|plain]
-             [--workers N (default: one per core; 0: in-process)] [--drain-seconds S (default 25)]
-  ambit node --xds HOST:PORT --xds-root FILE --node NAME [--xds-token FILE] [--xds-server-name NAME]
-             [--pods FILE | --kubernetes [--kube-api URL] [--proc DIR]] [--trust-domain TD] [--cluster-id ID] [other node flags]
-  ambit sidecar --config FILE --workload UID [--pin-dir DIR] [--tunnel hbone|plain]
-  ambit control-plane --config FILE [--listen HOST:PORT (default 0.0.0.0:15012)] [--server-ip IP]… [--server-name DNS]…
-                      [--kubernetes [--kube-api URL]]
-  ambit ca init  --dir DIR
-  ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS]
-  ambit datapath probe   [--pin-dir DIR]
-  ambit datapath status  [--pin-dir DIR] [--json]
-  ambit datapath cleanup [--pin-dir DIR]`;
+const SERVE_OPTIONS = {
+  config: { type: 'string' }, 'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
+  workers: { type: 'string' }, 'drain-seconds': { type: 'string' }, ...limitOptions,
+} as const;
+const NODE_OPTIONS = {
+  ...SERVE_OPTIONS, node: { type: 'string' },
+  xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
+  pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
+  kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, proc: { type: 'string' },
+} as const;
+const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
+
+/** Counts what reached the last-resort handler, on the process's own /metrics. */
+function uncaughtCounter(registry: client.Registry): (kind: 'exception' | 'rejection') => void {
+  const c = new client.Counter({ name: 'ambit_uncaught_errors_total', help: "Errors that escaped their connection's handling (bugs), by kind; the process kept serving", labelNames: ['kind'], registers: [registry] });
+  return (kind) => c.inc({ kind });
+}
 
 /** `ambit node` and `ambit sidecar`: the same tunnel, scoped to a node's ambient pods or to one pod. */
 async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: 'string' }, node: { type: 'string' }, workload: { type: 'string' },
-      'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
-      workers: { type: 'string' }, 'drain-seconds': { type: 'string' },
-      xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
-      pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
-      kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, proc: { type: 'string' },
-    },
-  });
-  const target = kind === 'node' ? values.node : values.workload;
-  if (!target) throw new AmbitError('AMBIT_E_CONFIG', `${kind === 'node' ? '--node' : '--workload'} is required`, USAGE);
-  if (!values.config && !values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config FILE (standalone) or --xds HOST:PORT (control plane) is required', USAGE);
-  if (values.config && values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--config and --xds exclude each other', 'with --xds, node-local pod facts go in --pods FILE');
-  if (values.xds && kind !== 'node') throw new AmbitError('AMBIT_E_CONFIG', '--xds is for `ambit node`', 'a sidecar reads --config');
-  if (values.kubernetes && !values.xds) throw new AmbitError('AMBIT_E_CONFIG', '--kubernetes needs --xds', 'in Kubernetes the node takes its state from the control plane; --kubernetes finds its pods');
-  if (values.kubernetes && values.pods) throw new AmbitError('AMBIT_E_CONFIG', '--kubernetes and --pods exclude each other', 'with --kubernetes the node finds its pods itself');
+  const usage = kind === 'node' ? NODE_USAGE : SIDECAR_USAGE;
+  const values = parseFlags(argv, kind === 'node' ? NODE_OPTIONS : SIDECAR_OPTIONS, usage).values as Record<string, string | boolean | undefined>;
+  const target = (kind === 'node' ? values.node : values.workload) as string | undefined;
+  if (!target) throw new UsageError(`${kind === 'node' ? '--node NAME' : '--workload UID'} is required`, usage);
+  if (!values.config && !values.xds) throw new UsageError(kind === 'node' ? '--config FILE (standalone) or --xds HOST:PORT (control plane) is required' : '--config FILE is required', usage);
+  if (values.config && values.xds) throw new UsageError('--config and --xds exclude each other (with --xds, node-local pod facts go in --pods FILE)', usage);
+  if (values.kubernetes && !values.xds) throw new UsageError('--kubernetes needs --xds (in Kubernetes the node takes its state from the control plane; --kubernetes finds its pods)', usage);
+  if (values.kubernetes && values.pods) throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', usage);
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
-  if (mode !== 'hbone' && mode !== 'plain') throw new AmbitError('AMBIT_E_CONFIG', `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain`, 'hbone is the mesh; plain relays TCP without encryption (to measure the datapath alone)');
+  if (mode !== 'hbone' && mode !== 'plain') throw new UsageError(`--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain (hbone is the mesh; plain relays TCP without encryption, to measure the datapath alone)`, usage);
   // A node agent runs the tunnel in one worker per core by default; a sidecar serves one pod in-process.
-  const workers = count('--workers', values.workers, kind === 'node' ? os.cpus().length : 0);
-  const drainMs = count('--drain-seconds', values['drain-seconds'], 25) * 1000;
+  const workers = parseCount('--workers', values.workers as string | undefined, kind === 'node' ? os.cpus().length : 0, usage, 0, 1024);
+  const drainMs = parseCount('--drain-seconds', values['drain-seconds'] as string | undefined, 25, usage, 0, 3600) * 1000;
+  const limits = limitsFromFlags(values, usage);
   const log = createLogger();
   const source = values.xds ? await xdsSource(values, target, log) : undefined;
   // The endpoints come up first, so readiness can say what is still pending.
@@ -99,23 +89,24 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     setLogLevel: (level) => (app ? app.setLogLevel(level) : (log.level = level)),
     quit: () => void stop('quitquitquit'),
   });
-  const pinDir = values['pin-dir'];
-  const config = source ? await source.mesh.initial(XDS_SYNC_TIMEOUT_MS) : loadConfigFile(values.config!);
+  const pinDir = values['pin-dir'] as string | undefined;
+  const config = source ? await source.mesh.initial(XDS_SYNC_TIMEOUT_MS) : loadConfigFile(values.config as string);
   app = await NodeApp.start({
     config,
     ca: source?.ca,
     podsLocatedSeparately: !!source,
     sourceStatus: source ? () => ({ xds: values.xds, ...source.mesh.status() }) : undefined,
     scope: kind === 'node' ? { node: target } : { sidecar: target },
-    podsCgroup: values['pods-cgroup'],
+    podsCgroup: values['pods-cgroup'] as string | undefined,
     pinDir,
     mode,
     dataPlane: workers > 0 ? (ctx) => new WorkersDataPlane(ctx, { count: workers, pinDir: ctx.datapath.pinDir, cli: __filename }) : undefined,
+    limits,
     log,
   });
   const running = app;
   source?.mesh.registerMetrics(app.metrics.registry);
-  const from = values.xds ?? values.config!;
+  const from = String(values.xds ?? values.config);
   const warn = (cfg: MeshConfig): void => { if (cfg.warnings?.length) log.warn({ warnings: cfg.warnings }, 'policies accepted with warnings'); };
   warn(config);
   const onValid = (cfg: MeshConfig): void => void running.update(cfg).then(
@@ -126,8 +117,10 @@ async function serve(kind: 'node' | 'sidecar', argv: string[]): Promise<void> {
     running.metrics.configRejected.inc();
     log.error({ from, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
   };
-  unwatch = source ? source.mesh.watch(onValid, onInvalid) : watchParsedFile(values.config!, parseConfig, onValid, onInvalid);
-  log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, workers, pods: app.enrolment.list().length }, `${kind} ready`);
+  unwatch = source ? source.mesh.watch(onValid, onInvalid) : watchParsedFile(values.config as string, parseConfig, onValid, onInvalid);
+  // From here on an error that escapes its connection is a bug to log, not a reason to cut every pod's traffic.
+  installLastResort({ log, role: kind === 'node' ? 'node agent' : 'sidecar', count: uncaughtCounter(app.metrics.registry) });
+  log.info({ [kind === 'node' ? 'node' : 'workload']: target, mode, workers, pods: app.enrolment.list().length, limits }, `${kind} ready`);
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
   // SIGHUP: a rolling replacement of the tunnel workers (new code on disk is picked up).
@@ -145,7 +138,7 @@ const XDS_SYNC_TIMEOUT_MS = 10 * 60_000;
 async function xdsSource(values: Record<string, string | boolean | undefined>, nodeName: string, log: Logger): Promise<{ mesh: XdsMeshSource; ca: IstioCaClient }> {
   const address = String(values.xds);
   const rootFile = values['xds-root'] as string | undefined;
-  if (!rootFile) throw new AmbitError('AMBIT_E_CONFIG', '--xds-root FILE is required with --xds', "the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)");
+  if (!rootFile) throw new UsageError("--xds-root FILE is required with --xds: the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)", NODE_USAGE);
   let rootsPem: string;
   try {
     rootsPem = fs.readFileSync(rootFile, 'utf8');
@@ -179,14 +172,11 @@ function firstIpv4(): string | undefined {
 }
 
 async function controlPlane(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true },
-      kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' },
-    },
-  });
-  if (!values.config) throw new AmbitError('AMBIT_E_CONFIG', '--config is required', USAGE);
+  const { values } = parseFlags(argv, {
+    config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true },
+    kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' },
+  }, CONTROL_PLANE_USAGE);
+  if (!values.config) throw new UsageError('--config FILE is required', CONTROL_PLANE_USAGE);
   const log = createLogger();
   const cp = await ControlPlane.start({
     configFile: values.config, listen: values.listen, log,
@@ -199,69 +189,7 @@ async function controlPlane(argv: string[]): Promise<void> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
-}
-
-function count(flag: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new AmbitError('AMBIT_E_CONFIG', `${flag} ${JSON.stringify(value)} is not a whole number >= 0`);
-  return n;
-}
-
-async function ca(argv: string[]): Promise<void> {
-  const [verb, ...rest] = argv;
-  const { values } = parseArgs({ args: rest, options: { dir: { type: 'string' }, identity: { type: 'string' }, out: { type: 'string' }, ttl: { type: 'string' } } });
-  if (!values.dir) throw new AmbitError('AMBIT_E_CONFIG', '--dir is required', USAGE);
-  const authority = await BuiltinCa.open(values.dir);
-  if (verb === 'init') {
-    console.log(`CA ready in ${values.dir} (root-cert.pem, root-key.pem; readable by root only)`);
-    return;
-  }
-  if (verb !== 'issue') throw new AmbitError('AMBIT_E_CONFIG', `unknown ca command ${JSON.stringify(verb ?? '')}`, USAGE);
-  if (!values.identity || !parseSpiffe(values.identity)) throw new AmbitError('AMBIT_E_CONFIG', `--identity ${JSON.stringify(values.identity ?? '')} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
-  if (!values.out) throw new AmbitError('AMBIT_E_CONFIG', '--out is required', USAGE);
-  const ttl = Number(values.ttl ?? 86400);
-  if (!Number.isInteger(ttl) || ttl <= 0) throw new AmbitError('AMBIT_E_CONFIG', `--ttl ${JSON.stringify(values.ttl)} is not a positive number of seconds`);
-  const c = await requestCertificate(authority, values.identity, ttl);
-  fs.mkdirSync(values.out, { recursive: true, mode: 0o700 });
-  fs.writeFileSync(path.join(values.out, 'cert.pem'), c.chainPem, { mode: 0o644 });
-  fs.writeFileSync(path.join(values.out, 'key.pem'), c.keyPem, { mode: 0o600 });
-  fs.writeFileSync(path.join(values.out, 'root.pem'), c.rootsPem, { mode: 0o644 });
-  console.log(`issued ${values.identity} until ${c.notAfter.toISOString()}: ${values.out}/{cert,key,root}.pem`);
-}
-
-function datapath(argv: string[]): void {
-  const [verb, ...rest] = argv;
-  const { values } = parseArgs({ args: rest, options: { 'pin-dir': { type: 'string' }, json: { type: 'boolean' } } });
-  const pinDir = values['pin-dir'] ?? DEFAULT_PIN_DIR;
-  switch (verb) {
-    case 'probe': {
-      const findings = probe(pinDir);
-      console.log(formatFindings(findings));
-      if (findings.some((f) => !f.ok)) process.exitCode = 1;
-      return;
-    }
-    case 'status': {
-      const s = datapathStatus(pinDir);
-      if (values.json) {
-        console.log(JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? Number(v) : v), 2));
-        return;
-      }
-      console.log(`pin directory ${s.pinDir}`);
-      if (!s.links.length) console.log('  nothing attached');
-      for (const l of s.links) console.log(`  ${l.pin.padEnd(28)} link ${String(l.linkId).padEnd(5)} prog ${l.program} (id ${l.progId}, tag ${l.tag}) → ${l.target}`);
-      console.log(`enrolled pods: ${s.enrolledCgroups}; captured addresses: ${Object.keys(s.podAddrs).join(', ') || 'none'}`);
-      if (s.counters) for (const [k, v] of Object.entries(s.counters)) if (v > 0n) console.log(`  ${k.padEnd(28)} ${v}`);
-      return;
-    }
-    case 'cleanup': {
-      const removed = cleanupDatapath(pinDir);
-      console.log(removed.length ? `removed ${removed.length} pins under ${pinDir}: ${removed.join(', ')}` : `nothing pinned under ${pinDir}`);
-      return;
-    }
-    default:
-      throw new AmbitError('AMBIT_E_CONFIG', `unknown datapath command ${JSON.stringify(verb ?? '')}`, USAGE);
-  }
+  installLastResort({ log, role: 'control plane' });
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -270,19 +198,41 @@ async function main(argv: string[]): Promise<void> {
     case 'node': return serve('node', rest);
     case 'sidecar': return serve('sidecar', rest);
     case 'control-plane': return controlPlane(rest);
-    case 'worker': return runWorker(); // started by `ambit node`, not by hand
+    case 'worker':
+      // Started by `ambit node` over IPC, not by hand; its flags are its init message.
+      parseFlags(rest, {}, WORKER_USAGE);
+      return runWorker();
     case 'ca': return ca(rest);
     case 'datapath': return datapath(rest);
-    case undefined: case '-h': case '--help': console.log(USAGE); return;
-    default: throw new AmbitError('AMBIT_E_CONFIG', `unknown command ${JSON.stringify(cmd)}`, USAGE);
+    case '-h': case '--help': case 'help': throw new HelpRequested(USAGE);
+    case undefined: throw new HelpRequested(USAGE);
+    default: throw new UsageError(`unknown command ${JSON.stringify(cmd)}`, USAGE);
   }
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
+/**
+ * One line on stderr and an exit code a script can act on: 0 help, 2 a
+ * mistake of the operator's (flags, configuration), 1 anything else. A
+ * stack is for developers: only with AMBIT_LOG_LEVEL=debug or trace.
+ */
+function fail(err: unknown): never {
+  if (err instanceof HelpRequested) {
+    console.log(err.usage);
+    process.exit(0);
+  }
+  if (err instanceof UsageError) {
+    console.error(`ambit: ${err.message}\n${err.usage}`);
+    process.exit(2);
+  }
   if (err instanceof AmbitError) {
     console.error(`ambit: ${err.code}: ${err.message}`);
     process.exit(2);
   }
-  console.error(err);
+  const e = err instanceof Error ? err : new Error(String(err));
+  const sys = (e as NodeJS.ErrnoException).code;
+  const verbose = /^(debug|trace)$/.test(process.env.AMBIT_LOG_LEVEL ?? '');
+  console.error(`ambit: AMBIT_E_INTERNAL: ${sys ? `${sys}: ` : ''}${e.message.split('\n')[0]}${verbose ? `\n${e.stack}` : ' (AMBIT_LOG_LEVEL=debug shows the stack)'}`);
   process.exit(1);
-});
+}
+
+main(process.argv.slice(2)).catch(fail);

@@ -1,0 +1,76 @@
+// What each `ambit` command accepts, printed by --help and after a mistake.
+import { limitUsage } from './limit-flags';
+
+const LIMITS = `  timeouts and caps of the tunnel (durations: 500ms, 10s, 5m, 1h):
+${limitUsage('    ')}`;
+
+export const NODE_USAGE = `usage:
+  ambit node --config FILE --node NAME [flags]           standalone: the mesh from a YAML file
+  ambit node --xds HOST:PORT --xds-root FILE --node NAME [flags]   state and certificates from a control plane
+
+  --config FILE            mesh configuration (YAML); re-read when it changes
+  --node NAME              this node's name in the mesh
+  --pods-cgroup DIR        cgroup v2 directory holding the pods (standalone)
+  --pin-dir DIR            bpffs directory for ambit's pins
+  --tunnel hbone|plain     hbone (default): mutual TLS; plain: unencrypted TCP relay, to measure the datapath
+  --workers N              tunnel worker processes (default: one per core; 0: in the agent)
+  --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
+  with --xds:
+  --xds-root FILE          the control plane's root certificate
+  --xds-token FILE         bearer token (re-read on every call)
+  --xds-server-name NAME   name to verify the control plane's certificate against
+  --pods FILE | --kubernetes [--kube-api URL] [--proc DIR]   where this node's pods are found
+  --trust-domain TD        (default cluster.local)
+  --cluster-id ID          sent to the CA
+${LIMITS}`;
+
+export const SIDECAR_USAGE = `usage:
+  ambit sidecar --config FILE --workload UID [flags]     the tunnel for one pod
+
+  --config FILE            mesh configuration (YAML); re-read when it changes
+  --workload UID           the pod this sidecar serves
+  --pods-cgroup DIR        cgroup v2 directory holding the pod
+  --workers N              tunnel worker processes (default 0: in this process)
+  --pin-dir DIR            bpffs directory for ambit's pins
+  --tunnel hbone|plain     hbone (default) or plain
+  --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
+${LIMITS}`;
+
+export const CONTROL_PLANE_USAGE = `usage:
+  ambit control-plane --config FILE [flags]    delta xDS and the CA for node agents
+
+  --config FILE            control plane configuration (YAML); re-read when it changes
+  --listen HOST:PORT       (default 0.0.0.0:15012)
+  --server-ip IP           an address nodes dial, for the server certificate (repeatable)
+  --server-name DNS        a name nodes dial, for the server certificate (repeatable)
+  --kubernetes [--kube-api URL]   take workloads and services from the API server; TokenReview for nodes`;
+
+export const CA_INIT_USAGE = `usage:
+  ambit ca init --dir DIR      create the built-in CA's root in DIR (readable by root only)`;
+
+export const CA_ISSUE_USAGE = `usage:
+  ambit ca issue --dir DIR --identity spiffe://TD/ns/NS/sa/SA --out OUTDIR [--ttl SECONDS (default 86400)]
+                               write cert.pem, key.pem and root.pem for one identity`;
+
+export const CA_USAGE = `${CA_INIT_USAGE}\n${CA_ISSUE_USAGE.replace(/^usage:\n/, '')}`;
+
+export const DATAPATH_PROBE_USAGE = `usage:
+  ambit datapath probe [--pin-dir DIR]            check the kernel, mounts and privileges ambit needs`;
+export const DATAPATH_STATUS_USAGE = `usage:
+  ambit datapath status [--pin-dir DIR] [--json]  what is attached and pinned, enrolled pods, counters`;
+export const DATAPATH_CLEANUP_USAGE = `usage:
+  ambit datapath cleanup [--pin-dir DIR]          remove ambit's pins (detaches its programs)`;
+
+export const DATAPATH_USAGE = [DATAPATH_PROBE_USAGE, DATAPATH_STATUS_USAGE, DATAPATH_CLEANUP_USAGE].map((u, i) => (i ? u.replace(/^usage:\n/, '') : u)).join('\n');
+
+export const WORKER_USAGE = `usage:
+  ambit worker                 a tunnel worker; started by \`ambit node\` over IPC, not by hand`;
+
+export const USAGE = `usage:
+  ambit node --config FILE --node NAME [flags]
+  ambit node --xds HOST:PORT --xds-root FILE --node NAME [flags]
+  ambit sidecar --config FILE --workload UID [flags]
+  ambit control-plane --config FILE [flags]
+  ambit ca init|issue …
+  ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
+  ambit COMMAND --help     the flags of one command`;
