@@ -1,0 +1,149 @@
+// The test bed the HBONE fuzzer runs against: two nodes with one pod each,
+// a real `ambit node` with two tunnel workers on each, a whoami app in the
+// destination pod (n2-p1:8080), and a mesh certificate for the fuzzer from
+// the same built-in CA the agents use. The fuzzer dials from n1-p1's netns
+// straight to n2-p1:15008, as a compromised workload bypassing capture
+// would. Health is read from /proc: the agent's and workers' pids and their
+// open fds.
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type tls from 'node:tls';
+import readline from 'node:readline';
+import YAML from 'yaml';
+import { BuiltinCa } from '../../src/identity/builtin-ca';
+import { requestCertificate } from '../../src/identity/cert-manager';
+import { clientTlsOptions } from '../../src/identity/tls';
+import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, untilReady, waitExit, workloadOf } from '../helpers/fixture';
+import { waitFor, waitForLine } from '../helpers/proc';
+import { Topology, type TestNode } from '../helpers/topology';
+import type { Target } from './hbone-ops';
+
+export const APP_PORT = 8080;
+const IDENTITY = 'spiffe://cluster.local/ns/default/sa/default';
+
+export interface Agent {
+  node: TestNode; child: ChildProcess; pid: number;
+  /** The last error-level lines and worker exits (a crash's evidence). */
+  problems: string[];
+  /** Warnings counted by message and reason: how the tunnel answered the fuzz. */
+  warnings: Record<string, number>;
+}
+
+/** The agent's pid and its forked tunnel workers (its node children in /proc). */
+export function processTree(agentPid: number): { agent: number; workers: number[] } {
+  const workers: number[] = [];
+  let tasks: string[] = [];
+  try { tasks = fs.readdirSync(`/proc/${agentPid}/task`); } catch { return { agent: agentPid, workers }; }
+  for (const tid of tasks) {
+    let kids = '';
+    try { kids = fs.readFileSync(`/proc/${agentPid}/task/${tid}/children`, 'utf8'); } catch { continue; }
+    workers.push(...kids.split(' ').filter(Boolean).map(Number));
+  }
+  return { agent: agentPid, workers: workers.sort((a, b) => a - b) };
+}
+
+export const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+/** Open fds of the processes, summed (a pid that is gone counts 0). */
+export function fdCount(pids: number[]): number {
+  return pids.reduce((n, pid) => { try { return n + fs.readdirSync(`/proc/${pid}/fd`).length; } catch { return n; } }, 0);
+}
+
+export class HboneBed {
+  readonly agents: Agent[] = [];
+  tlsOptions!: tls.ConnectionOptions;
+  private dir = '';
+
+  private constructor(readonly topo: Topology) {}
+
+  static async create(): Promise<HboneBed> {
+    const bed = new HboneBed(await Topology.create({ nodes: 2, podsPerNode: 1 }));
+    try {
+      await bed.start();
+      return bed;
+    } catch (err) {
+      await bed.destroy();
+      throw err;
+    }
+  }
+
+  get source(): { netnsPath: string } { return this.topo.pod(1, 1); }
+  get destination(): Agent { return this.agents[1]; }
+  get target(): Target { return { ip: this.topo.pod(2, 1).ip, openPort: APP_PORT, closedPort: 9, otherIp: this.topo.pod(1, 1).ip }; }
+
+  private async start(): Promise<void> {
+    const topo = this.topo;
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    const config = path.join(this.dir, 'mesh.yaml');
+    const caDir = path.join(this.dir, 'ca');
+    fs.writeFileSync(config, YAML.stringify({
+      trustDomain: 'cluster.local', ca: { dir: caDir },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })), workloads: topo.pods.map(workloadOf),
+    }));
+    for (const node of topo.nodes) {
+      const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '2'], { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
+      const agent: Agent = { node, child, pid: child.pid!, problems: [], warnings: {} };
+      this.agents.push(agent);
+      keepProblems(agent);
+      const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`agent ${node.name} exited (${code}) while starting:\n${agent.problems.join('\n')}`))));
+      await Promise.race([untilReady(node), exited]);
+      await Promise.race([waitFor(`${node.name}: two tunnel workers`, () => processTree(agent.pid).workers.length === 2), exited]);
+      exited.catch(() => undefined);
+    }
+    const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', String(APP_PORT)]);
+    await waitForLine(app, (l) => l.includes('listening'), 'whoami');
+    await waitFor('honest traffic through the tunnel', () => this.honest(4), 30_000, 200);
+    const ca = await BuiltinCa.open(caDir);
+    const cert = await requestCertificate(ca, IDENTITY, 3600);
+    this.tlsOptions = clientTlsOptions(cert, [IDENTITY]);
+  }
+
+  /** n connections n1-p1 → n2-p1:8080 through the tunnel (captured, HBONE): true when all succeed. */
+  async honest(n = 10): Promise<boolean> {
+    const r = await dialFrom(this.topo, this.topo.pod(1, 1), this.topo.pod(2, 1).ip, APP_PORT, n, 2);
+    return r.ok === n;
+  }
+
+  /** Every pid of both agents and their workers, now. */
+  pids(): number[] {
+    return this.agents.flatMap((a) => { const t = processTree(a.pid); return [t.agent, ...t.workers]; });
+  }
+
+  /** Open fds of the destination agent and its workers. */
+  destinationFds(): number {
+    const t = processTree(this.destination.pid);
+    return fdCount([t.agent, ...t.workers]);
+  }
+
+  async destroy(): Promise<void> {
+    for (const a of this.agents) a.child.kill('SIGKILL');
+    await Promise.all(this.agents.map((a) => waitExit(a.child)));
+    await this.topo.destroy();
+    cleanupPins(this.topo);
+    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Keeps the last error-level lines and worker exits an agent (and its
+ * workers, which share its stdout and stderr) printed: the evidence of a
+ * crash. Other lines are read and dropped so the pipes never fill.
+ */
+function keepProblems(agent: Agent): void {
+  const keep = (line: string): void => {
+    if (line.includes('"level":40')) {
+      try {
+        const o = JSON.parse(line) as { msg?: string; reason?: string };
+        const key = `${o.msg ?? '?'}${o.reason ? ` (${o.reason})` : ''}`;
+        agent.warnings[key] = (agent.warnings[key] ?? 0) + 1;
+      } catch { /* not JSON */ }
+    }
+    if (!/"level":(5|6)\d|worker exited|Error|^\s+at /.test(line)) return;
+    agent.problems.push(line.length > 4000 ? `${line.slice(0, 4000)}…` : line);
+    if (agent.problems.length > 200) agent.problems.splice(0, agent.problems.length - 200);
+  };
+  readline.createInterface({ input: agent.child.stdout! }).on('line', keep);
+  readline.createInterface({ input: agent.child.stderr! }).on('line', keep);
+}

@@ -1,0 +1,55 @@
+// Root: a seeded slice of `make fuzz`'s HBONE target. A mesh peer with a
+// valid certificate sends random HTTP/2 frame sequences (CONNECTs good and
+// bad, resets with every error code, zero and overflowing window updates,
+// invalid SETTINGS, stray CONTINUATION, unknown and truncated frames) to a
+// pod's :15008; the agent and its workers must keep the same pids, give
+// back every fd, and keep carrying honest traffic. FUZZ_SEED and
+// FUZZ_HBONE_INPUTS change the slice; a failure prints the seed and the
+// sequences in flight.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { assertNothingLeft, requireRoot } from '../helpers/fixture';
+import { TIME_SCALE, waitFor } from '../helpers/proc';
+import { HboneBed } from '../fuzz/hbone-bed';
+import { fuzzHbone } from '../fuzz/hbone-fuzz';
+
+const SEED = Number(process.env.FUZZ_SEED ?? 0x11f00d);
+const INPUTS = Number(process.env.FUZZ_HBONE_INPUTS ?? 1500);
+
+describe('HBONE inbound under fuzzed HTTP/2', () => {
+  let bed: HboneBed | undefined;
+
+  before(async () => {
+    requireRoot();
+    bed = await HboneBed.create();
+  });
+
+  after(async () => {
+    await bed?.destroy();
+  });
+
+  test(`${INPUTS} seeded frame sequences (seed ${SEED}): no crash, no leaked fd, honest traffic still flows`, { timeout: 240_000 * TIME_SCALE }, async () => {
+    const b = bed!;
+    const pidsBefore = b.pids();
+    const fdsBefore = b.destinationFds();
+    const r = await fuzzHbone(b, { inputs: INPUTS, seed: SEED, stopOnCrash: true, honestEveryMs: 10_000 });
+    const repro = `reproduce: FUZZ_SEED=${SEED} FUZZ_HBONE_INPUTS=${INPUTS} node --test dist/test/netns/fuzz-hbone.test.js`;
+    assert.deepEqual(r.crashes, [], `a process died under fuzzing (${repro}): ${JSON.stringify(r.crashes, null, 2)}`);
+    assert.equal(r.inputs, INPUTS);
+    assert.deepEqual(b.pids(), pidsBefore, 'the same agent and worker pids (nothing crashed and was respawned)');
+    // Sessions the fuzzer opened close on the server once their sockets do; give them a moment.
+    let fdsAfter = 0;
+    await waitFor(`destination fds back to ${fdsBefore}`, () => (fdsAfter = b.destinationFds()) <= fdsBefore, 30_000, 200)
+      .catch((err: Error) => assert.fail(`${err.message}: ${fdsAfter} open (${repro})`));
+    assert.ok(await b.honest(20), 'honest connections still succeed after the campaign');
+    assert.equal(r.honestChecks.failed, 0, `honest traffic failed while fuzzing: ${JSON.stringify(r.honestChecks)}`);
+    console.log(JSON.stringify({ seed: SEED, ...r, rate: Math.round(r.inputs / r.seconds), fdsBefore, fdsAfter }));
+  });
+
+  test('after teardown no namespace, cgroup, pin or process remains', async () => {
+    const b = bed!;
+    bed = undefined;
+    await b.destroy();
+    assertNothingLeft(b.topo);
+  });
+});
