@@ -23,7 +23,12 @@ const MAX_LISTED = 100;
 class Problems {
   readonly list: string[] = [];
   add(at: string, value: unknown, what: string): void {
-    let got = JSON.stringify(value) ?? 'nothing';
+    let got: string;
+    try {
+      got = JSON.stringify(value) ?? 'nothing';
+    } catch {
+      got = 'a value that cannot be shown'; // parseYamlBounded refuses cycles; a caller's object may still have one
+    }
     if (got.length > QUOTE_MAX) got = `${got.slice(0, QUOTE_MAX)}…`;
     this.list.push(`${at}: ${what} (got ${got})`);
   }
@@ -90,7 +95,7 @@ function workload(p: Problems, v: unknown, at: string): Workload {
   if (dataplane !== 'ambient' && dataplane !== 'sidecar') p.add(`${at}.dataplane`, o.dataplane, 'must be ambient (the node agent captures it) or sidecar (`ambit sidecar` runs in the pod)');
   const addresses = list(p, o, 'addresses', at, false).map((a, i) => {
     if (typeof a !== 'string' || !net.isIPv4(a)) p.add(`${at}.addresses[${i}]`, a, 'must be an IPv4 address such as 10.200.0.10');
-    return String(a);
+    return typeof a === 'string' ? a : ''; // not String(a): { toString: {} } throws
   });
   if (addresses.length === 0 && Array.isArray(o.addresses)) p.add(`${at}.addresses`, o.addresses, 'needs at least one address');
   if (o.authorizationPolicies !== undefined && !(Array.isArray(o.authorizationPolicies) && o.authorizationPolicies.length === 0)) {
@@ -123,7 +128,7 @@ function service(p: Problems, v: unknown, at: string): Service {
   const o = fields(p, v, at, KEYS.service, 'must be a map') ?? {};
   const addresses = list(p, o, 'addresses', at, false).map((a, i) => {
     if (typeof a !== 'string' || !net.isIPv4(a)) p.add(`${at}.addresses[${i}]`, a, 'must be an IPv4 virtual IP such as 10.96.0.10');
-    return String(a);
+    return typeof a === 'string' ? a : ''; // not String(a): { toString: {} } throws
   });
   const ports: ServicePort[] = list(p, o, 'ports', at, false).map((x, i) => {
     if (!fields(p, x, `${at}.ports[${i}]`, KEYS.servicePort, 'must be { port, targetPort }') || !isObj(x)) return { port: 0, targetPort: 0 };

@@ -55,6 +55,33 @@ function depthOf(root: unknown): number {
   return max;
 }
 
+/**
+ * Whether an alias sits inside its own anchor (`a: &x [*x]`), which makes the
+ * data contain itself: every reader that walks it, or quotes it in an error,
+ * would never finish. Iterative depth-first search; shared (aliased) parts
+ * are fine, a way back to an open ancestor is not.
+ */
+function isCyclic(root: unknown): boolean {
+  const open = new Set<object>();
+  const done = new Set<object>();
+  const stack: { node: object; leaving: boolean }[] = [];
+  const visit = (v: unknown): boolean => {
+    if (typeof v !== 'object' || v === null || done.has(v)) return false;
+    if (open.has(v)) return true;
+    open.add(v);
+    stack.push({ node: v, leaving: true });
+    for (const child of Object.values(v)) stack.push({ node: child as object, leaving: false });
+    return false;
+  };
+  if (visit(root)) return true;
+  while (stack.length > 0) {
+    const { node, leaving } = stack.pop()!;
+    if (leaving) { open.delete(node); done.add(node); continue; }
+    if (visit(node)) return true;
+  }
+  return false;
+}
+
 /** The one document in text, as plain data; AMBIT_E_CONFIG naming the source for every way it can fail. */
 export function parseYamlBounded(text: string, source: string): unknown {
   checkSize(Buffer.byteLength(text, 'utf8'), source);
@@ -76,12 +103,15 @@ export function parseYamlBounded(text: string, source: string): unknown {
   if (depth > MAX_DEPTH) {
     throw invalid(`nested deeper than ${MAX_DEPTH} levels of maps and lists`, 'flatten the file; a mesh configuration is about 10 levels deep');
   }
+  let data: unknown;
   try {
-    return doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
   } catch (err) {
     if (err instanceof ReferenceError && /alias/i.test(err.message)) {
       throw invalid(`its aliases (*name) expand to more than ${MAX_ALIAS_COUNT} nodes, the limit that stops "billion laughs" documents`, 'write repeated parts out, or alias smaller pieces');
     }
     throw invalid((err as Error).message);
   }
+  if (isCyclic(data)) throw invalid('an alias (*name) is inside its own anchor (&name), so the data would contain itself', 'alias only parts that are complete where the alias appears');
+  return data;
 }

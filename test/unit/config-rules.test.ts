@@ -112,3 +112,14 @@ test('a "billion laughs" document is refused; a few aliases are fine', () => {
 test('duplicate keys in one map are refused', () => {
   rejects(() => parseConfig('trustDomain: a.local\ntrustDomain: b.local\n', 'dup.yaml'), /dup\.yaml is not valid YAML: .*unique/);
 });
+
+test('an alias inside its own anchor (data that contains itself) is refused, not a TypeError', () => {
+  for (const text of ['nodes: &a [*a]\n', 'nodes: [&a { name: *a }]\n', 'policies: &p [{ metadata: *p }]\n']) {
+    rejects(() => parseConfig(`trustDomain: cluster.local\n${text}`, 'loop.yaml'), /loop\.yaml is not valid YAML: an alias \(\*name\) is inside its own anchor/);
+  }
+});
+
+test('a value that cannot become a string is a problem, not a TypeError', () => {
+  rejects(() => parseConfig('trustDomain: cluster.local\nworkloads: [{ addresses: [{ toString: {} }] }]\nservices: [{ addresses: [{ toString: {} }] }]\n'),
+    /workloads\[0\]\.addresses\[0\]: must be an IPv4 address[\s\S]*services\[0\]\.addresses\[0\]: must be an IPv4 virtual IP/);
+});
