@@ -4,7 +4,7 @@ BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-
 BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 
-.PHONY: all build bpf ts deps demo test test-unit test-netns bench bench-policy compare hygiene vm-test clean
+.PHONY: all build bpf ts deps demo test test-unit test-netns bench bench-policy compare hygiene fuzz vm-test clean
 
 all: build
 build: bpf ts
@@ -51,6 +51,13 @@ compare: deps
 hygiene: deps
 	$(MAKE) build
 	node dist/bench/hygiene.js
+
+# Fuzz campaign: mesh YAML, xDS resources, Istio policies, and random HTTP/2
+# frames against a running tunnel (root). FUZZ_INPUTS (1,000,000 per target),
+# FUZZ_SEED, FUZZ_TARGETS, FUZZ_HBONE_SECONDS (600).
+fuzz: deps
+	$(MAKE) build
+	node --no-warnings dist/test/fuzz/campaign.js
 
 # The datapath and tunnel namespace tests inside QEMU (software emulation) on
 # Debian's kernels: KERNELS="5.10 6.1" (bullseye, bookworm), or one of them.
