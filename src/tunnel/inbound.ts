@@ -115,6 +115,9 @@ export class Inbound {
         s.destroy();
         return;
       }
+      // The pod's listener keeps half-open sockets for plaintext; under TLS a FIN from the
+      // peer must end the session, or a vanished client's session stays forever.
+      s.allowHalfOpen = false;
       s.setNoDelay(true);
       s.setKeepAlive(true, 30_000);
       server.emit('connection', s);
