@@ -1,0 +1,226 @@
+// Root: what a peer can make node n2's tunnel hold, and what it can make
+// it report. The agent runs in this process (NodeApp) with short limits,
+// so the test reads its counters and metrics directly:
+// - slowloris: 300 silent TCP connections to a pod's :15008 from one pod
+//   are cut to the per-source handshake cap at once and the rest closed
+//   within the handshake timeout, while honest peers keep being served;
+// - a peer that completes TLS but never speaks HTTP/2, and a session left
+//   with no stream, are closed in time;
+// - 500 CONNECTs with made-up baggage and service hosts add no metric
+//   series: labels come from the certificate and the mesh state, and the
+//   series of a workload that left the mesh go with it.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import type http2 from 'node:http2';
+import type net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { after, before, describe, test } from 'node:test';
+import { NodeApp } from '../../src/app';
+import { connectFromNetns } from '../../src/agent/netns';
+import { BuiltinCa } from '../../src/identity/builtin-ca';
+import { createLogger } from '../../src/observability/log';
+import type { MeshConfig } from '../../src/state/types';
+import { DEFAULT_LIMITS } from '../../src/tunnel/limits';
+import { cleanupPins, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { certFor, connect, echo, firstLine, openSession, type ClientCert } from '../helpers/hbone-client';
+import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
+import { Topology, type TestPod } from '../helpers/topology';
+
+const HANDSHAKE_MS = 2000;
+const IDLE_MS = 2000;
+const SERVICE = 'echo.default.svc.cluster.local';
+const sa = (p: TestPod): string => `sa-${p.node.name}-${p.name}`;
+const spiffe = (p: TestPod): string => `spiffe://cluster.local/ns/default/sa/${sa(p)}`;
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+describe('inbound limits and verified telemetry', () => {
+  let topo: Topology;
+  let dir: string;
+  let ca: BuiltinCa;
+  let app: NodeApp;
+  const sessions: http2.ClientHttp2Session[] = [];
+  const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
+
+  function config(without: TestPod[] = []): MeshConfig {
+    return {
+      trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') },
+      policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: topo.pods.filter((p) => !without.includes(p)).map((p) => ({ ...workloadOf(p), serviceAccount: sa(p), labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
+      services: [{ name: 'echo', namespace: 'default', hostname: SERVICE, addresses: ['10.96.0.10'], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],
+    };
+  }
+
+  const target = (): TestPod => topo.pod(2, 1);
+
+  /** A fresh HBONE session (its own TLS handshake) from netns, and one echoed CONNECT over it. */
+  async function honest(netnsPath: string, cert: ClientCert): Promise<void> {
+    const session = await openSession(netnsPath, target().ip, cert);
+    sessions.push(session);
+    const r = await connect(session, `${target().ip}:8080`);
+    assert.equal(r.outcome, 'status 200');
+    await firstLine(r.stream!);
+    assert.equal(await echo(r.stream!, 'hello'), 'hello');
+    session.destroy();
+  }
+
+  /** The destination-side TCP series: one entry per label set, with its opened count. */
+  async function destinationSeries(): Promise<{ labels: Record<string, string>; value: number }[]> {
+    const m = await app.metrics.registry.getSingleMetric('istio_tcp_connections_opened_total')!.get();
+    return m.values.filter((v) => v.labels.reporter === 'destination').map((v) => ({ labels: v.labels as Record<string, string>, value: v.value }));
+  }
+
+  before(async () => {
+    requireRoot();
+    topo = await Topology.create({ nodes: 2, podsPerNode: 2 });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ca = await BuiltinCa.open(path.join(dir, 'ca'));
+    const node = topo.nodes[1];
+    app = await NodeApp.start({
+      config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node), log,
+      limits: { serverHandshakeMs: HANDSHAKE_MS, sessionIdleMs: IDLE_MS },
+    });
+    const whoami = topo.spawnInPod(target(), process.execPath, [PODAPP, 'whoami', '8080']);
+    await waitForLine(whoami, (l) => l.includes('listening'), 'whoami');
+  });
+
+  after(async () => {
+    for (const s of sessions) s.destroy();
+    app?.stop();
+    if (topo) {
+      await topo.destroy();
+      cleanupPins(topo);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('slowloris: 300 silent connections are cut to the per-source cap at once, the rest closed within the handshake timeout; honest peers are served meanwhile', async () => {
+    const attackerPod = topo.pod(1, 2);
+    const cert = await certFor(ca, spiffe(topo.pod(1, 1)));
+    const rssBefore = process.memoryUsage().rss;
+    const openedAt = Date.now();
+    const closedAfter: number[] = [];
+    const silent: net.Socket[] = [];
+    for (let i = 0; i < 300; i++) {
+      const s = connectFromNetns(attackerPod.netnsPath, target().ip, 15008, { allowHalfOpen: false });
+      s.on('error', () => undefined);
+      s.once('close', () => closedAfter.push(Date.now() - openedAt));
+      silent.push(s);
+    }
+    try {
+      await waitFor('the silent connections connected', () => silent.every((s) => !s.connecting || s.destroyed));
+      const cap = DEFAULT_LIMITS.maxPendingHandshakesPerSource;
+      await waitFor('the connections over the per-source handshake cap closed', () => closedAfter.length >= 300 - cap, 2000);
+      const held = app.tunnel!.inboundStats(target().uid)!;
+      assert.ok(held.pending <= cap, `at most ${cap} handshakes held for one source: ${JSON.stringify(held)}`);
+      const rssPeak = process.memoryUsage().rss;
+      // Honest peers from elsewhere (the other node's address, another pod) still get fresh sessions.
+      for (let i = 0; i < 5; i++) await honest(topo.nodes[0].netnsPath, cert);
+      await honest(topo.pod(1, 1).netnsPath, cert);
+      assert.ok(closedAfter.length < 300, 'some silent connections were still held while honest peers were served');
+      await waitFor('every silent connection closed', () => closedAfter.length === 300, HANDSHAKE_MS + 3000);
+      const last = Math.max(...closedAfter);
+      assert.ok(last <= HANDSHAKE_MS + 1500 * TIME_SCALE, `the last silent connection was held ${last} ms (timeout ${HANDSHAKE_MS} ms)`);
+      const immediate = closedAfter.filter((t) => t < HANDSHAKE_MS / 2).length;
+      console.log(`# slowloris: ${immediate} of 300 closed at once, the rest after ${Math.min(...closedAfter.filter((t) => t >= HANDSHAKE_MS / 2))}–${last} ms (timeout ${HANDSHAKE_MS} ms); RSS ${mib(rssBefore)} before, ${mib(rssPeak)} while held, ${mib(process.memoryUsage().rss)} after`);
+      await waitFor('nothing held after the attack', () => app.tunnel!.inboundStats(target().uid)!.pending === 0);
+    } finally {
+      for (const s of silent) s.destroy();
+    }
+  });
+
+  test('a peer that finishes TLS but never sends the HTTP/2 preface is closed within the handshake timeout', async () => {
+    const cert = await certFor(ca, spiffe(topo.pod(1, 1)));
+    const started = Date.now();
+    const closedAt = await new Promise<number>((resolve) => {
+      const tcp = connectFromNetns(topo.nodes[0].netnsPath, target().ip, 15008, { allowHalfOpen: false });
+      const s = tls.connect({ socket: tcp, ALPNProtocols: ['h2'], rejectUnauthorized: false, ...cert });
+      s.on('error', () => undefined);
+      s.resume(); // read, or the server's close would go unseen
+      s.once('close', () => resolve(Date.now()));
+    });
+    const held = closedAt - started;
+    assert.ok(held >= HANDSHAKE_MS - 200 && held <= HANDSHAKE_MS + 1500 * TIME_SCALE, `held ${held} ms (timeout ${HANDSHAKE_MS} ms)`);
+  });
+
+  test('a session with no open stream is closed after the idle time; one carrying a stream is not', async () => {
+    const cert = await certFor(ca, spiffe(topo.pod(1, 1)));
+    const busy = await openSession(topo.nodes[0].netnsPath, target().ip, cert);
+    const idle = await openSession(topo.nodes[0].netnsPath, target().ip, cert);
+    sessions.push(busy, idle);
+    const open = await connect(busy, `${target().ip}:8080`);
+    assert.equal(open.outcome, 'status 200');
+    await firstLine(open.stream!);
+    const once = await connect(idle, `${target().ip}:8080`);
+    assert.equal(once.outcome, 'status 200');
+    once.stream!.close();
+    const started = Date.now();
+    const busyClosed = new Promise<void>((resolve) => busy.once('goaway', () => resolve()));
+    await new Promise<void>((resolve) => idle.once('close', () => resolve()));
+    const idleFor = Date.now() - started;
+    assert.ok(idleFor >= IDLE_MS - 200 && idleFor <= IDLE_MS + 1500 * TIME_SCALE, `idle session closed after ${idleFor} ms (idle limit ${IDLE_MS} ms)`);
+    assert.equal(await echo(open.stream!, 'busy'), 'busy', 'the session carrying a stream is still open');
+    open.stream!.close();
+    await busyClosed; // and once its stream is done, it goes idle too
+  });
+
+  test('500 CONNECTs with made-up baggage and service hosts add no series; source labels are the verified ones; a departed workload\'s series go', async () => {
+    const source = topo.pod(1, 1);
+    const session = await openSession(source.netnsPath, target().ip, await certFor(ca, spiffe(source)));
+    sessions.push(session);
+    const before = (await app.metrics.registry.metrics()).length;
+    const key = (l: Record<string, string>): string => JSON.stringify(l);
+    const known = new Set((await destinationSeries()).map((x) => key(x.labels)));
+    for (let batch = 0; batch < 10; batch++) {
+      await Promise.all(Array.from({ length: 50 }, async (_, j) => {
+        const i = batch * 50 + j;
+        const r = await connect(session, `${target().ip}:8080`, {
+          baggage: `k8s.namespace.name=evil${i},k8s.pod.name=fake${i},service.name=x${i},service.version=v${i}`,
+          forwarded: `for="10.0.0.1";host=fake${i}.evil.svc`,
+        });
+        assert.equal(r.outcome, 'status 200');
+        r.stream!.close();
+        await new Promise((res) => r.stream!.once('close', res));
+      }));
+    }
+    await waitFor('500 connections closed and counted', async () => (await app.metrics.registry.getSingleMetric('istio_tcp_connections_closed_total')!.get()).values.some((v) => v.labels.source_workload === `${source.node.name}-${source.name}` && v.value >= 500));
+    const text = await app.metrics.registry.metrics();
+    assert.doesNotMatch(text, /evil|fake/, 'no claimed name reached a label');
+    const series = await destinationSeries();
+    const added = series.filter((x) => !known.has(key(x.labels)));
+    assert.ok(added.length <= 1, `at most the verified series is new: ${JSON.stringify(added.map((x) => x.labels))}`);
+    const fromSource = series.filter((x) => x.labels.source_principal === spiffe(source) && x.labels.source_workload !== 'unknown');
+    assert.equal(fromSource.length, 1, `one series names the verified source: ${JSON.stringify(fromSource.map((x) => x.labels))}`);
+    assert.deepEqual(
+      { w: fromSource[0].labels.source_workload, ns: fromSource[0].labels.source_workload_namespace, app: fromSource[0].labels.source_app, svc: fromSource[0].labels.destination_service },
+      { w: `${source.node.name}-${source.name}`, ns: 'default', app: 'client', svc: 'unknown' },
+    );
+    assert.ok(fromSource[0].value >= 500);
+    console.log(`# baggage: 500 made-up claims → ${series.length} destination series; exposition ${text.length} bytes (${before} before)`);
+
+    // From an address that is no workload's, baggage counts only when it names a workload of the proven identity.
+    const other = topo.pod(1, 2);
+    const fromNode = await openSession(topo.nodes[0].netnsPath, target().ip, await certFor(ca, spiffe(other)));
+    sessions.push(fromNode);
+    for (const [claim, host] of [[other, SERVICE], [source, 'x']] as const) {
+      const r = await connect(fromNode, `${target().ip}:8080`, { baggage: `k8s.namespace.name=default,k8s.pod.name=${claim.node.name}-${claim.name}`, forwarded: `for="10.0.0.1";host=${host}` });
+      assert.equal(r.outcome, 'status 200');
+      r.stream!.close();
+      await new Promise((res) => r.stream!.once('close', res));
+    }
+    const byPrincipal = await waitFor('both counted', async () => {
+      const s = (await destinationSeries()).filter((x) => x.labels.source_principal === spiffe(other));
+      return s.length === 2 ? s : undefined;
+    });
+    const seen = byPrincipal.map((s) => [s.labels.source_workload, s.labels.source_workload_namespace, s.labels.destination_service]).sort();
+    assert.deepEqual(seen, [[`${other.node.name}-${other.name}`, 'default', SERVICE], ['unknown', 'default', 'unknown']]);
+
+    // The source leaves the mesh: its series leave the exposition.
+    await app.update(config([source]));
+    await waitFor('the departed source\'s series removed', async () => !(await destinationSeries()).some((s) => s.labels.source_workload === `${source.node.name}-${source.name}`));
+    assert.ok((await destinationSeries()).some((s) => s.labels.source_workload === `${other.node.name}-${other.name}`), 'series of workloads still present stay');
+    await app.update(config());
+  });
+});
