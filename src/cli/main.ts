@@ -37,6 +37,7 @@ const SERVE_OPTIONS = {
 const NODE_OPTIONS = {
   ...SERVE_OPTIONS, node: { type: 'string' },
   xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
+  'xds-max-message-bytes': { type: 'string' },
   pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
   kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, proc: { type: 'string' },
 } as const;
@@ -151,7 +152,9 @@ async function xdsSource(values: Record<string, string | boolean | undefined>, n
   const podsFile = values.pods as string | undefined;
   const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
   const node = nodeMessage({ nodeName, podName: process.env.POD_NAME ?? `ambit-${nodeName}`, podNamespace: process.env.POD_NAMESPACE ?? 'ambit-system', ip });
-  const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, log });
+  const maxReceiveBytes = values['xds-max-message-bytes'] === undefined ? undefined
+    : parseCount('--xds-max-message-bytes', values['xds-max-message-bytes'] as string, 0, NODE_USAGE, 1 << 20, 1 << 30);
+  const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, maxReceiveBytes, log });
   const pods = values.kubernetes ? await kubeNodePods(values, nodeName, log) : podsFile ? new LocalPodsFile(podsFile) : new NoLocalPods();
   const ca = new IstioCaClient({ address, rootsPem, serverName, tokenFile, clusterId: values['cluster-id'] as string | undefined });
   return { mesh: new XdsMeshSource(client, { node: nodeName, trustDomain }, pods), ca };
@@ -174,14 +177,17 @@ function firstIpv4(): string | undefined {
 async function controlPlane(argv: string[]): Promise<void> {
   const { values } = parseFlags(argv, {
     config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true }, 'server-name': { type: 'string', multiple: true },
-    kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' },
+    kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, 'xds-max-response-bytes': { type: 'string' },
   }, CONTROL_PLANE_USAGE);
+  const maxResponseBytes = values['xds-max-response-bytes'] === undefined ? undefined
+    : parseCount('--xds-max-response-bytes', values['xds-max-response-bytes'], 0, CONTROL_PLANE_USAGE, 64 << 10, 1 << 30);
   if (!values.config) throw new UsageError('--config FILE is required', CONTROL_PLANE_USAGE);
   const log = createLogger();
   const cp = await ControlPlane.start({
     configFile: values.config, listen: values.listen, log,
     names: { dns: values['server-name'] ?? [], ips: values['server-ip'] ?? [] },
     kube: values.kubernetes ? KubeClient.inCluster(values['kube-api']) : undefined,
+    xds: maxResponseBytes === undefined ? undefined : { maxResponseBytes },
   });
   const stop = (signal: string): void => {
     log.info({ signal }, 'control plane stopping');

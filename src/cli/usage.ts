@@ -19,6 +19,7 @@ export const NODE_USAGE = `usage:
   --xds-root FILE          the control plane's root certificate
   --xds-token FILE         bearer token (re-read on every call)
   --xds-server-name NAME   name to verify the control plane's certificate against
+  --xds-max-message-bytes N   largest xDS response accepted (default 67108864: 64 MiB)
   --pods FILE | --kubernetes [--kube-api URL] [--proc DIR]   where this node's pods are found
   --trust-domain TD        (default cluster.local)
   --cluster-id ID          sent to the CA
@@ -43,7 +44,8 @@ export const CONTROL_PLANE_USAGE = `usage:
   --listen HOST:PORT       (default 0.0.0.0:15012)
   --server-ip IP           an address nodes dial, for the server certificate (repeatable)
   --server-name DNS        a name nodes dial, for the server certificate (repeatable)
-  --kubernetes [--kube-api URL]   take workloads and services from the API server; TokenReview for nodes`;
+  --kubernetes [--kube-api URL]   take workloads and services from the API server; TokenReview for nodes
+  --xds-max-response-bytes N   larger updates go in several responses (default 1048576: 1 MiB)`;
 
 export const CA_INIT_USAGE = `usage:
   ambit ca init --dir DIR      create the built-in CA's root in DIR (readable by root only)`;

@@ -10,9 +10,10 @@
 // netns and cgroup are used), so one file can serve both. On a Kubernetes
 // node the agent finds them itself (src/kube/node-pods.ts).
 import { EventEmitter } from 'node:events';
-import YAML from 'yaml';
 import { AmbitError } from '../errors';
 import { readTextFile, watchParsedFile } from './file-source';
+import { checkKeys } from './schema';
+import { parseYamlBounded } from './yaml-bounded';
 
 export interface LocalPod { uid: string; netns: string; cgroup: string }
 
@@ -43,13 +44,9 @@ export class NoLocalPods extends EventEmitter implements LocalPodSource {
 }
 
 export function parseLocalPods(text: string, source: string): Map<string, LocalPod> {
-  let doc: unknown;
-  try {
-    doc = YAML.parse(text);
-  } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `${source} is not valid YAML: ${(err as Error).message}`);
-  }
-  const o = (doc ?? {}) as Record<string, unknown>;
+  // The same size, depth and alias bounds as the mesh configuration.
+  const doc = parseYamlBounded(text, source);
+  const o = (doc !== null && typeof doc === 'object' ? doc : {}) as Record<string, unknown>;
   const key = Array.isArray(o.pods) ? 'pods' : 'workloads';
   const list = o[key];
   if (!Array.isArray(list)) throw new AmbitError('AMBIT_E_CONFIG', `${source}: pods must be a list of { uid, netns, cgroup }`, 'see "Pods on this node" in the README');
@@ -57,6 +54,8 @@ export function parseLocalPods(text: string, source: string): Map<string, LocalP
   const pods = new Map<string, LocalPod>();
   list.forEach((p: Record<string, unknown>, i) => {
     const at = `${key}[${i}]`;
+    // A typo (`cgroups:`) must not leave a pod silently unlocated; standalone workloads are checked by parseConfig.
+    if (key === 'pods' && p !== null && typeof p === 'object') checkKeys((where, v, what) => problems.push(`${where}: ${what} (got ${JSON.stringify(v)})`), p, ['uid', 'netns', 'cgroup'], at);
     if (typeof p?.uid !== 'string' || !p.uid) return void problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
     if (typeof p.netns !== 'string' || typeof p.cgroup !== 'string') {
       if (key === 'pods') problems.push(`${at}: netns and cgroup must be paths (got ${JSON.stringify([p.netns, p.cgroup])})`);
