@@ -65,10 +65,22 @@ async function runHbone(): Promise<Row> {
     const pidsBefore = bed.pids();
     const fdsBefore = bed.destinationFds();
     let shown = 0;
-    const r: HboneResult = await fuzzHbone(bed, {
+    const started = Date.now();
+    let r: HboneResult;
+    try {
+      r = await fuzzHbone(bed, {
       inputs: INPUTS, seed: SEED, maxSeconds: HBONE_SECONDS, honestEveryMs: 30_000,
-      progress: (n) => { if (n - shown >= 5000) { shown = n; process.stdout.write(`  hbone: ${n} sequences\n`); } },
-    });
+        progress: (n) => { if (n - shown >= 1000) { shown = n; process.stdout.write(`  hbone: ${n} sequences\n`); } },
+      });
+    } catch (err) {
+      // The tunnel stopped serving this peer: a finding, reported with what the tunnel said.
+      const seconds = (Date.now() - started) / 1000;
+      return {
+        target: 'hbone', inputs: shown, crashes: 0, hangs: 0, seconds, rate: shown / seconds, note: `stopped serving: ${(err as Error).message.split('\n')[0]}`,
+        health: { pidsSame: JSON.stringify(pidsBefore) === JSON.stringify(bed.pids()), fdsBaseline: fdsBefore, fdsAfter: bed.destinationFds(), leakedFds: Math.max(0, bed.destinationFds() - fdsBefore), honestAfter: await bed.honest(5).catch(() => false) },
+        failures: [{ error: (err as Error).message }], outcomes: { tunnelWarnings: bed.destination.warnings },
+      };
+    }
     const pidsAfter = bed.pids();
     let fdsAfter = bed.destinationFds();
     await waitFor('fds back to baseline', () => (fdsAfter = bed.destinationFds()) <= fdsBefore, 30_000, 250).catch(() => undefined);
@@ -98,7 +110,7 @@ async function main(): Promise<void> {
   console.log('\n| target | inputs | crashes | hangs | inputs/s | process health |');
   console.log('|---|---:|---:|---:|---:|---|');
   for (const r of rows) {
-    const h = r.health ? `pids same: ${r.health.pidsSame ? 'yes' : 'no'}; fds baseline ${String(r.health.fdsBaseline)} → after ${String(r.health.fdsAfter)}; honest traffic after: ${r.health.honestAfter ? 'ok' : 'FAILED'}` : r.note ?? 'in-process';
+    const h = r.health ? `${r.note ? `${r.note}; ` : ''}pids same: ${r.health.pidsSame ? 'yes' : 'no'}; fds baseline ${String(r.health.fdsBaseline)} → after ${String(r.health.fdsAfter)}; honest traffic after: ${r.health.honestAfter ? 'ok' : 'FAILED'}` : r.note ?? 'in-process';
     console.log(`| ${r.target} | ${r.inputs.toLocaleString('en-US')} | ${r.crashes} | ${r.hangs} | ${fmt(r.rate)} | ${h} |`);
   }
   const bad = rows.filter((r) => r.crashes > 0 || r.hangs > 0 || (r.health && (!r.health.pidsSame || Number(r.health.leakedFds) > 0 || !r.health.honestAfter)));
