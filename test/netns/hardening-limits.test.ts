@@ -33,6 +33,10 @@ const IDLE_MS = 2000;
 const SERVICE = 'echo.default.svc.cluster.local';
 const sa = (p: TestPod): string => `sa-${p.node.name}-${p.name}`;
 const spiffe = (p: TestPod): string => `spiffe://cluster.local/ns/default/sa/${sa(p)}`;
+/** p, or a failure naming what did not happen within ms (× TIME_SCALE): a test fails, never hangs. */
+const within = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => Promise.race([
+  p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what}: not within ${ms * TIME_SCALE} ms`)), ms * TIME_SCALE).unref()),
+]);
 const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 describe('inbound limits and verified telemetry', () => {
@@ -139,7 +143,8 @@ describe('inbound limits and verified telemetry', () => {
       const s = tls.connect({ socket: tcp, ALPNProtocols: ['h2'], rejectUnauthorized: false, ...cert });
       s.on('error', () => undefined);
       s.resume(); // read, or the server's close would go unseen
-      s.once('close', () => resolve(Date.now()));
+      const bound = setTimeout(() => { resolve(Infinity); s.destroy(); }, (HANDSHAKE_MS + 5000) * TIME_SCALE);
+      s.once('close', () => { clearTimeout(bound); resolve(Date.now()); });
     });
     const held = closedAt - started;
     assert.ok(held >= HANDSHAKE_MS - 200 && held <= HANDSHAKE_MS + 1500 * TIME_SCALE, `held ${held} ms (timeout ${HANDSHAKE_MS} ms)`);
@@ -158,12 +163,12 @@ describe('inbound limits and verified telemetry', () => {
     once.stream!.close();
     const started = Date.now();
     const busyClosed = new Promise<void>((resolve) => busy.once('goaway', () => resolve()));
-    await new Promise<void>((resolve) => idle.once('close', () => resolve()));
+    await within(new Promise<void>((resolve) => idle.once('close', () => resolve())), IDLE_MS + 5000, 'the idle session closed');
     const idleFor = Date.now() - started;
     assert.ok(idleFor >= IDLE_MS - 200 && idleFor <= IDLE_MS + 1500 * TIME_SCALE, `idle session closed after ${idleFor} ms (idle limit ${IDLE_MS} ms)`);
     assert.equal(await echo(open.stream!, 'busy'), 'busy', 'the session carrying a stream is still open');
     open.stream!.close();
-    await busyClosed; // and once its stream is done, it goes idle too
+    await within(busyClosed, IDLE_MS + 5000, 'the busy session closed once idle'); // once its stream is done, it goes idle too
   });
 
   test('500 CONNECTs with made-up baggage and service hosts add no series; source labels are the verified ones; a departed workload\'s series go', async () => {
@@ -172,6 +177,8 @@ describe('inbound limits and verified telemetry', () => {
     sessions.push(session);
     const before = (await app.metrics.registry.metrics()).length;
     const key = (l: Record<string, string>): string => JSON.stringify(l);
+    const closedTotal = async (): Promise<number> => (await app.metrics.registry.getSingleMetric('istio_tcp_connections_closed_total')!.get()).values.filter((v) => v.labels.reporter === 'destination').reduce((n, v) => n + v.value, 0);
+    const closedBefore = await closedTotal();
     const known = new Set((await destinationSeries()).map((x) => key(x.labels)));
     for (let batch = 0; batch < 10; batch++) {
       await Promise.all(Array.from({ length: 50 }, async (_, j) => {
@@ -185,7 +192,7 @@ describe('inbound limits and verified telemetry', () => {
         await new Promise((res) => r.stream!.once('close', res));
       }));
     }
-    await waitFor('500 connections closed and counted', async () => (await app.metrics.registry.getSingleMetric('istio_tcp_connections_closed_total')!.get()).values.some((v) => v.labels.source_workload === `${source.node.name}-${source.name}` && v.value >= 500));
+    await waitFor('500 connections closed and counted', async () => (await closedTotal()) >= closedBefore + 500);
     const text = await app.metrics.registry.metrics();
     assert.doesNotMatch(text, /evil|fake/, 'no claimed name reached a label');
     const series = await destinationSeries();
