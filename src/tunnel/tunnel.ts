@@ -67,7 +67,7 @@ export class Tunnel {
   constructor(private readonly deps: TunnelDeps) {
     this.limits = tunnelLimits(deps.limits);
     this.warn = new RateLimitedLog(deps.log);
-    this.pool = new HbonePool({ certs: deps.certs, log: deps.log, ...deps.pool });
+    this.pool = new HbonePool({ certs: deps.certs, log: deps.log, limits: this.limits, ...deps.pool });
     deps.metrics.trackPool(() => this.pool.stats());
     // New policies apply to open connections too.
     deps.store.on('changed', this.onStateChanged);
@@ -92,7 +92,7 @@ export class Tunnel {
       log: deps.log,
       warn: this.warn,
     });
-    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, log: deps.log });
+    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, limits: this.limits, log: deps.log });
     this.pods.set(pod.workload.uid, { pod, inbound, open });
     this.policyView = this.currentPolicyView();
   }
