@@ -8,17 +8,20 @@ export class RateLimitedLog {
 
   constructor(private readonly log: Logger, private readonly intervalMs = 10_000, private readonly now: () => number = Date.now) {}
 
-  /** Logs at warn level unless a line with this reason was written less than an interval ago. */
-  warn(reason: string, fields: Record<string, unknown>, msg: string): void {
+  /**
+   * Logs at warn level unless a line with this key (by default the reason)
+   * was written less than an interval ago.
+   */
+  warn(reason: string, fields: Record<string, unknown>, msg: string, key = reason): void {
     const t = this.now();
-    const seen = this.last.get(reason);
+    const seen = this.last.get(key);
     if (seen && t - seen.at < this.intervalMs) {
       seen.suppressed++;
       return;
     }
-    // Bounded: reasons are a small fixed set, but never trust that with a peer's input.
+    // Bounded: keys are a small set (reasons, policies), but never trust that with a peer's input.
     if (!seen && this.last.size >= 256) this.last.clear();
     this.log.warn({ ...fields, reason, ...(seen?.suppressed ? { suppressed: seen.suppressed } : {}) }, msg);
-    this.last.set(reason, { at: t, suppressed: 0 });
+    this.last.set(key, { at: t, suppressed: 0 });
   }
 }

@@ -182,8 +182,8 @@ export class Inbound {
     void done.finally(() => this.authorized.delete(entry));
   }
 
-  private warn(reason: string, fields: Record<string, unknown>, msg: string): void {
-    this.deps.warn.warn(reason, { pod: this.pod.workload.uid, ...fields }, msg);
+  private warn(reason: string, fields: Record<string, unknown>, msg: string, key = reason): void {
+    this.deps.warn.warn(reason, { pod: this.pod.workload.uid, ...fields }, msg, key);
   }
 
   /** Runs a handler a peer drives; a bug in it costs that connection, never the process. */
@@ -221,7 +221,7 @@ export class Inbound {
     const connId = connIdOf(headers.traceparent);
     const refuse = (status: number, reason: string, extra: Record<string, unknown> = {}): void => {
       this.deps.metrics.failure('inbound', reason);
-      this.warn(reason, { conn_id: connId, src: srcIp, authority: headers[':authority'], status, ...extra }, 'HBONE stream refused');
+      this.warn(reason, { conn_id: connId, src: srcIp, authority: headers[':authority'], status, ...extra }, 'HBONE stream refused', auditKey(reason, extra));
       respond(stream, status);
     };
     if (this.closed) return refuse(503, 'pod_removed');
@@ -315,7 +315,7 @@ export class Inbound {
     const srcIp = client.remoteAddress;
     const refuse = (reason: string, extra: Record<string, unknown> = {}): void => {
       this.deps.metrics.failure('inbound', reason);
-      this.warn(`plain_${reason}`, { src: srcIp, dst: `${ip}:${port}`, ...extra }, 'plaintext connection refused');
+      this.warn(reason, { src: srcIp, dst: `${ip}:${port}`, ...extra }, 'plaintext connection refused', auditKey(`plain_${reason}`, extra));
       client.destroy();
     };
     if (this.closed) return refuse('pod_removed');
@@ -363,4 +363,14 @@ function respond(stream: http2.ServerHttp2Stream, status: number, endStream = tr
   } catch {
     return false; // the session went away between the check and the write
   }
+}
+
+/**
+ * The rate limit's key for a refusal. A policy denial is an audit record: each
+ * (policy, verdict) keeps its own line per interval, so one peer's flood of
+ * denials cannot hide another policy's; the number of keys is bounded by the
+ * policies, not by the peer.
+ */
+function auditKey(reason: string, extra: Record<string, unknown>): string {
+  return extra.policy !== undefined || extra.why !== undefined ? `${reason}|${String(extra.policy)}|${String(extra.why)}` : reason;
 }
