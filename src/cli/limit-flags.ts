@@ -18,6 +18,8 @@ export const LIMIT_FLAGS: Record<keyof TunnelLimits, LimitFlag> = {
   maxConnectionsPerSource: { flag: 'max-connections-per-source', kind: 'count', help: "open connections to one pod's :15008 from one source address" },
   maxStreamsPerSession: { flag: 'max-streams-per-connection', kind: 'count', help: 'streams per outbound HBONE connection (fewer if the peer says so)' },
   serverMaxStreams: { flag: 'max-concurrent-streams', kind: 'count', help: 'streams an inbound HBONE connection accepts at once' },
+  keepaliveIntervalMs: { flag: 'keepalive-interval', kind: 'duration', help: 'HTTP/2 PING on every HBONE connection, both sides' },
+  keepaliveTimeoutMs: { flag: 'keepalive-timeout', kind: 'duration', help: 'an HBONE connection whose PING is not answered in this time is closed with its streams' },
   certificateWaitMs: { flag: 'certificate-timeout', kind: 'duration', help: 'a worker\'s wait for a certificate; then the connection fails (AMBIT_E_CA)' },
 };
 

@@ -23,7 +23,7 @@ import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './he
 import type { TunnelLimits } from './limits';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
 import type { ServedPod } from './served-pod';
-import { ServerSessions } from './server-sessions';
+import { ServerSessions, type Expiry } from './server-sessions';
 import { verifiedService, verifiedSource, type MeshView } from './source';
 
 const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
@@ -66,7 +66,7 @@ export class Inbound {
     this.admission = new Admission(limits);
     this.sessions = new ServerSessions(limits, (session, reason) => {
       this.deps.metrics.failure('inbound', reason);
-      this.warn(reason, { peer: session.socket?.remoteAddress }, reason === 'session_idle' ? 'idle HBONE session closed' : 'HBONE session closed: no HTTP/2 preface in time');
+      this.warn(reason, { peer: session.socket?.remoteAddress }, EXPIRY_MESSAGE[reason]);
     });
     this.onCert = (id, c) => { if (id === identity) this.server?.setSecureContext(serverTlsOptions(c)); };
     pod.inboundPlain.on('connection', (s: net.Socket) => this.guard('plaintext', () => this.onPlain(s), () => s.destroy()));
@@ -374,3 +374,9 @@ function respond(stream: http2.ServerHttp2Stream, status: number, endStream = tr
 function auditKey(reason: string, extra: Record<string, unknown>): string {
   return extra.policy !== undefined || extra.why !== undefined ? `${reason}|${String(extra.policy)}|${String(extra.why)}` : reason;
 }
+
+const EXPIRY_MESSAGE: Record<Expiry, string> = {
+  preface_timeout: 'HBONE session closed: no HTTP/2 preface in time',
+  session_idle: 'idle HBONE session closed',
+  keepalive_timeout: 'HBONE session closed with its streams: the peer did not answer PING in time',
+};

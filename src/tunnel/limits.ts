@@ -22,6 +22,10 @@ export interface TunnelLimits {
   maxStreamsPerSession: number;
   /** Streams a server session accepts at once (advertised as SETTINGS_MAX_CONCURRENT_STREAMS). */
   serverMaxStreams: number;
+  /** Both sides PING every HBONE session this often… */
+  keepaliveIntervalMs: number;
+  /** …and destroy it, with its streams, when the answer does not come in this time (the peer is gone). */
+  keepaliveTimeoutMs: number;
   /** How long a worker waits for a certificate from the agent before the connection fails with AMBIT_E_CA. */
   certificateWaitMs: number;
 }
@@ -38,6 +42,8 @@ export const DEFAULT_LIMITS: TunnelLimits = {
   maxStreamsPerSession: 100,
   serverMaxStreams: 200,
   certificateWaitMs: 10_000,
+  keepaliveIntervalMs: 10_000,
+  keepaliveTimeoutMs: 20_000,
 };
 
 /** Defaults with the given overrides. */

@@ -87,8 +87,8 @@ export class HbonePool {
     this.limits = tunnelLimits(opts.limits);
     this.maxStreams = opts.maxStreams ?? this.limits.maxStreamsPerSession;
     this.idleMs = opts.idleMs ?? this.limits.sessionIdleMs;
-    this.pingEveryMs = opts.pingEveryMs ?? 10_000;
-    this.pingTimeoutMs = opts.pingTimeoutMs ?? 20_000;
+    this.pingEveryMs = opts.pingEveryMs ?? this.limits.keepaliveIntervalMs;
+    this.pingTimeoutMs = opts.pingTimeoutMs ?? this.limits.keepaliveTimeoutMs;
     this.warn = new RateLimitedLog(opts.log);
   }
 
