@@ -1,4 +1,4 @@
-// TLS settings of HBONE (PROTOCOL.md): TLS 1.3 only, two AES-GCM suites,
+// TLS settings of HBONE (docs/wire.md): TLS 1.3 only, two AES-GCM suites,
 // ALPN exactly h2, no session resumption, no SNI (peers are dialed by IP),
 // SPIFFE identities checked on both sides.
 import crypto from 'node:crypto';

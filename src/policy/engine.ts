@@ -1,5 +1,5 @@
-// L4 authorization at the destination, as PROTOCOL.md ("Authorization
-// semantics") and ztunnel define it. Choices beyond the protocol text:
+// L4 authorization at the destination, as docs/wire.md ("Authorization")
+// and ztunnel define it. Choices beyond the protocol text:
 // - A clause without matches matches nothing (ztunnel does the same), so a
 //   malformed policy never widens an ALLOW by accident.
 // - A deny because no ALLOW matched names no policy: none decided it alone.

@@ -29,7 +29,7 @@ export const TYPE_AUTHORIZATION = 'type.googleapis.com/istio.security.Authorizat
  * ACK. A response without it completes the update, so a server that never
  * splits (istiod) needs no change: its every response is complete. A node
  * counts a type as synced, and applies a change to its data plane, only at
- * a complete response.
+ * a complete response (docs/wire.md, "parts of one update").
  */
 export const MORE_FOLLOWS = 'ambit.dev/more-follows';
 

@@ -1,4 +1,4 @@
-// The metadata HBONE carries on each CONNECT (PROTOCOL.md): a random W3C
+// The metadata HBONE carries on each CONNECT (docs/wire.md): a random W3C
 // traceparent per connection — its trace id is the connection id both nodes
 // log — the source workload as baggage, and the client address as forwarded.
 import { randomBytes } from 'node:crypto';

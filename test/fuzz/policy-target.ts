@@ -4,7 +4,7 @@
 //   reported, never thrown, and what comes out is well formed.
 // - policy-engine: random policies over a small vocabulary (so that they
 //   do match now and then) and random connections, checked against the
-//   semantics PROTOCOL.md states, without re-implementing the matcher:
+//   semantics docs/wire.md states, without re-implementing the matcher:
 //   a matching DENY wins over any ALLOW; no enforced ALLOW → allow unless a
 //   DENY matches; dry-run policies never change the verdict; order does not
 //   matter; adding a DENY never allows more, adding an ALLOW next to other
