@@ -12,7 +12,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { connectFromNetns } from '../src/agent/netns';
+import { connectFromNetns } from '../src/datapath/netns';
 import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, workloadOf } from '../test/helpers/fixture';
 import { collect, waitFor, waitForLine } from '../test/helpers/proc';
 import { Topology, type TestNode } from '../test/helpers/topology';

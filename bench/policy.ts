@@ -15,7 +15,7 @@ import type { AddressMessage } from '../src/protocol/messages';
 import { unpack } from '../src/protocol/protos';
 import { MeshStore } from '../src/state/store';
 import type { MeshConfig, Workload } from '../src/state/types';
-import { addressFromMessage, toResources } from '../src/state/xds-resources';
+import { addressFromMessage, toResources } from '../src/sources/xds-resources';
 import { fmt, median } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);

@@ -6,7 +6,7 @@
 // sync once the mesh is large. Sizes are computed exactly as protobuf
 // encodes the fields, not estimated from the decoded objects.
 import type { ResourceMessage } from '../protocol/messages';
-import type { XdsResource } from '../state/xds-resources';
+import type { XdsResource } from '../sources/xds-resources';
 
 /** The default budget: a quarter of gRPC's common 4 MiB receive default, so any client with defaults syncs. */
 export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;

@@ -19,7 +19,7 @@ import type { Logger } from '../observability/log';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../protocol/messages';
 import { MORE_FOLLOWS } from '../protocol/protos';
-import type { XdsResource } from '../state/xds-resources';
+import type { XdsResource } from '../sources/xds-resources';
 import { DEFAULT_MAX_RESPONSE_BYTES, nextChunk, REMOVAL } from './xds-chunks';
 
 type Resources = Map<string, Map<string, XdsResource>>;

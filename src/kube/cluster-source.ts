@@ -3,7 +3,7 @@
 // (workloads and services from the API; trust domain, CA and policies from
 // its YAML). Changes are coalesced so a rollout of many pods is one push.
 import { EventEmitter } from 'node:events';
-import { compileIstioPolicies } from '../policy/istio-crd';
+import { compileIstioPolicies } from '../sources/istio-crd';
 import type { Logger } from '../observability/log';
 import type { MeshConfig } from '../state/types';
 import type { KubeClient } from './client';

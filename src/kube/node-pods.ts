@@ -7,9 +7,9 @@
 // replaced gets a status update from the kubelet, which triggers a new
 // look; a slow check every few seconds catches what no event announces.
 import { EventEmitter } from 'node:events';
-import type { PodLocator } from '../agent/pod-locator';
+import type { PodLocator } from './pod-locator';
 import type { Logger } from '../observability/log';
-import type { LocalPod, LocalPodSource } from '../state/local-pods';
+import type { LocalPod, LocalPodSource } from '../sources/local-pods';
 import type { KubeClient } from './client';
 import { Informer } from './informer';
 import { inMesh, isLive, podUid } from './mesh';

@@ -190,6 +190,24 @@ export class PolicyAuthorizer implements Authorizer {
     return new PolicyAuthorizer(new PolicyIndex(policies));
   }
 
+  /**
+   * The authorizer of whatever state config() returns now, compiled once
+   * per state (the source replaces the state as a whole, so identity is
+   * enough to notice a change).
+   */
+  static following(config: () => { readonly policies: readonly Authorization[] }): () => Authorizer {
+    let seen: readonly Authorization[] | undefined;
+    let current: Authorizer | undefined;
+    return () => {
+      const { policies } = config();
+      if (policies !== seen || !current) {
+        seen = policies;
+        current = PolicyAuthorizer.of(policies);
+      }
+      return current;
+    };
+  }
+
   check(c: ConnectionFacts): Decision {
     const v = evaluate(this.index.inScope(c.dst), c);
     const named = v.policy === undefined ? {} : { policy: v.policy };

@@ -3,18 +3,13 @@
 // whole when the source delivers a new valid state.
 import { EventEmitter } from 'node:events';
 import { workloadIdentity } from '../identity/spiffe';
-import type { Authorizer } from '../policy/authorize';
-import { PolicyAuthorizer } from '../policy/engine';
-import type { MeshConfig, Service, Workload } from './types';
-import { serviceKey } from './xds-resources';
+import { type MeshConfig, type Service, serviceKey, type Workload } from './types';
 
 export class MeshStore extends EventEmitter {
   private cfg!: MeshConfig;
   private byIp = new Map<string, Workload>();
   private byVip = new Map<string, Service>();
   private endpointsOf = new Map<Service, Workload[]>();
-  /** The policies of this state, indexed for per-connection checks. */
-  authorizer!: Authorizer;
 
   constructor(cfg: MeshConfig) {
     super();
@@ -44,7 +39,6 @@ export class MeshStore extends EventEmitter {
       const key = serviceKey(s);
       return [s, cfg.workloads.filter((w) => w.services?.includes(key) || (w.namespace === s.namespace && selects(s.selector, w.labels)))];
     }));
-    this.authorizer = PolicyAuthorizer.of(cfg.policies);
   }
 }
 

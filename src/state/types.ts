@@ -62,3 +62,6 @@ export interface MeshConfig {
   /** Read by `ambit control-plane` only. */
   controlPlane: { tokens: NodeToken[] };
 }
+
+/** A service's key in xDS and in a workload's `services`: namespace/hostname. */
+export const serviceKey = (s: Pick<Service, 'namespace' | 'hostname'>): string => `${s.namespace}/${s.hostname}`;

@@ -8,7 +8,7 @@
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../agent/enrolment';
+import { PORT_INBOUND_HBONE, TUNNEL_PORTS } from '../datapath/ports';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
@@ -26,7 +26,6 @@ import type { ServedPod } from './served-pod';
 import { ServerSessions, type Expiry } from './server-sessions';
 import { verifiedService, verifiedSource, type MeshView } from './source';
 
-const TUNNEL_PORTS = new Set([PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_INBOUND_HBONE]);
 const ignore = (): void => undefined;
 
 export interface InboundDeps {

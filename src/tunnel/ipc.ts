@@ -3,12 +3,11 @@
 // duplicate of each pod socket as a handle alongside a `pod` message and
 // serves it. Certificates cross the pipe in PEM: a worker's keys, like the
 // agent's, live in memory only.
+import type { ListenerRole } from '../datapath/ports';
 import type { MeshConfig } from '../state/types';
 import type { TunnelLimits } from './limits';
 import type { TunnelMode } from './tunnel';
 
-export type ListenerRole = 'outbound' | 'inboundPlain' | 'inboundHbone';
-export const ROLES: readonly ListenerRole[] = ['outbound', 'inboundPlain', 'inboundHbone'];
 
 /** A certificate as it travels (dates as ISO strings). */
 export interface WireCert { identity: string; chainPem: string; keyPem: string; rootsPem: string; notBefore: string; notAfter: string }

@@ -8,6 +8,7 @@
 // warning; it never throws past this file.
 import type net from 'node:net';
 import type { DatapathMaps } from '../datapath/maps';
+import { PORT_INBOUND_HBONE } from '../datapath/ports';
 import type { Logger } from '../observability/log';
 import { accessLog } from '../observability/access-log';
 import { tcpLabels, type Metrics } from '../observability/metrics';
@@ -17,7 +18,7 @@ import { ClientFailure, failureCode } from './client-errors';
 import { copyBidirectional } from './copy';
 import { baggageOf, connectHeaders, newTraceparent } from './headers';
 import { tunnelLimits, type TunnelLimits } from './limits';
-import { HBONE_PORT, type HbonePool } from './pool';
+import type { HbonePool } from './pool';
 import { resolveOutbound } from './route';
 import type { ServedPod } from './served-pod';
 
@@ -120,7 +121,7 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
 
-  entry['dst.hbone_addr'] = `${route.ip}:${HBONE_PORT}`;
+  entry['dst.hbone_addr'] = `${route.ip}:${PORT_INBOUND_HBONE}`;
   entry['dst.identity'] = route.identities[0];
   // A client that gives up while the stream is being set up must not leak it.
   let gone = false;

@@ -14,16 +14,16 @@
 // piling onto one that nghttp2 would then queue them behind.
 import http2 from 'node:http2';
 import type net from 'node:net';
-import type { Dialer } from '../agent/netns';
+import type { Dialer } from '../datapath/netns';
 import tls from 'node:tls';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
+import { PORT_INBOUND_HBONE } from '../datapath/ports';
 import { clientTlsOptions } from '../identity/tls';
 import type { Logger } from '../observability/log';
 import { RateLimitedLog } from '../observability/rate-limited';
 import { ClientFailure, failureCode } from './client-errors';
 import { tunnelLimits, type TunnelLimits } from './limits';
 
-export const HBONE_PORT = 15008;
 export const STREAM_WINDOW = 4 << 20;
 export const CONNECTION_WINDOW = 16 << 20;
 export const MAX_FRAME = 1 << 20;
@@ -133,7 +133,7 @@ export class HbonePool {
       if (s.pooled && s.h2 && !s.h2.closed && !s.h2.destroyed && s.open < this.cap(s)) return this.request(s, headers);
       this.unreserve(s);
       if (placed >= MAX_PLACEMENTS) {
-        throw new ClientFailure('AMBIT_E_HBONE_SESSION', `no HBONE session to ${t.dstIp}:${HBONE_PORT} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`);
+        throw new ClientFailure('AMBIT_E_HBONE_SESSION', `no HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`);
       }
     }
   }
@@ -174,8 +174,8 @@ export class HbonePool {
       const inner = err as NodeJS.ErrnoException;
       throw new ClientFailure('AMBIT_E_CA', `no certificate for ${t.srcIdentity}: ${inner.code && !inner.message.includes(inner.code) ? `${inner.code}: ` : ''}${inner.message}`, { cause: err });
     }
-    if (!s.pooled) throw new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE session to ${t.dstIp}:${HBONE_PORT} closed while it was being set up`, { refused: true });
-    const peer = `${t.dstIp}:${HBONE_PORT}`;
+    if (!s.pooled) throw new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} closed while it was being set up`, { refused: true });
+    const peer = `${t.dstIp}:${PORT_INBOUND_HBONE}`;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let connected = false;
@@ -194,7 +194,7 @@ export class HbonePool {
       timer.unref();
       const failSession = (err: Error): void => fail(new ClientFailure('AMBIT_E_HBONE_SESSION', `HBONE session to ${peer} failed: ${failureCode(err, 'error')}: ${err.message}`, { cause: err }));
       try {
-        tcp = t.dial(t.dstIp, HBONE_PORT, { allowHalfOpen: false });
+        tcp = t.dial(t.dstIp, PORT_INBOUND_HBONE, { allowHalfOpen: false });
       } catch (err) {
         return failSession(err as Error);
       }

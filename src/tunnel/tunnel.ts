@@ -4,6 +4,7 @@
 // `ambit sidecar` (one process) and inside every tunnel worker.
 import type net from 'node:net';
 import type { DatapathMaps } from '../datapath/maps';
+import { ROLES } from '../datapath/ports';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import type { Logger } from '../observability/log';
 import type { Metrics } from '../observability/metrics';
@@ -78,7 +79,7 @@ export class Tunnel {
     const { deps } = this;
     const open = new Set<net.Socket>();
     // Every accepted socket is tracked, so a drain can end what outlives its deadline.
-    for (const s of [pod.outbound, pod.inboundPlain, pod.inboundHbone]) {
+    for (const s of ROLES.map((r) => pod[r])) {
       s.on('connection', (c: net.Socket) => { open.add(c); c.once('close', () => open.delete(c)); });
     }
     const inbound = new Inbound(pod, pod.identity, deps.mode === 'hbone' ? cert : undefined, {
@@ -103,7 +104,7 @@ export class Tunnel {
     if (!s) return;
     this.pods.delete(uid);
     s.inbound.close();
-    for (const srv of [s.pod.outbound, s.pod.inboundPlain, s.pod.inboundHbone]) srv.close();
+    for (const srv of ROLES.map((r) => s.pod[r])) srv.close();
   }
 
   served(): ServedPod[] { return [...this.pods.values()].map((s) => s.pod); }
@@ -130,7 +131,7 @@ export class Tunnel {
     const all = [...this.pods.values()];
     for (const s of all) {
       s.inbound.drain();
-      for (const srv of [s.pod.outbound, s.pod.inboundPlain, s.pod.inboundHbone]) srv.close();
+      for (const srv of ROLES.map((r) => s.pod[r])) srv.close();
     }
     const deadline = Date.now() + deadlineMs;
     const open = (): number => all.reduce((n, s) => n + s.open.size, 0);

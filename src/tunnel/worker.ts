@@ -11,7 +11,7 @@
 // the agent starts a replacement with backoff.
 import net from 'node:net';
 import client from 'prom-client';
-import { Netns } from '../agent/netns';
+import { Netns } from '../datapath/netns';
 import { DatapathMaps } from '../datapath/maps';
 import { openPinnedMaps } from '../datapath/status';
 import { AmbitError } from '../errors';
@@ -19,8 +19,10 @@ import { installLastResort } from '../observability/last-resort';
 import { createLogger } from '../observability/log';
 import { Metrics } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
+import { PolicyAuthorizer } from '../policy/engine';
 import { MeshStore } from '../state/store';
-import { ROLES, type FromWorker, type ListenerRole, type ToWorker } from './ipc';
+import { type ListenerRole, type PerRole, ROLES } from '../datapath/ports';
+import type { FromWorker, ToWorker } from './ipc';
 import { tunnelLimits, type TunnelLimits } from './limits';
 import { RemoteCerts } from './remote-certs';
 import { Tunnel } from './tunnel';
@@ -56,7 +58,7 @@ export function runWorker(): void {
           store = new MeshStore(m.config);
           const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
           tunnel = new Tunnel({
-            store, certs, maps, mode: m.mode, metrics, authorizer: () => store!.authorizer, limits: m.limits, log,
+            store, certs, maps, mode: m.mode, metrics, authorizer: PolicyAuthorizer.following(() => store!.config), limits: m.limits, log,
           });
         } catch (err) {
           // Nothing to serve with: a replacement may find the pins (or a fixed configuration).
@@ -98,7 +100,7 @@ export function runWorker(): void {
         try {
           const netns = Netns.open(p.netns);
           netnsOf.set(m.uid, netns);
-          tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, outbound: p.servers.outbound!, inboundPlain: p.servers.inboundPlain!, inboundHbone: p.servers.inboundHbone! }, certs.get(p.identity));
+          tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, ...(p.servers as PerRole<net.Server>) }, certs.get(p.identity));
         } catch (err) {
           // The pod went away meanwhile (its netns with it): this worker does not serve it; the others decide for themselves.
           log.warn({ pod: m.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'cannot serve pod');

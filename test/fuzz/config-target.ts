@@ -8,7 +8,7 @@
 import fc from 'fast-check';
 import YAML from 'yaml';
 import { AmbitError } from '../../src/errors';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 
 const SLOW_MS = 2000;
 

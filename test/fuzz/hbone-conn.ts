@@ -6,7 +6,7 @@
 // sync point: once its ACK is back the server has read everything before it.
 import type tls from 'node:tls';
 import { connect as tlsConnect } from 'node:tls';
-import type { Netns } from '../../src/agent/netns';
+import type { Netns } from '../../src/datapath/netns';
 import { FLAG, FRAME, frame, FrameReader, PREFACE, settingsPayload, type Frame } from './h2-wire';
 import { StreamIds } from './hbone-ops';
 

@@ -7,8 +7,8 @@
 // their workers that went away; the sequences in flight at that moment are
 // the suspects and are reported with how to regenerate them.
 import fc from 'fast-check';
-import { Netns } from '../../src/agent/netns';
-import { HBONE_PORT } from '../../src/tunnel/pool';
+import { Netns } from '../../src/datapath/netns';
+import { PORT_INBOUND_HBONE } from '../../src/datapath/ports';
 import { alive, type HboneBed } from './hbone-bed';
 import { FuzzConn, type ServerReplies } from './hbone-conn';
 import { describe, encode, sequenceArb, type Op } from './hbone-ops';
@@ -175,7 +175,7 @@ async function openWithRetry(ns: Netns, bed: HboneBed, result: HboneResult): Pro
   let last: unknown;
   for (let i = 0; i < 20; i++) {
     try {
-      const c = await FuzzConn.open(ns, bed.target.ip, HBONE_PORT, bed.tlsOptions, result.replies, 10_000 * TIME_SCALE);
+      const c = await FuzzConn.open(ns, bed.target.ip, PORT_INBOUND_HBONE, bed.tlsOptions, result.replies, 10_000 * TIME_SCALE);
       result.connections++;
       return c;
     } catch (err) {

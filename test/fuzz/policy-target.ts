@@ -11,7 +11,7 @@
 //   ALLOWs never allows less.
 import fc from 'fast-check';
 import { evaluate, matchOf } from '../../src/policy/engine';
-import { compileIstioPolicies } from '../../src/policy/istio-crd';
+import { compileIstioPolicies } from '../../src/sources/istio-crd';
 import type { ConnectionFacts } from '../../src/policy/authorize';
 import type { Authorization, Match, StringMatch } from '../../src/policy/types';
 import type { Workload } from '../../src/state/types';

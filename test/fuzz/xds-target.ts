@@ -2,7 +2,7 @@
 // resource of a DeltaDiscoveryResponse (name, google.protobuf.Any): valid
 // encodings of a real mesh (toResources) with their bytes mutated, messages
 // built from odd field values, random bytes, wrong or missing type URLs and
-// names. It goes through the node's path, in the order xds-source.ts takes
+// names. It goes through the node's path, in the order xds-client.ts takes
 // it (empty → wrong type → protobuf decode → *FromMessage). The property:
 // either a decoded resource whose facts are sound (IPv4 addresses, ports in
 // range, policies the engine can evaluate) or a ResourceError that names the
@@ -13,9 +13,9 @@ import YAML from 'yaml';
 import { PolicyAuthorizer } from '../../src/policy/engine';
 import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import type { AddressMessage, Any, AuthorizationMessage } from '../../src/protocol/messages';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 import { MeshStore } from '../../src/state/store';
-import { addressFromMessage, authorizationFromMessage, ResourceError, toResources } from '../../src/state/xds-resources';
+import { addressFromMessage, authorizationFromMessage, ResourceError, toResources } from '../../src/sources/xds-resources';
 import { SEED_CONFIGS } from './config-target';
 
 export interface XdsInput { typeUrl: string; name: string; resource: Any | null }

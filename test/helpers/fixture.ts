@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { connectFromNetns } from '../../src/agent/netns';
+import { connectFromNetns } from '../../src/datapath/netns';
 import { Datapath } from '../../src/datapath/loader';
 import { cleanupDatapath } from '../../src/datapath/status';
 import { collect, TIME_SCALE, waitFor } from './proc';

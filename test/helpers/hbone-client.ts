@@ -4,7 +4,7 @@
 import { webcrypto } from 'node:crypto';
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { connectFromNetns } from '../../src/agent/netns';
+import { connectFromNetns } from '../../src/datapath/netns';
 import { EC_ALG, toPem, type BuiltinCa } from '../../src/identity/builtin-ca';
 import { TIME_SCALE } from './proc';
 

@@ -2,7 +2,7 @@
 // one thing at a time, and the problems parseConfig reports for a variant.
 import assert from 'node:assert/strict';
 import { AmbitError } from '../../src/errors';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 
 export const HASH_A = 'a'.repeat(64);
 export const HASH_B = 'b'.repeat(64);

@@ -8,9 +8,9 @@ import { ControlPlane } from '../../src/control-plane/server';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { createLogger } from '../../src/observability/log';
 import { pack, TYPE_ADDRESS } from '../../src/protocol/protos';
-import { loadConfigFile } from '../../src/state/config';
+import { loadConfigFile } from '../../src/sources/config';
 import { MeshStore } from '../../src/state/store';
-import { toResources } from '../../src/state/xds-resources';
+import { toResources } from '../../src/sources/xds-resources';
 
 async function main(): Promise<void> {
   const [configFile, listen, serverIp, corruptUid, flag] = process.argv.slice(2);

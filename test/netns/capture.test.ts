@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { closeListeners, Enrolment, type EnrolledPod } from '../../src/agent/enrolment';
-import { listenerServer } from '../../src/agent/netns';
+import { closeListeners, Enrolment, type EnrolledPod } from '../../src/datapath/enrolment';
+import { listenerServer } from '../../src/datapath/netns';
 import type { Datapath } from '../../src/datapath/loader';
 import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
 import { sh, waitFor, waitForLine } from '../helpers/proc';

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 import { assertNothingLeft, CLI, cleanupPins, configDump, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, untilReady, waitExit, workloadOf } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { SWITCH_IP, Topology, type TestNode, type TestPod } from '../helpers/topology';

@@ -1,5 +1,5 @@
 // Root: the client side of a node agent with tunnel workers under failure.
-// The agent runs in this process (NodeApp with the WorkersDataPlane `ambit
+// The agent runs in this process (PodAgent with the WorkersDataPlane `ambit
 // node --workers` uses) with a CA the test can make refuse, so the test can
 // read the agent's log and its workers' pids.
 //   - The CA refuses once a pod's certificate has expired: the worker's
@@ -13,8 +13,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
-import { NodeApp } from '../../src/app';
-import { WorkersDataPlane } from '../../src/agent/workers';
+import { PodAgent } from '../../src/roots/pod-agent';
+import { WorkersDataPlane } from '../../src/tunnel/worker-host';
 import { AmbitError } from '../../src/errors';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import type { CertificateAuthority } from '../../src/identity/ca';
@@ -30,7 +30,7 @@ const RESPAWN_INITIAL_MS = 200;
 describe('node agent client side under failure (tunnel workers)', () => {
   let topo: Topology;
   let dir: string;
-  let app: NodeApp;
+  let app: PodAgent;
   let refuse = false;
   let stopped = false;
   const logs: Record<string, unknown>[] = [];
@@ -53,7 +53,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
     // Warnings and up are what the test reads (respawns); the workers inherit the level, so their info lines stay quiet.
     const log = pino({ level: 'warn' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>); } });
     const node = topo.nodes[0];
-    app = await NodeApp.start({
+    app = await PodAgent.start({
       config, scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node), ca, certTtlSeconds: CERT_TTL_S,
       limits: { certificateWaitMs: CERTIFICATE_WAIT_MS },
       dataPlane: (ctx) => new WorkersDataPlane(ctx, { count: 1, pinDir: ctx.datapath.pinDir, cli: CLI, respawnInitialMs: RESPAWN_INITIAL_MS }),

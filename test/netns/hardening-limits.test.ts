@@ -1,5 +1,5 @@
 // Root: what a peer can make node n2's tunnel hold, and what it can make
-// it report. The agent runs in this process (NodeApp) with short limits,
+// it report. The agent runs in this process (PodAgent) with short limits,
 // so the test reads its counters and metrics directly:
 // - slowloris: 300 silent TCP connections to a pod's :15008 from one pod
 //   are cut to the per-source handshake cap at once and the rest closed
@@ -17,8 +17,8 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { NodeApp } from '../../src/app';
-import { connectFromNetns } from '../../src/agent/netns';
+import { PodAgent } from '../../src/roots/pod-agent';
+import { connectFromNetns } from '../../src/datapath/netns';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { createLogger } from '../../src/observability/log';
 import type { MeshConfig } from '../../src/state/types';
@@ -43,7 +43,7 @@ describe('inbound limits and verified telemetry', () => {
   let topo: Topology;
   let dir: string;
   let ca: BuiltinCa;
-  let app: NodeApp;
+  let app: PodAgent;
   const sessions: http2.ClientHttp2Session[] = [];
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
@@ -82,7 +82,7 @@ describe('inbound limits and verified telemetry', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     const node = topo.nodes[1];
-    app = await NodeApp.start({
+    app = await PodAgent.start({
       config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node), log,
       limits: { serverHandshakeMs: HANDSHAKE_MS, sessionIdleMs: IDLE_MS },
     });

@@ -1,5 +1,5 @@
 // Root: the HBONE tunnel end to end on the test bed. Both nodes' agents run
-// in this process (NodeApp, the same composition root `ambit node` uses),
+// in this process (PodAgent, the same composition root `ambit node` uses),
 // with their outgoing sockets created in their node's netns, so the test
 // can read their counters and swap their authorizer.
 // Topology: 2 nodes × 3 pods. p1, p2 in the mesh (HBONE); n2-p3 is not in
@@ -12,8 +12,8 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { webcrypto } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { NodeApp } from '../../src/app';
-import { connectFromNetns } from '../../src/agent/netns';
+import { PodAgent } from '../../src/roots/pod-agent';
+import { connectFromNetns } from '../../src/datapath/netns';
 import { BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
 import type { ConnectionFacts } from '../../src/policy/authorize';
 import type { MeshConfig } from '../../src/state/types';
@@ -28,7 +28,7 @@ describe('HBONE tunnel', () => {
   let topo: Topology;
   let dir: string;
   let ca: BuiltinCa;
-  const apps: NodeApp[] = [];
+  const apps: PodAgent[] = [];
   const seen: ConnectionFacts[] = [];
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
@@ -57,11 +57,11 @@ describe('HBONE tunnel', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     for (const node of topo.nodes) {
-      const app = await NodeApp.start({
+      const app = await PodAgent.start({
         config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
         certTtlSeconds: 4, log,
+        authorizer: () => ({ check: (c) => { seen.push(c); return { allow: true }; } }),
       });
-      app.setAuthorizer({ check: (c) => { seen.push(c); return { allow: true }; } });
       apps.push(app);
     }
     for (const pod of topo.pods) await whoami(pod);

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import YAML from 'yaml';
 import { AmbitError } from '../../src/errors';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 import { BASE } from '../helpers/mesh-yaml';
 
 const RUNS = Math.max(1, Number(process.env.AMBIT_FUZZ_RUNS) || 300);

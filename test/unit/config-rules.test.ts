@@ -6,8 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { AmbitError } from '../../src/errors';
-import { loadConfigFile, parseConfig } from '../../src/state/config';
-import { MAX_ALIAS_COUNT, MAX_CONFIG_BYTES, MAX_DEPTH } from '../../src/state/yaml-bounded';
+import { loadConfigFile, parseConfig } from '../../src/sources/config';
+import { MAX_ALIAS_COUNT, MAX_CONFIG_BYTES, MAX_DEPTH } from '../../src/sources/yaml-bounded';
 import { BASE, HASH_A, HASH_B, once, problemsOf } from '../helpers/mesh-yaml';
 
 /** AMBIT_E_CONFIG whose message matches want, thrown by fn. */

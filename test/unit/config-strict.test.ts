@@ -2,8 +2,8 @@
 // oversized or hostile documents are all AMBIT_E_CONFIG naming the path.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseConfig } from '../../src/state/config';
-import { closest } from '../../src/state/schema';
+import { parseConfig } from '../../src/sources/config';
+import { closest } from '../../src/sources/schema';
 import { BASE, HASH_B, once, problemsOf } from '../helpers/mesh-yaml';
 
 test('the base file is valid', () => {

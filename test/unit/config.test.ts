@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AmbitError } from '../../src/errors';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 
 const GOOD = `
 trustDomain: cluster.local

@@ -16,7 +16,7 @@ import pino from 'pino';
 import YAML from 'yaml';
 import { ControlPlane } from '../../src/control-plane/server';
 import { KubeClient } from '../../src/kube/client';
-import { nodeMessage, XdsClient } from '../../src/state/xds-source';
+import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { CLI, waitExit } from '../helpers/fixture';
 import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';

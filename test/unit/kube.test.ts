@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
-import { PodLocator, podOfCgroupPath } from '../../src/agent/pod-locator';
+import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
 import { TokenReviewer } from '../../src/control-plane/token-review';
 import { KubeClient } from '../../src/kube/client';
 import { Informer } from '../../src/kube/informer';

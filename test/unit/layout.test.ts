@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../../src/agent/enrolment';
+import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../../src/datapath/ports';
 import { AMBIT_SOCKET_MARK } from '../../src/datapath/ffi';
 import { MAX_PODS } from '../../src/datapath/maps';
 

@@ -27,7 +27,7 @@ import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { DEFAULT_OBJ_DIR } from '../../src/datapath/loader';
 import { PROTO_DIR } from '../../src/protocol/protos';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Doc = any;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import YAML from 'yaml';
 import { matchOf, PolicyAuthorizer } from '../../src/policy/engine';
-import { compileIstioPolicies } from '../../src/policy/istio-crd';
+import { compileIstioPolicies } from '../../src/sources/istio-crd';
 import type { Authorization } from '../../src/policy/types';
 import type { Workload } from '../../src/state/types';
 

@@ -22,8 +22,8 @@ import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../../src/pr
 import { encodedLength, grpcServices, MORE_FOLLOWS, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../../src/protocol/protos';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Service, Workload } from '../../src/state/types';
-import { toResources, type XdsResource } from '../../src/state/xds-resources';
-import { nodeMessage, XdsClient } from '../../src/state/xds-source';
+import { toResources, type XdsResource } from '../../src/sources/xds-resources';
+import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });

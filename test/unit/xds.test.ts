@@ -15,11 +15,11 @@ import { XdsServer } from '../../src/control-plane/xds-server';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { grpcServices, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import type { AddressMessage, AuthorizationMessage } from '../../src/protocol/messages';
-import { parseConfig } from '../../src/state/config';
+import { parseConfig } from '../../src/sources/config';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig } from '../../src/state/types';
-import { addressFromMessage, authorizationFromMessage, toResources, type XdsResource } from '../../src/state/xds-resources';
-import { nodeMessage, XdsClient } from '../../src/state/xds-source';
+import { addressFromMessage, authorizationFromMessage, toResources, type XdsResource } from '../../src/sources/xds-resources';
+import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });

@@ -2,7 +2,7 @@
 // a file that breaks one is rejected before anything is applied (a reload
 // included): what each entry says alone can be fine while two of them
 // together are ambiguous or let one party pose as another.
-import type { MeshConfig } from './types';
+import type { MeshConfig } from '../state/types';
 
 type Report = (at: string, value: unknown, what: string) => void;
 

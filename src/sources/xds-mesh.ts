@@ -4,8 +4,9 @@
 import client from 'prom-client';
 import { AmbitError } from '../errors';
 import type { LocalPod, LocalPodSource } from './local-pods';
-import type { MeshConfig } from './types';
-import type { XdsClient, XdsState } from './xds-source';
+import type { StateSource } from './state-source';
+import type { MeshConfig } from '../state/types';
+import type { XdsClient, XdsState } from './xds-client';
 
 export interface NodeFacts { node: string; trustDomain: string }
 
@@ -31,12 +32,25 @@ export function meshFromXds(state: XdsState, facts: NodeFacts, pods: Map<string,
  * The node's live state from xDS: the first full sync, then every accepted
  * change — of the control plane's resources or of where the node's pods are.
  */
-export class XdsMeshSource {
-  constructor(private readonly client: XdsClient, private readonly facts: NodeFacts, private readonly pods: LocalPodSource) {}
+export class XdsMeshSource implements StateSource {
+  readonly waitingFor: string;
+
+  constructor(
+    private readonly client: XdsClient,
+    private readonly facts: NodeFacts,
+    private readonly pods: LocalPodSource,
+    /** The control plane's address (logs, config dump). */
+    readonly name: string,
+    /** The first full sync must arrive within this time. */
+    private readonly syncTimeoutMs = 10 * 60_000,
+  ) {
+    this.waitingFor = `first full xDS sync from ${name}`;
+  }
 
   /** For the config dump: is the stream up, and what has been accepted and refused. */
   status(): Record<string, unknown> {
-    return { connected: this.client.connected, synced: this.client.isSynced, maxReceiveBytes: this.client.maxReceiveBytes, ...this.client.stats };
+    const c = this.client;
+    return { xds: this.name, connected: c.connected, synced: c.isSynced, maxReceiveBytes: c.maxReceiveBytes, ...c.stats };
   }
 
   /** ambit_xds_connected and ambit_xds_responses_total{result}, read on scrape. */
@@ -49,9 +63,9 @@ export class XdsMeshSource {
     });
   }
 
-  async initial(timeoutMs: number): Promise<MeshConfig> {
+  async initial(): Promise<MeshConfig> {
     this.client.start();
-    await this.client.whenSynced(timeoutMs);
+    await this.client.whenSynced(this.syncTimeoutMs);
     return this.mesh();
   }
 

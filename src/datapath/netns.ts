@@ -8,8 +8,8 @@ import { AmbitError } from '../errors';
 import {
   AF_INET, AMBIT_SOCKET_MARK, CLONE_NEWNET, F_DUPFD_CLOEXEC, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
   SO_MARK, SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
-} from '../datapath/ffi';
-import { ip4Bytes } from '../datapath/maps';
+} from './ffi';
+import { ip4Bytes } from './maps';
 
 /** This process's own netns, opened once: where every setns returns to. */
 let homeFd = -1;

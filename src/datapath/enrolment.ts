@@ -7,15 +7,12 @@
 // enrolled_cgroups map, so a restarted agent gives a pod the same id.
 import fs from 'node:fs';
 import { AmbitError } from '../errors';
-import { libcFns } from '../datapath/ffi';
-import type { Datapath } from '../datapath/loader';
-import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from '../datapath/maps';
+import { libcFns } from './ffi';
+import type { Datapath } from './loader';
+import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from './maps';
 import type { Workload } from '../state/types';
 import { Netns } from './netns';
-
-export const PORT_OUTBOUND = 15001;
-export const PORT_INBOUND_PLAIN = 15006;
-export const PORT_INBOUND_HBONE = 15008;
+import { LISTEN_ADDRESSES, type PerRole, ROLES } from './ports';
 
 /**
  * The pod's listening sockets, as raw fds owned by the agent for as long as
@@ -23,14 +20,7 @@ export const PORT_INBOUND_HBONE = 15008;
  * accepts on duplicates, so the sockets outlive any one of them and the
  * kernel queues connections while a server restarts.
  */
-export interface PodListeners {
-  /** 127.0.0.1:15001 in the pod: captured outbound connections. */
-  outbound: number;
-  /** :15006 in the pod: captured inbound plaintext (sk_lookup target). */
-  inboundPlain: number;
-  /** :15008 in the pod: inbound HBONE. */
-  inboundHbone: number;
-}
+export type PodListeners = PerRole<number>;
 
 export interface EnrolledPod {
   readonly workload: Workload;
@@ -70,23 +60,19 @@ export class Enrolment {
     const netns = Netns.open(w.netns);
     let fds: number[];
     try {
-      fds = netns.listen([
-        { ip: '127.0.0.1', port: PORT_OUTBOUND },
-        { ip: '0.0.0.0', port: PORT_INBOUND_PLAIN },
-        { ip: '0.0.0.0', port: PORT_INBOUND_HBONE },
-      ]);
+      fds = netns.listen(ROLES.map((r) => LISTEN_ADDRESSES[r]));
     } catch (err) {
       netns.close();
       throw err;
     }
-    const [outFd, plainFd, hboneFd] = fds;
+    const listeners = Object.fromEntries(ROLES.map((r, i) => [r, fds[i]])) as PodListeners;
     const pod: EnrolledPod = {
       workload: w, podId, cgroupId, netns, timeWaitReuse: allowTimeWaitReuse(netns),
-      listeners: { outbound: outFd, inboundPlain: plainFd, inboundHbone: hboneFd },
+      listeners,
     };
     try {
-      this.dp.maps.setListener(podId, ROLE_PLAIN, plainFd);
-      this.dp.maps.setListener(podId, ROLE_HBONE, hboneFd);
+      this.dp.maps.setListener(podId, ROLE_PLAIN, listeners.inboundPlain);
+      this.dp.maps.setListener(podId, ROLE_HBONE, listeners.inboundHbone);
       this.dp.attachNetns(key, w.netns);
       for (const ip of w.addresses) this.dp.maps.setPodAddr(ip, podId);
       this.dp.maps.setEnrolledCgroup(cgroupId, podId);
@@ -169,7 +155,7 @@ function allowTimeWaitReuse(netns: Netns): string | undefined {
 /** Closes the agent's own fds of a pod's listening sockets (servers on duplicates close separately). */
 export function closeListeners(pod: EnrolledPod): void {
   const l = pod.listeners;
-  for (const k of ['outbound', 'inboundPlain', 'inboundHbone'] as const) {
+  for (const k of ROLES) {
     if (l[k] >= 0) libcFns.close(l[k]);
     l[k] = -1;
   }

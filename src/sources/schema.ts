@@ -7,7 +7,7 @@
 type Obj = Record<string, unknown>;
 export type Report = (at: string, value: unknown, what: string) => void;
 
-/** The keys of each level of the standalone YAML (Istio objects: see src/policy/istio-crd.ts). */
+/** The keys of each level of the standalone YAML (Istio objects: see src/sources/istio-crd.ts). */
 export const KEYS = {
   top: ['trustDomain', 'ca', 'nodes', 'workloads', 'services', 'policies', 'rootNamespace', 'controlPlane'],
   ca: ['dir'],

@@ -13,11 +13,10 @@
 import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { parseSpiffe } from '../identity/spiffe';
-import type { Authorization, IpBlock, Match, StringMatch } from '../policy/types';
-import { policyKey } from '../policy/types';
+import { type Authorization, type IpBlock, type Match, policyKey, type StringMatch } from '../policy/types';
 import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../protocol/protos';
 import type { AddressMessage, Any, AuthorizationMessage, IpBlockMessage, MatchMessage, ServiceMessage, StringMatchMessage, WorkloadMessage } from '../protocol/messages';
-import type { MeshConfig, Service, Workload } from './types';
+import { type MeshConfig, type Service, serviceKey, type Workload } from '../state/types';
 
 export const CLUSTER_ID = 'Kubernetes';
 
@@ -34,8 +33,6 @@ export function toResources(cfg: MeshConfig, endpointsOf: (s: Service) => Worklo
   for (const p of cfg.policies) add(auths, policyKey(p), TYPE_AUTHORIZATION, authorizationMessage(p));
   return new Map([[TYPE_ADDRESS, addresses], [TYPE_AUTHORIZATION, auths]]);
 }
-
-export const serviceKey = (s: Pick<Service, 'namespace' | 'hostname'>): string => `${s.namespace}/${s.hostname}`;
 
 function add(into: Map<string, XdsResource>, name: string, typeUrl: string, message: object): void {
   const resource = pack(typeUrl, message);

@@ -5,12 +5,12 @@
 // the rules across entries are checked here, before anything is applied.
 import net from 'node:net';
 import { AmbitError } from '../errors';
-import { compileIstioPolicies } from '../policy/istio-crd';
+import { compileIstioPolicies } from './istio-crd';
 import { checkCrossFields } from './cross-checks';
 import { readTextFile } from './file-source';
 import { checkKeys, join, KEYS } from './schema';
 import { parseYamlBounded } from './yaml-bounded';
-import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from './types';
+import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from '../state/types';
 
 type Obj = Record<string, unknown>;
 

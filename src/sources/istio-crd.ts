@@ -20,10 +20,10 @@
 //   governs. Among rivals at one level the oldest (creationTimestamp, then
 //   document order) wins.
 import net from 'node:net';
-import { unknownKeyHint } from '../state/schema';
+import { unknownKeyHint } from './schema';
 import type { Workload } from '../state/types';
-import { matchOf } from './engine';
-import { policyKey, type Authorization, type Clause, type IpBlock, type Match, type PolicyAction, type Rule, type StringMatch } from './types';
+import { matchOf } from '../policy/engine';
+import { policyKey, type Authorization, type Clause, type IpBlock, type Match, type PolicyAction, type Rule, type StringMatch } from '../policy/types';
 
 type Obj = Record<string, unknown>;
 type Report = (at: string, value: unknown, what: string) => void;

@@ -21,7 +21,7 @@ import type { Logger } from '../observability/log';
 import type { AddressMessage, AuthorizationMessage, DeltaDiscoveryRequest, DeltaDiscoveryResponse, NodeMessage } from '../protocol/messages';
 import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
 import type { Authorization } from '../policy/types';
-import type { Service, Workload } from './types';
+import type { Service, Workload } from '../state/types';
 import { addressFromMessage, authorizationFromMessage, ResourceError, type AddressEntry } from './xds-resources';
 
 export const SUBSCRIBED_TYPES = [TYPE_ADDRESS, TYPE_AUTHORIZATION];

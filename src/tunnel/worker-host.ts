@@ -11,12 +11,13 @@
 //   - roll(): new workers start and serve every pod, then the old ones drain;
 //   - drain(): every worker stops accepting and finishes open connections.
 import { fork, type ChildProcess } from 'node:child_process';
-import type { DataPlane, DataPlaneContext } from '../app';
 import type { WorkloadCert } from '../identity/cert-manager';
 import type { MeshConfig } from '../state/types';
-import { ROLES, type FromWorker, type ToWorker, type WireCert } from '../tunnel/ipc';
-import type { EnrolledPod } from './enrolment';
-import { listenerHandle } from './netns';
+import { ROLES } from '../datapath/ports';
+import type { DataPlane, DataPlaneContext } from './data-plane';
+import type { FromWorker, ToWorker, WireCert } from './ipc';
+import type { EnrolledPod } from '../datapath/enrolment';
+import { listenerHandle } from '../datapath/netns';
 
 export interface WorkersOptions {
   count: number;

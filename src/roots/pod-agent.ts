@@ -1,71 +1,38 @@
-// The composition root of `ambit node` and `ambit sidecar`: builds the
-// components in the order a connection meets them — state, identity,
-// datapath, enrolment (listening sockets), then the data plane that serves
-// them — and owns start, reload, drain and stop. Everything else receives
-// what it needs as arguments.
+// What `ambit node` and `ambit sidecar` share: the pods a process serves,
+// kept in line with the mesh state. Built in the order a connection meets
+// the parts — state, identity, datapath, enrolment (listening sockets),
+// then the data plane that serves them — it owns reconcile, reload, drain
+// and stop. The roots (./node.ts, ./sidecar.ts) choose the state source,
+// the CA and the data plane and hand them in.
 //
 // Scope: a node agent serves the ambient workloads of its node from the
 // node's netns; a sidecar serves one workload from inside that workload's
-// own netns and cgroup. Data plane: the tunnel runs in this process, or in
-// tunnel worker processes that accept on the same sockets (src/agent/workers.ts).
+// own netns and cgroup.
 import fs from 'node:fs';
-import type net from 'node:net';
-import { Enrolment, podKey, type EnrolledPod } from './agent/enrolment';
-import { listenerServer } from './agent/netns';
-import { Datapath, DEFAULT_PIN_DIR } from './datapath/loader';
-import { cgroup2Root, formatFindings, probe } from './datapath/probe';
-import { datapathStatus } from './datapath/status';
-import { AmbitError } from './errors';
-import { BuiltinCa } from './identity/builtin-ca';
-import type { CertificateAuthority } from './identity/ca';
-import { CertificateManager, type WorkloadCert } from './identity/cert-manager';
-import type { Readiness } from './observability/admin';
-import { aggregateMetrics } from './observability/aggregate';
-import type { Logger } from './observability/log';
-import { Metrics } from './observability/metrics';
-import { RateLimitedLog } from './observability/rate-limited';
-import type { Authorizer } from './policy/authorize';
-import { MeshStore } from './state/store';
-import type { MeshConfig, Workload } from './state/types';
-import type { TunnelLimits } from './tunnel/limits';
-import type { PoolOptions } from './tunnel/pool';
-import { Tunnel, type TunnelMode } from './tunnel/tunnel';
-
-export type { TunnelMode } from './tunnel/tunnel';
+import { Enrolment, podKey, type EnrolledPod } from '../datapath/enrolment';
+import { Datapath, DEFAULT_PIN_DIR } from '../datapath/loader';
+import { cgroup2Root, formatFindings, probe } from '../datapath/probe';
+import { datapathStatus } from '../datapath/status';
+import { AmbitError } from '../errors';
+import { BuiltinCa } from '../identity/builtin-ca';
+import type { CertificateAuthority } from '../identity/ca';
+import { CertificateManager } from '../identity/cert-manager';
+import type { Readiness } from '../observability/admin';
+import { aggregateMetrics } from '../observability/aggregate';
+import type { Logger } from '../observability/log';
+import { Metrics } from '../observability/metrics';
+import type { Authorizer } from '../policy/authorize';
+import { PolicyAuthorizer } from '../policy/engine';
+import { MeshStore } from '../state/store';
+import type { MeshConfig, Workload } from '../state/types';
+import { type DataPlane, type DataPlaneContext, InProcessDataPlane, type PoolTuning } from '../tunnel/data-plane';
+import type { TunnelLimits } from '../tunnel/limits';
+import type { Tunnel, TunnelMode } from '../tunnel/tunnel';
 
 /** What one ambit process serves: the ambient pods of a node, or one pod as its sidecar. */
 export type Scope = { node: string } | { sidecar: string };
 
-/** Where enrolled pods are served: a Tunnel in this process, or tunnel workers. */
-export interface DataPlane {
-  addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void;
-  /** Stops serving a pod; resolves once its sockets are closed everywhere but in the agent. */
-  removePod(uid: string): Promise<void>;
-  configChanged(config: MeshConfig): void;
-  /** Tasks before the data plane serves every pod it was given. */
-  pending(): string[];
-  drain(deadlineMs: number): Promise<void>;
-  stop(): void;
-  /** Metrics of other processes serving the data plane, to aggregate with this one's. */
-  collect?(): Promise<unknown[]>;
-  setLogLevel?(level: string): void;
-  /** Replaces the processes serving the data plane without dropping new connections. */
-  roll?(drainMs: number): Promise<void>;
-}
-
-export interface DataPlaneContext {
-  store: MeshStore;
-  certs: CertificateManager;
-  datapath: Datapath;
-  metrics: Metrics;
-  mode: TunnelMode;
-  authorizer: () => Authorizer;
-  /** Timeouts and caps of the tunnel (defaults for the ones not given). */
-  limits: Partial<TunnelLimits>;
-  log: Logger;
-}
-
-export interface NodeOptions {
+export interface PodAgentOptions {
   config: MeshConfig;
   scope: Scope;
   /** cgroup v2 directory holding this node's pods; the cgroup2 root by default. */
@@ -76,7 +43,7 @@ export interface NodeOptions {
   /** The CA; the built-in one in config.ca.dir by default. */
   ca?: CertificateAuthority;
   certTtlSeconds?: number;
-  pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
+  pool?: PoolTuning;
   /** Timeouts and caps of the tunnel; DEFAULT_LIMITS for the ones not given. */
   limits?: Partial<TunnelLimits>;
   /**
@@ -89,60 +56,24 @@ export interface NodeOptions {
   sourceStatus?: () => unknown;
   /** Builds the data plane; by default the tunnel runs in this process. */
   dataPlane?: (ctx: DataPlaneContext) => DataPlane;
+  /** Decides each connection; by default the policies of the current state. */
+  authorizer?: () => Authorizer;
   log: Logger;
-}
-
-/** The tunnel in this process, on duplicates of the pods' listening sockets. */
-export class InProcessDataPlane implements DataPlane {
-  readonly tunnel: Tunnel;
-  private readonly warn: RateLimitedLog;
-
-  constructor(ctx: DataPlaneContext, pool?: NodeOptions['pool']) {
-    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, limits: ctx.limits, log: ctx.log });
-    this.warn = new RateLimitedLog(ctx.log);
-  }
-
-  addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
-    const { listeners: l } = pod;
-    const server = (fd: number, role: string): net.Server => listenerServer(fd).on('error', (err: NodeJS.ErrnoException) => {
-      // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
-      this.warn.warn(`listener_${err.code ?? 'error'}`, { pod: pod.workload.uid, role, code: err.code, err: err.message }, 'pod listener error');
-    });
-    this.tunnel.addPod({
-      workload: pod.workload, podId: pod.podId, identity, netns: pod.netns,
-      outbound: server(l.outbound, 'outbound'), inboundPlain: server(l.inboundPlain, 'inboundPlain'), inboundHbone: server(l.inboundHbone, 'inboundHbone'),
-    }, cert);
-  }
-
-  removePod(uid: string): Promise<void> {
-    this.tunnel.removePod(uid);
-    return Promise.resolve();
-  }
-  configChanged(): void { /* the tunnel reads the shared store */ }
-
-  pending(): string[] {
-    return this.tunnel.served().flatMap((p) => ([p.outbound, p.inboundPlain, p.inboundHbone].every((s) => s.listening) ? [] : [`listeners of pod ${p.workload.uid}`]));
-  }
-
-  async drain(deadlineMs: number): Promise<void> { await this.tunnel.drain(deadlineMs); }
-  stop(): void { this.tunnel.stop(); }
 }
 
 interface PodRuntime { pod: EnrolledPod; identity: string; fingerprint: string }
 
-export class NodeApp {
+export class PodAgent {
   private readonly pods = new Map<string, PodRuntime>();
   /** Pods that should be enrolled but could not be, with why (retried at the next change). */
   private readonly failed = new Map<string, string>();
   /** Pods of this node not located yet (no netns/cgroup known), with podsLocatedSeparately. */
   private waiting: string[] = [];
-  /** Replaces the policies' verdicts (tests observe what the data path asks). */
-  private authorizerOverride?: Authorizer;
   private reconciling: Promise<void> = Promise.resolve();
   readonly dataPlane: DataPlane;
 
   private constructor(
-    private readonly opts: NodeOptions,
+    private readonly opts: PodAgentOptions,
     readonly store: MeshStore,
     readonly certs: CertificateManager,
     private readonly datapath: Datapath,
@@ -150,11 +81,11 @@ export class NodeApp {
     readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
-    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: () => this.authorizerOverride ?? store.authorizer, limits: opts.limits ?? {}, log };
+    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: opts.authorizer ?? PolicyAuthorizer.following(() => store.config), limits: opts.limits ?? {}, log };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
   }
 
-  static async start(opts: NodeOptions): Promise<NodeApp> {
+  static async start(opts: PodAgentOptions): Promise<PodAgent> {
     const { config, scope, log } = opts;
     checkScope(config, scope);
     const own = 'sidecar' in scope ? config.workloads.find((w) => w.uid === scope.sidecar)! : undefined;
@@ -175,7 +106,7 @@ export class NodeApp {
 
     const metrics = new Metrics({ maps: datapath.maps, certs });
     metrics.configApplied.setToCurrentTime();
-    const app = new NodeApp(opts, store, certs, datapath, new Enrolment(datapath), metrics, log);
+    const app = new PodAgent(opts, store, certs, datapath, new Enrolment(datapath), metrics, log);
     await app.reconcile();
     const stale = app.enrolment.removeStale();
     if (stale.length) log.info({ removed: stale }, 'removed state of pods no longer on this node');
@@ -197,8 +128,6 @@ export class NodeApp {
     this.metrics.configApplied.setToCurrentTime();
     return this.reconcile();
   }
-
-  setAuthorizer(a: Authorizer): void { this.authorizerOverride = a; }
 
   /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
   readiness(): Readiness {

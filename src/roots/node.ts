@@ -1,0 +1,114 @@
+// `ambit node`: the composition root of a node agent. It picks the state
+// source (the standalone file, or a control plane's xDS with the pods found
+// through --pods or Kubernetes), the CA (built-in, or the control plane's),
+// and the data plane (tunnel workers, one per core by default), and hands
+// them to the shared serving life in ./serve.ts.
+import fs from 'node:fs';
+import os from 'node:os';
+import { cgroup2Root } from '../datapath/probe';
+import { AmbitError } from '../errors';
+import { IstioCaClient } from '../identity/ca-client';
+import { KubeClient } from '../kube/client';
+import { KubeNodePods } from '../kube/node-pods';
+import { PodLocator } from '../kube/pod-locator';
+import { createLogger, type Logger } from '../observability/log';
+import { type LocalPodSource, LocalPodsFile, NoLocalPods } from '../sources/local-pods';
+import { configFileSource, type StateSource } from '../sources/state-source';
+import { nodeMessage, XdsClient } from '../sources/xds-client';
+import { XdsMeshSource } from '../sources/xds-mesh';
+import type { TunnelLimits } from '../tunnel/limits';
+import type { TunnelMode } from '../tunnel/tunnel';
+import { WorkersDataPlane } from '../tunnel/worker-host';
+import type { PodAgent } from './pod-agent';
+import { serve } from './serve';
+
+/** A control plane to take state and certificates from (`--xds`). */
+export interface XdsSettings {
+  address: string;
+  /** The file with the control plane's root certificate. */
+  rootFile: string;
+  tokenFile?: string;
+  serverName?: string;
+  trustDomain: string;
+  clusterId?: string;
+  maxReceiveBytes?: number;
+}
+
+/** Where the node's pods are when the state comes from xDS. */
+export type PodFacts = { file: string } | { kubernetes: { api?: string; proc: string } } | 'none';
+
+export interface NodeSettings {
+  node: string;
+  state: { file: string } | { xds: XdsSettings; pods: PodFacts };
+  mode: TunnelMode;
+  /** Tunnel worker processes; 0 runs the tunnel in this process. */
+  workers: number;
+  /** The script the workers run (`ambit worker`). */
+  workerScript: string;
+  drainMs: number;
+  limits: Partial<TunnelLimits>;
+  podsCgroup?: string;
+  pinDir?: string;
+}
+
+export async function runNode(s: NodeSettings): Promise<PodAgent> {
+  const log = createLogger();
+  const xds = 'xds' in s.state ? await xdsState(s.state.xds, s.state.pods, s.node, log) : undefined;
+  const source: StateSource = xds?.source ?? configFileSource((s.state as { file: string }).file);
+  return serve({
+    role: 'node agent',
+    source,
+    agent: {
+      scope: { node: s.node },
+      ca: xds?.ca,
+      podsLocatedSeparately: !!xds,
+      podsCgroup: s.podsCgroup,
+      pinDir: s.pinDir,
+      mode: s.mode,
+      dataPlane: s.workers > 0
+        ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
+        : undefined,
+      limits: s.limits,
+    },
+    drainMs: s.drainMs,
+    summary: { node: s.node, mode: s.mode, workers: s.workers, limits: s.limits },
+    log,
+  });
+}
+
+/** State from a control plane's delta xDS, certificates from its CA. */
+async function xdsState(x: XdsSettings, podFacts: PodFacts, nodeName: string, log: Logger): Promise<{ source: XdsMeshSource; ca: IstioCaClient }> {
+  let rootsPem: string;
+  try {
+    rootsPem = fs.readFileSync(x.rootFile, 'utf8');
+  } catch (err) {
+    throw new AmbitError('AMBIT_E_CONFIG', `cannot read --xds-root ${x.rootFile}: ${(err as NodeJS.ErrnoException).code}`, 'give the control plane\'s root certificate (PEM)');
+  }
+  const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
+  const node = nodeMessage({
+    nodeName, ip,
+    podName: process.env.POD_NAME ?? `ambit-${nodeName}`,
+    podNamespace: process.env.POD_NAMESPACE ?? 'ambit-system',
+  });
+  const { address, serverName, tokenFile, trustDomain } = x;
+  const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, maxReceiveBytes: x.maxReceiveBytes, log });
+  const pods = await localPods(podFacts, nodeName, log);
+  const ca = new IstioCaClient({ address, rootsPem, serverName, tokenFile, clusterId: x.clusterId });
+  return { source: new XdsMeshSource(client, { node: nodeName, trustDomain }, pods, address), ca };
+}
+
+async function localPods(facts: PodFacts, nodeName: string, log: Logger): Promise<LocalPodSource> {
+  if (facts === 'none') return new NoLocalPods();
+  if ('file' in facts) return new LocalPodsFile(facts.file);
+  // This node's pods from the API server, located in the host's /proc.
+  const root = cgroup2Root();
+  if (!root) throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount: pods cannot be located', 'mount cgroup2 (the kubelet needs it too)');
+  const locator = new PodLocator(facts.kubernetes.proc, root);
+  const pods = new KubeNodePods(KubeClient.inCluster(facts.kubernetes.api), nodeName, locator, log.child({ component: 'kubernetes' }));
+  await pods.start();
+  return pods;
+}
+
+function firstIpv4(): string | undefined {
+  return Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+}
