@@ -4,7 +4,7 @@ BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-
 BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 
-.PHONY: all build bpf ts deps demo test test-unit test-netns bench bench-policy compare hygiene fuzz vm-test clean
+.PHONY: all build bpf ts deps lint format demo test test-unit test-netns bench bench-policy compare hygiene fuzz vm-test clean
 
 all: build
 build: bpf ts
@@ -23,6 +23,16 @@ node_modules: package-lock.json
 
 deps:
 	bash scripts/install-deps.sh
+
+# Format, lint (Biome) and folder rules (dependency-cruiser: .dependency-cruiser.cjs).
+# `make format` rewrites what `make lint` would refuse on format alone.
+lint: node_modules
+	npx biome check --error-on-warnings .
+	npx depcruise src --config .dependency-cruiser.cjs
+	npx tsc -p tsconfig.json --noEmit
+
+format: node_modules
+	npx biome check --write --linter-enabled=false .
 
 demo: deps
 	$(MAKE) build

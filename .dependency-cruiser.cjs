@@ -1,0 +1,66 @@
+// The folders of src/ and which way their imports may point (`make lint`).
+// Data flows downwards: datapath ← tunnel ← roots, with the leaves (errors,
+// protocol, identity, policy, state, observability) wired in by the roots,
+// and the sources (sources/, kube/) feeding the model from beside it. The
+// README's layout section draws the same picture.
+/** A folder under src/ as a path pattern. */
+const dir = (...names) => `^src/(${names.join('|')})/`;
+
+/** Forbids `from` (folders) to import `to` (folders), with the reason. */
+const never = (name, from, to, comment) => ({
+  name,
+  comment,
+  severity: 'error',
+  from: { path: dir(...from) },
+  to: { path: dir(...to) },
+});
+
+module.exports = {
+  forbidden: [
+    {
+      name: 'no-cycles',
+      comment: 'each concept is read and tested on top of what it uses, never in a loop with it',
+      severity: 'error',
+      from: { path: '^src/' },
+      to: { circular: true },
+    },
+    {
+      name: 'cli-only-parses',
+      comment: 'the CLI reads flags and calls a root; nothing outside it imports it',
+      severity: 'error',
+      from: { path: '^src/', pathNot: '^src/cli/' },
+      to: { path: dir('cli') },
+    },
+    never('roots-are-top', ['datapath', 'tunnel', 'identity', 'policy', 'state', 'sources', 'kube', 'observability', 'protocol', 'control-plane'], ['roots'],
+      'a composition root wires the others; nothing below may reach up into one'),
+    never('datapath-is-bottom', ['datapath'], ['tunnel', 'identity', 'policy', 'sources', 'kube', 'observability', 'protocol', 'control-plane'],
+      'the datapath (eBPF, netns sockets, ports) knows nothing of the tunnel or the mesh above it'),
+    never('tunnel-below-roots', ['tunnel'], ['sources', 'kube', 'control-plane'],
+      'the data plane is handed its state; where the state comes from is the roots\' business'),
+    never('model-is-a-leaf', ['state'], ['datapath', 'tunnel', 'sources', 'kube', 'observability', 'protocol', 'control-plane'],
+      'the mesh model is plain data and indexes; sources feed it from beside'),
+    never('policy-is-a-leaf', ['policy'], ['datapath', 'tunnel', 'sources', 'kube', 'observability', 'protocol', 'control-plane'],
+      'policies are decided from the model alone'),
+    never('identity-is-a-leaf', ['identity'], ['datapath', 'tunnel', 'state', 'policy', 'sources', 'kube', 'control-plane'],
+      'certificates and the CA seam know nothing of the mesh state'),
+    never('observability-is-a-leaf', ['observability'], ['tunnel', 'sources', 'kube', 'control-plane', 'policy'],
+      'logs, metrics and the admin server serve every layer and depend on none above the model'),
+    never('sources-beside-the-data-path', ['sources', 'kube'], ['datapath', 'tunnel', 'control-plane'],
+      'a source turns files, xDS or the API server into the model; it never touches the data path'),
+    never('control-plane-apart', ['control-plane'], ['datapath', 'tunnel'],
+      'the control plane serves state and certificates; it has no data path'),
+    {
+      name: 'no-orphans',
+      comment: 'a file nothing imports is dead code (entry points excepted)',
+      severity: 'error',
+      from: { orphan: true, path: '^src/', pathNot: '^src/cli/main\\.ts$' },
+      to: {},
+    },
+  ],
+  options: {
+    doNotFollow: { path: 'node_modules' },
+    tsPreCompilationDeps: true, // type-only imports count: a layer may not even name what is above it
+    tsConfig: { fileName: 'tsconfig.json' },
+    exclude: { path: '^(dist|node_modules)/' },
+  },
+};
