@@ -19,8 +19,10 @@ const TOP = 90;
 const BOTTOM = 390;
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const num = (v: number): string => (v === 0 ? '0' : v >= 100 ? Math.round(v).toLocaleString('en-US') : v >= 10 ? v.toFixed(0) : v.toFixed(1));
-const text = (x: number, y: number, s: string, attrs = ''): string => `<text x="${x.toFixed(1)}" y="${y.toFixed(1)}" ${attrs}>${esc(s)}</text>`;
+const num = (v: number): string =>
+  v === 0 ? '0' : v >= 100 ? Math.round(v).toLocaleString('en-US') : v >= 10 ? v.toFixed(0) : v.toFixed(1);
+const text = (x: number, y: number, s: string, attrs = ''): string =>
+  `<text x="${x.toFixed(1)}" y="${y.toFixed(1)}" ${attrs}>${esc(s)}</text>`;
 
 /** A round axis maximum and its tick step for values up to max. */
 function niceAxis(max: number): { top: number; step: number } {
@@ -47,7 +49,9 @@ function latencyPanel(d: ChartData, x0: number, x1: number): string[] {
       const v = d.latency[mode][p];
       if (!Number.isFinite(v)) return;
       const bx = gx + k * bar;
-      out.push(`<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(BOTTOM - y(v)).toFixed(1)}" fill="${COLOR[mode]}" fill-opacity="${SHADE[p]}"><title>${esc(`${MODE_LABEL[mode]} ${p}: ${num(v)} µs`)}</title></rect>`);
+      out.push(
+        `<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(BOTTOM - y(v)).toFixed(1)}" fill="${COLOR[mode]}" fill-opacity="${SHADE[p]}"><title>${esc(`${MODE_LABEL[mode]} ${p}: ${num(v)} µs`)}</title></rect>`,
+      );
       out.push(text(bx + bar / 2 - 1, y(v) - 4, num(v), 'text-anchor="middle" font-size="10"'));
     });
     out.push(text(x0 + (i + 0.5) * group, BOTTOM + 18, MODE_LABEL[mode], 'text-anchor="middle" font-size="12"'));
@@ -55,7 +59,10 @@ function latencyPanel(d: ChartData, x0: number, x1: number): string[] {
   out.push(`<line x1="${x0}" x2="${x1}" y1="${BOTTOM}" y2="${BOTTOM}" stroke="#333"/>`);
   (['p50', 'p90', 'p99'] as const).forEach((p, k) => {
     const lx = x0 + k * 70;
-    out.push(`<rect x="${lx}" y="${BOTTOM + 34}" width="12" height="12" fill="#444" fill-opacity="${SHADE[p]}"/>`, text(lx + 16, BOTTOM + 44, p, 'font-size="11"'));
+    out.push(
+      `<rect x="${lx}" y="${BOTTOM + 34}" width="12" height="12" fill="#444" fill-opacity="${SHADE[p]}"/>`,
+      text(lx + 16, BOTTOM + 44, p, 'font-size="11"'),
+    );
   });
   return out;
 }
@@ -82,19 +89,28 @@ function memoryPanel(d: ChartData, x0: number, x1: number): string[] {
     out.push(text(x0 - 6, y(v) + 4, num(v), 'text-anchor="end" font-size="11"'));
   }
   for (const k of ks) out.push(text(x(k), BOTTOM + 18, String(k), 'text-anchor="middle" font-size="12"'));
-  out.push(text((x0 + x1) / 2, BOTTOM + 36, 'pods per node (K mesh pods on each of 2 nodes; log scale)', 'text-anchor="middle" font-size="11"'));
+  out.push(
+    text((x0 + x1) / 2, BOTTOM + 36, 'pods per node (K mesh pods on each of 2 nodes; log scale)', 'text-anchor="middle" font-size="11"'),
+  );
   out.push(`<line x1="${x0}" x2="${x1}" y1="${BOTTOM}" y2="${BOTTOM}" stroke="#333"/>`);
   MESH_MODES.forEach((mode, i) => {
     const line = pts.filter((p) => p.mode === mode).sort((a, b) => a.k - b.k);
     if (!line.length) return;
-    out.push(`<polyline fill="none" stroke="${COLOR[mode]}" stroke-width="2" points="${line.map((p) => `${x(p.k).toFixed(1)},${y(p.mib).toFixed(1)}`).join(' ')}"/>`);
+    out.push(
+      `<polyline fill="none" stroke="${COLOR[mode]}" stroke-width="2" points="${line.map((p) => `${x(p.k).toFixed(1)},${y(p.mib).toFixed(1)}`).join(' ')}"/>`,
+    );
     for (const p of line) {
-      out.push(`<circle cx="${x(p.k).toFixed(1)}" cy="${y(p.mib).toFixed(1)}" r="3.5" fill="${COLOR[mode]}"><title>${esc(`${MODE_LABEL[mode]}, K = ${p.k}: ${num(p.mib)} MiB`)}</title></circle>`);
+      out.push(
+        `<circle cx="${x(p.k).toFixed(1)}" cy="${y(p.mib).toFixed(1)}" r="3.5" fill="${COLOR[mode]}"><title>${esc(`${MODE_LABEL[mode]}, K = ${p.k}: ${num(p.mib)} MiB`)}</title></circle>`,
+      );
       // ambient's labels go under its points: at K = 1 it may sit on sidecar's.
       out.push(text(x(p.k) + 6, y(p.mib) + (mode === 'ambient' ? 14 : -6), num(p.mib), `font-size="10" fill="${COLOR[mode]}"`));
     }
     const lx = x0 + i * 90;
-    out.push(`<rect x="${lx}" y="${BOTTOM + 48}" width="12" height="12" fill="${COLOR[mode]}"/>`, text(lx + 16, BOTTOM + 58, MODE_LABEL[mode], 'font-size="11"'));
+    out.push(
+      `<rect x="${lx}" y="${BOTTOM + 48}" width="12" height="12" fill="${COLOR[mode]}"/>`,
+      text(lx + 16, BOTTOM + 58, MODE_LABEL[mode], 'font-size="11"'),
+    );
   });
   out.push(text(x1, BOTTOM + 58, 'no mesh: 0', 'text-anchor="end" font-size="11" fill="#7f7f7f"'));
   return out;

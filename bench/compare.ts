@@ -25,8 +25,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { renderChart } from './chart';
-import { MESH_MODES, MODE_LABEL, MODES, Testbed, type Mode } from './modes';
-import { goals, mainTable, memoryTable, summarise, type MemoryPoint, type RawByMode } from './report';
+import { MESH_MODES, MODE_LABEL, MODES, type Mode, Testbed } from './modes';
+import { goals, type MemoryPoint, mainTable, memoryTable, type RawByMode, summarise } from './report';
 import { CLOCK_TICKS, cpuTicks, fmt, median, rssBytes } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
@@ -43,7 +43,12 @@ const DOCS_SVG = path.join(ROOT, 'docs/bench/compare.svg');
 const ticksOf = (pids: number[]): number => pids.reduce((a, pid) => a + cpuTicks(pid), 0);
 
 /** Runs one load measure on pair 1; with the mesh processes' CPU seconds per 1,000 of `units(result)`. */
-async function measure(bed: Testbed, args: string[], seconds: number, units?: (r: Record<string, unknown>) => number): Promise<Record<string, number | string | object>> {
+async function measure(
+  bed: Testbed,
+  args: string[],
+  seconds: number,
+  units?: (r: Record<string, unknown>) => number,
+): Promise<Record<string, number | string | object>> {
   const pids = bed.meshPids();
   const before = ticksOf(pids);
   const r = await bed.load(bed.pairs(1)[0].client, args, (seconds + 40) * 1000);
@@ -56,7 +61,10 @@ async function latencyPhase(bed: Testbed, raw: RawByMode, warnings: string[]): P
     for (const mode of MODES) {
       await bed.start(mode, 1);
       const pair = bed.pairs(1)[0];
-      const t = (m: 'rr' | 'conn' | 'stream'): string[] => { const { ip, port } = bed.target(pair, m); return [ip, String(port)]; };
+      const t = (m: 'rr' | 'conn' | 'stream'): string[] => {
+        const { ip, port } = bed.target(pair, m);
+        return [ip, String(port)];
+      };
       const push = (name: string, r: Record<string, number | string | object>, show: string): void => {
         (raw[mode][name] ??= []).push(r);
         console.error(`repeat ${rep}/${REPEATS} ${MODE_LABEL[mode].padEnd(8)} ${name.padEnd(7)} ${show}`);
@@ -64,12 +72,27 @@ async function latencyPhase(bed: Testbed, raw: RawByMode, warnings: string[]): P
       for (const rate of [100, 1000]) {
         const secs = RR_SECONDS[rate];
         // The CPU window covers every request sent, warm-up included.
-        const r = await measure(bed, ['rr', ...t('rr'), String(rate), String(RR_WARMUP_S), String(secs)], RR_WARMUP_S + secs, () => rate * (RR_WARMUP_S + secs));
-        push(`rr${rate}`, r, `p50 ${fmt(r.p50_us)} µs, p90 ${fmt(r.p90_us)} µs, p99 ${fmt(r.p99_us)} µs${rate === 1000 ? `, mesh CPU ${fmt(r.cpu_s)} s` : ''}`);
+        const r = await measure(
+          bed,
+          ['rr', ...t('rr'), String(rate), String(RR_WARMUP_S), String(secs)],
+          RR_WARMUP_S + secs,
+          () => rate * (RR_WARMUP_S + secs),
+        );
+        push(
+          `rr${rate}`,
+          r,
+          `p50 ${fmt(r.p50_us)} µs, p90 ${fmt(r.p90_us)} µs, p99 ${fmt(r.p99_us)} µs${rate === 1000 ? `, mesh CPU ${fmt(r.cpu_s)} s` : ''}`,
+        );
       }
-      const c = await measure(bed, ['conn', ...t('conn'), String(CONN.concurrency), String(CONN.seconds)], CONN.seconds, (x) => Number(x.ok) + Number(x.failed));
+      const c = await measure(
+        bed,
+        ['conn', ...t('conn'), String(CONN.concurrency), String(CONN.seconds)],
+        CONN.seconds,
+        (x) => Number(x.ok) + Number(x.failed),
+      );
       push('conn', c, `${fmt(c.per_s)} conn/s, ${String(c.failed)} failed, mesh CPU ${fmt(c.cpu_s)} s`);
-      if (Number(c.failed) > 0) warnings.push(`repeat ${rep} conn ${mode}: ${String(c.failed)} failed connections ${JSON.stringify(c.errors)}`);
+      if (Number(c.failed) > 0)
+        warnings.push(`repeat ${rep} conn ${mode}: ${String(c.failed)} failed connections ${JSON.stringify(c.errors)}`);
       const s1 = await measure(bed, ['stream', ...t('stream'), String(STREAM.seconds)], STREAM.seconds);
       push('stream', s1, `${fmt(s1.mib_per_s)} MiB/s`);
       const s8 = await measure(bed, ['streams', ...t('stream'), String(STREAM.parallel), String(STREAM.seconds)], STREAM.seconds);
@@ -94,7 +117,9 @@ async function memoryPhase(bed: Testbed, warnings: string[]): Promise<MemoryPoin
       await new Promise((r) => setTimeout(r, 1000)); // let connection teardown finish
       const point: MemoryPoint = { mode, k, processes: bed.meshPids().length, rssReadyMiB, rssMiB: rssMiB(), startS, warmupFailed };
       points.push(point);
-      console.error(`memory K=${String(k).padEnd(3)} ${MODE_LABEL[mode].padEnd(8)} ${fmt(point.rssMiB)} MiB in ${point.processes} processes (ready: ${fmt(rssReadyMiB)} MiB, up in ${startS.toFixed(1)} s)`);
+      console.error(
+        `memory K=${String(k).padEnd(3)} ${MODE_LABEL[mode].padEnd(8)} ${fmt(point.rssMiB)} MiB in ${point.processes} processes (ready: ${fmt(rssReadyMiB)} MiB, up in ${startS.toFixed(1)} s)`,
+      );
       warnings.push(...bed.deaths().map((d) => `memory K=${k} ${mode}: ${d}`));
       await bed.stopMode();
     }
@@ -103,7 +128,8 @@ async function memoryPhase(bed: Testbed, warnings: string[]): Promise<MemoryPoin
 }
 
 function sourceVersion(): { commit: string; dirty: boolean | null } {
-  const git = (...args: string[]): string => execFileSync('git', ['-C', ROOT, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  const git = (...args: string[]): string =>
+    execFileSync('git', ['-C', ROOT, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   try {
     return { commit: git('rev-parse', 'HEAD'), dirty: git('status', '--porcelain', '--untracked-files=no').length > 0 };
   } catch {
@@ -112,17 +138,29 @@ function sourceVersion(): { commit: string; dirty: boolean | null } {
 }
 
 async function run(bed: Testbed): Promise<void> {
-  const machine = { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, kernel: os.release(), node: process.version, memoryGiB: os.totalmem() / 2 ** 30 };
+  const machine = {
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    cores: os.cpus().length,
+    kernel: os.release(),
+    node: process.version,
+    memoryGiB: os.totalmem() / 2 ** 30,
+  };
   const stunnelVersion = execFileSync('stunnel', ['-version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).toString();
   const source = sourceVersion();
   const loadBefore = os.loadavg();
-  console.log(`machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB.toFixed(1)} GiB, kernel ${machine.kernel}, node ${machine.node}`);
+  console.log(
+    `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB.toFixed(1)} GiB, kernel ${machine.kernel}, node ${machine.node}`,
+  );
   console.log(`source: ${source.commit}${source.dirty ? ' with uncommitted changes' : ''}`);
   console.log(`load average before: ${loadBefore.map((l) => l.toFixed(2)).join(' ')} (anything else running on the machine adds noise)`);
-  console.log(`repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`);
+  console.log(
+    `repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`,
+  );
   const started = Date.now();
   await bed.setUp(Math.max(...PODS));
-  console.error(`topology ${bed.topo!.prefix} up with ${Math.max(...PODS)} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  console.error(
+    `topology ${bed.topo!.prefix} up with ${Math.max(...PODS)} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+  );
 
   const raw = Object.fromEntries(MODES.map((m) => [m, {}])) as RawByMode;
   const warnings: string[] = [];
@@ -136,7 +174,9 @@ async function run(bed: Testbed): Promise<void> {
   console.log(mainTable(summary, gs));
   const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median(raw[m].rr1000.map((r) => Number(r.sendLag_p99_us))))} µs`);
   console.log(`\nload generator send lag at 1,000 req/s (included in the latencies): ${lag.join('; ')}`);
-  console.log(`\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair (one measurement per K; K mesh pods on each of 2 nodes)\n`);
+  console.log(
+    `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair (one measurement per K; K mesh pods on each of 2 nodes)\n`,
+  );
   console.log(memoryTable(memory, gs));
   console.log(`\ngoals: ${gs.filter((g) => g.met).length} of ${gs.length} met`);
   for (const g of gs) console.log(`  ${g.met ? 'met    ' : 'not met'}  ${g.text}: ${g.measured}`);
@@ -146,16 +186,46 @@ async function run(bed: Testbed): Promise<void> {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const json = path.join(RESULTS_DIR, `compare-${stamp}.json`);
-  fs.writeFileSync(json, `${JSON.stringify({
-    benchmark: 'compare', date: new Date().toISOString(), machine, stunnel: stunnelVersion.split('\n').slice(0, 3), source, repeats: REPEATS,
-    config: { rrWarmupS: RR_WARMUP_S, rrSeconds: RR_SECONDS, rrSize: 1024, conn: CONN, stream: STREAM, warmUp: WARMUP, pods: PODS, clockTicks: CLOCK_TICKS },
-    summary, goals: gs, memory, raw, warnings, loadAverage: { before: loadBefore, after: loadAfter }, durationS: (Date.now() - started) / 1000,
-  }, null, 2)}\n`);
+  fs.writeFileSync(
+    json,
+    `${JSON.stringify(
+      {
+        benchmark: 'compare',
+        date: new Date().toISOString(),
+        machine,
+        stunnel: stunnelVersion.split('\n').slice(0, 3),
+        source,
+        repeats: REPEATS,
+        config: {
+          rrWarmupS: RR_WARMUP_S,
+          rrSeconds: RR_SECONDS,
+          rrSize: 1024,
+          conn: CONN,
+          stream: STREAM,
+          warmUp: WARMUP,
+          pods: PODS,
+          clockTicks: CLOCK_TICKS,
+        },
+        summary,
+        goals: gs,
+        memory,
+        raw,
+        warnings,
+        loadAverage: { before: loadBefore, after: loadAfter },
+        durationS: (Date.now() - started) / 1000,
+      },
+      null,
+      2,
+    )}\n`,
+  );
   const p = (key: string): Record<Mode, number> => summary.find((s) => s.key === key)!.median;
   const svg = renderChart({
     title: 'ambit: no mesh vs ambient vs sidecar vs stunnel (cross-node)',
     subtitle: `${machine.cpu}, ${machine.cores} cores, kernel ${machine.kernel}, node ${machine.node}; medians of ${REPEATS} repeats; ${new Date().toISOString().slice(0, 10)}`,
-    latency: Object.fromEntries(MODES.map((m) => [m, { p50: p('p50_1000')[m], p90: p('p90_1000')[m], p99: p('p99_1000')[m] }])) as Record<Mode, { p50: number; p90: number; p99: number }>,
+    latency: Object.fromEntries(MODES.map((m) => [m, { p50: p('p50_1000')[m], p90: p('p90_1000')[m], p99: p('p99_1000')[m] }])) as Record<
+      Mode,
+      { p50: number; p90: number; p99: number }
+    >,
     memory: memory.map((m) => ({ mode: m.mode, k: m.k, mib: m.rssMiB })),
   });
   const svgFile = path.join(RESULTS_DIR, `compare-${stamp}.svg`);
@@ -168,11 +238,15 @@ async function run(bed: Testbed): Promise<void> {
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the benchmark needs root (network namespaces, cgroups, eBPF): run `sudo make compare`');
-  if (!Number.isInteger(REPEATS) || REPEATS < 1) throw new Error(`BENCH_REPEATS must be a positive integer, got ${process.env.BENCH_REPEATS}`);
-  if (!PODS.length || PODS.some((k) => !Number.isInteger(k) || k < 1 || k > 240)) throw new Error(`BENCH_PODS must be a list of pod counts 1–240, got ${process.env.BENCH_PODS}`);
+  if (!Number.isInteger(REPEATS) || REPEATS < 1)
+    throw new Error(`BENCH_REPEATS must be a positive integer, got ${process.env.BENCH_REPEATS}`);
+  if (!PODS.length || PODS.some((k) => !Number.isInteger(k) || k < 1 || k > 240))
+    throw new Error(`BENCH_PODS must be a list of pod counts 1–240, got ${process.env.BENCH_PODS}`);
   const bed = new Testbed();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => { void bed.cleanup().finally(() => process.exit(130)); });
+    process.once(sig, () => {
+      void bed.cleanup().finally(() => process.exit(130));
+    });
   }
   try {
     await run(bed);

@@ -15,7 +15,7 @@ import YAML from 'yaml';
 import { connectFromNetns } from '../src/datapath/netns';
 import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, workloadOf } from '../test/helpers/fixture';
 import { collect, waitFor, waitForLine } from '../test/helpers/proc';
-import { Topology, type TestNode } from '../test/helpers/topology';
+import { type TestNode, Topology } from '../test/helpers/topology';
 import { fmt, stop } from './util';
 
 const N = Number(process.env.BENCH_CONNECTIONS ?? 100_000);
@@ -30,11 +30,21 @@ const WATCH = {
 
 function scrape(node: TestNode): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: 15020, path: '/metrics', createConnection: () => connectFromNetns(node.netnsPath, '127.0.0.1', 15020, { allowHalfOpen: false }) }, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve(body));
-    });
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: 15020,
+        path: '/metrics',
+        createConnection: () => connectFromNetns(node.netnsPath, '127.0.0.1', 15020, { allowHalfOpen: false }),
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => {
+          body += d;
+        });
+        res.on('end', () => resolve(body));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -45,8 +55,16 @@ function value(text: string, series: string): number {
   return line ? Number(line.slice(series.length + 1)) : 0;
 }
 
-const opened = (t: string): number => t.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total{')).reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
-const closed = (t: string): number => t.split('\n').filter((l) => l.startsWith('istio_tcp_connections_closed_total{')).reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+const opened = (t: string): number =>
+  t
+    .split('\n')
+    .filter((l) => l.startsWith('istio_tcp_connections_opened_total{'))
+    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+const closed = (t: string): number =>
+  t
+    .split('\n')
+    .filter((l) => l.startsWith('istio_tcp_connections_closed_total{'))
+    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root: sudo make hygiene');
@@ -55,9 +73,22 @@ async function main(): Promise<void> {
   const agents = [];
   try {
     const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(config, YAML.stringify({ trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') }, nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })), workloads: topo.pods.map(workloadOf) }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(dir, 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map(workloadOf),
+      }),
+    );
     for (const node of topo.nodes) {
-      const a = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)], { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
+      const a = topo.spawnInNode(
+        node,
+        process.execPath,
+        [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)],
+        { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } },
+      );
       agents.push(a);
       a.stderr?.resume();
       await waitFor(`${node.name} ready`, async () => (await scrape(node).catch(() => '')).includes('ambit_pool_sessions'), 20_000, 200);
@@ -65,25 +96,35 @@ async function main(): Promise<void> {
     const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami');
     await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 2000, 32);
-    const settled = async (): Promise<string[]> => waitFor('every connection closed on both nodes', async () => {
-      const t = await Promise.all(topo.nodes.map(scrape));
-      return t.every((x) => opened(x) === closed(x)) ? t : undefined;
-    }, 30_000, 200);
+    const settled = async (): Promise<string[]> =>
+      waitFor(
+        'every connection closed on both nodes',
+        async () => {
+          const t = await Promise.all(topo.nodes.map(scrape));
+          return t.every((x) => opened(x) === closed(x)) ? t : undefined;
+        },
+        30_000,
+        200,
+      );
     global.gc?.();
     const before = await settled();
     const started = Date.now();
-    const run = await collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'dial', topo.pod(2, 1).ip, '8080', String(N), '32', '10000']));
+    const run = await collect(
+      topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'dial', topo.pod(2, 1).ip, '8080', String(N), '32', '10000']),
+    );
     const r = JSON.parse(run.stdout.trim().split('\n').pop()!) as { ok: number; failed: number; errors: Record<string, number> };
     const seconds = (Date.now() - started) / 1000;
     const after = await settled();
 
     console.log(`machine: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, kernel ${os.release()}, node ${process.version}`);
     console.log(`${r.ok} of ${N} connections ok (${r.failed} failed ${JSON.stringify(r.errors)}) in ${seconds.toFixed(0)} s\n`);
-    const rows = topo.nodes.flatMap((node, i) => Object.entries(WATCH).map(([name, series]) => {
-      const b = value(before[i], series);
-      const a = value(after[i], series);
-      return { node: node.name, metric: name, before: b, after: a, delta: a - b };
-    }));
+    const rows = topo.nodes.flatMap((node, i) =>
+      Object.entries(WATCH).map(([name, series]) => {
+        const b = value(before[i], series);
+        const a = value(after[i], series);
+        return { node: node.name, metric: name, before: b, after: a, delta: a - b };
+      }),
+    );
     console.log('| node | metric (agent + workers) | before | after | change |');
     console.log('|---|---|---:|---:|---:|');
     for (const row of rows) {

@@ -31,10 +31,16 @@ function probe(ip: string, port: number): Promise<object> {
     const s = connect(ip, port);
     let buf = '';
     s.setTimeout(5000, () => s.destroy(new Error('probe timed out')));
-    s.on('data', (d) => { buf += d; });
+    s.on('data', (d) => {
+      buf += d;
+    });
     s.on('error', reject);
     s.on('close', () => {
-      try { resolve(JSON.parse(buf) as object); } catch { reject(new Error(`probe got ${JSON.stringify(buf)}`)); }
+      try {
+        resolve(JSON.parse(buf) as object);
+      } catch {
+        reject(new Error(`probe got ${JSON.stringify(buf)}`));
+      }
     });
   });
 }
@@ -71,11 +77,18 @@ function percentile(sorted: Float64Array, p: number): number {
 
 async function rr(ip: string, port: number, rate: number, warmupS: number, seconds: number): Promise<object> {
   const s = connect(ip, port);
-  await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
   const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) throw new Error('rr: no file descriptor for the socket');
   // Timer slack is inherited by threads created later: 1 ns instead of 50 µs for the pacer's sleeps.
-  try { fs.writeFileSync('/proc/self/timerslack_ns', '1'); } catch { /* coarser pacing, still measured as lag */ }
+  try {
+    fs.writeFileSync('/proc/self/timerslack_ns', '1');
+  } catch {
+    /* coarser pacing, still measured as lag */
+  }
   const warmup = Math.round(rate * warmupS);
   const count = warmup + Math.round(rate * seconds);
   const intervalNs = 1e9 / rate;
@@ -89,7 +102,10 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
   const pacer = new Worker(PACER, { eval: true, workerData: { t0, intervalNs, count, fd, size: RR_SIZE, lagBuffer } });
   try {
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`rr: ${received}/${count} responses after ${seconds + warmupS + 10} s`)), (seconds + warmupS + 10) * 1000);
+      const timer = setTimeout(
+        () => reject(new Error(`rr: ${received}/${count} responses after ${seconds + warmupS + 10} s`)),
+        (seconds + warmupS + 10) * 1000,
+      );
       pacer.on('error', reject);
       s.on('error', reject);
       s.on('close', () => reject(new Error(`rr: connection closed after ${received}/${count} responses`)));
@@ -99,7 +115,10 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
         for (; pending >= RR_SIZE; pending -= RR_SIZE, received++) {
           if (received >= warmup) lat[received - warmup] = Number(t - intended(received)) / 1e3;
         }
-        if (received >= count) { clearTimeout(timer); resolve(); }
+        if (received >= count) {
+          clearTimeout(timer);
+          resolve();
+        }
       });
     });
   } finally {
@@ -109,8 +128,14 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
   const lag = new Float64Array(lagBuffer).slice(warmup).sort();
   lat.sort();
   return {
-    requests: lat.length, rate, p50_us: percentile(lat, 0.5), p90_us: percentile(lat, 0.9), p99_us: percentile(lat, 0.99), max_us: lat[lat.length - 1],
-    sendLag_p50_us: percentile(lag, 0.5), sendLag_p99_us: percentile(lag, 0.99),
+    requests: lat.length,
+    rate,
+    p50_us: percentile(lat, 0.5),
+    p90_us: percentile(lat, 0.9),
+    p99_us: percentile(lat, 0.99),
+    max_us: lat[lat.length - 1],
+    sendLag_p50_us: percentile(lag, 0.5),
+    sendLag_p99_us: percentile(lag, 0.99),
   };
 }
 
@@ -120,12 +145,15 @@ function oneConnection(ip: string, port: number): Promise<void> {
     let got = 0;
     s.setTimeout(5000, () => s.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
     s.once('connect', () => s.write('x'));
-    s.on('data', (d: Buffer) => { got += d.length; });
+    s.on('data', (d: Buffer) => {
+      got += d.length;
+    });
     s.on('error', reject);
     // The server closes first; our FIN follows its own (allowHalfOpen is off).
     s.on('close', (hadError) => {
       if (hadError) return;
-      if (got === 1) resolve(); else reject(Object.assign(new Error('closed without the answer'), { code: 'ECLOSED' }));
+      if (got === 1) resolve();
+      else reject(Object.assign(new Error('closed without the answer'), { code: 'ECLOSED' }));
     });
   });
 }
@@ -151,11 +179,18 @@ async function conn(ip: string, port: number, concurrency: number, seconds: numb
   return { ok, failed: Object.values(errors).reduce((a, b) => a + b, 0), errors, elapsed_s: elapsedS, per_s: ok / elapsedS };
 }
 
-interface StreamResult { bytes: number; elapsed_s: number; mib_per_s: number }
+interface StreamResult {
+  bytes: number;
+  elapsed_s: number;
+  mib_per_s: number;
+}
 
 async function stream(ip: string, port: number, seconds: number): Promise<StreamResult> {
   const s = connect(ip, port, { allowHalfOpen: true });
-  await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
   const t0 = now();
   const deadline = t0 + BigInt(seconds * 1e9);
   const chunk = Buffer.alloc(64 * 1024, 0x73);
@@ -163,21 +198,30 @@ async function stream(ip: string, port: number, seconds: number): Promise<Stream
   let answer = '';
   const result = new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => s.destroy(new Error('stream: no byte count from the server')), (seconds + 30) * 1000);
-    s.on('data', (d) => { answer += d; });
+    s.on('data', (d) => {
+      answer += d;
+    });
     s.on('error', reject);
-    s.on('close', () => { clearTimeout(timer); resolve(answer); });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(answer);
+    });
   });
   const pump = (): void => {
     while (now() < deadline) {
       written += chunk.length;
-      if (!s.write(chunk)) { s.once('drain', pump); return; }
+      if (!s.write(chunk)) {
+        s.once('drain', pump);
+        return;
+      }
     }
     s.end();
   };
   pump();
   const counted = Number((await result).trim());
   const elapsedS = usSince(t0) / 1e6;
-  if (!Number.isFinite(counted) || counted !== written) throw new Error(`stream: wrote ${written} bytes, server counted ${JSON.stringify(answer)}`);
+  if (!Number.isFinite(counted) || counted !== written)
+    throw new Error(`stream: wrote ${written} bytes, server counted ${JSON.stringify(answer)}`);
   return { bytes: counted, elapsed_s: elapsedS, mib_per_s: counted / elapsedS / 2 ** 20 };
 }
 
@@ -185,7 +229,13 @@ async function streams(ip: string, port: number, n: number, seconds: number): Pr
   const each = await Promise.all(Array.from({ length: n }, () => stream(ip, port, seconds)));
   const bytes = each.reduce((a, r) => a + r.bytes, 0);
   const elapsedS = Math.max(...each.map((r) => r.elapsed_s));
-  return { streams: n, bytes, elapsed_s: elapsedS, mib_per_s: bytes / elapsedS / 2 ** 20, per_stream_mib_per_s: each.map((r) => r.mib_per_s) };
+  return {
+    streams: n,
+    bytes,
+    elapsed_s: elapsedS,
+    mib_per_s: bytes / elapsedS / 2 ** 20,
+    per_stream_mib_per_s: each.map((r) => r.mib_per_s),
+  };
 }
 
 async function main(argv: string[]): Promise<object> {
@@ -193,16 +243,28 @@ async function main(argv: string[]): Promise<object> {
   const port = Number(portArg);
   const n = rest.map(Number);
   switch (mode) {
-    case 'probe': return probe(ip, port);
-    case 'rr': return rr(ip, port, n[0], n[1], n[2]);
-    case 'conn': return conn(ip, port, n[0], n[1]);
-    case 'stream': return stream(ip, port, n[0]);
-    case 'streams': return streams(ip, port, n[0], n[1]);
-    default: throw new Error('usage: load probe|rr|conn|stream|streams IP PORT …');
+    case 'probe':
+      return probe(ip, port);
+    case 'rr':
+      return rr(ip, port, n[0], n[1], n[2]);
+    case 'conn':
+      return conn(ip, port, n[0], n[1]);
+    case 'stream':
+      return stream(ip, port, n[0]);
+    case 'streams':
+      return streams(ip, port, n[0], n[1]);
+    default:
+      throw new Error('usage: load probe|rr|conn|stream|streams IP PORT …');
   }
 }
 
 main(process.argv.slice(2)).then(
-  (r) => { console.log(JSON.stringify(r)); process.exit(0); },
-  (err: Error) => { console.error(err.stack ?? String(err)); process.exit(1); },
+  (r) => {
+    console.log(JSON.stringify(r));
+    process.exit(0);
+  },
+  (err: Error) => {
+    console.error(err.stack ?? String(err));
+    process.exit(1);
+  },
 );

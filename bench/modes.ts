@@ -22,9 +22,9 @@ import YAML from 'yaml';
 import { cleanupDatapath, datapathStatus } from '../src/datapath/status';
 import { CLI, cleanupPins, PODAPP, pinDirFor, workloadOf } from '../test/helpers/fixture';
 import { collect, sh, waitFor, waitForLine } from '../test/helpers/proc';
-import { Topology, type TestPod } from '../test/helpers/topology';
+import { type TestPod, Topology } from '../test/helpers/topology';
 import { PORTS } from './server';
-import { CLIENT_OFFSET, clientConfig, issueCert, serverConfig, type Measure } from './stunnel';
+import { CLIENT_OFFSET, clientConfig, issueCert, type Measure, serverConfig } from './stunnel';
 import { commOf, eachLimited, exited, stop, tail, withDescendants } from './util';
 
 export type Mode = 'nomesh' | 'ambient' | 'sidecar' | 'stunnel';
@@ -32,7 +32,11 @@ export const MODES: Mode[] = ['nomesh', 'ambient', 'sidecar', 'stunnel'];
 export const MESH_MODES: Mode[] = ['ambient', 'sidecar', 'stunnel'];
 export const MODE_LABEL: Record<Mode, string> = { nomesh: 'no mesh', ambient: 'ambient', sidecar: 'sidecar', stunnel: 'stunnel' };
 export type Raw = Record<string, number | string | object>;
-export interface Pair { j: number; client: TestPod; server: TestPod }
+export interface Pair {
+  j: number;
+  client: TestPod;
+  server: TestPod;
+}
 
 const LOAD = path.resolve(__dirname, 'load.js');
 const SERVER = path.resolve(__dirname, 'server.js');
@@ -40,7 +44,12 @@ const SERVER = path.resolve(__dirname, 'server.js');
 const START_CONCURRENCY = 6;
 const QUIET = { ...process.env, AMBIT_LOG_LEVEL: 'warn' };
 
-interface MeshProc { label: string; child: ChildProcess; output: () => string; pinDir?: string }
+interface MeshProc {
+  label: string;
+  child: ChildProcess;
+  output: () => string;
+  pinDir?: string;
+}
 
 export class Testbed {
   topo?: Topology;
@@ -52,7 +61,9 @@ export class Testbed {
   private readonly pinDirs = new Set<string>();
   private cleaning?: Promise<void>;
 
-  get caDir(): string { return path.join(this.dir, 'ca'); }
+  get caDir(): string {
+    return path.join(this.dir, 'ca');
+  }
 
   /** 2 nodes × maxPairs pods, the run's CA, and a server in every server pod. */
   async setUp(maxPairs: number): Promise<void> {
@@ -75,14 +86,19 @@ export class Testbed {
 
   /** Where the client program dials in the current mode. */
   target(pair: Pair, measure: Measure): { ip: string; port: number } {
-    return this.mode === 'stunnel' ? { ip: '127.0.0.1', port: PORTS[measure] + CLIENT_OFFSET } : { ip: pair.server.ip, port: PORTS[measure] };
+    return this.mode === 'stunnel'
+      ? { ip: '127.0.0.1', port: PORTS[measure] + CLIENT_OFFSET }
+      : { ip: pair.server.ip, port: PORTS[measure] };
   }
 
   private expectedRemote(pair: Pair): string {
     switch (this.mode) {
-      case 'nomesh': return pair.client.ip;
-      case 'stunnel': return '127.0.0.1';
-      default: return pair.server.ip;
+      case 'nomesh':
+        return pair.client.ip;
+      case 'stunnel':
+        return '127.0.0.1';
+      default:
+        return pair.server.ip;
     }
   }
 
@@ -104,7 +120,11 @@ export class Testbed {
     }
     if (mode === 'sidecar') this.writeConfig(mode, k);
     await eachLimited(pairs, START_CONCURRENCY, async (pair) => {
-      if (mode === 'sidecar') await this.enrolled([pair.server, pair.client].map((pod) => this.startSidecar(pod)), 1);
+      if (mode === 'sidecar')
+        await this.enrolled(
+          [pair.server, pair.client].map((pod) => this.startSidecar(pod)),
+          1,
+        );
       if (mode === 'stunnel') await this.startStunnels(pair);
       await this.expectPath(pair);
     });
@@ -124,11 +144,15 @@ export class Testbed {
   }
 
   /** Every mesh process: those started here and their descendants (an agent's tunnel workers). */
-  meshPids(): number[] { return withDescendants(this.procs.map((p) => p.child.pid!)); }
+  meshPids(): number[] {
+    return withDescendants(this.procs.map((p) => p.child.pid!));
+  }
 
   /** Mesh processes that died; each with the end of its output. */
   deaths(): string[] {
-    return this.procs.filter((p) => exited(p.child)).map((p) => `${p.label} exited (${p.child.exitCode ?? p.child.signalCode}): ${p.output()}`);
+    return this.procs
+      .filter((p) => exited(p.child))
+      .map((p) => `${p.label} exited (${p.child.exitCode ?? p.child.signalCode}): ${p.output()}`);
   }
 
   async load(pod: TestPod, args: string[], timeoutMs: number): Promise<Raw> {
@@ -136,7 +160,12 @@ export class Testbed {
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     const r = await collect(child);
     clearTimeout(timer);
-    if (r.code !== 0) throw new Error(`load ${args.join(' ')} in ${pod.netns} failed (exit ${r.code}): ${r.stderr.trim()}${this.deaths().map((d) => `; ${d}`).join('')}`);
+    if (r.code !== 0)
+      throw new Error(
+        `load ${args.join(' ')} in ${pod.netns} failed (exit ${r.code}): ${r.stderr.trim()}${this.deaths()
+          .map((d) => `; ${d}`)
+          .join('')}`,
+      );
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as Raw;
   }
 
@@ -145,7 +174,9 @@ export class Testbed {
     let failed = 0;
     await eachLimited(this.pairs(k), 8, async (pair) => {
       const { ip, port } = this.target(pair, 'probe');
-      const r = await collect(this.topo!.spawnInPod(pair.client, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(c), '5000']));
+      const r = await collect(
+        this.topo!.spawnInPod(pair.client, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(c), '5000']),
+      );
       if (r.code !== 0) throw new Error(`warm-up dial in ${pair.client.netns} failed: ${r.stderr}`);
       failed += (JSON.parse(r.stdout.trim().split('\n').pop()!) as { failed: number }).failed;
     });
@@ -162,7 +193,8 @@ export class Testbed {
         await this.topo.destroy();
         cleanupPins(this.topo);
         const prefix = this.topo.prefix;
-        for (const name of fs.readdirSync('/sys/fs/bpf').filter((n) => n.startsWith(`${prefix}-`))) cleanupDatapath(path.join('/sys/fs/bpf', name));
+        for (const name of fs.readdirSync('/sys/fs/bpf').filter((n) => n.startsWith(`${prefix}-`)))
+          cleanupDatapath(path.join('/sys/fs/bpf', name));
       }
       if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
     })();
@@ -179,24 +211,38 @@ export class Testbed {
   private writeConfig(mode: Mode, k: number): string {
     const topo = this.topo!;
     const file = path.join(this.dir, `mesh-${mode}-k${k}.yaml`);
-    fs.writeFileSync(file, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: this.caDir },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map((p) => {
-        const inMesh = Number(p.name.slice(1)) <= k;
-        return {
-          ...workloadOf(p), serviceAccount: `sa-${p.node.name}-${p.name}`,
-          protocol: inMesh ? 'HBONE' : 'NONE', dataplane: mode === 'sidecar' && inMesh ? 'sidecar' : 'ambient',
-        };
+    fs.writeFileSync(
+      file,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: this.caDir },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map((p) => {
+          const inMesh = Number(p.name.slice(1)) <= k;
+          return {
+            ...workloadOf(p),
+            serviceAccount: `sa-${p.node.name}-${p.name}`,
+            protocol: inMesh ? 'HBONE' : 'NONE',
+            dataplane: mode === 'sidecar' && inMesh ? 'sidecar' : 'ambient',
+          };
+        }),
       }),
-    }));
+    );
     return file;
   }
 
   private startSidecar(pod: TestPod): MeshProc {
     const pinDir = `/sys/fs/bpf/${this.topo!.prefix}-sc-${pod.node.name}-${pod.name}`;
-    const args = [CLI, 'sidecar', '--config', path.join(this.dir, `mesh-sidecar-k${this.k}.yaml`), '--workload', pod.uid, '--pin-dir', pinDir];
+    const args = [
+      CLI,
+      'sidecar',
+      '--config',
+      path.join(this.dir, `mesh-sidecar-k${this.k}.yaml`),
+      '--workload',
+      pod.uid,
+      '--pin-dir',
+      pinDir,
+    ];
     return this.spawn(`sidecar ${pod.node.name}-${pod.name}`, this.topo!.spawnInPod(pod, process.execPath, args, { env: QUIET }), pinDir);
   }
 
@@ -213,10 +259,19 @@ export class Testbed {
   /** Waits until each ambit process has enrolled `count` pods (read from its pinned maps). */
   private async enrolled(procs: MeshProc[], count: number): Promise<void> {
     for (const p of procs) {
-      await waitFor(`${p.label} to enrol ${count} pod(s)`, () => {
-        if (exited(p.child)) throw new Error(`${p.label} exited: ${p.output()}`);
-        try { return datapathStatus(p.pinDir!).enrolledCgroups === count; } catch { return false; }
-      }, 120_000, 50);
+      await waitFor(
+        `${p.label} to enrol ${count} pod(s)`,
+        () => {
+          if (exited(p.child)) throw new Error(`${p.label} exited: ${p.output()}`);
+          try {
+            return datapathStatus(p.pinDir!).enrolledCgroups === count;
+          } catch {
+            return false;
+          }
+        },
+        120_000,
+        50,
+      );
     }
   }
 
@@ -225,16 +280,21 @@ export class Testbed {
     const want = this.expectedRemote(pair);
     const { ip, port } = this.target(pair, 'probe');
     let seen = 'nothing';
-    await waitFor(`${this.mode} path of pair ${pair.j}`, async () => {
-      const dead = this.deaths();
-      if (dead.length) throw new Error(dead.join('; '));
-      try {
-        seen = String((await this.load(pair.client, ['probe', ip, String(port)], 10_000)).remote);
-      } catch (err) {
-        seen = (err as Error).message;
-      }
-      return seen === want;
-    }, 60_000, 100).catch((err: Error) => {
+    await waitFor(
+      `${this.mode} path of pair ${pair.j}`,
+      async () => {
+        const dead = this.deaths();
+        if (dead.length) throw new Error(dead.join('; '));
+        try {
+          seen = String((await this.load(pair.client, ['probe', ip, String(port)], 10_000)).remote);
+        } catch (err) {
+          seen = (err as Error).message;
+        }
+        return seen === want;
+      },
+      60_000,
+      100,
+    ).catch((err: Error) => {
       throw new Error(`${err.message}: expected the server to see ${want}, last saw ${seen}`);
     });
   }

@@ -8,14 +8,14 @@
 // min–max spread are printed as a table and written as JSON to bench/results/.
 import fs from 'node:fs';
 import path from 'node:path';
-import { allowAll, type Authorizer, type ConnectionFacts } from '../src/policy/authorize';
+import { type Authorizer, allowAll, type ConnectionFacts } from '../src/policy/authorize';
 import { matchOf, PolicyAuthorizer } from '../src/policy/engine';
 import type { Authorization } from '../src/policy/types';
 import type { AddressMessage } from '../src/protocol/messages';
 import { unpack } from '../src/protocol/protos';
+import { addressFromMessage, toResources } from '../src/sources/xds-resources';
 import { MeshStore } from '../src/state/store';
 import type { MeshConfig, Workload } from '../src/state/types';
-import { addressFromMessage, toResources } from '../src/sources/xds-resources';
 import { fmt, median } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);
@@ -23,10 +23,25 @@ const POLICY_COUNTS = [0, 10, 100, 1000];
 const WORKLOAD_COUNTS = [100, 1000, 5000];
 
 const dst: Workload = {
-  uid: 'ns-0/web', name: 'web', namespace: 'ns-0', serviceAccount: 'web', node: 'n1', addresses: ['10.200.0.10'], protocol: 'HBONE',
-  dataplane: 'ambient', labels: { app: 'web' }, capacity: 1, authorizationPolicies: [],
+  uid: 'ns-0/web',
+  name: 'web',
+  namespace: 'ns-0',
+  serviceAccount: 'web',
+  node: 'n1',
+  addresses: ['10.200.0.10'],
+  protocol: 'HBONE',
+  dataplane: 'ambient',
+  labels: { app: 'web' },
+  capacity: 1,
+  authorizationPolicies: [],
 };
-const facts: ConnectionFacts = { srcIdentity: 'spiffe://cluster.local/ns/client/sa/sleep', srcIp: '10.200.1.11', dst, dstIp: '10.200.0.10', dstPort: 8080 };
+const facts: ConnectionFacts = {
+  srcIdentity: 'spiffe://cluster.local/ns/client/sa/sleep',
+  srcIp: '10.200.1.11',
+  dst,
+  dstIp: '10.200.0.10',
+  dstPort: 8080,
+};
 
 /** k policies over 50 namespaces; those of the destination's namespace allow other principals first, sleep's last. */
 function policies(k: number): Authorization[] {
@@ -34,11 +49,24 @@ function policies(k: number): Authorization[] {
   for (let i = 0; i < k; i++) {
     const last = i === k - 1;
     out.push({
-      name: `p${i}`, namespace: last ? 'ns-0' : `ns-${i % 50}`, scope: 'NAMESPACE', action: i % 7 === 3 && !last ? 'DENY' : 'ALLOW', dryRun: false,
-      rules: [{ clauses: [
-        { matches: [matchOf({ principals: [{ exact: last ? 'cluster.local/ns/client/sa/sleep' : `cluster.local/ns/x${i}/sa/y` }] }), matchOf({ sourceIps: [{ address: `10.${i % 250}.0.0`, length: 16 }] })] },
-        { matches: [matchOf({ destinationPorts: [8080, 9090] })] },
-      ] }],
+      name: `p${i}`,
+      namespace: last ? 'ns-0' : `ns-${i % 50}`,
+      scope: 'NAMESPACE',
+      action: i % 7 === 3 && !last ? 'DENY' : 'ALLOW',
+      dryRun: false,
+      rules: [
+        {
+          clauses: [
+            {
+              matches: [
+                matchOf({ principals: [{ exact: last ? 'cluster.local/ns/client/sa/sleep' : `cluster.local/ns/x${i}/sa/y` }] }),
+                matchOf({ sourceIps: [{ address: `10.${i % 250}.0.0`, length: 16 }] }),
+              ],
+            },
+            { matches: [matchOf({ destinationPorts: [8080, 9090] })] },
+          ],
+        },
+      ],
     });
   }
   return out;
@@ -60,13 +88,32 @@ function rate(a: Authorizer): number {
 
 function mesh(w: number): MeshConfig {
   const workloads: Workload[] = Array.from({ length: w }, (_, i) => ({
-    ...dst, uid: `ns-${i % 50}/pod-${i}`, name: `pod-${i}`, namespace: `ns-${i % 50}`, serviceAccount: `sa-${i % 200}`, node: `n${i % 20}`,
-    addresses: [`10.${200 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`], labels: { app: `app-${i % 100}` }, authorizationPolicies: [`ns-${i % 50}/p`],
+    ...dst,
+    uid: `ns-${i % 50}/pod-${i}`,
+    name: `pod-${i}`,
+    namespace: `ns-${i % 50}`,
+    serviceAccount: `sa-${i % 200}`,
+    node: `n${i % 20}`,
+    addresses: [`10.${200 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`],
+    labels: { app: `app-${i % 100}` },
+    authorizationPolicies: [`ns-${i % 50}/p`],
   }));
   return {
-    trustDomain: 'cluster.local', ca: { dir: '' }, nodes: [], workloads,
-    services: Array.from({ length: 100 }, (_, i) => ({ name: `svc-${i}`, namespace: `ns-${i % 50}`, hostname: `svc-${i}.ns-${i % 50}.svc.cluster.local`, addresses: [`10.96.0.${i + 1}`], ports: [{ port: 80, targetPort: 8080 }], selector: { app: `app-${i}` } })),
-    policies: policies(100), rootNamespace: 'istio-system', controlPlane: { tokens: [] },
+    trustDomain: 'cluster.local',
+    ca: { dir: '' },
+    nodes: [],
+    workloads,
+    services: Array.from({ length: 100 }, (_, i) => ({
+      name: `svc-${i}`,
+      namespace: `ns-${i % 50}`,
+      hostname: `svc-${i}.ns-${i % 50}.svc.cluster.local`,
+      addresses: [`10.96.0.${i + 1}`],
+      ports: [{ port: 80, targetPort: 8080 }],
+      selector: { app: `app-${i}` },
+    })),
+    policies: policies(100),
+    rootNamespace: 'istio-system',
+    controlPlane: { tokens: [] },
   };
 }
 
@@ -85,7 +132,10 @@ function xdsCost(cfg: MeshConfig): { encodeMs: number; decodeMs: number; bytes: 
 }
 
 function main(): void {
-  const authorizers = new Map<string, Authorizer>([['allow-all (no policy engine)', allowAll], ...POLICY_COUNTS.map((k) => [`${k} policies`, PolicyAuthorizer.of(policies(k))] as [string, Authorizer])]);
+  const authorizers = new Map<string, Authorizer>([
+    ['allow-all (no policy engine)', allowAll],
+    ...POLICY_COUNTS.map((k) => [`${k} policies`, PolicyAuthorizer.of(policies(k))] as [string, Authorizer]),
+  ]);
   const meshes = new Map(WORKLOAD_COUNTS.map((w) => [w, mesh(w)]));
   const checks = new Map<string, number[]>();
   const xds = new Map<number, { encodeMs: number[]; decodeMs: number[]; bytes: number }>();
@@ -111,10 +161,16 @@ function main(): void {
   console.log(`\nxDS: the whole mesh as resources (100 services, 100 policies; ${REPEATS} repeats, medians)\n`);
   console.log('| workloads | Address bytes | encode (control plane) ms | decode + validate (node) ms | µs per workload decoded |');
   console.log('|---:|---:|---:|---:|---:|');
-  for (const [w, e] of xds) console.log(`| ${fmt(w)} | ${fmt(e.bytes)} | ${fmt(median(e.encodeMs))} | ${fmt(median(e.decodeMs))} | ${fmt((median(e.decodeMs) * 1000) / w)} |`);
+  for (const [w, e] of xds)
+    console.log(
+      `| ${fmt(w)} | ${fmt(e.bytes)} | ${fmt(median(e.encodeMs))} | ${fmt(median(e.decodeMs))} | ${fmt((median(e.decodeMs) * 1000) / w)} |`,
+    );
   const out = path.resolve(__dirname, '../../bench/results', `policy-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, JSON.stringify({ repeats: REPEATS, checksPerSecond: Object.fromEntries(checks), xds: Object.fromEntries(xds) }, null, 2));
+  fs.writeFileSync(
+    out,
+    JSON.stringify({ repeats: REPEATS, checksPerSecond: Object.fromEntries(checks), xds: Object.fromEntries(xds) }, null, 2),
+  );
   console.log(`\nJSON: ${out}`);
 }
 

@@ -5,7 +5,13 @@ import { fmt, median } from './util';
 
 export type RawByMode = Record<Mode, Record<string, Raw[]>>;
 type Kind = 'latency' | 'rate' | 'cpu';
-interface Metric { key: string; label: string; measure: string; field: string; kind: Kind }
+interface Metric {
+  key: string;
+  label: string;
+  measure: string;
+  field: string;
+  kind: Kind;
+}
 
 export const METRICS: Metric[] = [
   { key: 'p50_100', label: 'latency p50 at 100 req/s (µs)', measure: 'rr100', field: 'p50_us', kind: 'latency' },
@@ -32,17 +38,35 @@ export interface Summary {
 
 export function summarise(raw: RawByMode): Summary[] {
   return METRICS.map((m) => {
-    const values = Object.fromEntries(MODES.map((mode) => [mode, (raw[mode][m.measure] ?? []).map((r) => Number(r[m.field]))])) as Record<Mode, number[]>;
+    const values = Object.fromEntries(MODES.map((mode) => [mode, (raw[mode][m.measure] ?? []).map((r) => Number(r[m.field]))])) as Record<
+      Mode,
+      number[]
+    >;
     const med = Object.fromEntries(MODES.map((mode) => [mode, median(values[mode])])) as Record<Mode, number>;
-    const spread = Object.fromEntries(MODES.map((mode) => [mode, { min: Math.min(...values[mode]), max: Math.max(...values[mode]) }])) as Record<Mode, { min: number; max: number }>;
+    const spread = Object.fromEntries(
+      MODES.map((mode) => [mode, { min: Math.min(...values[mode]), max: Math.max(...values[mode]) }]),
+    ) as Record<Mode, { min: number; max: number }>;
     return { key: m.key, metric: m.label, kind: m.kind, median: med, spread, values };
   });
 }
 
 /** Total RSS of the mesh processes after warm-up, per mode and pods per node. */
-export interface MemoryPoint { mode: Mode; k: number; processes: number; rssReadyMiB: number; rssMiB: number; startS: number; warmupFailed: number }
+export interface MemoryPoint {
+  mode: Mode;
+  k: number;
+  processes: number;
+  rssReadyMiB: number;
+  rssMiB: number;
+  startS: number;
+  warmupFailed: number;
+}
 
-export interface Goal { metric: string; text: string; measured: string; met: boolean }
+export interface Goal {
+  metric: string;
+  text: string;
+  measured: string;
+  met: boolean;
+}
 
 export function goals(summary: Summary[], memory: MemoryPoint[]): Goal[] {
   const s = (key: string): Record<Mode, number> => summary.find((x) => x.key === key)!.median;
@@ -50,7 +74,8 @@ export function goals(summary: Summary[], memory: MemoryPoint[]): Goal[] {
   const added = (mode: Mode): number => p99[mode] - p99.nomesh;
   const out: Goal[] = [
     {
-      metric: 'p99_1000', text: 'ambient added p99 ≤ 0.9× sidecar\'s (1,000 req/s)',
+      metric: 'p99_1000',
+      text: "ambient added p99 ≤ 0.9× sidecar's (1,000 req/s)",
       measured: `ambient +${fmt(added('ambient'))} µs vs sidecar +${fmt(added('sidecar'))} µs (${(added('ambient') / added('sidecar')).toFixed(2)}×)`,
       met: added('ambient') <= 0.9 * added('sidecar'),
     },
@@ -59,20 +84,25 @@ export function goals(summary: Summary[], memory: MemoryPoint[]): Goal[] {
   const mem = (mode: Mode): number => memory.find((m) => m.mode === mode && m.k === kMax)?.rssMiB ?? NaN;
   if (memory.length) {
     out.push({
-      metric: 'memory', text: `ambient mesh memory at K = ${kMax} ≤ 0.1× sidecar's${kMax === 50 ? '' : ' (goal stated for K = 50)'}`,
+      metric: 'memory',
+      text: `ambient mesh memory at K = ${kMax} ≤ 0.1× sidecar's${kMax === 50 ? '' : ' (goal stated for K = 50)'}`,
       measured: `${fmt(mem('ambient'))} MiB vs ${fmt(mem('sidecar'))} MiB (${(mem('ambient') / mem('sidecar')).toFixed(3)}×)`,
       met: mem('ambient') <= 0.1 * mem('sidecar'),
     });
   }
   const conn = s('conn');
   out.push({
-    metric: 'conn', text: 'ambient new connections/s ≥ 2× stunnel\'s',
-    measured: `${fmt(conn.ambient)}/s vs ${fmt(conn.stunnel)}/s (${(conn.ambient / conn.stunnel).toFixed(2)}×)`, met: conn.ambient >= 2 * conn.stunnel,
+    metric: 'conn',
+    text: "ambient new connections/s ≥ 2× stunnel's",
+    measured: `${fmt(conn.ambient)}/s vs ${fmt(conn.stunnel)}/s (${(conn.ambient / conn.stunnel).toFixed(2)}×)`,
+    met: conn.ambient >= 2 * conn.stunnel,
   });
   const stream = s('stream');
   out.push({
-    metric: 'stream', text: 'ambient single-stream throughput ≥ 0.5× stunnel\'s',
-    measured: `${fmt(stream.ambient)} vs ${fmt(stream.stunnel)} MiB/s (${(stream.ambient / stream.stunnel).toFixed(2)}×)`, met: stream.ambient >= 0.5 * stream.stunnel,
+    metric: 'stream',
+    text: "ambient single-stream throughput ≥ 0.5× stunnel's",
+    measured: `${fmt(stream.ambient)} vs ${fmt(stream.stunnel)} MiB/s (${(stream.ambient / stream.stunnel).toFixed(2)}×)`,
+    met: stream.ambient >= 0.5 * stream.stunnel,
   });
   return out;
 }
@@ -90,8 +120,13 @@ const verdict = (g: Goal): string => `**${g.met ? 'met' : 'not met'}**: ${g.text
 
 export function mainTable(summary: Summary[], gs: Goal[]): string {
   const rows = summary.map((s) => {
-    const goal = gs.filter((g) => g.metric === s.key).map(verdict).join('; ');
-    const spread = MODES.filter((m) => !(s.kind === 'cpu' && m === 'nomesh')).map((m) => `${MODE_LABEL[m]} ${fmt(s.spread[m].min)}–${fmt(s.spread[m].max)}`).join(', ');
+    const goal = gs
+      .filter((g) => g.metric === s.key)
+      .map(verdict)
+      .join('; ');
+    const spread = MODES.filter((m) => !(s.kind === 'cpu' && m === 'nomesh'))
+      .map((m) => `${MODE_LABEL[m]} ${fmt(s.spread[m].min)}–${fmt(s.spread[m].max)}`)
+      .join(', ');
     return `| ${s.metric} | ${MODES.map((m) => cell(s, m)).join(' | ')} | ${goal} | ${spread} |`;
   });
   return [
@@ -104,17 +139,27 @@ export function mainTable(summary: Summary[], gs: Goal[]): string {
 export function memoryTable(memory: MemoryPoint[], gs: Goal[]): string {
   const ks = [...new Set(memory.map((m) => m.k))].sort((a, b) => a - b);
   const at = (mode: Mode, k: number): MemoryPoint | undefined => memory.find((m) => m.mode === mode && m.k === k);
-  const rows = MESH_MODES.map((mode) => `| ${MODE_LABEL[mode]} | ${ks.map((k) => {
-    const p = at(mode, k);
-    return p ? `${fmt(p.rssMiB)} MiB (${p.processes} proc, ready ${fmt(p.rssReadyMiB)} MiB, up in ${p.startS.toFixed(1)} s)` : '–';
-  }).join(' | ')} |`);
+  const rows = MESH_MODES.map(
+    (mode) =>
+      `| ${MODE_LABEL[mode]} | ${ks
+        .map((k) => {
+          const p = at(mode, k);
+          return p ? `${fmt(p.rssMiB)} MiB (${p.processes} proc, ready ${fmt(p.rssReadyMiB)} MiB, up in ${p.startS.toFixed(1)} s)` : '–';
+        })
+        .join(' | ')} |`,
+  );
   const ratio = `| ambient / sidecar | ${ks.map((k) => ((at('ambient', k)?.rssMiB ?? NaN) / (at('sidecar', k)?.rssMiB ?? NaN)).toFixed(3)).join(' | ')} |`;
-  const goal = gs.filter((g) => g.metric === 'memory').map((g) => `\n\ngoal: ${verdict(g)}`).join('');
-  return [
-    `| mode | ${ks.map((k) => `K = ${k}`).join(' | ')} |`,
-    `|---|${ks.map(() => '---:').join('|')}|`,
-    `| no mesh | ${ks.map(() => '0').join(' | ')} |`,
-    ...rows,
-    ratio,
-  ].join('\n') + goal;
+  const goal = gs
+    .filter((g) => g.metric === 'memory')
+    .map((g) => `\n\ngoal: ${verdict(g)}`)
+    .join('');
+  return (
+    [
+      `| mode | ${ks.map((k) => `K = ${k}`).join(' | ')} |`,
+      `|---|${ks.map(() => '---:').join('|')}|`,
+      `| no mesh | ${ks.map(() => '0').join(' | ')} |`,
+      ...rows,
+      ratio,
+    ].join('\n') + goal
+  );
 }

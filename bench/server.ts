@@ -42,11 +42,15 @@ async function main(): Promise<void> {
   });
 
   const one = Buffer.from('y');
-  const conn = net.createServer((s) => { quiet(s).once('data', () => s.end(one)); });
+  const conn = net.createServer((s) => {
+    quiet(s).once('data', () => s.end(one));
+  });
 
   const stream = net.createServer({ allowHalfOpen: true }, (s) => {
     let bytes = 0;
-    quiet(s).on('data', (d: Buffer) => { bytes += d.length; });
+    quiet(s).on('data', (d: Buffer) => {
+      bytes += d.length;
+    });
     s.on('end', () => s.end(`${bytes}\n`));
   });
 

@@ -34,18 +34,31 @@ export async function issueCert(caDir: string, dir: string, pod: TestPod): Promi
 
 function globalSection(certDir: string): string[] {
   return [
-    'foreground = yes', 'syslog = no', 'pid =', 'debug = warning',
+    'foreground = yes',
+    'syslog = no',
+    'pid =',
+    'debug = warning',
     // Service-level defaults for every service below.
-    `cert = ${path.join(certDir, 'cert.pem')}`, `key = ${path.join(certDir, 'key.pem')}`, `CAfile = ${path.join(certDir, 'root.pem')}`,
-    'verifyChain = yes', 'requireCert = yes', 'sslVersionMin = TLSv1.3', `ciphersuites = ${SUITES}`,
-    'sessionResume = no', 'options = NO_TICKET',
+    `cert = ${path.join(certDir, 'cert.pem')}`,
+    `key = ${path.join(certDir, 'key.pem')}`,
+    `CAfile = ${path.join(certDir, 'root.pem')}`,
+    'verifyChain = yes',
+    'requireCert = yes',
+    'sslVersionMin = TLSv1.3',
+    `ciphersuites = ${SUITES}`,
+    'sessionResume = no',
+    'options = NO_TICKET',
   ];
 }
 
 /** The client pod's stunnel: plain on 127.0.0.1, TLS to the server pod. */
 export function clientConfig(certDir: string, serverIp: string): string {
   const services = (Object.keys(PORTS) as Measure[]).flatMap((m) => [
-    '', `[${m}]`, 'client = yes', `accept = 127.0.0.1:${PORTS[m] + CLIENT_OFFSET}`, `connect = ${serverIp}:${PORTS[m] + SERVER_OFFSET}`,
+    '',
+    `[${m}]`,
+    'client = yes',
+    `accept = 127.0.0.1:${PORTS[m] + CLIENT_OFFSET}`,
+    `connect = ${serverIp}:${PORTS[m] + SERVER_OFFSET}`,
   ]);
   return `${[...globalSection(certDir), ...services].join('\n')}\n`;
 }
@@ -53,7 +66,10 @@ export function clientConfig(certDir: string, serverIp: string): string {
 /** The server pod's stunnel: TLS in, plain to the app on 127.0.0.1. */
 export function serverConfig(certDir: string): string {
   const services = (Object.keys(PORTS) as Measure[]).flatMap((m) => [
-    '', `[${m}]`, `accept = 0.0.0.0:${PORTS[m] + SERVER_OFFSET}`, `connect = 127.0.0.1:${PORTS[m]}`,
+    '',
+    `[${m}]`,
+    `accept = 0.0.0.0:${PORTS[m] + SERVER_OFFSET}`,
+    `connect = 127.0.0.1:${PORTS[m]}`,
   ]);
   return `${[...globalSection(certDir), ...services].join('\n')}\n`;
 }

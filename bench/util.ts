@@ -26,7 +26,9 @@ export const exited = (c: ChildProcess): boolean => c.exitCode !== null || c.sig
 /** Keeps the last few KiB a child printed (and keeps its pipes drained). */
 export function tail(child: ChildProcess): () => string {
   let out = '';
-  const add = (d: Buffer): void => { out = (out + d.toString()).slice(-4000); };
+  const add = (d: Buffer): void => {
+    out = (out + d.toString()).slice(-4000);
+  };
   child.stdout?.on('data', add);
   child.stderr?.on('data', add);
   return () => out.trim();
@@ -49,7 +51,11 @@ export async function eachLimited<T>(items: T[], limit: number, fn: (item: T, i:
   const worker = async (): Promise<void> => {
     while (next < items.length && failure === undefined) {
       const i = next++;
-      try { await fn(items[i], i); } catch (err) { failure ??= err; }
+      try {
+        await fn(items[i], i);
+      } catch (err) {
+        failure ??= err;
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
@@ -72,7 +78,11 @@ export function rssBytes(pid: number): number {
 }
 
 export function commOf(pid: number): string {
-  try { return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '(gone)'; }
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '(gone)';
+  }
 }
 
 /** pids and all their descendants, from the kernel's children lists (/proc/<pid>/task/<tid>/children). */
@@ -81,10 +91,18 @@ export function withDescendants(pids: number[]): number[] {
   const visit = (pid: number): void => {
     out.push(pid);
     let tasks: string[] = [];
-    try { tasks = fs.readdirSync(`/proc/${pid}/task`); } catch { return; }
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return;
+    }
     for (const tid of tasks) {
       let kids = '';
-      try { kids = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8'); } catch { continue; }
+      try {
+        kids = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
+      } catch {
+        continue;
+      }
       for (const k of kids.split(' ').filter(Boolean)) visit(Number(k));
     }
   };

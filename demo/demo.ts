@@ -10,15 +10,22 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { cleanupPins, CLI, pinDirFor, workloadOf } from '../test/helpers/fixture';
+import { CLI, cleanupPins, pinDirFor, workloadOf } from '../test/helpers/fixture';
 import { collect, jsonLines, sh, waitFor, waitForLine } from '../test/helpers/proc';
-import { Topology, type TestPod } from '../test/helpers/topology';
+import { type TestPod, Topology } from '../test/helpers/topology';
 
 const APP = path.resolve(__dirname, 'podhttp.js');
 const APP_PORT = 8080;
 const VIP = '10.96.0.10';
 
-interface GetResult { url: string; status: number; ms?: number; peer?: string; error?: string; body?: { servedBy: string; sawPeer: string } }
+interface GetResult {
+  url: string;
+  status: number;
+  ms?: number;
+  peer?: string;
+  error?: string;
+  body?: { servedBy: string; sawPeer: string };
+}
 type LogLine = Record<string, unknown>;
 
 async function main(): Promise<void> {
@@ -29,7 +36,9 @@ async function main(): Promise<void> {
   const agents: ChildProcess[] = [];
   const logs = new Map<string, LogLine[]>();
   // Interrupted (Ctrl-C, closed pipe): still tear down, then leave.
-  const interrupted = (): void => { teardown().finally(() => process.exit(130)); };
+  const interrupted = (): void => {
+    teardown().finally(() => process.exit(130));
+  };
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, interrupted);
   process.stdout.on('error', interrupted);
   let tornDown = false;
@@ -44,15 +53,43 @@ async function main(): Promise<void> {
   };
   try {
     const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(config, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map((p) => ({ ...workloadOf(p), name: label(p), serviceAccount: `${label(p)}-sa`, labels: { app: p.node.index === 2 ? 'echo' : 'sleep' } })),
-      services: [{ name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: [VIP], ports: [{ port: 80, targetPort: APP_PORT }], selector: { app: 'echo' } }],
-    }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(dir, 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map((p) => ({
+          ...workloadOf(p),
+          name: label(p),
+          serviceAccount: `${label(p)}-sa`,
+          labels: { app: p.node.index === 2 ? 'echo' : 'sleep' },
+        })),
+        services: [
+          {
+            name: 'echo',
+            namespace: 'default',
+            hostname: 'echo.default.svc.cluster.local',
+            addresses: [VIP],
+            ports: [{ port: 80, targetPort: APP_PORT }],
+            selector: { app: 'echo' },
+          },
+        ],
+      }),
+    );
     for (const node of topo.nodes) {
-      const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
+      const agent = topo.spawnInNode(node, process.execPath, [
+        CLI,
+        'node',
+        '--config',
+        config,
+        '--node',
+        node.name,
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+      ]);
       agents.push(agent);
       logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `ambit node ${node.name}`);
@@ -71,7 +108,10 @@ async function main(): Promise<void> {
       { path: 'service VIP', dialed: `${VIP}:80`, node: 'n2' },
     ];
     const run = await collect(topo.spawnInPod(client, process.execPath, [APP, 'get', ...targets.map((t) => `http://${t.dialed}/`)]));
-    const results = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as GetResult);
+    const results = run.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as GetResult);
     const wire = await capture.stop();
 
     // The destination node logs each connection when it closes, with the peer identity it verified.
@@ -79,7 +119,11 @@ async function main(): Promise<void> {
     const inboundOf = async (t: (typeof targets)[number], r: GetResult): Promise<LogLine | undefined> => {
       if (!r.body) return undefined;
       const dst = `${topo.pods.find((p) => label(p) === r.body!.servedBy)?.ip}:${APP_PORT}`;
-      const line = await waitFor('the destination node\'s log line', () => logs.get(t.node)!.find((l) => l.direction === 'inbound' && l['dst.addr'] === dst && !shown.has(l)), 5000).catch(() => undefined);
+      const line = await waitFor(
+        "the destination node's log line",
+        () => logs.get(t.node)!.find((l) => l.direction === 'inbound' && l['dst.addr'] === dst && !shown.has(l)),
+        5000,
+      ).catch(() => undefined);
       if (line) shown.add(line);
       return line;
     };
@@ -89,14 +133,33 @@ async function main(): Promise<void> {
       const seen = await inboundOf(t, r);
       // The source node logged the same connection id for its side.
       const id = seen?.conn_id;
-      const sourceSide = id && await waitFor('the source node\'s log line', () => logs.get('n1')!.some((l) => l.direction === 'outbound' && l.conn_id === id), 5000).catch(() => false);
-      rows.push([t.path, label(client), t.dialed, r.body?.servedBy ?? '-', String(r.status || r.error), r.ms ? `${r.ms.toFixed(2)} ms` : '-', String(seen?.['src.identity'] ?? '-'), id ? `${String(id).slice(0, 16)}… ${sourceSide ? 'on both' : 'destination only'}` : '-']);
+      const sourceSide =
+        id &&
+        (await waitFor(
+          "the source node's log line",
+          () => logs.get('n1')!.some((l) => l.direction === 'outbound' && l.conn_id === id),
+          5000,
+        ).catch(() => false));
+      rows.push([
+        t.path,
+        label(client),
+        t.dialed,
+        r.body?.servedBy ?? '-',
+        String(r.status || r.error),
+        r.ms ? `${r.ms.toFixed(2)} ms` : '-',
+        String(seen?.['src.identity'] ?? '-'),
+        id ? `${String(id).slice(0, 16)}… ${sourceSide ? 'on both' : 'destination only'}` : '-',
+      ]);
     }
     console.log('');
     printTable(rows);
 
-    console.log(`\nwire between the nodes (tcpdump on n1's wire0): ${wire.packets} packets, ${wire.hbonePackets} of them to or from port 15008 (HBONE)`);
-    console.log(`  plaintext HTTP on the wire ("GET /", "servedBy"): ${wire.plaintextFound ? 'FOUND — not encrypted!' : 'not found — the payload travelled inside mutual TLS'}`);
+    console.log(
+      `\nwire between the nodes (tcpdump on n1's wire0): ${wire.packets} packets, ${wire.hbonePackets} of them to or from port 15008 (HBONE)`,
+    );
+    console.log(
+      `  plaintext HTTP on the wire ("GET /", "servedBy"): ${wire.plaintextFound ? 'FOUND — not encrypted!' : 'not found — the payload travelled inside mutual TLS'}`,
+    );
 
     for (const node of topo.nodes) {
       console.log(`\n$ ambit datapath status   # ${node.name}`);
@@ -109,18 +172,24 @@ async function main(): Promise<void> {
 }
 
 /** tcpdump on the wire between the nodes; stop() reads the capture back. */
-async function startCapture(topo: Topology, file: string): Promise<{ stop: () => Promise<{ packets: number; hbonePackets: number; plaintextFound: boolean }> }> {
+async function startCapture(
+  topo: Topology,
+  file: string,
+): Promise<{ stop: () => Promise<{ packets: number; hbonePackets: number; plaintextFound: boolean }> }> {
   // Node 1's end of the wire: every cross-node packet passes it.
   const dump = topo.spawnInNode(topo.nodes[0], 'tcpdump', ['-i', 'wire0', '--immediate-mode', '-U', '-s', '0', '-w', file, 'tcp']);
   await new Promise<void>((resolve, reject) => {
-    dump.stderr!.on('data', (d) => { if (String(d).includes('listening on')) resolve(); });
+    dump.stderr!.on('data', (d) => {
+      if (String(d).includes('listening on')) resolve();
+    });
     dump.once('exit', (code) => reject(new Error(`tcpdump exited (${code})`)));
   });
   return {
     stop: async () => {
       dump.kill('SIGINT');
       await new Promise((r) => dump.once('exit', r));
-      const count = async (filter: string[]): Promise<number> => (await sh('tcpdump', ['-r', file, '-nn', ...filter])).split('\n').filter(Boolean).length;
+      const count = async (filter: string[]): Promise<number> =>
+        (await sh('tcpdump', ['-r', file, '-nn', ...filter])).split('\n').filter(Boolean).length;
       const raw = fs.readFileSync(file);
       return {
         packets: await count([]),

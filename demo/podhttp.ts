@@ -5,10 +5,12 @@
 import http from 'node:http';
 
 function serve(port: number, name: string): void {
-  http.createServer((req, res) => {
-    res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ servedBy: name, sawPeer: `${req.socket.remoteAddress}:${req.socket.remotePort}` }));
-  }).listen(port, '0.0.0.0', () => console.log(JSON.stringify({ listening: port })));
+  http
+    .createServer((req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ servedBy: name, sawPeer: `${req.socket.remoteAddress}:${req.socket.remotePort}` }));
+    })
+    .listen(port, '0.0.0.0', () => console.log(JSON.stringify({ listening: port })));
 }
 
 function get(url: string): Promise<void> {
@@ -17,7 +19,9 @@ function get(url: string): Promise<void> {
     const req = http.get(url, { agent: false }, (res) => {
       let body = '';
       const peer = `${res.socket.remoteAddress}:${res.socket.remotePort}`;
-      res.on('data', (d) => { body += d; });
+      res.on('data', (d) => {
+        body += d;
+      });
       res.on('end', () => {
         const ms = Number(process.hrtime.bigint() - started) / 1e6;
         console.log(JSON.stringify({ url, status: res.statusCode, ms, peer, body: JSON.parse(body) }));
@@ -34,5 +38,11 @@ function get(url: string): Promise<void> {
 
 const [mode, ...args] = process.argv.slice(2);
 if (mode === 'serve') serve(Number(args[0]), args[1]);
-else if (mode === 'get') void (async () => { for (const u of args) await get(u); })();
-else { console.error('usage: podhttp serve PORT NAME | get URL...'); process.exit(2); }
+else if (mode === 'get')
+  void (async () => {
+    for (const u of args) await get(u);
+  })();
+else {
+  console.error('usage: podhttp serve PORT NAME | get URL...');
+  process.exit(2);
+}

@@ -3,11 +3,14 @@
 // or malformed value) is one line naming the flag, then the usage, exit 2.
 // node:util's parseArgs throws TypeErrors with a stack for these; they are
 // turned into UsageErrors here.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 
 /** A mistake on the command line: printed as one line plus the usage, exit 2. */
 export class UsageError extends Error {
-  constructor(message: string, readonly usage: string) {
+  constructor(
+    message: string,
+    readonly usage: string,
+  ) {
     super(message);
     this.name = 'UsageError';
   }
@@ -95,7 +98,11 @@ export function parseDuration(flag: string, value: string, usage: string): numbe
     throw new UsageError(`${flag} ${JSON.stringify(value)} is not a duration like 500ms, 10s, 5m or 1h${hint}`, usage);
   }
   const ms = Math.round(parts.reduce((sum, p) => sum + Number(p[1]) * UNIT_MS[p[2]], 0));
-  if (ms <= 0) throw new UsageError(`${flag} ${JSON.stringify(value)} must be longer than 0 (a wait without a deadline is what this flag exists to prevent)`, usage);
+  if (ms <= 0)
+    throw new UsageError(
+      `${flag} ${JSON.stringify(value)} must be longer than 0 (a wait without a deadline is what this flag exists to prevent)`,
+      usage,
+    );
   if (ms > MAX_DURATION_MS) throw new UsageError(`${flag} ${JSON.stringify(value)} is longer than the maximum of 24h`, usage);
   return ms;
 }

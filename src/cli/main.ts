@@ -17,20 +17,37 @@ import { ca, datapath } from './tools';
 import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, WORKER_USAGE } from './usage';
 
 const SERVE_OPTIONS = {
-  config: { type: 'string' }, 'pods-cgroup': { type: 'string' }, 'pin-dir': { type: 'string' }, tunnel: { type: 'string' },
-  workers: { type: 'string' }, 'drain-seconds': { type: 'string' }, ...limitOptions,
+  config: { type: 'string' },
+  'pods-cgroup': { type: 'string' },
+  'pin-dir': { type: 'string' },
+  tunnel: { type: 'string' },
+  workers: { type: 'string' },
+  'drain-seconds': { type: 'string' },
+  ...limitOptions,
 } as const;
 const NODE_OPTIONS = {
-  ...SERVE_OPTIONS, node: { type: 'string' },
-  xds: { type: 'string' }, 'xds-root': { type: 'string' }, 'xds-token': { type: 'string' }, 'xds-server-name': { type: 'string' },
+  ...SERVE_OPTIONS,
+  node: { type: 'string' },
+  xds: { type: 'string' },
+  'xds-root': { type: 'string' },
+  'xds-token': { type: 'string' },
+  'xds-server-name': { type: 'string' },
   'xds-max-message-bytes': { type: 'string' },
-  pods: { type: 'string' }, 'trust-domain': { type: 'string' }, 'cluster-id': { type: 'string' },
-  kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' }, proc: { type: 'string' },
+  pods: { type: 'string' },
+  'trust-domain': { type: 'string' },
+  'cluster-id': { type: 'string' },
+  kubernetes: { type: 'boolean' },
+  'kube-api': { type: 'string' },
+  proc: { type: 'string' },
 } as const;
 const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
 const CONTROL_PLANE_OPTIONS = {
-  config: { type: 'string' }, listen: { type: 'string' }, 'server-ip': { type: 'string', multiple: true },
-  'server-name': { type: 'string', multiple: true }, kubernetes: { type: 'boolean' }, 'kube-api': { type: 'string' },
+  config: { type: 'string' },
+  listen: { type: 'string' },
+  'server-ip': { type: 'string', multiple: true },
+  'server-name': { type: 'string', multiple: true },
+  kubernetes: { type: 'boolean' },
+  'kube-api': { type: 'string' },
   'xds-max-response-bytes': { type: 'string' },
 } as const;
 
@@ -40,7 +57,10 @@ type Values = Record<string, string | boolean | undefined>;
 function servingFlags(values: Values, usage: string, defaultWorkers: number) {
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') {
-    throw new UsageError(`--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain (hbone is the mesh; plain relays TCP without encryption, to measure the datapath alone)`, usage);
+    throw new UsageError(
+      `--tunnel ${JSON.stringify(values.tunnel)} is not hbone or plain (hbone is the mesh; plain relays TCP without encryption, to measure the datapath alone)`,
+      usage,
+    );
   }
   return {
     mode,
@@ -60,11 +80,16 @@ async function node(argv: string[]): Promise<void> {
   const name = str('node');
   if (!name) throw new UsageError('--node NAME is required', u);
   if (!values.config && !values.xds) throw new UsageError('--config FILE (standalone) or --xds HOST:PORT (control plane) is required', u);
-  if (values.config && values.xds) throw new UsageError('--config and --xds exclude each other (with --xds, node-local pod facts go in --pods FILE)', u);
+  if (values.config && values.xds)
+    throw new UsageError('--config and --xds exclude each other (with --xds, node-local pod facts go in --pods FILE)', u);
   if (values.kubernetes && !values.xds) {
-    throw new UsageError('--kubernetes needs --xds (in Kubernetes the node takes its state from the control plane; --kubernetes finds its pods)', u);
+    throw new UsageError(
+      '--kubernetes needs --xds (in Kubernetes the node takes its state from the control plane; --kubernetes finds its pods)',
+      u,
+    );
   }
-  if (values.kubernetes && values.pods) throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', u);
+  if (values.kubernetes && values.pods)
+    throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', u);
   // A node agent runs the tunnel in one worker per core by default.
   const serving = servingFlags(values, u, os.cpus().length);
   await runNode({ node: name, state: values.xds ? xdsState(values, u) : { file: str('config')! }, ...serving });
@@ -74,16 +99,27 @@ function xdsState(values: Values, u: string): { xds: XdsSettings; pods: PodFacts
   const str = (k: string): string | undefined => values[k] as string | undefined;
   const rootFile = str('xds-root');
   if (!rootFile) {
-    throw new UsageError("--xds-root FILE is required with --xds: the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)", u);
+    throw new UsageError(
+      "--xds-root FILE is required with --xds: the control plane's root certificate (ambit: <ca.dir>/root-cert.pem; istiod: the istio-ca-root-cert ConfigMap)",
+      u,
+    );
   }
   const maxMessage = str('xds-max-message-bytes');
   const xds: XdsSettings = {
-    address: String(values.xds), rootFile, tokenFile: str('xds-token'), serverName: str('xds-server-name'),
-    trustDomain: str('trust-domain') ?? 'cluster.local', clusterId: str('cluster-id'),
+    address: String(values.xds),
+    rootFile,
+    tokenFile: str('xds-token'),
+    serverName: str('xds-server-name'),
+    trustDomain: str('trust-domain') ?? 'cluster.local',
+    clusterId: str('cluster-id'),
     maxReceiveBytes: maxMessage === undefined ? undefined : parseCount('--xds-max-message-bytes', maxMessage, 0, u, 1 << 20, 1 << 30),
   };
   const podsFile = str('pods');
-  const pods: PodFacts = values.kubernetes ? { kubernetes: { api: str('kube-api'), proc: str('proc') ?? '/proc' } } : podsFile ? { file: podsFile } : 'none';
+  const pods: PodFacts = values.kubernetes
+    ? { kubernetes: { api: str('kube-api'), proc: str('proc') ?? '/proc' } }
+    : podsFile
+      ? { file: podsFile }
+      : 'none';
   return { xds, pods };
 }
 
@@ -101,10 +137,13 @@ async function controlPlane(argv: string[]): Promise<void> {
   const u = CONTROL_PLANE_USAGE;
   const { values } = parseFlags(argv, CONTROL_PLANE_OPTIONS, u);
   const maxResponse = values['xds-max-response-bytes'];
-  const maxResponseBytes = maxResponse === undefined ? undefined : parseCount('--xds-max-response-bytes', maxResponse, 0, u, 64 << 10, 1 << 30);
+  const maxResponseBytes =
+    maxResponse === undefined ? undefined : parseCount('--xds-max-response-bytes', maxResponse, 0, u, 64 << 10, 1 << 30);
   if (!values.config) throw new UsageError('--config FILE is required', u);
   await runControlPlane({
-    configFile: values.config, listen: values.listen, maxResponseBytes,
+    configFile: values.config,
+    listen: values.listen,
+    maxResponseBytes,
     names: { dns: values['server-name'] ?? [], ips: values['server-ip'] ?? [] },
     kubernetes: values.kubernetes ? { api: values['kube-api'] } : undefined,
   });
@@ -113,18 +152,28 @@ async function controlPlane(argv: string[]): Promise<void> {
 async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
-    case 'node': return node(rest);
-    case 'sidecar': return sidecar(rest);
-    case 'control-plane': return controlPlane(rest);
+    case 'node':
+      return node(rest);
+    case 'sidecar':
+      return sidecar(rest);
+    case 'control-plane':
+      return controlPlane(rest);
     case 'worker':
       // Started by `ambit node` over IPC, not by hand; its flags are its init message.
       parseFlags(rest, {}, WORKER_USAGE);
       return runWorker();
-    case 'ca': return ca(rest);
-    case 'datapath': return datapath(rest);
-    case '-h': case '--help': case 'help': throw new HelpRequested(USAGE);
-    case undefined: throw new HelpRequested(USAGE);
-    default: throw new UsageError(`unknown command ${JSON.stringify(cmd)}`, USAGE);
+    case 'ca':
+      return ca(rest);
+    case 'datapath':
+      return datapath(rest);
+    case '-h':
+    case '--help':
+    case 'help':
+      throw new HelpRequested(USAGE);
+    case undefined:
+      throw new HelpRequested(USAGE);
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(cmd)}`, USAGE);
   }
 }
 
@@ -149,7 +198,9 @@ function fail(err: unknown): never {
   const e = err instanceof Error ? err : new Error(String(err));
   const sys = (e as NodeJS.ErrnoException).code;
   const verbose = /^(debug|trace)$/.test(process.env.AMBIT_LOG_LEVEL ?? '');
-  console.error(`ambit: AMBIT_E_INTERNAL: ${sys ? `${sys}: ` : ''}${e.message.split('\n')[0]}${verbose ? `\n${e.stack}` : ' (AMBIT_LOG_LEVEL=debug shows the stack)'}`);
+  console.error(
+    `ambit: AMBIT_E_INTERNAL: ${sys ? `${sys}: ` : ''}${e.message.split('\n')[0]}${verbose ? `\n${e.stack}` : ' (AMBIT_LOG_LEVEL=debug shows the stack)'}`,
+  );
   process.exit(1);
 }
 

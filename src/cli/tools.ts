@@ -11,7 +11,13 @@ import { requestCertificate } from '../identity/cert-manager';
 import { parseSpiffe } from '../identity/spiffe';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
 import {
-  CA_INIT_USAGE, CA_ISSUE_USAGE, CA_USAGE, DATAPATH_CLEANUP_USAGE, DATAPATH_PROBE_USAGE, DATAPATH_STATUS_USAGE, DATAPATH_USAGE,
+  CA_INIT_USAGE,
+  CA_ISSUE_USAGE,
+  CA_USAGE,
+  DATAPATH_CLEANUP_USAGE,
+  DATAPATH_PROBE_USAGE,
+  DATAPATH_STATUS_USAGE,
+  DATAPATH_USAGE,
 } from './usage';
 
 /** The verb, or --help for the whole group; anything else is a usage error. */
@@ -35,10 +41,18 @@ export async function ca(argv: string[]): Promise<void> {
     return;
   }
   const u = CA_ISSUE_USAGE;
-  const { values } = parseFlags(argv.slice(1), { dir: { type: 'string' }, identity: { type: 'string' }, out: { type: 'string' }, ttl: { type: 'string' } }, u);
+  const { values } = parseFlags(
+    argv.slice(1),
+    { dir: { type: 'string' }, identity: { type: 'string' }, out: { type: 'string' }, ttl: { type: 'string' } },
+    u,
+  );
   if (!values.dir) throw new UsageError('--dir is required', u);
   if (!values.out) throw new UsageError('--out is required', u);
-  if (!values.identity || !parseSpiffe(values.identity)) throw new AmbitError('AMBIT_E_CONFIG', `--identity ${JSON.stringify(values.identity ?? '')} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+  if (!values.identity || !parseSpiffe(values.identity))
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `--identity ${JSON.stringify(values.identity ?? '')} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
+    );
   const ttl = parseCount('--ttl', values.ttl, 86400, u, 1, 10 * 365 * 86400);
   const authority = await BuiltinCa.open(values.dir);
   const c = await requestCertificate(authority, values.identity, ttl);
@@ -52,7 +66,11 @@ export async function ca(argv: string[]): Promise<void> {
 export function datapath(argv: string[]): void {
   const verb = verbOf(argv, ['probe', 'status', 'cleanup'], 'datapath', DATAPATH_USAGE);
   const usage = verb === 'probe' ? DATAPATH_PROBE_USAGE : verb === 'status' ? DATAPATH_STATUS_USAGE : DATAPATH_CLEANUP_USAGE;
-  const { values } = parseFlags(argv.slice(1), { 'pin-dir': { type: 'string' }, ...(verb === 'status' ? { json: { type: 'boolean' as const } } : {}) }, usage);
+  const { values } = parseFlags(
+    argv.slice(1),
+    { 'pin-dir': { type: 'string' }, ...(verb === 'status' ? { json: { type: 'boolean' as const } } : {}) },
+    usage,
+  );
   const pinDir = values['pin-dir'] ?? DEFAULT_PIN_DIR;
   if (verb === 'probe') {
     const findings = probe(pinDir);
@@ -68,7 +86,10 @@ export function datapath(argv: string[]): void {
     }
     console.log(`pin directory ${s.pinDir}`);
     if (!s.links.length) console.log('  nothing attached');
-    for (const l of s.links) console.log(`  ${l.pin.padEnd(28)} link ${String(l.linkId).padEnd(5)} prog ${l.program} (id ${l.progId}, tag ${l.tag}) → ${l.target}`);
+    for (const l of s.links)
+      console.log(
+        `  ${l.pin.padEnd(28)} link ${String(l.linkId).padEnd(5)} prog ${l.program} (id ${l.progId}, tag ${l.tag}) → ${l.target}`,
+      );
     console.log(`enrolled pods: ${s.enrolledCgroups}; captured addresses: ${Object.keys(s.podAddrs).join(', ') || 'none'}`);
     if (s.counters) for (const [k, v] of Object.entries(s.counters)) if (v > 0n) console.log(`  ${k.padEnd(28)} ${v}`);
     return;

@@ -63,7 +63,9 @@ export const DATAPATH_STATUS_USAGE = `usage:
 export const DATAPATH_CLEANUP_USAGE = `usage:
   ambit datapath cleanup [--pin-dir DIR]          remove ambit's pins (detaches its programs)`;
 
-export const DATAPATH_USAGE = [DATAPATH_PROBE_USAGE, DATAPATH_STATUS_USAGE, DATAPATH_CLEANUP_USAGE].map((u, i) => (i ? u.replace(/^usage:\n/, '') : u)).join('\n');
+export const DATAPATH_USAGE = [DATAPATH_PROBE_USAGE, DATAPATH_STATUS_USAGE, DATAPATH_CLEANUP_USAGE]
+  .map((u, i) => (i ? u.replace(/^usage:\n/, '') : u))
+  .join('\n');
 
 export const WORKER_USAGE = `usage:
   ambit worker                 a tunnel worker; started by \`ambit node\` over IPC, not by hand`;

@@ -4,12 +4,12 @@
 // token cannot mint identities running elsewhere.
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
 import * as grpc from '@grpc/grpc-js';
-import type { Authenticate } from './xds-server';
 import type { CertificateAuthority } from '../identity/ca';
 import { checkCsr } from '../identity/csr';
 import { parseSpiffe } from '../identity/spiffe';
 import type { Logger } from '../observability/log';
 import type { IstioCertificateRequest, IstioCertificateResponse } from '../protocol/messages';
+import type { Authenticate } from './xds-server';
 
 export const IMPERSONATED_IDENTITY = 'ImpersonatedIdentity';
 const DEFAULT_TTL_SECONDS = 86400;
@@ -73,7 +73,10 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
     callback(null, { cert_chain: chain });
   };
 
-  const handler = (call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>, callback: grpc.sendUnaryData<IstioCertificateResponse>): void => {
+  const handler = (
+    call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>,
+    callback: grpc.sendUnaryData<IstioCertificateResponse>,
+  ): void => {
     createCertificate(call, callback).catch((err: Error) => callback({ code: grpc.status.INTERNAL, details: err.message }));
   };
 
@@ -94,10 +97,14 @@ function checkRequest(
       details: `metadata.${IMPERSONATED_IDENTITY} is missing: without it the request asks for node ${node}'s own identity, which ambit's control plane does not issue; ask on behalf of a workload on the node`,
     };
   }
-  if (typeof value.stringValue !== 'string') return { code: grpc.status.INVALID_ARGUMENT, details: `metadata.${IMPERSONATED_IDENTITY} must be a string value` };
+  if (typeof value.stringValue !== 'string')
+    return { code: grpc.status.INVALID_ARGUMENT, details: `metadata.${IMPERSONATED_IDENTITY} must be a string value` };
   const identity = value.stringValue;
   if (!parseSpiffe(identity)) {
-    return { code: grpc.status.INVALID_ARGUMENT, details: `metadata.${IMPERSONATED_IDENTITY} ${JSON.stringify(identity)} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>` };
+    return {
+      code: grpc.status.INVALID_ARGUMENT,
+      details: `metadata.${IMPERSONATED_IDENTITY} ${JSON.stringify(identity)} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
+    };
   }
   if (!identitiesOn(node).has(identity)) {
     return { code: grpc.status.PERMISSION_DENIED, details: `node ${node} asked for ${identity}, which no workload on ${node} runs as` };

@@ -17,21 +17,21 @@
 import * as grpc from '@grpc/grpc-js';
 import { AmbitError, type ErrorCode } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
+import type { CertificateAuthority } from '../identity/ca';
+import type { KubeClient } from '../kube/client';
+import { KubeClusterSource } from '../kube/cluster-source';
 import type { Logger } from '../observability/log';
 import { grpcServices } from '../protocol/protos';
 import { loadConfigFile, parseConfig } from '../sources/config';
 import { watchParsedFile } from '../sources/file-source';
+import { toResources, type XdsResource } from '../sources/xds-resources';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
-import { toResources, type XdsResource } from '../sources/xds-resources';
 import { caServiceHandlers } from './ca-service';
 import { serverCredentials } from './tls';
-import { NodeTokens } from './tokens';
-import type { CertificateAuthority } from '../identity/ca';
-import type { KubeClient } from '../kube/client';
-import { KubeClusterSource } from '../kube/cluster-source';
 import { REVIEW_CACHE_MS, TokenReviewer } from './token-review';
-import { XdsServer, type AuthResult, type XdsServerOptions } from './xds-server';
+import { NodeTokens } from './tokens';
+import { type AuthResult, XdsServer, type XdsServerOptions } from './xds-server';
 
 export const DEFAULT_LISTEN = '0.0.0.0:15012';
 /**
@@ -99,20 +99,40 @@ export class ControlPlane {
     let self: ControlPlane | undefined;
     const authenticate = (md: grpc.Metadata): Promise<AuthResult> => self!.authenticate(md);
     const xds = new XdsServer(authenticate, log.child({ component: 'xds' }), opts.xds);
-    const server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES });
+    const server = new grpc.Server({
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.max_receive_message_length': opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
+    });
     const { ads, ca: caService } = grpcServices();
     server.addService(ads.service, xds.handlers());
-    server.addService(caService.service, caServiceHandlers({
-      ca: opts.signer ?? ca,
-      tokens: { authenticate },
-      identitiesOn: (node) => self!.identitiesOn(node),
-      log: log.child({ component: 'ca' }),
-    }));
+    server.addService(
+      caService.service,
+      caServiceHandlers({
+        ca: opts.signer ?? ca,
+        tokens: { authenticate },
+        identitiesOn: (node) => self!.identitiesOn(node),
+        log: log.child({ component: 'ca' }),
+      }),
+    );
     const listen = opts.listen ?? DEFAULT_LISTEN;
-    const creds = grpc.ServerCredentials.createSsl(Buffer.from(tls.rootPem), [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }], false);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync(listen, creds, (err, p) => (err
-      ? reject(new AmbitError('AMBIT_E_CONFIG', `cannot listen on ${listen}: ${err.message}`, 'is another control plane (or istiod) on that port? pass --listen HOST:PORT'))
-      : resolve(p))));
+    const creds = grpc.ServerCredentials.createSsl(
+      Buffer.from(tls.rootPem),
+      [{ cert_chain: Buffer.from(tls.certPem), private_key: Buffer.from(tls.keyPem) }],
+      false,
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(listen, creds, (err, p) =>
+        err
+          ? reject(
+              new AmbitError(
+                'AMBIT_E_CONFIG',
+                `cannot listen on ${listen}: ${err.message}`,
+                'is another control plane (or istiod) on that port? pass --listen HOST:PORT',
+              ),
+            )
+          : resolve(p),
+      ),
+    );
     self = new ControlPlane(new MeshStore(config), tokens, ca, xds, server, port, log);
     const cp = self;
     try {
@@ -122,7 +142,17 @@ export class ControlPlane {
       throw err;
     }
     const served = cp.config;
-    log.info({ listen, port, kubernetes: opts.kube?.server, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'control plane serving xDS and the CA');
+    log.info(
+      {
+        listen,
+        port,
+        kubernetes: opts.kube?.server,
+        workloads: served.workloads.length,
+        services: served.services.length,
+        policies: served.policies.length,
+      },
+      'control plane serving xDS and the CA',
+    );
     return cp;
   }
 
@@ -139,14 +169,30 @@ export class ControlPlane {
       cp.recheckTimer = setInterval(() => cp.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();
     }
     cp.commit(cp.prepare(config), 'start');
-    cp.unwatch = watchParsedFile(opts.configFile, parseConfig, (cfg) => cp.apply(cfg, 'file'), (err) => log.error({ file: opts.configFile, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving'));
+    cp.unwatch = watchParsedFile(
+      opts.configFile,
+      parseConfig,
+      (cfg) => cp.apply(cfg, 'file'),
+      (err) =>
+        log.error(
+          { file: opts.configFile, code: err.code, err: err.message },
+          'configuration change rejected; the last good state keeps serving',
+        ),
+    );
   }
 
-  get config(): MeshConfig { return this.store.config; }
+  get config(): MeshConfig {
+    return this.store.config;
+  }
 
   /** SPIFFE identities of the workloads placed on node: the only ones its agent may ask for. */
   identitiesOn(node: string): Set<string> {
-    return new Set(this.store.workloadsOn(node).filter((w) => w.protocol === 'HBONE').map((w) => this.store.identityOf(w)));
+    return new Set(
+      this.store
+        .workloadsOn(node)
+        .filter((w) => w.protocol === 'HBONE')
+        .map((w) => this.store.identityOf(w)),
+    );
   }
 
   /**
@@ -178,7 +224,10 @@ export class ControlPlane {
       this.rejected(err, why);
     }
     const served = this.store.config;
-    this.log.info({ why, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length }, 'configuration applied and pushed');
+    this.log.info(
+      { why, workloads: served.workloads.length, services: served.services.length, policies: served.policies.length },
+      'configuration applied and pushed',
+    );
     if (why === 'file') this.recheckStreams();
   }
 
@@ -193,13 +242,18 @@ export class ControlPlane {
   private rejected(err: unknown, why: string): void {
     const code: ErrorCode = err instanceof AmbitError ? err.code : 'AMBIT_E_CONFIG';
     const e = err as Error;
-    this.log.error({ why, code, err: err instanceof AmbitError ? e.message : (e?.stack ?? String(err)) }, 'configuration change rejected; the last good state keeps serving');
+    this.log.error(
+      { why, code, err: err instanceof AmbitError ? e.message : (e?.stack ?? String(err)) },
+      'configuration change rejected; the last good state keeps serving',
+    );
   }
 
   private recheckStreams(): void {
     this.xds.recheck().then(
-      (n) => { if (n) this.log.info({ closed: n }, 'xDS streams whose token is no longer accepted were closed'); },
-      (err: Error) => this.log.error({ err: err.message }, 're-checking the xDS streams\' tokens failed'),
+      (n) => {
+        if (n) this.log.info({ closed: n }, 'xDS streams whose token is no longer accepted were closed');
+      },
+      (err: Error) => this.log.error({ err: err.message }, "re-checking the xDS streams' tokens failed"),
     );
   }
 
@@ -209,7 +263,6 @@ export class ControlPlane {
     if (!('error' in byYaml) || !this.reviewer) return byYaml;
     return this.reviewer.authenticate(md);
   }
-
 
   async stop(): Promise<void> {
     this.unwatch?.();

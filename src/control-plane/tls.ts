@@ -14,7 +14,11 @@ export const DEFAULT_SERVER_DNS = [CONTROL_PLANE_DNS, 'localhost'];
  */
 const SERVER_TTL_SECONDS = 365 * 86400;
 
-export interface ServerCredentialsPem { certPem: string; keyPem: string; rootPem: string }
+export interface ServerCredentialsPem {
+  certPem: string;
+  keyPem: string;
+  rootPem: string;
+}
 
 /** A server certificate for the default names plus names.dns and names.ips; certPem is leaf only. */
 export async function serverCredentials(
@@ -24,7 +28,7 @@ export async function serverCredentials(
 ): Promise<ServerCredentialsPem> {
   const dns = [...new Set([...DEFAULT_SERVER_DNS, ...(names.dns ?? [])])];
   const ips = [...new Set(names.ips ?? [])];
-  const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const certPem = await ca.issueServer(keys.publicKey, { dns, ips, ttlSeconds: opts.ttlSeconds ?? SERVER_TTL_SECONDS });
   const keyPem = toPem(Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), 'PRIVATE KEY');
   return { certPem, keyPem, rootPem: ca.rootPem };

@@ -5,8 +5,9 @@
 // (Kubernetes ≥ 1.30 puts it in the review's extra), else from its pod.
 // Answers are cached for a minute per token, so a busy CA does not review
 // the same token for every certificate.
-import type * as grpc from '@grpc/grpc-js';
+
 import { createHash } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
 import type { KubeClient } from '../kube/client';
 import type { TokenReview } from '../kube/types';
 import type { Logger } from '../observability/log';
@@ -31,7 +32,10 @@ export class TokenReviewer {
   private readonly cache = new Map<string, { result: AuthResult; until: number }>();
   private readonly accounts: Set<string>;
 
-  constructor(private readonly client: KubeClient, private readonly opts: TokenReviewOptions) {
+  constructor(
+    private readonly client: KubeClient,
+    private readonly opts: TokenReviewOptions,
+  ) {
     this.accounts = new Set(opts.accounts ?? [NODE_AGENT_ACCOUNT]);
   }
 
@@ -46,7 +50,10 @@ export class TokenReviewer {
     const result = await this.review(m[1]);
     // A failed review is not an answer: asked again soon, but not by every caller during an outage.
     const transient = 'error' in result && result.transient;
-    this.cache.set(key, { result, until: Date.now() + (transient ? Math.min(RETRY_MS, this.opts.cacheMs ?? RETRY_MS) : this.opts.cacheMs ?? REVIEW_CACHE_MS) });
+    this.cache.set(key, {
+      result,
+      until: Date.now() + (transient ? Math.min(RETRY_MS, this.opts.cacheMs ?? RETRY_MS) : (this.opts.cacheMs ?? REVIEW_CACHE_MS)),
+    });
     if (this.cache.size > 10_000) this.cache.delete(this.cache.keys().next().value!);
     return result;
   }
@@ -55,22 +62,30 @@ export class TokenReviewer {
     let r: TokenReview;
     try {
       r = await this.client.create<TokenReview>('/apis/authentication.k8s.io/v1/tokenreviews', {
-        apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [TOKEN_AUDIENCE] },
+        apiVersion: 'authentication.k8s.io/v1',
+        kind: 'TokenReview',
+        spec: { token, audiences: [TOKEN_AUDIENCE] },
       });
     } catch (err) {
       this.opts.log.error({ err: (err as Error).message }, 'TokenReview failed');
       return { error: `the token could not be reviewed: ${(err as Error).message}`, transient: true };
     }
     const s = r.status ?? {};
-    if (!s.authenticated) return { error: `the API server did not accept the token${s.error ? `: ${s.error}` : ''} (audience must be ${TOKEN_AUDIENCE})` };
+    if (!s.authenticated)
+      return { error: `the API server did not accept the token${s.error ? `: ${s.error}` : ''} (audience must be ${TOKEN_AUDIENCE})` };
     const user = s.user?.username ?? '';
-    if (!this.accounts.has(user)) return { error: `${user} is not a node agent's service account (expected ${[...this.accounts].join(' or ')})` };
+    if (!this.accounts.has(user))
+      return { error: `${user} is not a node agent's service account (expected ${[...this.accounts].join(' or ')})` };
     const extra = s.user?.extra ?? {};
     const node = extra['authentication.kubernetes.io/node-name']?.[0];
     if (node) return { node };
     const pod = extra['authentication.kubernetes.io/pod-name']?.[0];
     const namespace = user.split(':')[2];
     const viaPod = pod ? this.opts.nodeOfPod(namespace, pod) : undefined;
-    return viaPod ? { node: viaPod } : { error: `the token of ${user} names no node${pod ? ` and its pod ${namespace}/${pod} is not known` : ''}: use a projected token (bound to the agent's pod)` };
+    return viaPod
+      ? { node: viaPod }
+      : {
+          error: `the token of ${user} names no node${pod ? ` and its pod ${namespace}/${pod} is not known` : ''}: use a projected token (bound to the agent's pod)`,
+        };
   }
 }

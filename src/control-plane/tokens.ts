@@ -2,8 +2,9 @@
 // configuration holds only each token's SHA-256, so a leaked config file
 // does not leak credentials. Every configured hash is compared, in constant
 // time, so neither timing nor order reveals how close a guess came.
-import type * as grpc from '@grpc/grpc-js';
+
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
 import { AmbitError } from '../errors';
 import type { NodeToken } from '../state/types';
 
@@ -17,11 +18,20 @@ export class NodeTokens {
     this.entries = tokens.map((t, i) => {
       const hex = t.sha256.toLowerCase();
       if (!SHA256_HEX.test(hex)) {
-        throw new AmbitError('AMBIT_E_CONFIG', `controlPlane.tokens[${i}].sha256 (node ${t.node}) is not 64 hex digits`, 'put the output of `printf %s "$TOKEN" | sha256sum` there, not the token');
+        throw new AmbitError(
+          'AMBIT_E_CONFIG',
+          `controlPlane.tokens[${i}].sha256 (node ${t.node}) is not 64 hex digits`,
+          'put the output of `printf %s "$TOKEN" | sha256sum` there, not the token',
+        );
       }
       // Two nodes sharing a token could each act as the other.
       const other = seen.get(hex);
-      if (other !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `controlPlane.tokens[${i}]: nodes ${other} and ${t.node} have the same token`, 'give every node its own token');
+      if (other !== undefined)
+        throw new AmbitError(
+          'AMBIT_E_CONFIG',
+          `controlPlane.tokens[${i}]: nodes ${other} and ${t.node} have the same token`,
+          'give every node its own token',
+        );
       seen.set(hex, t.node);
       return { node: t.node, digest: Buffer.from(hex, 'hex') };
     });

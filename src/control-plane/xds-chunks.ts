@@ -27,7 +27,10 @@ export interface Chunk {
 
 function varintLength(n: number): number {
   let len = 1;
-  while (n >= 0x80) { n = Math.floor(n / 128); len++; }
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    len++;
+  }
   return len;
 }
 
@@ -49,19 +52,17 @@ export const removalBytes = (name: string): number => field(Buffer.byteLength(na
  * Names in `skip` (versions the node refused, or removals it refused) are
  * left out, so a NACK does not loop.
  */
-export function nextChunk(
-  want: Map<string, XdsResource>,
-  held: Map<string, string>,
-  skip: Map<string, string>,
-  maxBytes: number,
-): Chunk {
+export function nextChunk(want: Map<string, XdsResource>, held: Map<string, string>, skip: Map<string, string>, maxBytes: number): Chunk {
   const budget = Math.max(1, maxBytes - FRAME_BYTES);
   const chunk: Chunk = { changed: [], removed: [], bytes: 0, more: false, oversized: [] };
   const fits = (n: number): boolean => chunk.bytes + n <= budget || (chunk.changed.length === 0 && chunk.removed.length === 0);
   for (const r of want.values()) {
     if (held.get(r.name) === r.version || skip.get(r.name) === r.version) continue;
     const n = resourceBytes(r);
-    if (!fits(n)) { chunk.more = true; return chunk; }
+    if (!fits(n)) {
+      chunk.more = true;
+      return chunk;
+    }
     if (n > budget) chunk.oversized.push(r.name);
     chunk.changed.push({ name: r.name, version: r.version, resource: r.resource });
     chunk.bytes += n;
@@ -69,7 +70,10 @@ export function nextChunk(
   for (const name of held.keys()) {
     if (want.has(name) || skip.get(name) === REMOVAL) continue;
     const n = removalBytes(name);
-    if (!fits(n)) { chunk.more = true; return chunk; }
+    if (!fits(n)) {
+      chunk.more = true;
+      return chunk;
+    }
     chunk.removed.push(name);
     chunk.bytes += n;
   }

@@ -13,8 +13,9 @@
 // maxResponseBytes: a large difference goes out in parts, each marked
 // MORE_FOLLOWS but the last. A NACKed part is rolled back and its
 // resources are not offered again until the next change of configuration.
-import type * as grpc from '@grpc/grpc-js';
+
 import { randomBytes } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/log';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../protocol/messages';
@@ -64,7 +65,11 @@ interface TypeState {
 class NodeStream {
   readonly types = new Map<string, TypeState>();
   closed = false;
-  constructor(readonly call: Call, readonly node: string, readonly peer: string) {}
+  constructor(
+    readonly call: Call,
+    readonly node: string,
+    readonly peer: string,
+  ) {}
 }
 
 /** What the server keeps for one stream: for tests, the config dump and sizing. */
@@ -84,9 +89,23 @@ export class XdsServer {
    * larger update; revoked: streams closed because their token no longer
    * passed; unverified: re-checks that could not be made (kept open).
    */
-  readonly stats = { pushes: 0, resourcesSent: 0, acks: 0, nacks: 0, parts: 0, bytesSent: 0, maxResponseBytes: 0, revoked: 0, unverified: 0 };
+  readonly stats = {
+    pushes: 0,
+    resourcesSent: 0,
+    acks: 0,
+    nacks: 0,
+    parts: 0,
+    bytesSent: 0,
+    maxResponseBytes: 0,
+    revoked: 0,
+    unverified: 0,
+  };
 
-  constructor(private readonly authenticate: Authenticate, private readonly log: Logger, opts: XdsServerOptions = {}) {
+  constructor(
+    private readonly authenticate: Authenticate,
+    private readonly log: Logger,
+    opts: XdsServerOptions = {},
+  ) {
     this.opts = {
       maxResponseBytes: opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES,
       maxStreamsPerNode: opts.maxStreamsPerNode ?? DEFAULT_MAX_STREAMS_PER_NODE,
@@ -117,14 +136,24 @@ export class XdsServer {
   }
 
   close(): void {
-    for (const s of this.streams) { s.closed = true; s.call.end(); }
+    for (const s of this.streams) {
+      s.closed = true;
+      s.call.end();
+    }
     this.streams.clear();
   }
 
   streamStates(): StreamState[] {
     return [...this.streams].map((s) => ({
-      node: s.node, peer: s.peer,
-      types: [...s.types].map(([typeUrl, t]) => ({ typeUrl, held: t.held.size, inFlight: t.inFlight ? 1 : 0, undo: t.inFlight?.undo.size ?? 0, refused: t.refused.size })),
+      node: s.node,
+      peer: s.peer,
+      types: [...s.types].map(([typeUrl, t]) => ({
+        typeUrl,
+        held: t.held.size,
+        inFlight: t.inFlight ? 1 : 0,
+        undo: t.inFlight?.undo.size ?? 0,
+        refused: t.refused.size,
+      })),
     }));
   }
 
@@ -136,22 +165,25 @@ export class XdsServer {
    */
   async recheck(): Promise<number> {
     let closed = 0;
-    await Promise.all([...this.streams].map(async (s) => {
-      let auth: AuthResult;
-      try {
-        auth = await this.authenticate(s.call.metadata);
-      } catch (err) {
-        auth = { error: `cannot check the token: ${(err as Error).message}`, transient: true };
-      }
-      if ('error' in auth && auth.transient) this.stats.unverified++;
-      if (s.closed || ('error' in auth && auth.transient)) return;
-      const why = 'error' in auth ? auth.error : auth.node !== s.node ? `the token is now node ${auth.node}'s, not ${s.node}'s` : undefined;
-      if (why === undefined) return;
-      closed++;
-      this.stats.revoked++;
-      this.log.warn({ node: s.node, peer: s.peer, err: why }, 'xDS stream closed: its token is no longer accepted');
-      this.end(s, UNAUTHENTICATED, `credentials no longer accepted: ${why}`);
-    }));
+    await Promise.all(
+      [...this.streams].map(async (s) => {
+        let auth: AuthResult;
+        try {
+          auth = await this.authenticate(s.call.metadata);
+        } catch (err) {
+          auth = { error: `cannot check the token: ${(err as Error).message}`, transient: true };
+        }
+        if ('error' in auth && auth.transient) this.stats.unverified++;
+        if (s.closed || ('error' in auth && auth.transient)) return;
+        const why =
+          'error' in auth ? auth.error : auth.node !== s.node ? `the token is now node ${auth.node}'s, not ${s.node}'s` : undefined;
+        if (why === undefined) return;
+        closed++;
+        this.stats.revoked++;
+        this.log.warn({ node: s.node, peer: s.peer, err: why }, 'xDS stream closed: its token is no longer accepted');
+        this.end(s, UNAUTHENTICATED, `credentials no longer accepted: ${why}`);
+      }),
+    );
     return closed;
   }
 
@@ -162,8 +194,14 @@ export class XdsServer {
     call.on('error', () => undefined);
     void Promise.resolve()
       .then(() => this.authenticate(call.metadata))
-      .then((auth) => this.authenticated(call, auth), (err: Error) => this.authenticated(call, { error: `cannot check the token: ${err.message}` }))
-      .catch((err: Error) => { this.log.error({ peer: call.getPeer(), err: err.stack ?? err.message }, 'xDS stream failed'); refuse(call, 13, 'internal error'); });
+      .then(
+        (auth) => this.authenticated(call, auth),
+        (err: Error) => this.authenticated(call, { error: `cannot check the token: ${err.message}` }),
+      )
+      .catch((err: Error) => {
+        this.log.error({ peer: call.getPeer(), err: err.stack ?? err.message }, 'xDS stream failed');
+        refuse(call, 13, 'internal error');
+      });
   }
 
   private authenticated(call: Call, auth: AuthResult): void {
@@ -184,7 +222,8 @@ export class XdsServer {
       } catch (err) {
         // A bug serving one node must not take the others' control plane down.
         this.log.error({ node: auth.node, err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
-        if (stream) this.end(stream, 13, 'internal error'); else refuse(call, 13, 'internal error');
+        if (stream) this.end(stream, 13, 'internal error');
+        else refuse(call, 13, 'internal error');
       }
     });
     const gone = (why: string): void => {
@@ -193,7 +232,10 @@ export class XdsServer {
         this.log.info({ node: stream.node, why }, 'xDS stream closed');
       }
     };
-    call.on('end', () => { gone('client ended'); call.end(); });
+    call.on('end', () => {
+      gone('client ended');
+      call.end();
+    });
     call.on('error', (err) => gone(err.message));
     call.on('cancelled', () => gone('cancelled'));
     call.on('close', () => gone('closed'));
@@ -212,7 +254,11 @@ export class XdsServer {
     const mine = [...this.streams].filter((s) => s.node === node);
     for (const old of mine.slice(0, Math.max(0, mine.length - this.opts.maxStreamsPerNode + 1))) {
       this.log.warn({ node, peer: old.peer, max: this.opts.maxStreamsPerNode }, 'xDS stream superseded by a newer one of the same node');
-      this.end(old, RESOURCE_EXHAUSTED, `node ${node} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`);
+      this.end(
+        old,
+        RESOURCE_EXHAUSTED,
+        `node ${node} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`,
+      );
     }
     const stream = new NodeStream(call, node, call.getPeer());
     this.streams.add(stream);
@@ -238,9 +284,13 @@ export class XdsServer {
         this.stats.nacks++;
         for (const [name, before] of undo) {
           t.refused.set(name, t.held.get(name) ?? REMOVAL);
-          if (before === undefined) t.held.delete(name); else t.held.set(name, before);
+          if (before === undefined) t.held.delete(name);
+          else t.held.set(name, before);
         }
-        this.log.warn({ node: s.node, typeUrl, nonce: req.response_nonce, err: req.error_detail.message }, 'xDS response rejected by the node (NACK)');
+        this.log.warn(
+          { node: s.node, typeUrl, nonce: req.response_nonce, err: req.error_detail.message },
+          'xDS response rejected by the node (NACK)',
+        );
       } else {
         this.stats.acks++;
         this.log.debug({ node: s.node, typeUrl, nonce: req.response_nonce }, 'xDS ACK');
@@ -251,7 +301,11 @@ export class XdsServer {
     }
     if (t) return; // a repeated subscription: the stream is wildcard already
     if (s.types.size >= this.opts.maxTypesPerStream) {
-      this.end(s, INVALID_ARGUMENT, `a stream may subscribe to at most ${this.opts.maxTypesPerStream} types; ${JSON.stringify(typeUrl)} is one too many`);
+      this.end(
+        s,
+        INVALID_ARGUMENT,
+        `a stream may subscribe to at most ${this.opts.maxTypesPerStream} types; ${JSON.stringify(typeUrl)} is one too many`,
+      );
       return;
     }
     // A new subscription (the first request of a type, or after a reconnect): wildcard.
@@ -268,17 +322,37 @@ export class XdsServer {
     if (!chunk.changed.length && !chunk.removed.length && !always) return;
     const nonce = randomBytes(8).toString('hex');
     const undo = new Map<string, string | undefined>();
-    for (const r of chunk.changed) { undo.set(r.name, t.held.get(r.name)); t.held.set(r.name, r.version); }
-    for (const n of chunk.removed) { undo.set(n, t.held.get(n)); t.held.delete(n); }
+    for (const r of chunk.changed) {
+      undo.set(r.name, t.held.get(r.name));
+      t.held.set(r.name, r.version);
+    }
+    for (const n of chunk.removed) {
+      undo.set(n, t.held.get(n));
+      t.held.delete(n);
+    }
     t.inFlight = { nonce, undo };
-    if (chunk.oversized.length) this.noisy.warn('xds-oversized', { node: s.node, typeUrl, names: chunk.oversized.slice(0, 5), maxResponseBytes: this.opts.maxResponseBytes }, 'xDS resource larger than the response budget: sent alone');
+    if (chunk.oversized.length)
+      this.noisy.warn(
+        'xds-oversized',
+        { node: s.node, typeUrl, names: chunk.oversized.slice(0, 5), maxResponseBytes: this.opts.maxResponseBytes },
+        'xDS resource larger than the response budget: sent alone',
+      );
     this.stats.pushes++;
     if (chunk.more) this.stats.parts++;
     this.stats.resourcesSent += chunk.changed.length;
     this.stats.bytesSent += chunk.bytes;
     this.stats.maxResponseBytes = Math.max(this.stats.maxResponseBytes, chunk.bytes);
-    s.call.write({ system_version_info: chunk.more ? MORE_FOLLOWS : '', type_url: typeUrl, nonce, resources: chunk.changed, removed_resources: chunk.removed });
-    this.log.debug({ node: s.node, typeUrl, nonce, changed: chunk.changed.length, removed: chunk.removed.length, bytes: chunk.bytes, more: chunk.more }, 'xDS push');
+    s.call.write({
+      system_version_info: chunk.more ? MORE_FOLLOWS : '',
+      type_url: typeUrl,
+      nonce,
+      resources: chunk.changed,
+      removed_resources: chunk.removed,
+    });
+    this.log.debug(
+      { node: s.node, typeUrl, nonce, changed: chunk.changed.length, removed: chunk.removed.length, bytes: chunk.bytes, more: chunk.more },
+      'xDS push',
+    );
   }
 }
 

@@ -7,10 +7,10 @@
 // enrolled_cgroups map, so a restarted agent gives a pod the same id.
 import fs from 'node:fs';
 import { AmbitError } from '../errors';
+import type { Workload } from '../state/types';
 import { libcFns } from './ffi';
 import type { Datapath } from './loader';
 import { MAX_PODS, ROLE_HBONE, ROLE_PLAIN } from './maps';
-import type { Workload } from '../state/types';
 import { Netns } from './netns';
 import { LISTEN_ADDRESSES, type PerRole, ROLES } from './ports';
 
@@ -42,17 +42,28 @@ export class Enrolment {
     this.inherited = dp.maps.enrolledCgroups();
   }
 
-  list(): EnrolledPod[] { return [...this.pods.values()]; }
+  list(): EnrolledPod[] {
+    return [...this.pods.values()];
+  }
 
   enrol(w: Workload): EnrolledPod {
     const existing = this.pods.get(w.uid);
     if (existing) return existing;
-    if (!w.netns || !w.cgroup) throw new AmbitError('AMBIT_E_ENROL', `workload ${w.uid} has no ${w.netns ? 'cgroup' : 'netns'} path`, 'the hosting node needs both: in the standalone YAML on the workload entry; with --xds in the --pods file');
+    if (!w.netns || !w.cgroup)
+      throw new AmbitError(
+        'AMBIT_E_ENROL',
+        `workload ${w.uid} has no ${w.netns ? 'cgroup' : 'netns'} path`,
+        'the hosting node needs both: in the standalone YAML on the workload entry; with --xds in the --pods file',
+      );
     let cgroupId: bigint;
     try {
       cgroupId = fs.statSync(w.cgroup, { bigint: true }).ino;
     } catch {
-      throw new AmbitError('AMBIT_E_ENROL', `cgroup ${w.cgroup} of workload ${w.uid} does not exist`, 'the path must be the pod\'s cgroup v2 directory');
+      throw new AmbitError(
+        'AMBIT_E_ENROL',
+        `cgroup ${w.cgroup} of workload ${w.uid} does not exist`,
+        "the path must be the pod's cgroup v2 directory",
+      );
     }
     const podId = this.inherited.get(cgroupId) ?? this.allocateId();
     const key = podKey(w);
@@ -67,7 +78,11 @@ export class Enrolment {
     }
     const listeners = Object.fromEntries(ROLES.map((r, i) => [r, fds[i]])) as PodListeners;
     const pod: EnrolledPod = {
-      workload: w, podId, cgroupId, netns, timeWaitReuse: allowTimeWaitReuse(netns),
+      workload: w,
+      podId,
+      cgroupId,
+      netns,
+      timeWaitReuse: allowTimeWaitReuse(netns),
       listeners,
     };
     try {
@@ -103,14 +118,23 @@ export class Enrolment {
     const removed: string[] = [];
     const liveIds = new Set(this.list().map((p) => p.podId));
     for (const [cgroupId, podId] of this.dp.maps.enrolledCgroups()) {
-      if (!liveIds.has(podId)) { this.dp.maps.deleteEnrolledCgroup(cgroupId); removed.push(`cgroup ${cgroupId}`); }
+      if (!liveIds.has(podId)) {
+        this.dp.maps.deleteEnrolledCgroup(cgroupId);
+        removed.push(`cgroup ${cgroupId}`);
+      }
     }
     for (const [ip, podId] of this.dp.maps.podAddrs()) {
-      if (!liveIds.has(podId)) { this.dp.maps.deletePodAddr(ip); removed.push(`address ${ip}`); }
+      if (!liveIds.has(podId)) {
+        this.dp.maps.deletePodAddr(ip);
+        removed.push(`address ${ip}`);
+      }
     }
     const liveKeys = new Set(this.list().map((p) => podKey(p.workload)));
     for (const key of this.dp.netnsLinks()) {
-      if (!liveKeys.has(key)) { this.dp.detachNetns(key); removed.push(`netns link ${key}`); }
+      if (!liveKeys.has(key)) {
+        this.dp.detachNetns(key);
+        removed.push(`netns link ${key}`);
+      }
     }
     this.inherited.clear();
     return removed;
@@ -129,7 +153,11 @@ export class Enrolment {
   private allocateId(): number {
     const used = new Set([...this.inherited.values(), ...this.list().map((p) => p.podId)]);
     for (let id = 0; id < MAX_PODS; id++) if (!used.has(id)) return id;
-    throw new AmbitError('AMBIT_E_ENROL', `more than ${MAX_PODS} pods on this node`, 'raise AMBIT_MAX_PODS in bpf/lib/types.h and src/datapath/maps.ts');
+    throw new AmbitError(
+      'AMBIT_E_ENROL',
+      `more than ${MAX_PODS} pods on this node`,
+      'raise AMBIT_MAX_PODS in bpf/lib/types.h and src/datapath/maps.ts',
+    );
   }
 }
 

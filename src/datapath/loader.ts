@@ -25,7 +25,10 @@ const CGROUP_PROGRAMS = [
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
 
 export type AttachAction = 'attached' | 'reused' | 'replaced';
-export interface Attachment { link: string; action: AttachAction }
+export interface Attachment {
+  link: string;
+  action: AttachAction;
+}
 
 export interface DatapathOptions {
   pinDir?: string;
@@ -41,7 +44,11 @@ export class Datapath {
   private readonly skLookup: Ptr;
   private readonly linksDir: string;
 
-  private constructor(readonly pinDir: string, objDir: string, cgroupPath: string) {
+  private constructor(
+    readonly pinDir: string,
+    objDir: string,
+    cgroupPath: string,
+  ) {
     this.linksDir = path.join(pinDir, 'links');
     fs.mkdirSync(path.join(pinDir, 'maps'), { recursive: true });
     fs.mkdirSync(this.linksDir, { recursive: true });
@@ -57,7 +64,10 @@ export class Datapath {
       try {
         for (const { prog, link } of CGROUP_PROGRAMS) {
           const program = findProgram(redirect, prog);
-          this.attachments.push({ link, action: this.attachPinned(link, program, cgroupId, () => bpf.programAttachCgroup(program, cgroupFd)) });
+          this.attachments.push({
+            link,
+            action: this.attachPinned(link, program, cgroupId, () => bpf.programAttachCgroup(program, cgroupFd)),
+          });
         }
       } finally {
         libcFns.close(cgroupFd);
@@ -90,7 +100,10 @@ export class Datapath {
 
   /** Pinned netns links, by pod key: lets a restarted agent find stale ones. */
   netnsLinks(): string[] {
-    return fs.readdirSync(this.linksDir).filter((n) => n.startsWith('netns-')).map((n) => n.slice('netns-'.length));
+    return fs
+      .readdirSync(this.linksDir)
+      .filter((n) => n.startsWith('netns-'))
+      .map((n) => n.slice('netns-'.length));
   }
 
   /** Closes this process's handles; pinned maps and links stay attached. */
@@ -114,8 +127,18 @@ export class Datapath {
     if (rc < 0) {
       const code = errnoName(rc);
       throw code === 'EINVAL'
-        ? new AmbitError('AMBIT_E_PIN_INCOMPATIBLE', `loading ${path.basename(file)} failed (${code}); pinned maps under ${this.pinDir}/maps may have an older shape`, 'run `ambit datapath cleanup` (drops capture state) and start again; the libbpf message above names the map')
-        : new AmbitError('AMBIT_E_BPF_LOAD', `loading ${path.basename(file)} failed: ${code}`, code === 'EPERM' ? 'needs CAP_BPF and CAP_SYS_ADMIN; run `ambit datapath probe`' : 'the verifier log above says which instruction');
+        ? new AmbitError(
+            'AMBIT_E_PIN_INCOMPATIBLE',
+            `loading ${path.basename(file)} failed (${code}); pinned maps under ${this.pinDir}/maps may have an older shape`,
+            'run `ambit datapath cleanup` (drops capture state) and start again; the libbpf message above names the map',
+          )
+        : new AmbitError(
+            'AMBIT_E_BPF_LOAD',
+            `loading ${path.basename(file)} failed: ${code}`,
+            code === 'EPERM'
+              ? 'needs CAP_BPF and CAP_SYS_ADMIN; run `ambit datapath probe`'
+              : 'the verifier log above says which instruction',
+          );
     }
     for (let m = bpf.objectNextMap(obj, null); m; m = bpf.objectNextMap(obj, m)) {
       const name = bpf.mapName(m);
@@ -149,7 +172,11 @@ export class Datapath {
     const link = attach();
     if (!link) {
       const code = errnoName(errno());
-      throw new AmbitError('AMBIT_E_BPF_ATTACH', `attaching ${name} failed: ${code}`, code === 'EINVAL' ? 'the kernel may lack bpf_link for this hook; run `ambit datapath probe`' : undefined);
+      throw new AmbitError(
+        'AMBIT_E_BPF_ATTACH',
+        `attaching ${name} failed: ${code}`,
+        code === 'EINVAL' ? 'the kernel may lack bpf_link for this hook; run `ambit datapath probe`' : undefined,
+      );
     }
     try {
       const rc = bpf.linkPin(link, pin);
@@ -171,13 +198,25 @@ function findProgram(obj: Ptr, name: string): Ptr {
 
 function openDir(p: string, what: string, directory = true): number {
   const fd = libcFns.open(p, O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) throw new AmbitError(what === 'netns' ? 'AMBIT_E_NETNS' : 'AMBIT_E_MOUNT', `cannot open ${what} ${p}: ${errnoName(errno())}`, what === 'cgroup' ? 'the path must be a directory on a cgroup v2 mount' : 'the path must be a network namespace file such as /var/run/netns/NAME or /proc/PID/ns/net');
+  if (fd < 0)
+    throw new AmbitError(
+      what === 'netns' ? 'AMBIT_E_NETNS' : 'AMBIT_E_MOUNT',
+      `cannot open ${what} ${p}: ${errnoName(errno())}`,
+      what === 'cgroup'
+        ? 'the path must be a directory on a cgroup v2 mount'
+        : 'the path must be a network namespace file such as /var/run/netns/NAME or /proc/PID/ns/net',
+    );
   return fd;
 }
 
 // struct bpf_link_info: type u32, id u32, prog_id u32, then an 8-aligned
 // union: cgroup { u64 cgroup_id; ... } / netns { u32 netns_ino; ... }.
-interface LinkInfo { type: number; id: number; progId: number; targetId: bigint }
+interface LinkInfo {
+  type: number;
+  id: number;
+  progId: number;
+  targetId: bigint;
+}
 const LINK_TYPE_CGROUP = 3;
 const LINK_TYPE_NETNS = 5;
 

@@ -4,24 +4,37 @@
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import { bpf, errnoName } from './ffi';
-import { REASONS, type Counters } from './reasons';
+import { type Counters, REASONS } from './reasons';
 
 export const ROLE_PLAIN = 0;
 export const ROLE_HBONE = 1;
 const ROLES = 2;
 export const MAX_PODS = 4096;
 
-export interface OrigDst { ip: string; port: number; podId: number }
+export interface OrigDst {
+  ip: string;
+  port: number;
+  podId: number;
+}
 
 export function ip4Bytes(ip: string): Buffer {
-  if (!net.isIPv4(ip)) throw new AmbitError('AMBIT_E_ENROL', `address ${JSON.stringify(ip)} is not IPv4`, 'the datapath captures IPv4 only; give the pod an IPv4 address');
+  if (!net.isIPv4(ip))
+    throw new AmbitError(
+      'AMBIT_E_ENROL',
+      `address ${JSON.stringify(ip)} is not IPv4`,
+      'the datapath captures IPv4 only; give the pod an IPv4 address',
+    );
   return Buffer.from(ip.split('.').map(Number));
 }
 const ip4String = (b: Buffer, off: number): string => `${b[off]}.${b[off + 1]}.${b[off + 2]}.${b[off + 3]}`;
 
 /** One pinned map opened by fd; the name is kept for error messages. */
 class RawMap {
-  constructor(readonly name: string, readonly fd: number, private readonly sockmap = false) {}
+  constructor(
+    readonly name: string,
+    readonly fd: number,
+    private readonly sockmap = false,
+  ) {}
 
   update(key: Buffer, value: Buffer): void {
     const rc = bpf.mapUpdate(this.fd, key, value, 0);
@@ -83,12 +96,15 @@ export class DatapathMaps {
 
   // --- enrolled_cgroups: cgroup id (u64) -> { pod_id u32, flags u32 }
   setEnrolledCgroup(cgroupId: bigint, podId: number): void {
-    const k = Buffer.alloc(8); k.writeBigUInt64LE(cgroupId);
-    const v = Buffer.alloc(8); v.writeUInt32LE(podId, 0);
+    const k = Buffer.alloc(8);
+    k.writeBigUInt64LE(cgroupId);
+    const v = Buffer.alloc(8);
+    v.writeUInt32LE(podId, 0);
     this.enrolled.update(k, v);
   }
   deleteEnrolledCgroup(cgroupId: bigint): void {
-    const k = Buffer.alloc(8); k.writeBigUInt64LE(cgroupId);
+    const k = Buffer.alloc(8);
+    k.writeBigUInt64LE(cgroupId);
     this.enrolled.delete(k);
   }
   enrolledCgroups(): Map<bigint, number> {
@@ -102,10 +118,13 @@ export class DatapathMaps {
 
   // --- pod_addrs: IPv4 (network order) -> pod_id
   setPodAddr(ip: string, podId: number): void {
-    const v = Buffer.alloc(4); v.writeUInt32LE(podId);
+    const v = Buffer.alloc(4);
+    v.writeUInt32LE(podId);
     this.addrs.update(ip4Bytes(ip), v);
   }
-  deletePodAddr(ip: string): void { this.addrs.delete(ip4Bytes(ip)); }
+  deletePodAddr(ip: string): void {
+    this.addrs.delete(ip4Bytes(ip));
+  }
   podAddrs(): Map<string, number> {
     const out = new Map<string, number>();
     for (const k of this.addrs.keys(4)) {
@@ -117,10 +136,13 @@ export class DatapathMaps {
 
   // --- listeners sockmap: pod_id * 2 + role -> socket fd
   setListener(podId: number, role: number, socketFd: number): void {
-    const v = Buffer.alloc(8); v.writeBigUInt64LE(BigInt(socketFd));
+    const v = Buffer.alloc(8);
+    v.writeBigUInt64LE(BigInt(socketFd));
     this.sockets.update(slot(podId, role), v);
   }
-  deleteListener(podId: number, role: number): void { this.sockets.delete(slot(podId, role)); }
+  deleteListener(podId: number, role: number): void {
+    this.sockets.delete(slot(podId, role));
+  }
 
   // --- orig_by_flow: { pod_id, src ip, src port } -> orig_dst
   /**
@@ -147,7 +169,8 @@ export class DatapathMaps {
     const cpus = bpf.numPossibleCpus();
     const out = {} as Counters;
     REASONS.forEach((name, i) => {
-      const k = Buffer.alloc(4); k.writeUInt32LE(i);
+      const k = Buffer.alloc(4);
+      k.writeUInt32LE(i);
       const v = this.counters.lookup(k, 8 * cpus);
       let sum = 0n;
       if (v) for (let c = 0; c < cpus; c++) sum += v.readBigUInt64LE(8 * c);
@@ -158,7 +181,9 @@ export class DatapathMaps {
 }
 
 function slot(podId: number, role: number): Buffer {
-  if (!Number.isInteger(podId) || podId < 0 || podId >= MAX_PODS) throw new AmbitError('AMBIT_E_ENROL', `pod id ${podId} out of range 0..${MAX_PODS - 1}`);
-  const k = Buffer.alloc(4); k.writeUInt32LE(podId * ROLES + role);
+  if (!Number.isInteger(podId) || podId < 0 || podId >= MAX_PODS)
+    throw new AmbitError('AMBIT_E_ENROL', `pod id ${podId} out of range 0..${MAX_PODS - 1}`);
+  const k = Buffer.alloc(4);
+  k.writeUInt32LE(podId * ROLES + role);
   return k;
 }

@@ -6,8 +6,22 @@
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import {
-  AF_INET, AMBIT_SOCKET_MARK, CLONE_NEWNET, F_DUPFD_CLOEXEC, errno, errnoName, IPPROTO_TCP, libcFns, O_CLOEXEC, O_RDONLY,
-  SO_MARK, SO_REUSEADDR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, SOL_SOCKET,
+  AF_INET,
+  AMBIT_SOCKET_MARK,
+  CLONE_NEWNET,
+  errno,
+  errnoName,
+  F_DUPFD_CLOEXEC,
+  IPPROTO_TCP,
+  libcFns,
+  O_CLOEXEC,
+  O_RDONLY,
+  SO_MARK,
+  SO_REUSEADDR,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
 } from './ffi';
 import { ip4Bytes } from './maps';
 
@@ -27,11 +41,19 @@ function home(): number {
  * rather than whatever later appears at the same path.
  */
 export class Netns {
-  private constructor(readonly path: string, private fd: number) {}
+  private constructor(
+    readonly path: string,
+    private fd: number,
+  ) {}
 
   static open(nsPath: string): Netns {
     const fd = libcFns.open(nsPath, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw new AmbitError('AMBIT_E_NETNS', `cannot open netns ${nsPath}: ${errnoName(errno())}`, 'give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net');
+    if (fd < 0)
+      throw new AmbitError(
+        'AMBIT_E_NETNS',
+        `cannot open netns ${nsPath}: ${errnoName(errno())}`,
+        'give a netns file such as /var/run/netns/NAME or /proc/PID/ns/net',
+      );
     return new Netns(nsPath, fd);
   }
 
@@ -61,13 +83,21 @@ export class Netns {
         for (const { ip, port } of specs) {
           const fd = tcpSocket();
           fds.push(fd);
-          const one = Buffer.alloc(4); one.writeInt32LE(1);
+          const one = Buffer.alloc(4);
+          one.writeInt32LE(1);
           libcFns.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4);
           if (libcFns.bind(fd, sockaddrIn(ip, port), 16) < 0) {
             const code = errnoName(errno());
-            throw new AmbitError('AMBIT_E_NETNS', `bind ${ip}:${port} in ${this.path} failed: ${code}`, code === 'EADDRINUSE' ? `something in the pod already listens on ${port}, a tunnel port; has another agent enrolled it?` : undefined);
+            throw new AmbitError(
+              'AMBIT_E_NETNS',
+              `bind ${ip}:${port} in ${this.path} failed: ${code}`,
+              code === 'EADDRINUSE'
+                ? `something in the pod already listens on ${port}, a tunnel port; has another agent enrolled it?`
+                : undefined,
+            );
           }
-          if (libcFns.listen(fd, backlog) < 0) throw new AmbitError('AMBIT_E_NETNS', `listen on ${ip}:${port} in ${this.path} failed: ${errnoName(errno())}`);
+          if (libcFns.listen(fd, backlog) < 0)
+            throw new AmbitError('AMBIT_E_NETNS', `listen on ${ip}:${port} in ${this.path} failed: ${errnoName(errno())}`);
         }
         return fds;
       } catch (err) {
@@ -118,7 +148,10 @@ function tcpSocket(): number {
   return fd;
 }
 
-export interface ListenSpec { ip: string; port: number }
+export interface ListenSpec {
+  ip: string;
+  port: number;
+}
 
 export interface DialOptions {
   /**

@@ -8,7 +8,12 @@ import type { ErrorCode } from '../errors';
 import { bpf } from './ffi';
 
 /** One check; a failed one says which error code it maps to. */
-export interface Finding { ok: boolean; what: string; detail: string; code?: ErrorCode }
+export interface Finding {
+  ok: boolean;
+  what: string;
+  detail: string;
+  code?: ErrorCode;
+}
 
 // include/uapi/linux/bpf.h enum values.
 const PROG = { SOCK_OPS: 13, CGROUP_SOCK_ADDR: 18, SK_LOOKUP: 30 } as const;
@@ -55,22 +60,48 @@ export function probe(pinDir = '/sys/fs/bpf/ambit'): Finding[] {
 
   const caps = effectiveCaps();
   const missing = CAPS.filter((c) => (caps & (1n << BigInt(c.bit))) === 0n).map((c) => c.name);
-  findings.push(missing.length
-    ? { ok: false, what: 'capabilities', code: 'AMBIT_E_PRIVILEGE', detail: `missing ${missing.join(', ')}; run as root or grant them (the DaemonSet's securityContext.capabilities.add)` }
-    : { ok: true, what: 'capabilities', detail: CAPS.map((c) => c.name).join(', ') });
+  findings.push(
+    missing.length
+      ? {
+          ok: false,
+          what: 'capabilities',
+          code: 'AMBIT_E_PRIVILEGE',
+          detail: `missing ${missing.join(', ')}; run as root or grant them (the DaemonSet's securityContext.capabilities.add)`,
+        }
+      : { ok: true, what: 'capabilities', detail: CAPS.map((c) => c.name).join(', ') },
+  );
 
   const bpffs = mountsOfType('bpf');
-  findings.push(bpffs.some((m) => pinDir === m || pinDir.startsWith(`${m}/`))
-    ? { ok: true, what: 'bpffs', detail: `mounted at ${bpffs.join(', ')}` }
-    : { ok: false, what: 'bpffs', code: 'AMBIT_E_MOUNT', detail: `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf /sys/fs/bpf and keep --pin-dir under it (in Kubernetes: hostPath-mount the node's /sys/fs/bpf)` });
+  findings.push(
+    bpffs.some((m) => pinDir === m || pinDir.startsWith(`${m}/`))
+      ? { ok: true, what: 'bpffs', detail: `mounted at ${bpffs.join(', ')}` }
+      : {
+          ok: false,
+          what: 'bpffs',
+          code: 'AMBIT_E_MOUNT',
+          detail: `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf /sys/fs/bpf and keep --pin-dir under it (in Kubernetes: hostPath-mount the node's /sys/fs/bpf)`,
+        },
+  );
 
   const cg2 = cgroup2Root();
-  findings.push(cg2
-    ? { ok: true, what: 'cgroup2', detail: `mounted at ${cg2}` }
-    : { ok: false, what: 'cgroup2', code: 'AMBIT_E_MOUNT', detail: 'no cgroup v2 mount; fix: mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy=1)' });
+  findings.push(
+    cg2
+      ? { ok: true, what: 'cgroup2', detail: `mounted at ${cg2}` }
+      : {
+          ok: false,
+          what: 'cgroup2',
+          code: 'AMBIT_E_MOUNT',
+          detail:
+            'no cgroup v2 mount; fix: mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy=1)',
+        },
+  );
 
   const need = (ok: boolean, what: string, since: string): void => {
-    findings.push(ok ? { ok, what, detail: 'supported' } : { ok, what, code: 'AMBIT_E_KERNEL', detail: `not supported by this kernel (${release}); ${what} needs Linux >= ${since}` });
+    findings.push(
+      ok
+        ? { ok, what, detail: 'supported' }
+        : { ok, what, code: 'AMBIT_E_KERNEL', detail: `not supported by this kernel (${release}); ${what} needs Linux >= ${since}` },
+    );
   };
   // Probes need CAP_BPF; without it they all fail, and the capability line says why.
   if (missing.includes('CAP_BPF') || missing.includes('CAP_SYS_ADMIN')) return findings;
@@ -78,8 +109,16 @@ export function probe(pinDir = '/sys/fs/bpf/ambit'): Finding[] {
   need(bpf.probeProgType(PROG.SOCK_OPS, null) === 1, 'sockops programs', '4.13');
   need(bpf.probeProgType(PROG.SK_LOOKUP, null) === 1, 'sk_lookup programs', '5.9');
   need(bpf.probeMapType(MAP.SOCKMAP, null) === 1, 'sockmap', '4.14');
-  need(bpf.probeMapType(MAP.LRU_HASH, null) === 1 && bpf.probeMapType(MAP.PERCPU_ARRAY, null) === 1, 'LRU hash and per-CPU array maps', '4.10');
-  need(bpf.probeHelper(PROG.CGROUP_SOCK_ADDR, HELPER.get_current_ancestor_cgroup_id, null) === 1, 'bpf_get_current_ancestor_cgroup_id in cgroup/connect4', '5.7');
+  need(
+    bpf.probeMapType(MAP.LRU_HASH, null) === 1 && bpf.probeMapType(MAP.PERCPU_ARRAY, null) === 1,
+    'LRU hash and per-CPU array maps',
+    '4.10',
+  );
+  need(
+    bpf.probeHelper(PROG.CGROUP_SOCK_ADDR, HELPER.get_current_ancestor_cgroup_id, null) === 1,
+    'bpf_get_current_ancestor_cgroup_id in cgroup/connect4',
+    '5.7',
+  );
   need(bpf.probeHelper(PROG.SOCK_OPS, HELPER.get_socket_cookie, null) === 1, 'bpf_get_socket_cookie in sockops', '4.12');
   need(bpf.probeHelper(PROG.SK_LOOKUP, HELPER.sk_assign, null) === 1, 'bpf_sk_assign in sk_lookup', '5.9');
   // getpeername hooks and bpf_link for cgroups have no libbpf probe: go by version.

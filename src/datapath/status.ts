@@ -8,7 +8,14 @@ import { linkInfo, progTag, unpinLink } from './loader';
 import { DatapathMaps } from './maps';
 import type { Counters } from './reasons';
 
-export interface LinkStatus { pin: string; linkId: number; progId: number; program: string; tag: string; target: string }
+export interface LinkStatus {
+  pin: string;
+  linkId: number;
+  progId: number;
+  program: string;
+  tag: string;
+  target: string;
+}
 export interface DatapathStatus {
   pinDir: string;
   links: LinkStatus[];
@@ -32,7 +39,14 @@ export function datapathStatus(pinDir: string): DatapathStatus {
           progId: info.progId,
           program: progName(info.progId),
           tag: progTag(info.progId),
-          target: info.type === 3 ? `cgroup id ${info.targetId}` : info.type === 5 ? `netns inode ${info.targetId}` : info.targetId === 0n ? 'detached' : String(info.targetId),
+          target:
+            info.type === 3
+              ? `cgroup id ${info.targetId}`
+              : info.type === 5
+                ? `netns inode ${info.targetId}`
+                : info.targetId === 0n
+                  ? 'detached'
+                  : String(info.targetId),
         });
       } finally {
         libcFns.close(fd);

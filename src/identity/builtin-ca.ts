@@ -2,11 +2,11 @@
 // directory (created on first use, readable by root only), issuing one
 // short-lived leaf per SPIFFE identity with a URI SAN only.
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
-import * as x509 from '@peculiar/x509';
 import { randomBytes, webcrypto } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import * as x509 from '@peculiar/x509';
 import { AmbitError } from '../errors';
 import type { CertificateAuthority } from './ca';
 import { checkCsr } from './csr';
@@ -23,17 +23,30 @@ const ROOT_YEARS = 10;
 /** Issued leaves start this far in the past: tolerates clock skew between nodes. */
 const BACKDATE_MS = 5 * 60_000;
 
-export interface IssueOptions { notBefore?: Date; notAfter?: Date }
+export interface IssueOptions {
+  notBefore?: Date;
+  notAfter?: Date;
+}
 
 /** Names of a TLS server (the control plane's gRPC endpoint), not a workload identity. */
-export interface ServerCertOptions { dns: string[]; ips: string[]; ttlSeconds: number }
+export interface ServerCertOptions {
+  dns: string[];
+  ips: string[];
+  ttlSeconds: number;
+}
 
 const DNS_NAME = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 export class BuiltinCa implements CertificateAuthority {
-  private constructor(private readonly root: x509.X509Certificate, private readonly rootKey: CryptoKey, readonly dir: string) {}
+  private constructor(
+    private readonly root: x509.X509Certificate,
+    private readonly rootKey: CryptoKey,
+    readonly dir: string,
+  ) {}
 
-  get rootPem(): string { return this.root.toString('pem'); }
+  get rootPem(): string {
+    return this.root.toString('pem');
+  }
 
   /** Opens the CA in dir, creating the root on first use (safe against a concurrent creator). */
   static async open(dir: string): Promise<BuiltinCa> {
@@ -41,7 +54,12 @@ export class BuiltinCa implements CertificateAuthority {
     const certFile = path.join(dir, ROOT_CERT);
     if (!fs.existsSync(certFile)) await BuiltinCa.create(dir);
     for (let i = 0; !fs.existsSync(certFile); i++) {
-      if (i > 250) throw new AmbitError('AMBIT_E_CONFIG', `CA directory ${dir} has ${ROOT_KEY} but no ${ROOT_CERT}`, `remove ${dir} to create a new root, or restore the file`);
+      if (i > 250)
+        throw new AmbitError(
+          'AMBIT_E_CONFIG',
+          `CA directory ${dir} has ${ROOT_KEY} but no ${ROOT_CERT}`,
+          `remove ${dir} to create a new root, or restore the file`,
+        );
       await new Promise((r) => setTimeout(r, 20)); // another process is finishing the root
     }
     try {
@@ -50,12 +68,16 @@ export class BuiltinCa implements CertificateAuthority {
       const key = await webcrypto.subtle.importKey('pkcs8', keyDer, EC_ALG, false, ['sign']);
       return new BuiltinCa(root, key, dir);
     } catch (err) {
-      throw new AmbitError('AMBIT_E_CONFIG', `cannot load the CA in ${dir}: ${(err as Error).message}`, 'the directory must hold the root-cert.pem and root-key.pem that `ambit ca init` wrote');
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `cannot load the CA in ${dir}: ${(err as Error).message}`,
+        'the directory must hold the root-cert.pem and root-key.pem that `ambit ca init` wrote',
+      );
     }
   }
 
   private static async create(dir: string): Promise<void> {
-    const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as CryptoKeyPair;
+    const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serial(),
@@ -94,17 +116,24 @@ export class BuiltinCa implements CertificateAuthority {
     // type, bad signature) instead of a failure deep in key export.
     const checked = await checkCsr(csrPem);
     if (!checked.ok) throw new AmbitError('AMBIT_E_CA', `CSR for ${identity} ${checked.reason}`);
-    if (!(Number.isFinite(ttlSeconds) && ttlSeconds > 0)) throw new AmbitError('AMBIT_E_CA', `certificate lifetime ${ttlSeconds} s for ${identity} must be > 0`);
+    if (!(Number.isFinite(ttlSeconds) && ttlSeconds > 0))
+      throw new AmbitError('AMBIT_E_CA', `certificate lifetime ${ttlSeconds} s for ${identity} must be > 0`);
     const csr = checked.csr;
     const now = Date.now();
-    const leaf = await this.issue(csr.publicKey, identity, { notBefore: new Date(now - BACKDATE_MS), notAfter: new Date(now + ttlSeconds * 1000) });
+    const leaf = await this.issue(csr.publicKey, identity, {
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(now + ttlSeconds * 1000),
+    });
     return [leaf, this.rootPem];
   }
 
   /** Issues a leaf for identity; the validity window is open to tests (expired certificates). */
   async issue(publicKey: x509.PublicKey | CryptoKey, identity: string, opts: IssueOptions = {}): Promise<string> {
     if (!parseSpiffe(identity)) {
-      throw new AmbitError('AMBIT_E_CONFIG', `cannot issue for ${JSON.stringify(identity)}: not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`);
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `cannot issue for ${JSON.stringify(identity)}: not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
+      );
     }
     const now = Date.now();
     const key = publicKey instanceof x509.PublicKey ? await publicKey.export(EC_ALG, ['verify']) : publicKey;
@@ -136,14 +165,28 @@ export class BuiltinCa implements CertificateAuthority {
    */
   async issueServer(publicKey: x509.PublicKey | CryptoKey, opts: ServerCertOptions): Promise<string> {
     const badDns = opts.dns.find((d) => !DNS_NAME.test(d));
-    if (badDns !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `server certificate DNS name ${JSON.stringify(badDns)} is not a host name`, 'use names like ambit-control-plane.ambit-system.svc');
+    if (badDns !== undefined)
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `server certificate DNS name ${JSON.stringify(badDns)} is not a host name`,
+        'use names like ambit-control-plane.ambit-system.svc',
+      );
     const badIp = opts.ips.find((ip) => net.isIP(ip) === 0);
-    if (badIp !== undefined) throw new AmbitError('AMBIT_E_CONFIG', `server certificate IP ${JSON.stringify(badIp)} is not an IPv4 or IPv6 address`, 'give addresses like 10.201.0.254');
-    if (opts.dns.length + opts.ips.length === 0) throw new AmbitError('AMBIT_E_CONFIG', 'server certificate has no DNS name and no IP', 'give at least one name clients dial');
+    if (badIp !== undefined)
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `server certificate IP ${JSON.stringify(badIp)} is not an IPv4 or IPv6 address`,
+        'give addresses like 10.201.0.254',
+      );
+    if (opts.dns.length + opts.ips.length === 0)
+      throw new AmbitError('AMBIT_E_CONFIG', 'server certificate has no DNS name and no IP', 'give at least one name clients dial');
     if (!(opts.ttlSeconds > 0)) throw new AmbitError('AMBIT_E_CONFIG', `server certificate ttlSeconds ${opts.ttlSeconds} must be > 0`);
     const now = Date.now();
     const key = publicKey instanceof x509.PublicKey ? await publicKey.export(EC_ALG, ['verify']) : publicKey;
-    const names: x509.JsonGeneralName[] = [...opts.dns.map((value) => ({ type: 'dns' as const, value })), ...opts.ips.map((value) => ({ type: 'ip' as const, value }))];
+    const names: x509.JsonGeneralName[] = [
+      ...opts.dns.map((value) => ({ type: 'dns' as const, value })),
+      ...opts.ips.map((value) => ({ type: 'ip' as const, value })),
+    ];
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: serial(),
       issuer: this.root.subject,
@@ -175,7 +218,10 @@ function serial(): string {
 }
 
 export function toPem(der: Buffer, label: string): string {
-  return `-----BEGIN ${label}-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END ${label}-----\n`;
+  return `-----BEGIN ${label}-----\n${der
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')
+    .replace(/\n$/, '')}\n-----END ${label}-----\n`;
 }
 
 function pemBody(pem: string): Buffer {

@@ -8,9 +8,9 @@
 // leave connections waiting on one. Emits 'updated' (identity, cert) so TLS servers swap
 // their context without dropping connections.
 import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
+import { createPrivateKey, webcrypto, X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { createPrivateKey, X509Certificate, webcrypto } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
 import { AmbitError } from '../errors';
 import type { Logger } from '../observability/log';
 import { EC_ALG, toPem } from './builtin-ca';
@@ -63,7 +63,10 @@ export class CertificateManager extends EventEmitter implements CertProvider {
   /** CA calls made, for tests and metrics. */
   requests = 0;
 
-  constructor(private readonly ca: CertificateAuthority, opts: CertManagerOptions) {
+  constructor(
+    private readonly ca: CertificateAuthority,
+    opts: CertManagerOptions,
+  ) {
     super();
     this.ttl = opts.ttlSeconds ?? 86400;
     this.backoffInitial = opts.backoffInitialMs ?? 1000;
@@ -80,7 +83,12 @@ export class CertificateManager extends EventEmitter implements CertProvider {
     if (e.inflight) return e.inflight;
     if (e.lastError && e.retryAt !== undefined && this.now() < e.retryAt) {
       const inMs = Math.round(e.retryAt - this.now());
-      return Promise.reject(new AmbitError('AMBIT_E_CA', `no valid certificate for ${identity}: the CA failed ${e.failures} time(s), next attempt in ${inMs} ms; last error: ${e.lastError.message}`));
+      return Promise.reject(
+        new AmbitError(
+          'AMBIT_E_CA',
+          `no valid certificate for ${identity}: the CA failed ${e.failures} time(s), next attempt in ${inMs} ms; last error: ${e.lastError.message}`,
+        ),
+      );
     }
     return this.request(identity);
   }
@@ -90,7 +98,9 @@ export class CertificateManager extends EventEmitter implements CertProvider {
     return c && this.valid(c) ? c : undefined;
   }
 
-  identities(): string[] { return [...this.entries.keys()]; }
+  identities(): string[] {
+    return [...this.entries.keys()];
+  }
 
   /** The certificates held now (for metrics and config dumps; callers must not expose keyPem). */
   certificates(): WorkloadCert[] {
@@ -150,7 +160,16 @@ export class CertificateManager extends EventEmitter implements CertProvider {
         e.lastError = err;
         e.retryAt = this.now() + delay;
         if (this.entries.get(identity) === e) this.schedule(identity, e, delay);
-        this.log.warn({ identity, code: err.code, err: err.message, retryInMs: Math.round(delay), keeping: e.cert && this.valid(e.cert) ? e.cert.notAfter.toISOString() : null }, 'certificate request failed');
+        this.log.warn(
+          {
+            identity,
+            code: err.code,
+            err: err.message,
+            retryInMs: Math.round(delay),
+            keeping: e.cert && this.valid(e.cert) ? e.cert.notAfter.toISOString() : null,
+          },
+          'certificate request failed',
+        );
         throw err;
       },
     );
@@ -160,7 +179,12 @@ export class CertificateManager extends EventEmitter implements CertProvider {
 
   private schedule(identity: string, e: Entry, delayMs: number): void {
     clearTimeout(e.timer);
-    e.timer = setTimeout(() => { this.request(identity).catch(() => undefined); }, Math.max(0, delayMs));
+    e.timer = setTimeout(
+      () => {
+        this.request(identity).catch(() => undefined);
+      },
+      Math.max(0, delayMs),
+    );
     e.timer.unref();
   }
 
@@ -174,12 +198,15 @@ export class CertificateManager extends EventEmitter implements CertProvider {
 function asCaError(err: Error, identity: string): AmbitError {
   if (err instanceof AmbitError) return err;
   const code = (err as NodeJS.ErrnoException).code;
-  return new AmbitError('AMBIT_E_CA', `certificate request for ${identity} failed: ${code && !err.message.includes(code) ? `${code}: ` : ''}${err.message}`);
+  return new AmbitError(
+    'AMBIT_E_CA',
+    `certificate request for ${identity} failed: ${code && !err.message.includes(code) ? `${code}: ` : ''}${err.message}`,
+  );
 }
 
 /** A fresh P-256 key and a CSR for identity, signed by ca, checked. The key never leaves memory. */
 export async function requestCertificate(ca: CertificateAuthority, identity: string, ttlSeconds: number): Promise<WorkloadCert> {
-  const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({
     keys,
     signingAlgorithm: EC_ALG,
@@ -192,13 +219,19 @@ export async function requestCertificate(ca: CertificateAuthority, identity: str
 
 /** The CA's answer must be for exactly this identity and this key. */
 export function checkChain(identity: string, chain: string[], keyPem: string): WorkloadCert {
-  if (chain.length < 2) throw new AmbitError('AMBIT_E_CA', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
+  if (chain.length < 2)
+    throw new AmbitError('AMBIT_E_CA', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
   const leaf = new X509Certificate(chain[0]);
   const ids = spiffeIdsOf(leaf.subjectAltName);
   if (ids.length !== 1 || ids[0] !== identity) {
-    throw new AmbitError('AMBIT_E_CA', `CA issued a certificate for ${JSON.stringify(ids)} when ${identity} was asked`, 'the CA must honour the requested identity');
+    throw new AmbitError(
+      'AMBIT_E_CA',
+      `CA issued a certificate for ${JSON.stringify(ids)} when ${identity} was asked`,
+      'the CA must honour the requested identity',
+    );
   }
-  if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) throw new AmbitError('AMBIT_E_CA', `CA returned a certificate for another key (${identity})`);
+  if (!leaf.checkPrivateKey(createPrivateKey(keyPem)))
+    throw new AmbitError('AMBIT_E_CA', `CA returned a certificate for another key (${identity})`);
   return {
     identity,
     chainPem: joinPem(chain.slice(0, -1)),

@@ -5,8 +5,8 @@
 // was found and what is expected, because the asker is a program whose
 // operator will read it in a log.
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
-import * as x509 from '@peculiar/x509';
 import { createPublicKey, webcrypto } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
 import { parseSpiffe } from './spiffe';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -33,17 +33,21 @@ export async function checkCsr(pem: unknown, identity?: string): Promise<CsrChec
   if (typeof pem !== 'string' || pem.length === 0) return no('is empty; expected a PEM "CERTIFICATE REQUEST"');
   const size = Buffer.byteLength(pem);
   if (size > MAX_CSR_BYTES) return no(`is ${size} bytes; at most ${MAX_CSR_BYTES} are accepted (a P-256 request is about 500)`);
-  if (!/-----BEGIN (NEW )?CERTIFICATE REQUEST-----/.test(pem)) return no('is not PEM with a "-----BEGIN CERTIFICATE REQUEST-----" block; expected a PKCS#10 request');
+  if (!/-----BEGIN (NEW )?CERTIFICATE REQUEST-----/.test(pem))
+    return no('is not PEM with a "-----BEGIN CERTIFICATE REQUEST-----" block; expected a PKCS#10 request');
   let csr: x509.Pkcs10CertificateRequest;
   try {
     csr = new x509.Pkcs10CertificateRequest(pem);
   } catch (err) {
-    return no(`is not a PEM PKCS#10 request (${firstLine(err)}); expected the DER of a CertificationRequest in a "CERTIFICATE REQUEST" block`);
+    return no(
+      `is not a PEM PKCS#10 request (${firstLine(err)}); expected the DER of a CertificationRequest in a "CERTIFICATE REQUEST" block`,
+    );
   }
   const key = keyKind(csr);
   if (key !== P256) return no(`has ${key}; expected ${EXPECTED_KEY}`);
   try {
-    if (!(await csr.verify())) return no('has a signature that does not match its public key; expected the request signed by the key it carries');
+    if (!(await csr.verify()))
+      return no('has a signature that does not match its public key; expected the request signed by the key it carries');
   } catch (err) {
     return no(`has a signature that cannot be checked (${firstLine(err)}); expected ECDSA with SHA-256 by the key it carries`);
   }
@@ -78,9 +82,13 @@ function checkSan(csr: x509.Pkcs10CertificateRequest, identity: string): CsrChec
   if (names.length > 1) return no(`names ${names.length} SANs (${names.map((n) => `${n.type}:${n.value}`).join(', ')}); ${want}`);
   const [only] = names;
   if (only.type !== 'url') return no(`names ${only.type}:${only.value}; ${want}`);
-  if (!parseSpiffe(only.value)) return no(`names ${JSON.stringify(only.value)}, not spiffe://<trust domain>/ns/<namespace>/sa/<service account>; ${want}`);
+  if (!parseSpiffe(only.value))
+    return no(`names ${JSON.stringify(only.value)}, not spiffe://<trust domain>/ns/<namespace>/sa/<service account>; ${want}`);
   if (only.value !== identity) return no(`names ${only.value}, not the identity asked for; ${want}`);
   return undefined;
 }
 
-const firstLine = (err: unknown): string => String((err as Error)?.message ?? err).split('\n')[0].slice(0, 200);
+const firstLine = (err: unknown): string =>
+  String((err as Error)?.message ?? err)
+    .split('\n')[0]
+    .slice(0, 200);

@@ -1,6 +1,10 @@
 // SPIFFE identities as Istio uses them: spiffe://<trust domain>/ns/<ns>/sa/<sa>,
 // exactly these path segments; anything else is not an identity.
-export interface SpiffeId { trustDomain: string; namespace: string; serviceAccount: string }
+export interface SpiffeId {
+  trustDomain: string;
+  namespace: string;
+  serviceAccount: string;
+}
 
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
 
@@ -23,5 +27,9 @@ export const workloadIdentity = (trustDomain: string, w: { namespace: string; se
  */
 export function spiffeIdsOf(subjectAltName: string | undefined): string[] {
   if (!subjectAltName) return [];
-  return subjectAltName.split(/,\s*/).filter((s) => s.startsWith('URI:')).map((s) => s.slice(4)).filter((u) => parseSpiffe(u) !== undefined);
+  return subjectAltName
+    .split(/,\s*/)
+    .filter((s) => s.startsWith('URI:'))
+    .map((s) => s.slice(4))
+    .filter((u) => parseSpiffe(u) !== undefined);
 }

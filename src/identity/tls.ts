@@ -26,7 +26,9 @@ export function clientTlsOptions(c: WorkloadCert, expected: readonly string[]): 
     checkServerIdentity: (_host, peer) => {
       const ids = spiffeIdsOf(peer.subjectaltname);
       if (ids.some((id) => expected.includes(id))) return undefined;
-      return Object.assign(new Error(`peer identity ${JSON.stringify(ids)} is not the expected ${JSON.stringify(expected)}`), { code: 'AMBIT_E_PEER_IDENTITY' });
+      return Object.assign(new Error(`peer identity ${JSON.stringify(ids)} is not the expected ${JSON.stringify(expected)}`), {
+        code: 'AMBIT_E_PEER_IDENTITY',
+      });
     },
   };
 }

@@ -27,9 +27,14 @@ export class KubeClient {
     try {
       this.url = new URL(opts.server);
     } catch {
-      throw new AmbitError('AMBIT_E_CONFIG', `--kube-api ${JSON.stringify(opts.server)} is not a URL`, 'e.g. https://10.96.0.1:443; in a pod leave it out to use the in-cluster address');
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `--kube-api ${JSON.stringify(opts.server)} is not a URL`,
+        'e.g. https://10.96.0.1:443; in a pod leave it out to use the in-cluster address',
+      );
     }
-    this.agent = this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: opts.caPem }) : new http.Agent({ keepAlive: true });
+    this.agent =
+      this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: opts.caPem }) : new http.Agent({ keepAlive: true });
   }
 
   /** The in-cluster API server and this pod's service-account credentials. */
@@ -37,12 +42,19 @@ export class KubeClient {
     const host = process.env.KUBERNETES_SERVICE_HOST;
     const port = process.env.KUBERNETES_SERVICE_PORT ?? '443';
     const url = server ?? (host ? `https://${host.includes(':') ? `[${host}]` : host}:${port}` : undefined);
-    if (!url) throw new AmbitError('AMBIT_E_CONFIG', 'no API server: KUBERNETES_SERVICE_HOST is not set and --kube-api was not given', 'run in a pod, or pass --kube-api URL');
+    if (!url)
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        'no API server: KUBERNETES_SERVICE_HOST is not set and --kube-api was not given',
+        'run in a pod, or pass --kube-api URL',
+      );
     const ca = url.startsWith('https:') && fs.existsSync(`${SA_DIR}/ca.crt`) ? fs.readFileSync(`${SA_DIR}/ca.crt`, 'utf8') : undefined;
     return new KubeClient({ server: url, tokenFile: fs.existsSync(`${SA_DIR}/token`) ? `${SA_DIR}/token` : undefined, caPem: ca });
   }
 
-  get server(): string { return this.url.origin; }
+  get server(): string {
+    return this.url.origin;
+  }
 
   async list<T>(path: string): Promise<List<T>> {
     const res = await this.request('GET', path);
@@ -61,7 +73,12 @@ export class KubeClient {
    */
   async watch<T>(path: string, resourceVersion: string, onEvent: (e: WatchEvent<T>) => void, signal: AbortSignal): Promise<void> {
     const sep = path.includes('?') ? '&' : '?';
-    const res = await this.request('GET', `${path}${sep}watch=1&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(resourceVersion)}`, undefined, signal);
+    const res = await this.request(
+      'GET',
+      `${path}${sep}watch=1&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(resourceVersion)}`,
+      undefined,
+      signal,
+    );
     const lines = readline.createInterface({ input: res });
     try {
       for await (const line of lines) if (line.trim()) onEvent(JSON.parse(line) as WatchEvent<T>);
@@ -78,7 +95,9 @@ export class KubeClient {
     return new Promise((resolve, reject) => {
       const req = mod.request(new URL(path, this.url), { method, headers, agent: this.agent, signal }, (res) => {
         if ((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300) return resolve(res);
-        void body(res).then((text) => reject(new KubeError(res.statusCode ?? 0, `${method} ${path}: ${res.statusCode} ${text.slice(0, 300)}`)));
+        void body(res).then((text) =>
+          reject(new KubeError(res.statusCode ?? 0, `${method} ${path}: ${res.statusCode} ${text.slice(0, 300)}`)),
+        );
       });
       req.on('error', reject);
       req.end(payload);
@@ -87,14 +106,21 @@ export class KubeClient {
 }
 
 export class KubeError extends Error {
-  constructor(readonly status: number, message: string) { super(message); }
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 function body(res: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = '';
     res.setEncoding('utf8');
-    res.on('data', (d: string) => { text += d; });
+    res.on('data', (d: string) => {
+      text += d;
+    });
     res.on('end', () => resolve(text));
     res.on('error', reject);
   });

@@ -3,8 +3,8 @@
 // (workloads and services from the API; trust domain, CA and policies from
 // its YAML). Changes are coalesced so a rollout of many pods is one push.
 import { EventEmitter } from 'node:events';
-import { compileIstioPolicies } from '../sources/istio-crd';
 import type { Logger } from '../observability/log';
+import { compileIstioPolicies } from '../sources/istio-crd';
 import type { MeshConfig } from '../state/types';
 import type { KubeClient } from './client';
 import { Informer } from './informer';
@@ -50,9 +50,19 @@ export class KubeClusterSource extends EventEmitter {
 
   /** base with its workloads, services and nodes replaced by the cluster's, and its policies converted against them. */
   mesh(base: MeshConfig): MeshConfig {
-    const { workloads, services } = meshFromCluster({ pods: this.pods.list(), namespaces: this.namespaces.list(), services: this.services.list(), slices: this.slices.list() });
+    const { workloads, services } = meshFromCluster({
+      pods: this.pods.list(),
+      namespaces: this.namespaces.list(),
+      services: this.services.list(),
+      slices: this.slices.list(),
+    });
     // The YAML's policies were valid against its own workloads; selectors now resolve against the cluster's.
-    const compiled = compileIstioPolicies(base.policyDocs ?? [], workloads, { rootNamespace: base.rootNamespace || 'istio-system' }, () => undefined);
+    const compiled = compileIstioPolicies(
+      base.policyDocs ?? [],
+      workloads,
+      { rootNamespace: base.rootNamespace || 'istio-system' },
+      () => undefined,
+    );
     const nodes = [...new Set(workloads.map((w) => w.node).filter(Boolean))].map((name) => ({ name, address: '' }));
     return { ...base, nodes, workloads, services, policies: compiled.policies, warnings: compiled.warnings };
   }

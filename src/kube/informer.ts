@@ -5,7 +5,7 @@
 // tick) and 'synced' once the first list is in.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/log';
-import { KubeError, type KubeClient } from './client';
+import { type KubeClient, KubeError } from './client';
 import type { KubeObject, WatchEvent } from './types';
 
 export class Informer<T extends KubeObject> extends EventEmitter {
@@ -16,19 +16,29 @@ export class Informer<T extends KubeObject> extends EventEmitter {
   private pending = false;
   synced = false;
 
-  constructor(private readonly client: KubeClient, private readonly path: string, private readonly log: Logger) {
+  constructor(
+    private readonly client: KubeClient,
+    private readonly path: string,
+    private readonly log: Logger,
+  ) {
     super();
   }
 
-  list(): T[] { return [...this.items.values()]; }
-  get(key: string): T | undefined { return this.items.get(key); }
+  list(): T[] {
+    return [...this.items.values()];
+  }
+  get(key: string): T | undefined {
+    return this.items.get(key);
+  }
 
   start(): this {
     void this.run();
     return this;
   }
 
-  stop(): void { this.abort.abort(); }
+  stop(): void {
+    this.abort.abort();
+  }
 
   whenSynced(): Promise<void> {
     return this.synced ? Promise.resolve() : new Promise((resolve) => this.once('synced', () => resolve()));
@@ -46,7 +56,10 @@ export class Informer<T extends KubeObject> extends EventEmitter {
         if (gone || !(err instanceof KubeError)) this.resourceVersion = '';
         this.failures++;
         const delay = gone ? 0 : Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)) * (0.8 + 0.4 * Math.random());
-        this.log.warn({ path: this.path, err: (err as Error).message, retryInMs: Math.round(delay) }, 'Kubernetes watch failed; keeping the objects held');
+        this.log.warn(
+          { path: this.path, err: (err as Error).message, retryInMs: Math.round(delay) },
+          'Kubernetes watch failed; keeping the objects held',
+        );
         await new Promise((r) => setTimeout(r, delay));
       }
     }
@@ -79,7 +92,10 @@ export class Informer<T extends KubeObject> extends EventEmitter {
   private changed(): void {
     if (this.pending) return;
     this.pending = true;
-    queueMicrotask(() => { this.pending = false; this.emit('changed'); });
+    queueMicrotask(() => {
+      this.pending = false;
+      this.emit('changed');
+    });
   }
 }
 

@@ -30,7 +30,8 @@ export function isLive(pod: Pod): boolean {
   return !!podIps(pod).length && pod.status.phase !== 'Succeeded' && pod.status.phase !== 'Failed' && !pod.metadata.deletionTimestamp;
 }
 
-const podIps = (p: Pod): string[] => (p.status.podIPs?.map((x) => x.ip) ?? (p.status.podIP ? [p.status.podIP] : [])).filter((ip) => net.isIPv4(ip));
+const podIps = (p: Pod): string[] =>
+  (p.status.podIPs?.map((x) => x.ip) ?? (p.status.podIP ? [p.status.podIP] : [])).filter((ip) => net.isIPv4(ip));
 
 export function workloadOf(pod: Pod, ns: Namespace | undefined, services: string[]): Workload {
   return {
@@ -49,7 +50,12 @@ export function workloadOf(pod: Pod, ns: Namespace | undefined, services: string
   };
 }
 
-export interface ClusterObjects { pods: Pod[]; namespaces: Namespace[]; services: Service[]; slices: EndpointSlice[] }
+export interface ClusterObjects {
+  pods: Pod[];
+  namespaces: Namespace[];
+  services: Service[];
+  slices: EndpointSlice[];
+}
 
 /** Workloads (every live pod with an IPv4 address) and ClusterIP services with their endpoints. */
 export function meshFromCluster(o: ClusterObjects): { workloads: Workload[]; services: MeshService[] } {
@@ -61,10 +67,19 @@ export function meshFromCluster(o: ClusterObjects): { workloads: Workload[]; ser
     if (!ips.length) continue; // headless or ExternalName: nothing to capture
     const ns = s.metadata.namespace ?? 'default';
     const hostname = `${s.metadata.name}.${ns}.svc.${CLUSTER_DOMAIN}`;
-    const slices = o.slices.filter((sl) => sl.metadata.namespace === ns && sl.metadata.labels?.['kubernetes.io/service-name'] === s.metadata.name && sl.addressType === 'IPv4');
+    const slices = o.slices.filter(
+      (sl) =>
+        sl.metadata.namespace === ns && sl.metadata.labels?.['kubernetes.io/service-name'] === s.metadata.name && sl.addressType === 'IPv4',
+    );
     services.push({
-      name: s.metadata.name, namespace: ns, hostname, addresses: ips, selector: {},
-      ports: (s.spec.ports ?? []).filter((p) => (p.protocol ?? 'TCP') === 'TCP').map((p) => ({ port: p.port, targetPort: targetPort(p, slices) })),
+      name: s.metadata.name,
+      namespace: ns,
+      hostname,
+      addresses: ips,
+      selector: {},
+      ports: (s.spec.ports ?? [])
+        .filter((p) => (p.protocol ?? 'TCP') === 'TCP')
+        .map((p) => ({ port: p.port, targetPort: targetPort(p, slices) })),
     });
     for (const sl of slices) {
       for (const e of sl.endpoints ?? []) {
@@ -74,7 +89,13 @@ export function meshFromCluster(o: ClusterObjects): { workloads: Workload[]; ser
       }
     }
   }
-  const workloads = o.pods.filter(isLive).map((p) => workloadOf(p, nsByName.get(p.metadata.namespace ?? 'default'), [...new Set(backs.get(`${p.metadata.namespace}/${p.metadata.name}`) ?? [])]));
+  const workloads = o.pods
+    .filter(isLive)
+    .map((p) =>
+      workloadOf(p, nsByName.get(p.metadata.namespace ?? 'default'), [
+        ...new Set(backs.get(`${p.metadata.namespace}/${p.metadata.name}`) ?? []),
+      ]),
+    );
   return { workloads, services };
 }
 

@@ -7,12 +7,12 @@
 // replaced gets a status update from the kubelet, which triggers a new
 // look; a slow check every few seconds catches what no event announces.
 import { EventEmitter } from 'node:events';
-import type { PodLocator } from './pod-locator';
 import type { Logger } from '../observability/log';
 import type { LocalPod, LocalPodSource } from '../sources/local-pods';
 import type { KubeClient } from './client';
 import { Informer } from './informer';
 import { inMesh, isLive, podUid } from './mesh';
+import type { PodLocator } from './pod-locator';
 import type { Namespace, Pod } from './types';
 
 const RELOOK_MS = 1000;
@@ -26,7 +26,12 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
   private timer?: NodeJS.Timeout;
   private recheck?: NodeJS.Timeout;
 
-  constructor(client: KubeClient, private readonly node: string, private readonly locator: PodLocator, private readonly log: Logger) {
+  constructor(
+    client: KubeClient,
+    private readonly node: string,
+    private readonly locator: PodLocator,
+    private readonly log: Logger,
+  ) {
     super();
     this.pods = new Informer<Pod>(client, `/api/v1/pods?fieldSelector=${encodeURIComponent(`spec.nodeName=${node}`)}`, log);
     this.namespaces = new Informer<Namespace>(client, '/api/v1/namespaces', log);
@@ -41,7 +46,9 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
     this.recheck = setInterval(() => this.refresh(), RECHECK_MS).unref();
   }
 
-  current(): Map<string, LocalPod> { return this.located; }
+  current(): Map<string, LocalPod> {
+    return this.located;
+  }
 
   stop(): void {
     clearTimeout(this.timer);
@@ -51,7 +58,9 @@ export class KubeNodePods extends EventEmitter implements LocalPodSource {
   }
 
   private wanted(): Pod[] {
-    return this.pods.list().filter((p) => p.spec.nodeName === this.node && isLive(p) && inMesh(p, this.namespaces.get(`/${p.metadata.namespace}`)));
+    return this.pods
+      .list()
+      .filter((p) => p.spec.nodeName === this.node && isLive(p) && inMesh(p, this.namespaces.get(`/${p.metadata.namespace}`)));
   }
 
   private refresh(): void {

@@ -15,7 +15,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-export interface LocatedPod { netns: string; cgroup: string; pid: number }
+export interface LocatedPod {
+  netns: string;
+  cgroup: string;
+  pid: number;
+}
 
 // kind and nested kubelets prefix the slice names (kubelet-kubepods-besteffort-pod….slice).
 const SYSTEMD_POD = /^(?:[a-z]+-)?kubepods(?:-[a-z]+)?-pod([0-9a-f_]{36})\.slice$/;
@@ -25,7 +29,9 @@ const CGROUPFS_POD = /^pod([0-9a-f-]{36})$/;
 export function podOfCgroupPath(cgPath: string): { uid: string; podPath: string } | undefined {
   const parts = cgPath.split('/');
   for (let i = 0; i < parts.length; i++) {
-    const m = SYSTEMD_POD.exec(parts[i]) ?? (parts.slice(0, i).some((p) => p === 'kubepods' || p.startsWith('kubepods')) ? CGROUPFS_POD.exec(parts[i]) : null);
+    const m =
+      SYSTEMD_POD.exec(parts[i]) ??
+      (parts.slice(0, i).some((p) => p === 'kubepods' || p.startsWith('kubepods')) ? CGROUPFS_POD.exec(parts[i]) : null);
     if (m) return { uid: m[1].replace(/_/g, '-'), podPath: parts.slice(0, i + 1).join('/') };
   }
   return undefined;
@@ -34,7 +40,10 @@ export function podOfCgroupPath(cgPath: string): { uid: string; podPath: string 
 /** The cgroup v2 path of a process ("0::/…" line), or undefined if it is gone. */
 function cgroupOf(procRoot: string, pid: number): string | undefined {
   try {
-    const line = fs.readFileSync(path.join(procRoot, String(pid), 'cgroup'), 'utf8').split('\n').find((l) => l.startsWith('0::'));
+    const line = fs
+      .readFileSync(path.join(procRoot, String(pid), 'cgroup'), 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('0::'));
     return line?.slice(3);
   } catch {
     return undefined;
@@ -47,7 +56,10 @@ export class PodLocator {
   private readonly byName = new Map<string, string>();
 
   /** procRoot: the host's /proc (mounted at /host/proc in the DaemonSet); cgroupRoot: the cgroup2 mount. */
-  constructor(private readonly procRoot: string, private readonly cgroupRoot: string) {}
+  constructor(
+    private readonly procRoot: string,
+    private readonly cgroupRoot: string,
+  ) {}
 
   /** Where each of the given pods (by Kubernetes uid) is; pods with no process yet are absent. */
   locate(uids: ReadonlySet<string>): Map<string, LocatedPod> {
@@ -64,7 +76,11 @@ export class PodLocator {
     }
     if ([...uids].every((u) => found.has(u))) return found;
     // The lowest pid of a pod is its oldest process (normally the sandbox).
-    const pids = fs.readdirSync(this.procRoot).filter((d) => /^\d+$/.test(d)).map(Number).sort((a, b) => a - b);
+    const pids = fs
+      .readdirSync(this.procRoot)
+      .filter((d) => /^\d+$/.test(d))
+      .map(Number)
+      .sort((a, b) => a - b);
     for (const pid of pids) {
       const cg = cgroupOf(this.procRoot, pid);
       const pod = cg ? podOfCgroupPath(cg) : undefined;

@@ -11,22 +11,39 @@ export interface ObjectMeta {
   deletionTimestamp?: string;
 }
 
-export interface KubeObject { metadata: ObjectMeta }
+export interface KubeObject {
+  metadata: ObjectMeta;
+}
 
 export interface Pod extends KubeObject {
-  spec: { nodeName?: string; serviceAccountName?: string; hostNetwork?: boolean; containers: { name: string; ports?: { name?: string; containerPort: number; protocol?: string }[] }[] };
+  spec: {
+    nodeName?: string;
+    serviceAccountName?: string;
+    hostNetwork?: boolean;
+    containers: { name: string; ports?: { name?: string; containerPort: number; protocol?: string }[] }[];
+  };
   status: { phase?: string; podIP?: string; podIPs?: { ip: string }[] };
 }
 
 export type Namespace = KubeObject;
 
 export interface Service extends KubeObject {
-  spec: { type?: string; clusterIP?: string; clusterIPs?: string[]; selector?: Record<string, string>; ports?: { name?: string; port: number; targetPort?: number | string; protocol?: string }[] };
+  spec: {
+    type?: string;
+    clusterIP?: string;
+    clusterIPs?: string[];
+    selector?: Record<string, string>;
+    ports?: { name?: string; port: number; targetPort?: number | string; protocol?: string }[];
+  };
 }
 
 export interface EndpointSlice extends KubeObject {
   addressType: string;
-  endpoints?: { addresses: string[]; targetRef?: { kind: string; name: string; namespace?: string; uid?: string }; conditions?: { ready?: boolean } }[];
+  endpoints?: {
+    addresses: string[];
+    targetRef?: { kind: string; name: string; namespace?: string; uid?: string };
+    conditions?: { ready?: boolean };
+  }[];
   ports?: { name?: string; port?: number; protocol?: string }[] | null;
 }
 
@@ -34,8 +51,19 @@ export interface TokenReview {
   apiVersion: 'authentication.k8s.io/v1';
   kind: 'TokenReview';
   spec: { token: string; audiences?: string[] };
-  status?: { authenticated?: boolean; error?: string; audiences?: string[]; user?: { username?: string; uid?: string; extra?: Record<string, string[]> } };
+  status?: {
+    authenticated?: boolean;
+    error?: string;
+    audiences?: string[];
+    user?: { username?: string; uid?: string; extra?: Record<string, string[]> };
+  };
 }
 
-export interface List<T> { metadata: { resourceVersion: string }; items: T[] }
-export interface WatchEvent<T> { type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR'; object: T & { code?: number; message?: string } }
+export interface List<T> {
+  metadata: { resourceVersion: string };
+  items: T[];
+}
+export interface WatchEvent<T> {
+  type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+  object: T & { code?: number; message?: string };
+}

@@ -34,21 +34,33 @@ export function isLoopbackHost(host: string | undefined): boolean {
   return false;
 }
 
-export interface Refusal { kind: 'host' | 'origin' | 'fetch-site' | 'header'; message: string }
+export interface Refusal {
+  kind: 'host' | 'origin' | 'fetch-site' | 'header';
+  message: string;
+}
 
 /** Why req may not be served by the admin port, or undefined when it may. */
 export function refusal(req: http.IncomingMessage, mutation: boolean): Refusal | undefined {
   const host = req.headers.host;
   if (!isLoopbackHost(host)) {
-    return { kind: 'host', message: `Host ${JSON.stringify(host ?? '')} is not a loopback name or address; the admin port answers only requests for localhost, 127.0.0.1 or [::1] (a browser page behind a rebound DNS name sends its own)` };
+    return {
+      kind: 'host',
+      message: `Host ${JSON.stringify(host ?? '')} is not a loopback name or address; the admin port answers only requests for localhost, 127.0.0.1 or [::1] (a browser page behind a rebound DNS name sends its own)`,
+    };
   }
   if (!mutation) return undefined;
   if (req.headers.origin !== undefined) {
-    return { kind: 'origin', message: `a request with an Origin header (${JSON.stringify(req.headers.origin.slice(0, 200))}) is a browser's; send it from a shell: ${HOW_TO}` };
+    return {
+      kind: 'origin',
+      message: `a request with an Origin header (${JSON.stringify(req.headers.origin.slice(0, 200))}) is a browser's; send it from a shell: ${HOW_TO}`,
+    };
   }
   const site = req.headers['sec-fetch-site'];
   if (site !== undefined && site !== 'none' && site !== 'same-origin') {
-    return { kind: 'fetch-site', message: `Sec-Fetch-Site ${JSON.stringify(site.slice(0, 40))} is a cross-site browser request; send it from a shell: ${HOW_TO}` };
+    return {
+      kind: 'fetch-site',
+      message: `Sec-Fetch-Site ${JSON.stringify(site.slice(0, 40))} is a cross-site browser request; send it from a shell: ${HOW_TO}`,
+    };
   }
   if (req.headers[ADMIN_HEADER] !== 'true') {
     return { kind: 'header', message: `header ${ADMIN_HEADER}: true is required (a browser cannot send it cross-origin); ${HOW_TO}` };

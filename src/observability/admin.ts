@@ -7,10 +7,12 @@
 //          tasks still pending, one per line
 import http from 'node:http';
 import { refusal } from './admin-guard';
-import { RateLimitedLog } from './rate-limited';
 import type { Logger } from './log';
+import { RateLimitedLog } from './rate-limited';
 
-export interface Readiness { pending: string[] }
+export interface Readiness {
+  pending: string[];
+}
 
 export interface AdminDeps {
   /** The exposition; undefined while still starting. */
@@ -23,7 +25,11 @@ export interface AdminDeps {
   quit: () => void;
 }
 
-export interface AdminPorts { admin: number; stats: number; ready: number }
+export interface AdminPorts {
+  admin: number;
+  stats: number;
+  ready: number;
+}
 export const DEFAULT_PORTS: AdminPorts = { admin: 15000, stats: 15020, ready: 15021 };
 const LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
 
@@ -54,7 +60,11 @@ export const DEFAULT_ADMIN_LIMITS: AdminLimits = {
 };
 
 /** ports in the answer are the bound ones (differ from the asked when those are 0). */
-export async function startAdmin(deps: AdminDeps, ports: AdminPorts = DEFAULT_PORTS, limits: Partial<AdminLimits> = {}): Promise<{ close: () => void; ports: AdminPorts }> {
+export async function startAdmin(
+  deps: AdminDeps,
+  ports: AdminPorts = DEFAULT_PORTS,
+  limits: Partial<AdminLimits> = {},
+): Promise<{ close: () => void; ports: AdminPorts }> {
   const l: AdminLimits = { ...DEFAULT_ADMIN_LIMITS, ...limits };
   const log = deps.log.child({ component: 'admin' });
   // A page in a local browser can send forged requests in a loop: one line per kind per interval.
@@ -65,39 +75,64 @@ export async function startAdmin(deps: AdminDeps, ports: AdminPorts = DEFAULT_PO
     listen(ports.ready, '0.0.0.0', l, log, (req, res) => ready(deps, req, res)),
   ]);
   const bound = servers.map((s) => (s.address() as { port: number }).port);
-  return { close: () => { for (const s of servers) { s.close(); s.closeAllConnections(); } }, ports: { admin: bound[0], stats: bound[1], ready: bound[2] } };
+  return {
+    close: () => {
+      for (const s of servers) {
+        s.close();
+        s.closeAllConnections();
+      }
+    },
+    ports: { admin: bound[0], stats: bound[1], ready: bound[2] },
+  };
 }
 
 function listen(port: number, host: string, l: AdminLimits, log: Logger, handler: http.RequestListener): Promise<http.Server> {
   return new Promise((resolve, reject) => {
-    const s = http.createServer({
-      headersTimeout: l.headersTimeoutMs,
-      requestTimeout: l.requestTimeoutMs,
-      keepAliveTimeout: l.keepAliveTimeoutMs,
-      // Node checks the two timeouts above only this often (30 s by default),
-      // which would let a slow client stay three times as long as allowed.
-      connectionsCheckingInterval: Math.max(100, Math.min(1000, l.headersTimeoutMs / 4)),
-      maxHeaderSize: 16 * 1024,
-    }, (req, res) => {
-      if (!withinBody(req, res, l.maxBodyBytes)) return;
-      try {
-        handler(req, res);
-      } catch (err) {
-        // A request target URL cannot parse, or a dump throws: this request's failure only.
-        log.warn({ port, err: (err as Error).message }, 'admin request failed');
-        if (!res.headersSent) send(res, err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_INVALID_URL' ? 400 : 500, `${(err as Error).message}\n`);
-        else res.destroy();
-      }
-    });
+    const s = http.createServer(
+      {
+        headersTimeout: l.headersTimeoutMs,
+        requestTimeout: l.requestTimeoutMs,
+        keepAliveTimeout: l.keepAliveTimeoutMs,
+        // Node checks the two timeouts above only this often (30 s by default),
+        // which would let a slow client stay three times as long as allowed.
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, l.headersTimeoutMs / 4)),
+        maxHeaderSize: 16 * 1024,
+      },
+      (req, res) => {
+        if (!withinBody(req, res, l.maxBodyBytes)) return;
+        try {
+          handler(req, res);
+        } catch (err) {
+          // A request target URL cannot parse, or a dump throws: this request's failure only.
+          log.warn({ port, err: (err as Error).message }, 'admin request failed');
+          if (!res.headersSent)
+            send(
+              res,
+              err instanceof TypeError && (err as NodeJS.ErrnoException).code === 'ERR_INVALID_URL' ? 400 : 500,
+              `${(err as Error).message}\n`,
+            );
+          else res.destroy();
+        }
+      },
+    );
     s.maxConnections = l.maxConnections;
     // A socket that is idle between the checks above (say, half a request line) is cut too.
     s.setTimeout(l.requestTimeoutMs, (socket) => socket.destroy());
     s.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       // Node's default answers 400/408 and closes; keep that, quietly: a port scanner is not news.
-      if (socket.writable && err.code !== 'ECONNRESET') socket.end(`HTTP/1.1 ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400} ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'Request Timeout' : 'Bad Request'}\r\nconnection: close\r\n\r\n`);
+      if (socket.writable && err.code !== 'ECONNRESET')
+        socket.end(
+          `HTTP/1.1 ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400} ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'Request Timeout' : 'Bad Request'}\r\nconnection: close\r\n\r\n`,
+        );
       else socket.destroy();
     });
-    s.once('error', (err: NodeJS.ErrnoException) => reject(Object.assign(err, { message: `cannot listen on ${host}:${port}: ${err.code}; is another ambit running in this network namespace?` })));
+    s.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        Object.assign(err, {
+          message: `cannot listen on ${host}:${port}: ${err.code}; is another ambit running in this network namespace?`,
+        }),
+      ),
+    );
     s.listen(port, host, () => {
       s.on('error', (err: Error) => log.error({ port, err: err.message }, 'admin endpoint error'));
       resolve(s);
@@ -114,9 +149,15 @@ function withinBody(req: http.IncomingMessage, res: http.ServerResponse, max: nu
     }
     req.socket.destroySoon();
   };
-  if (Number(req.headers['content-length'] ?? 0) > max) { refuse(); return false; }
+  if (Number(req.headers['content-length'] ?? 0) > max) {
+    refuse();
+    return false;
+  }
   let seen = 0;
-  req.on('data', (chunk: Buffer) => { seen += chunk.length; if (seen > max) refuse(); });
+  req.on('data', (chunk: Buffer) => {
+    seen += chunk.length;
+    if (seen > max) refuse();
+  });
   req.on('error', () => req.socket.destroy());
   return true;
 }
@@ -134,7 +175,12 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
     return send(res, 403, `refused: ${why.message}\n`);
   }
   if (req.method === 'GET' && url.pathname === '/config_dump') {
-    return send(res, 200, `${JSON.stringify(deps.configDump(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`, 'application/json');
+    return send(
+      res,
+      200,
+      `${JSON.stringify(deps.configDump(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`,
+      'application/json',
+    );
   }
   if (req.method === 'POST' && url.pathname === '/logging') {
     const level = url.searchParams.get('level');
@@ -164,7 +210,8 @@ function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerRespo
 }
 
 function ready(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
-  if (req.method !== 'GET' || new URL(req.url ?? '/', 'http://localhost').pathname !== '/healthz/ready') return send(res, 404, 'GET /healthz/ready\n');
+  if (req.method !== 'GET' || new URL(req.url ?? '/', 'http://localhost').pathname !== '/healthz/ready')
+    return send(res, 404, 'GET /healthz/ready\n');
   const { pending } = deps.readiness();
   if (pending.length === 0) return send(res, 200, 'ready\n');
   send(res, 503, `not ready:\n${pending.map((p) => `- ${p}`).join('\n')}\n`);

@@ -13,9 +13,19 @@ import { parseSpiffe } from '../identity/spiffe';
 import type { Workload } from '../state/types';
 
 const TCP_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'source_app', 'source_version',
-  'destination_service', 'destination_workload', 'destination_workload_namespace', 'destination_principal',
-  'request_protocol', 'response_flags', 'connection_security_policy',
+  'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'source_app',
+  'source_version',
+  'destination_service',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'request_protocol',
+  'response_flags',
+  'connection_security_policy',
 ] as const;
 export type TcpLabels = Record<(typeof TCP_LABELS)[number], string>;
 
@@ -66,19 +76,36 @@ export class Metrics {
 
   constructor(sources: MetricsSources = {}) {
     const r = this.registry;
-    const tcp = (name: string, help: string): client.Counter<string> => new client.Counter({ name, help, labelNames: [...TCP_LABELS], registers: [r] });
+    const tcp = (name: string, help: string): client.Counter<string> =>
+      new client.Counter({ name, help, labelNames: [...TCP_LABELS], registers: [r] });
     this.opened = tcp('istio_tcp_connections_opened_total', 'TCP connections opened');
     this.closed = tcp('istio_tcp_connections_closed_total', 'TCP connections closed');
     this.sent = tcp('istio_tcp_sent_bytes_total', 'Bytes sent to the client side of the connection (toward the source)');
     this.received = tcp('istio_tcp_received_bytes_total', 'Bytes received from the client side of the connection (from the source)');
-    this.failures = new client.Counter({ name: 'ambit_connection_failures_total', help: 'Connections refused or failed, by direction and reason', labelNames: ['direction', 'reason'], registers: [r] });
-    this.configApplied = new client.Gauge({ name: 'ambit_config_last_applied_timestamp_seconds', help: 'When the current configuration was applied', registers: [r] });
-    this.configRejected = new client.Counter({ name: 'ambit_config_rejected_total', help: 'Configuration changes rejected as invalid', registers: [r] });
+    this.failures = new client.Counter({
+      name: 'ambit_connection_failures_total',
+      help: 'Connections refused or failed, by direction and reason',
+      labelNames: ['direction', 'reason'],
+      registers: [r],
+    });
+    this.configApplied = new client.Gauge({
+      name: 'ambit_config_last_applied_timestamp_seconds',
+      help: 'When the current configuration was applied',
+      registers: [r],
+    });
+    this.configRejected = new client.Counter({
+      name: 'ambit_config_rejected_total',
+      help: 'Configuration changes rejected as invalid',
+      registers: [r],
+    });
 
     const { maps, certs } = sources;
     if (certs) {
       new client.Gauge({
-        name: 'ambit_certificate_expiry_timestamp_seconds', help: 'When the current certificate of each workload identity expires', labelNames: ['identity'], registers: [r],
+        name: 'ambit_certificate_expiry_timestamp_seconds',
+        help: 'When the current certificate of each workload identity expires',
+        labelNames: ['identity'],
+        registers: [r],
         collect() {
           this.reset();
           for (const c of certs.certificates()) this.set({ identity: c.identity }, c.notAfter.getTime() / 1000);
@@ -89,7 +116,10 @@ export class Metrics {
       // The kernel's counters only grow: apply the increase since the last scrape.
       const last = new Map<string, bigint>();
       new client.Counter({
-        name: 'ambit_datapath_events_total', help: 'eBPF datapath decisions by reason (per-CPU counters, summed)', labelNames: ['reason'], registers: [r],
+        name: 'ambit_datapath_events_total',
+        help: 'eBPF datapath decisions by reason (per-CPU counters, summed)',
+        labelNames: ['reason'],
+        registers: [r],
         collect() {
           const now = maps.readCounters();
           for (const reason of REASONS) {
@@ -107,8 +137,22 @@ export class Metrics {
   /** Reports an HBONE pool's sessions and streams (the tunnel that owns the pool calls this once). */
   trackPool(stats: () => { sessions: number; streams: number }): void {
     const r = this.registry;
-    new client.Gauge({ name: 'ambit_pool_sessions', help: 'Open HBONE client sessions (one TLS connection each)', registers: [r], collect() { this.set(stats().sessions); } });
-    new client.Gauge({ name: 'ambit_pool_streams', help: 'Open HBONE client streams (one per proxied connection)', registers: [r], collect() { this.set(stats().streams); } });
+    new client.Gauge({
+      name: 'ambit_pool_sessions',
+      help: 'Open HBONE client sessions (one TLS connection each)',
+      registers: [r],
+      collect() {
+        this.set(stats().sessions);
+      },
+    });
+    new client.Gauge({
+      name: 'ambit_pool_streams',
+      help: 'Open HBONE client streams (one per proxied connection)',
+      registers: [r],
+      collect() {
+        this.set(stats().streams);
+      },
+    });
   }
 
   /** Counts a connection as opened; the returned function closes it with its byte counts. */

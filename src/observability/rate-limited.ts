@@ -6,7 +6,11 @@ import type { Logger } from './log';
 export class RateLimitedLog {
   private readonly last = new Map<string, { at: number; suppressed: number }>();
 
-  constructor(private readonly log: Logger, private readonly intervalMs = 10_000, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = 10_000,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /**
    * Logs at warn level unless a line with this key (by default the reason)

@@ -15,7 +15,11 @@ export interface ConnectionFacts {
 }
 
 /** A dry-run policy's outcome: logged so an operator can see what enforcing it would do. */
-export interface DryRunResult { policy: string; action: PolicyAction; matched: boolean }
+export interface DryRunResult {
+  policy: string;
+  action: PolicyAction;
+  matched: boolean;
+}
 
 /**
  * `policy` names the deciding policy ("<namespace>/<name>") when one did;

@@ -15,7 +15,7 @@ import net from 'node:net';
 import { parseSpiffe } from '../identity/spiffe';
 import type { Workload } from '../state/types';
 import type { Authorizer, ConnectionFacts, Decision, DryRunResult } from './authorize';
-import { policyKey, type Authorization, type IpBlock, type Match, type StringMatch } from './types';
+import { type Authorization, type IpBlock, type Match, policyKey, type StringMatch } from './types';
 
 export type VerdictReason =
   | 'denied_by_policy'
@@ -35,9 +35,16 @@ export interface Verdict {
 
 /** A Match with every field given, the rest empty. */
 export const matchOf = (m: Partial<Match> = {}): Match => ({
-  namespaces: [], notNamespaces: [], principals: [], notPrincipals: [],
-  sourceIps: [], notSourceIps: [], destinationIps: [], notDestinationIps: [],
-  destinationPorts: [], notDestinationPorts: [],
+  namespaces: [],
+  notNamespaces: [],
+  principals: [],
+  notPrincipals: [],
+  sourceIps: [],
+  notSourceIps: [],
+  destinationIps: [],
+  notDestinationIps: [],
+  destinationPorts: [],
+  notDestinationPorts: [],
   ...m,
 });
 
@@ -82,10 +89,19 @@ export class PolicyIndex {
   }
 }
 
-interface Addr { text: string; family: 'ipv4' | 'ipv6' }
+interface Addr {
+  text: string;
+  family: 'ipv4' | 'ipv6';
+}
 
 /** What policies can see of a connection. */
-interface Peer { principal: string; namespace: string; src: Addr | undefined; dst: Addr | undefined; port: number }
+interface Peer {
+  principal: string;
+  namespace: string;
+  src: Addr | undefined;
+  dst: Addr | undefined;
+  port: number;
+}
 
 function addr(ip: string): Addr | undefined {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
@@ -98,7 +114,7 @@ function peerOf(c: ConnectionFacts): Peer {
   const id = c.srcIdentity;
   return {
     principal: id === undefined ? '' : id.startsWith('spiffe://') ? id.slice('spiffe://'.length) : id,
-    namespace: id === undefined ? '' : parseSpiffe(id)?.namespace ?? '',
+    namespace: id === undefined ? '' : (parseSpiffe(id)?.namespace ?? ''),
     src: addr(c.srcIp),
     dst: addr(c.dstIp),
     port: c.dstPort,
@@ -150,12 +166,14 @@ function ips(yes: IpBlock[], no: IpBlock[], a: Addr | undefined): boolean {
 }
 
 function matchMatches(m: Match, p: Peer): boolean {
-  return strings(m.principals, m.notPrincipals, p.principal)
-    && strings(m.namespaces, m.notNamespaces, p.namespace)
-    && ips(m.sourceIps, m.notSourceIps, p.src)
-    && ips(m.destinationIps, m.notDestinationIps, p.dst)
-    && (m.destinationPorts.length === 0 || m.destinationPorts.includes(p.port))
-    && !m.notDestinationPorts.includes(p.port);
+  return (
+    strings(m.principals, m.notPrincipals, p.principal) &&
+    strings(m.namespaces, m.notNamespaces, p.namespace) &&
+    ips(m.sourceIps, m.notSourceIps, p.src) &&
+    ips(m.destinationIps, m.notDestinationIps, p.dst) &&
+    (m.destinationPorts.length === 0 || m.destinationPorts.includes(p.port)) &&
+    !m.notDestinationPorts.includes(p.port)
+  );
 }
 
 function policyMatches(a: Authorization, p: Peer): boolean {
@@ -172,7 +190,8 @@ export function evaluate(policies: readonly Authorization[], c: ConnectionFacts)
   }
   if (enforced === 0) return { allow: true, reason: 'no_policies', dryRun };
   for (const a of policies) {
-    if (!a.dryRun && a.action === 'DENY' && policyMatches(a, peer)) return { allow: false, policy: policyKey(a), reason: 'denied_by_policy', dryRun };
+    if (!a.dryRun && a.action === 'DENY' && policyMatches(a, peer))
+      return { allow: false, policy: policyKey(a), reason: 'denied_by_policy', dryRun };
   }
   let allows = 0;
   for (const a of policies) {

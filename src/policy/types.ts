@@ -9,7 +9,10 @@ export type PolicyAction = 'ALLOW' | 'DENY';
 export type StringMatch = { exact: string } | { prefix: string } | { suffix: string } | { presence: true };
 
 /** An IPv4 or IPv6 block: address in text form and prefix length. */
-export interface IpBlock { address: string; length: number }
+export interface IpBlock {
+  address: string;
+  length: number;
+}
 
 /** Every populated field must match (its values OR-ed); no not_ value may match. */
 export interface Match {
@@ -27,10 +30,14 @@ export interface Match {
 }
 
 /** A clause matches when any of its matches does. */
-export interface Clause { matches: Match[] }
+export interface Clause {
+  matches: Match[];
+}
 
 /** A rule matches when all of its clauses do (a rule without clauses matches everything). */
-export interface Rule { clauses: Clause[] }
+export interface Rule {
+  clauses: Clause[];
+}
 
 export interface Authorization {
   name: string;

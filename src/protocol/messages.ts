@@ -3,14 +3,26 @@
 // names, 64-bit integers as numbers, bytes as Buffers, defaults filled in).
 // They mirror proto/ field for field; only what ambit reads or writes.
 
-export interface Any { type_url: string; value: Buffer }
+export interface Any {
+  type_url: string;
+  value: Buffer;
+}
 
 // ---- istio.workload ----
 export type TunnelProtocolName = 'NONE' | 'HBONE';
 
-export interface NetworkAddress { network: string; address: Buffer }
-export interface Port { service_port: number; target_port: number; app_protocol?: string }
-export interface PortList { ports: Port[] }
+export interface NetworkAddress {
+  network: string;
+  address: Buffer;
+}
+export interface Port {
+  service_port: number;
+  target_port: number;
+  app_protocol?: string;
+}
+export interface PortList {
+  ports: Port[];
+}
 
 export interface WorkloadMessage {
   uid: string;
@@ -43,11 +55,24 @@ export interface ServiceMessage {
   subject_alt_names: string[];
 }
 
-export interface AddressMessage { workload?: WorkloadMessage | null; service?: ServiceMessage | null; type?: 'workload' | 'service' }
+export interface AddressMessage {
+  workload?: WorkloadMessage | null;
+  service?: ServiceMessage | null;
+  type?: 'workload' | 'service';
+}
 
 // ---- istio.security ----
-export type StringMatchMessage = { exact?: string; prefix?: string; suffix?: string; presence?: object; match_type?: 'exact' | 'prefix' | 'suffix' | 'presence' };
-export interface IpBlockMessage { address: Buffer; length: number }
+export type StringMatchMessage = {
+  exact?: string;
+  prefix?: string;
+  suffix?: string;
+  presence?: object;
+  match_type?: 'exact' | 'prefix' | 'suffix' | 'presence';
+};
+export interface IpBlockMessage {
+  address: Buffer;
+  length: number;
+}
 
 export interface MatchMessage {
   namespaces: StringMatchMessage[];
@@ -72,9 +97,15 @@ export interface AuthorizationMessage {
 }
 
 // ---- envoy.service.discovery.v3 ----
-export interface StructValue { [key: string]: unknown }
+export interface StructValue {
+  [key: string]: unknown;
+}
 
-export interface NodeMessage { id: string; cluster?: string; metadata?: { fields: Record<string, unknown> } | null }
+export interface NodeMessage {
+  id: string;
+  cluster?: string;
+  metadata?: { fields: Record<string, unknown> } | null;
+}
 
 export interface DeltaDiscoveryRequest {
   node?: NodeMessage | null;
@@ -86,7 +117,12 @@ export interface DeltaDiscoveryRequest {
   error_detail?: { code: number; message: string } | null;
 }
 
-export interface ResourceMessage { name: string; version: string; resource: Any | null; aliases?: string[] }
+export interface ResourceMessage {
+  name: string;
+  version: string;
+  resource: Any | null;
+  aliases?: string[];
+}
 
 export interface DeltaDiscoveryResponse {
   system_version_info: string;
@@ -97,5 +133,11 @@ export interface DeltaDiscoveryResponse {
 }
 
 // ---- istio.v1.auth ----
-export interface IstioCertificateRequest { csr: string; validity_duration: number; metadata?: { fields: Record<string, unknown> } | null }
-export interface IstioCertificateResponse { cert_chain: string[] }
+export interface IstioCertificateRequest {
+  csr: string;
+  validity_duration: number;
+  metadata?: { fields: Record<string, unknown> } | null;
+}
+export interface IstioCertificateResponse {
+  cert_chain: string[];
+}

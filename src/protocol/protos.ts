@@ -3,10 +3,11 @@
 // payloads carried inside google.protobuf.Any (xDS resources) through
 // protobufjs, which proto-loader itself builds on. Field names keep the
 // .proto spelling (snake_case) so code and wire definitions read alike.
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+
 import fs from 'node:fs';
 import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 import type { Any } from './messages';
 

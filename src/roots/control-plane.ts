@@ -19,7 +19,10 @@ export interface ControlPlaneSettings {
 export async function runControlPlane(s: ControlPlaneSettings): Promise<ControlPlane> {
   const log = createLogger();
   const cp = await ControlPlane.start({
-    configFile: s.configFile, listen: s.listen, log, names: s.names,
+    configFile: s.configFile,
+    listen: s.listen,
+    log,
+    names: s.names,
     kube: s.kubernetes && KubeClient.inCluster(s.kubernetes.api),
     xds: s.maxResponseBytes === undefined ? undefined : { maxResponseBytes: s.maxResponseBytes },
   });

@@ -65,9 +65,10 @@ export async function runNode(s: NodeSettings): Promise<PodAgent> {
       podsCgroup: s.podsCgroup,
       pinDir: s.pinDir,
       mode: s.mode,
-      dataPlane: s.workers > 0
-        ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
-        : undefined,
+      dataPlane:
+        s.workers > 0
+          ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
+          : undefined,
       limits: s.limits,
     },
     drainMs: s.drainMs,
@@ -77,16 +78,26 @@ export async function runNode(s: NodeSettings): Promise<PodAgent> {
 }
 
 /** State from a control plane's delta xDS, certificates from its CA. */
-async function xdsState(x: XdsSettings, podFacts: PodFacts, nodeName: string, log: Logger): Promise<{ source: XdsMeshSource; ca: IstioCaClient }> {
+async function xdsState(
+  x: XdsSettings,
+  podFacts: PodFacts,
+  nodeName: string,
+  log: Logger,
+): Promise<{ source: XdsMeshSource; ca: IstioCaClient }> {
   let rootsPem: string;
   try {
     rootsPem = fs.readFileSync(x.rootFile, 'utf8');
   } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `cannot read --xds-root ${x.rootFile}: ${(err as NodeJS.ErrnoException).code}`, 'give the control plane\'s root certificate (PEM)');
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `cannot read --xds-root ${x.rootFile}: ${(err as NodeJS.ErrnoException).code}`,
+      "give the control plane's root certificate (PEM)",
+    );
   }
   const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
   const node = nodeMessage({
-    nodeName, ip,
+    nodeName,
+    ip,
     podName: process.env.POD_NAME ?? `ambit-${nodeName}`,
     podNamespace: process.env.POD_NAMESPACE ?? 'ambit-system',
   });
@@ -102,7 +113,8 @@ async function localPods(facts: PodFacts, nodeName: string, log: Logger): Promis
   if ('file' in facts) return new LocalPodsFile(facts.file);
   // This node's pods from the API server, located in the host's /proc.
   const root = cgroup2Root();
-  if (!root) throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount: pods cannot be located', 'mount cgroup2 (the kubelet needs it too)');
+  if (!root)
+    throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount: pods cannot be located', 'mount cgroup2 (the kubelet needs it too)');
   const locator = new PodLocator(facts.kubernetes.proc, root);
   const pods = new KubeNodePods(KubeClient.inCluster(facts.kubernetes.api), nodeName, locator, log.child({ component: 'kubernetes' }));
   await pods.start();
@@ -110,5 +122,7 @@ async function localPods(facts: PodFacts, nodeName: string, log: Logger): Promis
 }
 
 function firstIpv4(): string | undefined {
-  return Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+  return Object.values(os.networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 }

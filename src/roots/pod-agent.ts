@@ -9,7 +9,7 @@
 // node's netns; a sidecar serves one workload from inside that workload's
 // own netns and cgroup.
 import fs from 'node:fs';
-import { Enrolment, podKey, type EnrolledPod } from '../datapath/enrolment';
+import { type EnrolledPod, Enrolment, podKey } from '../datapath/enrolment';
 import { Datapath, DEFAULT_PIN_DIR } from '../datapath/loader';
 import { cgroup2Root, formatFindings, probe } from '../datapath/probe';
 import { datapathStatus } from '../datapath/status';
@@ -61,7 +61,11 @@ export interface PodAgentOptions {
   log: Logger;
 }
 
-interface PodRuntime { pod: EnrolledPod; identity: string; fingerprint: string }
+interface PodRuntime {
+  pod: EnrolledPod;
+  identity: string;
+  fingerprint: string;
+}
 
 export class PodAgent {
   private readonly pods = new Map<string, PodRuntime>();
@@ -81,7 +85,16 @@ export class PodAgent {
     readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
-    const ctx: DataPlaneContext = { store, certs, datapath, metrics, mode: opts.mode ?? 'hbone', authorizer: opts.authorizer ?? PolicyAuthorizer.following(() => store.config), limits: opts.limits ?? {}, log };
+    const ctx: DataPlaneContext = {
+      store,
+      certs,
+      datapath,
+      metrics,
+      mode: opts.mode ?? 'hbone',
+      authorizer: opts.authorizer ?? PolicyAuthorizer.following(() => store.config),
+      limits: opts.limits ?? {},
+      log,
+    };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
   }
 
@@ -93,10 +106,14 @@ export class PodAgent {
     const findings = probe(pinDir);
     const failed = findings.filter((f) => !f.ok);
     if (failed.length) {
-      throw new AmbitError(failed[0].code ?? 'AMBIT_E_KERNEL', `this host cannot run the datapath:\n${formatFindings(failed)}`, 'fix the lines marked FAIL; `ambit datapath probe` shows them all');
+      throw new AmbitError(
+        failed[0].code ?? 'AMBIT_E_KERNEL',
+        `this host cannot run the datapath:\n${formatFindings(failed)}`,
+        'fix the lines marked FAIL; `ambit datapath probe` shows them all',
+      );
     }
     const store = new MeshStore(config);
-    const ca = opts.ca ?? await BuiltinCa.open(config.ca.dir);
+    const ca = opts.ca ?? (await BuiltinCa.open(config.ca.dir));
     const certs = new CertificateManager(ca, { ttlSeconds: opts.certTtlSeconds, log });
 
     // A sidecar captures its own pod only: its programs go on the pod's cgroup.
@@ -113,7 +130,9 @@ export class PodAgent {
     return app;
   }
 
-  get pinDir(): string { return this.datapath.pinDir; }
+  get pinDir(): string {
+    return this.datapath.pinDir;
+  }
 
   /** The in-process tunnel, when there is one (tests read its pool and handshake counts). */
   get tunnel(): Tunnel | undefined {
@@ -142,11 +161,18 @@ export class PodAgent {
       config: this.store.config,
       source: this.opts.sourceStatus?.() ?? 'file',
       pods: [...this.pods.values()].map(({ pod, identity }) => ({
-        uid: pod.workload.uid, podId: pod.podId, cgroupId: pod.cgroupId, netns: pod.netns.path, identity, addresses: pod.workload.addresses,
+        uid: pod.workload.uid,
+        podId: pod.podId,
+        cgroupId: pod.cgroupId,
+        netns: pod.netns.path,
+        identity,
+        addresses: pod.workload.addresses,
       })),
       failedPods: Object.fromEntries(this.failed),
       waitingPods: this.waiting,
-      certificates: this.certs.certificates().map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),
+      certificates: this.certs
+        .certificates()
+        .map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),
       dataPlane: { pending: this.dataPlane.pending() },
       datapath: datapathStatus(this.datapath.pinDir),
     };
@@ -165,7 +191,9 @@ export class PodAgent {
   }
 
   /** Graceful stop of the data plane: no new connections, open ones finish until the deadline. */
-  drain(deadlineMs: number): Promise<void> { return this.dataPlane.drain(deadlineMs); }
+  drain(deadlineMs: number): Promise<void> {
+    return this.dataPlane.drain(deadlineMs);
+  }
 
   /**
    * Stops serving. Capture stays pinned on purpose: until an agent runs
@@ -187,9 +215,10 @@ export class PodAgent {
 
   private async reconcileNow(): Promise<void> {
     const { scope } = this.opts;
-    const mine = 'sidecar' in scope
-      ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
-      : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
+    const mine =
+      'sidecar' in scope
+        ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
+        : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
     let hbone = mine.filter((w) => w.protocol === 'HBONE');
     if (this.opts.podsLocatedSeparately) {
       const located = (w: Workload): boolean => !!w.netns && !!w.cgroup;
@@ -217,7 +246,10 @@ export class PodAgent {
         this.failed.delete(w.uid);
       } catch (err) {
         this.failed.set(w.uid, (err as Error).message);
-        this.log.error({ pod: w.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'pod enrolment failed; its traffic is not captured');
+        this.log.error(
+          { pod: w.uid, code: (err as AmbitError).code, err: (err as Error).message },
+          'pod enrolment failed; its traffic is not captured',
+        );
       }
     }
   }
@@ -230,7 +262,11 @@ export class PodAgent {
     this.dataPlane.addPod(pod, identity, cert);
     this.pods.set(w.uid, { pod, identity, fingerprint: fingerprint(this.store, w) });
     this.log.info({ pod: w.uid, identity, addresses: w.addresses }, 'pod enrolled');
-    if (pod.timeWaitReuse) this.log.warn({ pod: w.uid, err: pod.timeWaitReuse }, 'TIME_WAIT reuse not enabled in the pod: under heavy connection churn it may run out of ports (is /proc/sys read-only?)');
+    if (pod.timeWaitReuse)
+      this.log.warn(
+        { pod: w.uid, err: pod.timeWaitReuse },
+        'TIME_WAIT reuse not enabled in the pod: under heavy connection churn it may run out of ports (is /proc/sys read-only?)',
+      );
   }
 }
 
@@ -256,13 +292,26 @@ function netnsIdentity(p: string | undefined): string | undefined {
 function checkScope(config: MeshConfig, scope: Scope): void {
   if ('node' in scope) {
     if (!config.nodes.some((n) => n.name === scope.node)) {
-      throw new AmbitError('AMBIT_E_CONFIG', `node ${JSON.stringify(scope.node)} is not in the configuration's nodes`, `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`);
+      throw new AmbitError(
+        'AMBIT_E_CONFIG',
+        `node ${JSON.stringify(scope.node)} is not in the configuration's nodes`,
+        `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`,
+      );
     }
     return;
   }
   const w = config.workloads.find((x) => x.uid === scope.sidecar);
-  if (!w) throw new AmbitError('AMBIT_E_CONFIG', `workload ${JSON.stringify(scope.sidecar)} is not in the configuration`, 'give the uid of a workload entry');
+  if (!w)
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `workload ${JSON.stringify(scope.sidecar)} is not in the configuration`,
+      'give the uid of a workload entry',
+    );
   if (w.dataplane !== 'sidecar' || w.protocol !== 'HBONE' || !w.netns || !w.cgroup) {
-    throw new AmbitError('AMBIT_E_CONFIG', `workload ${w.uid} cannot have a sidecar: it needs protocol: HBONE, dataplane: sidecar, netns and cgroup (has ${w.protocol}, ${w.dataplane}, ${w.netns ?? 'no netns'}, ${w.cgroup ?? 'no cgroup'})`, 'set dataplane: sidecar so that the node agent leaves the pod to its sidecar');
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `workload ${w.uid} cannot have a sidecar: it needs protocol: HBONE, dataplane: sidecar, netns and cgroup (has ${w.protocol}, ${w.dataplane}, ${w.netns ?? 'no netns'}, ${w.cgroup ?? 'no cgroup'})`,
+      'set dataplane: sidecar so that the node agent leaves the pod to its sidecar',
+    );
   }
 }

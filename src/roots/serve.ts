@@ -54,13 +54,20 @@ export async function serve(spec: ServeSpec): Promise<PodAgent> {
   };
   warn(config);
   unwatch = source.watch(
-    (cfg) => void running.update(cfg).then(
-      () => { warn(cfg); log.info({ from: source.name }, 'configuration applied'); },
-      (err: Error) => log.error({ from: source.name, err: err.message }, 'configuration change could not be applied'),
-    ),
+    (cfg) =>
+      void running.update(cfg).then(
+        () => {
+          warn(cfg);
+          log.info({ from: source.name }, 'configuration applied');
+        },
+        (err: Error) => log.error({ from: source.name, err: err.message }, 'configuration change could not be applied'),
+      ),
     (err) => {
       running.metrics.configRejected.inc();
-      log.error({ from: source.name, code: err.code, err: err.message }, 'configuration change rejected; the last good state keeps serving');
+      log.error(
+        { from: source.name, code: err.code, err: err.message },
+        'configuration change rejected; the last good state keeps serving',
+      );
     },
   );
   // From here on an error that escapes its connection is a bug to log, not a reason to cut every pod's traffic.

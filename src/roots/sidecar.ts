@@ -32,9 +32,10 @@ export function runSidecar(s: SidecarSettings): Promise<PodAgent> {
       podsCgroup: s.podsCgroup,
       pinDir: s.pinDir,
       mode: s.mode,
-      dataPlane: s.workers > 0
-        ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
-        : undefined,
+      dataPlane:
+        s.workers > 0
+          ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
+          : undefined,
       limits: s.limits,
     },
     drainMs: s.drainMs,

@@ -5,12 +5,12 @@
 // the rules across entries are checked here, before anything is applied.
 import net from 'node:net';
 import { AmbitError } from '../errors';
-import { compileIstioPolicies } from './istio-crd';
+import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from '../state/types';
 import { checkCrossFields } from './cross-checks';
 import { readTextFile } from './file-source';
+import { compileIstioPolicies } from './istio-crd';
 import { checkKeys, join, KEYS } from './schema';
 import { parseYamlBounded } from './yaml-bounded';
-import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from '../state/types';
 
 type Obj = Record<string, unknown>;
 
@@ -37,7 +37,10 @@ class Problems {
 
 /** o's fields, with unknown ones reported; undefined when v is not a map (reported as `what`). */
 function fields(p: Problems, v: unknown, at: string, known: readonly string[], what: string): Obj | undefined {
-  if (!isObj(v)) { p.add(at, v, what); return undefined; }
+  if (!isObj(v)) {
+    p.add(at, v, what);
+    return undefined;
+  }
   checkKeys(p.report, v, known, at);
   return v;
 }
@@ -59,24 +62,34 @@ function str(p: Problems, o: Obj, key: string, at: string, opts: { optional?: bo
 function list(p: Problems, o: Obj, key: string, at: string, optional = true): unknown[] {
   const v = o[key];
   if (v === undefined && optional) return [];
-  if (!Array.isArray(v)) { p.add(join(at, key), v, 'must be a list'); return []; }
+  if (!Array.isArray(v)) {
+    p.add(join(at, key), v, 'must be a list');
+    return [];
+  }
   return v;
 }
 
 function labels(p: Problems, o: Obj, key: string, at: string): Record<string, string> {
   const v = o[key];
   if (v === undefined) return {};
-  if (!isObj(v)) { p.add(`${at}.${key}`, v, 'must be a map of string to string, e.g. { app: echo }'); return {}; }
+  if (!isObj(v)) {
+    p.add(`${at}.${key}`, v, 'must be a map of string to string, e.g. { app: echo }');
+    return {};
+  }
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(v)) {
-    if (typeof val !== 'string' && typeof val !== 'number' && typeof val !== 'boolean') p.add(`${at}.${key}.${k}`, val, 'label values must be strings');
+    if (typeof val !== 'string' && typeof val !== 'number' && typeof val !== 'boolean')
+      p.add(`${at}.${key}.${k}`, val, 'label values must be strings');
     else out[k] = String(val);
   }
   return out;
 }
 
 function port(p: Problems, v: unknown, at: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) { p.add(at, v, 'must be a port number 1..65535'); return 0; }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) {
+    p.add(at, v, 'must be a port number 1..65535');
+    return 0;
+  }
   return v;
 }
 
@@ -90,22 +103,31 @@ function node(p: Problems, v: unknown, at: string): MeshNode {
 function workload(p: Problems, v: unknown, at: string): Workload {
   const o = fields(p, v, at, KEYS.workload, 'must be a map') ?? {};
   const protocol = (o.protocol ?? 'HBONE') as TunnelProtocol;
-  if (protocol !== 'HBONE' && protocol !== 'NONE') p.add(`${at}.protocol`, o.protocol, 'must be HBONE (in the mesh) or NONE (plain TCP peer)');
+  if (protocol !== 'HBONE' && protocol !== 'NONE')
+    p.add(`${at}.protocol`, o.protocol, 'must be HBONE (in the mesh) or NONE (plain TCP peer)');
   const dataplane = (o.dataplane ?? 'ambient') as Dataplane;
-  if (dataplane !== 'ambient' && dataplane !== 'sidecar') p.add(`${at}.dataplane`, o.dataplane, 'must be ambient (the node agent captures it) or sidecar (`ambit sidecar` runs in the pod)');
+  if (dataplane !== 'ambient' && dataplane !== 'sidecar')
+    p.add(`${at}.dataplane`, o.dataplane, 'must be ambient (the node agent captures it) or sidecar (`ambit sidecar` runs in the pod)');
   const addresses = list(p, o, 'addresses', at, false).map((a, i) => {
     if (typeof a !== 'string' || !net.isIPv4(a)) p.add(`${at}.addresses[${i}]`, a, 'must be an IPv4 address such as 10.200.0.10');
     return typeof a === 'string' ? a : ''; // not String(a): { toString: {} } throws
   });
   if (addresses.length === 0 && Array.isArray(o.addresses)) p.add(`${at}.addresses`, o.addresses, 'needs at least one address');
   if (o.authorizationPolicies !== undefined && !(Array.isArray(o.authorizationPolicies) && o.authorizationPolicies.length === 0)) {
-    p.add(`${at}.authorizationPolicies`, o.authorizationPolicies, "is computed from the policies' selectors (spec.selector.matchLabels against labels); remove it and select the workload from the policy");
+    p.add(
+      `${at}.authorizationPolicies`,
+      o.authorizationPolicies,
+      "is computed from the policies' selectors (spec.selector.matchLabels against labels); remove it and select the workload from the policy",
+    );
   }
   return {
     uid: str(p, o, 'uid', at, { fix: 'a unique id such as default/pod-a' }),
     name: str(p, o, 'name', at),
     namespace: str(p, o, 'namespace', at, { pattern: DNS_LABELS, fix: 'a Kubernetes namespace name: lower-case letters, digits and -' }),
-    serviceAccount: str(p, o, 'serviceAccount', at, { pattern: DNS_LABELS, fix: 'a service account name: lower-case letters, digits, - and .' }),
+    serviceAccount: str(p, o, 'serviceAccount', at, {
+      pattern: DNS_LABELS,
+      fix: 'a service account name: lower-case letters, digits, - and .',
+    }),
     node: str(p, o, 'node', at, { fix: 'the name of an entry of nodes:' }),
     addresses,
     protocol,
@@ -120,7 +142,10 @@ function workload(p: Problems, v: unknown, at: string): Workload {
 
 function capacity(p: Problems, v: unknown, at: string): number {
   if (v === undefined) return 1;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) { p.add(at, v, 'must be a whole number >= 0 (0 takes the endpoint out of rotation)'); return 1; }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
+    p.add(at, v, 'must be a whole number >= 0 (0 takes the endpoint out of rotation)');
+    return 1;
+  }
   return v;
 }
 
@@ -131,7 +156,8 @@ function service(p: Problems, v: unknown, at: string): Service {
     return typeof a === 'string' ? a : ''; // not String(a): { toString: {} } throws
   });
   const ports: ServicePort[] = list(p, o, 'ports', at, false).map((x, i) => {
-    if (!fields(p, x, `${at}.ports[${i}]`, KEYS.servicePort, 'must be { port, targetPort }') || !isObj(x)) return { port: 0, targetPort: 0 };
+    if (!fields(p, x, `${at}.ports[${i}]`, KEYS.servicePort, 'must be { port, targetPort }') || !isObj(x))
+      return { port: 0, targetPort: 0 };
     const svcPort = port(p, x.port, `${at}.ports[${i}].port`);
     return { port: svcPort, targetPort: x.targetPort === undefined ? svcPort : port(p, x.targetPort, `${at}.ports[${i}].targetPort`) };
   });
@@ -153,7 +179,10 @@ function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
     const o = fields(p, t, `${at}.tokens[${i}]`, KEYS.token, 'must be { node, sha256 }') ?? {};
     return {
       node: str(p, o, 'node', `${at}.tokens[${i}]`, { fix: 'the node name this token authenticates' }),
-      sha256: str(p, o, 'sha256', `${at}.tokens[${i}]`, { pattern: /^[0-9a-f]{64}$/, fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE' }),
+      sha256: str(p, o, 'sha256', `${at}.tokens[${i}]`, {
+        pattern: /^[0-9a-f]{64}$/,
+        fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE',
+      }),
     };
   });
 }
@@ -164,15 +193,23 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
   const p = new Problems();
   const o = isObj(doc) ? doc : (p.add('(top level)', doc, 'must be a map with trustDomain, nodes, workloads, services'), {} as Obj);
   checkKeys(p.report, o, KEYS.top, '');
-  const ca = o.ca === undefined ? {} : fields(p, o.ca, 'ca', KEYS.ca, 'must be a map such as { dir: /var/lib/ambit/ca }') ?? {};
+  const ca = o.ca === undefined ? {} : (fields(p, o.ca, 'ca', KEYS.ca, 'must be a map such as { dir: /var/lib/ambit/ca }') ?? {});
   const cfg: MeshConfig = {
     trustDomain: str(p, o, 'trustDomain', '', { pattern: DNS_LABELS, fix: 'a DNS-like name such as cluster.local' }),
-    ca: { dir: ca.dir === undefined ? '/var/lib/ambit/ca' : str(p, ca, 'dir', 'ca', { fix: "the CA's directory, e.g. /var/lib/ambit/ca" }) },
+    ca: {
+      dir: ca.dir === undefined ? '/var/lib/ambit/ca' : str(p, ca, 'dir', 'ca', { fix: "the CA's directory, e.g. /var/lib/ambit/ca" }),
+    },
     nodes: list(p, o, 'nodes', '').map((n, i) => node(p, n, `nodes[${i}]`)),
     workloads: list(p, o, 'workloads', '').map((w, i) => workload(p, w, `workloads[${i}]`)),
     services: list(p, o, 'services', '').map((s, i) => service(p, s, `services[${i}]`)),
     policies: [],
-    rootNamespace: o.rootNamespace === undefined ? 'istio-system' : str(p, o, 'rootNamespace', '', { pattern: DNS_LABELS, fix: 'a namespace name; policies there without a selector apply mesh-wide' }),
+    rootNamespace:
+      o.rootNamespace === undefined
+        ? 'istio-system'
+        : str(p, o, 'rootNamespace', '', {
+            pattern: DNS_LABELS,
+            fix: 'a namespace name; policies there without a selector apply mesh-wide',
+          }),
     warnings: [],
     controlPlane: { tokens: tokens(p, o.controlPlane, 'controlPlane') },
   };
@@ -186,7 +223,11 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
     // A file of 25,000 workloads with one typo each would otherwise be a multi-megabyte log line.
     const shown = p.list.slice(0, MAX_LISTED);
     if (p.list.length > MAX_LISTED) shown.push(`… and ${p.list.length - MAX_LISTED} more problems of the same kinds`);
-    throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${shown.join('\n  - ')}`, 'fix the fields named above; nothing was applied');
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `${source} is invalid:\n  - ${shown.join('\n  - ')}`,
+      'fix the fields named above; nothing was applied',
+    );
   }
   return cfg;
 }

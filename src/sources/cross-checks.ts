@@ -9,16 +9,24 @@ type Report = (at: string, value: unknown, what: string) => void;
 /** Reports each entry whose key an earlier entry already had, naming the earlier one. */
 class Unique {
   private readonly first = new Map<string, string>();
-  constructor(private readonly report: Report, private readonly why: string) {}
+  constructor(
+    private readonly report: Report,
+    private readonly why: string,
+  ) {}
   /** False when key was taken (and reported). */
   claim(key: string, at: string, value: unknown = key): boolean {
     if (key === '') return true; // an empty field is already a problem of its own
     const earlier = this.first.get(key);
-    if (earlier === undefined) { this.first.set(key, at); return true; }
+    if (earlier === undefined) {
+      this.first.set(key, at);
+      return true;
+    }
     this.report(at, value, `duplicates ${earlier}; ${this.why}`);
     return false;
   }
-  owner(key: string): string | undefined { return this.first.get(key); }
+  owner(key: string): string | undefined {
+    return this.first.get(key);
+  }
 }
 
 export function checkCrossFields(cfg: MeshConfig, report: Report): void {
@@ -37,7 +45,8 @@ export function checkCrossFields(cfg: MeshConfig, report: Report): void {
   const addrs = new Unique(report, 'pod addresses must be unique, or one workload could pass for another');
   cfg.workloads.forEach((w, i) => {
     uids.claim(w.uid, `workloads[${i}].uid`);
-    if (w.node && !isNode(w.node)) report(`workloads[${i}].node`, w.node, `is not among nodes: (${known.join(', ') || 'none'}); add it there or fix the name`);
+    if (w.node && !isNode(w.node))
+      report(`workloads[${i}].node`, w.node, `is not among nodes: (${known.join(', ') || 'none'}); add it there or fix the name`);
     w.addresses.forEach((a, j) => addrs.claim(a, `workloads[${i}].addresses[${j}]`));
   });
 
@@ -54,7 +63,9 @@ export function checkCrossFields(cfg: MeshConfig, report: Report): void {
       else vips.claim(a, at);
     });
     const ports = new Unique(report, 'a service port must map to one target port');
-    s.ports.forEach((p, j) => { if (p.port) ports.claim(String(p.port), `services[${i}].ports[${j}].port`, p.port); });
+    s.ports.forEach((p, j) => {
+      if (p.port) ports.claim(String(p.port), `services[${i}].ports[${j}].port`, p.port);
+    });
   });
 
   // Two nodes with one token could each act as the other. One node may hold several (rotation).
@@ -63,6 +74,7 @@ export function checkCrossFields(cfg: MeshConfig, report: Report): void {
     const at = `controlPlane.tokens[${i}]`;
     hashes.claim(t.sha256.toLowerCase(), `${at}.sha256`, `${t.sha256.slice(0, 8)}… (node ${t.node})`);
     // With --kubernetes the nodes come from the cluster and nodes: may be empty; when it lists nodes, a token names one.
-    if (known.length > 0 && t.node && !isNode(t.node)) report(`${at}.node`, t.node, `is not among nodes: (${known.join(', ')}); add it there or fix the name`);
+    if (known.length > 0 && t.node && !isNode(t.node))
+      report(`${at}.node`, t.node, `is not among nodes: (${known.join(', ')}); add it there or fix the name`);
   });
 }

@@ -19,14 +19,22 @@ export function readTextFile(file: string, flag: string): string {
   try {
     got = readAtMost(file, MAX_CONFIG_BYTES);
   } catch (err) {
-    throw new AmbitError('AMBIT_E_CONFIG', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, `pass an existing file with ${flag}`);
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      `pass an existing file with ${flag}`,
+    );
   }
   if (got.data === undefined) checkSize(got.size, `${file} (${flag})`);
   return got.data!.toString('utf8');
 }
 
 /** A file's content, or only its size (at least limit + 1) when over the limit. */
-interface Bounded { data?: Buffer; size: number; mtimeMs: number }
+interface Bounded {
+  data?: Buffer;
+  size: number;
+  mtimeMs: number;
+}
 
 /**
  * The file's content when it is at most limit bytes: a huge file, a device
@@ -55,9 +63,16 @@ function readAtMost(file: string, limit: number): Bounded {
   }
 }
 
-const asConfigError = (err: unknown): AmbitError => (err instanceof AmbitError ? err : new AmbitError('AMBIT_E_CONFIG', String((err as Error)?.message ?? err)));
+const asConfigError = (err: unknown): AmbitError =>
+  err instanceof AmbitError ? err : new AmbitError('AMBIT_E_CONFIG', String((err as Error)?.message ?? err));
 
-export function watchParsedFile<T>(file: string, parse: (text: string, source: string) => T, onValid: (value: T) => void, onInvalid: (err: AmbitError) => void, intervalMs = 500): () => void {
+export function watchParsedFile<T>(
+  file: string,
+  parse: (text: string, source: string) => T,
+  onValid: (value: T) => void,
+  onInvalid: (err: AmbitError) => void,
+  intervalMs = 500,
+): () => void {
   let lastStat = statOf(file); // before the read: a change in between is then seen as a change
   let lastHash = read(file)?.hash;
   const report = (err: unknown): void => {

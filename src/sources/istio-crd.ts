@@ -20,23 +20,54 @@
 //   governs. Among rivals at one level the oldest (creationTimestamp, then
 //   document order) wins.
 import net from 'node:net';
-import { unknownKeyHint } from './schema';
-import type { Workload } from '../state/types';
 import { matchOf } from '../policy/engine';
-import { policyKey, type Authorization, type Clause, type IpBlock, type Match, type PolicyAction, type Rule, type StringMatch } from '../policy/types';
+import {
+  type Authorization,
+  type Clause,
+  type IpBlock,
+  type Match,
+  type PolicyAction,
+  policyKey,
+  type Rule,
+  type StringMatch,
+} from '../policy/types';
+import type { Workload } from '../state/types';
+import { unknownKeyHint } from './schema';
 
 type Obj = Record<string, unknown>;
 type Report = (at: string, value: unknown, what: string) => void;
 type Mode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
 
-export interface IstioOptions { rootNamespace: string; at?: string }
-export interface IstioPolicies { policies: Authorization[]; warnings: string[] }
+export interface IstioOptions {
+  rootNamespace: string;
+  at?: string;
+}
+export interface IstioPolicies {
+  policies: Authorization[];
+  warnings: string[];
+}
 
 const API_VERSIONS = ['security.istio.io/v1', 'security.istio.io/v1beta1'];
 const KINDS = ['AuthorizationPolicy', 'PeerAuthentication'];
 /** Kubernetes ObjectMeta (clusterName: before 1.25), so objects exported from a cluster are accepted as they are. */
-const METADATA = ['name', 'namespace', 'generateName', 'labels', 'annotations', 'uid', 'resourceVersion', 'generation', 'creationTimestamp',
-  'deletionTimestamp', 'deletionGracePeriodSeconds', 'ownerReferences', 'finalizers', 'managedFields', 'selfLink', 'clusterName'];
+const METADATA = [
+  'name',
+  'namespace',
+  'generateName',
+  'labels',
+  'annotations',
+  'uid',
+  'resourceVersion',
+  'generation',
+  'creationTimestamp',
+  'deletionTimestamp',
+  'deletionGracePeriodSeconds',
+  'ownerReferences',
+  'finalizers',
+  'managedFields',
+  'selfLink',
+  'clusterName',
+];
 const MODES: Mode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
 const DNS = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const L4_ONLY = 'a node tunnel sees only L4';
@@ -52,15 +83,30 @@ class Doc {
   created = '';
   spec: Obj = {};
   annotations: Obj = {};
-  constructor(readonly at: string, readonly order: number, private readonly report: Report, private readonly warnings: string[]) {}
-  get label(): string { return `${this.at} (${this.namespace}/${this.name})`; }
-  problem(rel: string, value: unknown, what: string): void { this.problems++; this.report(rel ? `${this.at}.${rel}` : this.at, value, what); }
-  warn(rel: string, what: string): void { this.warnings.push(`${this.label} ${rel}: ${what}`); }
+  constructor(
+    readonly at: string,
+    readonly order: number,
+    private readonly report: Report,
+    private readonly warnings: string[],
+  ) {}
+  get label(): string {
+    return `${this.at} (${this.namespace}/${this.name})`;
+  }
+  problem(rel: string, value: unknown, what: string): void {
+    this.problems++;
+    this.report(rel ? `${this.at}.${rel}` : this.at, value, what);
+  }
+  warn(rel: string, what: string): void {
+    this.warnings.push(`${this.label} ${rel}: ${what}`);
+  }
 
   /** A map or nothing; `keys` lists its fields when they are fixed. */
   obj(v: unknown, rel: string, what: string, keys?: string[]): Obj | undefined {
     if (v === undefined) return undefined;
-    if (!isObj(v)) { this.problem(rel, v, what); return undefined; }
+    if (!isObj(v)) {
+      this.problem(rel, v, what);
+      return undefined;
+    }
     for (const k of Object.keys(v)) {
       if (keys && !keys.includes(k)) this.problem(rel ? `${rel}.${k}` : k, v[k], unknownKeyHint(k, keys));
     }
@@ -88,7 +134,10 @@ class Doc {
 function wildcard(d: Doc, s: string, at: string): StringMatch[] {
   if (s === '*') return [{ presence: true }];
   const inner = s.startsWith('*') ? s.slice(1) : s.endsWith('*') ? s.slice(0, -1) : s;
-  if (inner.includes('*')) { d.problem(at, s, 'Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*"'); return []; }
+  if (inner.includes('*')) {
+    d.problem(at, s, 'Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*"');
+    return [];
+  }
   return [s.startsWith('*') ? { suffix: inner } : s.endsWith('*') ? { prefix: inner } : { exact: s }];
 }
 
@@ -144,7 +193,8 @@ function entry(d: Doc, v: unknown, rel: string, key: 'source' | 'operation', fie
   const inner = d.obj(outer[key] ?? {}, at, `must be a map with some of ${fields.join(', ')}`, fields);
   if (inner && Object.keys(inner).length === 0) d.problem(at, outer[key], `must set at least one of ${fields.join(', ')}`);
   if (!inner || Object.keys(inner).length === 0) return undefined;
-  for (const k of fields) if (inner[k] !== undefined && (SOURCE_HTTP.includes(k) || OPERATION_HTTP.includes(k))) http(`${at}.${k}`, 'HTTP attribute');
+  for (const k of fields)
+    if (inner[k] !== undefined && (SOURCE_HTTP.includes(k) || OPERATION_HTTP.includes(k))) http(`${at}.${k}`, 'HTTP attribute');
   return inner;
 }
 
@@ -154,8 +204,10 @@ function source(d: Doc, v: unknown, rel: string, http: HttpSeen): Match {
   const at = `${rel}.source`;
   const str = (k: string): StringMatch[] => matchList(d, d.strings(s, k, at), `${at}.${k}`);
   return matchOf({
-    principals: str('principals'), notPrincipals: str('notPrincipals'),
-    namespaces: str('namespaces'), notNamespaces: str('notNamespaces'),
+    principals: str('principals'),
+    notPrincipals: str('notPrincipals'),
+    namespaces: str('namespaces'),
+    notNamespaces: str('notNamespaces'),
     sourceIps: ipBlocks(d, d.strings(s, 'ipBlocks', at), `${at}.ipBlocks`),
     notSourceIps: ipBlocks(d, d.strings(s, 'notIpBlocks', at), `${at}.notIpBlocks`),
   });
@@ -174,19 +226,32 @@ function operation(d: Doc, v: unknown, rel: string, http: HttpSeen): Match {
 function condition(d: Doc, v: unknown, rel: string, http: HttpSeen): Match | undefined {
   const c = d.obj(v, rel, 'must be { key, values or notValues }', ['key', 'values', 'notValues']);
   if (!c) return undefined;
-  if (typeof c.key !== 'string' || c.key === '') { d.problem(`${rel}.key`, c.key, 'must be an attribute such as source.ip or destination.port'); return undefined; }
+  if (typeof c.key !== 'string' || c.key === '') {
+    d.problem(`${rel}.key`, c.key, 'must be an attribute such as source.ip or destination.port');
+    return undefined;
+  }
   const yes = d.strings(c, 'values', rel);
   const no = d.strings(c, 'notValues', rel);
   if (yes.length === 0 && no.length === 0) d.problem(rel, c, 'needs values or notValues');
   const [y, n] = [`${rel}.values`, `${rel}.notValues`];
   switch (c.key) {
-    case 'source.ip': return matchOf({ sourceIps: ipBlocks(d, yes, y), notSourceIps: ipBlocks(d, no, n) });
-    case 'source.namespace': return matchOf({ namespaces: matchList(d, yes, y), notNamespaces: matchList(d, no, n) });
-    case 'source.principal': return matchOf({ principals: matchList(d, yes, y), notPrincipals: matchList(d, no, n) });
-    case 'destination.ip': return matchOf({ destinationIps: ipBlocks(d, yes, y), notDestinationIps: ipBlocks(d, no, n) });
-    case 'destination.port': return matchOf({ destinationPorts: ports(d, yes, y), notDestinationPorts: ports(d, no, n) });
+    case 'source.ip':
+      return matchOf({ sourceIps: ipBlocks(d, yes, y), notSourceIps: ipBlocks(d, no, n) });
+    case 'source.namespace':
+      return matchOf({ namespaces: matchList(d, yes, y), notNamespaces: matchList(d, no, n) });
+    case 'source.principal':
+      return matchOf({ principals: matchList(d, yes, y), notPrincipals: matchList(d, no, n) });
+    case 'destination.ip':
+      return matchOf({ destinationIps: ipBlocks(d, yes, y), notDestinationIps: ipBlocks(d, no, n) });
+    case 'destination.port':
+      return matchOf({ destinationPorts: ports(d, yes, y), notDestinationPorts: ports(d, no, n) });
     default:
-      http(`${rel}.key`, c.key.startsWith('request.') ? `${c.key} is an HTTP attribute` : `${c.key} is not an L4 attribute (source.ip, source.namespace, source.principal, destination.ip, destination.port)`);
+      http(
+        `${rel}.key`,
+        c.key.startsWith('request.')
+          ? `${c.key} is an HTTP attribute`
+          : `${c.key} is not an L4 attribute (source.ip, source.namespace, source.principal, destination.ip, destination.port)`,
+      );
       return undefined;
   }
 }
@@ -197,7 +262,10 @@ function rule(d: Doc, v: unknown, rel: string, action: PolicyAction): Rule | und
   let usable = true;
   const http: HttpSeen = (at, what) => {
     if (action === 'ALLOW') usable = false;
-    d.warn(at, `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}`);
+    d.warn(
+      at,
+      `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}`,
+    );
   };
   const clauses: Clause[] = [];
   const from = d.list(r, 'from', rel).map((f, i) => source(d, f, `${rel}.from[${i}]`, http));
@@ -216,28 +284,39 @@ function authorizationPolicy(d: Doc, rootNamespace: string): { policy: Authoriza
   const selector = matchLabels(d, spec.selector, 'spec.selector');
   const action = spec.action ?? 'ALLOW';
   if (action !== 'ALLOW' && action !== 'DENY') {
-    if (action === 'AUDIT' || action === 'CUSTOM') d.warn('spec.action', `${action} is not enforced by a node tunnel; the policy is skipped`);
+    if (action === 'AUDIT' || action === 'CUSTOM')
+      d.warn('spec.action', `${action} is not enforced by a node tunnel; the policy is skipped`);
     else d.problem('spec.action', action, 'must be ALLOW (the default), DENY, AUDIT or CUSTOM');
     return undefined;
   }
   if (spec.targetRef !== undefined || spec.targetRefs !== undefined) {
-    d.warn(spec.targetRef !== undefined ? 'spec.targetRef' : 'spec.targetRefs', 'targets a waypoint, which enforces it; a node tunnel skips the policy');
+    d.warn(
+      spec.targetRef !== undefined ? 'spec.targetRef' : 'spec.targetRefs',
+      'targets a waypoint, which enforces it; a node tunnel skips the policy',
+    );
     return undefined;
   }
   const dry = d.annotations['istio.io/dry-run'];
-  if (dry !== undefined && !['true', 'false', true, false].includes(dry as string)) d.problem('metadata.annotations.istio.io/dry-run', dry, 'must be "true" or "false"');
+  if (dry !== undefined && !['true', 'false', true, false].includes(dry as string))
+    d.problem('metadata.annotations.istio.io/dry-run', dry, 'must be "true" or "false"');
   const rules = d.list(spec, 'rules', 'spec').flatMap((r, i) => rule(d, r, `spec.rules[${i}]`, action) ?? []);
   const scope = selector ? 'WORKLOAD_SELECTOR' : d.namespace === rootNamespace ? 'GLOBAL' : 'NAMESPACE';
   return { policy: { name: d.name, namespace: d.namespace, scope, action, rules, dryRun: dry === true || dry === 'true' }, selector };
 }
 
-interface PeerAuthn { doc: Doc; selector?: Record<string, string>; mode: Mode; ports: Map<number, Mode> }
+interface PeerAuthn {
+  doc: Doc;
+  selector?: Record<string, string>;
+  mode: Mode;
+  ports: Map<number, Mode>;
+}
 
 function mode(d: Doc, v: unknown, rel: string): Mode {
   const o = d.obj(v, rel, 'must be { mode: STRICT }', ['mode']);
   const m = o?.mode ?? 'UNSET';
   if (MODES.includes(m as Mode)) {
-    if (m === 'DISABLE') d.warn(`${rel}.mode`, 'DISABLE acts as PERMISSIVE for a node tunnel: plaintext is accepted and mesh peers still use mTLS');
+    if (m === 'DISABLE')
+      d.warn(`${rel}.mode`, 'DISABLE acts as PERMISSIVE for a node tunnel: plaintext is accepted and mesh peers still use mTLS');
     return m as Mode;
   }
   d.problem(`${rel}.mode`, m, `must be one of ${MODES.join(', ')}`);
@@ -249,7 +328,10 @@ function peerAuthentication(d: Doc): PeerAuthn {
   const selector = matchLabels(d, spec.selector, 'spec.selector');
   const pa: PeerAuthn = { doc: d, selector, mode: mode(d, spec.mtls, 'spec.mtls'), ports: new Map() };
   const levels = spec.portLevelMtls;
-  if (levels !== undefined && !selector) { d.warn('spec.portLevelMtls', 'counts only on a PeerAuthentication with a selector; ignored'); return pa; }
+  if (levels !== undefined && !selector) {
+    d.warn('spec.portLevelMtls', 'counts only on a PeerAuthentication with a selector; ignored');
+    return pa;
+  }
   const pl = d.obj(levels, 'spec.portLevelMtls', 'must be a map of port to { mode }, e.g. { 8080: { mode: PERMISSIVE } }');
   for (const [k, v] of Object.entries(pl ?? {})) {
     const port = /^\d+$/.test(k) ? Number(k) : 0;
@@ -263,29 +345,61 @@ const strict = (m: Mode): boolean => m === 'STRICT';
 
 /** The DENY that enforces a PeerAuthentication on the workloads it decides for, or nothing. */
 function denyPlaintext(pa: PeerAuthn, base: boolean): Authorization | undefined {
-  const flipped = [...pa.ports].filter(([, m]) => m !== 'UNSET' && strict(m) !== base).map(([p]) => p).sort((a, b) => a - b);
+  const flipped = [...pa.ports]
+    .filter(([, m]) => m !== 'UNSET' && strict(m) !== base)
+    .map(([p]) => p)
+    .sort((a, b) => a - b);
   if (!base && flipped.length === 0) return undefined;
   const m = matchOf({ notPrincipals: [{ presence: true }], ...(base ? { notDestinationPorts: flipped } : { destinationPorts: flipped }) });
-  return { name: PA_PREFIX + pa.doc.name, namespace: pa.doc.namespace, scope: 'WORKLOAD_SELECTOR', action: 'DENY', rules: [{ clauses: [{ matches: [m] }] }], dryRun: false };
+  return {
+    name: PA_PREFIX + pa.doc.name,
+    namespace: pa.doc.namespace,
+    scope: 'WORKLOAD_SELECTOR',
+    action: 'DENY',
+    rules: [{ clauses: [{ matches: [m] }] }],
+    dryRun: false,
+  };
 }
 
 /** The first (oldest) wins; the others are named in a warning. */
 function oldest(pas: PeerAuthn[], what: string, warnings: Set<string>): PeerAuthn | undefined {
-  for (const pa of pas.slice(1)) warnings.add(`${pa.doc.label} spec: ${what}, like the older ${policyKey(pas[0].doc)}, which wins; this one is ignored`);
+  for (const pa of pas.slice(1))
+    warnings.add(`${pa.doc.label} spec: ${what}, like the older ${policyKey(pas[0].doc)}, which wins; this one is ignored`);
   return pas[0];
 }
 
-function compilePeerAuthn(pas: PeerAuthn[], workloads: Workload[], root: string, warnings: Set<string>, assign: (w: Workload, key: string) => void): Authorization[] {
-  pas.sort((a, b) => (a.doc.created && b.doc.created && a.doc.created !== b.doc.created ? (a.doc.created < b.doc.created ? -1 : 1) : a.doc.order - b.doc.order));
+function compilePeerAuthn(
+  pas: PeerAuthn[],
+  workloads: Workload[],
+  root: string,
+  warnings: Set<string>,
+  assign: (w: Workload, key: string) => void,
+): Authorization[] {
+  pas.sort((a, b) =>
+    a.doc.created && b.doc.created && a.doc.created !== b.doc.created
+      ? a.doc.created < b.doc.created
+        ? -1
+        : 1
+      : a.doc.order - b.doc.order,
+  );
   const wide = (ns: string): PeerAuthn | undefined =>
-    oldest(pas.filter((p) => !p.selector && p.doc.namespace === ns), `applies to all of namespace ${ns}`, warnings);
+    oldest(
+      pas.filter((p) => !p.selector && p.doc.namespace === ns),
+      `applies to all of namespace ${ns}`,
+      warnings,
+    );
   const out = new Map<PeerAuthn, Authorization | undefined>();
   for (const w of workloads) {
     const levels = [wide(w.namespace), wide(root)].filter((p): p is PeerAuthn => p !== undefined && p.mode !== 'UNSET');
     const inherited = levels[0];
-    const own = oldest(pas.filter((p) => p.selector && p.doc.namespace === w.namespace && selects(p.selector, w)), `selects workload ${w.uid}`, warnings);
+    const own = oldest(
+      pas.filter((p) => p.selector && p.doc.namespace === w.namespace && selects(p.selector, w)),
+      `selects workload ${w.uid}`,
+      warnings,
+    );
     const base = own && own.mode !== 'UNSET' ? strict(own.mode) : inherited !== undefined && strict(inherited.mode);
-    const decides = own && (own.mode !== 'UNSET' || [...own.ports.values()].some((m) => m !== 'UNSET' && strict(m) !== base)) ? own : inherited;
+    const decides =
+      own && (own.mode !== 'UNSET' || [...own.ports.values()].some((m) => m !== 'UNSET' && strict(m) !== base)) ? own : inherited;
     if (!decides) continue;
     if (!out.has(decides)) out.set(decides, denyPlaintext(decides, base));
     const policy = out.get(decides);
@@ -296,7 +410,13 @@ function compilePeerAuthn(pas: PeerAuthn[], workloads: Workload[], root: string,
 
 function header(raw: unknown, at: string, order: number, report: Report, warnings: string[]): { doc: Doc; kind: string } | undefined {
   const d = new Doc(at, order, report, warnings);
-  const o = d.obj(raw, '', 'must be a Kubernetes object with apiVersion, kind, metadata and spec', ['apiVersion', 'kind', 'metadata', 'spec', 'status']);
+  const o = d.obj(raw, '', 'must be a Kubernetes object with apiVersion, kind, metadata and spec', [
+    'apiVersion',
+    'kind',
+    'metadata',
+    'spec',
+    'status',
+  ]);
   if (!o) return undefined;
   if (!API_VERSIONS.includes(o.apiVersion as string)) d.problem('apiVersion', o.apiVersion, `must be ${API_VERSIONS.join(' or ')}`);
   if (!KINDS.includes(o.kind as string)) d.problem('kind', o.kind, `must be ${KINDS.join(' or ')}`);
@@ -323,21 +443,27 @@ export function compileIstioPolicies(docs: unknown[], workloads: Workload[], opt
   const policies: Authorization[] = [];
   const peerAuthns: PeerAuthn[] = [];
   const assigned = new Map<Workload, Set<string>>();
-  const assign = (w: Workload, key: string): void => { assigned.set(w, (assigned.get(w) ?? new Set()).add(key)); };
+  const assign = (w: Workload, key: string): void => {
+    assigned.set(w, (assigned.get(w) ?? new Set()).add(key));
+  };
   const seen = new Map<string, string>();
   docs.forEach((raw, i) => {
     const h = header(raw, `${prefix}[${i}]`, i, problem, warnings);
     if (!h) return;
     const d = h.doc;
     const id = `${h.kind} ${policyKey(d)}`;
-    if (seen.has(id)) { d.problem('metadata.name', d.name, `duplicates ${seen.get(id)}; names must be unique per kind and namespace`); return; }
+    if (seen.has(id)) {
+      d.problem('metadata.name', d.name, `duplicates ${seen.get(id)}; names must be unique per kind and namespace`);
+      return;
+    }
     seen.set(id, d.at);
     if (h.kind === 'PeerAuthentication') {
       const pa = peerAuthentication(d);
       if (d.problems === 0) peerAuthns.push(pa);
       return;
     }
-    if (d.name.startsWith(PA_PREFIX)) d.problem('metadata.name', d.name, `names starting with ${PA_PREFIX} are reserved for converted PeerAuthentications`);
+    if (d.name.startsWith(PA_PREFIX))
+      d.problem('metadata.name', d.name, `names starting with ${PA_PREFIX} are reserved for converted PeerAuthentications`);
     const c = authorizationPolicy(d, opts.rootNamespace);
     if (!c || d.problems > 0) return;
     policies.push(c.policy);

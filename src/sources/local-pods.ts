@@ -15,7 +15,11 @@ import { readTextFile, watchParsedFile } from './file-source';
 import { checkKeys } from './schema';
 import { parseYamlBounded } from './yaml-bounded';
 
-export interface LocalPod { uid: string; netns: string; cgroup: string }
+export interface LocalPod {
+  uid: string;
+  netns: string;
+  cgroup: string;
+}
 
 /** Where the node's pods are, kept current: emits 'changed' and 'invalid' (an AmbitError). */
 export interface LocalPodSource extends EventEmitter {
@@ -31,16 +35,30 @@ export class LocalPodsFile extends EventEmitter implements LocalPodSource {
   constructor(file: string) {
     super();
     this.pods = loadLocalPods(file);
-    this.stop = watchParsedFile(file, parseLocalPods, (pods) => { this.pods = pods; this.emit('changed'); }, (err) => this.emit('invalid', err));
+    this.stop = watchParsedFile(
+      file,
+      parseLocalPods,
+      (pods) => {
+        this.pods = pods;
+        this.emit('changed');
+      },
+      (err) => this.emit('invalid', err),
+    );
   }
 
-  current(): Map<string, LocalPod> { return this.pods; }
+  current(): Map<string, LocalPod> {
+    return this.pods;
+  }
 }
 
 /** No node-local facts (a node with no pods of its own to serve, or one that finds none). */
 export class NoLocalPods extends EventEmitter implements LocalPodSource {
-  current(): Map<string, LocalPod> { return new Map(); }
-  stop(): void { /* nothing to watch */ }
+  current(): Map<string, LocalPod> {
+    return new Map();
+  }
+  stop(): void {
+    /* nothing to watch */
+  }
 }
 
 export function parseLocalPods(text: string, source: string): Map<string, LocalPod> {
@@ -49,21 +67,29 @@ export function parseLocalPods(text: string, source: string): Map<string, LocalP
   const o = (doc !== null && typeof doc === 'object' ? doc : {}) as Record<string, unknown>;
   const key = Array.isArray(o.pods) ? 'pods' : 'workloads';
   const list = o[key];
-  if (!Array.isArray(list)) throw new AmbitError('AMBIT_E_CONFIG', `${source}: pods must be a list of { uid, netns, cgroup }`, 'see "Pods on this node" in the README');
+  if (!Array.isArray(list))
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `${source}: pods must be a list of { uid, netns, cgroup }`,
+      'see "Pods on this node" in the README',
+    );
   const problems: string[] = [];
   const pods = new Map<string, LocalPod>();
   list.forEach((p: Record<string, unknown>, i) => {
     const at = `${key}[${i}]`;
     // A typo (`cgroups:`) must not leave a pod silently unlocated; standalone workloads are checked by parseConfig.
-    if (key === 'pods' && p !== null && typeof p === 'object') checkKeys((where, v, what) => problems.push(`${where}: ${what} (got ${JSON.stringify(v)})`), p, ['uid', 'netns', 'cgroup'], at);
-    if (typeof p?.uid !== 'string' || !p.uid) return void problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
+    if (key === 'pods' && p !== null && typeof p === 'object')
+      checkKeys((where, v, what) => problems.push(`${where}: ${what} (got ${JSON.stringify(v)})`), p, ['uid', 'netns', 'cgroup'], at);
+    if (typeof p?.uid !== 'string' || !p.uid)
+      return void problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
     if (typeof p.netns !== 'string' || typeof p.cgroup !== 'string') {
       if (key === 'pods') problems.push(`${at}: netns and cgroup must be paths (got ${JSON.stringify([p.netns, p.cgroup])})`);
       return; // a standalone workload hosted elsewhere has neither
     }
     pods.set(p.uid, { uid: p.uid, netns: p.netns, cgroup: p.cgroup });
   });
-  if (problems.length) throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${problems.join('\n  - ')}`, 'fix the entries named above');
+  if (problems.length)
+    throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${problems.join('\n  - ')}`, 'fix the entries named above');
   return pods;
 }
 

@@ -14,7 +14,21 @@ export const KEYS = {
   node: ['name', 'address'],
   // authorizationPolicies is derived from the policies' selectors; it is known so that a Workload
   // written out as YAML reads back, and config.ts accepts it only empty.
-  workload: ['uid', 'name', 'namespace', 'serviceAccount', 'node', 'addresses', 'protocol', 'dataplane', 'netns', 'cgroup', 'labels', 'capacity', 'authorizationPolicies'],
+  workload: [
+    'uid',
+    'name',
+    'namespace',
+    'serviceAccount',
+    'node',
+    'addresses',
+    'protocol',
+    'dataplane',
+    'netns',
+    'cgroup',
+    'labels',
+    'capacity',
+    'authorizationPolicies',
+  ],
   service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector'],
   servicePort: ['port', 'targetPort'],
   controlPlane: ['tokens'],
@@ -49,7 +63,10 @@ export function closest(key: string, known: readonly string[]): string | undefin
     const [lk, lc] = [key.toLowerCase(), k.toLowerCase()];
     // A clipped key (`sha` for `sha256`) is as good a guess as one typo.
     const d = lk === lc ? 0 : lk.length >= 3 && lc.startsWith(lk) ? 1 : editDistance(key, k);
-    if (d < bestD) { best = k; bestD = d; }
+    if (d < bestD) {
+      best = k;
+      bestD = d;
+    }
   }
   return best;
 }

@@ -13,16 +13,23 @@
 // node holds and ACKed on its own, as delta xDS asks; the data plane sees
 // the change, and the type counts as synced, only at the part that
 // completes it. Responses from istiod are always complete.
-import * as grpc from '@grpc/grpc-js';
+
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
 import { AmbitError } from '../errors';
 import type { Logger } from '../observability/log';
-import type { AddressMessage, AuthorizationMessage, DeltaDiscoveryRequest, DeltaDiscoveryResponse, NodeMessage } from '../protocol/messages';
-import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
 import type { Authorization } from '../policy/types';
+import type {
+  AddressMessage,
+  AuthorizationMessage,
+  DeltaDiscoveryRequest,
+  DeltaDiscoveryResponse,
+  NodeMessage,
+} from '../protocol/messages';
+import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
 import type { Service, Workload } from '../state/types';
-import { addressFromMessage, authorizationFromMessage, ResourceError, type AddressEntry } from './xds-resources';
+import { type AddressEntry, addressFromMessage, authorizationFromMessage, ResourceError } from './xds-resources';
 
 export const SUBSCRIBED_TYPES = [TYPE_ADDRESS, TYPE_AUTHORIZATION];
 const INVALID_ARGUMENT = 3;
@@ -64,7 +71,10 @@ export interface XdsState {
 type AdsStream = grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 type AdsClient = grpc.Client & { DeltaAggregatedResources(md: grpc.Metadata): AdsStream };
 
-interface Held<T> { version: string; value: T }
+interface Held<T> {
+  version: string;
+  value: T;
+}
 
 export class XdsClient extends EventEmitter {
   private readonly addresses = new Map<string, Held<AddressEntry>>();
@@ -91,7 +101,8 @@ export class XdsClient extends EventEmitter {
     const creds = grpc.credentials.createSsl(Buffer.from(opts.rootsPem));
     this.maxReceiveBytes = opts.maxReceiveBytes ?? DEFAULT_XDS_MAX_RECEIVE_BYTES;
     const channelOpts: grpc.ChannelOptions = {
-      'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
       'grpc.max_receive_message_length': this.maxReceiveBytes,
       // What the node announces on reconnect (a version per resource held) grows with the mesh too.
       'grpc.max_send_message_length': -1,
@@ -102,17 +113,33 @@ export class XdsClient extends EventEmitter {
   }
 
   /** True once a complete update of every subscribed type was applied (and no update was half-way in parts). */
-  get isSynced(): boolean { return this.firstSync; }
+  get isSynced(): boolean {
+    return this.firstSync;
+  }
   private firstSync = false;
 
-  start(): void { this.connect(); }
+  start(): void {
+    this.connect();
+  }
 
   /** Resolves at the first full sync; rejects after timeoutMs. */
   whenSynced(timeoutMs: number): Promise<void> {
     if (this.isSynced) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => { this.off('synced', done); reject(new AmbitError('AMBIT_E_XDS', `no full xDS sync from ${this.opts.address} within ${timeoutMs / 1000} s`, 'check --xds, the token and that the control plane is reachable on its port (15012)')); }, timeoutMs);
-      const done = (): void => { clearTimeout(t); resolve(); };
+      const t = setTimeout(() => {
+        this.off('synced', done);
+        reject(
+          new AmbitError(
+            'AMBIT_E_XDS',
+            `no full xDS sync from ${this.opts.address} within ${timeoutMs / 1000} s`,
+            'check --xds, the token and that the control plane is reachable on its port (15012)',
+          ),
+        );
+      }, timeoutMs);
+      const done = (): void => {
+        clearTimeout(t);
+        resolve();
+      };
       this.once('synced', done);
     });
   }
@@ -170,7 +197,10 @@ export class XdsClient extends EventEmitter {
     });
     call.on('error', (err: grpc.ServiceError) => {
       if (err.code === RESOURCE_EXHAUSTED) {
-        this.log.error({ err: err.details, maxReceiveBytes: this.maxReceiveBytes, code: 'AMBIT_E_XDS' }, 'xDS response larger than the node accepts; raise --xds-max-message-bytes');
+        this.log.error(
+          { err: err.details, maxReceiveBytes: this.maxReceiveBytes, code: 'AMBIT_E_XDS' },
+          'xDS response larger than the node accepts; raise --xds-max-message-bytes',
+        );
       }
       this.lost(call, `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}`);
     });
@@ -185,7 +215,10 @@ export class XdsClient extends EventEmitter {
     const was = this.connected;
     this.connected = false;
     if (this.stopped) return;
-    this.log.warn({ err: why, keeping: { addresses: this.addresses.size, policies: this.policies.size } }, 'xDS stream lost; serving the state held');
+    this.log.warn(
+      { err: why, keeping: { addresses: this.addresses.size, policies: this.policies.size } },
+      'xDS stream lost; serving the state held',
+    );
     if (was) this.emit('disconnected', why);
     this.retry();
   }
@@ -207,7 +240,11 @@ export class XdsClient extends EventEmitter {
   private onResponse(call: AdsStream, res: DeltaDiscoveryResponse): void {
     const ack = (error?: string): void => {
       call.write({
-        type_url: res.type_url, response_nonce: res.nonce, resource_names_subscribe: [], resource_names_unsubscribe: [], initial_resource_versions: {},
+        type_url: res.type_url,
+        response_nonce: res.nonce,
+        resource_names_subscribe: [],
+        resource_names_unsubscribe: [],
+        initial_resource_versions: {},
         error_detail: error ? { code: INVALID_ARGUMENT, message: error } : undefined,
       });
     };
@@ -219,16 +256,23 @@ export class XdsClient extends EventEmitter {
     } catch (err) {
       refused = err instanceof ResourceError ? err.message : `${res.type_url}: ${(err as Error).message}`;
     }
-    if (more && SUBSCRIBED_TYPES.includes(res.type_url)) this.partial.add(res.type_url); else this.partial.delete(res.type_url);
+    if (more && SUBSCRIBED_TYPES.includes(res.type_url)) this.partial.add(res.type_url);
+    else this.partial.delete(res.type_url);
     if (apply) {
       apply();
       this.stats.acks++;
       this.unannounced = true;
       if (!more) this.synced.add(res.type_url);
-      this.log.debug({ typeUrl: res.type_url, changed: res.resources.length, removed: res.removed_resources.length, more }, 'xDS response applied');
+      this.log.debug(
+        { typeUrl: res.type_url, changed: res.resources.length, removed: res.removed_resources.length, more },
+        'xDS response applied',
+      );
     } else {
       this.stats.nacks++;
-      this.log.error({ typeUrl: res.type_url, nonce: res.nonce, err: refused, code: 'AMBIT_E_XDS' }, 'xDS response rejected (NACK); the last good state keeps serving');
+      this.log.error(
+        { typeUrl: res.type_url, nonce: res.nonce, err: refused, code: 'AMBIT_E_XDS' },
+        'xDS response rejected (NACK); the last good state keeps serving',
+      );
       this.emit('rejected', refused);
     }
     ack(refused);
@@ -271,7 +315,8 @@ function applyDelta<T>(into: Map<string, Held<T>>, changed: readonly (readonly [
 
 function decode<T>(name: string, any: DeltaDiscoveryResponse['resources'][number]['resource'], typeUrl: string): T {
   if (!any) throw new ResourceError(`${name}: resource is empty`);
-  if (any.type_url !== typeUrl) throw new ResourceError(`${name}: resource has type ${JSON.stringify(any.type_url)} in a ${typeUrl} response`);
+  if (any.type_url !== typeUrl)
+    throw new ResourceError(`${name}: resource has type ${JSON.stringify(any.type_url)} in a ${typeUrl} response`);
   try {
     return unpack<T>(any);
   } catch (err) {

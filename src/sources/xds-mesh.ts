@@ -3,12 +3,15 @@
 // own name and trust domain).
 import client from 'prom-client';
 import { AmbitError } from '../errors';
+import type { MeshConfig } from '../state/types';
 import type { LocalPod, LocalPodSource } from './local-pods';
 import type { StateSource } from './state-source';
-import type { MeshConfig } from '../state/types';
 import type { XdsClient, XdsState } from './xds-client';
 
-export interface NodeFacts { node: string; trustDomain: string }
+export interface NodeFacts {
+  node: string;
+  trustDomain: string;
+}
 
 export function meshFromXds(state: XdsState, facts: NodeFacts, pods: Map<string, LocalPod>): MeshConfig {
   const workloads = state.workloads.map((w) => {
@@ -56,10 +59,23 @@ export class XdsMeshSource implements StateSource {
   /** ambit_xds_connected and ambit_xds_responses_total{result}, read on scrape. */
   registerMetrics(registry: client.Registry): void {
     const c = this.client;
-    new client.Gauge({ name: 'ambit_xds_connected', help: '1 while the xDS stream to the control plane is up', registers: [registry], collect() { this.set(c.connected ? 1 : 0); } });
     new client.Gauge({
-      name: 'ambit_xds_responses', help: 'xDS responses accepted (ack) and rejected (nack) since start', labelNames: ['result'], registers: [registry],
-      collect() { this.set({ result: 'ack' }, c.stats.acks); this.set({ result: 'nack' }, c.stats.nacks); },
+      name: 'ambit_xds_connected',
+      help: '1 while the xDS stream to the control plane is up',
+      registers: [registry],
+      collect() {
+        this.set(c.connected ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: 'ambit_xds_responses',
+      help: 'xDS responses accepted (ack) and rejected (nack) since start',
+      labelNames: ['result'],
+      registers: [registry],
+      collect() {
+        this.set({ result: 'ack' }, c.stats.acks);
+        this.set({ result: 'nack' }, c.stats.nacks);
+      },
     });
   }
 
@@ -69,11 +85,14 @@ export class XdsMeshSource implements StateSource {
     return this.mesh();
   }
 
-  private mesh(): MeshConfig { return meshFromXds(this.client.state(), this.facts, this.pods.current()); }
+  private mesh(): MeshConfig {
+    return meshFromXds(this.client.state(), this.facts, this.pods.current());
+  }
 
   watch(onValid: (cfg: MeshConfig) => void, onInvalid: (err: AmbitError) => void): () => void {
     const onChanged = (): void => onValid(this.mesh());
-    const onRejected = (why: string): void => onInvalid(new AmbitError('AMBIT_E_XDS', why, 'the control plane sent an invalid resource; it was rejected (NACK)'));
+    const onRejected = (why: string): void =>
+      onInvalid(new AmbitError('AMBIT_E_XDS', why, 'the control plane sent an invalid resource; it was rejected (NACK)'));
     this.client.on('changed', onChanged);
     this.client.on('rejected', onRejected);
     this.pods.on('changed', onChanged);

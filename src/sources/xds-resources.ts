@@ -14,13 +14,26 @@ import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { parseSpiffe } from '../identity/spiffe';
 import { type Authorization, type IpBlock, type Match, policyKey, type StringMatch } from '../policy/types';
+import type {
+  AddressMessage,
+  Any,
+  AuthorizationMessage,
+  IpBlockMessage,
+  MatchMessage,
+  ServiceMessage,
+  StringMatchMessage,
+  WorkloadMessage,
+} from '../protocol/messages';
 import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../protocol/protos';
-import type { AddressMessage, Any, AuthorizationMessage, IpBlockMessage, MatchMessage, ServiceMessage, StringMatchMessage, WorkloadMessage } from '../protocol/messages';
 import { type MeshConfig, type Service, serviceKey, type Workload } from '../state/types';
 
 export const CLUSTER_ID = 'Kubernetes';
 
-export interface XdsResource { name: string; version: string; resource: Any }
+export interface XdsResource {
+  name: string;
+  version: string;
+  resource: Any;
+}
 
 /** Every resource of the mesh, by type URL, with a content version (so only what changed is pushed). */
 export function toResources(cfg: MeshConfig, endpointsOf: (s: Service) => Workload[]): Map<string, Map<string, XdsResource>> {
@@ -31,7 +44,10 @@ export function toResources(cfg: MeshConfig, endpointsOf: (s: Service) => Worklo
   for (const s of cfg.services) add(addresses, serviceKey(s), TYPE_ADDRESS, { service: serviceMessage(s) });
   const auths = new Map<string, XdsResource>();
   for (const p of cfg.policies) add(auths, policyKey(p), TYPE_AUTHORIZATION, authorizationMessage(p));
-  return new Map([[TYPE_ADDRESS, addresses], [TYPE_AUTHORIZATION, auths]]);
+  return new Map([
+    [TYPE_ADDRESS, addresses],
+    [TYPE_AUTHORIZATION, auths],
+  ]);
 }
 
 function add(into: Map<string, XdsResource>, name: string, typeUrl: string, message: object): void {
@@ -43,7 +59,9 @@ function workloadMessage(cfg: MeshConfig, w: Workload, backs: Service[]): Partia
   const services: WorkloadMessage['services'] = {};
   for (const s of backs) services[serviceKey(s)] = { ports: s.ports.map((p) => ({ service_port: p.port, target_port: p.targetPort })) };
   return {
-    uid: w.uid, name: w.name, namespace: w.namespace,
+    uid: w.uid,
+    name: w.name,
+    namespace: w.namespace,
     addresses: w.addresses.map(ipBytes),
     tunnel_protocol: w.protocol,
     trust_domain: w.trustDomain ?? cfg.trustDomain,
@@ -63,7 +81,9 @@ function workloadMessage(cfg: MeshConfig, w: Workload, backs: Service[]): Partia
 
 function serviceMessage(s: Service): Partial<ServiceMessage> {
   return {
-    name: s.name, namespace: s.namespace, hostname: s.hostname,
+    name: s.name,
+    namespace: s.namespace,
+    hostname: s.hostname,
     addresses: s.addresses.map((a) => ({ network: '', address: ipBytes(a) })),
     ports: s.ports.map((p) => ({ service_port: p.port, target_port: p.targetPort })),
     subject_alt_names: [],
@@ -72,7 +92,11 @@ function serviceMessage(s: Service): Partial<ServiceMessage> {
 
 function authorizationMessage(p: Authorization): Partial<AuthorizationMessage> {
   return {
-    name: p.name, namespace: p.namespace, scope: p.scope, action: p.action, dry_run: p.dryRun,
+    name: p.name,
+    namespace: p.namespace,
+    scope: p.scope,
+    action: p.action,
+    dry_run: p.dryRun,
     rules: p.rules.map((r) => ({ clauses: r.clauses.map((c) => ({ matches: c.matches.map(matchMessage) })) })),
   };
 }
@@ -81,11 +105,16 @@ function matchMessage(m: Match): MatchMessage {
   const strs = (l: StringMatch[]): StringMatchMessage[] => l.map((s) => ('presence' in s ? { presence: {} } : s));
   const ips = (l: IpBlock[]): IpBlockMessage[] => l.map((b) => ({ address: ipBytes(b.address), length: b.length }));
   return {
-    namespaces: strs(m.namespaces), not_namespaces: strs(m.notNamespaces),
-    principals: strs(m.principals), not_principals: strs(m.notPrincipals),
-    source_ips: ips(m.sourceIps), not_source_ips: ips(m.notSourceIps),
-    destination_ips: ips(m.destinationIps), not_destination_ips: ips(m.notDestinationIps),
-    destination_ports: m.destinationPorts, not_destination_ports: m.notDestinationPorts,
+    namespaces: strs(m.namespaces),
+    not_namespaces: strs(m.notNamespaces),
+    principals: strs(m.principals),
+    not_principals: strs(m.notPrincipals),
+    source_ips: ips(m.sourceIps),
+    not_source_ips: ips(m.notSourceIps),
+    destination_ips: ips(m.destinationIps),
+    not_destination_ips: ips(m.notDestinationIps),
+    destination_ports: m.destinationPorts,
+    not_destination_ports: m.notDestinationPorts,
   };
 }
 
@@ -99,7 +128,10 @@ function expandV6(ip: string): number[] {
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = ip.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
-  return groups.flatMap((g) => { const v = parseInt(g, 16); return [v >> 8, v & 0xff]; });
+  return groups.flatMap((g) => {
+    const v = parseInt(g, 16);
+    return [v >> 8, v & 0xff];
+  });
 }
 
 // ---- decoding: one resource at a time, each problem naming where ----
@@ -130,14 +162,19 @@ function workloadFromMessage(name: string, w: WorkloadMessage, trustDomain: stri
   if (!w.namespace) bad(name, 'namespace', w.namespace, 'must be set');
   if (!w.service_account) bad(name, 'service_account', w.service_account, 'must be set');
   const td = w.trust_domain || trustDomain;
-  if (!parseSpiffe(`spiffe://${td}/ns/${w.namespace}/sa/${w.service_account}`)) bad(name, 'trust_domain/namespace/service_account', [td, w.namespace, w.service_account], 'do not form a SPIFFE identity');
+  if (!parseSpiffe(`spiffe://${td}/ns/${w.namespace}/sa/${w.service_account}`))
+    bad(name, 'trust_domain/namespace/service_account', [td, w.namespace, w.service_account], 'do not form a SPIFFE identity');
   const addresses = w.addresses.map((a, i) => ipText(name, `addresses[${i}]`, a));
   const capacity = w.capacity ? w.capacity.value : 1;
   const labels: Record<string, string> = {};
   if (w.canonical_name) labels.app = w.canonical_name;
   if (w.canonical_revision) labels.version = w.canonical_revision;
   return {
-    uid: w.uid, name: w.name || w.workload_name || w.uid, namespace: w.namespace, serviceAccount: w.service_account, node: w.node,
+    uid: w.uid,
+    name: w.name || w.workload_name || w.uid,
+    namespace: w.namespace,
+    serviceAccount: w.service_account,
+    node: w.node,
     // The datapath is IPv4 only: IPv6 addresses are accepted on the wire and not used.
     addresses: addresses.filter((a) => net.isIPv4(a)),
     protocol: w.tunnel_protocol === 'HBONE' ? 'HBONE' : 'NONE',
@@ -151,14 +188,17 @@ function workloadFromMessage(name: string, w: WorkloadMessage, trustDomain: stri
 }
 
 function serviceFromMessage(name: string, s: ServiceMessage): Service {
-  if (`${s.namespace}/${s.hostname}` !== name) bad(name, 'namespace/hostname', `${s.namespace}/${s.hostname}`, `must equal the resource name ${JSON.stringify(name)}`);
+  if (`${s.namespace}/${s.hostname}` !== name)
+    bad(name, 'namespace/hostname', `${s.namespace}/${s.hostname}`, `must equal the resource name ${JSON.stringify(name)}`);
   const ports = s.ports.map((p, i) => {
     if (!(p.service_port >= 1 && p.service_port <= 65535)) bad(name, `ports[${i}].service_port`, p.service_port, 'is not a port 1..65535');
     if (!(p.target_port >= 0 && p.target_port <= 65535)) bad(name, `ports[${i}].target_port`, p.target_port, 'is not a port 0..65535');
     return { port: p.service_port, targetPort: p.target_port || p.service_port };
   });
   return {
-    name: s.name, namespace: s.namespace, hostname: s.hostname,
+    name: s.name,
+    namespace: s.namespace,
+    hostname: s.hostname,
     addresses: s.addresses.map((a, i) => ipText(name, `addresses[${i}].address`, a.address)).filter((a) => net.isIPv4(a)),
     ports,
     selector: {},
@@ -166,36 +206,57 @@ function serviceFromMessage(name: string, s: ServiceMessage): Service {
 }
 
 export function authorizationFromMessage(name: string, p: AuthorizationMessage): Authorization {
-  if (`${p.namespace}/${p.name}` !== name) bad(name, 'namespace/name', `${p.namespace}/${p.name}`, `must equal the resource name ${JSON.stringify(name)}`);
+  if (`${p.namespace}/${p.name}` !== name)
+    bad(name, 'namespace/name', `${p.namespace}/${p.name}`, `must equal the resource name ${JSON.stringify(name)}`);
   return {
-    name: p.name, namespace: p.namespace, scope: p.scope, action: p.action, dryRun: p.dry_run,
+    name: p.name,
+    namespace: p.namespace,
+    scope: p.scope,
+    action: p.action,
+    dryRun: p.dry_run,
     rules: p.rules.map((r, ri) => ({
-      clauses: r.clauses.map((c, ci) => ({ matches: c.matches.map((m, mi) => matchFromMessage(name, `rules[${ri}].clauses[${ci}].matches[${mi}]`, m)) })),
+      clauses: r.clauses.map((c, ci) => ({
+        matches: c.matches.map((m, mi) => matchFromMessage(name, `rules[${ri}].clauses[${ci}].matches[${mi}]`, m)),
+      })),
     })),
   };
 }
 
 function matchFromMessage(name: string, at: string, m: MatchMessage): Match {
-  const strs = (field: string, l: StringMatchMessage[]): StringMatch[] => l.map((s, i) => {
-    switch (s.match_type) {
-      case 'exact': return { exact: s.exact! };
-      case 'prefix': return { prefix: s.prefix! };
-      case 'suffix': return { suffix: s.suffix! };
-      case 'presence': return { presence: true };
-      default: return bad(name, `${at}.${field}[${i}]`, s, 'has no match (exact, prefix, suffix or presence)');
-    }
-  });
-  const ips = (field: string, l: IpBlockMessage[]): IpBlock[] => l.map((b, i) => {
-    const address = ipText(name, `${at}.${field}[${i}].address`, b.address);
-    if (b.length > b.address.length * 8) bad(name, `${at}.${field}[${i}].length`, b.length, `is longer than the address (${b.address.length * 8} bits)`);
-    return { address, length: b.length };
-  });
-  const ports = (field: string, l: number[]): number[] => l.map((p, i) => (p >= 1 && p <= 65535 ? p : bad(name, `${at}.${field}[${i}]`, p, 'is not a port 1..65535')));
+  const strs = (field: string, l: StringMatchMessage[]): StringMatch[] =>
+    l.map((s, i) => {
+      switch (s.match_type) {
+        case 'exact':
+          return { exact: s.exact! };
+        case 'prefix':
+          return { prefix: s.prefix! };
+        case 'suffix':
+          return { suffix: s.suffix! };
+        case 'presence':
+          return { presence: true };
+        default:
+          return bad(name, `${at}.${field}[${i}]`, s, 'has no match (exact, prefix, suffix or presence)');
+      }
+    });
+  const ips = (field: string, l: IpBlockMessage[]): IpBlock[] =>
+    l.map((b, i) => {
+      const address = ipText(name, `${at}.${field}[${i}].address`, b.address);
+      if (b.length > b.address.length * 8)
+        bad(name, `${at}.${field}[${i}].length`, b.length, `is longer than the address (${b.address.length * 8} bits)`);
+      return { address, length: b.length };
+    });
+  const ports = (field: string, l: number[]): number[] =>
+    l.map((p, i) => (p >= 1 && p <= 65535 ? p : bad(name, `${at}.${field}[${i}]`, p, 'is not a port 1..65535')));
   return {
-    namespaces: strs('namespaces', m.namespaces), notNamespaces: strs('not_namespaces', m.not_namespaces),
-    principals: strs('principals', m.principals), notPrincipals: strs('not_principals', m.not_principals),
-    sourceIps: ips('source_ips', m.source_ips), notSourceIps: ips('not_source_ips', m.not_source_ips),
-    destinationIps: ips('destination_ips', m.destination_ips), notDestinationIps: ips('not_destination_ips', m.not_destination_ips),
-    destinationPorts: ports('destination_ports', m.destination_ports), notDestinationPorts: ports('not_destination_ports', m.not_destination_ports),
+    namespaces: strs('namespaces', m.namespaces),
+    notNamespaces: strs('not_namespaces', m.not_namespaces),
+    principals: strs('principals', m.principals),
+    notPrincipals: strs('not_principals', m.not_principals),
+    sourceIps: ips('source_ips', m.source_ips),
+    notSourceIps: ips('not_source_ips', m.not_source_ips),
+    destinationIps: ips('destination_ips', m.destination_ips),
+    notDestinationIps: ips('not_destination_ips', m.not_destination_ips),
+    destinationPorts: ports('destination_ports', m.destination_ports),
+    notDestinationPorts: ports('not_destination_ports', m.not_destination_ports),
   };
 }

@@ -31,7 +31,11 @@ const MiB = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 /** AMBIT_E_CONFIG when `bytes` is over MAX_CONFIG_BYTES. */
 export function checkSize(bytes: number, source: string): void {
   if (bytes > MAX_CONFIG_BYTES) {
-    throw new AmbitError('AMBIT_E_CONFIG', `${source} is ${MiB(bytes)}, over the limit of ${MiB(MAX_CONFIG_BYTES)} (${MAX_CONFIG_BYTES} bytes)`, 'is this the right file? a mesh this large belongs in Kubernetes mode (--kubernetes), not one YAML file');
+    throw new AmbitError(
+      'AMBIT_E_CONFIG',
+      `${source} is ${MiB(bytes)}, over the limit of ${MiB(MAX_CONFIG_BYTES)} (${MAX_CONFIG_BYTES} bytes)`,
+      'is this the right file? a mesh this large belongs in Kubernetes mode (--kubernetes), not one YAML file',
+    );
   }
 }
 
@@ -76,7 +80,11 @@ function isCyclic(root: unknown): boolean {
   if (visit(root)) return true;
   while (stack.length > 0) {
     const { node, leaving } = stack.pop()!;
-    if (leaving) { open.delete(node); done.add(node); continue; }
+    if (leaving) {
+      open.delete(node);
+      done.add(node);
+      continue;
+    }
     if (visit(node)) return true;
   }
   return false;
@@ -85,7 +93,8 @@ function isCyclic(root: unknown): boolean {
 /** The one document in text, as plain data; AMBIT_E_CONFIG naming the source for every way it can fail. */
 export function parseYamlBounded(text: string, source: string): unknown {
   checkSize(Buffer.byteLength(text, 'utf8'), source);
-  const invalid = (what: string, hint?: string): AmbitError => new AmbitError('AMBIT_E_CONFIG', `${source} is not valid YAML: ${what}`, hint);
+  const invalid = (what: string, hint?: string): AmbitError =>
+    new AmbitError('AMBIT_E_CONFIG', `${source} is not valid YAML: ${what}`, hint);
   let doc: YAML.Document.Parsed;
   try {
     doc = YAML.parseDocument(text, { uniqueKeys: true });
@@ -95,23 +104,36 @@ export function parseYamlBounded(text: string, source: string): unknown {
   if (doc.errors.length > 0) {
     // The parser recurses per level and reports running out of stack as a parse error.
     if (doc.errors.some((e) => /call stack/i.test(e.message))) {
-      throw invalid(`nested too deeply (limit ${MAX_DEPTH} levels of maps and lists)`, 'flatten the file; a mesh configuration is about 10 levels deep');
+      throw invalid(
+        `nested too deeply (limit ${MAX_DEPTH} levels of maps and lists)`,
+        'flatten the file; a mesh configuration is about 10 levels deep',
+      );
     }
     throw invalid(doc.errors.map((e) => e.message).join('; '));
   }
   const depth = depthOf(doc.contents);
   if (depth > MAX_DEPTH) {
-    throw invalid(`nested deeper than ${MAX_DEPTH} levels of maps and lists`, 'flatten the file; a mesh configuration is about 10 levels deep');
+    throw invalid(
+      `nested deeper than ${MAX_DEPTH} levels of maps and lists`,
+      'flatten the file; a mesh configuration is about 10 levels deep',
+    );
   }
   let data: unknown;
   try {
     data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
   } catch (err) {
     if (err instanceof ReferenceError && /alias/i.test(err.message)) {
-      throw invalid(`its aliases (*name) expand to more than ${MAX_ALIAS_COUNT} nodes, the limit that stops "billion laughs" documents`, 'write repeated parts out, or alias smaller pieces');
+      throw invalid(
+        `its aliases (*name) expand to more than ${MAX_ALIAS_COUNT} nodes, the limit that stops "billion laughs" documents`,
+        'write repeated parts out, or alias smaller pieces',
+      );
     }
     throw invalid((err as Error).message);
   }
-  if (isCyclic(data)) throw invalid('an alias (*name) is inside its own anchor (&name), so the data would contain itself', 'alias only parts that are complete where the alias appears');
+  if (isCyclic(data))
+    throw invalid(
+      'an alias (*name) is inside its own anchor (&name), so the data would contain itself',
+      'alias only parts that are complete where the alias appears',
+    );
   return data;
 }

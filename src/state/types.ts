@@ -30,7 +30,10 @@ export interface Workload {
   authorizationPolicies: string[];
 }
 
-export interface ServicePort { port: number; targetPort: number }
+export interface ServicePort {
+  port: number;
+  targetPort: number;
+}
 
 export interface Service {
   name: string;
@@ -41,10 +44,16 @@ export interface Service {
   selector: Record<string, string>;
 }
 
-export interface MeshNode { name: string; address: string }
+export interface MeshNode {
+  name: string;
+  address: string;
+}
 
 /** A node agent allowed to use the control-plane server: the SHA-256 (hex) of its bearer token. */
-export interface NodeToken { node: string; sha256: string }
+export interface NodeToken {
+  node: string;
+  sha256: string;
+}
 
 export interface MeshConfig {
   trustDomain: string;

@@ -15,7 +15,10 @@ export interface AdmissionLimits {
   maxConnectionsPerSource: number;
 }
 
-interface Conn { src: string; pending: boolean }
+interface Conn {
+  src: string;
+  pending: boolean;
+}
 
 export class Admission {
   private pending = 0;

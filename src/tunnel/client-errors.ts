@@ -26,7 +26,11 @@ export class ClientFailure extends Error {
   refused?: boolean;
   status?: number;
 
-  constructor(readonly code: ClientFailureCode, message: string, opts: { cause?: unknown; refused?: boolean; status?: number } = {}) {
+  constructor(
+    readonly code: ClientFailureCode,
+    message: string,
+    opts: { cause?: unknown; refused?: boolean; status?: number } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'ClientFailure';
     if (opts.refused) this.refused = true;

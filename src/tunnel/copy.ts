@@ -11,14 +11,20 @@
 // (a peer that reset in between) counts as closed, not as a wait forever.
 import type { Duplex } from 'node:stream';
 
-export interface CopyResult { sent: number; received: number; error?: Error }
+export interface CopyResult {
+  sent: number;
+  received: number;
+  error?: Error;
+}
 
 /** Copies a↔b until both are closed; a→b bytes are `sent`, b→a `received`. */
 export function copyBidirectional(a: Duplex, b: Duplex, onError: (err: Error) => void = () => undefined): Promise<CopyResult> {
   return new Promise((resolve) => {
     const r: CopyResult = { sent: 0, received: 0 };
     let closed = 0;
-    const done = (): void => { if (++closed === 2) resolve(r); };
+    const done = (): void => {
+      if (++closed === 2) resolve(r);
+    };
     const fail = (err: Error): void => {
       if (!r.error) {
         r.error = err;
@@ -27,8 +33,12 @@ export function copyBidirectional(a: Duplex, b: Duplex, onError: (err: Error) =>
       a.destroy();
       b.destroy();
     };
-    a.on('data', (d: Buffer) => { r.sent += d.length; });
-    b.on('data', (d: Buffer) => { r.received += d.length; });
+    a.on('data', (d: Buffer) => {
+      r.sent += d.length;
+    });
+    b.on('data', (d: Buffer) => {
+      r.received += d.length;
+    });
     const closedBy = (s: Duplex, other: Duplex) => (): void => {
       if (!other.readableEnded && !other.destroyed) {
         if (!s.readableEnded || other.writableFinished) other.destroy();
@@ -36,7 +46,10 @@ export function copyBidirectional(a: Duplex, b: Duplex, onError: (err: Error) =>
       }
       done();
     };
-    for (const [s, other] of [[a, b], [b, a]] as const) {
+    for (const [s, other] of [
+      [a, b],
+      [b, a],
+    ] as const) {
       s.on('error', fail);
       if (s.closed) queueMicrotask(closedBy(s, other));
       else s.once('close', closedBy(s, other));

@@ -57,31 +57,58 @@ export class InProcessDataPlane implements DataPlane {
   private readonly warn: RateLimitedLog;
 
   constructor(ctx: DataPlaneContext, pool?: PoolTuning) {
-    this.tunnel = new Tunnel({ store: ctx.store, certs: ctx.certs, maps: ctx.datapath.maps, mode: ctx.mode, metrics: ctx.metrics, authorizer: ctx.authorizer, pool, limits: ctx.limits, log: ctx.log });
+    this.tunnel = new Tunnel({
+      store: ctx.store,
+      certs: ctx.certs,
+      maps: ctx.datapath.maps,
+      mode: ctx.mode,
+      metrics: ctx.metrics,
+      authorizer: ctx.authorizer,
+      pool,
+      limits: ctx.limits,
+      log: ctx.log,
+    });
     this.warn = new RateLimitedLog(ctx.log);
   }
 
   addPod(pod: EnrolledPod, identity: string, cert: WorkloadCert | undefined): void {
-    const server = (role: ListenerRole): net.Server => listenerServer(pod.listeners[role]).on('error', (err: NodeJS.ErrnoException) => {
-      // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
-      this.warn.warn(`listener_${err.code ?? 'error'}`, { pod: pod.workload.uid, role, code: err.code, err: err.message }, 'pod listener error');
-    });
-    this.tunnel.addPod({
-      workload: pod.workload, podId: pod.podId, identity, netns: pod.netns,
-      ...(Object.fromEntries(ROLES.map((r) => [r, server(r)])) as PerRole<net.Server>),
-    }, cert);
+    const server = (role: ListenerRole): net.Server =>
+      listenerServer(pod.listeners[role]).on('error', (err: NodeJS.ErrnoException) => {
+        // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
+        this.warn.warn(
+          `listener_${err.code ?? 'error'}`,
+          { pod: pod.workload.uid, role, code: err.code, err: err.message },
+          'pod listener error',
+        );
+      });
+    this.tunnel.addPod(
+      {
+        workload: pod.workload,
+        podId: pod.podId,
+        identity,
+        netns: pod.netns,
+        ...(Object.fromEntries(ROLES.map((r) => [r, server(r)])) as PerRole<net.Server>),
+      },
+      cert,
+    );
   }
 
   removePod(uid: string): Promise<void> {
     this.tunnel.removePod(uid);
     return Promise.resolve();
   }
-  configChanged(): void { /* the tunnel reads the shared store */ }
+  configChanged(): void {
+    /* the tunnel reads the shared store */
+  }
 
   pending(): string[] {
     return this.tunnel.served().flatMap((p) => (ROLES.every((r) => p[r].listening) ? [] : [`listeners of pod ${p.workload.uid}`]));
   }
 
-  async drain(deadlineMs: number): Promise<void> { await this.tunnel.drain(deadlineMs); }
-  stop(): void { this.tunnel.stop(); }
+  async drain(deadlineMs: number): Promise<void> {
+    await this.tunnel.drain(deadlineMs);
+  }
+  stop(): void {
+    this.tunnel.stop();
+  }
 }

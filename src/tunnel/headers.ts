@@ -27,7 +27,13 @@ export function baggageOf(src: Workload): string {
   ].join(',');
 }
 
-export function connectHeaders(opts: { authority: string; traceparent: string; baggage: string; clientAddr: string; service?: Service }): OutgoingHttpHeaders {
+export function connectHeaders(opts: {
+  authority: string;
+  traceparent: string;
+  baggage: string;
+  clientAddr: string;
+  service?: Service;
+}): OutgoingHttpHeaders {
   return {
     ':authority': opts.authority,
     baggage: opts.baggage,
@@ -39,7 +45,12 @@ export function connectHeaders(opts: { authority: string; traceparent: string; b
 /** The source workload a peer described in its baggage (what the destination reports it as). */
 export function sourceFromBaggage(baggage: unknown): { name: string; namespace: string; labels: Record<string, string> } | undefined {
   if (typeof baggage !== 'string') return undefined;
-  const kv = new Map(baggage.split(',').map((p) => p.trim().split('=', 2) as [string, string]).filter(([k, v]) => k && v));
+  const kv = new Map(
+    baggage
+      .split(',')
+      .map((p) => p.trim().split('=', 2) as [string, string])
+      .filter(([k, v]) => k && v),
+  );
   const name = kv.get('k8s.pod.name');
   const namespace = kv.get('k8s.namespace.name');
   if (!name || !namespace) return undefined;

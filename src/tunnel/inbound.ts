@@ -13,18 +13,18 @@ import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
-import { tcpLabels, type Metrics } from '../observability/metrics';
+import { type Metrics, tcpLabels } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
-import type { Workload } from '../state/types';
 import type { Authorizer, ConnectionFacts, Decision } from '../policy/authorize';
+import type { Workload } from '../state/types';
 import { Admission } from './admission';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import type { TunnelLimits } from './limits';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
 import type { ServedPod } from './served-pod';
-import { ServerSessions, type Expiry } from './server-sessions';
-import { verifiedService, verifiedSource, type MeshView } from './source';
+import { type Expiry, ServerSessions } from './server-sessions';
+import { type MeshView, verifiedService, verifiedSource } from './source';
 
 const ignore = (): void => undefined;
 
@@ -59,7 +59,12 @@ export class Inbound {
   private readonly authorized = new Set<{ facts: Omit<ConnectionFacts, 'dst'>; connId?: string; end: () => void }>();
 
   /** cert undefined: plain mode, HBONE connections are refused. */
-  constructor(private readonly pod: ServedPod, readonly identity: string, cert: WorkloadCert | undefined, private readonly deps: InboundDeps) {
+  constructor(
+    private readonly pod: ServedPod,
+    readonly identity: string,
+    cert: WorkloadCert | undefined,
+    private readonly deps: InboundDeps,
+  ) {
     this.log = deps.log.child({ pod: pod.workload.uid });
     const { limits } = deps;
     this.admission = new Admission(limits);
@@ -67,10 +72,21 @@ export class Inbound {
       this.deps.metrics.failure('inbound', reason);
       this.warn(reason, { peer: session.socket?.remoteAddress }, EXPIRY_MESSAGE[reason]);
     });
-    this.onCert = (id, c) => { if (id === identity) this.server?.setSecureContext(serverTlsOptions(c)); };
-    pod.inboundPlain.on('connection', (s: net.Socket) => this.guard('plaintext', () => this.onPlain(s), () => s.destroy()));
+    this.onCert = (id, c) => {
+      if (id === identity) this.server?.setSecureContext(serverTlsOptions(c));
+    };
+    pod.inboundPlain.on('connection', (s: net.Socket) =>
+      this.guard(
+        'plaintext',
+        () => this.onPlain(s),
+        () => s.destroy(),
+      ),
+    );
     if (!cert) {
-      pod.inboundHbone.on('connection', (s: net.Socket) => { s.on('error', ignore); s.destroy(); });
+      pod.inboundHbone.on('connection', (s: net.Socket) => {
+        s.on('error', ignore);
+        s.destroy();
+      });
       return;
     }
     const server = http2.createSecureServer({
@@ -81,7 +97,14 @@ export class Inbound {
       settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME, maxConcurrentStreams: limits.serverMaxStreams },
     });
     this.server = server;
-    server.on('secureConnection', (s: tls.TLSSocket) => { this.admission.handshakeDone(s); this.guard('peer check', () => this.checkPeer(s), () => s.destroy()); });
+    server.on('secureConnection', (s: tls.TLSSocket) => {
+      this.admission.handshakeDone(s);
+      this.guard(
+        'peer check',
+        () => this.checkPeer(s),
+        () => s.destroy(),
+      );
+    });
     server.on('tlsClientError', (err: NodeJS.ErrnoException, s: tls.TLSSocket) => {
       this.admission.handshakeDone(s);
       const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'tls_handshake_timeout' : 'tls_handshake';
@@ -93,15 +116,23 @@ export class Inbound {
       this.warn('not_h2', { peer: s.remoteAddress }, 'HBONE connection refused: the client did not offer HTTP/2 (ALPN h2)');
       s.destroy();
     });
-    server.on('sessionError', (err: Error, session: http2.ServerHttp2Session) => this.warn('session_error', { peer: session.socket?.remoteAddress, err: err.message }, 'HBONE session failed'));
+    server.on('sessionError', (err: Error, session: http2.ServerHttp2Session) =>
+      this.warn('session_error', { peer: session.socket?.remoteAddress, err: err.message }, 'HBONE session failed'),
+    );
     server.on('session', (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
-      session.once('connect', () => { if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW); });
+      session.once('connect', () => {
+        if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW);
+      });
     });
     server.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
       // Before anything else: a peer may reset the stream at any moment.
       stream.on('error', ignore);
-      this.guard('stream', () => this.onStream(stream, headers), () => respond(stream, 503));
+      this.guard(
+        'stream',
+        () => this.onStream(stream, headers),
+        () => respond(stream, 503),
+      );
     });
     // Certificate rotation: new handshakes use the new certificate, open sessions carry on.
     deps.certs.on('updated', this.onCert);
@@ -156,7 +187,18 @@ export class Inbound {
       if (decision.allow) continue;
       this.authorized.delete(c);
       closed++;
-      this.log.warn({ conn_id: c.connId, src: c.facts.srcIp, 'src.identity': c.facts.srcIdentity, dst: `${c.facts.dstIp}:${c.facts.dstPort}`, reason: 'denied_after_policy_change', policy: decision.policy, why: decision.reason }, 'open connection closed: the policies now deny it');
+      this.log.warn(
+        {
+          conn_id: c.connId,
+          src: c.facts.srcIp,
+          'src.identity': c.facts.srcIdentity,
+          dst: `${c.facts.dstIp}:${c.facts.dstPort}`,
+          reason: 'denied_after_policy_change',
+          policy: decision.policy,
+          why: decision.reason,
+        },
+        'open connection closed: the policies now deny it',
+      );
       this.deps.metrics.failure('inbound', 'denied_after_policy_change');
       c.end();
     }
@@ -170,7 +212,17 @@ export class Inbound {
 
   private authorize(facts: Omit<ConnectionFacts, 'dst'>, connId?: string): Decision {
     const decision = this.deps.authorizer().check({ ...facts, dst: this.workload() });
-    if (decision.dryRun?.length) this.log.info({ conn_id: connId, src: facts.srcIp, 'src.identity': facts.srcIdentity, dst: `${facts.dstIp}:${facts.dstPort}`, dryRun: decision.dryRun }, 'dry-run policies evaluated (not enforced)');
+    if (decision.dryRun?.length)
+      this.log.info(
+        {
+          conn_id: connId,
+          src: facts.srcIp,
+          'src.identity': facts.srcIdentity,
+          dst: `${facts.dstIp}:${facts.dstPort}`,
+          dryRun: decision.dryRun,
+        },
+        'dry-run policies evaluated (not enforced)',
+      );
     return decision;
   }
 
@@ -192,7 +244,11 @@ export class Inbound {
     } catch (err) {
       this.deps.metrics.failure('inbound', 'internal');
       this.warn('internal', { what, err: (err as Error).stack ?? String(err) }, 'inbound handler failed: connection closed');
-      try { onFail(); } catch { /* already gone */ }
+      try {
+        onFail();
+      } catch {
+        /* already gone */
+      }
     }
   }
 
@@ -220,7 +276,12 @@ export class Inbound {
     const connId = connIdOf(headers.traceparent);
     const refuse = (status: number, reason: string, extra: Record<string, unknown> = {}): void => {
       this.deps.metrics.failure('inbound', reason);
-      this.warn(reason, { conn_id: connId, src: srcIp, authority: headers[':authority'], status, ...extra }, 'HBONE stream refused', auditKey(reason, extra));
+      this.warn(
+        reason,
+        { conn_id: connId, src: srcIp, authority: headers[':authority'], status, ...extra },
+        'HBONE stream refused',
+        auditKey(reason, extra),
+      );
       respond(stream, status);
     };
     if (this.closed) return refuse(503, 'pod_removed');
@@ -262,7 +323,11 @@ export class Inbound {
       if (!settle()) return;
       upstream.destroy();
       this.deps.metrics.failure('inbound', 'reset_before_connect');
-      this.warn('reset_before_connect', { conn_id: connId, src: srcIp, rst: stream.rstCode }, 'HBONE stream closed by the peer before the app answered');
+      this.warn(
+        'reset_before_connect',
+        { conn_id: connId, src: srcIp, rst: stream.rstCode },
+        'HBONE stream closed by the peer before the app answered',
+      );
     };
     const timer = setTimeout(() => {
       if (!settle()) return;
@@ -274,33 +339,70 @@ export class Inbound {
     upstream.once('connect', () => {
       if (!settle()) return;
       upstream.on('error', ignore); // the copy reports from here on
-      if (!respond(stream, 200, false)) { upstream.destroy(); return; }
+      if (!respond(stream, 200, false)) {
+        upstream.destroy();
+        return;
+      }
       this.deliver(stream, upstream, { srcIp, srcIdentity, connId, target, decision, facts, headers });
     });
   }
 
   /** The CONNECT was answered 200: copy bytes, with labels and log fields from verified facts only. */
-  private deliver(stream: http2.ServerHttp2Stream, upstream: net.Socket, c: {
-    srcIp: string; srcIdentity: string; connId?: string; target: { ip: string; port: number }; decision: Decision;
-    facts: Omit<ConnectionFacts, 'dst'>; headers: http2.IncomingHttpHeaders;
-  }): void {
+  private deliver(
+    stream: http2.ServerHttp2Stream,
+    upstream: net.Socket,
+    c: {
+      srcIp: string;
+      srcIdentity: string;
+      connId?: string;
+      target: { ip: string; port: number };
+      decision: Decision;
+      facts: Omit<ConnectionFacts, 'dst'>;
+      headers: http2.IncomingHttpHeaders;
+    },
+  ): void {
     const { mesh } = this.deps;
     const src = verifiedSource(mesh, c.srcIp, c.srcIdentity, sourceFromBaggage(c.headers.baggage));
     const service = verifiedService(mesh, forwardedHost(c.headers.forwarded), this.workload());
     const finish = accessLog(this.log, {
-      conn_id: c.connId, direction: 'inbound', 'src.addr': c.srcIp, 'src.workload': src.workload?.name, 'src.namespace': src.namespace, 'src.identity': c.srcIdentity,
-      'dst.addr': `${c.target.ip}:${c.target.port}`, 'dst.hbone_addr': `${c.target.ip}:${PORT_INBOUND_HBONE}`, 'dst.service': service,
-      'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace, 'dst.identity': this.identity,
+      conn_id: c.connId,
+      direction: 'inbound',
+      'src.addr': c.srcIp,
+      'src.workload': src.workload?.name,
+      'src.namespace': src.namespace,
+      'src.identity': c.srcIdentity,
+      'dst.addr': `${c.target.ip}:${c.target.port}`,
+      'dst.hbone_addr': `${c.target.ip}:${PORT_INBOUND_HBONE}`,
+      'dst.service': service,
+      'dst.workload': this.pod.workload.name,
+      'dst.namespace': this.pod.workload.namespace,
+      'dst.identity': this.identity,
       policy: c.decision.policy,
     });
-    const closed = this.deps.metrics.open(tcpLabels({
-      reporter: 'destination', src: src.workload, srcPrincipal: c.srcIdentity, dst: this.pod.workload, dstPrincipal: this.identity, service, mtls: true,
-    }));
+    const closed = this.deps.metrics.open(
+      tcpLabels({
+        reporter: 'destination',
+        src: src.workload,
+        srcPrincipal: c.srcIdentity,
+        dst: this.pod.workload,
+        dstPrincipal: this.identity,
+        service,
+        mtls: true,
+      }),
+    );
     const copied = copyBidirectional(stream, upstream).then((r) => {
       closed({ fromSource: r.sent, toSource: r.received });
       finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
     });
-    this.track(c.facts, c.connId, () => { stream.close(http2.constants.NGHTTP2_CANCEL); upstream.destroy(); }, copied);
+    this.track(
+      c.facts,
+      c.connId,
+      () => {
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        upstream.destroy();
+      },
+      copied,
+    );
   }
 
   /** Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer without identity. */
@@ -331,25 +433,50 @@ export class Inbound {
     // No identity to check: the address is all a plaintext peer has, and the mesh state says whose it is.
     const src = this.deps.mesh.workloadByIp(srcIp);
     const finish = accessLog(this.log, {
-      direction: 'inbound_plain', 'src.addr': `${srcIp}:${client.remotePort}`, 'src.workload': src?.name, 'src.namespace': src?.namespace,
-      'dst.addr': `${ip}:${port}`, 'dst.workload': this.pod.workload.name, 'dst.namespace': this.pod.workload.namespace,
+      direction: 'inbound_plain',
+      'src.addr': `${srcIp}:${client.remotePort}`,
+      'src.workload': src?.name,
+      'src.namespace': src?.namespace,
+      'dst.addr': `${ip}:${port}`,
+      'dst.workload': this.pod.workload.name,
+      'dst.namespace': this.pod.workload.namespace,
       policy: decision.policy,
     });
     const timer = setTimeout(() => {
       this.deps.metrics.failure('inbound', 'upstream_timeout');
-      this.warn('plain_upstream_timeout', { src: srcIp, dst: `${ip}:${port}`, after_ms: this.deps.limits.upstreamDialMs }, 'plaintext connection closed: the app did not accept in time');
+      this.warn(
+        'plain_upstream_timeout',
+        { src: srcIp, dst: `${ip}:${port}`, after_ms: this.deps.limits.upstreamDialMs },
+        'plaintext connection closed: the app did not accept in time',
+      );
       upstream.destroy(new Error(`the app did not accept within ${this.deps.limits.upstreamDialMs} ms`));
     }, this.deps.limits.upstreamDialMs).unref();
     let connected = false;
-    upstream.once('connect', () => { connected = true; clearTimeout(timer); });
+    upstream.once('connect', () => {
+      connected = true;
+      clearTimeout(timer);
+    });
     upstream.once('close', () => clearTimeout(timer));
-    upstream.once('error', (err: NodeJS.ErrnoException) => { if (!connected) this.deps.metrics.failure('inbound', 'upstream_connect'); void err; });
-    const closed = this.deps.metrics.open(tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }));
+    upstream.once('error', (err: NodeJS.ErrnoException) => {
+      if (!connected) this.deps.metrics.failure('inbound', 'upstream_connect');
+      void err;
+    });
+    const closed = this.deps.metrics.open(
+      tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }),
+    );
     const copied = copyBidirectional(client, upstream).then((r) => {
       closed({ fromSource: r.sent, toSource: r.received });
       finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
     });
-    this.track(facts, undefined, () => { client.destroy(); upstream.destroy(); }, copied);
+    this.track(
+      facts,
+      undefined,
+      () => {
+        client.destroy();
+        upstream.destroy();
+      },
+      copied,
+    );
   }
 }
 

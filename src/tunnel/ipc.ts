@@ -8,9 +8,15 @@ import type { MeshConfig } from '../state/types';
 import type { TunnelLimits } from './limits';
 import type { TunnelMode } from './tunnel';
 
-
 /** A certificate as it travels (dates as ISO strings). */
-export interface WireCert { identity: string; chainPem: string; keyPem: string; rootsPem: string; notBefore: string; notAfter: string }
+export interface WireCert {
+  identity: string;
+  chainPem: string;
+  keyPem: string;
+  rootsPem: string;
+  notBefore: string;
+  notAfter: string;
+}
 
 export type ToWorker =
   | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string; limits: Partial<TunnelLimits> }

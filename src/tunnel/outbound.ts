@@ -9,15 +9,15 @@
 import type net from 'node:net';
 import type { DatapathMaps } from '../datapath/maps';
 import { PORT_INBOUND_HBONE } from '../datapath/ports';
-import type { Logger } from '../observability/log';
 import { accessLog } from '../observability/access-log';
-import { tcpLabels, type Metrics } from '../observability/metrics';
-import type { MeshStore } from '../state/store';
+import type { Logger } from '../observability/log';
+import { type Metrics, tcpLabels } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
+import type { MeshStore } from '../state/store';
 import { ClientFailure, failureCode } from './client-errors';
 import { copyBidirectional } from './copy';
 import { baggageOf, connectHeaders, newTraceparent } from './headers';
-import { tunnelLimits, type TunnelLimits } from './limits';
+import { type TunnelLimits, tunnelLimits } from './limits';
 import type { HbonePool } from './pool';
 import { resolveOutbound } from './route';
 import type { ServedPod } from './served-pod';
@@ -34,7 +34,10 @@ export interface OutboundDeps {
   log: Logger;
 }
 
-interface Ctx extends OutboundDeps { upstreamDialMs: number; warn: RateLimitedLog }
+interface Ctx extends OutboundDeps {
+  upstreamDialMs: number;
+  warn: RateLimitedLog;
+}
 
 export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   const log = deps.log.child({ pod: pod.workload.uid });
@@ -73,21 +76,41 @@ function dialUpstream(pod: ServedPod, ip: string, port: number, dialMs: number):
     return new ClientFailure('AMBIT_E_DIAL', `cannot dial ${ip}:${port} from the pod: ${(err as Error).message}`, { cause: err });
   }
   up.on('error', () => undefined); // reported by the copy, which takes the socket over below
-  const timer = setTimeout(() => up.destroy(new ClientFailure('AMBIT_E_UPSTREAM_DIAL_TIMEOUT', `${ip}:${port} did not accept the connection in ${dialMs} ms (upstreamDialMs)`)), dialMs);
+  const timer = setTimeout(
+    () =>
+      up.destroy(
+        new ClientFailure('AMBIT_E_UPSTREAM_DIAL_TIMEOUT', `${ip}:${port} did not accept the connection in ${dialMs} ms (upstreamDialMs)`),
+      ),
+    dialMs,
+  );
   timer.unref();
   up.once('connect', () => clearTimeout(timer));
   up.once('close', () => clearTimeout(timer));
   return up;
 }
 
-async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: string, port: number, srcPort: number, deps: Ctx, log: Logger): Promise<void> {
+async function handle(
+  pod: ServedPod,
+  baggage: string,
+  client: net.Socket,
+  ip: string,
+  port: number,
+  srcPort: number,
+  deps: Ctx,
+  log: Logger,
+): Promise<void> {
   const src = pod.workload;
   const srcIdentity = pod.identity;
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
   const { traceparent, connId } = newTraceparent();
   const entry: Record<string, unknown> = {
-    conn_id: connId, direction: 'outbound', 'src.addr': `${src.addresses[0]}:${srcPort}`, 'src.workload': src.name,
-    'src.namespace': src.namespace, 'src.identity': srcIdentity, 'dst.addr': `${ip}:${port}`,
+    conn_id: connId,
+    direction: 'outbound',
+    'src.addr': `${src.addresses[0]}:${srcPort}`,
+    'src.workload': src.name,
+    'src.namespace': src.namespace,
+    'src.identity': srcIdentity,
+    'dst.addr': `${ip}:${port}`,
   };
   const finish = accessLog(log, entry);
 
@@ -99,8 +122,13 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
   if (route.service) entry['dst.service'] = route.service.hostname;
   if (route.workload) Object.assign(entry, { 'dst.workload': route.workload.name, 'dst.namespace': route.workload.namespace });
   const labels = tcpLabels({
-    reporter: 'source', src, srcPrincipal: srcIdentity, dst: route.workload, service: route.service?.hostname,
-    dstPrincipal: route.kind === 'hbone' ? route.identities[0] : undefined, mtls: route.kind === 'hbone',
+    reporter: 'source',
+    src,
+    srcPrincipal: srcIdentity,
+    dst: route.workload,
+    service: route.service?.hostname,
+    dstPrincipal: route.kind === 'hbone' ? route.identities[0] : undefined,
+    mtls: route.kind === 'hbone',
   });
 
   if (route.kind === 'plain') {
@@ -125,12 +153,26 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
   entry['dst.identity'] = route.identities[0];
   // A client that gives up while the stream is being set up must not leak it.
   let gone = false;
-  const onEarlyClose = (): void => { gone = true; };
+  const onEarlyClose = (): void => {
+    gone = true;
+  };
   client.once('close', onEarlyClose);
   try {
     const stream = await deps.pool.connect(
-      { srcIdentity, srcIp: src.addresses[0], dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o), dstIp: route.ip, identities: route.identities },
-      connectHeaders({ authority: `${route.ip}:${route.port}`, traceparent, baggage, clientAddr: `${src.addresses[0]}:${srcPort}`, service: route.service }),
+      {
+        srcIdentity,
+        srcIp: src.addresses[0],
+        dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o),
+        dstIp: route.ip,
+        identities: route.identities,
+      },
+      connectHeaders({
+        authority: `${route.ip}:${route.port}`,
+        traceparent,
+        baggage,
+        clientAddr: `${src.addresses[0]}:${srcPort}`,
+        service: route.service,
+      }),
     );
     client.off('close', onEarlyClose);
     if (gone) {
@@ -147,7 +189,11 @@ async function handle(pod: ServedPod, baggage: string, client: net.Socket, ip: s
     client.destroy();
     const code = failureCode(err, 'hbone_connect');
     deps.metrics.failure('outbound', code);
-    deps.warn.warn(code, { dst: `${route.ip}:${route.port}`, identity: srcIdentity, err: (err as Error).message }, 'outbound connection failed');
+    deps.warn.warn(
+      code,
+      { dst: `${route.ip}:${route.port}`, identity: srcIdentity, err: (err as Error).message },
+      'outbound connection failed',
+    );
     finish({ error: code, detail: (err as Error).message });
   }
 }

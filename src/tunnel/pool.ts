@@ -14,15 +14,15 @@
 // piling onto one that nghttp2 would then queue them behind.
 import http2 from 'node:http2';
 import type net from 'node:net';
-import type { Dialer } from '../datapath/netns';
 import tls from 'node:tls';
-import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
+import type { Dialer } from '../datapath/netns';
 import { PORT_INBOUND_HBONE } from '../datapath/ports';
+import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { clientTlsOptions } from '../identity/tls';
 import type { Logger } from '../observability/log';
 import { RateLimitedLog } from '../observability/rate-limited';
 import { ClientFailure, failureCode } from './client-errors';
-import { tunnelLimits, type TunnelLimits } from './limits';
+import { type TunnelLimits, tunnelLimits } from './limits';
 
 export const STREAM_WINDOW = 4 << 20;
 export const CONNECTION_WINDOW = 16 << 20;
@@ -133,12 +133,17 @@ export class HbonePool {
       if (s.pooled && s.h2 && !s.h2.closed && !s.h2.destroyed && s.open < this.cap(s)) return this.request(s, headers);
       this.unreserve(s);
       if (placed >= MAX_PLACEMENTS) {
-        throw new ClientFailure('AMBIT_E_HBONE_SESSION', `no HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`);
+        throw new ClientFailure(
+          'AMBIT_E_HBONE_SESSION',
+          `no HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`,
+        );
       }
     }
   }
 
-  private cap(s: Session): number { return Math.min(this.maxStreams, s.peerMax); }
+  private cap(s: Session): number {
+    return Math.min(this.maxStreams, s.peerMax);
+  }
 
   /** Picks a session with room, or starts one, and counts the caller on it before anything is awaited. */
   private reserve(t: ConnectTarget): Session {
@@ -172,9 +177,18 @@ export class HbonePool {
     } catch (err) {
       this.forget(s);
       const inner = err as NodeJS.ErrnoException;
-      throw new ClientFailure('AMBIT_E_CA', `no certificate for ${t.srcIdentity}: ${inner.code && !inner.message.includes(inner.code) ? `${inner.code}: ` : ''}${inner.message}`, { cause: err });
+      throw new ClientFailure(
+        'AMBIT_E_CA',
+        `no certificate for ${t.srcIdentity}: ${inner.code && !inner.message.includes(inner.code) ? `${inner.code}: ` : ''}${inner.message}`,
+        { cause: err },
+      );
     }
-    if (!s.pooled) throw new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} closed while it was being set up`, { refused: true });
+    if (!s.pooled)
+      throw new ClientFailure(
+        'AMBIT_E_HBONE_CLOSED',
+        `HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} closed while it was being set up`,
+        { refused: true },
+      );
     const peer = `${t.dstIp}:${PORT_INBOUND_HBONE}`;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -190,9 +204,23 @@ export class HbonePool {
         tcp?.destroy();
         reject(err);
       };
-      const timer = setTimeout(() => fail(new ClientFailure('AMBIT_E_HBONE_HANDSHAKE_TIMEOUT', `TLS handshake with ${peer} not finished in ${this.limits.clientHandshakeMs} ms (clientHandshakeMs): the peer accepted TCP and went silent`)), this.limits.clientHandshakeMs);
+      const timer = setTimeout(
+        () =>
+          fail(
+            new ClientFailure(
+              'AMBIT_E_HBONE_HANDSHAKE_TIMEOUT',
+              `TLS handshake with ${peer} not finished in ${this.limits.clientHandshakeMs} ms (clientHandshakeMs): the peer accepted TCP and went silent`,
+            ),
+          ),
+        this.limits.clientHandshakeMs,
+      );
       timer.unref();
-      const failSession = (err: Error): void => fail(new ClientFailure('AMBIT_E_HBONE_SESSION', `HBONE session to ${peer} failed: ${failureCode(err, 'error')}: ${err.message}`, { cause: err }));
+      const failSession = (err: Error): void =>
+        fail(
+          new ClientFailure('AMBIT_E_HBONE_SESSION', `HBONE session to ${peer} failed: ${failureCode(err, 'error')}: ${err.message}`, {
+            cause: err,
+          }),
+        );
       try {
         tcp = t.dial(t.dstIp, PORT_INBOUND_HBONE, { allowHalfOpen: false });
       } catch (err) {
@@ -233,7 +261,11 @@ export class HbonePool {
         check();
       });
       h2.on('error', (err) => {
-        this.warn.warn(`hbone_session_${failureCode(err, 'error')}`, { peer, err: err.message, code: (err as NodeJS.ErrnoException).code }, 'HBONE session failed');
+        this.warn.warn(
+          `hbone_session_${failureCode(err, 'error')}`,
+          { peer, err: err.message, code: (err as NodeJS.ErrnoException).code },
+          'HBONE session failed',
+        );
         failSession(err);
       });
       h2.once('close', () => {
@@ -254,7 +286,12 @@ export class HbonePool {
     } catch (err) {
       this.unreserve(s);
       const refused = h2.closed || h2.destroyed;
-      return Promise.reject(new ClientFailure('AMBIT_E_HBONE_SESSION', `CONNECT ${authority} could not be sent: ${(err as Error).message}`, { cause: err, refused }));
+      return Promise.reject(
+        new ClientFailure('AMBIT_E_HBONE_SESSION', `CONNECT ${authority} could not be sent: ${(err as Error).message}`, {
+          cause: err,
+          refused,
+        }),
+      );
     }
     s.open++;
     stream.once('close', () => this.release(s));
@@ -271,7 +308,12 @@ export class HbonePool {
         stream.close(http2.constants.NGHTTP2_CANCEL);
         // A peer that leaves one CONNECT unanswered gets no new streams on this session.
         this.drop(s, `no answer to CONNECT in ${this.limits.connectResponseMs} ms`);
-        reject(new ClientFailure('AMBIT_E_HBONE_CONNECT_TIMEOUT', `no answer to CONNECT ${authority} in ${this.limits.connectResponseMs} ms (connectResponseMs)`));
+        reject(
+          new ClientFailure(
+            'AMBIT_E_HBONE_CONNECT_TIMEOUT',
+            `no answer to CONNECT ${authority} in ${this.limits.connectResponseMs} ms (connectResponseMs)`,
+          ),
+        );
       }, this.limits.connectResponseMs);
       timer.unref();
       // Stays attached for the stream's life: an error between the answer and
@@ -287,7 +329,9 @@ export class HbonePool {
       stream.once('close', () => {
         if (!settle()) return;
         this.forget(s);
-        reject(new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE stream closed before an answer (code ${stream.rstCode})`, { refused: true }));
+        reject(
+          new ClientFailure('AMBIT_E_HBONE_CLOSED', `HBONE stream closed before an answer (code ${stream.rstCode})`, { refused: true }),
+        );
       });
       stream.once('response', (h) => {
         if (!settle()) return;
@@ -305,7 +349,10 @@ export class HbonePool {
     // A peer that stopped answering will not finish the streams either: they end with the session.
     const timer = setTimeout(() => this.drop(s, `no PING answer in ${this.pingTimeoutMs} ms`, true), this.pingTimeoutMs).unref();
     try {
-      const sent = h2.ping((err) => { clearTimeout(timer); if (err) this.drop(s, `PING failed: ${err.message}`, true); });
+      const sent = h2.ping((err) => {
+        clearTimeout(timer);
+        if (err) this.drop(s, `PING failed: ${err.message}`, true);
+      });
       if (!sent) clearTimeout(timer);
     } catch {
       clearTimeout(timer); // the session is closing: nothing to keep alive
@@ -325,7 +372,8 @@ export class HbonePool {
 
   /** Out of the pool and closed: gracefully (open streams finish) unless the peer is dead. */
   private drop(s: Session, why: string, dead = false): void {
-    if (dead) this.warn.warn('hbone_peer_dead', { session: s.key, why, streams: s.open }, 'HBONE session closed: the peer stopped answering');
+    if (dead)
+      this.warn.warn('hbone_peer_dead', { session: s.key, why, streams: s.open }, 'HBONE session closed: the peer stopped answering');
     else this.opts.log.debug({ session: s.key, why }, 'HBONE session closed');
     this.forget(s);
     if (s.h2 && !s.h2.destroyed) {

@@ -4,18 +4,25 @@
 // a worker never waits longer than certificateWaitMs either way: a CA
 // outage fails new connections fast with AMBIT_E_CA instead of holding them.
 import { EventEmitter } from 'node:events';
-import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import { AmbitError } from '../errors';
+import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
 import type { FromWorker, WireCert } from './ipc';
 
-interface Waiter { resolve: (c: WorkloadCert) => void; reject: (err: Error) => void }
+interface Waiter {
+  resolve: (c: WorkloadCert) => void;
+  reject: (err: Error) => void;
+}
 
 export class RemoteCerts extends EventEmitter implements CertProvider {
   private readonly certs = new Map<string, WorkloadCert>();
   /** Callers waiting per identity, and the one timer bounding their wait. */
   private readonly waiting = new Map<string, { waiters: Waiter[]; timer: NodeJS.Timeout }>();
 
-  constructor(private readonly send: (m: FromWorker) => void, private readonly waitMs: () => number, private readonly now: () => number = Date.now) {
+  constructor(
+    private readonly send: (m: FromWorker) => void,
+    private readonly waitMs: () => number,
+    private readonly now: () => number = Date.now,
+  ) {
     super();
   }
 
@@ -26,13 +33,26 @@ export class RemoteCerts extends EventEmitter implements CertProvider {
       const pending = this.waiting.get(identity);
       if (pending) return void pending.waiters.push({ resolve, reject });
       const ms = this.waitMs();
-      const timer = setTimeout(() => this.fail(identity, new AmbitError('AMBIT_E_CA', `no certificate for ${identity} from the agent within ${ms} ms (certificateWaitMs)`, 'the agent may be overloaded or its CA slow; see the agent\'s log')), ms);
+      const timer = setTimeout(
+        () =>
+          this.fail(
+            identity,
+            new AmbitError(
+              'AMBIT_E_CA',
+              `no certificate for ${identity} from the agent within ${ms} ms (certificateWaitMs)`,
+              "the agent may be overloaded or its CA slow; see the agent's log",
+            ),
+          ),
+        ms,
+      );
       this.waiting.set(identity, { waiters: [{ resolve, reject }], timer });
       this.send({ t: 'cert?', identity });
     });
   }
 
-  get(identity: string): WorkloadCert | undefined { return this.certs.get(identity); }
+  get(identity: string): WorkloadCert | undefined {
+    return this.certs.get(identity);
+  }
 
   put(w: WireCert): void {
     const c: WorkloadCert = { ...w, notBefore: new Date(w.notBefore), notAfter: new Date(w.notAfter) };

@@ -10,11 +10,21 @@
 // GOAWAY to all: no new streams, open ones finish.
 import type http2 from 'node:http2';
 
-export interface SessionLimits { serverHandshakeMs: number; sessionIdleMs: number; keepaliveIntervalMs: number; keepaliveTimeoutMs: number }
+export interface SessionLimits {
+  serverHandshakeMs: number;
+  sessionIdleMs: number;
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+}
 
 export type Expiry = 'preface_timeout' | 'session_idle' | 'keepalive_timeout';
 
-interface Tracked { streams: number; timer?: NodeJS.Timeout; ping?: NodeJS.Timeout; pingTimer?: NodeJS.Timeout }
+interface Tracked {
+  streams: number;
+  timer?: NodeJS.Timeout;
+  ping?: NodeJS.Timeout;
+  pingTimer?: NodeJS.Timeout;
+}
 
 export class ServerSessions {
   private readonly sessions = new Map<http2.ServerHttp2Session, Tracked>();
@@ -26,28 +36,45 @@ export class ServerSessions {
     private readonly onExpired: (session: http2.ServerHttp2Session, reason: Expiry) => void,
   ) {}
 
-  get size(): number { return this.sessions.size; }
+  get size(): number {
+    return this.sessions.size;
+  }
 
   add(session: http2.ServerHttp2Session): void {
-    if (this.closed) { session.close(); return; }
+    if (this.closed) {
+      session.close();
+      return;
+    }
     const t: Tracked = { streams: 0 };
     this.sessions.set(session, t);
-    session.once('close', () => { clearTimeout(t.timer); clearInterval(t.ping); clearTimeout(t.pingTimer); this.sessions.delete(session); });
+    session.once('close', () => {
+      clearTimeout(t.timer);
+      clearInterval(t.ping);
+      clearTimeout(t.pingTimer);
+      this.sessions.delete(session);
+    });
     t.ping = setInterval(() => this.keepalive(session, t), this.limits.keepaliveIntervalMs).unref();
     // The first SETTINGS is the peer's preface: until then it is still handshaking.
     t.timer = setTimeout(() => this.expire(session, 'preface_timeout', true), this.limits.serverHandshakeMs).unref();
-    session.once('remoteSettings', () => { if (t.streams === 0) this.idle(session, t); });
+    session.once('remoteSettings', () => {
+      if (t.streams === 0) this.idle(session, t);
+    });
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
       t.streams++;
       clearTimeout(t.timer);
-      stream.once('close', () => { if (--t.streams === 0 && !session.closed) this.idle(session, t); });
+      stream.once('close', () => {
+        if (--t.streams === 0 && !session.closed) this.idle(session, t);
+      });
     });
   }
 
   /** GOAWAY to every session; later ones are closed as they come. */
   close(): void {
     this.closed = true;
-    for (const [s, t] of this.sessions) { clearTimeout(t.timer); if (!s.closed && !s.destroyed) s.close(); }
+    for (const [s, t] of this.sessions) {
+      clearTimeout(t.timer);
+      if (!s.closed && !s.destroyed) s.close();
+    }
   }
 
   private idle(session: http2.ServerHttp2Session, t: Tracked): void {
@@ -57,12 +84,23 @@ export class ServerSessions {
 
   private keepalive(session: http2.ServerHttp2Session, t: Tracked): void {
     if (session.destroyed || t.pingTimer) return;
-    const expired = (): void => { t.pingTimer = undefined; this.expire(session, 'keepalive_timeout', true); };
+    const expired = (): void => {
+      t.pingTimer = undefined;
+      this.expire(session, 'keepalive_timeout', true);
+    };
     t.pingTimer = setTimeout(expired, this.limits.keepaliveTimeoutMs).unref();
     try {
       // An error here means the session is going anyway: its 'close' clears the timer.
-      const sent = session.ping((err) => { if (!err) { clearTimeout(t.pingTimer); t.pingTimer = undefined; } });
-      if (!sent) { clearTimeout(t.pingTimer); t.pingTimer = undefined; }
+      const sent = session.ping((err) => {
+        if (!err) {
+          clearTimeout(t.pingTimer);
+          t.pingTimer = undefined;
+        }
+      });
+      if (!sent) {
+        clearTimeout(t.pingTimer);
+        t.pingTimer = undefined;
+      }
     } catch {
       clearTimeout(t.pingTimer);
       expired();

@@ -26,9 +26,15 @@ export interface VerifiedSource {
 }
 
 /** Name and namespace claimed in a baggage header (k8s.pod.name, k8s.namespace.name). */
-export interface Claim { name: string; namespace: string }
+export interface Claim {
+  name: string;
+  namespace: string;
+}
 
-interface Index { byName: Map<string, Workload>; servicesByHost: Map<string, Service[]> }
+interface Index {
+  byName: Map<string, Workload>;
+  servicesByHost: Map<string, Service[]>;
+}
 const indexes = new WeakMap<MeshConfig, Index>();
 
 /** Built once per state (the store replaces its config object on every change). */
@@ -46,7 +52,8 @@ function indexOf(cfg: MeshConfig): Index {
 export function verifiedSource(mesh: MeshView, srcIp: string, principal: string, claim: Claim | undefined): VerifiedSource {
   const namespace = parseSpiffe(principal)?.namespace;
   const byAddress = mesh.workloadByIp(srcIp);
-  if (byAddress && mesh.identityOf(byAddress) === principal) return { workload: byAddress, namespace: byAddress.namespace, principal, how: 'address' };
+  if (byAddress && mesh.identityOf(byAddress) === principal)
+    return { workload: byAddress, namespace: byAddress.namespace, principal, how: 'address' };
   // The address is not a workload's (a node address, a sidecar behind NAT): the claim
   // stands if it names a workload that runs as the identity the peer proved.
   if (!byAddress && claim) {

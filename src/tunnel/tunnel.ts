@@ -12,8 +12,8 @@ import { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer } from '../policy/authorize';
 import type { MeshStore } from '../state/store';
 import { Inbound } from './inbound';
+import { type TunnelLimits, tunnelLimits } from './limits';
 import { attachOutbound } from './outbound';
-import { tunnelLimits, type TunnelLimits } from './limits';
 import { HbonePool, type PoolOptions } from './pool';
 import type { ServedPod } from './served-pod';
 import { workloadPresent } from './source';
@@ -21,7 +21,6 @@ import { workloadPresent } from './source';
 export type { ServedPod } from './served-pod';
 
 export type TunnelMode = 'hbone' | 'plain';
-
 
 export interface TunnelDeps {
   /** Replaced in place when the configuration changes. */
@@ -37,7 +36,11 @@ export interface TunnelDeps {
   log: Logger;
 }
 
-interface Served { pod: ServedPod; inbound: Inbound; open: Set<net.Socket> }
+interface Served {
+  pod: ServedPod;
+  inbound: Inbound;
+  open: Set<net.Socket>;
+}
 
 export class Tunnel {
   readonly pool: HbonePool;
@@ -51,7 +54,8 @@ export class Tunnel {
   private readonly onStateChanged = (): void => {
     // Series of workloads that left go with them: cardinality follows the mesh.
     const cfg = this.deps.store.config;
-    this.deps.metrics.pruneWorkloads((ns, name) => workloadPresent(cfg, ns, name))
+    this.deps.metrics
+      .pruneWorkloads((ns, name) => workloadPresent(cfg, ns, name))
       .catch((err: Error) => this.deps.log.warn({ err: err.message }, 'removing the metric series of departed workloads failed'));
     // Most changes (pods coming and going elsewhere) cannot change a verdict: re-check only when policies could.
     const view = this.currentPolicyView();
@@ -62,7 +66,10 @@ export class Tunnel {
 
   private currentPolicyView(): string {
     const { store } = this.deps;
-    return JSON.stringify([store.config.policies, [...this.pods.values()].map((s) => store.workloadByIp(s.pod.workload.addresses[0])?.authorizationPolicies)]);
+    return JSON.stringify([
+      store.config.policies,
+      [...this.pods.values()].map((s) => store.workloadByIp(s.pod.workload.addresses[0])?.authorizationPolicies),
+    ]);
   }
 
   constructor(private readonly deps: TunnelDeps) {
@@ -80,7 +87,10 @@ export class Tunnel {
     const open = new Set<net.Socket>();
     // Every accepted socket is tracked, so a drain can end what outlives its deadline.
     for (const s of ROLES.map((r) => pod[r])) {
-      s.on('connection', (c: net.Socket) => { open.add(c); c.once('close', () => open.delete(c)); });
+      s.on('connection', (c: net.Socket) => {
+        open.add(c);
+        c.once('close', () => open.delete(c));
+      });
     }
     const inbound = new Inbound(pod, pod.identity, deps.mode === 'hbone' ? cert : undefined, {
       certs: deps.certs,
@@ -93,7 +103,15 @@ export class Tunnel {
       log: deps.log,
       warn: this.warn,
     });
-    attachOutbound(pod, { maps: deps.maps, store: deps.store, pool: this.pool, plainOnly: deps.mode === 'plain', metrics: deps.metrics, limits: this.limits, log: deps.log });
+    attachOutbound(pod, {
+      maps: deps.maps,
+      store: deps.store,
+      pool: this.pool,
+      plainOnly: deps.mode === 'plain',
+      metrics: deps.metrics,
+      limits: this.limits,
+      log: deps.log,
+    });
     this.pods.set(pod.workload.uid, { pod, inbound, open });
     this.policyView = this.currentPolicyView();
   }
@@ -107,7 +125,9 @@ export class Tunnel {
     for (const srv of ROLES.map((r) => s.pod[r])) srv.close();
   }
 
-  served(): ServedPod[] { return [...this.pods.values()].map((s) => s.pod); }
+  served(): ServedPod[] {
+    return [...this.pods.values()].map((s) => s.pod);
+  }
 
   /** TLS handshakes accepted on the served pods' :15008. */
   handshakes(): number {
@@ -138,7 +158,14 @@ export class Tunnel {
     while (open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = open();
     if (left > 0) {
-      const sample = all.flatMap((s) => [...s.open].map((c) => `${s.pod.workload.uid} ${c.remoteAddress}:${c.remotePort}→${c.localAddress}:${c.localPort} read ${c.bytesRead} written ${c.bytesWritten}`)).slice(0, 10);
+      const sample = all
+        .flatMap((s) =>
+          [...s.open].map(
+            (c) =>
+              `${s.pod.workload.uid} ${c.remoteAddress}:${c.remotePort}→${c.localAddress}:${c.localPort} read ${c.bytesRead} written ${c.bytesWritten}`,
+          ),
+        )
+        .slice(0, 10);
       this.deps.log.warn({ left, sample }, 'drain deadline reached: closing the connections still open');
     }
     for (const s of all) for (const c of s.open) c.destroy();

@@ -10,14 +10,14 @@
 //     the other workers, or the kernel's accept queue, hold new connections;
 //   - roll(): new workers start and serve every pod, then the old ones drain;
 //   - drain(): every worker stops accepting and finishes open connections.
-import { fork, type ChildProcess } from 'node:child_process';
-import type { WorkloadCert } from '../identity/cert-manager';
-import type { MeshConfig } from '../state/types';
-import { ROLES } from '../datapath/ports';
-import type { DataPlane, DataPlaneContext } from './data-plane';
-import type { FromWorker, ToWorker, WireCert } from './ipc';
+import { type ChildProcess, fork } from 'node:child_process';
 import type { EnrolledPod } from '../datapath/enrolment';
 import { listenerHandle } from '../datapath/netns';
+import { ROLES } from '../datapath/ports';
+import type { WorkloadCert } from '../identity/cert-manager';
+import type { MeshConfig } from '../state/types';
+import type { DataPlane, DataPlaneContext } from './data-plane';
+import type { FromWorker, ToWorker, WireCert } from './ipc';
 
 export interface WorkersOptions {
   count: number;
@@ -62,7 +62,10 @@ export class WorkersDataPlane implements DataPlane {
   private deaths = 0;
   private readonly respawns = new Set<NodeJS.Timeout>();
 
-  constructor(private readonly ctx: DataPlaneContext, private readonly opts: WorkersOptions) {
+  constructor(
+    private readonly ctx: DataPlaneContext,
+    private readonly opts: WorkersOptions,
+  ) {
     ctx.certs.on('updated', this.onCert);
     for (let i = 0; i < opts.count; i++) this.spawn();
   }
@@ -87,7 +90,11 @@ export class WorkersDataPlane implements DataPlane {
         this.ctx.log.warn({ pod: uid, workers: [...left].map((w) => w.id) }, 'workers did not confirm closing the pod sockets in time');
         finish();
       }, RELEASE_TIMEOUT_MS);
-      const finish = (): void => { clearTimeout(timer); this.releasing.delete(uid); resolve(); };
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.releasing.delete(uid);
+        resolve();
+      };
       this.releasing.set(uid, { left, done: finish });
     });
   }
@@ -97,14 +104,20 @@ export class WorkersDataPlane implements DataPlane {
     if (r && r.left.delete(w) && r.left.size === 0) r.done();
   }
 
-  configChanged(config: MeshConfig): void { this.broadcast({ t: 'config', config }); }
+  configChanged(config: MeshConfig): void {
+    this.broadcast({ t: 'config', config });
+  }
 
-  setLogLevel(level: string): void { this.broadcast({ t: 'log', level }); }
+  setLogLevel(level: string): void {
+    this.broadcast({ t: 'log', level });
+  }
 
   pending(): string[] {
     const live = this.workers.filter((w) => !w.retiring);
     if (!live.some((w) => w.ready)) return ['tunnel workers starting'];
-    return [...this.pods.keys()].filter((uid) => !live.some((w) => w.serving.has(uid))).map((uid) => `no tunnel worker serves pod ${uid} yet`);
+    return [...this.pods.keys()]
+      .filter((uid) => !live.some((w) => w.serving.has(uid)))
+      .map((uid) => `no tunnel worker serves pod ${uid} yet`);
   }
 
   /** Replaces every worker: the new ones start and serve every pod before the old ones drain. */
@@ -128,15 +141,27 @@ export class WorkersDataPlane implements DataPlane {
     if (!live.length) return Promise.resolve([]);
     const id = ++this.metricsRequest;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.metricsWaiting.delete(id); resolve([]); }, 2000);
-      this.metricsWaiting.set(id, { left: live.length, parts: [], done: (parts) => { clearTimeout(timer); resolve(parts); } });
+      const timer = setTimeout(() => {
+        this.metricsWaiting.delete(id);
+        resolve([]);
+      }, 2000);
+      this.metricsWaiting.set(id, {
+        left: live.length,
+        parts: [],
+        done: (parts) => {
+          clearTimeout(timer);
+          resolve(parts);
+        },
+      });
       for (const w of live) this.send(w, { t: 'metrics', id });
     });
   }
 
   /** Process ids of the workers alive now (operators and tests tell a replacement from a survivor). */
   pids(): number[] {
-    return this.workers.flatMap((w) => (w.child.pid !== undefined && w.child.exitCode === null && w.child.signalCode === null ? [w.child.pid] : []));
+    return this.workers.flatMap((w) =>
+      w.child.pid !== undefined && w.child.exitCode === null && w.child.signalCode === null ? [w.child.pid] : [],
+    );
   }
 
   stop(): void {
@@ -144,7 +169,10 @@ export class WorkersDataPlane implements DataPlane {
     for (const t of this.respawns) clearTimeout(t);
     this.respawns.clear();
     this.ctx.certs.off('updated', this.onCert);
-    for (const w of this.workers) { w.retiring = true; w.child.kill('SIGTERM'); }
+    for (const w of this.workers) {
+      w.retiring = true;
+      w.child.kill('SIGTERM');
+    }
   }
 
   private spawn(): Worker {
@@ -160,14 +188,24 @@ export class WorkersDataPlane implements DataPlane {
       if (w.retiring || this.stopping) return;
       // Its connections are gone; the sockets are not: a replacement accepts what queued meanwhile.
       const delayMs = this.respawnDelay(Date.now() - w.startedAt);
-      this.ctx.log.warn({ worker: w.id, pid: child.pid, code, signal, delayMs, deaths: this.deaths }, 'worker exited; starting a replacement');
+      this.ctx.log.warn(
+        { worker: w.id, pid: child.pid, code, signal, delayMs, deaths: this.deaths },
+        'worker exited; starting a replacement',
+      );
       const timer = setTimeout(() => {
         this.respawns.delete(timer);
         if (!this.stopping) this.spawn();
       }, delayMs);
       this.respawns.add(timer);
     });
-    this.send(w, { t: 'init', pinDir: this.opts.pinDir, mode: this.ctx.mode, config: this.ctx.store.config, logLevel: this.ctx.log.level, limits: this.ctx.limits });
+    this.send(w, {
+      t: 'init',
+      pinDir: this.opts.pinDir,
+      mode: this.ctx.mode,
+      config: this.ctx.store.config,
+      logLevel: this.ctx.log.level,
+      limits: this.ctx.limits,
+    });
     for (const c of this.ctx.certs.certificates()) this.send(w, { t: 'cert', cert: toWire(c) });
     for (const { pod, identity } of this.pods.values()) this.sendPod(w, pod, identity);
     return w;
@@ -187,30 +225,50 @@ export class WorkersDataPlane implements DataPlane {
     for (const role of ROLES) {
       const msg: ToWorker = { t: 'pod', uid: pod.workload.uid, podId: pod.podId, identity, netns: pod.netns.path, role };
       // Node closes our copy of the handle once it has been sent.
-      if (w.child.connected) w.child.send(msg, listenerHandle(pod.listeners[role]), (err) => { if (err) this.ctx.log.warn({ worker: w.id, err: err.message }, 'sending a listener failed'); });
+      if (w.child.connected)
+        w.child.send(msg, listenerHandle(pod.listeners[role]), (err) => {
+          if (err) this.ctx.log.warn({ worker: w.id, err: err.message }, 'sending a listener failed');
+        });
     }
   }
 
   private onMessage(w: Worker, m: FromWorker): void {
     switch (m.t) {
-      case 'ready': w.ready = true; return;
-      case 'serving': w.serving.add(m.uid); return;
-      case 'released': this.released(w, m.uid); return;
+      case 'ready':
+        w.ready = true;
+        return;
+      case 'serving':
+        w.serving.add(m.uid);
+        return;
+      case 'released':
+        this.released(w, m.uid);
+        return;
       case 'cert?':
         // Either answer is sent: a worker's connections wait for it.
-        this.ctx.certs.fetch(m.identity).then((c) => this.send(w, { t: 'cert', cert: toWire(c) }), (err: Error) => {
-          this.ctx.log.warn({ identity: m.identity, worker: w.id, code: (err as NodeJS.ErrnoException).code, err: err.message }, 'certificate for a worker failed');
-          this.send(w, { t: 'certFailed', identity: m.identity, message: err.message });
-        });
+        this.ctx.certs.fetch(m.identity).then(
+          (c) => this.send(w, { t: 'cert', cert: toWire(c) }),
+          (err: Error) => {
+            this.ctx.log.warn(
+              { identity: m.identity, worker: w.id, code: (err as NodeJS.ErrnoException).code, err: err.message },
+              'certificate for a worker failed',
+            );
+            this.send(w, { t: 'certFailed', identity: m.identity, message: err.message });
+          },
+        );
         return;
       case 'metrics': {
         const req = this.metricsWaiting.get(m.id);
         if (!req) return;
         req.parts.push(m.data);
-        if (--req.left === 0) { this.metricsWaiting.delete(m.id); req.done(req.parts); }
+        if (--req.left === 0) {
+          this.metricsWaiting.delete(m.id);
+          req.done(req.parts);
+        }
         return;
       }
-      case 'drained': this.ctx.log.info({ worker: w.id, left: m.left }, 'worker drained'); return;
+      case 'drained':
+        this.ctx.log.info({ worker: w.id, left: m.left }, 'worker drained');
+        return;
     }
   }
 
@@ -218,9 +276,16 @@ export class WorkersDataPlane implements DataPlane {
     const deadline = Date.now() + SERVING_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
       const check = setInterval(() => {
-        if (w.ready && [...this.pods.keys()].every((uid) => w.serving.has(uid))) { clearInterval(check); resolve(); }
-        else if (w.child.exitCode !== null || w.child.signalCode !== null) { clearInterval(check); reject(new Error(`worker ${w.id} exited before serving`)); }
-        else if (Date.now() > deadline) { clearInterval(check); reject(new Error(`worker ${w.id} did not serve every pod within ${SERVING_TIMEOUT_MS} ms`)); }
+        if (w.ready && [...this.pods.keys()].every((uid) => w.serving.has(uid))) {
+          clearInterval(check);
+          resolve();
+        } else if (w.child.exitCode !== null || w.child.signalCode !== null) {
+          clearInterval(check);
+          reject(new Error(`worker ${w.id} exited before serving`));
+        } else if (Date.now() > deadline) {
+          clearInterval(check);
+          reject(new Error(`worker ${w.id} did not serve every pod within ${SERVING_TIMEOUT_MS} ms`));
+        }
       }, 20);
     });
   }
@@ -230,14 +295,20 @@ export class WorkersDataPlane implements DataPlane {
     if (w.child.exitCode !== null || w.child.signalCode !== null) return Promise.resolve();
     return new Promise((resolve) => {
       const kill = setTimeout(() => w.child.kill('SIGKILL'), deadlineMs + 2000);
-      w.child.once('exit', () => { clearTimeout(kill); resolve(); });
+      w.child.once('exit', () => {
+        clearTimeout(kill);
+        resolve();
+      });
       this.send(w, { t: 'drain', deadlineMs });
     });
   }
 
   private send(w: Worker, m: ToWorker): void {
     // A worker dying between the check and the write is an answer in the callback, not an 'error' event.
-    if (w.child.connected) w.child.send(m, (err) => { if (err) this.ctx.log.debug({ worker: w.id, err: err.message }, 'message to a worker not delivered'); });
+    if (w.child.connected)
+      w.child.send(m, (err) => {
+        if (err) this.ctx.log.debug({ worker: w.id, err: err.message }, 'message to a worker not delivered');
+      });
   }
 
   private broadcast(m: ToWorker): void {

@@ -11,8 +11,9 @@
 // the agent starts a replacement with backoff.
 import net from 'node:net';
 import client from 'prom-client';
-import { Netns } from '../datapath/netns';
 import { DatapathMaps } from '../datapath/maps';
+import { Netns } from '../datapath/netns';
+import { type ListenerRole, type PerRole, ROLES } from '../datapath/ports';
 import { openPinnedMaps } from '../datapath/status';
 import { AmbitError } from '../errors';
 import { installLastResort } from '../observability/last-resort';
@@ -21,9 +22,8 @@ import { Metrics } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
 import { PolicyAuthorizer } from '../policy/engine';
 import { MeshStore } from '../state/store';
-import { type ListenerRole, type PerRole, ROLES } from '../datapath/ports';
 import type { FromWorker, ToWorker } from './ipc';
-import { tunnelLimits, type TunnelLimits } from './limits';
+import { type TunnelLimits, tunnelLimits } from './limits';
 import { RemoteCerts } from './remote-certs';
 import { Tunnel } from './tunnel';
 
@@ -33,13 +33,24 @@ function send(m: FromWorker): void {
 }
 
 /** A pod whose three sockets are arriving; connections accepted meanwhile wait in `parked`. */
-interface PendingPod { podId: number; identity: string; netns: string; servers: Partial<Record<ListenerRole, net.Server>>; parked: [net.Server, net.Socket][] }
+interface PendingPod {
+  podId: number;
+  identity: string;
+  netns: string;
+  servers: Partial<Record<ListenerRole, net.Server>>;
+  parked: [net.Server, net.Socket][];
+}
 
 export function runWorker(): void {
   if (!process.send) throw new AmbitError('AMBIT_E_CONFIG', '`ambit worker` is started by `ambit node`, not by hand');
   const log = createLogger();
   const metrics = new Metrics();
-  const uncaught = new client.Counter({ name: 'ambit_uncaught_errors_total', help: 'Errors that escaped their connection\'s handling (bugs), by kind; the process kept serving', labelNames: ['kind'], registers: [metrics.registry] });
+  const uncaught = new client.Counter({
+    name: 'ambit_uncaught_errors_total',
+    help: "Errors that escaped their connection's handling (bugs), by kind; the process kept serving",
+    labelNames: ['kind'],
+    registers: [metrics.registry],
+  });
   installLastResort({ log, role: 'tunnel worker', count: (kind) => uncaught.inc({ kind }) });
   let limits: TunnelLimits = tunnelLimits();
   const certs = new RemoteCerts(send, () => limits.certificateWaitMs);
@@ -58,7 +69,14 @@ export function runWorker(): void {
           store = new MeshStore(m.config);
           const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
           tunnel = new Tunnel({
-            store, certs, maps, mode: m.mode, metrics, authorizer: PolicyAuthorizer.following(() => store!.config), limits: m.limits, log,
+            store,
+            certs,
+            maps,
+            mode: m.mode,
+            metrics,
+            authorizer: PolicyAuthorizer.following(() => store!.config),
+            limits: m.limits,
+            log,
           });
         } catch (err) {
           // Nothing to serve with: a replacement may find the pins (or a fixed configuration).
@@ -68,10 +86,18 @@ export function runWorker(): void {
         send({ t: 'ready' });
         return;
       }
-      case 'config': store?.replace(m.config); return;
-      case 'cert': certs.put(m.cert); return;
-      case 'certFailed': certs.failed(m.identity, m.message); return;
-      case 'log': log.level = m.level; return;
+      case 'config':
+        store?.replace(m.config);
+        return;
+      case 'cert':
+        certs.put(m.cert);
+        return;
+      case 'certFailed':
+        certs.failed(m.identity, m.message);
+        return;
+      case 'log':
+        log.level = m.level;
+        return;
       case 'pod': {
         if (!handle || !tunnel || !store) return;
         const p: PendingPod = pending.get(m.uid) ?? { podId: m.podId, identity: m.identity, netns: m.netns, servers: {}, parked: [] };
@@ -80,7 +106,13 @@ export function runWorker(): void {
         // that arrive before the pod's three sockets are complete are parked.
         const server = net.createServer({ allowHalfOpen: true, noDelay: true });
         // accept() failing (EMFILE, ENFILE, ENOBUFS) is an 'error' on the server: the listener stays open, say so.
-        server.on('error', (err: NodeJS.ErrnoException) => warn.warn(`listener_${err.code ?? 'error'}`, { pod: m.uid, role: m.role, code: err.code, err: err.message }, 'pod listener error'));
+        server.on('error', (err: NodeJS.ErrnoException) =>
+          warn.warn(
+            `listener_${err.code ?? 'error'}`,
+            { pod: m.uid, role: m.role, code: err.code, err: err.message },
+            'pod listener error',
+          ),
+        );
         const park = (c: net.Socket): void => {
           c.on('error', () => undefined); // a client may give up while parked: no crash for that
           p.parked.push([server, c]);
@@ -100,7 +132,10 @@ export function runWorker(): void {
         try {
           const netns = Netns.open(p.netns);
           netnsOf.set(m.uid, netns);
-          tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, ...(p.servers as PerRole<net.Server>) }, certs.get(p.identity));
+          tunnel.addPod(
+            { workload, podId: p.podId, identity: p.identity, netns, ...(p.servers as PerRole<net.Server>) },
+            certs.get(p.identity),
+          );
         } catch (err) {
           // The pod went away meanwhile (its netns with it): this worker does not serve it; the others decide for themselves.
           log.warn({ pod: m.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'cannot serve pod');
@@ -123,7 +158,10 @@ export function runWorker(): void {
         send({ t: 'released', uid: m.uid });
         return;
       case 'metrics':
-        metrics.registry.getMetricsAsJSON().then((data) => send({ t: 'metrics', id: m.id, data }), () => send({ t: 'metrics', id: m.id, data: [] }));
+        metrics.registry.getMetricsAsJSON().then(
+          (data) => send({ t: 'metrics', id: m.id, data }),
+          () => send({ t: 'metrics', id: m.id, data: [] }),
+        );
         return;
       case 'drain':
         void (tunnel?.drain(m.deadlineMs) ?? Promise.resolve({ left: 0 })).then(({ left }) => {

@@ -2,13 +2,30 @@
 // tell a hang (no progress) from slowness and a crash from a finding. The
 // index of the input being checked is published in shared memory before
 // each check: the parent's watchdog reads it to name the input that hung.
-import fc from 'fast-check';
+
 import { parentPort, workerData } from 'node:worker_threads';
+import fc from 'fast-check';
 import { TARGETS } from './targets';
 
-export interface FastWorkerData { target: string; inputs: number; seed: number; chunk: number; progress: SharedArrayBuffer }
-export interface Failure { chunk: number; index: number; input: string; error: string }
-export interface FastResult { inputs: number; crashes: number; failures: Failure[]; outcomes: Record<string, number> }
+export interface FastWorkerData {
+  target: string;
+  inputs: number;
+  seed: number;
+  chunk: number;
+  progress: SharedArrayBuffer;
+}
+export interface Failure {
+  chunk: number;
+  index: number;
+  input: string;
+  error: string;
+}
+export interface FastResult {
+  inputs: number;
+  crashes: number;
+  failures: Failure[];
+  outcomes: Record<string, number>;
+}
 
 export const chunkSeedOf = (seed: number, chunk: number): number => (Math.imul(seed ^ 0x2545f491, 0x9e3779b1) + chunk) | 0;
 
@@ -19,7 +36,11 @@ export function inputAt(target: string, seed: number, chunkSize: number, chunk: 
 }
 
 function show(v: unknown): string {
-  try { return (typeof v === 'string' ? v : JSON.stringify(v) ?? String(v)).slice(0, 2000); } catch { return String(v).slice(0, 2000); }
+  try {
+    return (typeof v === 'string' ? v : (JSON.stringify(v) ?? String(v))).slice(0, 2000);
+  } catch {
+    return String(v).slice(0, 2000);
+  }
 }
 
 if (parentPort && workerData) {
@@ -38,7 +59,13 @@ if (parentPort && workerData) {
         r.outcomes[o] = (r.outcomes[o] ?? 0) + 1;
       } catch (err) {
         r.crashes++;
-        if (r.failures.length < 20) r.failures.push({ chunk, index, input: show(values[index]), error: (err as Error)?.stack?.split('\n').slice(0, 4).join(' | ') ?? String(err) });
+        if (r.failures.length < 20)
+          r.failures.push({
+            chunk,
+            index,
+            input: show(values[index]),
+            error: (err as Error)?.stack?.split('\n').slice(0, 4).join(' | ') ?? String(err),
+          });
       }
       r.inputs++;
       Atomics.add(progress, 2, 1);

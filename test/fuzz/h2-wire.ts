@@ -11,13 +11,27 @@
 export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 export const FRAME = {
-  DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PUSH_PROMISE: 5, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9,
+  DATA: 0,
+  HEADERS: 1,
+  PRIORITY: 2,
+  RST_STREAM: 3,
+  SETTINGS: 4,
+  PUSH_PROMISE: 5,
+  PING: 6,
+  GOAWAY: 7,
+  WINDOW_UPDATE: 8,
+  CONTINUATION: 9,
 } as const;
 
 export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8, PRIORITY: 0x20 } as const;
 
 export const SETTING = {
-  HEADER_TABLE_SIZE: 1, ENABLE_PUSH: 2, MAX_CONCURRENT_STREAMS: 3, INITIAL_WINDOW_SIZE: 4, MAX_FRAME_SIZE: 5, MAX_HEADER_LIST_SIZE: 6,
+  HEADER_TABLE_SIZE: 1,
+  ENABLE_PUSH: 2,
+  MAX_CONCURRENT_STREAMS: 3,
+  INITIAL_WINDOW_SIZE: 4,
+  MAX_FRAME_SIZE: 5,
+  MAX_HEADER_LIST_SIZE: 6,
 } as const;
 
 const FRAME_HEADER = 9;
@@ -26,7 +40,13 @@ const FRAME_HEADER = 9;
  * One frame. `declaredLength` lets a test lie about the payload length;
  * the stream id keeps its reserved top bit only when the caller sets it.
  */
-export function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0), declaredLength = payload.length): Buffer {
+export function frame(
+  type: number,
+  flags: number,
+  streamId: number,
+  payload: Buffer = Buffer.alloc(0),
+  declaredLength = payload.length,
+): Buffer {
   const b = Buffer.alloc(FRAME_HEADER + payload.length);
   b.writeUIntBE(declaredLength & 0xffffff, 0, 3);
   b[3] = type & 0xff;
@@ -42,7 +62,10 @@ export function hpackInt(value: number, prefixBits: number, high = 0): Buffer {
   if (value < max) return Buffer.from([high | value]);
   const out = [high | max];
   let rest = value - max;
-  while (rest >= 128) { out.push((rest % 128) + 128); rest = Math.floor(rest / 128); }
+  while (rest >= 128) {
+    out.push((rest % 128) + 128);
+    rest = Math.floor(rest / 128);
+  }
   out.push(rest);
   return Buffer.from(out);
 }
@@ -66,13 +89,25 @@ export function padded(data: Buffer, pad: number): Buffer {
 
 export function settingsPayload(entries: readonly [number, number][]): Buffer {
   const b = Buffer.alloc(entries.length * 6);
-  entries.forEach(([id, value], i) => { b.writeUInt16BE(id & 0xffff, i * 6); b.writeUInt32BE(value >>> 0, i * 6 + 2); });
+  entries.forEach(([id, value], i) => {
+    b.writeUInt16BE(id & 0xffff, i * 6);
+    b.writeUInt32BE(value >>> 0, i * 6 + 2);
+  });
   return b;
 }
 
-export const u32 = (v: number): Buffer => { const b = Buffer.alloc(4); b.writeUInt32BE(v >>> 0); return b; };
+export const u32 = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0);
+  return b;
+};
 
-export interface Frame { type: number; flags: number; streamId: number; payload: Buffer }
+export interface Frame {
+  type: number;
+  flags: number;
+  streamId: number;
+  payload: Buffer;
+}
 
 /** Splits the server's byte stream into frames; keeps what is incomplete for the next push. */
 export class FrameReader {
@@ -85,7 +120,9 @@ export class FrameReader {
       const length = this.pending.readUIntBE(0, 3);
       if (this.pending.length < FRAME_HEADER + length) break;
       out.push({
-        type: this.pending[3], flags: this.pending[4], streamId: this.pending.readUInt32BE(5) & 0x7fffffff,
+        type: this.pending[3],
+        flags: this.pending[4],
+        streamId: this.pending.readUInt32BE(5) & 0x7fffffff,
         payload: this.pending.subarray(FRAME_HEADER, FRAME_HEADER + length),
       });
       this.pending = this.pending.subarray(FRAME_HEADER + length);

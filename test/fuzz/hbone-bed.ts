@@ -9,22 +9,24 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type tls from 'node:tls';
 import readline from 'node:readline';
+import type tls from 'node:tls';
 import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { requestCertificate } from '../../src/identity/cert-manager';
 import { clientTlsOptions } from '../../src/identity/tls';
 import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, untilReady, waitExit, workloadOf } from '../helpers/fixture';
 import { waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestNode } from '../helpers/topology';
+import { type TestNode, Topology } from '../helpers/topology';
 import type { Target } from './hbone-ops';
 
 export const APP_PORT = 8080;
 const IDENTITY = 'spiffe://cluster.local/ns/default/sa/default';
 
 export interface Agent {
-  node: TestNode; child: ChildProcess; pid: number;
+  node: TestNode;
+  child: ChildProcess;
+  pid: number;
   /** The last error-level lines and worker exits (a crash's evidence). */
   problems: string[];
   /** Warnings counted by message and reason: how the tunnel answered the fuzz. */
@@ -35,20 +37,41 @@ export interface Agent {
 export function processTree(agentPid: number): { agent: number; workers: number[] } {
   const workers: number[] = [];
   let tasks: string[] = [];
-  try { tasks = fs.readdirSync(`/proc/${agentPid}/task`); } catch { return { agent: agentPid, workers }; }
+  try {
+    tasks = fs.readdirSync(`/proc/${agentPid}/task`);
+  } catch {
+    return { agent: agentPid, workers };
+  }
   for (const tid of tasks) {
     let kids = '';
-    try { kids = fs.readFileSync(`/proc/${agentPid}/task/${tid}/children`, 'utf8'); } catch { continue; }
+    try {
+      kids = fs.readFileSync(`/proc/${agentPid}/task/${tid}/children`, 'utf8');
+    } catch {
+      continue;
+    }
     workers.push(...kids.split(' ').filter(Boolean).map(Number));
   }
   return { agent: agentPid, workers: workers.sort((a, b) => a - b) };
 }
 
-export const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+export const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** Open fds of the processes, summed (a pid that is gone counts 0). */
 export function fdCount(pids: number[]): number {
-  return pids.reduce((n, pid) => { try { return n + fs.readdirSync(`/proc/${pid}/fd`).length; } catch { return n; } }, 0);
+  return pids.reduce((n, pid) => {
+    try {
+      return n + fs.readdirSync(`/proc/${pid}/fd`).length;
+    } catch {
+      return n;
+    }
+  }, 0);
 }
 
 export class HboneBed {
@@ -69,25 +92,58 @@ export class HboneBed {
     }
   }
 
-  get source(): { netnsPath: string } { return this.topo.pod(1, 1); }
-  get destination(): Agent { return this.agents[1]; }
-  get target(): Target { return { ip: this.topo.pod(2, 1).ip, openPort: APP_PORT, closedPort: 9, otherIp: this.topo.pod(1, 1).ip }; }
+  get source(): { netnsPath: string } {
+    return this.topo.pod(1, 1);
+  }
+  get destination(): Agent {
+    return this.agents[1];
+  }
+  get target(): Target {
+    return { ip: this.topo.pod(2, 1).ip, openPort: APP_PORT, closedPort: 9, otherIp: this.topo.pod(1, 1).ip };
+  }
 
   private async start(): Promise<void> {
     const topo = this.topo;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     const config = path.join(this.dir, 'mesh.yaml');
     const caDir = path.join(this.dir, 'ca');
-    fs.writeFileSync(config, YAML.stringify({
-      trustDomain: 'cluster.local', ca: { dir: caDir },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })), workloads: topo.pods.map(workloadOf),
-    }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: caDir },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map(workloadOf),
+      }),
+    );
     for (const node of topo.nodes) {
-      const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '2'], { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } });
+      const child = topo.spawnInNode(
+        node,
+        process.execPath,
+        [
+          CLI,
+          'node',
+          '--config',
+          config,
+          '--node',
+          node.name,
+          '--pods-cgroup',
+          node.podsCgroup,
+          '--pin-dir',
+          pinDirFor(topo, node),
+          '--workers',
+          '2',
+        ],
+        { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } },
+      );
       const agent: Agent = { node, child, pid: child.pid!, problems: [], warnings: {} };
       this.agents.push(agent);
       keepProblems(agent);
-      const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`agent ${node.name} exited (${code}) while starting:\n${agent.problems.join('\n')}`))));
+      const exited = new Promise<never>((_, reject) =>
+        child.once('exit', (code) =>
+          reject(new Error(`agent ${node.name} exited (${code}) while starting:\n${agent.problems.join('\n')}`)),
+        ),
+      );
       await Promise.race([untilReady(node), exited]);
       await Promise.race([waitFor(`${node.name}: two tunnel workers`, () => processTree(agent.pid).workers.length === 2), exited]);
       exited.catch(() => undefined);
@@ -108,7 +164,10 @@ export class HboneBed {
 
   /** Every pid of both agents and their workers, now. */
   pids(): number[] {
-    return this.agents.flatMap((a) => { const t = processTree(a.pid); return [t.agent, ...t.workers]; });
+    return this.agents.flatMap((a) => {
+      const t = processTree(a.pid);
+      return [t.agent, ...t.workers];
+    });
   }
 
   /** Open fds of the destination agent and its workers. */
@@ -138,7 +197,9 @@ function keepProblems(agent: Agent): void {
         const o = JSON.parse(line) as { msg?: string; reason?: string };
         const key = `${o.msg ?? '?'}${o.reason ? ` (${o.reason})` : ''}`;
         agent.warnings[key] = (agent.warnings[key] ?? 0) + 1;
-      } catch { /* not JSON */ }
+      } catch {
+        /* not JSON */
+      }
     }
     if (!/"level":(5|6)\d|worker exited|Error|^\s+at /.test(line)) return;
     agent.problems.push(line.length > 4000 ? `${line.slice(0, 4000)}…` : line);

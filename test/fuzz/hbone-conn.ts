@@ -7,13 +7,18 @@
 import type tls from 'node:tls';
 import { connect as tlsConnect } from 'node:tls';
 import type { Netns } from '../../src/datapath/netns';
-import { FLAG, FRAME, frame, FrameReader, PREFACE, settingsPayload, type Frame } from './h2-wire';
+import { FLAG, FRAME, type Frame, FrameReader, frame, PREFACE, settingsPayload } from './h2-wire';
 import { StreamIds } from './hbone-ops';
 
 export type SyncResult = 'ok' | 'closed' | 'timeout';
 
 /** Counts of what the server sent back, for the campaign's summary. */
-export interface ServerReplies { headers: number; rst: number; goaway: number; data: number }
+export interface ServerReplies {
+  headers: number;
+  rst: number;
+  goaway: number;
+  data: number;
+}
 
 export class FuzzConn {
   readonly ids = new StreamIds();
@@ -26,8 +31,13 @@ export class FuzzConn {
   private closedFlag = false;
   goaway = false;
 
-  private constructor(private readonly socket: tls.TLSSocket, private readonly replies: ServerReplies) {
-    socket.on('data', (d: Buffer) => { for (const f of this.reader.push(d)) this.onFrame(f); });
+  private constructor(
+    private readonly socket: tls.TLSSocket,
+    private readonly replies: ServerReplies,
+  ) {
+    socket.on('data', (d: Buffer) => {
+      for (const f of this.reader.push(d)) this.onFrame(f);
+    });
     socket.on('error', () => undefined); // a reset is an expected answer to a fuzz sequence
     socket.on('close', () => {
       this.closedFlag = true;
@@ -38,22 +48,42 @@ export class FuzzConn {
   }
 
   /** Connects and completes TLS and the HTTP/2 preface; rejects if the handshake fails within timeoutMs. */
-  static open(ns: Netns, ip: string, port: number, tlsOptions: tls.ConnectionOptions, replies: ServerReplies, timeoutMs: number): Promise<FuzzConn> {
+  static open(
+    ns: Netns,
+    ip: string,
+    port: number,
+    tlsOptions: tls.ConnectionOptions,
+    replies: ServerReplies,
+    timeoutMs: number,
+  ): Promise<FuzzConn> {
     return new Promise((resolve, reject) => {
       const raw = ns.connect(ip, port, { allowHalfOpen: false });
       const socket = tlsConnect({ ...tlsOptions, socket: raw });
-      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`TLS to ${ip}:${port} not done within ${timeoutMs} ms`)); }, timeoutMs);
-      socket.once('error', (err) => { clearTimeout(timer); socket.destroy(); reject(err); });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`TLS to ${ip}:${port} not done within ${timeoutMs} ms`));
+      }, timeoutMs);
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(err);
+      });
       socket.once('secureConnect', () => {
         clearTimeout(timer);
-        if (socket.alpnProtocol !== 'h2') { socket.destroy(); reject(new Error(`ALPN ${String(socket.alpnProtocol)}, not h2`)); return; }
+        if (socket.alpnProtocol !== 'h2') {
+          socket.destroy();
+          reject(new Error(`ALPN ${String(socket.alpnProtocol)}, not h2`));
+          return;
+        }
         socket.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0, settingsPayload([]))]));
         resolve(new FuzzConn(socket, replies));
       });
     });
   }
 
-  get closed(): boolean { return this.closedFlag || this.goaway || this.socket.destroyed; }
+  get closed(): boolean {
+    return this.closedFlag || this.goaway || this.socket.destroyed;
+  }
 
   write(b: Buffer): void {
     if (!this.closed) this.socket.write(b);
@@ -67,8 +97,14 @@ export class FuzzConn {
     payload.writeUInt32BE(++this.pingSeq, 4);
     const key = payload.toString('hex');
     return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.pings.delete(key); resolve('timeout'); }, timeoutMs);
-      this.pings.set(key, (r) => { clearTimeout(timer); resolve(r); });
+      const timer = setTimeout(() => {
+        this.pings.delete(key);
+        resolve('timeout');
+      }, timeoutMs);
+      this.pings.set(key, (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      });
       this.write(frame(FRAME.PING, 0, 0, payload));
     });
   }
@@ -83,12 +119,17 @@ export class FuzzConn {
         clearTimeout(timer);
         resolve();
       };
-      const timer = setTimeout(() => { this.waiters.delete(check); resolve(); }, timeoutMs);
+      const timer = setTimeout(() => {
+        this.waiters.delete(check);
+        resolve();
+      }, timeoutMs);
       this.waiters.add(check);
     });
   }
 
-  destroy(): void { this.socket.destroy(); }
+  destroy(): void {
+    this.socket.destroy();
+  }
 
   private onFrame(f: Frame): void {
     switch (f.type) {
@@ -112,7 +153,8 @@ export class FuzzConn {
         break;
       case FRAME.HEADERS:
       case FRAME.RST_STREAM:
-        if (f.type === FRAME.HEADERS) this.replies.headers++; else this.replies.rst++;
+        if (f.type === FRAME.HEADERS) this.replies.headers++;
+        else this.replies.rst++;
         this.answered.add(f.streamId);
         for (const w of [...this.waiters]) w();
         break;

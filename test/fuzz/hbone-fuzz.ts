@@ -9,16 +9,25 @@
 import fc from 'fast-check';
 import { Netns } from '../../src/datapath/netns';
 import { PORT_INBOUND_HBONE } from '../../src/datapath/ports';
+import { TIME_SCALE } from '../helpers/proc';
 import { alive, type HboneBed } from './hbone-bed';
 import { FuzzConn, type ServerReplies } from './hbone-conn';
-import { describe, encode, sequenceArb, type Op } from './hbone-ops';
-import { TIME_SCALE } from '../helpers/proc';
+import { describe, encode, type Op, sequenceArb } from './hbone-ops';
 
 const SEQUENCES_PER_CONNECTION = 50;
 const CHUNK = 250;
 
-export interface Suspect { chunk: number; index: number; ops: string }
-export interface HboneCrash { afterInputs: number; gone: number[]; suspects: Suspect[]; evidence: string[] }
+export interface Suspect {
+  chunk: number;
+  index: number;
+  ops: string;
+}
+export interface HboneCrash {
+  afterInputs: number;
+  gone: number[];
+  suspects: Suspect[];
+  evidence: string[];
+}
 
 export interface HboneResult {
   inputs: number;
@@ -55,8 +64,13 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
   const lanes = opts.lanes ?? 6;
   const ns = Netns.open(bed.source.netnsPath);
   const result: HboneResult = {
-    inputs: 0, crashes: [], seconds: 0, connections: 0, honestChecks: { ok: 0, failed: 0 },
-    outcomes: { synced: 0, closedByServer: 0, terminal: 0, unanswered: 0 }, replies: { headers: 0, rst: 0, goaway: 0, data: 0 },
+    inputs: 0,
+    crashes: [],
+    seconds: 0,
+    connections: 0,
+    honestChecks: { ok: 0, failed: 0 },
+    outcomes: { synced: 0, closedByServer: 0, terminal: 0, unanswered: 0 },
+    replies: { headers: 0, rst: 0, goaway: 0, data: 0 },
   };
   let pids = bed.pids();
   let chunk = -1;
@@ -66,7 +80,10 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
   const next = (): { chunk: number; index: number; ops: Op[] } | undefined => {
     if (stop || result.inputs + inFlight.size >= opts.inputs) return undefined;
     if (opts.maxSeconds !== undefined && Date.now() - started > opts.maxSeconds * 1000) return undefined;
-    if (queue.length === 0) { chunk++; queue = sequencesOf(bed, opts.seed, chunk).map((ops, index) => ({ chunk, index, ops })); }
+    if (queue.length === 0) {
+      chunk++;
+      queue = sequencesOf(bed, opts.seed, chunk).map((ops, index) => ({ chunk, index, ops }));
+    }
     return queue.shift();
   };
 
@@ -77,16 +94,22 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
       const gone = pids.filter((p) => !alive(p));
       if (gone.length === 0) return;
       result.crashes.push({
-        afterInputs: result.inputs, gone,
+        afterInputs: result.inputs,
+        gone,
         suspects: [...inFlight].map((s) => ({ chunk: s.chunk, index: s.index, ops: describe(s.ops) })),
         evidence: bed.agents.flatMap((a) => a.problems.slice(-20)),
       });
-      if (opts.stopOnCrash) { stop = true; return; }
+      if (opts.stopOnCrash) {
+        stop = true;
+        return;
+      }
       const before = pids.length;
       const deadline = Date.now() + 30_000 * TIME_SCALE;
       while (bed.pids().filter(alive).length < before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
       pids = bed.pids();
-    })().finally(() => { checking = undefined; });
+    })().finally(() => {
+      checking = undefined;
+    });
     return checking;
   };
 
@@ -109,7 +132,10 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
                 const evidence = bed.agents.flatMap((a) => a.problems.slice(-10)).join('\n');
                 throw new Error(`${(err as Error).message}\nlast problems the agents logged:\n${evidence}`);
               }
-              if (stop) { inFlight.delete(item); return; }
+              if (stop) {
+                inFlight.delete(item);
+                return;
+              }
             }
           }
         }
@@ -123,7 +149,10 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
             continue;
           }
           conn.write(step.bytes);
-          if (step.terminal) { terminal = true; break; }
+          if (step.terminal) {
+            terminal = true;
+            break;
+          }
         }
         if (terminal) {
           result.outcomes.terminal++;
@@ -132,7 +161,10 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
           const r = await conn.sync(5000 * TIME_SCALE);
           if (r === 'ok') result.outcomes.synced++;
           else if (r === 'closed') result.outcomes.closedByServer++;
-          else { result.outcomes.unanswered++; conn.destroy(); }
+          else {
+            result.outcomes.unanswered++;
+            conn.destroy();
+          }
         }
         if (conn.closed) await checkHealth();
         inFlight.delete(item);
@@ -144,12 +176,26 @@ export async function fuzzHbone(bed: HboneBed, opts: HboneOptions): Promise<Hbon
     }
   };
 
-  const watchdog = setInterval(() => { void checkHealth(); }, 500);
+  const watchdog = setInterval(() => {
+    void checkHealth();
+  }, 500);
   let honestTimer: NodeJS.Timeout | undefined;
   const honestLoop = (): void => {
     honestTimer = setTimeout(() => {
-      void bed.honest(4).then((ok) => { if (ok) result.honestChecks.ok++; else result.honestChecks.failed++; }, () => { result.honestChecks.failed++; })
-        .finally(() => { if (!stop) honestLoop(); });
+      void bed
+        .honest(4)
+        .then(
+          (ok) => {
+            if (ok) result.honestChecks.ok++;
+            else result.honestChecks.failed++;
+          },
+          () => {
+            result.honestChecks.failed++;
+          },
+        )
+        .finally(() => {
+          if (!stop) honestLoop();
+        });
     }, opts.honestEveryMs ?? 30_000);
   };
   honestLoop();

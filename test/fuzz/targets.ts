@@ -19,5 +19,10 @@ export const TARGETS: FuzzTarget[] = [
   target({ name: 'config', what: 'mesh YAML → config or AMBIT_E_CONFIG', arb: configInputArb, check: checkConfig }),
   target({ name: 'xds', what: 'xDS resource → decoded or a field-level ResourceError', arb: xdsInputArb, check: checkXds }),
   target({ name: 'policy-crd', what: 'Istio objects → policies or problems', arb: crdInputArb, check: checkCrd }),
-  target({ name: 'policy-engine', what: 'random policies × connections: DENY first, no ALLOW → allow, …', arb: engineInputArb, check: checkEngine }),
+  target({
+    name: 'policy-engine',
+    what: 'random policies × connections: DENY first, no ALLOW → allow, …',
+    arb: engineInputArb,
+    check: checkEngine,
+  }),
 ];

@@ -7,18 +7,23 @@
 // either a decoded resource whose facts are sound (IPv4 addresses, ports in
 // range, policies the engine can evaluate) or a ResourceError that names the
 // resource; never another exception.
-import fc from 'fast-check';
+
 import net from 'node:net';
+import fc from 'fast-check';
 import YAML from 'yaml';
 import { PolicyAuthorizer } from '../../src/policy/engine';
-import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import type { AddressMessage, Any, AuthorizationMessage } from '../../src/protocol/messages';
+import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
-import { MeshStore } from '../../src/state/store';
 import { addressFromMessage, authorizationFromMessage, ResourceError, toResources } from '../../src/sources/xds-resources';
+import { MeshStore } from '../../src/state/store';
 import { SEED_CONFIGS } from './config-target';
 
-export interface XdsInput { typeUrl: string; name: string; resource: Any | null }
+export interface XdsInput {
+  typeUrl: string;
+  name: string;
+  resource: Any | null;
+}
 
 let valid: XdsInput[] | undefined;
 /** Every resource of the seed meshes, encoded by the control plane's own code. */
@@ -27,67 +32,177 @@ function validResources(): XdsInput[] {
   valid = SEED_CONFIGS.flatMap((doc) => {
     const cfg = parseConfig(YAML.stringify(doc));
     const store = new MeshStore(cfg);
-    return [...toResources(cfg, (s) => store.endpoints(s))].flatMap(([typeUrl, m]) => [...m.values()].map((r) => ({ typeUrl, name: r.name, resource: r.resource })));
+    return [...toResources(cfg, (s) => store.endpoints(s))].flatMap(([typeUrl, m]) =>
+      [...m.values()].map((r) => ({ typeUrl, name: r.name, resource: r.resource })),
+    );
   });
   return valid;
 }
 
-const byteEdit = fc.record({ kind: fc.constantFrom('flip', 'set', 'insert', 'delete', 'truncate', 'append'), at: fc.nat(), bytes: fc.uint8Array({ minLength: 1, maxLength: 12 }) });
+const byteEdit = fc.record({
+  kind: fc.constantFrom('flip', 'set', 'insert', 'delete', 'truncate', 'append'),
+  at: fc.nat(),
+  bytes: fc.uint8Array({ minLength: 1, maxLength: 12 }),
+});
 
 function editBytes(b: Buffer, e: { kind: string; at: number; bytes: Uint8Array }): Buffer {
   const at = e.at % (b.length + 1);
   switch (e.kind) {
-    case 'flip': { const c = Buffer.from(b); if (c.length) c[at % c.length] ^= e.bytes[0] || 1; return c; }
-    case 'set': { const c = Buffer.from(b); Buffer.from(e.bytes).copy(c, Math.min(at, Math.max(0, c.length - 1))); return c; }
-    case 'insert': return Buffer.concat([b.subarray(0, at), Buffer.from(e.bytes), b.subarray(at)]);
-    case 'delete': return Buffer.concat([b.subarray(0, at), b.subarray(at + e.bytes.length)]);
-    case 'truncate': return b.subarray(0, at);
-    default: return Buffer.concat([b, Buffer.from(e.bytes)]);
+    case 'flip': {
+      const c = Buffer.from(b);
+      if (c.length) c[at % c.length] ^= e.bytes[0] || 1;
+      return c;
+    }
+    case 'set': {
+      const c = Buffer.from(b);
+      Buffer.from(e.bytes).copy(c, Math.min(at, Math.max(0, c.length - 1)));
+      return c;
+    }
+    case 'insert':
+      return Buffer.concat([b.subarray(0, at), Buffer.from(e.bytes), b.subarray(at)]);
+    case 'delete':
+      return Buffer.concat([b.subarray(0, at), b.subarray(at + e.bytes.length)]);
+    case 'truncate':
+      return b.subarray(0, at);
+    default:
+      return Buffer.concat([b, Buffer.from(e.bytes)]);
   }
 }
 
-const oddString = fc.oneof(fc.constantFrom('', 'default', 'cluster.local', 'a/b', '../x', 'spiffe://x', 'x'.repeat(300), '\0', 'ns/sa'), fc.string({ maxLength: 20 }));
-const oddBytes = fc.oneof(fc.constantFrom(...[0, 1, 3, 4, 5, 15, 16, 17].map((n) => Buffer.alloc(n, 0xff))), fc.uint8Array({ maxLength: 20 }).map((u) => Buffer.from(u)));
+const oddString = fc.oneof(
+  fc.constantFrom('', 'default', 'cluster.local', 'a/b', '../x', 'spiffe://x', 'x'.repeat(300), '\0', 'ns/sa'),
+  fc.string({ maxLength: 20 }),
+);
+const oddBytes = fc.oneof(
+  fc.constantFrom(...[0, 1, 3, 4, 5, 15, 16, 17].map((n) => Buffer.alloc(n, 0xff))),
+  fc.uint8Array({ maxLength: 20 }).map((u) => Buffer.from(u)),
+);
 const oddNumber = fc.oneof(fc.constantFrom(0, 1, 65535, 65536, 0xffffffff), fc.nat());
 
-const stringMatch = fc.oneof(fc.record({ exact: oddString }), fc.record({ prefix: oddString }), fc.record({ suffix: oddString }), fc.constant({ presence: {} }), fc.constant({}));
+const stringMatch = fc.oneof(
+  fc.record({ exact: oddString }),
+  fc.record({ prefix: oddString }),
+  fc.record({ suffix: oddString }),
+  fc.constant({ presence: {} }),
+  fc.constant({}),
+);
 const ipBlock = fc.record({ address: oddBytes, length: oddNumber });
-const match = fc.record({
-  namespaces: fc.array(stringMatch, { maxLength: 2 }), not_namespaces: fc.array(stringMatch, { maxLength: 2 }),
-  principals: fc.array(stringMatch, { maxLength: 2 }), not_principals: fc.array(stringMatch, { maxLength: 2 }),
-  source_ips: fc.array(ipBlock, { maxLength: 2 }), not_source_ips: fc.array(ipBlock, { maxLength: 2 }),
-  destination_ips: fc.array(ipBlock, { maxLength: 2 }), not_destination_ips: fc.array(ipBlock, { maxLength: 2 }),
-  destination_ports: fc.array(oddNumber, { maxLength: 3 }), not_destination_ports: fc.array(oddNumber, { maxLength: 3 }),
-}, { requiredKeys: [] });
+const match = fc.record(
+  {
+    namespaces: fc.array(stringMatch, { maxLength: 2 }),
+    not_namespaces: fc.array(stringMatch, { maxLength: 2 }),
+    principals: fc.array(stringMatch, { maxLength: 2 }),
+    not_principals: fc.array(stringMatch, { maxLength: 2 }),
+    source_ips: fc.array(ipBlock, { maxLength: 2 }),
+    not_source_ips: fc.array(ipBlock, { maxLength: 2 }),
+    destination_ips: fc.array(ipBlock, { maxLength: 2 }),
+    not_destination_ips: fc.array(ipBlock, { maxLength: 2 }),
+    destination_ports: fc.array(oddNumber, { maxLength: 3 }),
+    not_destination_ports: fc.array(oddNumber, { maxLength: 3 }),
+  },
+  { requiredKeys: [] },
+);
 
 /** Messages with fields drawn from edge values, encoded by protobufjs (names made to match half the time). */
 const builtArb: fc.Arbitrary<XdsInput> = fc.oneof(
-  fc.record({
-    uid: oddString, name: oddString, namespace: oddString, service_account: oddString, trust_domain: oddString, node: oddString,
-    addresses: fc.array(oddBytes, { maxLength: 3 }), tunnel_protocol: fc.constantFrom(0, 1, 7), capacity: fc.option(fc.record({ value: oddNumber })),
-    authorization_policies: fc.array(oddString, { maxLength: 2 }),
-    services: fc.dictionary(oddString, fc.record({ ports: fc.array(fc.record({ service_port: oddNumber, target_port: oddNumber }), { maxLength: 2 }) }), { maxKeys: 2 }),
-  }, { requiredKeys: [] }).chain((w) => fc.tuple(fc.constant(w), fc.boolean(), oddString)).map(([w, same, other]) => ({ typeUrl: TYPE_ADDRESS, name: same ? String(w.uid ?? '') : other, resource: packOrEmpty(TYPE_ADDRESS, { workload: w }) })),
-  fc.record({
-    name: oddString, namespace: oddString, hostname: oddString,
-    addresses: fc.array(fc.record({ network: oddString, address: oddBytes }), { maxLength: 2 }),
-    ports: fc.array(fc.record({ service_port: oddNumber, target_port: oddNumber }), { maxLength: 3 }),
-  }, { requiredKeys: [] }).chain((s) => fc.tuple(fc.constant(s), fc.boolean(), oddString)).map(([s, same, other]) => ({ typeUrl: TYPE_ADDRESS, name: same ? `${s.namespace ?? ''}/${s.hostname ?? ''}` : other, resource: packOrEmpty(TYPE_ADDRESS, { service: s }) })),
-  fc.record({
-    name: oddString, namespace: oddString, scope: fc.constantFrom(0, 1, 2, 9), action: fc.constantFrom(0, 1, 5), dry_run: fc.boolean(),
-    rules: fc.array(fc.record({ clauses: fc.array(fc.record({ matches: fc.array(match, { maxLength: 3 }) }), { maxLength: 3 }) }), { maxLength: 3 }),
-  }, { requiredKeys: [] }).chain((p) => fc.tuple(fc.constant(p), fc.boolean(), oddString)).map(([p, same, other]) => ({ typeUrl: TYPE_AUTHORIZATION, name: same ? `${p.namespace ?? ''}/${p.name ?? ''}` : other, resource: packOrEmpty(TYPE_AUTHORIZATION, p) })),
+  fc
+    .record(
+      {
+        uid: oddString,
+        name: oddString,
+        namespace: oddString,
+        service_account: oddString,
+        trust_domain: oddString,
+        node: oddString,
+        addresses: fc.array(oddBytes, { maxLength: 3 }),
+        tunnel_protocol: fc.constantFrom(0, 1, 7),
+        capacity: fc.option(fc.record({ value: oddNumber })),
+        authorization_policies: fc.array(oddString, { maxLength: 2 }),
+        services: fc.dictionary(
+          oddString,
+          fc.record({ ports: fc.array(fc.record({ service_port: oddNumber, target_port: oddNumber }), { maxLength: 2 }) }),
+          { maxKeys: 2 },
+        ),
+      },
+      { requiredKeys: [] },
+    )
+    .chain((w) => fc.tuple(fc.constant(w), fc.boolean(), oddString))
+    .map(([w, same, other]) => ({
+      typeUrl: TYPE_ADDRESS,
+      name: same ? String(w.uid ?? '') : other,
+      resource: packOrEmpty(TYPE_ADDRESS, { workload: w }),
+    })),
+  fc
+    .record(
+      {
+        name: oddString,
+        namespace: oddString,
+        hostname: oddString,
+        addresses: fc.array(fc.record({ network: oddString, address: oddBytes }), { maxLength: 2 }),
+        ports: fc.array(fc.record({ service_port: oddNumber, target_port: oddNumber }), { maxLength: 3 }),
+      },
+      { requiredKeys: [] },
+    )
+    .chain((s) => fc.tuple(fc.constant(s), fc.boolean(), oddString))
+    .map(([s, same, other]) => ({
+      typeUrl: TYPE_ADDRESS,
+      name: same ? `${s.namespace ?? ''}/${s.hostname ?? ''}` : other,
+      resource: packOrEmpty(TYPE_ADDRESS, { service: s }),
+    })),
+  fc
+    .record(
+      {
+        name: oddString,
+        namespace: oddString,
+        scope: fc.constantFrom(0, 1, 2, 9),
+        action: fc.constantFrom(0, 1, 5),
+        dry_run: fc.boolean(),
+        rules: fc.array(fc.record({ clauses: fc.array(fc.record({ matches: fc.array(match, { maxLength: 3 }) }), { maxLength: 3 }) }), {
+          maxLength: 3,
+        }),
+      },
+      { requiredKeys: [] },
+    )
+    .chain((p) => fc.tuple(fc.constant(p), fc.boolean(), oddString))
+    .map(([p, same, other]) => ({
+      typeUrl: TYPE_AUTHORIZATION,
+      name: same ? `${p.namespace ?? ''}/${p.name ?? ''}` : other,
+      resource: packOrEmpty(TYPE_AUTHORIZATION, p),
+    })),
 );
 
 function packOrEmpty(typeUrl: string, m: object): Any {
-  try { return pack(typeUrl, m); } catch { return { type_url: typeUrl, value: Buffer.alloc(0) }; }
+  try {
+    return pack(typeUrl, m);
+  } catch {
+    return { type_url: typeUrl, value: Buffer.alloc(0) };
+  }
 }
 
 export const xdsInputArb: fc.Arbitrary<XdsInput> = fc.oneof(
-  { weight: 5, arbitrary: fc.tuple(fc.nat(), fc.array(byteEdit, { minLength: 1, maxLength: 4 })).map(([i, es]) => { const v = validResources()[i % validResources().length]; return { ...v, resource: { ...v.resource!, value: es.reduce(editBytes, v.resource!.value) } }; }) },
+  {
+    weight: 5,
+    arbitrary: fc.tuple(fc.nat(), fc.array(byteEdit, { minLength: 1, maxLength: 4 })).map(([i, es]) => {
+      const v = validResources()[i % validResources().length];
+      return { ...v, resource: { ...v.resource!, value: es.reduce(editBytes, v.resource!.value) } };
+    }),
+  },
   { weight: 3, arbitrary: builtArb },
-  { weight: 1, arbitrary: fc.tuple(fc.constantFrom(TYPE_ADDRESS, TYPE_AUTHORIZATION), oddString, fc.uint8Array({ maxLength: 200 })).map(([typeUrl, name, bytes]) => ({ typeUrl, name, resource: { type_url: typeUrl, value: Buffer.from(bytes) } })) },
-  { weight: 1, arbitrary: fc.tuple(fc.nat(), fc.constantFrom(null, 'type.googleapis.com/istio.workload.Workload', '', 'x', TYPE_ADDRESS, TYPE_AUTHORIZATION)).map(([i, url]) => { const v = validResources()[i % validResources().length]; return { ...v, resource: url === null ? null : { type_url: url, value: v.resource!.value } }; }) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.constantFrom(TYPE_ADDRESS, TYPE_AUTHORIZATION), oddString, fc.uint8Array({ maxLength: 200 }))
+      .map(([typeUrl, name, bytes]) => ({ typeUrl, name, resource: { type_url: typeUrl, value: Buffer.from(bytes) } })),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.nat(), fc.constantFrom(null, 'type.googleapis.com/istio.workload.Workload', '', 'x', TYPE_ADDRESS, TYPE_AUTHORIZATION))
+      .map(([i, url]) => {
+        const v = validResources()[i % validResources().length];
+        return { ...v, resource: url === null ? null : { type_url: url, value: v.resource!.value } };
+      }),
+  },
 );
 
 const authorizer = (p: ReturnType<typeof authorizationFromMessage>): PolicyAuthorizer => PolicyAuthorizer.of([p]);
@@ -99,7 +214,11 @@ export function checkXds(input: XdsInput, trustDomain = 'cluster.local'): 'accep
     if (!any) throw new ResourceError(`${input.name}: resource is empty`);
     if (any.type_url !== input.typeUrl) throw new ResourceError(`${input.name}: resource has type ${JSON.stringify(any.type_url)}`);
     let m: unknown;
-    try { m = unpack(any); } catch (err) { throw new ResourceError(`${input.name}: cannot be decoded: ${(err as Error).message}`); }
+    try {
+      m = unpack(any);
+    } catch (err) {
+      throw new ResourceError(`${input.name}: cannot be decoded: ${(err as Error).message}`);
+    }
     if (input.typeUrl === TYPE_ADDRESS) {
       const e = addressFromMessage(input.name, m as AddressMessage, trustDomain);
       const addrs = 'workload' in e ? e.workload.addresses : e.service.addresses;
@@ -112,7 +231,19 @@ export function checkXds(input: XdsInput, trustDomain = 'cluster.local'): 'accep
     } else {
       const p = authorizationFromMessage(input.name, m as AuthorizationMessage);
       // Whatever was accepted must be usable per connection without throwing.
-      const dst = { uid: 'u', name: 'w', namespace: p.namespace, serviceAccount: 'sa', node: 'n', addresses: ['10.0.0.1'], protocol: 'HBONE' as const, dataplane: 'ambient' as const, labels: {}, capacity: 1, authorizationPolicies: [`${p.namespace}/${p.name}`] };
+      const dst = {
+        uid: 'u',
+        name: 'w',
+        namespace: p.namespace,
+        serviceAccount: 'sa',
+        node: 'n',
+        addresses: ['10.0.0.1'],
+        protocol: 'HBONE' as const,
+        dataplane: 'ambient' as const,
+        labels: {},
+        capacity: 1,
+        authorizationPolicies: [`${p.namespace}/${p.name}`],
+      };
       authorizer(p).check({ srcIdentity: 'spiffe://cluster.local/ns/a/sa/b', srcIp: '10.0.0.2', dst, dstIp: '10.0.0.1', dstPort: 8080 });
       authorizer(p).check({ srcIp: '::ffff:10.0.0.2', dst, dstIp: '10.0.0.1', dstPort: 1 });
     }

@@ -14,8 +14,17 @@ import http from 'node:http';
 import path from 'node:path';
 import readline from 'node:readline';
 
-type Obj = { kind: string; apiVersion?: string; metadata: { name: string; namespace?: string; resourceVersion?: string; uid?: string }; spec?: { nodeName?: string } };
-interface Watcher { res: http.ServerResponse; kind: string; node?: string }
+type Obj = {
+  kind: string;
+  apiVersion?: string;
+  metadata: { name: string; namespace?: string; resourceVersion?: string; uid?: string };
+  spec?: { nodeName?: string };
+};
+interface Watcher {
+  res: http.ServerResponse;
+  kind: string;
+  node?: string;
+}
 
 const PATHS: Record<string, string> = {
   '/api/v1/pods': 'Pod',
@@ -23,7 +32,12 @@ const PATHS: Record<string, string> = {
   '/api/v1/services': 'Service',
   '/apis/discovery.k8s.io/v1/endpointslices': 'EndpointSlice',
 };
-const LIST_KIND: Record<string, string> = { Pod: 'PodList', Namespace: 'NamespaceList', Service: 'ServiceList', EndpointSlice: 'EndpointSliceList' };
+const LIST_KIND: Record<string, string> = {
+  Pod: 'PodList',
+  Namespace: 'NamespaceList',
+  Service: 'ServiceList',
+  EndpointSlice: 'EndpointSliceList',
+};
 
 export const FIXTURES = path.resolve(__dirname, '../../../test/fixtures/kube');
 /** A recorded object, deep-copied, to be adapted by a test. */
@@ -57,11 +71,15 @@ export class FakeKube {
     this.notify('DELETED', o);
   }
 
-  review(token: string, status: unknown): void { this.reviews.set(token, status); }
+  review(token: string, status: unknown): void {
+    this.reviews.set(token, status);
+  }
 
   expireWatches(): void {
     for (const w of this.watchers) {
-      w.res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', message: 'too old resource version', reason: 'Expired', code: 410 } })}\n`);
+      w.res.end(
+        `${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', message: 'too old resource version', reason: 'Expired', code: 410 } })}\n`,
+      );
     }
     this.watchers.clear();
   }
@@ -80,7 +98,16 @@ export class FakeKube {
     const kind = PATHS[url.pathname];
     if (req.method !== 'GET' || !kind) {
       res.writeHead(404, { 'Content-Type': 'application/json' });
-      return void res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'NotFound', code: 404, message: `the server could not find the requested resource (${req.method} ${url.pathname})` }));
+      return void res.end(
+        JSON.stringify({
+          kind: 'Status',
+          apiVersion: 'v1',
+          status: 'Failure',
+          reason: 'NotFound',
+          code: 404,
+          message: `the server could not find the requested resource (${req.method} ${url.pathname})`,
+        }),
+      );
     }
     const selector = url.searchParams.get('fieldSelector') ?? '';
     const node = /^spec\.nodeName=(.+)$/.exec(selector)?.[1];
@@ -91,7 +118,9 @@ export class FakeKube {
     const items = [...this.objects.values()].filter((o) => o.kind === kind && (!node || o.spec?.nodeName === node));
     res.setHeader('Content-Type', 'application/json');
     if (url.searchParams.get('watch') !== '1' && url.searchParams.get('watch') !== 'true') {
-      return void res.end(JSON.stringify({ kind: LIST_KIND[kind], apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items }));
+      return void res.end(
+        JSON.stringify({ kind: LIST_KIND[kind], apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items }),
+      );
     }
     // A watch from resourceVersion: objects changed since then, then live events (a history of deletes is not kept: tests start watches first).
     const from = Number(url.searchParams.get('resourceVersion') ?? 0);
@@ -104,13 +133,23 @@ export class FakeKube {
 
   private tokenReview(req: http.IncomingMessage, res: http.ServerResponse): void {
     let body = '';
-    req.on('data', (d) => { body += d; });
+    req.on('data', (d) => {
+      body += d;
+    });
     req.on('end', () => {
       const review = JSON.parse(body) as { spec: { token: string; audiences?: string[] } };
       const known = this.reviews.get(review.spec.token);
       const status = known ?? { authenticated: false, error: 'invalid bearer token' };
       res.writeHead(201, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ kind: 'TokenReview', apiVersion: 'authentication.k8s.io/v1', metadata: { creationTimestamp: null }, spec: review.spec, status }));
+      res.end(
+        JSON.stringify({
+          kind: 'TokenReview',
+          apiVersion: 'authentication.k8s.io/v1',
+          metadata: { creationTimestamp: null },
+          spec: review.spec,
+          status,
+        }),
+      );
     });
   }
 }
@@ -122,12 +161,20 @@ if (require.main === module) {
   const kube = new FakeKube();
   readline.createInterface({ input: process.stdin }).on('line', (line) => {
     if (!line.trim()) return;
-    const cmd = JSON.parse(line) as { put?: Obj; delete?: { kind: string; namespace?: string; name: string }; token?: string; review?: unknown; expire?: boolean };
+    const cmd = JSON.parse(line) as {
+      put?: Obj;
+      delete?: { kind: string; namespace?: string; name: string };
+      token?: string;
+      review?: unknown;
+      expire?: boolean;
+    };
     if (cmd.put) kube.put(cmd.put);
     if (cmd.delete) kube.delete(cmd.delete.kind, cmd.delete.namespace, cmd.delete.name);
     if (cmd.token) kube.review(cmd.token, cmd.review);
     if (cmd.expire) kube.expireWatches();
     console.log(JSON.stringify({ done: line.slice(0, 80) }));
   });
-  kube.server.listen(Number(port), host, () => console.log(JSON.stringify({ listening: (kube.server.address() as { port: number }).port })));
+  kube.server.listen(Number(port), host, () =>
+    console.log(JSON.stringify({ listening: (kube.server.address() as { port: number }).port })),
+  );
 }

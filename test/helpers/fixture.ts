@@ -2,15 +2,15 @@
 // and gives each test file a topology plus per-node datapaths with unique
 // pins, all removed in teardown.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import http from 'node:http';
-import { connectFromNetns } from '../../src/datapath/netns';
+import path from 'node:path';
 import { Datapath } from '../../src/datapath/loader';
+import { connectFromNetns } from '../../src/datapath/netns';
 import { cleanupDatapath } from '../../src/datapath/status';
 import { collect, TIME_SCALE, waitFor } from './proc';
-import { Topology, type TestNode, type TestPod } from './topology';
+import { type TestNode, type TestPod, Topology } from './topology';
 
 export const PODAPP = path.resolve(__dirname, 'podapp.js');
 export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -31,20 +31,55 @@ export function cleanupPins(topo: Topology): void {
   for (const n of topo.nodes) cleanupDatapath(pinDirFor(topo, n));
 }
 
-export interface DialSummary { ok: number; failed: number; errors: Record<string, number>; peers: Record<string, number>; firstLines: Record<string, number> }
+export interface DialSummary {
+  ok: number;
+  failed: number;
+  errors: Record<string, number>;
+  peers: Record<string, number>;
+  firstLines: Record<string, number>;
+}
 
 /** Runs `podapp dial` in a pod and returns its summary. */
-export async function dialFrom(topo: Topology, pod: TestPod, ip: string, port: number, n = 1, concurrency = 1, timeoutMs = 5000): Promise<DialSummary> {
+export async function dialFrom(
+  topo: Topology,
+  pod: TestPod,
+  ip: string,
+  port: number,
+  n = 1,
+  concurrency = 1,
+  timeoutMs = 5000,
+): Promise<DialSummary> {
   // Per connection; stretched like every wait under emulation (AMBIT_TEST_TIME_SCALE).
-  const r = await collect(topo.spawnInPod(pod, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(concurrency), String(timeoutMs * TIME_SCALE)]));
+  const r = await collect(
+    topo.spawnInPod(pod, process.execPath, [
+      PODAPP,
+      'dial',
+      ip,
+      String(port),
+      String(n),
+      String(concurrency),
+      String(timeoutMs * TIME_SCALE),
+    ]),
+  );
   assert.equal(r.code, 0, `podapp dial failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as DialSummary;
 }
 
 export function workloadOf(pod: TestPod): import('../../src/state/types').Workload {
   return {
-    uid: pod.uid, name: `${pod.node.name}-${pod.name}`, namespace: 'default', serviceAccount: 'default', node: pod.node.name,
-    addresses: [pod.ip], protocol: 'HBONE', dataplane: 'ambient', netns: pod.netnsPath, cgroup: pod.cgroup, labels: {}, capacity: 1, authorizationPolicies: [],
+    uid: pod.uid,
+    name: `${pod.node.name}-${pod.name}`,
+    namespace: 'default',
+    serviceAccount: 'default',
+    node: pod.node.name,
+    addresses: [pod.ip],
+    protocol: 'HBONE',
+    dataplane: 'ambient',
+    netns: pod.netnsPath,
+    cgroup: pod.cgroup,
+    labels: {},
+    capacity: 1,
+    authorizationPolicies: [],
   };
 }
 
@@ -68,21 +103,45 @@ export async function configDump<T>(node: { netnsPath: string }): Promise<T> {
 
 /** Waits until a node agent answers 200 on /healthz/ready (it may not listen yet). */
 export function untilReady(node: { name: string; netnsPath: string }, timeoutMs = 30_000): Promise<unknown> {
-  return waitFor(`${node.name} ready`, async () => (await httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready').catch(() => ({ status: 0 }))).status === 200, timeoutMs, 100);
+  return waitFor(
+    `${node.name} ready`,
+    async () => (await httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready').catch(() => ({ status: 0 }))).status === 200,
+    timeoutMs,
+    100,
+  );
 }
 
 /** Admin mutations (POST on :15000) must carry this; see src/observability/admin-guard.ts. */
 export const ADMIN_MUTATION = { 'x-ambit-admin': 'true' };
 
 /** An HTTP request made from inside a node's netns. */
-export function httpInNetns(node: { netnsPath: string }, host: string, port: number, method: string, urlPath: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+export function httpInNetns(
+  node: { netnsPath: string },
+  host: string,
+  port: number,
+  method: string,
+  urlPath: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     // No agent: with one, Node would dial on its own and ignore createConnection.
-    const req = http.request({ method, path: urlPath, host, port, headers, createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }) }, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = http.request(
+      {
+        method,
+        path: urlPath,
+        host,
+        port,
+        headers,
+        createConnection: () => connectFromNetns(node.netnsPath, host, port, { allowHalfOpen: false }),
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => {
+          body += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });

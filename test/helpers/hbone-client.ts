@@ -5,13 +5,16 @@ import { webcrypto } from 'node:crypto';
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { connectFromNetns } from '../../src/datapath/netns';
-import { EC_ALG, toPem, type BuiltinCa } from '../../src/identity/builtin-ca';
+import { type BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
 import { TIME_SCALE } from './proc';
 
-export interface ClientCert { cert: string; key: string }
+export interface ClientCert {
+  cert: string;
+  key: string;
+}
 
 export async function certFor(ca: BuiltinCa, identity: string): Promise<ClientCert> {
-  const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const cert = await ca.issue(keys.publicKey, identity);
   return { cert, key: toPem(Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), 'PRIVATE KEY') };
 }
@@ -21,11 +24,21 @@ export function openSession(netnsPath: string, ip: string, cert: ClientCert, tim
   return new Promise((resolve, reject) => {
     const tcp = connectFromNetns(netnsPath, ip, 15008, { allowHalfOpen: false });
     const session = http2.connect(`https://${ip}:15008`, {
-      createConnection: () => tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...cert }),
+      createConnection: () =>
+        tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...cert }),
     });
-    const timer = setTimeout(() => { session.destroy(); reject(new Error(`no HBONE session to ${ip} in ${timeoutMs * TIME_SCALE} ms`)); }, timeoutMs * TIME_SCALE);
-    session.on('error', (err) => { clearTimeout(timer); reject(err); });
-    session.once('connect', () => { clearTimeout(timer); resolve(session); });
+    const timer = setTimeout(() => {
+      session.destroy();
+      reject(new Error(`no HBONE session to ${ip} in ${timeoutMs * TIME_SCALE} ms`));
+    }, timeoutMs * TIME_SCALE);
+    session.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    session.once('connect', () => {
+      clearTimeout(timer);
+      resolve(session);
+    });
   });
 }
 
@@ -33,7 +46,12 @@ export function openSession(netnsPath: string, ip: string, cert: ClientCert, tim
  * Sends CONNECT; resolves with `status N` and the stream, or with the error
  * code / `refused` when the session no longer takes streams. Never rejects.
  */
-export function connect(session: http2.ClientHttp2Session, authority: string, headers: http2.OutgoingHttpHeaders = {}, timeoutMs = 5000): Promise<{ outcome: string; stream?: http2.ClientHttp2Stream }> {
+export function connect(
+  session: http2.ClientHttp2Session,
+  authority: string,
+  headers: http2.OutgoingHttpHeaders = {},
+  timeoutMs = 5000,
+): Promise<{ outcome: string; stream?: http2.ClientHttp2Stream }> {
   let stream: http2.ClientHttp2Stream;
   try {
     stream = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers }, { endStream: false });
@@ -41,8 +59,14 @@ export function connect(session: http2.ClientHttp2Session, authority: string, he
     return Promise.resolve({ outcome: `refused ${(err as NodeJS.ErrnoException).code}` });
   }
   return new Promise((resolve) => {
-    const timer = setTimeout(() => { stream.close(http2.constants.NGHTTP2_CANCEL); resolve({ outcome: 'timeout' }); }, timeoutMs * TIME_SCALE);
-    const done = (outcome: string, s?: http2.ClientHttp2Stream): void => { clearTimeout(timer); resolve({ outcome, stream: s }); };
+    const timer = setTimeout(() => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      resolve({ outcome: 'timeout' });
+    }, timeoutMs * TIME_SCALE);
+    const done = (outcome: string, s?: http2.ClientHttp2Stream): void => {
+      clearTimeout(timer);
+      resolve({ outcome, stream: s });
+    };
     stream.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
     stream.once('close', () => done(`closed rst=${stream.rstCode}`));
     stream.once('response', (h) => done(`status ${h[':status']}`, stream));
@@ -60,7 +84,10 @@ export function connectAndReset(session: http2.ClientHttp2Session, authority: st
 export function firstLine(stream: http2.ClientHttp2Stream, timeoutMs = 5000): Promise<string> {
   return new Promise((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`no line in ${timeoutMs * TIME_SCALE} ms (got ${JSON.stringify(buf)})`)), timeoutMs * TIME_SCALE);
+    const timer = setTimeout(
+      () => reject(new Error(`no line in ${timeoutMs * TIME_SCALE} ms (got ${JSON.stringify(buf)})`)),
+      timeoutMs * TIME_SCALE,
+    );
     const onData = (d: Buffer): void => {
       buf += d.toString();
       const nl = buf.indexOf('\n');

@@ -67,7 +67,10 @@ export function problemsOf(text: string): string[] {
   } catch (err) {
     assert.ok(err instanceof AmbitError, `not an AmbitError: ${String(err)}`);
     assert.equal(err.code, 'AMBIT_E_CONFIG');
-    return err.message.split('\n').slice(1).map((l) => l.replace(/^ {2}- /, ''));
+    return err.message
+      .split('\n')
+      .slice(1)
+      .map((l) => l.replace(/^ {2}- /, ''));
   }
   assert.fail('the file parsed; it should have been rejected');
 }
@@ -76,4 +79,3 @@ export function once(text: string, from: string, to: string): string {
   assert.equal(text.split(from).length, 2, `"${from}" must occur once in the base file`);
   return text.replace(from, to);
 }
-

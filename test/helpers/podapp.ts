@@ -13,7 +13,13 @@
 //                      over SECONDS, count the echo; prints {sent, echoed, ms}
 import net from 'node:net';
 
-interface DialResult { ok: number; failed: number; errors: Record<string, number>; peers: Record<string, number>; firstLines: Record<string, number> }
+interface DialResult {
+  ok: number;
+  failed: number;
+  errors: Record<string, number>;
+  peers: Record<string, number>;
+  firstLines: Record<string, number>;
+}
 
 function whoami(port: number): void {
   const server = net.createServer((s) => {
@@ -30,11 +36,16 @@ function dialOne(ip: string, port: number, timeoutMs: number): Promise<{ peer: s
     let buf = '';
     let peer = '';
     s.setTimeout(timeoutMs, () => s.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
-    s.on('connect', () => { peer = `${s.remoteAddress}:${s.remotePort}`; });
+    s.on('connect', () => {
+      peer = `${s.remoteAddress}:${s.remotePort}`;
+    });
     s.on('data', (d) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl >= 0) { s.end(); resolve({ peer, line: buf.slice(0, nl) }); }
+      if (nl >= 0) {
+        s.end();
+        resolve({ peer, line: buf.slice(0, nl) });
+      }
     });
     s.on('error', reject);
     s.on('close', () => reject(Object.assign(new Error('closed before a line'), { code: 'ECLOSED' })));
@@ -94,13 +105,21 @@ function stream(ip: string, port: number, mib: number, seconds: number): void {
     if (received >= total) s.end();
   });
   // Closed early (reset, or ended by the far side) or done: report once and stop sending.
-  s.on('close', () => { clearInterval(tick); console.log(JSON.stringify({ sent, echoed: received, ms: Date.now() - started })); });
-  s.on('error', (err) => console.log(JSON.stringify({ sent, echoed: received, error: (err as NodeJS.ErrnoException).code ?? err.message })));
+  s.on('close', () => {
+    clearInterval(tick);
+    console.log(JSON.stringify({ sent, echoed: received, ms: Date.now() - started }));
+  });
+  s.on('error', (err) =>
+    console.log(JSON.stringify({ sent, echoed: received, error: (err as NodeJS.ErrnoException).code ?? err.message })),
+  );
   const tick = setInterval(() => {
     if (s.destroyed) return;
     // Paced: by now, elapsed/seconds of the total should be out.
     const due = Math.min(total, Math.ceil((total * (Date.now() - started)) / (seconds * 1000)));
-    while (sent < due) { s.write(chunk.subarray(0, Math.min(chunk.length, total - sent))); sent += Math.min(chunk.length, total - sent); }
+    while (sent < due) {
+      s.write(chunk.subarray(0, Math.min(chunk.length, total - sent)));
+      sent += Math.min(chunk.length, total - sent);
+    }
     if (sent >= total) clearInterval(tick);
   }, 50);
 }
@@ -108,7 +127,9 @@ function stream(ip: string, port: number, mib: number, seconds: number): void {
 function sink(port: number): void {
   const server = net.createServer({ allowHalfOpen: true }, (s) => {
     let got = 0;
-    s.on('data', (d: Buffer) => { got += d.length; });
+    s.on('data', (d: Buffer) => {
+      got += d.length;
+    });
     s.on('end', () => s.end(`${JSON.stringify({ got })}\n`));
     s.on('error', () => undefined);
   });
@@ -119,7 +140,9 @@ function halfclose(ip: string, port: number, text: string): void {
   const s = net.connect({ host: ip, port, allowHalfOpen: true });
   let reply = '';
   s.on('connect', () => s.end(text));
-  s.on('data', (d) => { reply += d; });
+  s.on('data', (d) => {
+    reply += d;
+  });
   s.on('close', () => console.log(JSON.stringify({ reply: reply.trim() })));
   s.on('error', (err) => console.log(JSON.stringify({ error: (err as NodeJS.ErrnoException).code ?? err.message })));
 }
@@ -130,4 +153,9 @@ else if (mode === 'sink') sink(Number(args[0]));
 else if (mode === 'halfclose') halfclose(args[0], Number(args[1]), args[2]);
 else if (mode === 'stream') stream(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
 else if (mode === 'dial') void dial(args[0], Number(args[1]), Number(args[2] ?? 1), Number(args[3] ?? 1), Number(args[4] ?? 5000));
-else { console.error('usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS'); process.exit(2); }
+else {
+  console.error(
+    'usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS',
+  );
+  process.exit(2);
+}

@@ -1,6 +1,6 @@
 // Process and waiting helpers: run a command, wait for a condition (never a
 // fixed sleep), wait for a line from a child process.
-import { execFile, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
 import readline from 'node:readline';
 
 export function sh(cmd: string, args: string[]): Promise<string> {
@@ -37,7 +37,9 @@ export function waitForLine(child: ChildProcess, match: (line: string) => boolea
   timeoutMs *= TIME_SCALE;
   return new Promise((resolve, reject) => {
     let stderr = '';
-    child.stderr?.on('data', (d) => { stderr += d; });
+    child.stderr?.on('data', (d) => {
+      stderr += d;
+    });
     const rl = readline.createInterface({ input: child.stdout! });
     const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${stderr}`)), timeoutMs);
     const onExit = (code: number | null): void => finish(new Error(`process exited (${code}) before ${what}; stderr: ${stderr}`));
@@ -45,9 +47,12 @@ export function waitForLine(child: ChildProcess, match: (line: string) => boolea
       clearTimeout(timer);
       rl.removeAllListeners('line');
       child.off('exit', onExit);
-      if (err) reject(err); else resolve(line!);
+      if (err) reject(err);
+      else resolve(line!);
     };
-    rl.on('line', (line) => { if (match(line)) finish(null, line); });
+    rl.on('line', (line) => {
+      if (match(line)) finish(null, line);
+    });
     child.once('exit', onExit);
   });
 }
@@ -57,8 +62,12 @@ export function collect(child: ChildProcess): Promise<{ code: number | null; std
   return new Promise((resolve) => {
     let stdout = '';
     let stderr = '';
-    child.stdout?.on('data', (d) => { stdout += d; });
-    child.stderr?.on('data', (d) => { stderr += d; });
+    child.stdout?.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr?.on('data', (d) => {
+      stderr += d;
+    });
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
@@ -67,7 +76,11 @@ export function collect(child: ChildProcess): Promise<{ code: number | null; std
 export function jsonLines(child: ChildProcess): Record<string, unknown>[] {
   const lines: Record<string, unknown>[] = [];
   readline.createInterface({ input: child.stdout! }).on('line', (l) => {
-    try { lines.push(JSON.parse(l) as Record<string, unknown>); } catch { /* not JSON */ }
+    try {
+      lines.push(JSON.parse(l) as Record<string, unknown>);
+    } catch {
+      /* not JSON */
+    }
   });
   return lines;
 }

@@ -11,7 +11,7 @@
 // to node k; pod j of node i is 10.200.i.(10+j)/32 behind a veth whose node
 // end holds the gateway address 169.254.1.1 (every pod has the same
 // gateway, as in Calico).
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,17 +19,17 @@ import { cgroup2Root } from '../../src/datapath/probe';
 import { sh } from './proc';
 
 export interface TestPod {
-  name: string;        // p1, p2, … (unique within its node)
-  uid: string;         // <prefix>/<node>-<pod>: unique across runs
+  name: string; // p1, p2, … (unique within its node)
+  uid: string; // <prefix>/<node>-<pod>: unique across runs
   node: TestNode;
-  netns: string;       // netns name
-  netnsPath: string;   // /var/run/netns/<name>
+  netns: string; // netns name
+  netnsPath: string; // /var/run/netns/<name>
   ip: string;
-  cgroup: string;      // absolute cgroup v2 directory
+  cgroup: string; // absolute cgroup v2 directory
 }
 
 export interface TestNode {
-  name: string;        // n1, n2, …
+  name: string; // n1, n2, …
   index: number;
   netns: string;
   netnsPath: string;
@@ -41,7 +41,11 @@ export interface TestNode {
 /** The switch namespace's address on the wire: a place for a control plane every node reaches. */
 export const SWITCH_IP = '10.201.0.254';
 
-export interface TopologyOptions { nodes: number; podsPerNode: number; prefix?: string }
+export interface TopologyOptions {
+  nodes: number;
+  podsPerNode: number;
+  prefix?: string;
+}
 
 const NETNS_DIR = '/var/run/netns';
 
@@ -69,9 +73,13 @@ export class Topology {
     }
   }
 
-  get pods(): TestPod[] { return this.nodes.flatMap((n) => n.pods); }
+  get pods(): TestPod[] {
+    return this.nodes.flatMap((n) => n.pods);
+  }
 
-  pod(node: number, pod: number): TestPod { return this.nodes[node - 1].pods[pod - 1]; }
+  pod(node: number, pod: number): TestPod {
+    return this.nodes[node - 1].pods[pod - 1];
+  }
 
   private async build({ nodes, podsPerNode }: TopologyOptions): Promise<void> {
     fs.mkdirSync(this.cgroupRoot);
@@ -84,8 +92,13 @@ export class Topology {
 
     for (let i = 1; i <= nodes; i++) {
       const node: TestNode = {
-        name: `n${i}`, index: i, netns: `${this.prefix}-n${i}`, netnsPath: '', wireIp: `10.201.0.${i}`,
-        podsCgroup: path.join(this.cgroupRoot, `n${i}`), pods: [],
+        name: `n${i}`,
+        index: i,
+        netns: `${this.prefix}-n${i}`,
+        netnsPath: '',
+        wireIp: `10.201.0.${i}`,
+        podsCgroup: path.join(this.cgroupRoot, `n${i}`),
+        pods: [],
       };
       node.netnsPath = path.join(NETNS_DIR, node.netns);
       this.nodes.push(node);
@@ -101,8 +114,13 @@ export class Topology {
 
       for (let j = 1; j <= podsPerNode; j++) {
         const pod: TestPod = {
-          name: `p${j}`, uid: `${this.prefix}/n${i}-p${j}`, node, netns: `${this.prefix}-n${i}p${j}`, netnsPath: '',
-          ip: `10.200.${i}.${10 + j}`, cgroup: path.join(node.podsCgroup, `p${j}`),
+          name: `p${j}`,
+          uid: `${this.prefix}/n${i}-p${j}`,
+          node,
+          netns: `${this.prefix}-n${i}p${j}`,
+          netnsPath: '',
+          ip: `10.200.${i}.${10 + j}`,
+          cgroup: path.join(node.podsCgroup, `p${j}`),
         };
         pod.netnsPath = path.join(NETNS_DIR, pod.netns);
         node.pods.push(pod);
@@ -134,7 +152,12 @@ export class Topology {
 
   /** Starts a process inside a pod: in its cgroup (before exec) and its netns. */
   spawnInPod(pod: TestPod, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
-    return this.track(spawn('bash', ['-c', `echo $$ > ${pod.cgroup}/cgroup.procs && exec nsenter --net=${pod.netnsPath} -- "$@"`, 'bash', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+    return this.track(
+      spawn('bash', ['-c', `echo $$ > ${pod.cgroup}/cgroup.procs && exec nsenter --net=${pod.netnsPath} -- "$@"`, 'bash', cmd, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        ...opts,
+      }),
+    );
   }
 
   /** Starts a process in a node's netns (outside every pod cgroup, as the agent runs). */
@@ -144,7 +167,12 @@ export class Topology {
 
   /** Starts a process in the switch netns (reachable from every node at SWITCH_IP). */
   spawnInSwitch(cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
-    return this.track(spawn('nsenter', [`--net=${path.join(NETNS_DIR, this.switchNs)}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+    return this.track(
+      spawn('nsenter', [`--net=${path.join(NETNS_DIR, this.switchNs)}`, '--', cmd, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        ...opts,
+      }),
+    );
   }
 
   private track(child: ChildProcess): ChildProcess {
@@ -173,7 +201,11 @@ function killCgroupTree(dir: string): void {
   if (!fs.existsSync(dir)) return;
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) killCgroupTree(path.join(dir, e.name));
   for (const pid of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
-    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
   }
 }
 

@@ -9,8 +9,8 @@ import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { createLogger } from '../../src/observability/log';
 import { pack, TYPE_ADDRESS } from '../../src/protocol/protos';
 import { loadConfigFile } from '../../src/sources/config';
-import { MeshStore } from '../../src/state/store';
 import { toResources } from '../../src/sources/xds-resources';
+import { MeshStore } from '../../src/state/store';
 
 async function main(): Promise<void> {
   const [configFile, listen, serverIp, corruptUid, flag] = process.argv.slice(2);
@@ -24,7 +24,17 @@ async function main(): Promise<void> {
     const store = new MeshStore(cp.config);
     const bad = toResources(cp.config, (s) => store.endpoints(s));
     const w = cp.config.workloads.find((x) => x.uid === corruptUid)!;
-    const resource = pack(TYPE_ADDRESS, { workload: { uid: w.uid, name: w.name, namespace: w.namespace, service_account: w.serviceAccount, node: w.node, tunnel_protocol: 'HBONE', addresses: [Buffer.from([10, 200, 2, 12, 7])] } });
+    const resource = pack(TYPE_ADDRESS, {
+      workload: {
+        uid: w.uid,
+        name: w.name,
+        namespace: w.namespace,
+        service_account: w.serviceAccount,
+        node: w.node,
+        tunnel_protocol: 'HBONE',
+        addresses: [Buffer.from([10, 200, 2, 12, 7])],
+      },
+    });
     bad.get(TYPE_ADDRESS)!.set(w.uid, { name: w.uid, version: 'corrupt', resource });
     cp.xds.update(bad);
     log.info({ uid: w.uid }, 'fixture pushed a malformed workload');
@@ -32,4 +42,7 @@ async function main(): Promise<void> {
   log.info({ listen }, 'fixture serving');
 }
 
-main().catch((err) => { console.error(err); process.exit(1); });
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -9,11 +9,29 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, untilReady, waitExit, workloadOf } from '../helpers/fixture';
+import {
+  assertNothingLeft,
+  CLI,
+  cleanupPins,
+  dialFrom,
+  httpInNetns,
+  PODAPP,
+  pinDirFor,
+  requireRoot,
+  untilReady,
+  waitExit,
+  workloadOf,
+} from '../helpers/fixture';
 import { sh, waitForLine } from '../helpers/proc';
-import { Topology, type TestNode } from '../helpers/topology';
+import { type TestNode, Topology } from '../helpers/topology';
 
-interface BpftoolLink { id: number; prog_id: number; type: string; cgroup_id?: number; netns_ino?: number }
+interface BpftoolLink {
+  id: number;
+  prog_id: number;
+  type: string;
+  cgroup_id?: number;
+  netns_ino?: number;
+}
 
 describe('ambit node (agent process)', () => {
   let topo: Topology;
@@ -21,7 +39,18 @@ describe('ambit node (agent process)', () => {
   const agents = new Map<string, ChildProcess>();
 
   async function startAgent(node: TestNode): Promise<string> {
-    const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', configFile, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
+    const child = topo.spawnInNode(node, process.execPath, [
+      CLI,
+      'node',
+      '--config',
+      configFile,
+      '--node',
+      node.name,
+      '--pods-cgroup',
+      node.podsCgroup,
+      '--pin-dir',
+      pinDirFor(topo, node),
+    ]);
     agents.set(node.name, child);
     const attached = waitForLine(child, (l) => l.includes('"datapath attached"'), `agent ${node.name} attached`);
     await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name} ready`);
@@ -41,12 +70,15 @@ describe('ambit node (agent process)', () => {
     topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
     const workloads = topo.pods.map((p) => ({ ...workloadOf(p), protocol: p.name === 'p3' ? 'NONE' : 'HBONE' }));
     configFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`)), 'mesh.yaml');
-    fs.writeFileSync(configFile, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(path.dirname(configFile), 'ca') },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads,
-    }));
+    fs.writeFileSync(
+      configFile,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(path.dirname(configFile), 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads,
+      }),
+    );
     for (const node of topo.nodes) await startAgent(node);
   });
 
@@ -59,7 +91,7 @@ describe('ambit node (agent process)', () => {
     }
   });
 
-  test('cross-node and same-node connections go through both nodes\' tunnels', async () => {
+  test("cross-node and same-node connections go through both nodes' tunnels", async () => {
     const server = topo.pod(2, 1);
     const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
@@ -79,8 +111,15 @@ describe('ambit node (agent process)', () => {
     const server = topo.pod(2, 1);
     const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
-    const netnsLinks = async (): Promise<string[]> => (JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, topo.nodes[0]), '--json'])) as { links: { pin: string }[] })
-      .links.map((l) => l.pin).filter((p) => p.startsWith('netns-')).sort();
+    const netnsLinks = async (): Promise<string[]> =>
+      (
+        JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, topo.nodes[0]), '--json'])) as {
+          links: { pin: string }[];
+        }
+      ).links
+        .map((l) => l.pin)
+        .filter((p) => p.startsWith('netns-'))
+        .sort();
     try {
       const rejected = waitForLine(agent, (l) => l.includes('configuration change rejected'), 'the rejection');
       fs.writeFileSync(configFile, original.replace('protocol: HBONE', 'protocol: TLS'));
@@ -92,7 +131,12 @@ describe('ambit node (agent process)', () => {
       const cfg = YAML.parse(original) as { workloads: Record<string, unknown>[] };
       cfg.workloads.find((w) => w.uid === topo.pod(1, 2).uid)!.protocol = 'NONE';
       // A pod whose netns is gone: logged, and it keeps no other pod out.
-      cfg.workloads.push({ ...workloadOf(topo.pod(1, 3)), uid: `${topo.prefix}/ghost`, addresses: ['10.200.1.99'], netns: `/var/run/netns/${topo.prefix}-ghost` });
+      cfg.workloads.push({
+        ...workloadOf(topo.pod(1, 3)),
+        uid: `${topo.prefix}/ghost`,
+        addresses: ['10.200.1.99'],
+        netns: `/var/run/netns/${topo.prefix}-ghost`,
+      });
       const ghost = waitForLine(agent, (l) => l.includes('pod enrolment failed'), 'the failed enrolment');
       const applied = waitForLine(agent, (l) => l.includes('configuration applied'), 'the change applied');
       fs.writeFileSync(configFile, YAML.stringify(cfg));
@@ -118,8 +162,16 @@ describe('ambit node (agent process)', () => {
     const original = fs.readFileSync(configFile, 'utf8');
     const pod = topo.pod(1, 1);
     // Its certificate is already held, so the re-enrolment follows the unenrolment with no pause.
-    const enrolledWith = (addresses: string[]): Promise<string> => waitForLine(agent, (l) => l.includes('"pod enrolled"') && l.includes(pod.uid) && l.includes(`"addresses":${JSON.stringify(addresses)}`), `${pod.uid} enrolled with ${addresses.join(', ')}`);
-    const failed = waitForLine(agent, (l) => l.includes('pod enrolment failed'), 'an enrolment failure', 60_000).then((l) => l, () => undefined);
+    const enrolledWith = (addresses: string[]): Promise<string> =>
+      waitForLine(
+        agent,
+        (l) => l.includes('"pod enrolled"') && l.includes(pod.uid) && l.includes(`"addresses":${JSON.stringify(addresses)}`),
+        `${pod.uid} enrolled with ${addresses.join(', ')}`,
+      );
+    const failed = waitForLine(agent, (l) => l.includes('pod enrolment failed'), 'an enrolment failure', 60_000).then(
+      (l) => l,
+      () => undefined,
+    );
     try {
       const cfg = YAML.parse(original) as { workloads: Record<string, unknown>[] };
       cfg.workloads.find((w) => w.uid === pod.uid)!.addresses = [pod.ip, '10.200.1.99'];
@@ -152,7 +204,10 @@ describe('ambit node (agent process)', () => {
 
     for (let i = 0; i < 2; i++) {
       const attached = JSON.parse(await startAgent(node)) as { attachments: { link: string; action: string }[] };
-      assert.deepEqual(attached.attachments.map((a) => a.action), ['reused', 'reused', 'reused']);
+      assert.deepEqual(
+        attached.attachments.map((a) => a.action),
+        ['reused', 'reused', 'reused'],
+      );
       if (i === 0) await stopAgent(node, 'SIGTERM');
     }
 
@@ -167,7 +222,11 @@ describe('ambit node (agent process)', () => {
 
     const r = await dialFrom(topo, topo.pod(1, 1), server.ip, 8080, 100, 20);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
-    assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: topo.pod(1, 1).ip })]: 100 }, 'captured and relayed from inside the client pod, as before the restart');
+    assert.deepEqual(
+      r.firstLines,
+      { [JSON.stringify({ local: `${server.ip}:8080`, remote: topo.pod(1, 1).ip })]: 100 },
+      'captured and relayed from inside the client pod, as before the restart',
+    );
     app.kill();
   });
 
@@ -175,9 +234,17 @@ describe('ambit node (agent process)', () => {
     const node = topo.nodes[0];
     const pinDir = pinDirFor(topo, node);
     const status = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDir, '--json'])) as {
-      links: { pin: string; program: string }[]; enrolledCgroups: number; counters: Record<string, number>;
+      links: { pin: string; program: string }[];
+      enrolledCgroups: number;
+      counters: Record<string, number>;
     };
-    assert.deepEqual(status.links.map((l) => l.pin).sort(), ['connect4', 'getpeername4', `netns-${topo.prefix}_n1-p1`, `netns-${topo.prefix}_n1-p2`, 'sockops']);
+    assert.deepEqual(status.links.map((l) => l.pin).sort(), [
+      'connect4',
+      'getpeername4',
+      `netns-${topo.prefix}_n1-p1`,
+      `netns-${topo.prefix}_n1-p2`,
+      'sockops',
+    ]);
     assert.equal(status.enrolledCgroups, 2);
     assert.ok(status.counters.CONNECT_REDIRECTED >= 100, `redirect counter ${status.counters.CONNECT_REDIRECTED}`);
 

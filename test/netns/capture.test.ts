@@ -5,12 +5,12 @@
 import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { closeListeners, Enrolment, type EnrolledPod } from '../../src/datapath/enrolment';
-import { listenerServer } from '../../src/datapath/netns';
+import { closeListeners, type EnrolledPod, Enrolment } from '../../src/datapath/enrolment';
 import type { Datapath } from '../../src/datapath/loader';
+import { listenerServer } from '../../src/datapath/netns';
 import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
 import { sh, waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestPod } from '../helpers/topology';
+import { type TestPod, Topology } from '../helpers/topology';
 
 describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   let topo: Topology;
@@ -69,17 +69,21 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     }
   });
 
-  test('outbound: 1,000 concurrent connects land at the source pod\'s tunnel with the right original destination', async () => {
+  test("outbound: 1,000 concurrent connects land at the source pod's tunnel with the right original destination", async () => {
     const src = topo.pod(1, 1);
     const cross = topo.pod(2, 1);
     const same = topo.pod(1, 2);
-    const [a, b] = await Promise.all([
-      dialFrom(topo, src, cross.ip, 8080, 500, 250),
-      dialFrom(topo, src, same.ip, 9090, 500, 250),
-    ]);
-    for (const [r, dst] of [[a, `${cross.ip}:8080`], [b, `${same.ip}:9090`]] as const) {
+    const [a, b] = await Promise.all([dialFrom(topo, src, cross.ip, 8080, 500, 250), dialFrom(topo, src, same.ip, 9090, 500, 250)]);
+    for (const [r, dst] of [
+      [a, `${cross.ip}:8080`],
+      [b, `${same.ip}:9090`],
+    ] as const) {
       assert.equal(r.failed, 0, `failures: ${JSON.stringify(r.errors)}`);
-      assert.deepEqual(r.firstLines, { [JSON.stringify({ at: 'outbound', pod: src.uid, orig: dst })]: 500 }, 'every connection: source pod from the listener, original destination from the map');
+      assert.deepEqual(
+        r.firstLines,
+        { [JSON.stringify({ at: 'outbound', pod: src.uid, orig: dst })]: 500 },
+        'every connection: source pod from the listener, original destination from the map',
+      );
       assert.deepEqual(r.peers, { [dst]: 500 }, 'getpeername() shows what the app dialed');
     }
     // Every client socket has closed: sockops dropped both records of each connection.
@@ -98,8 +102,9 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     assert.deepEqual(hbone.firstLines, { [JSON.stringify({ at: 'hbone', pod: dst.uid, local: `${dst.ip}:15008` })]: 1 });
   });
 
-  test('an enrolled pod may reuse TIME_WAIT ports (the tunnel delivers from the pod\'s own address)', async () => {
-    const read = (pod: TestPod): Promise<string> => sh('nsenter', [`--net=${pod.netnsPath}`, '--', 'cat', '/proc/sys/net/ipv4/tcp_tw_reuse']);
+  test("an enrolled pod may reuse TIME_WAIT ports (the tunnel delivers from the pod's own address)", async () => {
+    const read = (pod: TestPod): Promise<string> =>
+      sh('nsenter', [`--net=${pod.netnsPath}`, '--', 'cat', '/proc/sys/net/ipv4/tcp_tw_reuse']);
     assert.equal((await read(topo.pod(1, 1))).trim(), '1');
     assert.equal((await read(topo.pod(1, 3))).trim(), '2', 'a pod not in the mesh keeps the kernel default');
   });
@@ -109,11 +114,15 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     const app = topo.spawnInPod(server, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
     const r = await dialFrom(topo, topo.pod(1, 3), server.ip, 8080);
-    assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 }, 'the app itself answered, seeing the client pod\'s address');
+    assert.deepEqual(
+      r.firstLines,
+      { [JSON.stringify({ local: `${server.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 },
+      "the app itself answered, seeing the client pod's address",
+    );
     app.kill();
   });
 
-  test('with the tunnel\'s sockets closed, outbound is refused and inbound is dropped (never delivered around the tunnel)', async () => {
+  test("with the tunnel's sockets closed, outbound is refused and inbound is dropped (never delivered around the tunnel)", async () => {
     const pod = topo.pod(2, 2);
     const e = enrolled.get(pod.uid)!;
     // The real app listens on the pod's 8080: a fail-open datapath would reach it.
@@ -143,12 +152,20 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
     unenrol(pod);
     const inbound = await dialFrom(topo, topo.pod(1, 3), pod.ip, 8080);
-    assert.deepEqual(inbound.firstLines, { [JSON.stringify({ local: `${pod.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 }, 'inbound reaches the app directly');
+    assert.deepEqual(
+      inbound.firstLines,
+      { [JSON.stringify({ local: `${pod.ip}:8080`, remote: topo.pod(1, 3).ip })]: 1 },
+      'inbound reaches the app directly',
+    );
     const target = topo.pod(2, 3);
     const server = topo.spawnInPod(target, process.execPath, [PODAPP, 'whoami', '8081']);
     await waitForLine(server, (l) => l.includes('listening'), 'whoami listening');
     const out = await dialFrom(topo, pod, target.ip, 8081);
-    assert.deepEqual(out.firstLines, { [JSON.stringify({ local: `${target.ip}:8081`, remote: pod.ip })]: 1 }, 'outbound goes straight to the destination');
+    assert.deepEqual(
+      out.firstLines,
+      { [JSON.stringify({ local: `${target.ip}:8081`, remote: pod.ip })]: 1 },
+      'outbound goes straight to the destination',
+    );
     app.kill();
     server.kill();
   });

@@ -15,9 +15,22 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { parseConfig } from '../../src/sources/config';
-import { assertNothingLeft, CLI, cleanupPins, configDump, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, untilReady, waitExit, workloadOf } from '../helpers/fixture';
+import {
+  assertNothingLeft,
+  CLI,
+  cleanupPins,
+  configDump,
+  dialFrom,
+  httpInNetns,
+  PODAPP,
+  pinDirFor,
+  requireRoot,
+  untilReady,
+  waitExit,
+  workloadOf,
+} from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { SWITCH_IP, Topology, type TestNode, type TestPod } from '../helpers/topology';
+import { SWITCH_IP, type TestNode, type TestPod, Topology } from '../helpers/topology';
 
 const PORT = 15012;
 const FIXTURE = path.resolve(__dirname, '../helpers/xds-fixture.js');
@@ -55,26 +68,63 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   /** The policy names the destination node holds once it has the file's state. */
   async function untilApplied(policies: unknown[], extra: Record<string, unknown> = {}): Promise<void> {
     writeConfig(policies, extra);
-    const want = parseConfig(fs.readFileSync(configFile, 'utf8')).policies.map((p) => `${p.namespace}/${p.name}`).sort();
+    const want = parseConfig(fs.readFileSync(configFile, 'utf8'))
+      .policies.map((p) => `${p.namespace}/${p.name}`)
+      .sort();
     for (const node of topo.nodes) {
-      await waitFor(`${node.name} to hold policies ${want.join(', ') || '(none)'}`, async () => {
-        const dump = await configDump<{ config: { policies: { namespace: string; name: string }[] } }>(node);
-        return JSON.stringify(dump.config.policies.map((p) => `${p.namespace}/${p.name}`).sort()) === JSON.stringify(want);
-      }, 15_000, 100);
+      await waitFor(
+        `${node.name} to hold policies ${want.join(', ') || '(none)'}`,
+        async () => {
+          const dump = await configDump<{ config: { policies: { namespace: string; name: string }[] } }>(node);
+          return JSON.stringify(dump.config.policies.map((p) => `${p.namespace}/${p.name}`).sort()) === JSON.stringify(want);
+        },
+        15_000,
+        100,
+      );
     }
   }
 
   function startControlPlane(): ChildProcess {
-    const child = topo.spawnInSwitch(process.execPath, [CLI, 'control-plane', '--config', configFile, '--listen', `${SWITCH_IP}:${PORT}`, '--server-ip', SWITCH_IP]);
+    const child = topo.spawnInSwitch(process.execPath, [
+      CLI,
+      'control-plane',
+      '--config',
+      configFile,
+      '--listen',
+      `${SWITCH_IP}:${PORT}`,
+      '--server-ip',
+      SWITCH_IP,
+    ]);
     cp = child;
     return child;
   }
 
   async function startAgent(node: TestNode, address = `${SWITCH_IP}:${PORT}`): Promise<ChildProcess> {
-    const child = topo.spawnInNode(node, process.execPath, [
-      CLI, 'node', '--xds', address, '--xds-root', path.join(dir, 'ca', 'root-cert.pem'), '--xds-token', tokenFile(node),
-      '--node', node.name, '--pods', path.join(dir, `pods-${node.name}.yaml`), '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '1',
-    ], { env: { ...process.env, INSTANCE_IP: node.wireIp } });
+    const child = topo.spawnInNode(
+      node,
+      process.execPath,
+      [
+        CLI,
+        'node',
+        '--xds',
+        address,
+        '--xds-root',
+        path.join(dir, 'ca', 'root-cert.pem'),
+        '--xds-token',
+        tokenFile(node),
+        '--node',
+        node.name,
+        '--pods',
+        path.join(dir, `pods-${node.name}.yaml`),
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+        '--workers',
+        '1',
+      ],
+      { env: { ...process.env, INSTANCE_IP: node.wireIp } },
+    );
     agents.set(node.name, { child, lines: jsonLines(child) });
     return child;
   }
@@ -87,7 +137,8 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     agents.delete(node.name);
   }
 
-  const ready = (node: TestNode): Promise<{ status: number; body: string }> => httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready');
+  const ready = (node: TestNode): Promise<{ status: number; body: string }> =>
+    httpInNetns(node, '127.0.0.1', 15021, 'GET', '/healthz/ready');
 
   async function serve(pod: TestPod, port: number): Promise<void> {
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', String(port)]);
@@ -101,8 +152,11 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     return r.ok === 1;
   }
 
-  const logged = (node: TestNode, msg: string, match: (l: Record<string, unknown>) => boolean = () => true): Record<string, unknown> | undefined =>
-    agents.get(node.name)!.lines.find((l) => l.msg === msg && match(l));
+  const logged = (
+    node: TestNode,
+    msg: string,
+    match: (l: Record<string, unknown>) => boolean = () => true,
+  ): Record<string, unknown> | undefined => agents.get(node.name)!.lines.find((l) => l.msg === msg && match(l));
 
   before(async () => {
     requireRoot();
@@ -121,14 +175,32 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
       workloads: topo.pods.map((p) => {
         const { netns: _n, cgroup: _c, ...w } = workloadOf(p);
-        return { ...w, namespace: r[p.uid].ns, serviceAccount: r[p.uid].sa, labels: { app: r[p.uid].app }, protocol: r[p.uid].mesh ? 'HBONE' : 'NONE' };
+        return {
+          ...w,
+          namespace: r[p.uid].ns,
+          serviceAccount: r[p.uid].sa,
+          labels: { app: r[p.uid].app },
+          protocol: r[p.uid].mesh ? 'HBONE' : 'NONE',
+        };
       }),
-      services: [{ name: 'web', namespace: 'server', hostname: 'web.server.svc.cluster.local', addresses: ['10.96.0.20'], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'web' } }],
+      services: [
+        {
+          name: 'web',
+          namespace: 'server',
+          hostname: 'web.server.svc.cluster.local',
+          addresses: ['10.96.0.20'],
+          ports: [{ port: 80, targetPort: 8080 }],
+          selector: { app: 'web' },
+        },
+      ],
       controlPlane: { tokens },
     };
     writeConfig([]);
     for (const n of topo.nodes) {
-      fs.writeFileSync(path.join(dir, `pods-${n.name}.yaml`), YAML.stringify({ pods: n.pods.map((p) => ({ uid: p.uid, netns: p.netnsPath, cgroup: p.cgroup })) }));
+      fs.writeFileSync(
+        path.join(dir, `pods-${n.name}.yaml`),
+        YAML.stringify({ pods: n.pods.map((p) => ({ uid: p.uid, netns: p.netnsPath, cgroup: p.cgroup })) }),
+      );
     }
     await waitForLine(startControlPlane(), (l) => l.includes('control plane serving'), 'control plane serving');
     for (const n of topo.nodes) await startAgent(n);
@@ -153,26 +225,59 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
     const viaVip = await dialFrom(topo, sleep(), '10.96.0.20', 80, 5, 5);
     assert.equal(viaVip.ok, 5, 'the service VIP resolves to its endpoint from xDS');
-    const seen = await waitFor('the destination access log', () => logged(topo.nodes[1], 'connection complete', (l) => l.direction === 'inbound' && l['src.identity'] === `spiffe://${td}/ns/client/sa/sleep`));
+    const seen = await waitFor('the destination access log', () =>
+      logged(
+        topo.nodes[1],
+        'connection complete',
+        (l) => l.direction === 'inbound' && l['src.identity'] === `spiffe://${td}/ns/client/sa/sleep`,
+      ),
+    );
     assert.equal(seen['dst.identity'], `spiffe://${td}/ns/server/sa/web`);
     const dump = await configDump<{ certificates: { identity: string }[] }>(topo.nodes[0]);
-    assert.deepEqual(dump.certificates.map((c) => c.identity).sort(), [`spiffe://${td}/ns/client/sa/sleep`, `spiffe://${td}/ns/other/sa/other`]);
+    assert.deepEqual(dump.certificates.map((c) => c.identity).sort(), [
+      `spiffe://${td}/ns/client/sa/sleep`,
+      `spiffe://${td}/ns/other/sa/other`,
+    ]);
   });
 
-  const ap = (name: string, ns: string, spec: Record<string, unknown>, annotations?: Record<string, string>): Record<string, unknown> =>
-    ({ apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name, namespace: ns, ...(annotations ? { annotations } : {}) }, spec });
-  const pa = (name: string, ns: string, spec: Record<string, unknown>): Record<string, unknown> =>
-    ({ apiVersion: 'security.istio.io/v1', kind: 'PeerAuthentication', metadata: { name, namespace: ns }, spec });
+  const ap = (name: string, ns: string, spec: Record<string, unknown>, annotations?: Record<string, string>): Record<string, unknown> => ({
+    apiVersion: 'security.istio.io/v1',
+    kind: 'AuthorizationPolicy',
+    metadata: { name, namespace: ns, ...(annotations ? { annotations } : {}) },
+    spec,
+  });
+  const pa = (name: string, ns: string, spec: Record<string, unknown>): Record<string, unknown> => ({
+    apiVersion: 'security.istio.io/v1',
+    kind: 'PeerAuthentication',
+    metadata: { name, namespace: ns },
+    spec,
+  });
 
   test('policy matrix at the destination: principal, namespace, port, IP block, DENY before ALLOW, dry-run', async () => {
     await untilApplied([
       // web: only sleep's identity, only on 8080.
-      ap('web-from-sleep', 'server', { selector: { matchLabels: { app: 'web' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: [`${td}/ns/client/sa/sleep`] } }], to: [{ operation: { ports: ['8080'] } }] }] }),
+      ap('web-from-sleep', 'server', {
+        selector: { matchLabels: { app: 'web' } },
+        action: 'ALLOW',
+        rules: [{ from: [{ source: { principals: [`${td}/ns/client/sa/sleep`] } }], to: [{ operation: { ports: ['8080'] } }] }],
+      }),
       // db: namespaces client and other, but never other's pod address.
-      ap('db-from-clients', 'server', { selector: { matchLabels: { app: 'db' } }, rules: [{ from: [{ source: { namespaces: ['client', 'other'] } }] }] }),
-      ap('db-deny-ip', 'server', { selector: { matchLabels: { app: 'db' } }, action: 'DENY', rules: [{ from: [{ source: { ipBlocks: [`${other().ip}/32`] } }] }] }),
+      ap('db-from-clients', 'server', {
+        selector: { matchLabels: { app: 'db' } },
+        rules: [{ from: [{ source: { namespaces: ['client', 'other'] } }] }],
+      }),
+      ap('db-deny-ip', 'server', {
+        selector: { matchLabels: { app: 'db' } },
+        action: 'DENY',
+        rules: [{ from: [{ source: { ipBlocks: [`${other().ip}/32`] } }] }],
+      }),
       // Dry-run: would deny everything on db, enforces nothing.
-      ap('db-dry-deny', 'server', { selector: { matchLabels: { app: 'db' } }, action: 'DENY', rules: [{}] }, { 'istio.io/dry-run': 'true' }),
+      ap(
+        'db-dry-deny',
+        'server',
+        { selector: { matchLabels: { app: 'db' } }, action: 'DENY', rules: [{}] },
+        { 'istio.io/dry-run': 'true' },
+      ),
     ]);
     assert.equal(await reaches(sleep(), web(), 8080), true, 'allowed: the principal and the port match');
     assert.equal(await reaches(other(), web(), 8080), false, 'denied by principal');
@@ -182,10 +287,14 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal(await reaches(legacy(), db(), 9090), false, 'plaintext has no namespace: no ALLOW matches');
 
     const n2 = topo.nodes[1];
-    const denied = await waitFor('the refusal logged with its reason', () => logged(n2, 'HBONE stream refused', (l) => l.reason === 'denied' && l.policy === 'server/db-deny-ip'));
+    const denied = await waitFor('the refusal logged with its reason', () =>
+      logged(n2, 'HBONE stream refused', (l) => l.reason === 'denied' && l.policy === 'server/db-deny-ip'),
+    );
     assert.equal(denied.status, 401);
     await waitFor('a refusal for no matching ALLOW', () => logged(n2, 'HBONE stream refused', (l) => l.why === 'no_allow_policy_matched'));
-    const allowed = await waitFor('the deciding ALLOW in the access log', () => logged(n2, 'connection complete', (l) => l.policy === 'server/web-from-sleep'));
+    const allowed = await waitFor('the deciding ALLOW in the access log', () =>
+      logged(n2, 'connection complete', (l) => l.policy === 'server/web-from-sleep'),
+    );
     assert.equal(allowed['src.identity'], `spiffe://${td}/ns/client/sa/sleep`);
     const dry = await waitFor('the dry-run result logged', () => logged(n2, 'dry-run policies evaluated (not enforced)'));
     assert.deepEqual(dry.dryRun, [{ policy: 'server/db-dry-deny', action: 'DENY', matched: true }]);
@@ -197,10 +306,16 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await untilApplied([pa('default', 'server', { mtls: { mode: 'STRICT' } })]);
     assert.equal(await reaches(legacy(), db(), 8080), false, 'STRICT: plaintext refused');
     assert.equal(await reaches(sleep(), db(), 8080), true, 'STRICT: mutual TLS accepted');
-    await waitFor('the plaintext refusal', () => logged(topo.nodes[1], 'plaintext connection refused', (l) => l.policy === 'server/ambit-peerauthn-default'));
+    await waitFor('the plaintext refusal', () =>
+      logged(topo.nodes[1], 'plaintext connection refused', (l) => l.policy === 'server/ambit-peerauthn-default'),
+    );
     await untilApplied([
       pa('default', 'server', { mtls: { mode: 'STRICT' } }),
-      pa('db-metrics', 'server', { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'STRICT' }, portLevelMtls: { 9090: { mode: 'PERMISSIVE' } } }),
+      pa('db-metrics', 'server', {
+        selector: { matchLabels: { app: 'db' } },
+        mtls: { mode: 'STRICT' },
+        portLevelMtls: { 9090: { mode: 'PERMISSIVE' } },
+      }),
     ]);
     assert.equal(await reaches(legacy(), db(), 9090), true, 'port 9090 is PERMISSIVE');
     assert.equal(await reaches(legacy(), db(), 8080), false, 'the rest stays STRICT');
@@ -209,24 +324,40 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
 
   test('a policy change closes open connections that it now denies, and leaves allowed ones open', async (t) => {
     await untilApplied([]);
-    const streamTo = (from: TestPod, to: TestPod): ChildProcess => topo.spawnInPod(from, process.execPath, [PODAPP, 'stream', to.ip, '8080', '40', '20']);
+    const streamTo = (from: TestPod, to: TestPod): ChildProcess =>
+      topo.spawnInPod(from, process.execPath, [PODAPP, 'stream', to.ip, '8080', '40', '20']);
     const doomed = streamTo(sleep(), web());
     const kept = streamTo(other(), web());
     const doomedDone = collect(doomed);
     const keptDone = collect(kept);
     const n2 = topo.nodes[1];
-    const open = (who: string): (l: Record<string, unknown>) => boolean => (l) => l['src.identity'] === who;
+    const open =
+      (who: string): ((l: Record<string, unknown>) => boolean) =>
+      (l) =>
+        l['src.identity'] === who;
     // Both are flowing before the change.
     await waitFor('both streams established', async () => {
       const m = await httpInNetns(n2, '127.0.0.1', 15020, 'GET', '/metrics');
-      return /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="spiffe:\/\/cluster.local\/ns\/other\/sa\/other"/.test(m.body)
-        && /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="spiffe:\/\/cluster.local\/ns\/client\/sa\/sleep"/.test(m.body);
+      return (
+        /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="spiffe:\/\/cluster.local\/ns\/other\/sa\/other"/.test(
+          m.body,
+        ) &&
+        /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_principal="spiffe:\/\/cluster.local\/ns\/client\/sa\/sleep"/.test(
+          m.body,
+        )
+      );
     });
     const started = Date.now();
-    await untilApplied([ap('deny-sleep', 'server', { action: 'DENY', rules: [{ from: [{ source: { principals: [`${td}/ns/client/sa/sleep`] } }] }] })]);
-    const closedLine = await waitFor('the closure logged', () => logged(n2, 'open connection closed: the policies now deny it', open(`spiffe://${td}/ns/client/sa/sleep`)));
+    await untilApplied([
+      ap('deny-sleep', 'server', { action: 'DENY', rules: [{ from: [{ source: { principals: [`${td}/ns/client/sa/sleep`] } }] }] }),
+    ]);
+    const closedLine = await waitFor('the closure logged', () =>
+      logged(n2, 'open connection closed: the policies now deny it', open(`spiffe://${td}/ns/client/sa/sleep`)),
+    );
     assert.equal(closedLine.policy, 'server/deny-sleep');
-    t.diagnostic(`file written → connection closed on the destination node: ${(closedLine.time as number) - started} ms (poll 500 ms, push, NACK-checked apply, re-check)`);
+    t.diagnostic(
+      `file written → connection closed on the destination node: ${(closedLine.time as number) - started} ms (poll 500 ms, push, NACK-checked apply, re-check)`,
+    );
     const d = JSON.parse((await doomedDone).stdout.trim().split('\n').pop()!) as { echoed: number; ms: number };
     assert.ok(d.echoed < 40 * 1024 * 1024 && Date.now() - started < 15_000, `the denied stream ended early (${JSON.stringify(d)})`);
     assert.equal(kept.exitCode, null, 'the allowed stream is still running');
@@ -260,7 +391,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await untilApplied([]);
   });
 
-  test('a node whose token is another node\'s is refused; a node may only get certificates for its own workloads', async () => {
+  test("a node whose token is another node's is refused; a node may only get certificates for its own workloads", async () => {
     const n1 = topo.nodes[0];
     // The CA check: n1's token asking for web's identity (web runs on n2).
     const script = `
@@ -269,13 +400,31 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       const ca = new IstioCaClient({ address: '${SWITCH_IP}:${PORT}', rootsPem: require('fs').readFileSync(${JSON.stringify(path.join(dir, 'ca', 'root-cert.pem'))}, 'utf8'), tokenFile: ${JSON.stringify(tokenFile(n1))} });
       requestCertificate(ca, 'spiffe://${td}/ns/server/sa/web', 600).then(() => console.log('ISSUED'), (e) => console.log('REFUSED ' + e.message)).finally(() => ca.close());`;
     const r = await collect(topo.spawnInNode(n1, process.execPath, ['-e', script]));
-    assert.match(r.stdout, /REFUSED .*PERMISSION_DENIED.*node n1 asked for spiffe:\/\/cluster.local\/ns\/server\/sa\/web/, r.stdout + r.stderr);
+    assert.match(
+      r.stdout,
+      /REFUSED .*PERMISSION_DENIED.*node n1 asked for spiffe:\/\/cluster.local\/ns\/server\/sa\/web/,
+      r.stdout + r.stderr,
+    );
 
     // The xDS check: an agent for n1 presenting n2's token.
     // In the switch netns: n1's own admin ports are taken by its real agent; the refusal comes before any datapath work.
     const fake = topo.spawnInSwitch(process.execPath, [
-      CLI, 'node', '--xds', `${SWITCH_IP}:${PORT}`, '--xds-root', path.join(dir, 'ca', 'root-cert.pem'), '--xds-token', tokenFile(topo.nodes[1]),
-      '--node', n1.name, '--pods-cgroup', n1.podsCgroup, '--pin-dir', `${pinDirFor(topo, n1)}-fake`, '--workers', '0',
+      CLI,
+      'node',
+      '--xds',
+      `${SWITCH_IP}:${PORT}`,
+      '--xds-root',
+      path.join(dir, 'ca', 'root-cert.pem'),
+      '--xds-token',
+      tokenFile(topo.nodes[1]),
+      '--node',
+      n1.name,
+      '--pods-cgroup',
+      n1.podsCgroup,
+      '--pin-dir',
+      `${pinDirFor(topo, n1)}-fake`,
+      '--workers',
+      '0',
     ]);
     try {
       const lost = await waitForLine(fake, (l) => l.includes('xDS stream lost'), 'the refusal');
@@ -298,7 +447,9 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       await untilReady(n1);
       assert.equal(await reaches(sleep(), db(), 8080), true);
       fixture.kill('SIGUSR2');
-      const nack = await waitFor('the NACK at the server', () => fixtureLines.find((l) => l.msg === 'xDS response rejected by the node (NACK)'));
+      const nack = await waitFor('the NACK at the server', () =>
+        fixtureLines.find((l) => l.msg === 'xDS response rejected by the node (NACK)'),
+      );
       assert.match(String(nack.err), new RegExp(`${db().uid}: addresses\\[0\\] "0ac8020c07" is not an IP address`));
       assert.ok(logged(n1, 'xDS response rejected (NACK); the last good state keeps serving'));
       assert.equal(await reaches(sleep(), db(), 8080), true, 'the last good state keeps serving');
@@ -310,13 +461,23 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     }
 
     // A CA that signs for another identity: the node refuses the certificate and does not enrol the pod.
-    const wrong = topo.spawnInSwitch(process.execPath, [FIXTURE, configFile, `${SWITCH_IP}:${fixturePort}`, SWITCH_IP, db().uid, '--wrong-identity']);
+    const wrong = topo.spawnInSwitch(process.execPath, [
+      FIXTURE,
+      configFile,
+      `${SWITCH_IP}:${fixturePort}`,
+      SWITCH_IP,
+      db().uid,
+      '--wrong-identity',
+    ]);
     const wrongLines = jsonLines(wrong);
     await waitFor('fixture serving', () => wrongLines.find((l) => l.msg === 'fixture serving'));
     try {
       await startAgent(n1, `${SWITCH_IP}:${fixturePort}`);
       const failed = await waitFor('the enrolment failure', () => logged(n1, 'pod enrolment failed; its traffic is not captured'), 20_000);
-      assert.match(String(failed.err), /issued a certificate for \["spiffe:\/\/cluster.local\/ns\/default\/sa\/impostor"\] when spiffe:\/\/cluster.local\/ns\/(client|other)\/sa\/(sleep|other) was asked/);
+      assert.match(
+        String(failed.err),
+        /issued a certificate for \["spiffe:\/\/cluster.local\/ns\/default\/sa\/impostor"\] when spiffe:\/\/cluster.local\/ns\/(client|other)\/sa\/(sleep|other) was asked/,
+      );
       const r = await ready(n1);
       assert.equal(r.status, 503, 'not ready: its pods have no certificate');
     } finally {

@@ -8,10 +8,10 @@
 // sequences in flight.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { assertNothingLeft, requireRoot } from '../helpers/fixture';
-import { TIME_SCALE, waitFor } from '../helpers/proc';
 import { HboneBed, processTree } from '../fuzz/hbone-bed';
 import { fuzzHbone } from '../fuzz/hbone-fuzz';
+import { assertNothingLeft, requireRoot } from '../helpers/fixture';
+import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x11f00d);
 const INPUTS = Number(process.env.FUZZ_HBONE_INPUTS ?? 1500);
@@ -28,7 +28,9 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
     await bed?.destroy();
   });
 
-  test(`${INPUTS} seeded frame sequences (seed ${SEED}): no crash, no leaked fd, honest traffic still flows`, { timeout: 240_000 * TIME_SCALE }, async () => {
+  test(`${INPUTS} seeded frame sequences (seed ${SEED}): no crash, no leaked fd, honest traffic still flows`, {
+    timeout: 240_000 * TIME_SCALE,
+  }, async () => {
     const b = bed!;
     const pidsBefore = b.pids();
     const fdsBefore = b.destinationFds();
@@ -46,8 +48,12 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
     const pooled = processTree(b.agents[0]!.pid).workers.length;
     const bound = fdsBefore + pooled;
     let fdsAfter = 0;
-    await waitFor(`destination fds back to ${fdsBefore} (+${pooled} pooled honest sessions at most)`, () => (fdsAfter = b.destinationFds()) <= bound, 60_000, 200)
-      .catch((err: Error) => assert.fail(`${err.message}: ${fdsAfter} open (${repro})`));
+    await waitFor(
+      `destination fds back to ${fdsBefore} (+${pooled} pooled honest sessions at most)`,
+      () => (fdsAfter = b.destinationFds()) <= bound,
+      60_000,
+      200,
+    ).catch((err: Error) => assert.fail(`${err.message}: ${fdsAfter} open (${repro})`));
     assert.ok(await b.honest(20), 'honest connections still succeed after the campaign');
     assert.equal(r.honestChecks.failed, 0, `honest traffic failed while fuzzing: ${JSON.stringify(r.honestChecks)}`);
     console.log(JSON.stringify({ seed: SEED, ...r, rate: Math.round(r.inputs / r.seconds), fdsBefore, fdsAfter }));

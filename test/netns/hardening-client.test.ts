@@ -13,12 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
-import { PodAgent } from '../../src/roots/pod-agent';
-import { WorkersDataPlane } from '../../src/tunnel/worker-host';
 import { AmbitError } from '../../src/errors';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import type { CertificateAuthority } from '../../src/identity/ca';
+import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
+import { WorkersDataPlane } from '../../src/tunnel/worker-host';
 import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
 import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
 import { Topology } from '../helpers/topology';
@@ -34,7 +34,14 @@ describe('node agent client side under failure (tunnel workers)', () => {
   let refuse = false;
   let stopped = false;
   const logs: Record<string, unknown>[] = [];
-  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const workers = (): WorkersDataPlane => app.dataPlane as WorkersDataPlane;
   const startedPids: number[] = [];
 
@@ -44,19 +51,39 @@ describe('node agent client side under failure (tunnel workers)', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     const builtin = await BuiltinCa.open(path.join(dir, 'ca'));
     const ca: CertificateAuthority = {
-      sign: (csr, id, ttl) => (refuse ? Promise.reject(new AmbitError('AMBIT_E_CA', `CA refused ${id}: PERMISSION_DENIED`)) : builtin.sign(csr, id, ttl)),
+      sign: (csr, id, ttl) =>
+        refuse ? Promise.reject(new AmbitError('AMBIT_E_CA', `CA refused ${id}: PERMISSION_DENIED`)) : builtin.sign(csr, id, ttl),
     };
     const config: MeshConfig = {
-      trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') }, policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })), workloads: topo.pods.map(workloadOf), services: [],
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      policies: [],
+      rootNamespace: 'istio-system',
+      controlPlane: { tokens: [] },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: topo.pods.map(workloadOf),
+      services: [],
     };
     // Warnings and up are what the test reads (respawns); the workers inherit the level, so their info lines stay quiet.
-    const log = pino({ level: 'warn' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>); } });
+    const log = pino(
+      { level: 'warn' },
+      {
+        write: (line: string) => {
+          logs.push(JSON.parse(line) as Record<string, unknown>);
+        },
+      },
+    );
     const node = topo.nodes[0];
     app = await PodAgent.start({
-      config, scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node), ca, certTtlSeconds: CERT_TTL_S,
+      config,
+      scope: { node: node.name },
+      podsCgroup: node.podsCgroup,
+      pinDir: pinDirFor(topo, node),
+      ca,
+      certTtlSeconds: CERT_TTL_S,
       limits: { certificateWaitMs: CERTIFICATE_WAIT_MS },
-      dataPlane: (ctx) => new WorkersDataPlane(ctx, { count: 1, pinDir: ctx.datapath.pinDir, cli: CLI, respawnInitialMs: RESPAWN_INITIAL_MS }),
+      dataPlane: (ctx) =>
+        new WorkersDataPlane(ctx, { count: 1, pinDir: ctx.datapath.pinDir, cli: CLI, respawnInitialMs: RESPAWN_INITIAL_MS }),
       log,
     });
     const whoami = topo.spawnInPod(topo.pod(1, 2), process.execPath, [PODAPP, 'whoami', '8080']);
@@ -69,7 +96,10 @@ describe('node agent client side under failure (tunnel workers)', () => {
   after(async () => {
     const pids = app && !stopped ? workers().pids() : [];
     if (app && !stopped) app.stop();
-    if (pids.length) await waitFor('workers gone', () => pids.every((p) => !alive(p)), 10_000).catch(() => { for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL'); });
+    if (pids.length)
+      await waitFor('workers gone', () => pids.every((p) => !alive(p)), 10_000).catch(() => {
+        for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL');
+      });
     if (topo) {
       await topo.destroy();
       cleanupPins(topo);
@@ -92,10 +122,19 @@ describe('node agent client side under failure (tunnel workers)', () => {
     // The bound holds even with the dial's own process start included.
     assert.ok(tookMs < CERTIFICATE_WAIT_MS + 1500 * TIME_SCALE, `closed after ${tookMs} ms`);
     const metrics = await app.metricsText();
-    assert.match(metrics, /ambit_connection_failures_total\{direction="outbound",reason="AMBIT_E_CA"\} 3/, 'the worker counts the failures with their reason');
+    assert.match(
+      metrics,
+      /ambit_connection_failures_total\{direction="outbound",reason="AMBIT_E_CA"\} 3/,
+      'the worker counts the failures with their reason',
+    );
     assert.deepEqual(workers().pids(), [worker], 'the same worker still serves');
-    assert.ok(logs.some((l) => l.msg === 'certificate for a worker failed' && l.identity === identity), 'the agent says why');
-    console.log(`CA refusing, certificate expired: 3 connections closed in ${tookMs} ms including the client's start (certificateWaitMs ${CERTIFICATE_WAIT_MS})`);
+    assert.ok(
+      logs.some((l) => l.msg === 'certificate for a worker failed' && l.identity === identity),
+      'the agent says why',
+    );
+    console.log(
+      `CA refusing, certificate expired: 3 connections closed in ${tookMs} ms including the client's start (certificateWaitMs ${CERTIFICATE_WAIT_MS})`,
+    );
   });
 
   test('a worker killed again and again is replaced after a growing delay', async () => {
@@ -106,13 +145,25 @@ describe('node agent client side under failure (tunnel workers)', () => {
       const [pid] = await waitFor('a worker running', () => (workers().pids().length === 1 ? workers().pids() : undefined), 20_000);
       const killedAt = Date.now();
       process.kill(pid, 'SIGKILL');
-      const next = await waitFor(`a replacement for ${pid}`, () => workers().pids().find((p) => p !== pid), 20_000, 5);
+      const next = await waitFor(
+        `a replacement for ${pid}`,
+        () =>
+          workers()
+            .pids()
+            .find((p) => p !== pid),
+        20_000,
+        5,
+      );
       startedPids.push(next);
       const log = respawns()[before + i];
       assert.ok(log, 'the respawn is logged');
       gaps.push({ delayMs: log.delayMs as number, tookMs: Date.now() - killedAt });
     }
-    assert.deepEqual(gaps.map((g) => g.delayMs), [1, 2, 4, 8].map((k) => k * RESPAWN_INITIAL_MS), JSON.stringify(gaps));
+    assert.deepEqual(
+      gaps.map((g) => g.delayMs),
+      [1, 2, 4, 8].map((k) => k * RESPAWN_INITIAL_MS),
+      JSON.stringify(gaps),
+    );
     for (const g of gaps) assert.ok(g.tookMs >= g.delayMs, `replaced after ${g.tookMs} ms, before its delay of ${g.delayMs} ms`);
     console.log(`respawn delays (ms): ${gaps.map((g) => `${g.delayMs} (replaced after ${g.tookMs})`).join(', ')}`);
     await waitFor('the last replacement serving', () => app.readiness().pending.length === 0, 20_000);

@@ -15,9 +15,9 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { CLI, cleanupPins, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
-import { certFor, connect, connectAndReset, echo, firstLine, openSession, type ClientCert } from '../helpers/hbone-client';
+import { type ClientCert, certFor, connect, connectAndReset, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestNode, type TestPod } from '../helpers/topology';
+import { type TestNode, type TestPod, Topology } from '../helpers/topology';
 
 const WORKERS: Record<string, number> = { n1: 0, n2: 2 };
 
@@ -29,22 +29,34 @@ describe('hostile HBONE peers against ambit node', () => {
   const agents = new Map<string, { child: ChildProcess; logs: Record<string, unknown>[] }>();
   const sessions: http2.ClientHttp2Session[] = [];
 
-  const config = (pods: TestPod[]): string => YAML.stringify({
-    trustDomain: 'cluster.local',
-    ca: { dir: path.join(dir, 'ca') },
-    nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-    // authorizationPolicies is the store's field (policies assigned), not one the YAML takes.
-    workloads: pods.map((p) => { const { authorizationPolicies: _, ...w } = workloadOf(p); return w; }),
-  });
+  const config = (pods: TestPod[]): string =>
+    YAML.stringify({
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      // authorizationPolicies is the store's field (policies assigned), not one the YAML takes.
+      workloads: pods.map((p) => {
+        const { authorizationPolicies: _, ...w } = workloadOf(p);
+        return w;
+      }),
+    });
 
   const other = (node: TestNode): TestNode => topo.nodes.find((n) => n !== node)!;
-  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const workerPids = (node: string): number[] => {
     const a = agents.get(node)!;
     return [...new Set(a.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number))].filter((p) => p !== a.child.pid);
   };
   /** Error-level lines and worker exits of a node's agent: none may appear. */
-  const trouble = (node: string): unknown[] => agents.get(node)!.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'));
+  const trouble = (node: string): unknown[] =>
+    agents.get(node)!.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'));
 
   function assertUnharmed(node: TestNode, pidsBefore: number[]): void {
     const a = agents.get(node.name)!;
@@ -76,13 +88,33 @@ describe('hostile HBONE peers against ambit node', () => {
     cert = await certFor(ca, 'spiffe://cluster.local/ns/default/sa/default');
     configFile = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(configFile, config(topo.pods));
-    await Promise.all(topo.nodes.map(async (node) => {
-      const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', configFile, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', String(WORKERS[node.name])], { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } });
-      const logs = jsonLines(child);
-      agents.set(node.name, { child, logs });
-      await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
-      await waitFor(`${node.name} workers serving`, () => workerPids(node.name).length >= WORKERS[node.name]);
-    }));
+    await Promise.all(
+      topo.nodes.map(async (node) => {
+        const child = topo.spawnInNode(
+          node,
+          process.execPath,
+          [
+            CLI,
+            'node',
+            '--config',
+            configFile,
+            '--node',
+            node.name,
+            '--pods-cgroup',
+            node.podsCgroup,
+            '--pin-dir',
+            pinDirFor(topo, node),
+            '--workers',
+            String(WORKERS[node.name]),
+          ],
+          { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } },
+        );
+        const logs = jsonLines(child);
+        agents.set(node.name, { child, logs });
+        await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
+        await waitFor(`${node.name} workers serving`, () => workerPids(node.name).length >= WORKERS[node.name]);
+      }),
+    );
     for (const pod of topo.pods) {
       const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
       await waitForLine(app, (l) => l.includes('listening'), `whoami in ${pod.uid}`);
@@ -137,7 +169,11 @@ describe('hostile HBONE peers against ambit node', () => {
     for (const pod of leaving) await waitFor(`${pod.uid} unenrolled`, () => unenrolled(pod.node.name) >= 1, 20_000);
     for (const [i, pod] of leaving.entries()) {
       const r = await connect(open[i].session, `${pod.ip}:8080`);
-      assert.match(r.outcome, /^status 503$|^refused ERR_HTTP2_GOAWAY_SESSION$|^error ERR_HTTP2_STREAM_ERROR$|^closed rst=7$/, `${pod.uid}: a refusal (503, GOAWAY or REFUSED_STREAM), got ${r.outcome}`);
+      assert.match(
+        r.outcome,
+        /^status 503$|^refused ERR_HTTP2_GOAWAY_SESSION$|^error ERR_HTTP2_STREAM_ERROR$|^closed rst=7$/,
+        `${pod.uid}: a refusal (503, GOAWAY or REFUSED_STREAM), got ${r.outcome}`,
+      );
       assert.equal(await goaways[i], http2.constants.NGHTTP2_NO_ERROR, 'the peer was told to open no more streams');
       assert.equal(await echo(open[i].stream, 'still here'), 'still here', 'the connection delivered before the removal carries on');
     }

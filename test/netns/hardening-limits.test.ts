@@ -15,18 +15,18 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { PodAgent } from '../../src/roots/pod-agent';
+import tls from 'node:tls';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { createLogger } from '../../src/observability/log';
+import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
 import { DEFAULT_LIMITS } from '../../src/tunnel/limits';
 import { cleanupPins, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
-import { certFor, connect, echo, firstLine, openSession, type ClientCert } from '../helpers/hbone-client';
+import { type ClientCert, certFor, connect, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestPod } from '../helpers/topology';
+import { type TestPod, Topology } from '../helpers/topology';
 
 const HANDSHAKE_MS = 2000;
 const IDLE_MS = 2000;
@@ -34,9 +34,13 @@ const SERVICE = 'echo.default.svc.cluster.local';
 const sa = (p: TestPod): string => `sa-${p.node.name}-${p.name}`;
 const spiffe = (p: TestPod): string => `spiffe://cluster.local/ns/default/sa/${sa(p)}`;
 /** p, or a failure naming what did not happen within ms (× TIME_SCALE): a test fails, never hangs. */
-const within = <T>(p: Promise<T>, ms: number, what: string): Promise<T> => Promise.race([
-  p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what}: not within ${ms * TIME_SCALE} ms`)), ms * TIME_SCALE).unref()),
-]);
+const within = <T>(p: Promise<T>, ms: number, what: string): Promise<T> =>
+  Promise.race([
+    p,
+    new Promise<T>((_, reject) =>
+      setTimeout(() => reject(new Error(`${what}: not within ${ms * TIME_SCALE} ms`)), ms * TIME_SCALE).unref(),
+    ),
+  ]);
 const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 describe('inbound limits and verified telemetry', () => {
@@ -49,11 +53,25 @@ describe('inbound limits and verified telemetry', () => {
 
   function config(without: TestPod[] = []): MeshConfig {
     return {
-      trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') },
-      policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
+      trustDomain: 'cluster.local',
+      ca: { dir: path.join(dir, 'ca') },
+      policies: [],
+      rootNamespace: 'istio-system',
+      controlPlane: { tokens: [] },
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.filter((p) => !without.includes(p)).map((p) => ({ ...workloadOf(p), serviceAccount: sa(p), labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
-      services: [{ name: 'echo', namespace: 'default', hostname: SERVICE, addresses: ['10.96.0.10'], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],
+      workloads: topo.pods
+        .filter((p) => !without.includes(p))
+        .map((p) => ({ ...workloadOf(p), serviceAccount: sa(p), labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
+      services: [
+        {
+          name: 'echo',
+          namespace: 'default',
+          hostname: SERVICE,
+          addresses: ['10.96.0.10'],
+          ports: [{ port: 80, targetPort: 8080 }],
+          selector: { app: 'echo' },
+        },
+      ],
     };
   }
 
@@ -73,7 +91,9 @@ describe('inbound limits and verified telemetry', () => {
   /** The destination-side TCP series: one entry per label set, with its opened count. */
   async function destinationSeries(): Promise<{ labels: Record<string, string>; value: number }[]> {
     const m = await app.metrics.registry.getSingleMetric('istio_tcp_connections_opened_total')!.get();
-    return m.values.filter((v) => v.labels.reporter === 'destination').map((v) => ({ labels: v.labels as Record<string, string>, value: v.value }));
+    return m.values
+      .filter((v) => v.labels.reporter === 'destination')
+      .map((v) => ({ labels: v.labels as Record<string, string>, value: v.value }));
   }
 
   before(async () => {
@@ -83,7 +103,11 @@ describe('inbound limits and verified telemetry', () => {
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     const node = topo.nodes[1];
     app = await PodAgent.start({
-      config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node), log,
+      config: config(),
+      scope: { node: node.name },
+      podsCgroup: node.podsCgroup,
+      pinDir: pinDirFor(topo, node),
+      log,
       limits: { serverHandshakeMs: HANDSHAKE_MS, sessionIdleMs: IDLE_MS },
     });
     const whoami = topo.spawnInPod(target(), process.execPath, [PODAPP, 'whoami', '8080']);
@@ -128,7 +152,9 @@ describe('inbound limits and verified telemetry', () => {
       const last = Math.max(...closedAfter);
       assert.ok(last <= HANDSHAKE_MS + 1500 * TIME_SCALE, `the last silent connection was held ${last} ms (timeout ${HANDSHAKE_MS} ms)`);
       const immediate = closedAfter.filter((t) => t < HANDSHAKE_MS / 2).length;
-      console.log(`# slowloris: ${immediate} of 300 closed at once, the rest after ${Math.min(...closedAfter.filter((t) => t >= HANDSHAKE_MS / 2))}–${last} ms (timeout ${HANDSHAKE_MS} ms); RSS ${mib(rssBefore)} before, ${mib(rssPeak)} while held, ${mib(process.memoryUsage().rss)} after`);
+      console.log(
+        `# slowloris: ${immediate} of 300 closed at once, the rest after ${Math.min(...closedAfter.filter((t) => t >= HANDSHAKE_MS / 2))}–${last} ms (timeout ${HANDSHAKE_MS} ms); RSS ${mib(rssBefore)} before, ${mib(rssPeak)} while held, ${mib(process.memoryUsage().rss)} after`,
+      );
       await waitFor('nothing held after the attack', () => app.tunnel!.inboundStats(target().uid)!.pending === 0);
     } finally {
       for (const s of silent) s.destroy();
@@ -143,8 +169,17 @@ describe('inbound limits and verified telemetry', () => {
       const s = tls.connect({ socket: tcp, ALPNProtocols: ['h2'], rejectUnauthorized: false, ...cert });
       s.on('error', () => undefined);
       s.resume(); // read, or the server's close would go unseen
-      const bound = setTimeout(() => { resolve(Infinity); s.destroy(); }, (HANDSHAKE_MS + 5000) * TIME_SCALE);
-      s.once('close', () => { clearTimeout(bound); resolve(Date.now()); });
+      const bound = setTimeout(
+        () => {
+          resolve(Infinity);
+          s.destroy();
+        },
+        (HANDSHAKE_MS + 5000) * TIME_SCALE,
+      );
+      s.once('close', () => {
+        clearTimeout(bound);
+        resolve(Date.now());
+      });
     });
     const held = closedAt - started;
     assert.ok(held >= HANDSHAKE_MS - 200 && held <= HANDSHAKE_MS + 1500 * TIME_SCALE, `held ${held} ms (timeout ${HANDSHAKE_MS} ms)`);
@@ -165,32 +200,40 @@ describe('inbound limits and verified telemetry', () => {
     const busyClosed = new Promise<void>((resolve) => busy.once('goaway', () => resolve()));
     await within(new Promise<void>((resolve) => idle.once('close', () => resolve())), IDLE_MS + 5000, 'the idle session closed');
     const idleFor = Date.now() - started;
-    assert.ok(idleFor >= IDLE_MS - 200 && idleFor <= IDLE_MS + 1500 * TIME_SCALE, `idle session closed after ${idleFor} ms (idle limit ${IDLE_MS} ms)`);
+    assert.ok(
+      idleFor >= IDLE_MS - 200 && idleFor <= IDLE_MS + 1500 * TIME_SCALE,
+      `idle session closed after ${idleFor} ms (idle limit ${IDLE_MS} ms)`,
+    );
     assert.equal(await echo(open.stream!, 'busy'), 'busy', 'the session carrying a stream is still open');
     open.stream!.close();
     await within(busyClosed, IDLE_MS + 5000, 'the busy session closed once idle'); // once its stream is done, it goes idle too
   });
 
-  test('500 CONNECTs with made-up baggage and service hosts add no series; source labels are the verified ones; a departed workload\'s series go', async () => {
+  test("500 CONNECTs with made-up baggage and service hosts add no series; source labels are the verified ones; a departed workload's series go", async () => {
     const source = topo.pod(1, 1);
     const session = await openSession(source.netnsPath, target().ip, await certFor(ca, spiffe(source)));
     sessions.push(session);
     const before = (await app.metrics.registry.metrics()).length;
     const key = (l: Record<string, string>): string => JSON.stringify(l);
-    const closedTotal = async (): Promise<number> => (await app.metrics.registry.getSingleMetric('istio_tcp_connections_closed_total')!.get()).values.filter((v) => v.labels.reporter === 'destination').reduce((n, v) => n + v.value, 0);
+    const closedTotal = async (): Promise<number> =>
+      (await app.metrics.registry.getSingleMetric('istio_tcp_connections_closed_total')!.get()).values
+        .filter((v) => v.labels.reporter === 'destination')
+        .reduce((n, v) => n + v.value, 0);
     const closedBefore = await closedTotal();
     const known = new Set((await destinationSeries()).map((x) => key(x.labels)));
     for (let batch = 0; batch < 10; batch++) {
-      await Promise.all(Array.from({ length: 50 }, async (_, j) => {
-        const i = batch * 50 + j;
-        const r = await connect(session, `${target().ip}:8080`, {
-          baggage: `k8s.namespace.name=evil${i},k8s.pod.name=fake${i},service.name=x${i},service.version=v${i}`,
-          forwarded: `for="10.0.0.1";host=fake${i}.evil.svc`,
-        });
-        assert.equal(r.outcome, 'status 200');
-        r.stream!.close();
-        await new Promise((res) => r.stream!.once('close', res));
-      }));
+      await Promise.all(
+        Array.from({ length: 50 }, async (_, j) => {
+          const i = batch * 50 + j;
+          const r = await connect(session, `${target().ip}:8080`, {
+            baggage: `k8s.namespace.name=evil${i},k8s.pod.name=fake${i},service.name=x${i},service.version=v${i}`,
+            forwarded: `for="10.0.0.1";host=fake${i}.evil.svc`,
+          });
+          assert.equal(r.outcome, 'status 200');
+          r.stream!.close();
+          await new Promise((res) => r.stream!.once('close', res));
+        }),
+      );
     }
     await waitFor('500 connections closed and counted', async () => (await closedTotal()) >= closedBefore + 500);
     const text = await app.metrics.registry.metrics();
@@ -201,7 +244,12 @@ describe('inbound limits and verified telemetry', () => {
     const fromSource = series.filter((x) => x.labels.source_principal === spiffe(source) && x.labels.source_workload !== 'unknown');
     assert.equal(fromSource.length, 1, `one series names the verified source: ${JSON.stringify(fromSource.map((x) => x.labels))}`);
     assert.deepEqual(
-      { w: fromSource[0].labels.source_workload, ns: fromSource[0].labels.source_workload_namespace, app: fromSource[0].labels.source_app, svc: fromSource[0].labels.destination_service },
+      {
+        w: fromSource[0].labels.source_workload,
+        ns: fromSource[0].labels.source_workload_namespace,
+        app: fromSource[0].labels.source_app,
+        svc: fromSource[0].labels.destination_service,
+      },
       { w: `${source.node.name}-${source.name}`, ns: 'default', app: 'client', svc: 'unknown' },
     );
     assert.ok(fromSource[0].value >= 500);
@@ -211,8 +259,14 @@ describe('inbound limits and verified telemetry', () => {
     const other = topo.pod(1, 2);
     const fromNode = await openSession(topo.nodes[0].netnsPath, target().ip, await certFor(ca, spiffe(other)));
     sessions.push(fromNode);
-    for (const [claim, host] of [[other, SERVICE], [source, 'x']] as const) {
-      const r = await connect(fromNode, `${target().ip}:8080`, { baggage: `k8s.namespace.name=default,k8s.pod.name=${claim.node.name}-${claim.name}`, forwarded: `for="10.0.0.1";host=${host}` });
+    for (const [claim, host] of [
+      [other, SERVICE],
+      [source, 'x'],
+    ] as const) {
+      const r = await connect(fromNode, `${target().ip}:8080`, {
+        baggage: `k8s.namespace.name=default,k8s.pod.name=${claim.node.name}-${claim.name}`,
+        forwarded: `for="10.0.0.1";host=${host}`,
+      });
       assert.equal(r.outcome, 'status 200');
       r.stream!.close();
       await new Promise((res) => r.stream!.once('close', res));
@@ -221,13 +275,24 @@ describe('inbound limits and verified telemetry', () => {
       const s = (await destinationSeries()).filter((x) => x.labels.source_principal === spiffe(other));
       return s.length === 2 ? s : undefined;
     });
-    const seen = byPrincipal.map((s) => [s.labels.source_workload, s.labels.source_workload_namespace, s.labels.destination_service]).sort();
-    assert.deepEqual(seen, [[`${other.node.name}-${other.name}`, 'default', SERVICE], ['unknown', 'default', 'unknown']]);
+    const seen = byPrincipal
+      .map((s) => [s.labels.source_workload, s.labels.source_workload_namespace, s.labels.destination_service])
+      .sort();
+    assert.deepEqual(seen, [
+      [`${other.node.name}-${other.name}`, 'default', SERVICE],
+      ['unknown', 'default', 'unknown'],
+    ]);
 
     // The source leaves the mesh: its series leave the exposition.
     await app.update(config([source]));
-    await waitFor('the departed source\'s series removed', async () => !(await destinationSeries()).some((s) => s.labels.source_workload === `${source.node.name}-${source.name}`));
-    assert.ok((await destinationSeries()).some((s) => s.labels.source_workload === `${other.node.name}-${other.name}`), 'series of workloads still present stay');
+    await waitFor(
+      "the departed source's series removed",
+      async () => !(await destinationSeries()).some((s) => s.labels.source_workload === `${source.node.name}-${source.name}`),
+    );
+    assert.ok(
+      (await destinationSeries()).some((s) => s.labels.source_workload === `${other.node.name}-${other.name}`),
+      'series of workloads still present stay',
+    );
     await app.update(config());
   });
 });

@@ -7,7 +7,7 @@
 // agents' tokens with TokenReview; each agent finds its own mesh pods
 // (labels) and their netns and cgroup in /proc.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -18,14 +18,23 @@ import type { Pod } from '../../src/kube/types';
 import { fixture } from '../helpers/fake-kube';
 import { assertNothingLeft, CLI, cleanupPins, configDump, PODAPP, pinDirFor, requireRoot, untilReady, waitExit } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { SWITCH_IP, Topology, type TestNode, type TestPod } from '../helpers/topology';
+import { SWITCH_IP, type TestNode, type TestPod, Topology } from '../helpers/topology';
 
 const FAKE_KUBE = path.resolve(__dirname, '../helpers/fake-kube.js');
 const KUBE_PORT = 16443;
 const CP_PORT = 15012;
 const VIP = '10.96.14.122';
 
-interface KubePod { pod: TestPod; name: string; ns: string; sa: string; labels: Record<string, string>; uid: string; container: string; sandbox?: ChildProcess }
+interface KubePod {
+  pod: TestPod;
+  name: string;
+  ns: string;
+  sa: string;
+  labels: Record<string, string>;
+  uid: string;
+  container: string;
+  sandbox?: ChildProcess;
+}
 
 describe('Kubernetes: pods enrolled from the API server, located in /proc', () => {
   let topo: Topology;
@@ -36,29 +45,58 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
   const kpods = new Map<string, KubePod>();
   const extra: ChildProcess[] = [];
 
-  const send = (cmd: unknown): void => { kube.stdin!.write(`${JSON.stringify(cmd)}\n`); };
+  const send = (cmd: unknown): void => {
+    kube.stdin!.write(`${JSON.stringify(cmd)}\n`);
+  };
   const kp = (name: string): KubePod => kpods.get(name)!;
 
   /** The kubelet's cgroup for a pod's container: systemd layout on node 1, cgroupfs on node 2. */
   function containerCgroup(pod: TestPod, uid: string): string {
     const id = randomUUID().replace(/-/g, '');
     return pod.node.index === 1
-      ? path.join(pod.node.podsCgroup, 'kubepods.slice', 'kubepods-besteffort.slice', `kubepods-besteffort-pod${uid.replace(/-/g, '_')}.slice`, `cri-containerd-${id}.scope`)
+      ? path.join(
+          pod.node.podsCgroup,
+          'kubepods.slice',
+          'kubepods-besteffort.slice',
+          `kubepods-besteffort-pod${uid.replace(/-/g, '_')}.slice`,
+          `cri-containerd-${id}.scope`,
+        )
       : path.join(pod.node.podsCgroup, 'kubepods', 'besteffort', `pod${uid}`, id);
   }
 
   /** A process in the pod: its netns, its container's cgroup. */
   function runInPod(k: KubePod, args: string[]): ChildProcess {
-    const child = spawn('bash', ['-c', `echo $$ > ${k.container}/cgroup.procs && exec nsenter --net=${k.pod.netnsPath} -- "$@"`, 'bash', process.execPath, PODAPP, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      'bash',
+      [
+        '-c',
+        `echo $$ > ${k.container}/cgroup.procs && exec nsenter --net=${k.pod.netnsPath} -- "$@"`,
+        'bash',
+        process.execPath,
+        PODAPP,
+        ...args,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     extra.push(child);
     return child;
   }
 
   function podObject(k: KubePod, phase = 'Running'): Pod & { kind: string } {
     const p = fixture<Pod & { kind: string }>('pod');
-    Object.assign(p.metadata, { name: k.name, namespace: k.ns, uid: k.uid, labels: k.labels, generateName: undefined, ownerReferences: undefined });
+    Object.assign(p.metadata, {
+      name: k.name,
+      namespace: k.ns,
+      uid: k.uid,
+      labels: k.labels,
+      generateName: undefined,
+      ownerReferences: undefined,
+    });
     Object.assign(p.spec, { nodeName: k.pod.node.name, serviceAccountName: k.sa, serviceAccount: k.sa });
-    Object.assign(p.status, phase === 'Running' ? { phase, podIP: k.pod.ip, podIPs: [{ ip: k.pod.ip }] } : { phase, podIP: undefined, podIPs: undefined });
+    Object.assign(
+      p.status,
+      phase === 'Running' ? { phase, podIP: k.pod.ip, podIPs: [{ ip: k.pod.ip }] } : { phase, podIP: undefined, podIPs: undefined },
+    );
     return p;
   }
 
@@ -76,24 +114,58 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     await waitForLine(k.sandbox, (l) => l.includes('listening'), `${k.name} serving`);
   }
 
-  const dump = async (node: TestNode): Promise<{ pods: { uid: string; netns: string }[]; waitingPods: string[]; config: { workloads: { uid: string; protocol: string; serviceAccount: string }[] } }> =>
-    configDump(node);
+  const dump = async (
+    node: TestNode,
+  ): Promise<{
+    pods: { uid: string; netns: string }[];
+    waitingPods: string[];
+    config: { workloads: { uid: string; protocol: string; serviceAccount: string }[] };
+  }> => configDump(node);
   const enrolled = async (node: TestNode): Promise<string[]> => (await dump(node)).pods.map((p) => p.uid.split('/').pop()!).sort();
 
   /** podapp dial from inside a pod's container cgroup (so capture applies). */
-  async function dial(from: KubePod, ip: string, port: number, n = 1): Promise<{ ok: number; failed: number; firstLines: Record<string, number> }> {
+  async function dial(
+    from: KubePod,
+    ip: string,
+    port: number,
+    n = 1,
+  ): Promise<{ ok: number; failed: number; firstLines: Record<string, number> }> {
     const r = await collect(runInPod(from, ['dial', ip, String(port), String(n), '1', '3000']));
     return JSON.parse(r.stdout.trim().split('\n').pop()!);
   }
 
-  const logged = (node: TestNode, match: (l: Record<string, unknown>) => boolean): Record<string, unknown> | undefined => agents.get(node.name)!.lines.find(match);
+  const logged = (node: TestNode, match: (l: Record<string, unknown>) => boolean): Record<string, unknown> | undefined =>
+    agents.get(node.name)!.lines.find(match);
 
   function startAgent(node: TestNode): void {
-    const child = topo.spawnInNode(node, process.execPath, [
-      CLI, 'node', '--xds', `${SWITCH_IP}:${CP_PORT}`, '--xds-root', path.join(dir, 'ca', 'root-cert.pem'), '--xds-token', path.join(dir, `${node.name}.token`),
-      '--node', node.name, '--kubernetes', '--kube-api', `http://${SWITCH_IP}:${KUBE_PORT}`, '--proc', '/proc',
-      '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '1',
-    ], { env: { ...process.env, INSTANCE_IP: node.wireIp, POD_NAME: `ambit-node-${node.name}`, POD_NAMESPACE: 'ambit-system' } });
+    const child = topo.spawnInNode(
+      node,
+      process.execPath,
+      [
+        CLI,
+        'node',
+        '--xds',
+        `${SWITCH_IP}:${CP_PORT}`,
+        '--xds-root',
+        path.join(dir, 'ca', 'root-cert.pem'),
+        '--xds-token',
+        path.join(dir, `${node.name}.token`),
+        '--node',
+        node.name,
+        '--kubernetes',
+        '--kube-api',
+        `http://${SWITCH_IP}:${KUBE_PORT}`,
+        '--proc',
+        '/proc',
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+        '--workers',
+        '1',
+      ],
+      { env: { ...process.env, INSTANCE_IP: node.wireIp, POD_NAME: `ambit-node-${node.name}`, POD_NAMESPACE: 'ambit-system' } },
+    );
     agents.set(node.name, { child, lines: jsonLines(child) });
   }
 
@@ -133,20 +205,41 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     const review = fixture<{ status: { user: { extra: Record<string, string[]> } } }>('tokenreview').status;
     for (const node of topo.nodes) {
       const agentPod = fixture<Pod & { kind: string }>('pod');
-      Object.assign(agentPod.metadata, { name: `ambit-node-${node.name}`, namespace: 'ambit-system', uid: randomUUID(), labels: { app: 'ambit-node' } });
+      Object.assign(agentPod.metadata, {
+        name: `ambit-node-${node.name}`,
+        namespace: 'ambit-system',
+        uid: randomUUID(),
+        labels: { app: 'ambit-node' },
+      });
       Object.assign(agentPod.spec, { nodeName: node.name, hostNetwork: true, serviceAccountName: 'ambit-node' });
       Object.assign(agentPod.status, { podIP: node.wireIp, podIPs: [{ ip: node.wireIp }] });
       send({ put: agentPod });
       const token = `projected-${node.name}-${randomUUID()}`;
       fs.writeFileSync(path.join(dir, `${node.name}.token`), token, { mode: 0o600 });
-      const extra = node.index === 1
-        ? { 'authentication.kubernetes.io/node-name': [node.name], 'authentication.kubernetes.io/pod-name': [`ambit-node-${node.name}`] }
-        : { 'authentication.kubernetes.io/pod-name': [`ambit-node-${node.name}`] };
+      const extra =
+        node.index === 1
+          ? { 'authentication.kubernetes.io/node-name': [node.name], 'authentication.kubernetes.io/pod-name': [`ambit-node-${node.name}`] }
+          : { 'authentication.kubernetes.io/pod-name': [`ambit-node-${node.name}`] };
       send({ token, review: { ...review, user: { ...review.user, extra } } });
     }
     const configFile = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(configFile, YAML.stringify({ trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') }, nodes: [], workloads: [], services: [] }));
-    cp = topo.spawnInSwitch(process.execPath, [CLI, 'control-plane', '--config', configFile, '--listen', `${SWITCH_IP}:${CP_PORT}`, '--server-ip', SWITCH_IP, '--kubernetes', '--kube-api', `http://${SWITCH_IP}:${KUBE_PORT}`]);
+    fs.writeFileSync(
+      configFile,
+      YAML.stringify({ trustDomain: 'cluster.local', ca: { dir: path.join(dir, 'ca') }, nodes: [], workloads: [], services: [] }),
+    );
+    cp = topo.spawnInSwitch(process.execPath, [
+      CLI,
+      'control-plane',
+      '--config',
+      configFile,
+      '--listen',
+      `${SWITCH_IP}:${CP_PORT}`,
+      '--server-ip',
+      SWITCH_IP,
+      '--kubernetes',
+      '--kube-api',
+      `http://${SWITCH_IP}:${KUBE_PORT}`,
+    ]);
     await waitForLine(cp, (l) => l.includes('control plane serving'), 'control plane serving');
     for (const node of topo.nodes) startAgent(node);
     for (const node of topo.nodes) {
@@ -156,7 +249,10 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
 
   after(async () => {
     for (const c of extra) c.kill('SIGKILL');
-    for (const a of agents.values()) { a.child.kill('SIGKILL'); await waitExit(a.child); }
+    for (const a of agents.values()) {
+      a.child.kill('SIGKILL');
+      await waitExit(a.child);
+    }
     cp?.kill('SIGKILL');
     kube?.kill('SIGKILL');
     if (topo) {
@@ -167,22 +263,33 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     }
   });
 
-  test('labels decide enrolment on both cgroup drivers; identities are the pods\' service accounts', async () => {
+  test("labels decide enrolment on both cgroup drivers; identities are the pods' service accounts", async () => {
     assert.deepEqual(await enrolled(topo.nodes[0]), ['sleep'], 'n1 (systemd layout): sleep; optout opted out');
-    assert.deepEqual(await enrolled(topo.nodes[1]), ['db', 'web'], 'n2 (cgroupfs layout): web by its namespace, db by its own label; legacy not');
+    assert.deepEqual(
+      await enrolled(topo.nodes[1]),
+      ['db', 'web'],
+      'n2 (cgroupfs layout): web by its namespace, db by its own label; legacy not',
+    );
     const r = await dial(kp('sleep'), kp('web').pod.ip, 8080, 5);
     assert.equal(r.ok, 5);
-    const seen = await waitFor('the destination access log', () => logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['dst.workload'] === 'web'));
+    const seen = await waitFor('the destination access log', () =>
+      logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['dst.workload'] === 'web'),
+    );
     assert.equal(seen['src.identity'], 'spiffe://cluster.local/ns/demo/sa/sleep');
     assert.equal(seen['dst.identity'], 'spiffe://cluster.local/ns/demo/sa/web');
     const viaVip = await dial(kp('sleep'), VIP, 80, 3);
-    assert.equal(viaVip.ok, 3, 'the service VIP, port 80 → the slice\'s named port 8080');
+    assert.equal(viaVip.ok, 3, "the service VIP, port 80 → the slice's named port 8080");
     const plain = await dial(kp('optout'), kp('web').pod.ip, 8080, 1);
     assert.equal(plain.ok, 1, 'an opted-out pod is not captured: plaintext, accepted by a PERMISSIVE destination');
-    await waitFor('plaintext inbound', () => logged(topo.nodes[1], (l) => l.direction === 'inbound_plain' && l['src.addr'] !== undefined && String(l['src.addr']).startsWith(kp('optout').pod.ip)));
+    await waitFor('plaintext inbound', () =>
+      logged(
+        topo.nodes[1],
+        (l) => l.direction === 'inbound_plain' && l['src.addr'] !== undefined && String(l['src.addr']).startsWith(kp('optout').pod.ip),
+      ),
+    );
   });
 
-  test('a pod that starts is enrolled once its sandbox runs; one that goes away is unenrolled; other pods\' traffic carries on', async () => {
+  test("a pod that starts is enrolled once its sandbox runs; one that goes away is unenrolled; other pods' traffic carries on", async () => {
     const n1 = topo.nodes[0];
     // A long connection from sleep to web, which must not notice.
     const stream = runInPod(kp('sleep'), ['stream', kp('web').pod.ip, '8080', '16', '8']);
@@ -202,14 +309,16 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     await waitFor('late enrolled', async () => (await enrolled(n1)).includes('late'), 15_000, 100);
     const r = await dial(late, kp('web').pod.ip, 8080, 2);
     assert.equal(r.ok, 2);
-    await waitFor('late\'s identity at the destination', () => logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/late'));
+    await waitFor("late's identity at the destination", () =>
+      logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/late'),
+    );
     // Deleted: the object goes, then its processes.
     send({ delete: { kind: 'Pod', namespace: 'demo', name: 'late' } });
     await waitFor('late unenrolled', async () => !(await enrolled(n1)).includes('late'), 15_000, 100);
     late.sandbox!.kill('SIGKILL');
     const s = JSON.parse((await streamDone).stdout.trim().split('\n').pop()!) as { echoed: number; error?: string };
     assert.equal(s.error, undefined);
-    assert.equal(s.echoed, 16 * 1024 * 1024, 'the other pod\'s connection was echoed completely');
+    assert.equal(s.echoed, 16 * 1024 * 1024, "the other pod's connection was echoed completely");
   });
 
   test('the process that located a pod exits and another takes its place: same netns, the enrolment stays, traffic flows', async () => {
@@ -225,11 +334,24 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     const updated = podObject(sleep);
     (updated.status as { containerStatuses?: { restartCount: number }[] }).containerStatuses![0].restartCount = 1;
     send({ put: updated });
-    await waitFor('sleep located through its new process', () => log.filter((l) => l.msg === 'node pods located').length > locatedBefore, 15_000, 100);
+    await waitFor(
+      'sleep located through its new process',
+      () => log.filter((l) => l.msg === 'node pods located').length > locatedBefore,
+      15_000,
+      100,
+    );
     assert.deepEqual(await enrolled(n1), ['sleep']);
-    assert.equal(log.slice(mark).filter((l) => l.msg === 'pod unenrolled' || l.msg === 'pod enrolled').length, 0, 'the same netns: no re-enrolment');
+    assert.equal(
+      log.slice(mark).filter((l) => l.msg === 'pod unenrolled' || l.msg === 'pod enrolled').length,
+      0,
+      'the same netns: no re-enrolment',
+    );
     const r = await dial(sleep, kp('web').pod.ip, 8080, 3);
     assert.equal(r.ok, 3);
-    assert.equal(log.filter((l) => l.msg === 'xDS stream lost; serving the state held').length, 0, 'the agent kept its control-plane stream throughout');
+    assert.equal(
+      log.filter((l) => l.msg === 'xDS stream lost; serving the state held').length,
+      0,
+      'the agent kept its control-plane stream throughout',
+    );
   });
 });

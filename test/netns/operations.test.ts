@@ -10,9 +10,21 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { ADMIN_MUTATION, assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import {
+  ADMIN_MUTATION,
+  assertNothingLeft,
+  CLI,
+  cleanupPins,
+  dialFrom,
+  httpInNetns,
+  PODAPP,
+  pinDirFor,
+  requireRoot,
+  waitExit,
+  workloadOf,
+} from '../helpers/fixture';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestNode } from '../helpers/topology';
+import { type TestNode, Topology } from '../helpers/topology';
 
 /** The value of one sample of a Prometheus text exposition, matched by name and labels. */
 function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
@@ -38,14 +50,33 @@ describe('operations: metrics, readiness, admin', () => {
     topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(config, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map((p) => ({ ...workloadOf(p), name: `${p.node.name}-${p.name}`, serviceAccount: `sa-${p.node.name}`, labels: { app: `app-${p.node.name}`, version: 'v7' } })),
-    }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(dir, 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map((p) => ({
+          ...workloadOf(p),
+          name: `${p.node.name}-${p.name}`,
+          serviceAccount: `sa-${p.node.name}`,
+          labels: { app: `app-${p.node.name}`, version: 'v7' },
+        })),
+      }),
+    );
     for (const node of topo.nodes) {
-      const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
+      const agent = topo.spawnInNode(node, process.execPath, [
+        CLI,
+        'node',
+        '--config',
+        config,
+        '--node',
+        node.name,
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+      ]);
       agents.set(node.name, agent);
       logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);
@@ -74,15 +105,27 @@ describe('operations: metrics, readiness, admin', () => {
     const r = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 30, 5);
     assert.equal(r.failed, 0);
     const expected = {
-      source_workload: 'n1-p1', source_workload_namespace: 'default', source_principal: id('sa-n1'), source_app: 'app-n1', source_version: 'v7',
-      destination_workload: 'n2-p1', destination_workload_namespace: 'default', destination_principal: id('sa-n2'),
-      request_protocol: 'tcp', response_flags: '-', connection_security_policy: 'mutual_tls',
+      source_workload: 'n1-p1',
+      source_workload_namespace: 'default',
+      source_principal: id('sa-n1'),
+      source_app: 'app-n1',
+      source_version: 'v7',
+      destination_workload: 'n2-p1',
+      destination_workload_namespace: 'default',
+      destination_principal: id('sa-n2'),
+      request_protocol: 'tcp',
+      response_flags: '-',
+      connection_security_policy: 'mutual_tls',
     };
     const source = { reporter: 'source', ...expected };
     const destination = { reporter: 'destination', ...expected };
     // Connections are counted closed when both ends are done: wait for the last one.
-    await waitFor('30 closed connections on both reporters', async () =>
-      sample(await metrics(n1), 'istio_tcp_connections_closed_total', source) === 30 && sample(await metrics(n2), 'istio_tcp_connections_closed_total', destination) === 30);
+    await waitFor(
+      '30 closed connections on both reporters',
+      async () =>
+        sample(await metrics(n1), 'istio_tcp_connections_closed_total', source) === 30 &&
+        sample(await metrics(n2), 'istio_tcp_connections_closed_total', destination) === 30,
+    );
     const m1 = await metrics(n1);
     const m2 = await metrics(n2);
     assert.equal(sample(m1, 'istio_tcp_connections_opened_total', source), 30);
@@ -91,7 +134,13 @@ describe('operations: metrics, readiness, admin', () => {
     assert.ok(sent > 30 * 40, `sent bytes ${sent}: 30 whoami lines toward the source`);
     assert.equal(sample(m2, 'istio_tcp_sent_bytes_total', destination), sent, 'both reporters count the same bytes');
     assert.equal(sample(m1, 'istio_tcp_received_bytes_total', source), 0, 'the client sent nothing');
-    assert.doesNotMatch(m1.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total{reporter="source",source_workload="n1-p1"')).join('\n'), /destination_workload="unknown"/);
+    assert.doesNotMatch(
+      m1
+        .split('\n')
+        .filter((l) => l.startsWith('istio_tcp_connections_opened_total{reporter="source",source_workload="n1-p1"'))
+        .join('\n'),
+      /destination_workload="unknown"/,
+    );
     assert.ok(sample(m1, 'ambit_datapath_events_total', { reason: 'CONNECT_REDIRECTED' })! >= 30, 'datapath counters read on scrape');
     assert.ok(sample(m2, 'ambit_datapath_events_total', { reason: 'LOOKUP_TO_HBONE' })! >= 1);
     assert.ok(sample(m1, 'ambit_certificate_expiry_timestamp_seconds', { identity: id('sa-n1') })! > Date.now() / 1000 + 23 * 3600);
@@ -100,13 +149,29 @@ describe('operations: metrics, readiness, admin', () => {
     assert.match(m1, /^nodejs_eventloop_lag_seconds /m);
   });
 
-  test('access log: one line per connection on each side, sharing the connection id, with Istio\'s fields', async () => {
+  test("access log: one line per connection on each side, sharing the connection id, with Istio's fields", async () => {
     const out = logs.get('n1')!.filter((l) => l.direction === 'outbound' && l.msg === 'connection complete');
     assert.ok(out.length >= 30, `${out.length} outbound lines`);
-    const fields = ['src.addr', 'src.workload', 'src.namespace', 'src.identity', 'dst.addr', 'dst.hbone_addr', 'dst.workload', 'dst.namespace', 'dst.identity', 'bytes_sent', 'bytes_recv', 'duration'];
-    for (const line of out) for (const f of fields) assert.ok(line[f] !== undefined && line[f] !== null, `outbound line lacks ${f}: ${JSON.stringify(line)}`);
+    const fields = [
+      'src.addr',
+      'src.workload',
+      'src.namespace',
+      'src.identity',
+      'dst.addr',
+      'dst.hbone_addr',
+      'dst.workload',
+      'dst.namespace',
+      'dst.identity',
+      'bytes_sent',
+      'bytes_recv',
+      'duration',
+    ];
+    for (const line of out)
+      for (const f of fields) assert.ok(line[f] !== undefined && line[f] !== null, `outbound line lacks ${f}: ${JSON.stringify(line)}`);
     const first = out[0];
-    const peer = await waitFor('the destination\'s line for the same connection', () => logs.get('n2')!.find((l) => l.direction === 'inbound' && l.conn_id === first.conn_id));
+    const peer = await waitFor("the destination's line for the same connection", () =>
+      logs.get('n2')!.find((l) => l.direction === 'inbound' && l.conn_id === first.conn_id),
+    );
     for (const f of fields) assert.ok(peer[f] !== undefined, `inbound line lacks ${f}: ${JSON.stringify(peer)}`);
     assert.equal(peer['src.identity'], first['src.identity']);
     assert.equal(peer['src.workload'], 'n1-p1');
@@ -117,27 +182,59 @@ describe('operations: metrics, readiness, admin', () => {
   test('failures are counted by reason on both sides', async () => {
     const r = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 15006, 1, 1, 2000);
     assert.equal(r.ok, 0);
-    await waitFor('the inbound refusal counted', async () => sample(await metrics(topo.nodes[1]), 'ambit_connection_failures_total', { direction: 'inbound', reason: 'tunnel_port' }) === 1);
-    assert.equal(sample(await metrics(topo.nodes[0]), 'ambit_connection_failures_total', { direction: 'outbound', reason: 'AMBIT_E_HBONE_STATUS' }), 1);
+    await waitFor(
+      'the inbound refusal counted',
+      async () =>
+        sample(await metrics(topo.nodes[1]), 'ambit_connection_failures_total', { direction: 'inbound', reason: 'tunnel_port' }) === 1,
+    );
+    assert.equal(
+      sample(await metrics(topo.nodes[0]), 'ambit_connection_failures_total', { direction: 'outbound', reason: 'AMBIT_E_HBONE_STATUS' }),
+      1,
+    );
   });
 
   test('admin: config dump without keys, log level at runtime, localhost only, quit', async () => {
     const node = topo.nodes[0];
     const dump = await httpInNetns(node, '127.0.0.1', 15000, 'GET', '/config_dump');
     assert.equal(dump.status, 200);
-    const parsed = JSON.parse(dump.body) as { pods: { uid: string; identity: string }[]; certificates: { identity: string }[]; datapath: { links: unknown[] }; dataPlane: { pending: string[] } };
-    assert.deepEqual(parsed.pods.map((p) => [p.uid, p.identity]), [[topo.pod(1, 1).uid, id('sa-n1')]]);
+    const parsed = JSON.parse(dump.body) as {
+      pods: { uid: string; identity: string }[];
+      certificates: { identity: string }[];
+      datapath: { links: unknown[] };
+      dataPlane: { pending: string[] };
+    };
+    assert.deepEqual(
+      parsed.pods.map((p) => [p.uid, p.identity]),
+      [[topo.pod(1, 1).uid, id('sa-n1')]],
+    );
     assert.deepEqual(parsed.dataPlane.pending, []);
-    assert.deepEqual(parsed.certificates.map((c) => c.identity), [id('sa-n1')]);
+    assert.deepEqual(
+      parsed.certificates.map((c) => c.identity),
+      [id('sa-n1')],
+    );
     assert.equal(parsed.datapath.links.length, 4);
     assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');
 
-    assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug')).status, 403, 'a mutation without x-ambit-admin (what a browser page can forge)');
-    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug', ADMIN_MUTATION), { status: 200, body: 'level=debug\n' });
-    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging', ADMIN_MUTATION), { status: 200, body: 'level=debug\n' });
+    assert.equal(
+      (await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug')).status,
+      403,
+      'a mutation without x-ambit-admin (what a browser page can forge)',
+    );
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=debug', ADMIN_MUTATION), {
+      status: 200,
+      body: 'level=debug\n',
+    });
+    assert.deepEqual(await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging', ADMIN_MUTATION), {
+      status: 200,
+      body: 'level=debug\n',
+    });
     assert.equal((await httpInNetns(node, '127.0.0.1', 15000, 'POST', '/logging?level=loud', ADMIN_MUTATION)).status, 400);
 
-    await assert.rejects(httpInNetns(node, node.wireIp, 15000, 'GET', '/config_dump'), /ECONNREFUSED/, 'the admin API is not reachable from the network');
+    await assert.rejects(
+      httpInNetns(node, node.wireIp, 15000, 'GET', '/config_dump'),
+      /ECONNREFUSED/,
+      'the admin API is not reachable from the network',
+    );
     assert.equal((await httpInNetns(node, node.wireIp, 15020, 'GET', '/metrics')).status, 200, 'metrics are');
 
     const agent = agents.get(node.name)!;

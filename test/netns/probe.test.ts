@@ -10,7 +10,9 @@ import { requireRoot } from '../helpers/fixture';
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 
 function run(cmd: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => execFile(cmd, args, (err, stdout, stderr) => resolve({ code: err ? Number(err.code) : 0, stdout, stderr })));
+  return new Promise((resolve) =>
+    execFile(cmd, args, (err, stdout, stderr) => resolve({ code: err ? Number(err.code) : 0, stdout, stderr })),
+  );
 }
 
 before(requireRoot);
@@ -23,7 +25,17 @@ test('with every capability, every probe passes on this kernel', async () => {
 });
 
 test('without CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN the probe names them and fails', async () => {
-  const r = await run('setpriv', ['--bounding-set', '-bpf,-net_admin,-sys_admin', '--inh-caps', '-all', '--', process.execPath, CLI, 'datapath', 'probe']);
+  const r = await run('setpriv', [
+    '--bounding-set',
+    '-bpf,-net_admin,-sys_admin',
+    '--inh-caps',
+    '-all',
+    '--',
+    process.execPath,
+    CLI,
+    'datapath',
+    'probe',
+  ]);
   assert.equal(r.code, 1, r.stdout + r.stderr);
   assert.match(r.stdout, /FAIL capabilities: missing CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF; run as root or grant them/);
 });

@@ -29,22 +29,46 @@ describe('sidecar mode', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     sidecarPins = `/sys/fs/bpf/${topo.prefix}-sidecar`;
     const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(config, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map((p) => ({
-        ...workloadOf(p), serviceAccount: `sa-${p.node.name}-${p.name}`,
-        dataplane: p === topo.pod(2, 1) ? 'sidecar' : 'ambient',
-      })),
-    }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(dir, 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map((p) => ({
+          ...workloadOf(p),
+          serviceAccount: `sa-${p.node.name}-${p.name}`,
+          dataplane: p === topo.pod(2, 1) ? 'sidecar' : 'ambient',
+        })),
+      }),
+    );
     for (const node of topo.nodes) {
-      const agent = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node)]);
+      const agent = topo.spawnInNode(node, process.execPath, [
+        CLI,
+        'node',
+        '--config',
+        config,
+        '--node',
+        node.name,
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+      ]);
       children.push(agent);
       logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);
     }
-    const sidecar = topo.spawnInPod(topo.pod(2, 1), process.execPath, [CLI, 'sidecar', '--config', config, '--workload', topo.pod(2, 1).uid, '--pin-dir', sidecarPins]);
+    const sidecar = topo.spawnInPod(topo.pod(2, 1), process.execPath, [
+      CLI,
+      'sidecar',
+      '--config',
+      config,
+      '--workload',
+      topo.pod(2, 1).uid,
+      '--pin-dir',
+      sidecarPins,
+    ]);
     children.push(sidecar);
     logs.set('sidecar', jsonLines(sidecar));
     await waitForLine(sidecar, (l) => l.includes('"sidecar ready"'), 'the sidecar');
@@ -65,18 +89,31 @@ describe('sidecar mode', () => {
     }
   });
 
-  const inboundFrom = (who: string, identity: string) => waitFor(`an inbound log line on ${who} from ${identity}`, () => logs.get(who)!.find((l) => l.direction === 'inbound' && l['src.identity'] === identity));
+  const inboundFrom = (who: string, identity: string) =>
+    waitFor(`an inbound log line on ${who} from ${identity}`, () =>
+      logs.get(who)!.find((l) => l.direction === 'inbound' && l['src.identity'] === identity),
+    );
 
   test('the node agent leaves a sidecar pod alone', async () => {
-    const status = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, topo.nodes[1]), '--json'])) as { links: { pin: string }[] };
-    assert.deepEqual(status.links.map((l) => l.pin).filter((p) => p.startsWith('netns-')), [`netns-${topo.prefix}_n2-p2`]);
-    const own = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', sidecarPins, '--json'])) as { links: { pin: string; target: string }[] };
+    const status = JSON.parse(
+      await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, topo.nodes[1]), '--json']),
+    ) as { links: { pin: string }[] };
+    assert.deepEqual(
+      status.links.map((l) => l.pin).filter((p) => p.startsWith('netns-')),
+      [`netns-${topo.prefix}_n2-p2`],
+    );
+    const own = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', sidecarPins, '--json'])) as {
+      links: { pin: string; target: string }[];
+    };
     assert.deepEqual(own.links.map((l) => l.pin).sort(), ['connect4', 'getpeername4', `netns-${topo.prefix}_n2-p1`, 'sockops']);
     const podCgroupId = fs.statSync(topo.pod(2, 1).cgroup).ino;
-    assert.ok(own.links.filter((l) => !l.pin.startsWith('netns-')).every((l) => l.target === `cgroup id ${podCgroupId}`), 'attached to the pod\'s own cgroup');
+    assert.ok(
+      own.links.filter((l) => !l.pin.startsWith('netns-')).every((l) => l.target === `cgroup id ${podCgroupId}`),
+      "attached to the pod's own cgroup",
+    );
   });
 
-  test('ambient → sidecar: delivered by the sidecar, which sees the ambient pod\'s identity', async () => {
+  test("ambient → sidecar: delivered by the sidecar, which sees the ambient pod's identity", async () => {
     const server = topo.pod(2, 1);
     const r = await dialFrom(topo, topo.pod(1, 1), server.ip, 8080, 20, 5);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
@@ -85,15 +122,17 @@ describe('sidecar mode', () => {
     assert.equal(line['dst.identity'], id('sa-n2-p1'));
   });
 
-  test('sidecar → ambient: captured in the pod by the sidecar\'s own datapath, the node sees the sidecar pod\'s identity', async () => {
+  test("sidecar → ambient: captured in the pod by the sidecar's own datapath, the node sees the sidecar pod's identity", async () => {
     const server = topo.pod(1, 1);
     const r = await dialFrom(topo, topo.pod(2, 1), server.ip, 8080, 20, 5);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
     assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 20 });
     await inboundFrom('n1', id('sa-n2-p1'));
-    const status = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', sidecarPins, '--json'])) as { counters: Record<string, number> };
-    assert.ok(status.counters.CONNECT_REDIRECTED >= 20, 'the app\'s connects were captured');
-    assert.ok(status.counters.CONNECT_SKIP_TUNNEL >= 1, 'the sidecar\'s own connects (same cgroup) were not');
+    const status = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', sidecarPins, '--json'])) as {
+      counters: Record<string, number>;
+    };
+    assert.ok(status.counters.CONNECT_REDIRECTED >= 20, "the app's connects were captured");
+    assert.ok(status.counters.CONNECT_SKIP_TUNNEL >= 1, "the sidecar's own connects (same cgroup) were not");
   });
 
   test('after teardown no namespace, cgroup, pin or process remains', async () => {

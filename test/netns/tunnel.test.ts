@@ -5,22 +5,22 @@
 // Topology: 2 nodes × 3 pods. p1, p2 in the mesh (HBONE); n2-p3 is not in
 // the configuration at all (an unknown destination).
 import assert from 'node:assert/strict';
+import { webcrypto } from 'node:crypto';
 import fs from 'node:fs';
 import http2 from 'node:http2';
 import os from 'node:os';
 import path from 'node:path';
-import tls from 'node:tls';
-import { webcrypto } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { PodAgent } from '../../src/roots/pod-agent';
+import tls from 'node:tls';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
-import type { ConnectionFacts } from '../../src/policy/authorize';
-import type { MeshConfig } from '../../src/state/types';
 import { createLogger } from '../../src/observability/log';
+import type { ConnectionFacts } from '../../src/policy/authorize';
+import { PodAgent } from '../../src/roots/pod-agent';
+import type { MeshConfig } from '../../src/state/types';
 import { assertNothingLeft, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
 import { collect, waitForLine } from '../helpers/proc';
-import { Topology, type TestPod } from '../helpers/topology';
+import { type TestPod, Topology } from '../helpers/topology';
 
 const VIP = '10.96.0.10';
 
@@ -39,10 +39,25 @@ describe('HBONE tunnel', () => {
     return {
       trustDomain: 'cluster.local',
       ca: { dir: path.join(dir, 'ca') },
-      policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
+      policies: [],
+      rootNamespace: 'istio-system',
+      controlPlane: { tokens: [] },
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: inMesh.map((p) => ({ ...workloadOf(p), serviceAccount: `sa-${p.node.name}-${p.name}`, labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
-      services: [{ name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: [VIP], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],
+      workloads: inMesh.map((p) => ({
+        ...workloadOf(p),
+        serviceAccount: `sa-${p.node.name}-${p.name}`,
+        labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' },
+      })),
+      services: [
+        {
+          name: 'echo',
+          namespace: 'default',
+          hostname: 'echo.default.svc.cluster.local',
+          addresses: [VIP],
+          ports: [{ port: 80, targetPort: 8080 }],
+          selector: { app: 'echo' },
+        },
+      ],
     };
   }
 
@@ -58,9 +73,18 @@ describe('HBONE tunnel', () => {
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     for (const node of topo.nodes) {
       const app = await PodAgent.start({
-        config: config(), scope: { node: node.name }, podsCgroup: node.podsCgroup, pinDir: pinDirFor(topo, node),
-        certTtlSeconds: 4, log,
-        authorizer: () => ({ check: (c) => { seen.push(c); return { allow: true }; } }),
+        config: config(),
+        scope: { node: node.name },
+        podsCgroup: node.podsCgroup,
+        pinDir: pinDirFor(topo, node),
+        certTtlSeconds: 4,
+        log,
+        authorizer: () => ({
+          check: (c) => {
+            seen.push(c);
+            return { allow: true };
+          },
+        }),
       });
       apps.push(app);
     }
@@ -76,7 +100,7 @@ describe('HBONE tunnel', () => {
     }
   });
 
-  test('cross-node and same-node traffic goes through HBONE; the server side sees the client\'s identity', async () => {
+  test("cross-node and same-node traffic goes through HBONE; the server side sees the client's identity", async () => {
     const client = topo.pod(1, 1);
     for (const server of [topo.pod(2, 1), topo.pod(1, 2)]) {
       seen.length = 0;
@@ -84,9 +108,16 @@ describe('HBONE tunnel', () => {
       const r = await dialFrom(topo, client, server.ip, 8080, 20, 5);
       assert.equal(r.failed, 0, JSON.stringify(r.errors));
       assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 20 });
-      assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 20 }, 'delivered from inside the server pod');
+      assert.deepEqual(
+        r.firstLines,
+        { [JSON.stringify({ local: `${server.ip}:8080`, remote: server.ip })]: 20 },
+        'delivered from inside the server pod',
+      );
       assert.equal(seen.length, 20);
-      assert.ok(seen.every((c) => c.srcIdentity === identity('sa-n1-p1') && c.dstPort === 8080 && c.dst.uid === server.uid), JSON.stringify(seen[0]));
+      assert.ok(
+        seen.every((c) => c.srcIdentity === identity('sa-n1-p1') && c.dstPort === 8080 && c.dst.uid === server.uid),
+        JSON.stringify(seen[0]),
+      );
       assert.ok(apps[server.node.index - 1].tunnel!.handshakes() > before, 'arrived over mutual TLS on :15008');
     }
   });
@@ -108,13 +139,21 @@ describe('HBONE tunnel', () => {
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
     assert.deepEqual(r.peers, { [`${VIP}:80`]: 100 }, 'the app still sees the VIP');
     const served = Object.entries(r.firstLines).map(([l, n]) => [(JSON.parse(l) as { local: string }).local, n]);
-    assert.deepEqual(served.map(([l]) => l).sort(), [`${topo.pod(2, 1).ip}:8080`, `${topo.pod(2, 2).ip}:8080`], `both endpoints served: ${JSON.stringify(served)}`);
+    assert.deepEqual(
+      served.map(([l]) => l).sort(),
+      [`${topo.pod(2, 1).ip}:8080`, `${topo.pod(2, 2).ip}:8080`],
+      `both endpoints served: ${JSON.stringify(served)}`,
+    );
   });
 
   test('an unknown destination passes through as plain TCP', async () => {
     const unknown = topo.pod(2, 3);
     const r = await dialFrom(topo, topo.pod(1, 1), unknown.ip, 8080);
-    assert.deepEqual(r.firstLines, { [JSON.stringify({ local: `${unknown.ip}:8080`, remote: topo.pod(1, 1).ip })]: 1 }, 'dialed from inside the client pod: the source address is kept');
+    assert.deepEqual(
+      r.firstLines,
+      { [JSON.stringify({ local: `${unknown.ip}:8080`, remote: topo.pod(1, 1).ip })]: 1 },
+      'dialed from inside the client pod: the source address is kept',
+    );
   });
 
   describe('the HBONE listener refuses', () => {
@@ -126,10 +165,18 @@ describe('HBONE tunnel', () => {
       return new Promise((resolve) => {
         const tcp = connectFromNetns(topo.nodes[0].netnsPath, pod.ip, 15008, { allowHalfOpen: false });
         const session = http2.connect(`https://${pod.ip}:15008`, {
-          createConnection: () => tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...clientTls }),
+          createConnection: () =>
+            tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...clientTls }),
         });
-        const timer = setTimeout(() => { session.destroy(); resolve('timeout'); }, 5000);
-        const done = (v: string): void => { clearTimeout(timer); session.destroy(); resolve(v); };
+        const timer = setTimeout(() => {
+          session.destroy();
+          resolve('timeout');
+        }, 5000);
+        const done = (v: string): void => {
+          clearTimeout(timer);
+          session.destroy();
+          resolve(v);
+        };
         session.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
         session.on('close', () => done('closed'));
         const req = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
@@ -139,7 +186,7 @@ describe('HBONE tunnel', () => {
     }
 
     async function certFor(id: string, signer: BuiltinCa, validity?: { notBefore: Date; notAfter: Date }): Promise<tls.ConnectionOptions> {
-      const keys = await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify']) as webcrypto.CryptoKeyPair;
+      const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
       const cert = await signer.issue(keys.publicKey, id, validity);
       return { cert, key: toPem(Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), 'PRIVATE KEY') };
     }
@@ -152,7 +199,11 @@ describe('HBONE tunnel', () => {
       const good = await certFor(identity('tester'), ca);
       const pod = target();
       assert.equal(await tryConnect(good, 'not-an-address'), 'status 400');
-      assert.equal(await tryConnect(good, `${topo.pod(2, 2).ip}:8080`), 'status 400', 'authority of another pod than the one the stream arrived at');
+      assert.equal(
+        await tryConnect(good, `${topo.pod(2, 2).ip}:8080`),
+        'status 400',
+        'authority of another pod than the one the stream arrived at',
+      );
       assert.equal(await tryConnect(good, `${pod.ip}:15006`), 'status 503', 'a tunnel port');
       assert.equal(await tryConnect(good, `${pod.ip}:9`), 'status 503', 'nothing listens there');
     });
@@ -170,7 +221,9 @@ describe('HBONE tunnel', () => {
     });
 
     test('an expired certificate', async () => {
-      const r = await tryConnect(await certFor(identity('tester'), ca, { notBefore: new Date(Date.now() - 7200_000), notAfter: new Date(Date.now() - 3600_000) }));
+      const r = await tryConnect(
+        await certFor(identity('tester'), ca, { notBefore: new Date(Date.now() - 7200_000), notAfter: new Date(Date.now() - 3600_000) }),
+      );
       assert.notEqual(r, 'status 200', r);
     });
 
@@ -184,9 +237,14 @@ describe('HBONE tunnel', () => {
       const reply = await new Promise<string>((resolve) => {
         const s = connectFromNetns(topo.nodes[0].netnsPath, pod.ip, 15008, { allowHalfOpen: false });
         let got = '';
-        s.setTimeout(5000, () => { got += '(timeout)'; s.destroy(); });
+        s.setTimeout(5000, () => {
+          got += '(timeout)';
+          s.destroy();
+        });
         s.on('connect', () => s.write(`CONNECT ${pod.ip}:8080 HTTP/1.1\r\nHost: ${pod.ip}:8080\r\n\r\n`));
-        s.on('data', (d) => { got += d.toString('latin1'); });
+        s.on('data', (d) => {
+          got += d.toString('latin1');
+        });
         s.on('error', () => undefined);
         s.on('close', () => resolve(got));
       });
@@ -194,11 +252,13 @@ describe('HBONE tunnel', () => {
     });
   });
 
-  test('half-close crosses the tunnel: the app sees the client\'s FIN and can still answer', async () => {
+  test("half-close crosses the tunnel: the app sees the client's FIN and can still answer", async () => {
     const server = topo.pod(2, 2);
     const sink = topo.spawnInPod(server, process.execPath, [PODAPP, 'sink', '9100']);
     await waitForLine(sink, (l) => l.includes('listening'), 'sink listening');
-    const r = await collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'halfclose', server.ip, '9100', 'x'.repeat(100_000)]));
+    const r = await collect(
+      topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'halfclose', server.ip, '9100', 'x'.repeat(100_000)]),
+    );
     assert.deepEqual(JSON.parse(r.stdout.trim()), { reply: JSON.stringify({ got: 100_000 }) });
     sink.kill();
   });
@@ -210,7 +270,10 @@ describe('HBONE tunnel', () => {
     const result = JSON.parse(r.stdout.trim()) as { sent: number; echoed: number; error?: string };
     assert.equal(result.error, undefined);
     assert.equal(result.echoed, 8 * 1024 * 1024, 'every byte came back');
-    assert.ok(apps[0].certs.requests + apps[1].certs.requests - requests >= 4, 'certificates of both ends were renewed during the transfer (TTL 4 s)');
+    assert.ok(
+      apps[0].certs.requests + apps[1].certs.requests - requests >= 4,
+      'certificates of both ends were renewed during the transfer (TTL 4 s)',
+    );
     const after = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 5, 5);
     assert.equal(after.failed, 0, 'new connections work with the renewed certificates');
   });

@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import type net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type net from 'node:net';
 import { after, before, test } from 'node:test';
 import { Enrolment } from '../../src/datapath/enrolment';
-import { listenerServer } from '../../src/datapath/netns';
 import { Datapath } from '../../src/datapath/loader';
+import { listenerServer } from '../../src/datapath/netns';
 import { datapathStatus } from '../../src/datapath/status';
 import { assertNothingLeft, cleanupPins, dialFrom, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
 import { sh } from '../helpers/proc';
@@ -27,8 +27,20 @@ before(async () => {
   topo = await Topology.create({ nodes: 1, podsPerNode: 1 });
   oldObjDir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-old-`));
   for (const f of ['redirect', 'inbound']) {
-    execFileSync('clang', ['-target', 'bpf', '-O2', '-g', '-Wall', '-Werror', `-I/usr/include/${os.arch() === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`,
-      '-DAMBIT_MAX_CGROUP_DEPTH=6', '-c', path.join(ROOT, `bpf/${f}.c`), '-o', path.join(oldObjDir, `${f}.o`)]);
+    execFileSync('clang', [
+      '-target',
+      'bpf',
+      '-O2',
+      '-g',
+      '-Wall',
+      '-Werror',
+      `-I/usr/include/${os.arch() === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`,
+      '-DAMBIT_MAX_CGROUP_DEPTH=6',
+      '-c',
+      path.join(ROOT, `bpf/${f}.c`),
+      '-o',
+      path.join(oldObjDir, `${f}.o`),
+    ]);
   }
 });
 
@@ -49,14 +61,24 @@ function serve(dp: Datapath): { enrolment: Enrolment; close: () => void } {
     const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
     s.end(`${orig ? `${orig.ip}:${orig.port}` : 'none'}\n`);
   });
-  return { enrolment, close: () => { outbound.close(); enrolment.unenrol(pod.workload.uid); dp.close(); } };
+  return {
+    enrolment,
+    close: () => {
+      outbound.close();
+      enrolment.unenrol(pod.workload.uid);
+      dp.close();
+    },
+  };
 }
 
 test('a changed connect4 replaces the program in the pinned link; the others are reused', async () => {
   const node = topo.nodes[0];
   const pinDir = pinDirFor(topo, node);
   const old = Datapath.open({ pinDir, cgroupPath: node.podsCgroup, objDir: oldObjDir });
-  assert.deepEqual(old.attachments.map((a) => a.action), ['attached', 'attached', 'attached']);
+  assert.deepEqual(
+    old.attachments.map((a) => a.action),
+    ['attached', 'attached', 'attached'],
+  );
   const before = datapathStatus(pinDir).links.find((l) => l.pin === 'connect4')!;
   const v1 = serve(old);
   const r1 = await dialFrom(topo, topo.pod(1, 1), '192.0.2.7', 80);

@@ -9,9 +9,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import {
+  assertNothingLeft,
+  CLI,
+  cleanupPins,
+  dialFrom,
+  httpInNetns,
+  PODAPP,
+  pinDirFor,
+  requireRoot,
+  waitExit,
+  workloadOf,
+} from '../helpers/fixture';
 import { collect, jsonLines, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
-import { Topology, type TestNode } from '../helpers/topology';
+import { type TestNode, Topology } from '../helpers/topology';
 
 const CONCURRENCY = 16;
 
@@ -22,7 +33,27 @@ describe('tunnel workers', () => {
   const agents = new Map<string, { child: ChildProcess; logs: Record<string, unknown>[] }>();
 
   async function startAgent(node: TestNode): Promise<void> {
-    const child = topo.spawnInNode(node, process.execPath, [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), '--workers', '2', '--drain-seconds', '10'], { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } });
+    const child = topo.spawnInNode(
+      node,
+      process.execPath,
+      [
+        CLI,
+        'node',
+        '--config',
+        config,
+        '--node',
+        node.name,
+        '--pods-cgroup',
+        node.podsCgroup,
+        '--pin-dir',
+        pinDirFor(topo, node),
+        '--workers',
+        '2',
+        '--drain-seconds',
+        '10',
+      ],
+      { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } },
+    );
     const logs = jsonLines(child);
     agents.set(node.name, { child, logs });
     await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
@@ -30,8 +61,20 @@ describe('tunnel workers', () => {
   }
 
   /** Pids of the workers an agent started, in order (replacements come last). */
-  const workerPids = (node: string): number[] => agents.get(node)!.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number).filter((p, i, all) => all.indexOf(p) === i && p !== agents.get(node)!.child.pid);
-  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const workerPids = (node: string): number[] =>
+    agents
+      .get(node)!
+      .logs.filter((l) => l.msg === 'worker started')
+      .map((l) => l.pid as number)
+      .filter((p, i, all) => all.indexOf(p) === i && p !== agents.get(node)!.child.pid);
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   /**
    * Runs a storm of short connections n1-p1 → n2-p1 and calls during() once
@@ -39,16 +82,32 @@ describe('tunnel workers', () => {
    * connections were still being made.
    */
   async function storm(n: number, during: () => Promise<void>): Promise<{ ok: number; failed: number; errors: Record<string, number> }> {
-    const client = topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'dial', topo.pod(2, 1).ip, '8080', String(n), String(CONCURRENCY), '5000']);
+    const client = topo.spawnInPod(topo.pod(1, 1), process.execPath, [
+      PODAPP,
+      'dial',
+      topo.pod(2, 1).ip,
+      '8080',
+      String(n),
+      String(CONCURRENCY),
+      '5000',
+    ]);
     let endedAt = 0;
-    const result = collect(client).then((r) => { endedAt = Date.now(); return r; });
+    const result = collect(client).then((r) => {
+      endedAt = Date.now();
+      return r;
+    });
     await new Promise((r) => setTimeout(r, 300)); // the storm is under way (about 1,000 connections/s here)
     assert.equal(client.exitCode, null, 'the storm was running when the workers were disturbed');
     await during();
     const disturbedUntil = Date.now();
     const r = await result;
-    const slow = [...agents.values()].flatMap((a) => a.logs.filter((l) => l.msg === 'drain deadline reached: closing the connections still open'));
-    assert.ok(endedAt >= disturbedUntil, `the storm ended ${disturbedUntil - endedAt} ms before the disturbance did: make it longer ${JSON.stringify(slow)}`);
+    const slow = [...agents.values()].flatMap((a) =>
+      a.logs.filter((l) => l.msg === 'drain deadline reached: closing the connections still open'),
+    );
+    assert.ok(
+      endedAt >= disturbedUntil,
+      `the storm ended ${disturbedUntil - endedAt} ms before the disturbance did: make it longer ${JSON.stringify(slow)}`,
+    );
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ok: number; failed: number; errors: Record<string, number> };
   }
 
@@ -57,12 +116,15 @@ describe('tunnel workers', () => {
     topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(config, YAML.stringify({
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map(workloadOf),
-    }));
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: path.join(dir, 'ca') },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: topo.pods.map(workloadOf),
+      }),
+    );
     for (const node of topo.nodes) await startAgent(node);
     const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami');
@@ -81,10 +143,15 @@ describe('tunnel workers', () => {
   });
 
   test('a worker killed with SIGKILL during a storm: no connection refused, only those it carried end, and it is replaced', async () => {
-    const crashed = [...agents.values()].flatMap((a) => a.logs.filter((l) => l.level as number >= 40 || String(l.msg).includes('exited')));
+    const crashed = [...agents.values()].flatMap((a) =>
+      a.logs.filter((l) => (l.level as number) >= 40 || String(l.msg).includes('exited')),
+    );
     assert.deepEqual(crashed, [], 'no worker failed before the test disturbed them');
     const [source, destination] = [workerPids('n1').filter(alive)[0], workerPids('n2').filter(alive)[0]];
-    const failures = (): string => JSON.stringify([...agents.values()].flatMap((a) => a.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'))));
+    const failures = (): string =>
+      JSON.stringify(
+        [...agents.values()].flatMap((a) => a.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'))),
+      );
     const kill = (pid: number): void => {
       if (!alive(pid)) assert.fail(`worker ${pid} died before it was killed: ${failures()}`);
       process.kill(pid, 'SIGKILL');
@@ -113,18 +180,28 @@ describe('tunnel workers', () => {
     assert.equal(r.ok, 6000);
     const now = workerPids('n1').filter(alive);
     assert.equal(now.length, 2);
-    assert.deepEqual(now.filter((p) => before.includes(p)), [], 'every worker was replaced');
+    assert.deepEqual(
+      now.filter((p) => before.includes(p)),
+      [],
+      'every worker was replaced',
+    );
   });
 
   test('SIGTERM drains: an open transfer finishes, then the agent exits', async () => {
     // The transfer is under way once the source node counts one more connection open.
-    const opened = async (): Promise<number> => [...(await httpInNetns(topo.nodes[0], '127.0.0.1', 15020, 'GET', '/metrics')).body.matchAll(/^istio_tcp_connections_opened_total\{[^}]*reporter="source"[^}]*\} (\d+)$/gm)]
-      .reduce((n, m) => n + Number(m[1]), 0);
+    const opened = async (): Promise<number> =>
+      [
+        ...(await httpInNetns(topo.nodes[0], '127.0.0.1', 15020, 'GET', '/metrics')).body.matchAll(
+          /^istio_tcp_connections_opened_total\{[^}]*reporter="source"[^}]*\} (\d+)$/gm,
+        ),
+      ].reduce((n, m) => n + Number(m[1]), 0);
     const before = await opened();
     const transfer = collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'stream', topo.pod(2, 1).ip, '8080', '4', '3']));
     await waitFor('the transfer open', async () => (await opened()) > before);
     const agent = agents.get('n1')!;
-    const exited = new Promise<{ code: number | null; at: number }>((resolve) => agent.child.once('exit', (code) => resolve({ code, at: Date.now() })));
+    const exited = new Promise<{ code: number | null; at: number }>((resolve) =>
+      agent.child.once('exit', (code) => resolve({ code, at: Date.now() })),
+    );
     agent.child.kill('SIGTERM');
     const t = await transfer;
     const doneAt = Date.now();
@@ -134,7 +211,10 @@ describe('tunnel workers', () => {
     const exit = await exited;
     assert.equal(exit.code, 0);
     // The client process reports after its connection closed; allow for its own exit (slower under emulation).
-    assert.ok(exit.at >= doneAt - 500 * TIME_SCALE, `the agent waited for the transfer (exited ${doneAt - exit.at} ms before the client reported)`);
+    assert.ok(
+      exit.at >= doneAt - 500 * TIME_SCALE,
+      `the agent waited for the transfer (exited ${doneAt - exit.at} ms before the client reported)`,
+    );
     assert.ok(agent.logs.some((l) => l.msg === 'stopped'));
   });
 

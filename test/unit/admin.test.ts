@@ -5,8 +5,8 @@ import http from 'node:http';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
+import { type AdminPorts, startAdmin } from '../../src/observability/admin';
 import { isLoopbackHost } from '../../src/observability/admin-guard';
-import { startAdmin, type AdminPorts } from '../../src/observability/admin';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const HEADERS_TIMEOUT_MS = 1000 * TIME_SCALE;
@@ -17,23 +17,46 @@ let level = 'info';
 const logLines: { msg: string; reason?: string }[] = [];
 
 before(async () => {
-  const log = pino({ level: 'info' }, { write: (line: string) => { logLines.push(JSON.parse(line)); } });
-  ({ ports, close } = await startAdmin({
-    metrics: () => Promise.resolve('# metrics\n'),
-    readiness: () => ({ pending: [] }),
-    configDump: () => ({ dump: true }),
-    log,
-    setLogLevel: (l) => { level = l; },
-    quit: () => { quits++; },
-  }, { admin: 0, stats: 0, ready: 0 }, { headersTimeoutMs: HEADERS_TIMEOUT_MS, requestTimeoutMs: 2 * HEADERS_TIMEOUT_MS }));
+  const log = pino(
+    { level: 'info' },
+    {
+      write: (line: string) => {
+        logLines.push(JSON.parse(line));
+      },
+    },
+  );
+  ({ ports, close } = await startAdmin(
+    {
+      metrics: () => Promise.resolve('# metrics\n'),
+      readiness: () => ({ pending: [] }),
+      configDump: () => ({ dump: true }),
+      log,
+      setLogLevel: (l) => {
+        level = l;
+      },
+      quit: () => {
+        quits++;
+      },
+    },
+    { admin: 0, stats: 0, ready: 0 },
+    { headersTimeoutMs: HEADERS_TIMEOUT_MS, requestTimeoutMs: 2 * HEADERS_TIMEOUT_MS },
+  ));
 });
 after(() => close());
 
-function request(port: number, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; body: string }> {
+function request(
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: string,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, method, path, headers, agent: false }, (res) => {
       let text = '';
-      res.on('data', (d) => { text += d; });
+      res.on('data', (d) => {
+        text += d;
+      });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
     });
     req.on('error', reject);
@@ -45,7 +68,11 @@ const OK = { 'x-ambit-admin': 'true' };
 
 test('a forged POST /quitquitquit is refused with 403 saying what to send; the process does not quit', async () => {
   const forged: [string, Record<string, string>, RegExp][] = [
-    ['cross-origin form post (Origin, no header)', { origin: 'http://evil.example', 'content-type': 'application/x-www-form-urlencoded' }, /Origin header \("http:\/\/evil\.example"\) is a browser's/],
+    [
+      'cross-origin form post (Origin, no header)',
+      { origin: 'http://evil.example', 'content-type': 'application/x-www-form-urlencoded' },
+      /Origin header \("http:\/\/evil\.example"\) is a browser's/,
+    ],
     ['no-cors fetch that somehow carries the header', { ...OK, origin: 'null' }, /Origin header/],
     ['missing header', {}, /header x-ambit-admin: true is required .*curl -X POST -H 'x-ambit-admin: true' http:\/\/localhost:15000\//],
     ['wrong header value', { 'x-ambit-admin': '1' }, /header x-ambit-admin: true is required/],
@@ -83,7 +110,8 @@ test('reads need a loopback Host too (a rebound page cannot read the config dump
 
 test('refusals are logged once per kind per interval (a page forging in a loop cannot flood the log)', async () => {
   // The first test's Origin refusals already wrote this interval's line.
-  for (let i = 0; i < 20; i++) assert.equal((await request(ports.admin, 'POST', '/quitquitquit', { origin: 'http://evil.example' })).status, 403);
+  for (let i = 0; i < 20; i++)
+    assert.equal((await request(ports.admin, 'POST', '/quitquitquit', { origin: 'http://evil.example' })).status, 403);
   assert.equal(logLines.filter((l) => l.msg === 'admin request refused' && l.reason === 'origin').length, 1, JSON.stringify(logLines));
 });
 
@@ -103,7 +131,9 @@ function raw(port: number, text: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => s.end(text));
     let got = '';
-    s.on('data', (d) => { got += d; });
+    s.on('data', (d) => {
+      got += d;
+    });
     s.on('close', () => resolve(got));
     s.on('error', reject);
   });
@@ -116,9 +146,14 @@ function slowloris(port: number): Promise<number> {
     const text = 'GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nX-Pad: ' + 'a'.repeat(10_000);
     let i = 0;
     const s = net.connect(port, '127.0.0.1');
-    const timer = setInterval(() => { if (s.writable) s.write(text[i++ % text.length]); }, 100);
+    const timer = setInterval(() => {
+      if (s.writable) s.write(text[i++ % text.length]);
+    }, 100);
     s.on('error', () => {});
-    s.on('close', () => { clearInterval(timer); resolve(Date.now() - started); });
+    s.on('close', () => {
+      clearInterval(timer);
+      resolve(Date.now() - started);
+    });
     s.resume();
   });
 }
@@ -131,11 +166,26 @@ test('a slow client is cut within the headers timeout on all three ports, and ho
   t.diagnostic(`slow clients held ${times.join(', ')} ms (headers timeout ${HEADERS_TIMEOUT_MS} ms)`);
   for (const ms of times) {
     // The deadline plus Node's check interval (a quarter of it here), with slack for a busy machine.
-    assert.ok(ms >= HEADERS_TIMEOUT_MS * 0.9 && ms < HEADERS_TIMEOUT_MS * 3, `held ${times.join(', ')} ms; headers timeout ${HEADERS_TIMEOUT_MS} ms`);
+    assert.ok(
+      ms >= HEADERS_TIMEOUT_MS * 0.9 && ms < HEADERS_TIMEOUT_MS * 3,
+      `held ${times.join(', ')} ms; headers timeout ${HEADERS_TIMEOUT_MS} ms`,
+    );
   }
 });
 
 test('loopback hosts: names and addresses, with or without port; nothing else', () => {
-  for (const h of ['localhost', 'LOCALHOST:15000', '127.0.0.1', '127.1.2.3:80', '[::1]', '[::1]:15000', '::1', 'localhost.']) assert.ok(isLoopbackHost(h), h);
-  for (const h of [undefined, '', 'evil.example', 'localhost.evil.example', '127.0.0.1.nip.io', '10.0.0.1', '[::2]:15000', '0.0.0.0', 'localhost:15000:1']) assert.ok(!isLoopbackHost(h), String(h));
+  for (const h of ['localhost', 'LOCALHOST:15000', '127.0.0.1', '127.1.2.3:80', '[::1]', '[::1]:15000', '::1', 'localhost.'])
+    assert.ok(isLoopbackHost(h), h);
+  for (const h of [
+    undefined,
+    '',
+    'evil.example',
+    'localhost.evil.example',
+    '127.0.0.1.nip.io',
+    '10.0.0.1',
+    '[::2]:15000',
+    '0.0.0.0',
+    'localhost:15000:1',
+  ])
+    assert.ok(!isLoopbackHost(h), String(h));
 });

@@ -1,8 +1,7 @@
 // The `ambit` binary as operators use it (no root needed for these).
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -37,19 +36,34 @@ test('ambit ca init creates a root readable by its owner only; ca issue writes c
   const root = new X509Certificate(fs.readFileSync(path.join(out, 'root.pem')));
   assert.equal(cert.subjectAltName, `URI:${id}`);
   assert.ok(cert.verify(root.publicKey), 'signed by the root');
-  assert.ok(cert.checkPrivateKey(createPrivateKey(fs.readFileSync(path.join(out, 'key.pem')))), 'key.pem is the certificate\'s key');
+  assert.ok(cert.checkPrivateKey(createPrivateKey(fs.readFileSync(path.join(out, 'key.pem')))), "key.pem is the certificate's key");
   assert.equal(fs.statSync(path.join(out, 'key.pem')).mode & 0o777, 0o600);
 });
 
 test('ca issue refuses an identity that is not spiffe://td/ns/NS/sa/SA', async () => {
-  const r = await ambit('ca', 'issue', '--dir', path.join(dir, 'ca'), '--identity', 'spiffe://cluster.local/sleep', '--out', path.join(dir, 'x'));
+  const r = await ambit(
+    'ca',
+    'issue',
+    '--dir',
+    path.join(dir, 'ca'),
+    '--identity',
+    'spiffe://cluster.local/sleep',
+    '--out',
+    path.join(dir, 'x'),
+  );
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /AMBIT_E_CONFIG: --identity "spiffe:\/\/cluster\.local\/sleep" is not spiffe:\/\/<trust domain>\/ns\/<namespace>\/sa\/<service account>/);
+  assert.match(
+    r.stderr,
+    /AMBIT_E_CONFIG: --identity "spiffe:\/\/cluster\.local\/sleep" is not spiffe:\/\/<trust domain>\/ns\/<namespace>\/sa\/<service account>/,
+  );
 });
 
 test('ambit node with an invalid configuration names the field, the value and the fix, and starts nothing', async () => {
   const file = path.join(dir, 'bad.yaml');
-  fs.writeFileSync(file, 'trustDomain: cluster.local\nnodes: [{ name: n1, address: 10.0.0.1 }]\nworkloads:\n  - { uid: a, name: a, namespace: Default, serviceAccount: s, node: n1, addresses: [10.0.0.300] }\n');
+  fs.writeFileSync(
+    file,
+    'trustDomain: cluster.local\nnodes: [{ name: n1, address: 10.0.0.1 }]\nworkloads:\n  - { uid: a, name: a, namespace: Default, serviceAccount: s, node: n1, addresses: [10.0.0.300] }\n',
+  );
   const r = await ambit('node', '--config', file, '--node', 'n1');
   assert.equal(r.code, 2);
   assert.match(r.stderr, /AMBIT_E_CONFIG: .*bad\.yaml is invalid/);
@@ -91,11 +105,20 @@ test('a mistake on the command line is one line naming the flag, then the usage;
   const cases: [string[], string][] = [
     [['control-plane', '--frob'], 'ambit: unknown flag --frob'],
     [['sidecar', '--workload', 'w', '--config', 'x', '--xds', 'a:1'], 'ambit: unknown flag --xds'],
-    [['node', '--node', 'n1', '--config', 'x', '--handshake-timout', '3s'], 'ambit: unknown flag --handshake-timout (did you mean --handshake-timeout?)'],
+    [
+      ['node', '--node', 'n1', '--config', 'x', '--handshake-timout', '3s'],
+      'ambit: unknown flag --handshake-timout (did you mean --handshake-timeout?)',
+    ],
     [['node', '--node', 'n1', '--config'], 'ambit: --config needs a value (one starting with - is written --config=VALUE)'],
     [['node', '--node', 'n1', '--kubernetes=yes'], 'ambit: --kubernetes takes no value'],
-    [['node', '--node', 'n1', '--config', 'x', '--idle-timeout', '10'], 'ambit: --idle-timeout "10" is not a duration like 500ms, 10s, 5m or 1h; add a unit, e.g. 10s or 10ms'],
-    [['node', '--node', 'n1', '--config', 'x', '--max-connections-per-source', 'lots'], 'ambit: --max-connections-per-source "lots" is not a whole number from 1 to 1000000'],
+    [
+      ['node', '--node', 'n1', '--config', 'x', '--idle-timeout', '10'],
+      'ambit: --idle-timeout "10" is not a duration like 500ms, 10s, 5m or 1h; add a unit, e.g. 10s or 10ms',
+    ],
+    [
+      ['node', '--node', 'n1', '--config', 'x', '--max-connections-per-source', 'lots'],
+      'ambit: --max-connections-per-source "lots" is not a whole number from 1 to 1000000',
+    ],
     [['node', '--config', 'x'], 'ambit: --node NAME is required'],
     [['node', 'stray'], 'ambit: unexpected argument "stray"; flags are --name value'],
     [['datapath', 'frob'], 'ambit: unknown datapath command "frob"; one of: probe, status, cleanup'],
@@ -116,8 +139,21 @@ test('a mistake on the command line is one line naming the flag, then the usage;
 test('durations: 500ms, 10s, 5m, 1h, 1m30s, 1.5s; bare numbers, zero, junk and more than a day refused naming the flag', () => {
   const d = (v: string): number => parseDuration('--x', v, 'U');
   assert.deepEqual(['500ms', '10s', '5m', '1h', '1m30s', '1.5s', ' 2s '].map(d), [500, 10_000, 300_000, 3_600_000, 90_000, 1500, 2000]);
-  for (const [v, why] of [['10', /add a unit, e\.g\. 10s or 10ms/], ['0s', /must be longer than 0/], ['', /not a duration/], ['10 s', /not a duration/], ['-5s', /not a duration/], ['5d', /not a duration/], ['25h', /longer than the maximum of 24h/], ['1e3s', /not a duration/]] as const) {
-    assert.throws(() => d(v), (e: Error) => e instanceof UsageError && e.message.startsWith(`--x ${JSON.stringify(v)} `) && why.test(e.message), v);
+  for (const [v, why] of [
+    ['10', /add a unit, e\.g\. 10s or 10ms/],
+    ['0s', /must be longer than 0/],
+    ['', /not a duration/],
+    ['10 s', /not a duration/],
+    ['-5s', /not a duration/],
+    ['5d', /not a duration/],
+    ['25h', /longer than the maximum of 24h/],
+    ['1e3s', /not a duration/],
+  ] as const) {
+    assert.throws(
+      () => d(v),
+      (e: Error) => e instanceof UsageError && e.message.startsWith(`--x ${JSON.stringify(v)} `) && why.test(e.message),
+      v,
+    );
   }
 });
 
@@ -130,7 +166,10 @@ test('every tunnel limit has a flag, listed in the node and sidecar usage with i
   }
   assert.match(node.stdout, /--handshake-timeout DURATION .*\(default 10s\)/);
   assert.match(node.stdout, /--idle-timeout DURATION .*\(default 5m\)/);
-  assert.deepEqual(limitsFromFlags({ 'handshake-timeout': '3s', 'idle-timeout': '90s', 'max-pending-handshakes': '16', 'dial-timeout': '250ms' }, 'U'), { serverHandshakeMs: 3000, sessionIdleMs: 90_000, maxPendingHandshakes: 16, upstreamDialMs: 250 });
+  assert.deepEqual(
+    limitsFromFlags({ 'handshake-timeout': '3s', 'idle-timeout': '90s', 'max-pending-handshakes': '16', 'dial-timeout': '250ms' }, 'U'),
+    { serverHandshakeMs: 3000, sessionIdleMs: 90_000, maxPendingHandshakes: 16, upstreamDialMs: 250 },
+  );
 });
 
 test('after start-up the control plane logs an uncaught error with its stack and keeps serving', async () => {
@@ -138,13 +177,20 @@ test('after start-up the control plane logs an uncaught error with its stack and
   fs.mkdirSync(cpDir);
   const config = path.join(cpDir, 'cp.yaml');
   const sha = createHash('sha256').update('n1-token').digest('hex');
-  fs.writeFileSync(config, `trustDomain: cluster.local\nca: { dir: ${path.join(cpDir, 'ca')} }\ncontrolPlane:\n  tokens: [{ node: n1, sha256: ${sha} }]\nnodes: [{ name: n1, address: 10.0.0.1 }]\nworkloads: []\n`);
+  fs.writeFileSync(
+    config,
+    `trustDomain: cluster.local\nca: { dir: ${path.join(cpDir, 'ca')} }\ncontrolPlane:\n  tokens: [{ node: n1, sha256: ${sha} }]\nnodes: [{ name: n1, address: 10.0.0.1 }]\nworkloads: []\n`,
+  );
   // A fault injected from outside: SIGUSR2 throws on a later tick, as a bug in a callback would.
   const inject = path.join(cpDir, 'inject.js');
   fs.writeFileSync(inject, "process.on('SIGUSR2', () => setImmediate(() => { throw new Error('injected fault'); }));\n");
-  const child = spawn(process.execPath, ['-r', inject, CLI, 'control-plane', '--config', config, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['-r', inject, CLI, 'control-plane', '--config', config, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: { msg?: string; err?: string; port?: number }[] = [];
-  child.stdout.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l.startsWith('{')) lines.push(JSON.parse(l)); });
+  child.stdout.on('data', (d: Buffer) => {
+    for (const l of d.toString().split('\n')) if (l.startsWith('{')) lines.push(JSON.parse(l));
+  });
   try {
     await waitForLine(child, (l) => l.includes('control plane serving xDS and the CA'), 'control plane serving');
     const port = await waitFor('port logged', () => lines.find((l) => l.port)?.port);
@@ -153,7 +199,13 @@ test('after start-up the control plane logs an uncaught error with its stack and
     assert.match(logged.msg ?? '', /control plane: uncaught error; .*keeps serving/);
     assert.match(logged.err ?? '', /Error: injected fault\n\s+at /, 'with its stack');
     assert.equal(child.exitCode, null, 'still running');
-    await new Promise<void>((resolve, reject) => { const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(); }); s.on('error', reject); });
+    await new Promise<void>((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve();
+      });
+      s.on('error', reject);
+    });
   } finally {
     child.kill('SIGKILL');
   }

@@ -44,24 +44,73 @@ function setAt(doc: unknown, at: (string | number)[], value: unknown): unknown {
 }
 
 // Values of every shape, with keys the schema knows so that some land where they are read.
-const KEY = fc.constantFrom('name', 'namespace', 'uid', 'node', 'addresses', 'ports', 'port', 'targetPort', 'spec', 'rules', 'from', 'source',
-  'principals', 'selector', 'matchLabels', 'mtls', 'mode', 'portLevelMtls', 'metadata', 'tokens', 'sha256', '__proto__', 'constructor', 'toString');
+const KEY = fc.constantFrom(
+  'name',
+  'namespace',
+  'uid',
+  'node',
+  'addresses',
+  'ports',
+  'port',
+  'targetPort',
+  'spec',
+  'rules',
+  'from',
+  'source',
+  'principals',
+  'selector',
+  'matchLabels',
+  'mtls',
+  'mode',
+  'portLevelMtls',
+  'metadata',
+  'tokens',
+  'sha256',
+  '__proto__',
+  'constructor',
+  'toString',
+);
 const VALUE = fc.letrec((tie) => ({
-  leaf: fc.oneof(fc.string(), fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.constantFrom('10.200.0.10', '*', '', 'STRICT', '8080', '-1')),
-  node: fc.oneof({ depthSize: 'small' }, tie('leaf'), fc.array(tie('node'), { maxLength: 4 }), fc.dictionary(fc.oneof(KEY, fc.string()), tie('node'), { maxKeys: 4 })),
+  leaf: fc.oneof(
+    fc.string(),
+    fc.integer(),
+    fc.double(),
+    fc.boolean(),
+    fc.constant(null),
+    fc.constantFrom('10.200.0.10', '*', '', 'STRICT', '8080', '-1'),
+  ),
+  node: fc.oneof(
+    { depthSize: 'small' },
+    tie('leaf'),
+    fc.array(tie('node'), { maxLength: 4 }),
+    fc.dictionary(fc.oneof(KEY, fc.string()), tie('node'), { maxKeys: 4 }),
+  ),
 })).node;
 
 test('a value of any shape at any place: a configuration or AMBIT_E_CONFIG', () => {
-  fc.assert(fc.property(fc.constantFrom(...ALL), VALUE, (at, value) => survives(YAML.stringify(setAt(base, at, value)))), { numRuns: RUNS, seed: SEED });
+  fc.assert(
+    fc.property(fc.constantFrom(...ALL), VALUE, (at, value) => survives(YAML.stringify(setAt(base, at, value)))),
+    { numRuns: RUNS, seed: SEED },
+  );
 });
 
 test('text damaged anywhere: a configuration or AMBIT_E_CONFIG', () => {
-  const edit = fc.tuple(fc.nat({ max: BASE.length }), fc.nat({ max: 8 }), fc.oneof(fc.string({ maxLength: 8 }), fc.constantFrom('&a ', '*a', '<<: ', '[', '{', '- ', ': ', '!!', '\t', '\n  ', '%YAML 1.1\n---\n', '---\n')));
-  fc.assert(fc.property(fc.array(edit, { minLength: 1, maxLength: 4 }), (edits) => {
-    let text = BASE;
-    for (const [pos, del, ins] of edits) text = text.slice(0, pos) + ins + text.slice(Math.min(text.length, pos + del));
-    return survives(text);
-  }), { numRuns: RUNS, seed: SEED + 1 });
+  const edit = fc.tuple(
+    fc.nat({ max: BASE.length }),
+    fc.nat({ max: 8 }),
+    fc.oneof(
+      fc.string({ maxLength: 8 }),
+      fc.constantFrom('&a ', '*a', '<<: ', '[', '{', '- ', ': ', '!!', '\t', '\n  ', '%YAML 1.1\n---\n', '---\n'),
+    ),
+  );
+  fc.assert(
+    fc.property(fc.array(edit, { minLength: 1, maxLength: 4 }), (edits) => {
+      let text = BASE;
+      for (const [pos, del, ins] of edits) text = text.slice(0, pos) + ins + text.slice(Math.min(text.length, pos + del));
+      return survives(text);
+    }),
+    { numRuns: RUNS, seed: SEED + 1 },
+  );
 });
 
 test('the unchanged base survives (the properties are not vacuous)', () => {

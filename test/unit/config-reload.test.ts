@@ -21,7 +21,9 @@ describe('reloading the configuration file', () => {
   let file: string;
   let n = 0;
   const escaped: unknown[] = [];
-  const onEscape = (err: unknown): void => { escaped.push(err); };
+  const onEscape = (err: unknown): void => {
+    escaped.push(err);
+  };
 
   /** Replaces the file as editors and ConfigMap mounts do (rename), so no poll sees it half-written. */
   const replace = (write: (tmp: string) => void): void => {
@@ -47,22 +49,52 @@ describe('reloading the configuration file', () => {
     let tables = 0;
     const rejected: AmbitError[] = [];
     // Applies as the control plane does: the token table is built from the new file (NodeTokens throws on a duplicate hash).
-    const apply = (cfg: MeshConfig): void => { new NodeTokens(cfg.controlPlane.tokens); tables++; current = cfg; };
+    const apply = (cfg: MeshConfig): void => {
+      new NodeTokens(cfg.controlPlane.tokens);
+      tables++;
+      current = cfg;
+    };
     const stop = watchParsedFile(file, parseConfig, apply, (err) => rejected.push(err), POLL_MS);
     try {
       const good = current;
       const kinds: [string, (tmp: string) => void, RegExp][] = [
         ['a typo', (t) => fs.writeFileSync(t, once(BASE, 'policies:', 'polices:')), /polices: unknown field; did you mean `policies`\?/],
-        ['duplicate token hashes', (t) => fs.writeFileSync(t, once(BASE, `sha256: ${HASH_B}`, `sha256: ${'a'.repeat(64)}`)), /controlPlane\.tokens\[1\]\.sha256: duplicates/],
-        ['a duplicate pod address', (t) => fs.writeFileSync(t, once(BASE, 'addresses: [10.200.0.20]', 'addresses: [10.200.0.10]')), /pod addresses must be unique/],
+        [
+          'duplicate token hashes',
+          (t) => fs.writeFileSync(t, once(BASE, `sha256: ${HASH_B}`, `sha256: ${'a'.repeat(64)}`)),
+          /controlPlane\.tokens\[1\]\.sha256: duplicates/,
+        ],
+        [
+          'a duplicate pod address',
+          (t) => fs.writeFileSync(t, once(BASE, 'addresses: [10.200.0.20]', 'addresses: [10.200.0.10]')),
+          /pod addresses must be unique/,
+        ],
         ['broken YAML', (t) => fs.writeFileSync(t, `${BASE}\n  - [`), /is not valid YAML/],
-        ['nesting too deep', (t) => fs.writeFileSync(t, `${BASE}\nx: ${'['.repeat(5000)}${']'.repeat(5000)}\n`), /is not valid YAML: nested (too deeply|deeper than)/],
-        ['an alias bomb', (t) => {
-          let bomb = 'a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n';
-          for (let i = 1; i < 9; i++) bomb += `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]\n`;
-          fs.writeFileSync(t, `${bomb}policies: *a8\n`);
-        }, /aliases \(\*name\) expand to more than/],
-        ['a file over the size limit', (t) => { fs.writeFileSync(t, ''); fs.truncateSync(t, 64 * 1024 * 1024); }, /is 64\.0 MiB, over the limit of 16\.0 MiB/],
+        [
+          'nesting too deep',
+          (t) => fs.writeFileSync(t, `${BASE}\nx: ${'['.repeat(5000)}${']'.repeat(5000)}\n`),
+          /is not valid YAML: nested (too deeply|deeper than)/,
+        ],
+        [
+          'an alias bomb',
+          (t) => {
+            let bomb = 'a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n';
+            for (let i = 1; i < 9; i++)
+              bomb += `a${i}: &a${i} [${Array(9)
+                .fill(`*a${i - 1}`)
+                .join(', ')}]\n`;
+            fs.writeFileSync(t, `${bomb}policies: *a8\n`);
+          },
+          /aliases \(\*name\) expand to more than/,
+        ],
+        [
+          'a file over the size limit',
+          (t) => {
+            fs.writeFileSync(t, '');
+            fs.truncateSync(t, 64 * 1024 * 1024);
+          },
+          /is 64\.0 MiB, over the limit of 16\.0 MiB/,
+        ],
       ];
       for (const [what, write, want] of kinds) {
         const seen = rejected.length;
@@ -87,7 +119,15 @@ describe('reloading the configuration file', () => {
   test('a change made the moment the watch starts is not missed', async () => {
     fs.writeFileSync(file, BASE);
     let applied: MeshConfig | undefined;
-    const stop = watchParsedFile(file, parseConfig, (cfg) => { applied = cfg; }, () => undefined, POLL_MS);
+    const stop = watchParsedFile(
+      file,
+      parseConfig,
+      (cfg) => {
+        applied = cfg;
+      },
+      () => undefined,
+      POLL_MS,
+    );
     try {
       replace((t) => fs.writeFileSync(t, once(BASE, '    capacity: 1', '    capacity: 7')));
       const cfg = await waitFor('the change to be applied', () => applied, 10_000);
@@ -100,9 +140,26 @@ describe('reloading the configuration file', () => {
   test('an apply that throws, or a reporter that throws, does not leave the watcher', async () => {
     fs.writeFileSync(file, BASE);
     const reported: AmbitError[] = [];
-    const stop = watchParsedFile(file, parseConfig, () => { throw new Error('apply failed half-way'); }, (err) => reported.push(err), POLL_MS);
+    const stop = watchParsedFile(
+      file,
+      parseConfig,
+      () => {
+        throw new Error('apply failed half-way');
+      },
+      (err) => reported.push(err),
+      POLL_MS,
+    );
     const reported2: AmbitError[] = [];
-    const stop2 = watchParsedFile(file, parseConfig, () => undefined, (err) => { reported2.push(err); throw new Error('the log is closed'); }, POLL_MS);
+    const stop2 = watchParsedFile(
+      file,
+      parseConfig,
+      () => undefined,
+      (err) => {
+        reported2.push(err);
+        throw new Error('the log is closed');
+      },
+      POLL_MS,
+    );
     try {
       replace((t) => fs.writeFileSync(t, once(BASE, '    capacity: 1', '    capacity: 2')));
       const err = await waitFor('the failed apply to be reported', () => reported[0], 10_000);

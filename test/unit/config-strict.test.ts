@@ -16,52 +16,101 @@ test('each typo is rejected with its path and the key meant', () => {
   const cases: [string, string, RegExp][] = [
     ['policies:', 'polices:', /^polices: unknown field; did you mean `policies`\?/],
     ['rootNamespace:', 'rootNamespce:', /^rootNamespce: unknown field; did you mean `rootNamespace`\?/],
-    ['    dataplane: ambient', '    dataplan: sidecar', /^workloads\[0\]\.dataplan: unknown field; did you mean `dataplane`\? \(got "sidecar"\)/],
+    [
+      '    dataplane: ambient',
+      '    dataplan: sidecar',
+      /^workloads\[0\]\.dataplan: unknown field; did you mean `dataplane`\? \(got "sidecar"\)/,
+    ],
     ['    capacity: 1', '    capcity: 0', /^workloads\[0\]\.capcity: unknown field; did you mean `capacity`\?/],
     ['targetPort: 8080', 'targetport: 8080', /^services\[0\]\.ports\[0\]\.targetport: unknown field; did you mean `targetPort`\?/],
     ['    selector: { app: echo }', '    selecter: { app: echo }', /^services\[0\]\.selecter: unknown field; did you mean `selector`\?/],
     ['{ name: node-2, address', '{ name: node-2, adress', /^nodes\[1\]\.adress: unknown field; did you mean `address`\?/],
     ['ca: { dir:', 'ca: { dri:', /^ca\.dri: unknown field; did you mean `dir`\?/],
     ['  tokens:', '  token:', /^controlPlane\.token: unknown field; did you mean `tokens`\?/],
-    [`node: node-2, sha256: ${HASH_B}`, `node: node-2, sha: ${HASH_B}`, /^controlPlane\.tokens\[1\]\.sha: unknown field; did you mean `sha256`\?/],
+    [
+      `node: node-2, sha256: ${HASH_B}`,
+      `node: node-2, sha: ${HASH_B}`,
+      /^controlPlane\.tokens\[1\]\.sha: unknown field; did you mean `sha256`\?/,
+    ],
     ['trustDomain:', 'trustdomain:', /^trustdomain: unknown field; did you mean `trustDomain`\?/],
     // The Istio objects under policies:
-    ['      selector: { matchLabels', '      selecter: { matchLabels', /^policies\[0\]\.spec\.selecter: unknown field; did you mean `selector`\?/],
-    ['{ matchLabels: { app: echo } }', '{ matchLabel: { app: echo } }', /^policies\[0\]\.spec\.selector\.matchLabel: unknown field; did you mean `matchLabels`\?/],
+    [
+      '      selector: { matchLabels',
+      '      selecter: { matchLabels',
+      /^policies\[0\]\.spec\.selecter: unknown field; did you mean `selector`\?/,
+    ],
+    [
+      '{ matchLabels: { app: echo } }',
+      '{ matchLabel: { app: echo } }',
+      /^policies\[0\]\.spec\.selector\.matchLabel: unknown field; did you mean `matchLabels`\?/,
+    ],
     ['        - from:', '        - form:', /^policies\[0\]\.spec\.rules\[0\]\.form: unknown field; did you mean `from`\?/],
-    ['{ source: { principals', '{ sources: { principals', /^policies\[0\]\.spec\.rules\[0\]\.from\[0\]\.sources: unknown field; did you mean `source`\?/],
-    ['{ principals: [', '{ principles: [', /^policies\[0\]\.spec\.rules\[0\]\.from\[0\]\.source\.principles: unknown field; did you mean `principals`\?/],
-    ['{ operation: { ports:', '{ operation: { port:', /^policies\[0\]\.spec\.rules\[0\]\.to\[0\]\.operation\.port: unknown field; did you mean `ports`\?/],
+    [
+      '{ source: { principals',
+      '{ sources: { principals',
+      /^policies\[0\]\.spec\.rules\[0\]\.from\[0\]\.sources: unknown field; did you mean `source`\?/,
+    ],
+    [
+      '{ principals: [',
+      '{ principles: [',
+      /^policies\[0\]\.spec\.rules\[0\]\.from\[0\]\.source\.principles: unknown field; did you mean `principals`\?/,
+    ],
+    [
+      '{ operation: { ports:',
+      '{ operation: { port:',
+      /^policies\[0\]\.spec\.rules\[0\]\.to\[0\]\.operation\.port: unknown field; did you mean `ports`\?/,
+    ],
     ['      action: ALLOW', '      actions: ALLOW', /^policies\[0\]\.spec\.actions: unknown field; did you mean `action`\?/],
     ['      mtls: { mode: STRICT }', '      mTLS: { mode: STRICT }', /^policies\[1\]\.spec\.mTLS: unknown field; did you mean `mtls`\?/],
     ['{ mode: STRICT }', '{ mod: STRICT }', /^policies\[1\]\.spec\.mtls\.mod: unknown field; did you mean `mode`\?/],
-    ['{ name: strict, namespace: default }', '{ name: strict, namespace: default, lables: { a: b } }', /^policies\[1\]\.metadata\.lables: unknown field; did you mean `labels`\?/],
+    [
+      '{ name: strict, namespace: default }',
+      '{ name: strict, namespace: default, lables: { a: b } }',
+      /^policies\[1\]\.metadata\.lables: unknown field; did you mean `labels`\?/,
+    ],
   ];
   for (const [from, to, want] of cases) {
     const problems = problemsOf(once(BASE, from, to));
-    assert.ok(problems.some((p) => want.test(p)), `${to.trim()}: expected ${want} among\n${problems.join('\n')}`);
+    assert.ok(
+      problems.some((p) => want.test(p)),
+      `${to.trim()}: expected ${want} among\n${problems.join('\n')}`,
+    );
   }
 });
 
 test('every unknown key is reported in one pass; far-off keys list what the level takes', () => {
-  const text = once(once(once(BASE, 'policies:', 'polices:'), '    dataplane: ambient', '    dataplan: sidecar'), '    capacity: 1', '    capacity: 1\n    flavour: mint');
+  const text = once(
+    once(once(BASE, 'policies:', 'polices:'), '    dataplane: ambient', '    dataplan: sidecar'),
+    '    capacity: 1',
+    '    capacity: 1\n    flavour: mint',
+  );
   const problems = problemsOf(text);
   assert.equal(problems.length, 3, problems.join('\n'));
   assert.match(problems.join('\n'), /workloads\[0\]\.flavour: unknown field; expected one of uid, name, namespace, .*capacity/);
   // A long value is quoted only in part.
-  assert.ok(problems.every((p) => p.length < 400), problems.join('\n'));
+  assert.ok(
+    problems.every((p) => p.length < 400),
+    problems.join('\n'),
+  );
 });
 
 test('a derived field is accepted only empty, and a YAML merge key says it is not supported', () => {
   assert.doesNotThrow(() => parseConfig(once(BASE, '    capacity: 1', '    capacity: 1\n    authorizationPolicies: []')));
-  assert.match(problemsOf(once(BASE, '    capacity: 1', '    capacity: 1\n    authorizationPolicies: [default/allow-all]')).join('\n'),
-    /workloads\[0\]\.authorizationPolicies: is computed from the policies' selectors/);
-  assert.match(problemsOf(once(BASE, '    labels: { app: sleep }', '    labels: { app: sleep }\n    <<: { node: node-2 }')).join('\n'),
-    /workloads\[0\]\.<<: YAML merge keys \(<<\) are not supported/);
+  assert.match(
+    problemsOf(once(BASE, '    capacity: 1', '    capacity: 1\n    authorizationPolicies: [default/allow-all]')).join('\n'),
+    /workloads\[0\]\.authorizationPolicies: is computed from the policies' selectors/,
+  );
+  assert.match(
+    problemsOf(once(BASE, '    labels: { app: sleep }', '    labels: { app: sleep }\n    <<: { node: node-2 }')).join('\n'),
+    /workloads\[0\]\.<<: YAML merge keys \(<<\) are not supported/,
+  );
 });
 
 test('objects exported from Kubernetes load with their metadata', () => {
-  const exported = once(BASE, '{ name: strict, namespace: default }', `
+  const exported = once(
+    BASE,
+    '{ name: strict, namespace: default }',
+    `
       name: strict
       namespace: default
       uid: 9d3c1b1e-0000-4000-8000-000000000001
@@ -73,7 +122,8 @@ test('objects exported from Kubernetes load with their metadata', () => {
       managedFields: [{ manager: kubectl, operation: Apply }]
       finalizers: []
       ownerReferences: []
-    status: {}`);
+    status: {}`,
+  );
   assert.equal(parseConfig(exported).policies.length, 2);
 });
 

@@ -37,21 +37,23 @@ test('the documented example parses', () => {
 });
 
 test('every problem is reported with its path, its value and a fix', () => {
-  const bad = GOOD
-    .replace('addresses: [10.200.0.10]', 'addresses: [10.200.0.300]')
+  const bad = GOOD.replace('addresses: [10.200.0.10]', 'addresses: [10.200.0.300]')
     .replace('protocol: HBONE', 'protocol: TLS')
     .replace('node: node-1', 'node: node-9')
     .replace('{ port: 80, targetPort: 8080 }', '{ port: 80, targetPort: 70000 }');
-  assert.throws(() => parseConfig(bad, 'mesh.yaml'), (err: unknown) => {
-    assert.ok(err instanceof AmbitError);
-    assert.equal(err.code, 'AMBIT_E_CONFIG');
-    assert.match(err.message, /mesh\.yaml is invalid/);
-    assert.match(err.message, /workloads\[0\]\.addresses\[0\]: must be an IPv4 address .* \(got "10\.200\.0\.300"\)/);
-    assert.match(err.message, /workloads\[0\]\.protocol: must be HBONE .* \(got "TLS"\)/);
-    assert.match(err.message, /workloads\[0\]\.node: is not among nodes: \(node-1\).* \(got "node-9"\)/);
-    assert.match(err.message, /services\[0\]\.ports\[0\]\.targetPort: must be a port number 1\.\.65535 \(got 70000\)/);
-    return true;
-  });
+  assert.throws(
+    () => parseConfig(bad, 'mesh.yaml'),
+    (err: unknown) => {
+      assert.ok(err instanceof AmbitError);
+      assert.equal(err.code, 'AMBIT_E_CONFIG');
+      assert.match(err.message, /mesh\.yaml is invalid/);
+      assert.match(err.message, /workloads\[0\]\.addresses\[0\]: must be an IPv4 address .* \(got "10\.200\.0\.300"\)/);
+      assert.match(err.message, /workloads\[0\]\.protocol: must be HBONE .* \(got "TLS"\)/);
+      assert.match(err.message, /workloads\[0\]\.node: is not among nodes: \(node-1\).* \(got "node-9"\)/);
+      assert.match(err.message, /services\[0\]\.ports\[0\]\.targetPort: must be a port number 1\.\.65535 \(got 70000\)/);
+      return true;
+    },
+  );
 });
 
 test('duplicate uids and addresses are refused', () => {

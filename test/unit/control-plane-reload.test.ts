@@ -6,7 +6,7 @@
 // UNAUTHENTICATED while the others stay, and so is one whose TokenReview
 // no longer passes (a local stand-in for the API server).
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -31,10 +31,30 @@ function doc(opts: { tokensFor?: string[]; sameToken?: boolean; capacity?: numbe
   return {
     trustDomain: 'cluster.local',
     ca: { dir: path.join(dir, 'ca') },
-    nodes: [{ name: 'n1', address: '10.0.0.1' }, { name: 'n2', address: '10.0.0.2' }],
+    nodes: [
+      { name: 'n1', address: '10.0.0.1' },
+      { name: 'n2', address: '10.0.0.2' },
+    ],
     workloads: [
-      { uid: 'default/sleep', name: 'sleep', namespace: 'default', serviceAccount: 'sleep', node: 'n1', addresses: ['10.200.1.11'], labels: { app: 'sleep' } },
-      { uid: 'default/echo', name: 'echo', namespace: 'default', serviceAccount: 'echo', node: 'n2', addresses: ['10.200.2.11'], labels: { app: 'echo' }, capacity: opts.capacity ?? 1 },
+      {
+        uid: 'default/sleep',
+        name: 'sleep',
+        namespace: 'default',
+        serviceAccount: 'sleep',
+        node: 'n1',
+        addresses: ['10.200.1.11'],
+        labels: { app: 'sleep' },
+      },
+      {
+        uid: 'default/echo',
+        name: 'echo',
+        namespace: 'default',
+        serviceAccount: 'echo',
+        node: 'n2',
+        addresses: ['10.200.2.11'],
+        labels: { app: 'echo' },
+        capacity: opts.capacity ?? 1,
+      },
     ],
     controlPlane: { tokens: nodes.map((n) => ({ node: n, sha256: hash(tokens.get(opts.sameToken ? 'n1' : n)!) })) },
   };
@@ -48,8 +68,14 @@ const write = (file: string, d: Record<string, unknown>): void => {
 
 function nodeClient(node: string, port: number): XdsClient {
   return new XdsClient({
-    address: `127.0.0.1:${port}`, rootsPem: fs.readFileSync(path.join(dir, 'ca', 'root-cert.pem'), 'utf8'), serverName: 'localhost',
-    tokenFile: path.join(dir, `${node}.token`), trustDomain: 'cluster.local', backoffInitialMs: 50, backoffMaxMs: 200, log,
+    address: `127.0.0.1:${port}`,
+    rootsPem: fs.readFileSync(path.join(dir, 'ca', 'root-cert.pem'), 'utf8'),
+    serverName: 'localhost',
+    tokenFile: path.join(dir, `${node}.token`),
+    trustDomain: 'cluster.local',
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    log,
     node: nodeMessage({ nodeName: node, podName: `ambit-${node}`, podNamespace: 'ambit-system', ip: '127.0.0.1' }),
   });
 }
@@ -65,19 +91,31 @@ before(() => {
 });
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-test('in process: a configuration with a shared token is refused and serving goes on; a removed token closes that node\'s stream', async () => {
+test("in process: a configuration with a shared token is refused and serving goes on; a removed token closes that node's stream", async () => {
   const file = path.join(dir, 'inproc.yaml');
   write(file, doc());
   const cp = await ControlPlane.start({ configFile: file, listen: '127.0.0.1:0', log });
   const clients = new Map(['n1', 'n2'].map((n) => [n, nodeClient(n, cp.port)]));
-  const lost = new Map<string, string[]>([['n1', []], ['n2', []]]);
+  const lost = new Map<string, string[]>([
+    ['n1', []],
+    ['n2', []],
+  ]);
   for (const [n, c] of clients) c.on('disconnected', (why: string) => lost.get(n)!.push(why));
   try {
     for (const c of clients.values()) c.start();
     for (const c of clients.values()) await c.whenSynced(10_000 * TIME_SCALE);
 
     // What parseConfig may or may not catch, apply() checks again before touching anything.
-    const shared = { ...cp.config, workloads: cp.config.workloads.map((w) => ({ ...w, capacity: 9 })), controlPlane: { tokens: [{ node: 'n1', sha256: hash(tokens.get('n1')!) }, { node: 'n2', sha256: hash(tokens.get('n1')!) }] } };
+    const shared = {
+      ...cp.config,
+      workloads: cp.config.workloads.map((w) => ({ ...w, capacity: 9 })),
+      controlPlane: {
+        tokens: [
+          { node: 'n1', sha256: hash(tokens.get('n1')!) },
+          { node: 'n2', sha256: hash(tokens.get('n1')!) },
+        ],
+      },
+    };
     assert.equal(cp.apply(shared), false);
     assert.equal(cp.config.workloads.find((w) => w.uid === 'default/echo')?.capacity, 1, 'the last good state is served');
     assert.ok([...clients.values()].every((c) => c.connected));
@@ -87,12 +125,15 @@ test('in process: a configuration with a shared token is refused and serving goe
 
     const t0 = Date.now();
     write(file, doc({ tokensFor: ['n2'] }));
-    await waitFor('n1\'s stream to be closed', () => lost.get('n1')!.length > 0, 5_000);
+    await waitFor("n1's stream to be closed", () => lost.get('n1')!.length > 0, 5_000);
     console.log(`# removed token: stream closed ${Date.now() - t0} ms after the file changed (file polled every 500 ms)`);
     assert.match(lost.get('n1')![0], /^UNAUTHENTICATED: credentials no longer accepted: unknown bearer token/);
     assert.deepEqual(lost.get('n2'), []);
     assert.equal(clients.get('n2')!.connected, true);
-    assert.deepEqual(cp.xds.streamStates().map((s) => s.node), ['n2']);
+    assert.deepEqual(
+      cp.xds.streamStates().map((s) => s.node),
+      ['n2'],
+    );
   } finally {
     for (const c of clients.values()) c.stop();
     await cp.stop();
@@ -102,12 +143,19 @@ test('in process: a configuration with a shared token is refused and serving goe
 test('ambit control-plane: a reload with duplicate token hashes leaves the process up and the last good state served', async () => {
   const file = path.join(dir, 'process.yaml');
   write(file, doc());
-  const child: ChildProcess = spawn(process.execPath, [CLI, 'control-plane', '--config', file, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(process.execPath, [CLI, 'control-plane', '--config', file, '--listen', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
-  child.stderr!.on('data', (d) => { stderr += d; });
+  child.stderr!.on('data', (d) => {
+    stderr += d;
+  });
   const lines = jsonLines(child);
   const alive = (): void => assert.equal(child.exitCode, null, `the control plane exited (${child.exitCode}): ${stderr}`);
-  const logged = (msg: string): Record<string, unknown> | undefined => { alive(); return lines.find((l) => l.msg === msg); };
+  const logged = (msg: string): Record<string, unknown> | undefined => {
+    alive();
+    return lines.find((l) => l.msg === msg);
+  };
   const clients: XdsClient[] = [];
   try {
     const serving = await waitFor('the control plane to serve', () => logged('control plane serving xDS and the CA'), 20_000);
@@ -118,7 +166,11 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
     await n1.whenSynced(10_000 * TIME_SCALE);
 
     write(file, doc({ sameToken: true, capacity: 7 }));
-    const refused = await waitFor('the reload to be refused', () => logged('configuration change rejected; the last good state keeps serving'), 10_000);
+    const refused = await waitFor(
+      'the reload to be refused',
+      () => logged('configuration change rejected; the last good state keeps serving'),
+      10_000,
+    );
     assert.equal(refused.code, 'AMBIT_E_CONFIG');
     assert.match(String(refused.err), /same token|duplicates controlPlane\.tokens/, 'the error names the shared token');
     alive();
@@ -131,7 +183,14 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
 
     // The watcher still works: a valid change after the refused one is served.
     write(file, doc({ capacity: 5 }));
-    await waitFor('the valid change to reach both nodes', () => { alive(); return capacityOfEcho(n1) === 5 && capacityOfEcho(n2) === 5; }, 10_000);
+    await waitFor(
+      'the valid change to reach both nodes',
+      () => {
+        alive();
+        return capacityOfEcho(n1) === 5 && capacityOfEcho(n2) === 5;
+      },
+      10_000,
+    );
   } finally {
     for (const c of clients) c.stop();
     child.kill('SIGKILL');
@@ -141,13 +200,21 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
 
 test('with TokenReview: a token the API server stops accepting has its stream closed at the next re-check; a review that fails closes nothing', async () => {
   const kube = new FakeKube();
-  const kubePort = await new Promise<number>((resolve) => kube.server.listen(0, '127.0.0.1', () => resolve((kube.server.address() as { port: number }).port)));
+  const kubePort = await new Promise<number>((resolve) =>
+    kube.server.listen(0, '127.0.0.1', () => resolve((kube.server.address() as { port: number }).port)),
+  );
   const status = fixture<{ status: { user: { username: string; extra: Record<string, string[]> } } }>('tokenreview').status;
   kube.review(tokens.get('n1')!, { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/node-name': ['n1'] } } });
   const file = path.join(dir, 'kube.yaml');
   write(file, doc({ tokensFor: [] }));
   const recheckMs = 300;
-  const cp = await ControlPlane.start({ configFile: file, listen: '127.0.0.1:0', kube: new KubeClient({ server: `http://127.0.0.1:${kubePort}` }), recheckMs, log });
+  const cp = await ControlPlane.start({
+    configFile: file,
+    listen: '127.0.0.1:0',
+    kube: new KubeClient({ server: `http://127.0.0.1:${kubePort}` }),
+    recheckMs,
+    log,
+  });
   const n1 = nodeClient('n1', cp.port);
   const lost: string[] = [];
   n1.on('disconnected', (why: string) => lost.push(why));
@@ -167,7 +234,10 @@ test('with TokenReview: a token the API server stops accepting has its stream cl
     const t0 = Date.now();
     await waitFor('the stream to be closed', () => lost.length > 0, 5_000);
     console.log(`# TokenReview revoked: stream closed ${Date.now() - t0} ms later (re-check every ${recheckMs} ms)`);
-    assert.match(lost[0], /^UNAUTHENTICATED: credentials no longer accepted: the API server did not accept the token: token has been invalidated/);
+    assert.match(
+      lost[0],
+      /^UNAUTHENTICATED: credentials no longer accepted: the API server did not accept the token: token has been invalidated/,
+    );
   } finally {
     n1.stop();
     await cp.stop();

@@ -15,7 +15,12 @@ const RUNS = Number(process.env.FUZZ_RUNS ?? 3000);
 describe('fuzz slice (in-process targets)', () => {
   for (const t of TARGETS) {
     test(`${t.name}: ${t.what} (${RUNS} inputs, seed ${SEED})`, () => {
-      fc.assert(fc.property(t.arb, (input) => { t.check(input); }), { seed: SEED, numRuns: RUNS });
+      fc.assert(
+        fc.property(t.arb, (input) => {
+          t.check(input);
+        }),
+        { seed: SEED, numRuns: RUNS },
+      );
     });
   }
 

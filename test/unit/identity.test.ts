@@ -22,7 +22,13 @@ after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 test('SPIFFE ids have exactly trust domain, ns, namespace, sa, service account', () => {
   assert.deepEqual(parseSpiffe(ID), { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'sleep' });
-  for (const bad of ['spiffe://cluster.local/ns/default', 'spiffe://cluster.local/ns/default/sa/sleep/extra', 'spiffe://td/sa/x/ns/y', 'https://td/ns/a/sa/b', 'spiffe://td/ns//sa/b']) {
+  for (const bad of [
+    'spiffe://cluster.local/ns/default',
+    'spiffe://cluster.local/ns/default/sa/sleep/extra',
+    'spiffe://td/sa/x/ns/y',
+    'https://td/ns/a/sa/b',
+    'spiffe://td/ns//sa/b',
+  ]) {
     assert.equal(parseSpiffe(bad), undefined, bad);
   }
   assert.deepEqual(spiffeIdsOf(`DNS:x.example, URI:${ID}, URI:https://example`), [ID]);
@@ -56,7 +62,12 @@ test('a leaf carries exactly the identity as its only SAN, 24 h by default', asy
 
 test('one CA request in flight per identity; cached afterwards', async () => {
   let calls = 0;
-  const counting: CertificateAuthority = { sign: (csr, id, ttl) => { calls++; return ca.sign(csr, id, ttl); } };
+  const counting: CertificateAuthority = {
+    sign: (csr, id, ttl) => {
+      calls++;
+      return ca.sign(csr, id, ttl);
+    },
+  };
   const m = new CertificateManager(counting, { log });
   const all = await Promise.all(Array.from({ length: 10 }, () => m.fetch(ID)));
   assert.equal(calls, 1);
@@ -69,14 +80,22 @@ test('one CA request in flight per identity; cached afterwards', async () => {
 test('a CA answer for another identity is refused', async () => {
   const lying: CertificateAuthority = { sign: (csr, _id, ttl) => ca.sign(csr, 'spiffe://cluster.local/ns/default/sa/other', ttl) };
   const m = new CertificateManager(lying, { log, backoffInitialMs: 60_000 });
-  await assert.rejects(m.fetch(ID), /issued a certificate for \["spiffe:\/\/cluster\.local\/ns\/default\/sa\/other"\] when spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep was asked/);
+  await assert.rejects(
+    m.fetch(ID),
+    /issued a certificate for \["spiffe:\/\/cluster\.local\/ns\/default\/sa\/other"\] when spiffe:\/\/cluster\.local\/ns\/default\/sa\/sleep was asked/,
+  );
   m.close();
 });
 
 test('refresh at half-life; on CA failure the valid certificate keeps serving, with backoff', async () => {
   let fail = false;
   let calls = 0;
-  const flaky: CertificateAuthority = { sign: (csr, id, ttl) => { calls++; return fail ? Promise.reject(new Error('CA down')) : ca.sign(csr, id, ttl); } };
+  const flaky: CertificateAuthority = {
+    sign: (csr, id, ttl) => {
+      calls++;
+      return fail ? Promise.reject(new Error('CA down')) : ca.sign(csr, id, ttl);
+    },
+  };
   const m = new CertificateManager(flaky, { log, ttlSeconds: 2, backoffInitialMs: 100, backoffMaxMs: 200 });
   const first = await m.fetch(ID);
   fail = true;

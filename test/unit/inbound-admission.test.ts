@@ -5,16 +5,18 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { test } from 'node:test';
-import { Admission } from '../../src/tunnel/admission';
-import { verifiedSource, type MeshView } from '../../src/tunnel/source';
 import type { MeshConfig, Workload } from '../../src/state/types';
+import { Admission } from '../../src/tunnel/admission';
+import { type MeshView, verifiedSource } from '../../src/tunnel/source';
 
 let port = 1000;
-const sock = (ip: string): net.Socket => Object.assign(new EventEmitter(), { remoteAddress: ip, remotePort: port++ }) as unknown as net.Socket;
+const sock = (ip: string): net.Socket =>
+  Object.assign(new EventEmitter(), { remoteAddress: ip, remotePort: port++ }) as unknown as net.Socket;
 
 test('admission: per-source handshake cap, per-pod handshake cap, per-source connection cap; a close or a finished handshake frees its slot', () => {
   const a = new Admission({ maxPendingHandshakes: 3, maxPendingHandshakesPerSource: 2, maxConnectionsPerSource: 3 });
-  const x1 = sock('10.0.0.1'); const x2 = sock('10.0.0.1');
+  const x1 = sock('10.0.0.1');
+  const x2 = sock('10.0.0.1');
   assert.equal(a.admit(x1), undefined);
   assert.equal(a.admit(x2), undefined);
   assert.equal(a.admit(sock('10.0.0.1')), 'source_handshake_cap');
@@ -28,8 +30,20 @@ test('admission: per-source handshake cap, per-pod handshake cap, per-source con
   assert.deepEqual(a.stats(), { pending: 2, open: 3, sources: 2 });
 });
 
-test('verified source: the address\'s workload if it runs as the proven identity; baggage only from a non-workload address and only naming a workload of that identity', () => {
-  const w = (name: string, ip: string, sa: string): Workload => ({ uid: name, name, namespace: 'ns', serviceAccount: sa, node: 'n', addresses: [ip], protocol: 'HBONE', dataplane: 'ambient', labels: {}, capacity: 1, authorizationPolicies: [] });
+test("verified source: the address's workload if it runs as the proven identity; baggage only from a non-workload address and only naming a workload of that identity", () => {
+  const w = (name: string, ip: string, sa: string): Workload => ({
+    uid: name,
+    name,
+    namespace: 'ns',
+    serviceAccount: sa,
+    node: 'n',
+    addresses: [ip],
+    protocol: 'HBONE',
+    dataplane: 'ambient',
+    labels: {},
+    capacity: 1,
+    authorizationPolicies: [],
+  });
   const workloads = [w('a', '10.0.0.1', 'sa-a'), w('b', '10.0.0.2', 'sa-b')];
   const mesh: MeshView = {
     config: { workloads, services: [] } as unknown as MeshConfig,
@@ -38,9 +52,29 @@ test('verified source: the address\'s workload if it runs as the proven identity
     endpoints: () => [],
   };
   const id = (sa: string): string => `spiffe://td/ns/ns/sa/${sa}`;
-  assert.equal(verifiedSource(mesh, '10.0.0.1', id('sa-a'), { name: 'b', namespace: 'ns' }).workload?.name, 'a', 'the address wins over baggage');
-  assert.deepEqual(verifiedSource(mesh, '10.0.0.1', id('sa-b'), { name: 'b', namespace: 'ns' }), { namespace: 'ns', principal: id('sa-b'), how: 'address_identity_mismatch' });
-  assert.equal(verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'b', namespace: 'ns' }).workload?.name, 'b', 'baggage that agrees with the identity');
-  assert.equal(verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'a', namespace: 'ns' }).workload, undefined, 'baggage naming a workload of another identity');
-  assert.equal(verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'ghost', namespace: 'x' }).namespace, 'ns', 'namespace from the SPIFFE id');
+  assert.equal(
+    verifiedSource(mesh, '10.0.0.1', id('sa-a'), { name: 'b', namespace: 'ns' }).workload?.name,
+    'a',
+    'the address wins over baggage',
+  );
+  assert.deepEqual(verifiedSource(mesh, '10.0.0.1', id('sa-b'), { name: 'b', namespace: 'ns' }), {
+    namespace: 'ns',
+    principal: id('sa-b'),
+    how: 'address_identity_mismatch',
+  });
+  assert.equal(
+    verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'b', namespace: 'ns' }).workload?.name,
+    'b',
+    'baggage that agrees with the identity',
+  );
+  assert.equal(
+    verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'a', namespace: 'ns' }).workload,
+    undefined,
+    'baggage naming a workload of another identity',
+  );
+  assert.equal(
+    verifiedSource(mesh, '192.168.0.9', id('sa-b'), { name: 'ghost', namespace: 'x' }).namespace,
+    'ns',
+    'namespace from the SPIFFE id',
+  );
 });

@@ -3,19 +3,20 @@
 // services from recorded API objects, and the client, informer and
 // TokenReview against a local HTTP server that speaks the API paths
 // (test/helpers/fake-kube.ts).
-import * as grpc from '@grpc/grpc-js';
+
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
 import { TokenReviewer } from '../../src/control-plane/token-review';
 import { KubeClient } from '../../src/kube/client';
 import { Informer } from '../../src/kube/informer';
 import { inMesh, meshFromCluster, podUid } from '../../src/kube/mesh';
+import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
 import type { EndpointSlice, Namespace, Pod, Service } from '../../src/kube/types';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { waitFor } from '../helpers/proc';
@@ -26,13 +27,22 @@ const UID = '5f0c7a53-8f7e-4a51-b6a4-2c1d9e0b7a64';
 test('the pod and its own cgroup are read from both kubelet cgroup drivers', () => {
   const u = UID.replace(/-/g, '_');
   const cases: [string, string | undefined][] = [
-    [`/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice`],
-    [`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice`],
+    [
+      `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-9a1f.scope`,
+      `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice`,
+    ],
+    [
+      `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice/cri-containerd-9a1f.scope`,
+      `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${u}.slice`,
+    ],
     [`/kubepods.slice/kubepods-pod${u}.slice/cri-containerd-9a1f.scope`, `/kubepods.slice/kubepods-pod${u}.slice`], // Guaranteed
     [`/kubepods/besteffort/pod${UID}/9a1f3c0d7be2`, `/kubepods/besteffort/pod${UID}`],
     [`/kubepods/pod${UID}/9a1f3c0d7be2`, `/kubepods/pod${UID}`],
     [`/system.slice/containerd.service/kubepods-besteffort-pod${u}.slice:cri-containerd:9a1f`, undefined], // not a directory of its own
-    [`/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice/cri-containerd-1.scope`, `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice`], // kind
+    [
+      `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice/cri-containerd-1.scope`,
+      `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${u}.slice`,
+    ], // kind
     [`/user.slice/user-0.slice/session-1.scope`, undefined],
     [`/system.slice/pod${UID}`, undefined], // a pod-looking name outside kubepods
   ];
@@ -77,7 +87,11 @@ test('the locator finds each pod by its processes and keeps its choice while tha
     write(77, `/../../kubepods-besteffort.slice/kubepods-besteffort-pod${u}.slice/cri-containerd-x.scope`);
     assert.equal(inNs.locate(new Set([UID])).get(UID)?.cgroup, podDir, 'found by name under the cgroup root');
     write(78, `/../kubepods-besteffort-pod${'9'.repeat(8)}_1111_4111_8111_111111111111.slice/c.scope`);
-    assert.equal(inNs.locate(new Set(['99999999-1111-4111-8111-111111111111'])).size, 0, 'a pod whose directory is not there is not located');
+    assert.equal(
+      inNs.locate(new Set(['99999999-1111-4111-8111-111111111111'])).size,
+      0,
+      'a pod whose directory is not there is not located',
+    );
   } finally {
     fs.rmSync(proc, { recursive: true, force: true });
     fs.rmSync(cgRoot, { recursive: true, force: true });
@@ -104,7 +118,11 @@ test('mesh membership: namespace label, pod label, pod opt-out, host network', (
 test('workloads and services from recorded API objects: identity facts, named target ports, endpoints', () => {
   const sleep = fixture<Pod>('pod');
   const web = fixture<Pod>('pod');
-  Object.assign(web.metadata, { name: 'web-5b8d7c9f6-qz4lm', uid: 'a4e9c2d1-6b3f-4f8e-8c7a-1d2e3f4a5b6c', labels: { app: 'web', version: 'v2' } });
+  Object.assign(web.metadata, {
+    name: 'web-5b8d7c9f6-qz4lm',
+    uid: 'a4e9c2d1-6b3f-4f8e-8c7a-1d2e3f4a5b6c',
+    labels: { app: 'web', version: 'v2' },
+  });
   Object.assign(web.spec, { nodeName: 'kind-worker2', serviceAccountName: 'web' });
   Object.assign(web.status, { podIP: '10.244.2.5', podIPs: [{ ip: '10.244.2.5' }, { ip: 'fd00::5' }] });
   const done = fixture<Pod>('pod');
@@ -114,16 +132,43 @@ test('workloads and services from recorded API objects: identity facts, named ta
   Object.assign(headless.metadata, { name: 'web-headless' });
   Object.assign(headless.spec, { clusterIP: 'None', clusterIPs: ['None'] });
   const { workloads, services } = meshFromCluster({
-    pods: [sleep, web, done], namespaces: [fixture<Namespace>('namespace')], services: [fixture<Service>('service'), headless], slices: [fixture<EndpointSlice>('endpointslice')],
+    pods: [sleep, web, done],
+    namespaces: [fixture<Namespace>('namespace')],
+    services: [fixture<Service>('service'), headless],
+    slices: [fixture<EndpointSlice>('endpointslice')],
   });
-  assert.deepEqual(workloads.map((w) => w.uid), ['Kubernetes//Pod/demo/sleep-7d9c6b5f8d-x2kqf', 'Kubernetes//Pod/demo/web-5b8d7c9f6-qz4lm'], 'finished pods are not workloads');
+  assert.deepEqual(
+    workloads.map((w) => w.uid),
+    ['Kubernetes//Pod/demo/sleep-7d9c6b5f8d-x2kqf', 'Kubernetes//Pod/demo/web-5b8d7c9f6-qz4lm'],
+    'finished pods are not workloads',
+  );
   const w = workloads[1];
   assert.deepEqual(
     { sa: w.serviceAccount, node: w.node, addresses: w.addresses, protocol: w.protocol, services: w.services, labels: w.labels },
-    { sa: 'web', node: 'kind-worker2', addresses: ['10.244.2.5'], protocol: 'HBONE', services: ['demo/web.demo.svc.cluster.local'], labels: { app: 'web', version: 'v2' } },
+    {
+      sa: 'web',
+      node: 'kind-worker2',
+      addresses: ['10.244.2.5'],
+      protocol: 'HBONE',
+      services: ['demo/web.demo.svc.cluster.local'],
+      labels: { app: 'web', version: 'v2' },
+    },
   );
   assert.equal(podUid(sleep), workloads[0].uid);
-  assert.deepEqual(services, [{ name: 'web', namespace: 'demo', hostname: 'web.demo.svc.cluster.local', addresses: ['10.96.14.122'], ports: [{ port: 80, targetPort: 8080 }], selector: {} }], 'named targetPort "http" → 8080 from the slice; headless skipped');
+  assert.deepEqual(
+    services,
+    [
+      {
+        name: 'web',
+        namespace: 'demo',
+        hostname: 'web.demo.svc.cluster.local',
+        addresses: ['10.96.14.122'],
+        ports: [{ port: 80, targetPort: 8080 }],
+        selector: {},
+      },
+    ],
+    'named targetPort "http" → 8080 from the slice; headless skipped',
+  );
 });
 
 let kube: FakeKube;
@@ -133,7 +178,10 @@ before(async () => {
   await new Promise<void>((r) => kube.server.listen(0, '127.0.0.1', () => r()));
   client = new KubeClient({ server: `http://127.0.0.1:${(kube.server.address() as AddressInfo).port}` });
 });
-after(() => { kube.server.closeAllConnections(); kube.server.close(); });
+after(() => {
+  kube.server.closeAllConnections();
+  kube.server.close();
+});
 
 test('the informer lists, follows the watch, and relists after 410 Gone', async () => {
   const pod = (name: string, node: string): Pod => {
@@ -147,17 +195,33 @@ test('the informer lists, follows the watch, and relists after 410 Gone', async 
   const informer = new Informer<Pod>(client, `/api/v1/pods?fieldSelector=${encodeURIComponent('spec.nodeName=n1')}`, log).start();
   try {
     await informer.whenSynced();
-    assert.deepEqual(informer.list().map((p) => p.metadata.name), ['a'], 'only this node\'s pods');
+    assert.deepEqual(
+      informer.list().map((p) => p.metadata.name),
+      ['a'],
+      "only this node's pods",
+    );
     kube.put({ kind: 'Pod', ...pod('c', 'n1') });
     await waitFor('the watched add', () => informer.get('demo/c'));
     kube.delete('Pod', 'demo', 'a');
     await waitFor('the watched delete', () => !informer.get('demo/a'));
-    const lists = kube.requests.filter((r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1')).length;
+    const lists = kube.requests.filter(
+      (r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1'),
+    ).length;
     kube.expireWatches();
     kube.put({ kind: 'Pod', ...pod('d', 'n1') });
     await waitFor('the relist after 410', () => informer.get('demo/d'));
-    assert.equal(kube.requests.filter((r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1')).length, lists + 1, 'one relist');
-    assert.deepEqual(informer.list().map((p) => p.metadata.name).sort(), ['c', 'd']);
+    assert.equal(
+      kube.requests.filter((r) => r.startsWith('GET /api/v1/pods?fieldSelector=spec.nodeName%3Dn1') && !r.includes('watch=1')).length,
+      lists + 1,
+      'one relist',
+    );
+    assert.deepEqual(
+      informer
+        .list()
+        .map((p) => p.metadata.name)
+        .sort(),
+      ['c', 'd'],
+    );
   } finally {
     informer.stop();
   }
@@ -166,9 +230,15 @@ test('the informer lists, follows the watch, and relists after 410 Gone', async 
 test('TokenReview: the node agent account with a node claim, or via its pod; anything else refused', async () => {
   const status = fixture<{ status: { user: { extra: Record<string, string[]> } } }>('tokenreview').status;
   kube.review('with-node', status);
-  kube.review('pod-only', { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/pod-name': ['ambit-node-7xk2p'] } } });
+  kube.review('pod-only', {
+    ...status,
+    user: { ...status.user, extra: { 'authentication.kubernetes.io/pod-name': ['ambit-node-7xk2p'] } },
+  });
   kube.review('other-sa', { ...status, user: { ...status.user, username: 'system:serviceaccount:demo:sleep' } });
-  const reviewer = new TokenReviewer(client, { nodeOfPod: (ns, name) => (ns === 'ambit-system' && name === 'ambit-node-7xk2p' ? 'kind-worker2' : undefined), log });
+  const reviewer = new TokenReviewer(client, {
+    nodeOfPod: (ns, name) => (ns === 'ambit-system' && name === 'ambit-node-7xk2p' ? 'kind-worker2' : undefined),
+    log,
+  });
   const md = (token?: string): grpc.Metadata => {
     const m = new grpc.Metadata();
     if (token) m.set('authorization', `Bearer ${token}`);
@@ -176,7 +246,10 @@ test('TokenReview: the node agent account with a node claim, or via its pod; any
   };
   assert.deepEqual(await reviewer.authenticate(md('with-node')), { node: 'kind-worker' });
   assert.deepEqual(await reviewer.authenticate(md('pod-only')), { node: 'kind-worker2' });
-  assert.match(JSON.stringify(await reviewer.authenticate(md('other-sa'))), /system:serviceaccount:demo:sleep is not a node agent's service account/);
+  assert.match(
+    JSON.stringify(await reviewer.authenticate(md('other-sa'))),
+    /system:serviceaccount:demo:sleep is not a node agent's service account/,
+  );
   assert.match(JSON.stringify(await reviewer.authenticate(md('unknown'))), /did not accept the token: invalid bearer token/);
   assert.match(JSON.stringify(await reviewer.authenticate(md())), /no bearer token/);
   const reviews = kube.requests.filter((r) => r.startsWith('POST /apis/authentication.k8s.io/v1/tokenreviews')).length;

@@ -3,16 +3,21 @@
 // does a constant changed on one side only.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import path from 'node:path';
 import fs from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
-import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../../src/datapath/ports';
 import { AMBIT_SOCKET_MARK } from '../../src/datapath/ffi';
 import { MAX_PODS } from '../../src/datapath/maps';
+import { PORT_INBOUND_HBONE, PORT_INBOUND_PLAIN, PORT_OUTBOUND } from '../../src/datapath/ports';
 
 const OBJ = path.resolve(__dirname, '../../../build/bpf/redirect.o');
 
-interface BtfType { kind: string; name: string; size?: number; members?: { name: string; bits_offset: number }[] }
+interface BtfType {
+  kind: string;
+  name: string;
+  size?: number;
+  members?: { name: string; bits_offset: number }[];
+}
 
 function structs(): Map<string, BtfType> {
   const out = execFileSync('bpftool', ['btf', 'dump', 'file', OBJ, '--json'], { encoding: 'utf8' });

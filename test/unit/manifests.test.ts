@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import YAML from 'yaml';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
 import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
@@ -25,6 +24,7 @@ import { Pod } from 'kubernetes-models/v1/Pod';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import YAML from 'yaml';
 import { DEFAULT_OBJ_DIR } from '../../src/datapath/loader';
 import { PROTO_DIR } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
@@ -43,13 +43,19 @@ const ENTRYPOINT = ['node', '/app/dist/src/cli/main.js'];
 // The Kubernetes-facing command line of the agent and the control plane.
 const NODE_ARGS = [
   'node',
-  '--xds', 'ambit-control-plane.ambit-system.svc:15012',
-  '--xds-root', '/var/run/ambit/ca-root/root-cert.pem',
-  '--xds-token', '/var/run/secrets/tokens/istio-ca-token',
-  '--node', '$(NODE_NAME)',
+  '--xds',
+  'ambit-control-plane.ambit-system.svc:15012',
+  '--xds-root',
+  '/var/run/ambit/ca-root/root-cert.pem',
+  '--xds-token',
+  '/var/run/secrets/tokens/istio-ca-token',
+  '--node',
+  '$(NODE_NAME)',
   '--kubernetes',
-  '--proc', '/host/proc',
-  '--pods-cgroup', '/sys/fs/cgroup',
+  '--proc',
+  '/host/proc',
+  '--pods-cgroup',
+  '/sys/fs/cgroup',
 ];
 const CONTROL_PLANE_ARGS = ['control-plane', '--kubernetes', '--config', '/etc/ambit/mesh.yaml', '--listen', '0.0.0.0:15012'];
 const NODE_CAPABILITIES = ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'NET_RAW', 'SYS_PTRACE', 'SYS_RESOURCE'];
@@ -59,12 +65,23 @@ const DRAIN_SECONDS = 25; // `ambit node --drain-seconds` default
 
 /** Kubernetes reads YAML 1.1 (sigs.k8s.io/yaml), this repository's tools 1.2: a scalar both must read alike. */
 function parseDocs(file: string, text = fs.readFileSync(file, 'utf8')): Doc[] {
-  const read = (version: '1.1' | '1.2'): Doc[] => YAML.parseAllDocuments(text, { version }).map((d, i) => {
-    assert.equal(d.errors.length, 0, `${path.relative(ROOT, file)} document ${i + 1} (YAML ${version}): ${d.errors.map((e) => e.message).join('; ')}`);
-    return d.toJS();
-  }).filter((d) => d !== null);
+  const read = (version: '1.1' | '1.2'): Doc[] =>
+    YAML.parseAllDocuments(text, { version })
+      .map((d, i) => {
+        assert.equal(
+          d.errors.length,
+          0,
+          `${path.relative(ROOT, file)} document ${i + 1} (YAML ${version}): ${d.errors.map((e) => e.message).join('; ')}`,
+        );
+        return d.toJS();
+      })
+      .filter((d) => d !== null);
   const docs = read('1.2');
-  assert.deepEqual(read('1.1'), docs, `${path.relative(ROOT, file)} reads differently as YAML 1.1 (Kubernetes) and 1.2: quote the ambiguous scalars`);
+  assert.deepEqual(
+    read('1.1'),
+    docs,
+    `${path.relative(ROOT, file)} reads differently as YAML 1.1 (Kubernetes) and 1.2: quote the ambiguous scalars`,
+  );
   return docs;
 }
 
@@ -116,8 +133,14 @@ function readTracker(): { wrap: (v: Doc) => Doc; unread: () => string[] } {
     proxies.set(v, proxy);
     return proxy;
   };
-  const unread = (): string[] => [...reads].flatMap(([obj, { at, keys }]) =>
-    Array.isArray(obj) ? [] : Object.keys(obj).filter((k) => !keys.has(k)).map((k) => `${at}/${k}`));
+  const unread = (): string[] =>
+    [...reads].flatMap(([obj, { at, keys }]) =>
+      Array.isArray(obj)
+        ? []
+        : Object.keys(obj)
+            .filter((k) => !keys.has(k))
+            .map((k) => `${at}/${k}`),
+    );
   return { wrap: (v) => wrap(v, ''), unread };
 }
 
@@ -137,36 +160,52 @@ const containersOf = (spec: Doc): Doc[] => [...(spec?.initContainers ?? []), ...
 function apiServerRules(doc: Doc): string[] {
   const errors: string[] = [];
   const name = doc?.metadata?.name;
-  if (typeof name !== 'string' || !DNS1123_SUBDOMAIN.test(name)) errors.push(`/metadata/name: ${JSON.stringify(name)} is not a DNS-1123 subdomain`);
+  if (typeof name !== 'string' || !DNS1123_SUBDOMAIN.test(name))
+    errors.push(`/metadata/name: ${JSON.stringify(name)} is not a DNS-1123 subdomain`);
   const labels = (at: string, l: Doc): void => {
     for (const [k, v] of Object.entries(l ?? {})) {
       if (!LABEL_KEY.test(k)) errors.push(`${at}: label key ${JSON.stringify(k)} is invalid`);
-      if (typeof v !== 'string' || v.length > 63 || !LABEL_VALUE.test(v)) errors.push(`${at}/${k}: label value ${JSON.stringify(v)} is invalid`);
+      if (typeof v !== 'string' || v.length > 63 || !LABEL_VALUE.test(v))
+        errors.push(`${at}/${k}: label value ${JSON.stringify(v)} is invalid`);
     }
   };
   labels('/metadata/labels', doc?.metadata?.labels);
   for (const { at, spec, meta } of podSpecs(doc)) {
     labels(`${at}/../metadata/labels`, meta?.labels);
     for (const c of containersOf(spec)) {
-      for (const p of c.ports ?? []) if (p.name !== undefined && !IANA_SVC_NAME.test(p.name)) errors.push(`${at}: port name ${JSON.stringify(p.name)} is not an IANA service name (≤ 15 characters)`);
+      for (const p of c.ports ?? [])
+        if (p.name !== undefined && !IANA_SVC_NAME.test(p.name))
+          errors.push(`${at}: port name ${JSON.stringify(p.name)} is not an IANA service name (≤ 15 characters)`);
       const sc = c.securityContext ?? {};
-      if (sc.allowPrivilegeEscalation === false && sc.privileged === true) errors.push(`${at}: allowPrivilegeEscalation false with privileged true`);
-      if (sc.allowPrivilegeEscalation === false && (sc.capabilities?.add ?? []).includes('CAP_SYS_ADMIN')) errors.push(`${at}: allowPrivilegeEscalation false with CAP_SYS_ADMIN`);
-      for (const m of c.volumeMounts ?? []) if (m.mountPropagation === 'Bidirectional' && sc.privileged !== true) errors.push(`${at}: Bidirectional mount propagation needs a privileged container`);
+      if (sc.allowPrivilegeEscalation === false && sc.privileged === true)
+        errors.push(`${at}: allowPrivilegeEscalation false with privileged true`);
+      if (sc.allowPrivilegeEscalation === false && (sc.capabilities?.add ?? []).includes('CAP_SYS_ADMIN'))
+        errors.push(`${at}: allowPrivilegeEscalation false with CAP_SYS_ADMIN`);
+      for (const m of c.volumeMounts ?? [])
+        if (m.mountPropagation === 'Bidirectional' && sc.privileged !== true)
+          errors.push(`${at}: Bidirectional mount propagation needs a privileged container`);
     }
     if (spec?.hostNetwork !== true) continue;
-    for (const c of containersOf(spec)) for (const p of c.ports ?? []) {
-      if (p.hostPort !== undefined && p.hostPort !== p.containerPort) errors.push(`${at}: with hostNetwork, hostPort must equal containerPort`);
-    }
+    for (const c of containersOf(spec))
+      for (const p of c.ports ?? []) {
+        if (p.hostPort !== undefined && p.hostPort !== p.containerPort)
+          errors.push(`${at}: with hostNetwork, hostPort must equal containerPort`);
+      }
   }
-  if (doc?.kind === 'Service') for (const p of doc.spec?.ports ?? []) if (p.name !== undefined && !IANA_SVC_NAME.test(p.name)) errors.push(`/spec/ports: name ${JSON.stringify(p.name)} is not an IANA service name`);
+  if (doc?.kind === 'Service')
+    for (const p of doc.spec?.ports ?? [])
+      if (p.name !== undefined && !IANA_SVC_NAME.test(p.name))
+        errors.push(`/spec/ports: name ${JSON.stringify(p.name)} is not an IANA service name`);
   return errors;
 }
 
 /** Every reason a document would be refused by `kubectl apply` that we can see without a cluster. */
 function validate(doc: Doc): string[] {
   const model = MODELS[`${doc?.apiVersion}/${doc?.kind}`];
-  if (!model) return [`no schema for apiVersion ${JSON.stringify(doc?.apiVersion)} kind ${JSON.stringify(doc?.kind)}: add its kubernetes-models class to MODELS`];
+  if (!model)
+    return [
+      `no schema for apiVersion ${JSON.stringify(doc?.apiVersion)} kind ${JSON.stringify(doc?.kind)}: add its kubernetes-models class to MODELS`,
+    ];
   const errors: string[] = [];
   const t = readTracker();
   try {
@@ -193,7 +232,11 @@ interface Kustomization {
 function readKustomization(dir: string): Kustomization {
   const [k] = parseDocs(path.join(dir, 'kustomization.yaml'));
   const known = ['apiVersion', 'kind', 'namespace', 'resources', 'labels', 'images', 'patches'];
-  for (const key of Object.keys(k)) assert.ok(known.includes(key), `${path.relative(ROOT, dir)}/kustomization.yaml: ${key} is not rendered by this test; teach render() about it`);
+  for (const key of Object.keys(k))
+    assert.ok(
+      known.includes(key),
+      `${path.relative(ROOT, dir)}/kustomization.yaml: ${key} is not rendered by this test; teach render() about it`,
+    );
   assert.equal(k.apiVersion, 'kustomize.config.k8s.io/v1beta1');
   assert.equal(k.kind, 'Kustomization');
   assert.ok(Array.isArray(k.resources) && k.resources.length > 0, 'resources: a non-empty list');
@@ -208,7 +251,10 @@ const imageName = (image: string): { name: string; tag?: string } => {
 
 function jsonPatch(doc: Doc, ops: Doc[], where: string): void {
   for (const op of ops) {
-    const parts = String(op.path).split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const parts = String(op.path)
+      .split('/')
+      .slice(1)
+      .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
     const last = parts.pop()!;
     let parent = doc;
     for (const p of parts) {
@@ -216,7 +262,10 @@ function jsonPatch(doc: Doc, ops: Doc[], where: string): void {
       assert.ok(parent !== undefined && parent !== null, `${where}: ${op.op} ${op.path}: no such path`);
     }
     if (op.op === 'replace' || op.op === 'remove') {
-      assert.ok(Array.isArray(parent) ? Number(last) < parent.length : Object.hasOwn(parent, last), `${where}: ${op.op} ${op.path}: no such field`);
+      assert.ok(
+        Array.isArray(parent) ? Number(last) < parent.length : Object.hasOwn(parent, last),
+        `${where}: ${op.op} ${op.path}: no such field`,
+      );
     }
     if (op.op === 'remove') {
       if (Array.isArray(parent)) parent.splice(Number(last), 1);
@@ -231,7 +280,10 @@ function jsonPatch(doc: Doc, ops: Doc[], where: string): void {
   }
 }
 
-interface Rendered { doc: Doc; from: string }
+interface Rendered {
+  doc: Doc;
+  from: string;
+}
 
 /** What `kubectl apply -k DIR` sends, for the kustomize features these manifests use. */
 function render(dir: string): Rendered[] {
@@ -246,7 +298,8 @@ function render(dir: string): Rendered[] {
   for (const { doc } of out) {
     if (k.namespace) {
       if (!CLUSTER_SCOPED.has(doc.kind)) doc.metadata.namespace = k.namespace;
-      if (doc.kind === 'Namespace') assert.equal(doc.metadata.name, k.namespace, 'the Namespace object must be the kustomization namespace');
+      if (doc.kind === 'Namespace')
+        assert.equal(doc.metadata.name, k.namespace, 'the Namespace object must be the kustomization namespace');
       for (const s of doc.subjects ?? []) if (s.kind === 'ServiceAccount') s.namespace = k.namespace;
     }
     for (const l of k.labels ?? []) {
@@ -267,16 +320,27 @@ function render(dir: string): Rendered[] {
     for (const p of k.patches ?? []) {
       const t = p.target;
       const [group, version] = doc.apiVersion.includes('/') ? doc.apiVersion.split('/') : ['', doc.apiVersion];
-      if (t.kind !== doc.kind || t.name !== doc.metadata.name || (t.group !== undefined && t.group !== group) || (t.version !== undefined && t.version !== version)) continue;
+      if (
+        t.kind !== doc.kind ||
+        t.name !== doc.metadata.name ||
+        (t.group !== undefined && t.group !== group) ||
+        (t.version !== undefined && t.version !== version)
+      )
+        continue;
       jsonPatch(doc, YAML.parse(p.patch), `${path.relative(ROOT, dir)} patch of ${t.kind}/${t.name}`);
     }
   }
   for (const p of k.patches ?? []) {
-    assert.ok(out.some(({ doc }) => doc.kind === p.target.kind && doc.metadata.name === p.target.name), `${path.relative(ROOT, dir)}: the patch target ${p.target.kind}/${p.target.name} matches nothing`);
+    assert.ok(
+      out.some(({ doc }) => doc.kind === p.target.kind && doc.metadata.name === p.target.name),
+      `${path.relative(ROOT, dir)}: the patch target ${p.target.kind}/${p.target.name} matches nothing`,
+    );
   }
   for (const img of k.images ?? []) {
-    assert.ok(out.some(({ doc }) => podSpecs(doc).some(({ spec }) => containersOf(spec).some((c) => c.image.startsWith(img.newName ?? img.name)))),
-      `${path.relative(ROOT, dir)}: images entry ${img.name} matches no container`);
+    assert.ok(
+      out.some(({ doc }) => podSpecs(doc).some(({ spec }) => containersOf(spec).some((c) => c.image.startsWith(img.newName ?? img.name)))),
+      `${path.relative(ROOT, dir)}: images entry ${img.name} matches no container`,
+    );
   }
   return out;
 }
@@ -307,11 +371,21 @@ const argAfter = (args: string[], flag: string): string => {
 };
 
 test('kustomization.yaml lists exactly the YAML files of daemonset/, the overlay builds on the base', () => {
-  const files = fs.readdirSync(BASE).filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml').sort();
+  const files = fs
+    .readdirSync(BASE)
+    .filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml')
+    .sort();
   assert.deepEqual([...readKustomization(BASE).resources].sort(), files);
   const overlay = readKustomization(OVERLAY);
-  assert.deepEqual(overlay.resources.map((r) => path.resolve(OVERLAY, r)), [BASE]);
-  assert.deepEqual(fs.readdirSync(OVERLAY).filter((f) => /\.ya?ml$/.test(f)), ['kustomization.yaml'], 'the overlay has no files of its own to list');
+  assert.deepEqual(
+    overlay.resources.map((r) => path.resolve(OVERLAY, r)),
+    [BASE],
+  );
+  assert.deepEqual(
+    fs.readdirSync(OVERLAY).filter((f) => /\.ya?ml$/.test(f)),
+    ['kustomization.yaml'],
+    'the overlay has no files of its own to list',
+  );
   const base = readKustomization(BASE);
   assert.equal(base.namespace, NAMESPACE);
   assert.deepEqual(base.labels, [{ pairs: { 'app.kubernetes.io/part-of': 'ambit' }, includeSelectors: false, includeTemplates: true }]);
@@ -325,7 +399,12 @@ test('every document of every listed file validates against the Kubernetes 1.33 
     assert.ok(docs.length > 0, `${path.relative(ROOT, file)}: no documents`);
     docs.forEach((doc, i) => {
       assert.deepEqual(validate(doc), [], `${path.relative(ROOT, file)} document ${i + 1} (${doc?.kind} ${doc?.metadata?.name})`);
-      if (!CLUSTER_SCOPED.has(doc.kind)) assert.equal(doc.metadata.namespace, NAMESPACE, `${doc.kind} ${doc.metadata.name}: namespace ${NAMESPACE} in the file too (kubectl apply -f works alike)`);
+      if (!CLUSTER_SCOPED.has(doc.kind))
+        assert.equal(
+          doc.metadata.namespace,
+          NAMESPACE,
+          `${doc.kind} ${doc.metadata.name}: namespace ${NAMESPACE} in the file too (kubectl apply -f works alike)`,
+        );
       count++;
     });
   }
@@ -333,7 +412,10 @@ test('every document of every listed file validates against the Kubernetes 1.33 
 });
 
 test('the base and the Vagrant overlay, as kustomize renders them, validate too', () => {
-  for (const [dir, image, policy] of [[BASE, 'ghcr.io/ambit-mesh/ambit:0.1.0', 'IfNotPresent'], [OVERLAY, 'ambit:dev', 'Never']] as const) {
+  for (const [dir, image, policy] of [
+    [BASE, 'ghcr.io/ambit-mesh/ambit:0.1.0', 'IfNotPresent'],
+    [OVERLAY, 'ambit:dev', 'Never'],
+  ] as const) {
     const docs = render(dir);
     const names = docs.map(({ doc }) => `${doc.kind}/${doc.metadata.name}`);
     assert.equal(new Set(names).size, names.length, `${path.relative(ROOT, dir)}: no two objects alike (${names.join(', ')})`);
@@ -353,7 +435,10 @@ test('broken copies fail validation: a string port, an unknown field, a missing 
   const ds = (): Doc => clone(agent());
   const expectInvalid = (what: string, doc: Doc, pattern: RegExp): void => {
     const errors = validate(doc);
-    assert.ok(errors.some((e) => pattern.test(e)), `${what}: expected an error matching ${pattern}, got ${JSON.stringify(errors)}`);
+    assert.ok(
+      errors.some((e) => pattern.test(e)),
+      `${what}: expected an error matching ${pattern}, got ${JSON.stringify(errors)}`,
+    );
   };
   assert.deepEqual(validate(ds()), [], 'the unbroken copy is valid');
 
@@ -441,7 +526,11 @@ test('every ConfigMap, Secret, ServiceAccount, ClusterRole and volume referenced
           if (e.secretRef) refs.push({ kind: 'Secret', name: e.secretRef.name, by });
         }
       }
-      assert.deepEqual([...volumes].filter((v) => !mounted.has(v)), [], `${by}: every volume is mounted`);
+      assert.deepEqual(
+        [...volumes].filter((v) => !mounted.has(v)),
+        [],
+        `${by}: every volume is mounted`,
+      );
     }
     if (doc.roleRef) refs.push({ kind: doc.roleRef.kind, name: doc.roleRef.name, by });
     for (const s of doc.subjects ?? []) {
@@ -452,7 +541,9 @@ test('every ConfigMap, Secret, ServiceAccount, ClusterRole and volume referenced
   }
   assert.ok(refs.length >= 8, 'references found');
   for (const r of refs) {
-    const operator = (r.kind === 'ConfigMap' && OPERATOR_CREATED.configMaps.includes(r.name)) || (r.kind === 'Secret' && OPERATOR_CREATED.secrets.includes(r.name));
+    const operator =
+      (r.kind === 'ConfigMap' && OPERATOR_CREATED.configMaps.includes(r.name)) ||
+      (r.kind === 'Secret' && OPERATOR_CREATED.secrets.includes(r.name));
     if (operator) {
       assert.equal(has(r.kind, r.name), false, `${r.kind} ${r.name} is the operator's: kubectl apply -k must never replace a CA`);
       continue;
@@ -460,7 +551,10 @@ test('every ConfigMap, Secret, ServiceAccount, ClusterRole and volume referenced
     assert.ok(has(r.kind, r.name), `${r.by} references ${r.kind} ${r.name}, which is not in the base`);
   }
   for (const name of [...OPERATOR_CREATED.configMaps, ...OPERATOR_CREATED.secrets]) {
-    assert.ok(refs.some((r) => r.name === name), `${name} is referenced`);
+    assert.ok(
+      refs.some((r) => r.name === name),
+      `${name} is referenced`,
+    );
   }
   // The commands that create them, as the brief of the base says.
   for (const command of [
@@ -469,19 +563,28 @@ test('every ConfigMap, Secret, ServiceAccount, ClusterRole and volume referenced
     'kubectl -n ambit-system create configmap ambit-ca-root --from-file=root-cert.pem=ca/root-cert.pem',
     'kubectl apply -k daemonset/',
     'kubectl label namespace NAMESPACE ambit.dev/mode=ambient',
-  ]) assert.ok(readme.includes(command), `daemonset/README.md shows: ${command}`);
+  ])
+    assert.ok(readme.includes(command), `daemonset/README.md shows: ${command}`);
   assert.match(readme, /[Nn]ot applied to a real cluster on the development machine/);
 
   // Selectors select their own pods; the Service reaches the control plane's named port.
   for (const w of [agent(docs), controlPlane(docs)]) {
-    for (const [k, v] of Object.entries(w.spec.selector.matchLabels)) assert.equal(w.spec.template.metadata.labels[k], v, `${w.metadata.name}: selector ${k}`);
+    for (const [k, v] of Object.entries(w.spec.selector.matchLabels))
+      assert.equal(w.spec.template.metadata.labels[k], v, `${w.metadata.name}: selector ${k}`);
   }
   const svc = find(docs, 'Service', 'ambit-control-plane');
   const cp = controlPlane(docs);
   for (const [k, v] of Object.entries(svc.spec.selector)) assert.equal(cp.spec.template.metadata.labels[k], v, `Service selector ${k}`);
   assert.deepEqual(svc.spec.ports, [{ name: 'grpc-xds', port: 15012, targetPort: 'grpc-xds', protocol: 'TCP', appProtocol: 'grpc' }]);
-  assert.ok(onlyContainer(cp).ports.some((p: Doc) => p.name === 'grpc-xds' && p.containerPort === 15012), 'the control plane names its port grpc-xds');
-  assert.equal(argAfter(NODE_ARGS, '--xds'), `${svc.metadata.name}.${NAMESPACE}.svc:${svc.spec.ports[0].port}`, 'the agents dial the Service');
+  assert.ok(
+    onlyContainer(cp).ports.some((p: Doc) => p.name === 'grpc-xds' && p.containerPort === 15012),
+    'the control plane names its port grpc-xds',
+  );
+  assert.equal(
+    argAfter(NODE_ARGS, '--xds'),
+    `${svc.metadata.name}.${NAMESPACE}.svc:${svc.spec.ports[0].port}`,
+    'the agents dial the Service',
+  );
 });
 
 test('the node agent runs the CLI contract, with exactly the capabilities it needs and nothing privileged', () => {
@@ -491,7 +594,13 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   assert.deepEqual(c.command, ENTRYPOINT);
   assert.deepEqual(c.args, NODE_ARGS);
   const env = Object.fromEntries(c.env.map((e: Doc) => [e.name, e.value ?? e.valueFrom?.fieldRef?.fieldPath]));
-  assert.deepEqual(env, { NODE_NAME: 'spec.nodeName', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace', INSTANCE_IP: 'status.podIP', AMBIT_LOG_LEVEL: 'info' });
+  assert.deepEqual(env, {
+    NODE_NAME: 'spec.nodeName',
+    POD_NAME: 'metadata.name',
+    POD_NAMESPACE: 'metadata.namespace',
+    INSTANCE_IP: 'status.podIP',
+    AMBIT_LOG_LEVEL: 'info',
+  });
   assert.ok(c.env.findIndex((e: Doc) => e.name === 'NODE_NAME') >= 0, '$(NODE_NAME) in the arguments expands from the env');
 
   // Privileges: capabilities instead of privileged, no host PID/IPC.
@@ -508,7 +617,8 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   let first = seccompAt;
   while (first > 0 && lines[first - 1].trim().startsWith('#')) first--;
   const why = lines.slice(first, seccompAt).join(' ');
-  for (const word of ['bpf(2)', 'setns(2)', 'RuntimeDefault']) assert.ok(why.includes(word), `the comment above seccompProfile says why it is Unconfined (${word})`);
+  for (const word of ['bpf(2)', 'setns(2)', 'RuntimeDefault'])
+    assert.ok(why.includes(word), `the comment above seccompProfile says why it is Unconfined (${word})`);
   assert.equal(pod.hostNetwork, true);
   assert.equal(pod.dnsPolicy, 'ClusterFirstWithHostNet');
   assert.equal(pod.hostPID, undefined);
@@ -519,7 +629,11 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   assert.ok(pod.terminationGracePeriodSeconds >= DRAIN_SECONDS + 5, `terminationGracePeriodSeconds ≥ ${DRAIN_SECONDS} s drain + 5`);
   assert.deepEqual(c.readinessProbe.httpGet, { path: '/healthz/ready', port: 15021 });
   assert.deepEqual(c.ports.map((p: Doc) => p.containerPort).sort(), [15020, 15021]);
-  assert.deepEqual(ds.spec.template.metadata.annotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': '15020', 'prometheus.io/path': '/stats/prometheus' });
+  assert.deepEqual(ds.spec.template.metadata.annotations, {
+    'prometheus.io/scrape': 'true',
+    'prometheus.io/port': '15020',
+    'prometheus.io/path': '/stats/prometheus',
+  });
   assert.equal(pod.priorityClassName, 'system-node-critical');
   assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
   assert.deepEqual(ds.spec.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
@@ -548,7 +662,9 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   assert.equal(pod.volumes.filter((v: Doc) => v.hostPath).length, 4, 'no other host paths');
 
   const token = volumeOf(ds, (v) => v.projected);
-  assert.deepEqual(token.projected.sources, [{ serviceAccountToken: { audience: 'istio-ca', expirationSeconds: 3600, path: 'istio-ca-token' } }]);
+  assert.deepEqual(token.projected.sources, [
+    { serviceAccountToken: { audience: 'istio-ca', expirationSeconds: 3600, path: 'istio-ca-token' } },
+  ]);
   assert.equal(argAfter(c.args, '--xds-token'), path.posix.join(mountOf(ds, token.name).mountPath, 'istio-ca-token'));
   const root = volumeOf(ds, (v) => v.configMap?.name === 'ambit-ca-root');
   assert.deepEqual(root.configMap.items, [{ key: 'root-cert.pem', path: 'root-cert.pem' }]);
@@ -608,7 +724,12 @@ test('RBAC: the agent reads pods and namespaces, the control plane adds services
 
 // ---------------------------------------------------------------- the image
 
-interface Copy { from?: string; sources: string[]; dest: string; line: number }
+interface Copy {
+  from?: string;
+  sources: string[];
+  dest: string;
+  line: number;
+}
 
 function dockerfile(): { stages: { from: string; as?: string; copies: Copy[]; runs: string[] }[]; entrypoint: string[] } {
   const text = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
@@ -634,28 +755,43 @@ function dockerfile(): { stages: { from: string; as?: string; copies: Copy[]; ru
         stages.at(-1)!.copies.push({ from, sources: words.slice(0, -1), dest: words.at(-1)!, line: i + 1 });
         break;
       }
-      case 'RUN': stages.at(-1)!.runs.push(args); break;
-      case 'ENTRYPOINT': entrypoint = JSON.parse(args); break;
-      default: break;
+      case 'RUN':
+        stages.at(-1)!.runs.push(args);
+        break;
+      case 'ENTRYPOINT':
+        entrypoint = JSON.parse(args);
+        break;
+      default:
+        break;
     }
   });
   return { stages, entrypoint };
 }
 
-test('the Dockerfile copies what `make build` produced, to where the code looks, and runs the manifests\' command', () => {
+test("the Dockerfile copies what `make build` produced, to where the code looks, and runs the manifests' command", () => {
   const { stages, entrypoint } = dockerfile();
   assert.equal(stages.length, 2, 'build and run stages');
   const [build, run] = stages;
   assert.equal(build.as, 'build');
   assert.match(build.from, /node:20-bookworm$/);
   assert.match(run.from, /node:20-bookworm-slim$/);
-  assert.ok(build.runs.some((r) => /apt-get install .*\bclang\b.*\bllvm\b.*\blibbpf-dev\b.*\bmake\b/.test(r)), 'build stage installs clang llvm libbpf-dev make');
+  assert.ok(
+    build.runs.some((r) => /apt-get install .*\bclang\b.*\bllvm\b.*\blibbpf-dev\b.*\bmake\b/.test(r)),
+    'build stage installs clang llvm libbpf-dev make',
+  );
   assert.ok(build.runs.some((r) => /\bnpm ci\b/.test(r)) && build.runs.some((r) => /\bmake build\b/.test(r)), 'npm ci, then make build');
   assert.ok(!build.runs.some((r) => /install-deps|make (deps|test|demo)\b/.test(r)), 'no target that installs host packages or mounts');
-  assert.ok(run.runs.some((r) => /apt-get install .*\blibbpf1\b/.test(r)), 'run stage installs libbpf1 (loaded through koffi)');
+  assert.ok(
+    run.runs.some((r) => /apt-get install .*\blibbpf1\b/.test(r)),
+    'run stage installs libbpf1 (loaded through koffi)',
+  );
 
   // The build stage's context copies exist in the repository and are not .dockerignore'd.
-  const ignored = fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const ignored = fs
+    .readFileSync(path.join(ROOT, '.dockerignore'), 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
   const workdir = '/src';
   const inBuild = new Map<string, string>(); // path in the build stage → path in the repository
   for (const copy of build.copies) {
@@ -676,7 +812,10 @@ test('the Dockerfile copies what `make build` produced, to where the code looks,
     assert.equal(copy.sources.length, 1);
     const src = copy.sources[0].replace(/\/$/, '');
     const rel = inBuild.get(src) ?? [...inBuild].find(([p]) => src.startsWith(`${p}/`))?.[1];
-    assert.ok(rel !== undefined && src.startsWith(workdir), `Dockerfile line ${copy.line}: ${src} is neither copied in nor made by make build`);
+    assert.ok(
+      rel !== undefined && src.startsWith(workdir),
+      `Dockerfile line ${copy.line}: ${src} is neither copied in nor made by make build`,
+    );
     const repoPath = path.join(ROOT, src.slice(workdir.length + 1));
     assert.ok(fs.existsSync(repoPath), `Dockerfile line ${copy.line}: ${path.relative(ROOT, repoPath)} does not exist after make build`);
     image.set(path.posix.resolve('/app', copy.dest).replace(/\/$/, ''), path.relative(ROOT, repoPath));
@@ -685,7 +824,13 @@ test('the Dockerfile copies what `make build` produced, to where the code looks,
     for (const [dst, rel] of image) if (p === dst || p.startsWith(`${dst}/`)) return path.join(ROOT, rel, p.slice(dst.length));
     return undefined;
   };
-  for (const needed of ['/app/package.json', '/app/node_modules/koffi', '/app/build/bpf/redirect.o', '/app/build/bpf/inbound.o', '/app/proto/istio/workload/workload.proto']) {
+  for (const needed of [
+    '/app/package.json',
+    '/app/node_modules/koffi',
+    '/app/build/bpf/redirect.o',
+    '/app/build/bpf/inbound.o',
+    '/app/proto/istio/workload/workload.proto',
+  ]) {
     const local = inImage(needed);
     assert.ok(local && fs.existsSync(local), `the image has ${needed}`);
   }
@@ -699,5 +844,6 @@ test('the Dockerfile copies what `make build` produced, to where the code looks,
   assert.deepEqual(entrypoint, ENTRYPOINT);
   const main = inImage(entrypoint[1]);
   assert.ok(main && fs.existsSync(main), `${entrypoint[1]} is in the image`);
-  for (const w of [agent(), controlPlane()]) assert.deepEqual(onlyContainer(w).command, entrypoint, `${w.metadata.name}: command = ENTRYPOINT`);
+  for (const w of [agent(), controlPlane()])
+    assert.deepEqual(onlyContainer(w).command, entrypoint, `${w.metadata.name}: command = ENTRYPOINT`);
 });

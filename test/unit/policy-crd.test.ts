@@ -2,22 +2,38 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import YAML from 'yaml';
 import { matchOf, PolicyAuthorizer } from '../../src/policy/engine';
-import { compileIstioPolicies } from '../../src/sources/istio-crd';
 import type { Authorization } from '../../src/policy/types';
+import { compileIstioPolicies } from '../../src/sources/istio-crd';
 import type { Workload } from '../../src/state/types';
 
 const ROOT = 'istio-system';
 
 function wl(uid: string, labels: Record<string, string>): Workload {
   const [namespace, name] = uid.split('/');
-  return { uid, name, namespace, serviceAccount: name, node: 'n1', addresses: ['10.200.0.1'], protocol: 'HBONE', dataplane: 'ambient', labels, capacity: 1, authorizationPolicies: [] };
+  return {
+    uid,
+    name,
+    namespace,
+    serviceAccount: name,
+    node: 'n1',
+    addresses: ['10.200.0.1'],
+    protocol: 'HBONE',
+    dataplane: 'ambient',
+    labels,
+    capacity: 1,
+    authorizationPolicies: [],
+  };
 }
 
 function compile(yaml: string, workloads: Workload[] = []) {
   // A stream's trailing --- yields an empty document, which is not a policy.
-  const docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS() as unknown).filter((d) => d !== null);
+  const docs = YAML.parseAllDocuments(yaml)
+    .map((d) => d.toJS() as unknown)
+    .filter((d) => d !== null);
   const problems: string[] = [];
-  const out = compileIstioPolicies(docs, workloads, { rootNamespace: ROOT }, (at, value, what) => problems.push(`${at}: ${what} (got ${JSON.stringify(value)})`));
+  const out = compileIstioPolicies(docs, workloads, { rootNamespace: ROOT }, (at, value, what) =>
+    problems.push(`${at}: ${what} (got ${JSON.stringify(value)})`),
+  );
   const byName = (name: string): Authorization | undefined => out.policies.find((p) => p.name === name);
   return { ...out, problems, byName };
 }
@@ -28,49 +44,93 @@ const pa = (ns: string, name: string, spec: string, meta = ''): string =>
   `apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: { name: ${name}, namespace: ${ns}${meta} }\nspec:\n${spec}\n---\n`;
 
 test('ALLOW by principal and namespace with Istio wildcards', () => {
-  const r = compile(ap('default', 'allow-sleep', `
+  const r = compile(
+    ap(
+      'default',
+      'allow-sleep',
+      `
   rules:
     - from:
         - source: { principals: ["cluster.local/ns/default/sa/sleep", "cluster.local/ns/prod/*"] }
-        - source: { namespaces: ["*"], notPrincipals: ["*/sa/blocked"] }`));
+        - source: { namespaces: ["*"], notPrincipals: ["*/sa/blocked"] }`,
+    ),
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.warnings, []);
-  assert.deepEqual(r.policies, [{
-    name: 'allow-sleep', namespace: 'default', scope: 'NAMESPACE', action: 'ALLOW', dryRun: false,
-    rules: [{ clauses: [{ matches: [
-      matchOf({ principals: [{ exact: 'cluster.local/ns/default/sa/sleep' }, { prefix: 'cluster.local/ns/prod/' }] }),
-      matchOf({ namespaces: [{ presence: true }], notPrincipals: [{ suffix: '/sa/blocked' }] }),
-    ] }] }],
-  }]);
+  assert.deepEqual(r.policies, [
+    {
+      name: 'allow-sleep',
+      namespace: 'default',
+      scope: 'NAMESPACE',
+      action: 'ALLOW',
+      dryRun: false,
+      rules: [
+        {
+          clauses: [
+            {
+              matches: [
+                matchOf({ principals: [{ exact: 'cluster.local/ns/default/sa/sleep' }, { prefix: 'cluster.local/ns/prod/' }] }),
+                matchOf({ namespaces: [{ presence: true }], notPrincipals: [{ suffix: '/sa/blocked' }] }),
+              ],
+            },
+          ],
+        },
+      ],
+    },
+  ]);
 });
 
 test('DENY with ipBlocks, notIpBlocks and ports written as strings; to and from are separate clauses', () => {
-  const r = compile(ap('default', 'deny-outsiders', `
+  const r = compile(
+    ap(
+      'default',
+      'deny-outsiders',
+      `
   action: DENY
   rules:
     - from:
         - source: { ipBlocks: ["10.0.0.0/8", "fd00::/8", "192.168.1.7"], notIpBlocks: ["10.200.0.0/16"] }
       to:
-        - operation: { ports: ["8080", 9090], notPorts: ["9091"] }`));
+        - operation: { ports: ["8080", 9090], notPorts: ["9091"] }`,
+    ),
+  );
   assert.deepEqual(r.problems, []);
-  assert.deepEqual(r.byName('deny-outsiders')?.rules, [{ clauses: [
-    { matches: [matchOf({
-      sourceIps: [{ address: '10.0.0.0', length: 8 }, { address: 'fd00::', length: 8 }, { address: '192.168.1.7', length: 32 }],
-      notSourceIps: [{ address: '10.200.0.0', length: 16 }],
-    })] },
-    { matches: [matchOf({ destinationPorts: [8080, 9090], notDestinationPorts: [9091] })] },
-  ] }]);
+  assert.deepEqual(r.byName('deny-outsiders')?.rules, [
+    {
+      clauses: [
+        {
+          matches: [
+            matchOf({
+              sourceIps: [
+                { address: '10.0.0.0', length: 8 },
+                { address: 'fd00::', length: 8 },
+                { address: '192.168.1.7', length: 32 },
+              ],
+              notSourceIps: [{ address: '10.200.0.0', length: 16 }],
+            }),
+          ],
+        },
+        { matches: [matchOf({ destinationPorts: [8080, 9090], notDestinationPorts: [9091] })] },
+      ],
+    },
+  ]);
 });
 
 test('each L4 when condition is its own clause', () => {
-  const r = compile(ap('default', 'when', `
+  const r = compile(
+    ap(
+      'default',
+      'when',
+      `
   rules:
     - when:
         - { key: source.ip, values: ["10.1.0.0/16"] }
         - { key: source.namespace, notValues: ["legacy"] }
         - { key: source.principal, values: ["*/sa/sleep"] }
         - { key: destination.ip, values: ["10.200.0.20"] }
-        - { key: destination.port, values: ["80", "443"] }`));
+        - { key: destination.port, values: ["80", "443"] }`,
+    ),
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.byName('when')?.rules[0].clauses, [
     { matches: [matchOf({ sourceIps: [{ address: '10.1.0.0', length: 16 }] })] },
@@ -82,14 +142,24 @@ test('each L4 when condition is its own clause', () => {
 });
 
 test('HTTP attributes: an ALLOW rule using one is dropped, a DENY only loses the field; both warn', () => {
-  const r = compile(`${ap('default', 'plain', '  rules: [{}]')}${ap('default', 'allow-get', `
+  const r = compile(
+    `${ap('default', 'plain', '  rules: [{}]')}${ap(
+      'default',
+      'allow-get',
+      `
   rules:
     - to: [{ operation: { methods: ["GET"], ports: ["80"] } }]
-    - from: [{ source: { namespaces: ["default"] } }]`)}${ap('default', 'deny-admin', `
+    - from: [{ source: { namespaces: ["default"] } }]`,
+    )}${ap(
+      'default',
+      'deny-admin',
+      `
   action: DENY
   rules:
     - from: [{ source: { requestPrincipals: ["*"], namespaces: ["other"] } }]
-      when: [{ key: "request.headers[x-admin]", values: ["1"] }]`)}`);
+      when: [{ key: "request.headers[x-admin]", values: ["1"] }]`,
+    )}`,
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.warnings, [
     'policies[1] (default/allow-get) spec.rules[0].to[0].operation.methods: HTTP attribute; a node tunnel sees only L4, so this ALLOW rule is ignored',
@@ -108,7 +178,9 @@ test('an ALLOW whose every rule is HTTP-only stays and matches nothing', () => {
 });
 
 test('AUDIT, CUSTOM and waypoint (targetRefs) policies are skipped with a warning', () => {
-  const r = compile(`${ap('default', 'audit', '  action: AUDIT\n  rules: [{}]')}${ap('default', 'ext', '  action: CUSTOM\n  provider: { name: opa }')}${ap('default', 'wp', '  targetRefs: [{ kind: Service, group: "", name: echo }]\n  rules: [{}]')}`);
+  const r = compile(
+    `${ap('default', 'audit', '  action: AUDIT\n  rules: [{}]')}${ap('default', 'ext', '  action: CUSTOM\n  provider: { name: opa }')}${ap('default', 'wp', '  targetRefs: [{ kind: Service, group: "", name: echo }]\n  rules: [{}]')}`,
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.policies, []);
   assert.deepEqual(r.warnings, [
@@ -123,9 +195,21 @@ test('scopes and selector assignment, a root-namespace selector spanning namespa
   const echo2 = wl('other/echo', { app: 'echo' });
   const sleep = wl('default/sleep', { app: 'sleep' });
   sleep.authorizationPolicies = ['default/kept'];
-  const r = compile(`${ap(ROOT, 'mesh-deny', '  action: DENY\n  rules: [{ to: [{ operation: { ports: ["1"] } }] }]')}${ap('default', 'ns-allow', '  {}')}${ap('default', 'echo-v1', '  selector: { matchLabels: { app: echo, version: v1 } }\n  rules: [{}]')}${ap(ROOT, 'all-echo', '  selector: { matchLabels: { app: echo } }\n  action: DENY\n  rules: [{}]')}${ap('default', 'sleep', '  selector: { matchLabels: { app: sleep } }\n  rules: [{}]')}`, [echo, echo2, sleep]);
+  const r = compile(
+    `${ap(ROOT, 'mesh-deny', '  action: DENY\n  rules: [{ to: [{ operation: { ports: ["1"] } }] }]')}${ap('default', 'ns-allow', '  {}')}${ap('default', 'echo-v1', '  selector: { matchLabels: { app: echo, version: v1 } }\n  rules: [{}]')}${ap(ROOT, 'all-echo', '  selector: { matchLabels: { app: echo } }\n  action: DENY\n  rules: [{}]')}${ap('default', 'sleep', '  selector: { matchLabels: { app: sleep } }\n  rules: [{}]')}`,
+    [echo, echo2, sleep],
+  );
   assert.deepEqual(r.problems, []);
-  assert.deepEqual(r.policies.map((p) => [p.name, p.scope]), [['mesh-deny', 'GLOBAL'], ['ns-allow', 'NAMESPACE'], ['echo-v1', 'WORKLOAD_SELECTOR'], ['all-echo', 'WORKLOAD_SELECTOR'], ['sleep', 'WORKLOAD_SELECTOR']]);
+  assert.deepEqual(
+    r.policies.map((p) => [p.name, p.scope]),
+    [
+      ['mesh-deny', 'GLOBAL'],
+      ['ns-allow', 'NAMESPACE'],
+      ['echo-v1', 'WORKLOAD_SELECTOR'],
+      ['all-echo', 'WORKLOAD_SELECTOR'],
+      ['sleep', 'WORKLOAD_SELECTOR'],
+    ],
+  );
   assert.deepEqual(r.byName('ns-allow')?.rules, [], 'spec: {} allows nothing');
   assert.deepEqual(echo.authorizationPolicies, ['default/echo-v1', 'istio-system/all-echo']);
   assert.deepEqual(echo2.authorizationPolicies, ['istio-system/all-echo']);
@@ -133,14 +217,21 @@ test('scopes and selector assignment, a root-namespace selector spanning namespa
 });
 
 test('the dry-run annotation marks a policy dry-run', () => {
-  const r = compile(ap('default', 'dry', '  action: DENY\n  rules: [{}]', ', annotations: { "istio.io/dry-run": "true" }') + ap('default', 'wet', '  action: DENY\n  rules: [{}]', ', annotations: { "istio.io/dry-run": "false" }'));
+  const r = compile(
+    ap('default', 'dry', '  action: DENY\n  rules: [{}]', ', annotations: { "istio.io/dry-run": "true" }') +
+      ap('default', 'wet', '  action: DENY\n  rules: [{}]', ', annotations: { "istio.io/dry-run": "false" }'),
+  );
   assert.equal(r.byName('dry')?.dryRun, true);
   assert.equal(r.byName('wet')?.dryRun, false);
 });
 
 const STRICT_MATCH = { notPrincipals: [{ presence: true as const }] };
 const denyPlain = (ns: string, pa: string, extra = {}): Authorization => ({
-  name: `ambit-peerauthn-${pa}`, namespace: ns, scope: 'WORKLOAD_SELECTOR', action: 'DENY', dryRun: false,
+  name: `ambit-peerauthn-${pa}`,
+  namespace: ns,
+  scope: 'WORKLOAD_SELECTOR',
+  action: 'DENY',
+  dryRun: false,
   rules: [{ clauses: [{ matches: [matchOf({ ...STRICT_MATCH, ...extra })] }] }],
 });
 
@@ -149,7 +240,10 @@ test('PeerAuthentication precedence: workload over namespace over mesh; UNSET in
   const b = wl('default/b', { app: 'b' });
   const c = wl('prod/c', { app: 'c' });
   const d = wl('dev/d', { app: 'd' });
-  const r = compile(`${pa(ROOT, 'mesh', '  mtls: { mode: STRICT }')}${pa('default', 'ns', '  mtls: { mode: PERMISSIVE }')}${pa('default', 'a-strict', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: STRICT }')}${pa('prod', 'ns', '  mtls: { mode: UNSET }')}${pa('dev', 'ns', '  mtls: { mode: STRICT }')}`, [a, b, c, d]);
+  const r = compile(
+    `${pa(ROOT, 'mesh', '  mtls: { mode: STRICT }')}${pa('default', 'ns', '  mtls: { mode: PERMISSIVE }')}${pa('default', 'a-strict', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: STRICT }')}${pa('prod', 'ns', '  mtls: { mode: UNSET }')}${pa('dev', 'ns', '  mtls: { mode: STRICT }')}`,
+    [a, b, c, d],
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.policies, [denyPlain('default', 'a-strict'), denyPlain(ROOT, 'mesh'), denyPlain('dev', 'ns')]);
   assert.deepEqual(a.authorizationPolicies, ['default/ambit-peerauthn-a-strict']);
@@ -160,22 +254,36 @@ test('PeerAuthentication precedence: workload over namespace over mesh; UNSET in
   const authz = PolicyAuthorizer.of(r.policies);
   const plain = (dst: Workload) => authz.check({ srcIp: '10.0.0.1', dst, dstIp: '10.200.0.1', dstPort: 80 }).allow;
   assert.deepEqual([a, b, c, d].map(plain), [false, true, false, false]);
-  assert.equal(authz.check({ srcIdentity: 'spiffe://cluster.local/ns/x/sa/y', srcIp: '10.0.0.1', dst: a, dstIp: '10.200.0.1', dstPort: 80 }).allow, true);
+  assert.equal(
+    authz.check({ srcIdentity: 'spiffe://cluster.local/ns/x/sa/y', srcIp: '10.0.0.1', dst: a, dstIp: '10.200.0.1', dstPort: 80 }).allow,
+    true,
+  );
 });
 
 test('portLevelMtls in both directions, DISABLE warned, port levels without a selector ignored', () => {
   const s = wl('default/s', { app: 's' });
   const p = wl('default/p', { app: 'p' });
-  const r = compile(`${pa('default', 'ns', '  mtls: { mode: DISABLE }\n  portLevelMtls: { 80: { mode: STRICT } }')}${pa('default', 'strict-but-metrics', `
+  const r = compile(
+    `${pa('default', 'ns', '  mtls: { mode: DISABLE }\n  portLevelMtls: { 80: { mode: STRICT } }')}${pa(
+      'default',
+      'strict-but-metrics',
+      `
   selector: { matchLabels: { app: s } }
   mtls: { mode: STRICT }
   portLevelMtls:
     15020: { mode: PERMISSIVE }
     9000: { mode: DISABLE }
-    8080: { mode: STRICT }`)}${pa('default', 'only-db', `
+    8080: { mode: STRICT }`,
+    )}${pa(
+      'default',
+      'only-db',
+      `
   selector: { matchLabels: { app: p } }
   portLevelMtls:
-    5432: { mode: STRICT }`)}`, [s, p]);
+    5432: { mode: STRICT }`,
+    )}`,
+    [s, p],
+  );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.policies, [
     denyPlain('default', 'strict-but-metrics', { notDestinationPorts: [9000, 15020] }),
@@ -191,13 +299,21 @@ test('portLevelMtls in both directions, DISABLE warned, port levels without a se
 
 test('rival PeerAuthentications: the oldest wins, with a warning', () => {
   const a = wl('default/a', { app: 'a' });
-  const r = compile(`${pa('default', 'newer', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: PERMISSIVE }', ', creationTimestamp: "2024-05-01T00:00:00Z"')}${pa('default', 'older', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: STRICT }', ', creationTimestamp: "2023-01-01T00:00:00Z"')}`, [a]);
+  const r = compile(
+    `${pa('default', 'newer', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: PERMISSIVE }', ', creationTimestamp: "2024-05-01T00:00:00Z"')}${pa('default', 'older', '  selector: { matchLabels: { app: a } }\n  mtls: { mode: STRICT }', ', creationTimestamp: "2023-01-01T00:00:00Z"')}`,
+    [a],
+  );
   assert.deepEqual(a.authorizationPolicies, ['default/ambit-peerauthn-older']);
-  assert.deepEqual(r.warnings, ['policies[0] (default/newer) spec: selects workload default/a, like the older default/older, which wins; this one is ignored']);
+  assert.deepEqual(r.warnings, [
+    'policies[0] (default/newer) spec: selects workload default/a, like the older default/older, which wins; this one is ignored',
+  ]);
 });
 
 test('invalid documents are problems naming path, value and fix; nothing of them is emitted', () => {
-  const r = compile(`${ap('default', 'bad', `
+  const r = compile(`${ap(
+    'default',
+    'bad',
+    `
   rules:
     - from:
         - source: { ipBlocks: ["10.0.0.0/8", "10.0.0.300"], principals: ["a*b"] }
@@ -205,7 +321,8 @@ test('invalid documents are problems naming path, value and fix; nothing of them
         - operation: { ports: [70000] }
       when:
         - { key: source.ip }
-    - form: [{ source: { namespaces: [x] } }]`)}apiVersion: security.istio.io/v1alpha3
+    - form: [{ source: { namespaces: [x] } }]`,
+  )}apiVersion: security.istio.io/v1alpha3
 kind: Sidecar
 metadata: { name: x }
 ---

@@ -10,8 +10,18 @@ const OTHER = 'spiffe://cluster.local/ns/other/sa/client';
 
 function workload(over: Partial<Workload> = {}): Workload {
   return {
-    uid: 'default/echo', name: 'echo', namespace: 'default', serviceAccount: 'echo', node: 'n1', addresses: ['10.200.0.20'],
-    protocol: 'HBONE', dataplane: 'ambient', labels: { app: 'echo' }, capacity: 1, authorizationPolicies: [], ...over,
+    uid: 'default/echo',
+    name: 'echo',
+    namespace: 'default',
+    serviceAccount: 'echo',
+    node: 'n1',
+    addresses: ['10.200.0.20'],
+    protocol: 'HBONE',
+    dataplane: 'ambient',
+    labels: { app: 'echo' },
+    capacity: 1,
+    authorizationPolicies: [],
+    ...over,
   };
 }
 
@@ -21,7 +31,15 @@ function facts(over: Partial<ConnectionFacts> = {}): ConnectionFacts {
 
 /** A policy with one rule of one clause holding the given matches. */
 function policy(name: string, action: PolicyAction, matches: Partial<Match>[], over: Partial<Authorization> = {}): Authorization {
-  return { name, namespace: 'default', scope: 'NAMESPACE' as PolicyScope, action, rules: [{ clauses: [{ matches: matches.map(matchOf) }] }], dryRun: false, ...over };
+  return {
+    name,
+    namespace: 'default',
+    scope: 'NAMESPACE' as PolicyScope,
+    action,
+    rules: [{ clauses: [{ matches: matches.map(matchOf) }] }],
+    dryRun: false,
+    ...over,
+  };
 }
 
 const allowed = (ps: Authorization[], c: Partial<ConnectionFacts> = {}): boolean => evaluate(ps, facts(c)).allow;
@@ -67,7 +85,16 @@ test('namespaces come from the source identity; none without mTLS', () => {
 });
 
 test('source IP blocks and their not_ form, IPv4 and IPv6', () => {
-  const p = [policy('p', 'ALLOW', [{ sourceIps: [{ address: '10.200.0.0', length: 24 }, { address: 'fd00::', length: 8 }] }])];
+  const p = [
+    policy('p', 'ALLOW', [
+      {
+        sourceIps: [
+          { address: '10.200.0.0', length: 24 },
+          { address: 'fd00::', length: 8 },
+        ],
+      },
+    ]),
+  ];
   assert.equal(allowed(p), true);
   assert.equal(allowed(p, { srcIp: '10.201.0.10' }), false);
   assert.equal(allowed(p, { srcIp: 'fd12::1' }), true);
@@ -117,9 +144,18 @@ test('inside a match every populated field must match', () => {
 
 test('a clause needs any match, a rule all its clauses, a policy any rule', () => {
   const two: Authorization = {
-    name: 'p', namespace: 'default', scope: 'NAMESPACE', action: 'ALLOW', dryRun: false,
+    name: 'p',
+    namespace: 'default',
+    scope: 'NAMESPACE',
+    action: 'ALLOW',
+    dryRun: false,
     rules: [
-      { clauses: [{ matches: [matchOf({ destinationPorts: [80] }), matchOf({ destinationPorts: [81] })] }, { matches: [matchOf({ namespaces: [{ exact: 'default' }] })] }] },
+      {
+        clauses: [
+          { matches: [matchOf({ destinationPorts: [80] }), matchOf({ destinationPorts: [81] })] },
+          { matches: [matchOf({ namespaces: [{ exact: 'default' }] })] },
+        ],
+      },
       { clauses: [{ matches: [matchOf({ destinationPorts: [9000] })] }] },
     ],
   };
@@ -133,7 +169,12 @@ test('DENY precedes ALLOW and is named', () => {
   const allow = policy('allow-all', 'ALLOW', [{}]);
   const deny = policy('deny-8080', 'DENY', [{ destinationPorts: [8080] }]);
   assert.deepEqual(evaluate([allow, deny], facts()), { allow: false, policy: 'default/deny-8080', reason: 'denied_by_policy', dryRun: [] });
-  assert.deepEqual(evaluate([allow, deny], facts({ dstPort: 80 })), { allow: true, policy: 'default/allow-all', reason: 'allowed_by_policy', dryRun: [] });
+  assert.deepEqual(evaluate([allow, deny], facts({ dstPort: 80 })), {
+    allow: true,
+    policy: 'default/allow-all',
+    reason: 'allowed_by_policy',
+    dryRun: [],
+  });
 });
 
 test('only DENY policies, none matching: allowed', () => {
@@ -167,7 +208,12 @@ test('empty rule matches all; zero rules match nothing; an empty clause matches 
 
 test('STRICT as DENY notPrincipals presence: plaintext refused, mTLS peers pass', () => {
   const strict = policy('strict', 'DENY', [{ notPrincipals: [{ presence: true }] }]);
-  assert.deepEqual(evaluate([strict], facts({ srcIdentity: undefined })), { allow: false, policy: 'default/strict', reason: 'denied_by_policy', dryRun: [] });
+  assert.deepEqual(evaluate([strict], facts({ srcIdentity: undefined })), {
+    allow: false,
+    policy: 'default/strict',
+    reason: 'denied_by_policy',
+    dryRun: [],
+  });
   assert.equal(allowed([strict]), true);
   const permissive80 = policy('strict', 'DENY', [{ notPrincipals: [{ presence: true }], notDestinationPorts: [80] }]);
   assert.equal(allowed([permissive80], { srcIdentity: undefined, dstPort: 80 }), true);
@@ -188,15 +234,27 @@ test('scope: global, own namespace, selected by name; another namespace and unkn
   assert.deepEqual(names(index.inScope(workload({ namespace: 'other' }))), ['g', 'theirs']);
 
   const authz = new PolicyAuthorizer(index);
-  for (const [port, want] of [[1, false], [2, false], [3, true], [4, false], [5, true]] as const) {
+  for (const [port, want] of [
+    [1, false],
+    [2, false],
+    [3, true],
+    [4, false],
+    [5, true],
+  ] as const) {
     assert.equal(authz.check(facts({ dst, dstPort: port })).allow, want, `port ${port}`);
   }
 });
 
 test('the authorizer maps verdicts onto decisions, with the deciding policy and dry-run results', () => {
-  const authz = PolicyAuthorizer.of([policy('deny', 'DENY', [{ destinationPorts: [8080] }]), policy('dry', 'DENY', [{}], { dryRun: true })]);
+  const authz = PolicyAuthorizer.of([
+    policy('deny', 'DENY', [{ destinationPorts: [8080] }]),
+    policy('dry', 'DENY', [{}], { dryRun: true }),
+  ]);
   assert.deepEqual(authz.check(facts()), {
-    allow: false, reason: 'denied_by_policy', policy: 'default/deny', dryRun: [{ policy: 'default/dry', action: 'DENY', matched: true }],
+    allow: false,
+    reason: 'denied_by_policy',
+    policy: 'default/deny',
+    dryRun: [{ policy: 'default/dry', action: 'DENY', matched: true }],
   });
   assert.deepEqual(PolicyAuthorizer.of([]).check(facts()), { allow: true, reason: 'no_policies' });
 });

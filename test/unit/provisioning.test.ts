@@ -82,7 +82,12 @@ load ARGV.fetch(0)
 puts JSON.generate(Vagrant::LOG)
 `;
 
-interface Call { path: string[]; args?: unknown[]; kw?: Record<string, unknown>; set?: unknown }
+interface Call {
+  path: string[];
+  args?: unknown[];
+  kw?: Record<string, unknown>;
+  set?: unknown;
+}
 
 function evaluateVagrantfile(): Call[] {
   // A copy in a temporary directory: the Vagrantfile keeps its kubeadm token in .vagrant/ beside itself.
@@ -109,7 +114,10 @@ test('the Vagrantfile: two Debian 12 nodes, each provisioned by install-deps.sh 
   assert.equal(set('vm', 'provider', 'virtualbox', 'cpus'), 2);
   assert.equal(set('vm', 'provider', 'virtualbox', 'memory'), 4096);
   const synced = calls.filter((c) => c.path.join('/') === 'vm/synced_folder');
-  assert.ok(synced.some((c) => c.args?.[0] === '.' && c.args?.[1] === '/ambit'), 'the repository is at /ambit in the VMs');
+  assert.ok(
+    synced.some((c) => c.args?.[0] === '.' && c.args?.[1] === '/ambit'),
+    'the repository is at /ambit in the VMs',
+  );
 
   const nodes = calls.filter((c) => c.path.join('/') === 'vm/define').map((c) => String(c.args?.[0]));
   assert.deepEqual(nodes, ['node-1', 'node-2']);
@@ -122,7 +130,9 @@ test('the Vagrantfile: two Debian 12 nodes, each provisioned by install-deps.sh 
     ips[node] = String(net?.kw?.ip);
     assert.equal(within.find((c) => c.path.slice(3).join('/') === 'vm/hostname')?.set, node);
 
-    const provisioners = within.filter((c) => c.path.slice(3).join('/') === 'vm/provision').map((c) => ({ name: String(c.args?.[0]), ...c.kw } as Record<string, string>));
+    const provisioners = within
+      .filter((c) => c.path.slice(3).join('/') === 'vm/provision')
+      .map((c) => ({ name: String(c.args?.[0]), ...c.kw }) as Record<string, string>);
     const always = provisioners.filter((p) => p.run !== 'never');
     for (const p of provisioners) assert.equal(p.type, 'shell');
     // install-deps.sh from the repository checkout (it cds to the repository and runs npm ci there), before Kubernetes.
@@ -130,7 +140,10 @@ test('the Vagrantfile: two Debian 12 nodes, each provisioned by install-deps.sh 
     const k8s = always.findIndex((p) => /^bash \/ambit\/scripts\/provision-k8s\.sh (init|join) /.test(p.inline ?? ''));
     assert.ok(deps >= 0, `${node} runs scripts/install-deps.sh`);
     assert.ok(k8s > deps, `${node} runs scripts/provision-k8s.sh after install-deps.sh`);
-    assert.ok(always.slice(0, deps).every((p) => /nodesource|node -p/.test(p.inline ?? '')), 'only Node.js (which install-deps.sh requires) comes before it');
+    assert.ok(
+      always.slice(0, deps).every((p) => /nodesource|node -p/.test(p.inline ?? '')),
+      'only Node.js (which install-deps.sh requires) comes before it',
+    );
     const args = always[k8s].inline.split(/\s+/).slice(2);
     if (node === 'node-1') {
       assert.deepEqual(args.slice(0, 2), ['init', ips[node]]);

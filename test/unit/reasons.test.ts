@@ -15,6 +15,9 @@ test('bpf/lib/reasons.h and src/datapath/reasons.ts list the same reasons in the
   const reasons = entries.filter((e) => e.name !== 'MAX');
   assert.ok(reasons.length > 0, 'no REASON_ entries parsed from the header');
   reasons.forEach((e, i) => assert.equal(e.value, i, `REASON_${e.name} must be ${i}: values are counter slots, dense from 0`));
-  assert.deepEqual(reasons.map((e) => e.name), [...REASONS]);
+  assert.deepEqual(
+    reasons.map((e) => e.name),
+    [...REASONS],
+  );
   assert.equal(max?.value, REASONS.length, 'REASON_MAX sizes the counters map');
 });

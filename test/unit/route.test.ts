@@ -2,17 +2,30 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Workload } from '../../src/state/types';
-import { baggageOf, connIdOf, connectHeaders, newTraceparent, parseAuthority } from '../../src/tunnel/headers';
+import { baggageOf, connectHeaders, connIdOf, newTraceparent, parseAuthority } from '../../src/tunnel/headers';
 import { pickWeighted, resolveOutbound } from '../../src/tunnel/route';
 
 const w = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
-  uid: `default/${name}`, name, namespace: 'default', serviceAccount: name, node: 'n1', addresses: [ip], protocol: 'HBONE', dataplane: 'ambient', labels: {}, capacity: 1, authorizationPolicies: [], ...extra,
+  uid: `default/${name}`,
+  name,
+  namespace: 'default',
+  serviceAccount: name,
+  node: 'n1',
+  addresses: [ip],
+  protocol: 'HBONE',
+  dataplane: 'ambient',
+  labels: {},
+  capacity: 1,
+  authorizationPolicies: [],
+  ...extra,
 });
 
 const cfg: MeshConfig = {
   trustDomain: 'cluster.local',
   ca: { dir: '/tmp/x' },
-  policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] },
+  policies: [],
+  rootNamespace: 'istio-system',
+  controlPlane: { tokens: [] },
   nodes: [{ name: 'n1', address: '10.0.0.1' }],
   workloads: [
     w('a', '10.200.0.1', { labels: { app: 'echo' } }),
@@ -20,7 +33,16 @@ const cfg: MeshConfig = {
     w('plain', '10.200.0.3', { protocol: 'NONE' }),
     w('other-ns', '10.200.0.4', { labels: { app: 'echo' }, namespace: 'prod' }),
   ],
-  services: [{ name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: ['10.96.0.10'], ports: [{ port: 80, targetPort: 8080 }], selector: { app: 'echo' } }],
+  services: [
+    {
+      name: 'echo',
+      namespace: 'default',
+      hostname: 'echo.default.svc.cluster.local',
+      addresses: ['10.96.0.10'],
+      ports: [{ port: 80, targetPort: 8080 }],
+      selector: { app: 'echo' },
+    },
+  ],
 };
 const store = new MeshStore(cfg);
 
@@ -48,16 +70,28 @@ test('a service VIP picks an endpoint of the same namespace, weighted by capacit
 });
 
 test('pickWeighted never picks a zero-capacity item and returns nothing when all are zero', () => {
-  const items = [{ capacity: 0, n: 1 }, { capacity: 1, n: 2 }];
+  const items = [
+    { capacity: 0, n: 1 },
+    { capacity: 1, n: 2 },
+  ];
   for (const x of [0, 0.5, 0.999999]) assert.equal(pickWeighted(items, () => x)?.n, 2);
-  assert.equal(pickWeighted([{ capacity: 0 }], () => 0.3), undefined);
+  assert.equal(
+    pickWeighted([{ capacity: 0 }], () => 0.3),
+    undefined,
+  );
 });
 
 test('CONNECT headers: authority, baggage, forwarded with host for services, W3C traceparent', () => {
   const { traceparent, connId } = newTraceparent();
   assert.match(traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   assert.equal(connIdOf(traceparent), connId);
-  const h = connectHeaders({ authority: '10.200.0.1:8080', traceparent, baggage: baggageOf(w('a', '10.200.0.1', { labels: { app: 'sleep', version: 'v1' } })), clientAddr: '10.200.0.1:4242', service: cfg.services[0] });
+  const h = connectHeaders({
+    authority: '10.200.0.1:8080',
+    traceparent,
+    baggage: baggageOf(w('a', '10.200.0.1', { labels: { app: 'sleep', version: 'v1' } })),
+    clientAddr: '10.200.0.1:4242',
+    service: cfg.services[0],
+  });
   assert.equal(h[':authority'], '10.200.0.1:8080');
   assert.equal(h.baggage, 'k8s.namespace.name=default,k8s.pod.name=a,service.name=sleep,service.version=v1');
   assert.equal(h.forwarded, 'for="10.200.0.1:4242";host=echo.default.svc.cluster.local');
@@ -65,5 +99,6 @@ test('CONNECT headers: authority, baggage, forwarded with host for services, W3C
 
 test('authorities must be IPv4:port', () => {
   assert.deepEqual(parseAuthority('10.1.2.3:80'), { ip: '10.1.2.3', port: 80 });
-  for (const bad of ['10.1.2.3', 'host:80', '10.1.2.300:80', '10.1.2.3:0', '10.1.2.3:70000', undefined]) assert.equal(parseAuthority(bad), undefined, String(bad));
+  for (const bad of ['10.1.2.3', 'host:80', '10.1.2.300:80', '10.1.2.3:0', '10.1.2.3:70000', undefined])
+    assert.equal(parseAuthority(bad), undefined, String(bad));
 });

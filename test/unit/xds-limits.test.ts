@@ -5,7 +5,7 @@
 // node that never ACKs costs the server no more state however often the
 // mesh changes, and gets the coalesced latest when it does ACK; a stream
 // whose token no longer passes is closed with UNAUTHENTICATED.
-import * as grpc from '@grpc/grpc-js';
+
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -13,17 +13,18 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { serverCredentials, type ServerCredentialsPem } from '../../src/control-plane/tls';
+import { type ServerCredentialsPem, serverCredentials } from '../../src/control-plane/tls';
 import { DEFAULT_MAX_RESPONSE_BYTES, resourceBytes } from '../../src/control-plane/xds-chunks';
-import { XdsServer, type AuthResult, type XdsServerOptions } from '../../src/control-plane/xds-server';
+import { type AuthResult, XdsServer, type XdsServerOptions } from '../../src/control-plane/xds-server';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../../src/protocol/messages';
 import { encodedLength, grpcServices, MORE_FOLLOWS, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../../src/protocol/protos';
+import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
+import { toResources, type XdsResource } from '../../src/sources/xds-resources';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Service, Workload } from '../../src/state/types';
-import { toResources, type XdsResource } from '../../src/sources/xds-resources';
-import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });
@@ -46,56 +47,122 @@ function mesh(n: number, capacity = 1): MeshConfig {
     const ns = `team-${i % 50}`;
     const app = `app-${Math.floor(i / 100)}`;
     if (i % 100 === 0) {
-      services.push({ name: app, namespace: ns, hostname: `${app}.${ns}.svc.cluster.local`, addresses: [`10.96.${(i / 100) >> 8}.${(i / 100) & 255}`], ports: [{ port: 80, targetPort: 8080 }], selector: { app } });
+      services.push({
+        name: app,
+        namespace: ns,
+        hostname: `${app}.${ns}.svc.cluster.local`,
+        addresses: [`10.96.${(i / 100) >> 8}.${(i / 100) & 255}`],
+        ports: [{ port: 80, targetPort: 8080 }],
+        selector: { app },
+      });
     }
     const pod = `${app}-7f9c8d${(i % 997).toString(16)}-${(i * 7919).toString(36).padStart(5, 'x').slice(-5)}`;
     workloads.push({
-      uid: `Kubernetes//Pod/${ns}/${pod}`, name: pod, namespace: ns, serviceAccount: app, node: `node-${i % 100}`,
-      addresses: [`10.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`], protocol: 'HBONE', dataplane: 'ambient',
-      labels: { app, version: 'v1' }, capacity, authorizationPolicies: [], services: [`${services.at(-1)!.namespace}/${services.at(-1)!.hostname}`],
+      uid: `Kubernetes//Pod/${ns}/${pod}`,
+      name: pod,
+      namespace: ns,
+      serviceAccount: app,
+      node: `node-${i % 100}`,
+      addresses: [`10.${64 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`],
+      protocol: 'HBONE',
+      dataplane: 'ambient',
+      labels: { app, version: 'v1' },
+      capacity,
+      authorizationPolicies: [],
+      services: [`${services.at(-1)!.namespace}/${services.at(-1)!.hostname}`],
     });
   }
-  return { trustDomain: 'cluster.local', ca: { dir: '' }, nodes: [], workloads, services, policies: [], rootNamespace: 'istio-system', controlPlane: { tokens: [] } };
+  return {
+    trustDomain: 'cluster.local',
+    ca: { dir: '' },
+    nodes: [],
+    workloads,
+    services,
+    policies: [],
+    rootNamespace: 'istio-system',
+    controlPlane: { tokens: [] },
+  };
 }
 
-const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => { const st = new MeshStore(cfg); return toResources(cfg, (s) => st.endpoints(s)); };
+const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => {
+  const st = new MeshStore(cfg);
+  return toResources(cfg, (s) => st.endpoints(s));
+};
 
-async function serve(auth: () => AuthResult | Promise<AuthResult>, opts: XdsServerOptions = {}): Promise<{ xds: XdsServer; server: grpc.Server; port: number }> {
+async function serve(
+  auth: () => AuthResult | Promise<AuthResult>,
+  opts: XdsServerOptions = {},
+): Promise<{ xds: XdsServer; server: grpc.Server; port: number }> {
   const xds = new XdsServer(auth, log, opts);
   const server = new grpc.Server();
   server.addService(grpcServices().ads.service, xds.handlers());
-  const tls = grpc.ServerCredentials.createSsl(Buffer.from(creds.rootPem), [{ cert_chain: Buffer.from(creds.certPem), private_key: Buffer.from(creds.keyPem) }], false);
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', tls, (err, p) => (err ? reject(err) : resolve(p))));
+  const tls = grpc.ServerCredentials.createSsl(
+    Buffer.from(creds.rootPem),
+    [{ cert_chain: Buffer.from(creds.certPem), private_key: Buffer.from(creds.keyPem) }],
+    false,
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', tls, (err, p) => (err ? reject(err) : resolve(p))),
+  );
   return { xds, server, port };
 }
 
 const n1 = nodeMessage({ nodeName: 'n1', podName: 'ambit-n1', podNamespace: 'ambit-system', ip: '127.0.0.1' });
-const nodeClient = (port: number): XdsClient => new XdsClient({ address: `127.0.0.1:${port}`, rootsPem: creds.rootPem, trustDomain: 'cluster.local', backoffInitialMs: 50, backoffMaxMs: 200, node: n1, log });
+const nodeClient = (port: number): XdsClient =>
+  new XdsClient({
+    address: `127.0.0.1:${port}`,
+    rootsPem: creds.rootPem,
+    trustDomain: 'cluster.local',
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    node: n1,
+    log,
+  });
 
 /** A bare gRPC client with every default (4 MiB receive limit), as ztunnel or grpcio would be out of the box. */
 function bareStream(port: number): { call: grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>; client: grpc.Client } {
   const Ads = grpcServices().ads;
-  const client = new Ads(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(creds.rootPem))) as unknown as grpc.Client & { DeltaAggregatedResources(): grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> };
+  const client = new Ads(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(creds.rootPem))) as unknown as grpc.Client & {
+    DeltaAggregatedResources(): grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+  };
   const call = client.DeltaAggregatedResources();
   call.on('error', () => undefined);
   for (const [i, typeUrl] of [TYPE_ADDRESS, TYPE_AUTHORIZATION].entries()) {
-    call.write({ node: i === 0 ? n1 : undefined, type_url: typeUrl, resource_names_subscribe: [], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '' });
+    call.write({
+      node: i === 0 ? n1 : undefined,
+      type_url: typeUrl,
+      resource_names_subscribe: [],
+      resource_names_unsubscribe: [],
+      initial_resource_versions: {},
+      response_nonce: '',
+    });
   }
   return { call, client };
 }
 
-const ack = (res: DeltaDiscoveryResponse): DeltaDiscoveryRequest => ({ type_url: res.type_url, response_nonce: res.nonce, resource_names_subscribe: [], resource_names_unsubscribe: [], initial_resource_versions: {} });
+const ack = (res: DeltaDiscoveryResponse): DeltaDiscoveryRequest => ({
+  type_url: res.type_url,
+  response_nonce: res.nonce,
+  resource_names_subscribe: [],
+  resource_names_unsubscribe: [],
+  initial_resource_versions: {},
+});
 
 test('a 25,000-workload mesh syncs to the node in parts, none over the budget', async () => {
   const cfg = mesh(25_000);
   const resources = resourcesOf(cfg);
   const whole = [...resources.get(TYPE_ADDRESS)!.values()].reduce((n, r) => n + resourceBytes(r), 0);
-  assert.ok(whole > GRPC_DEFAULT_RECEIVE, `the whole Address type (${whole} bytes) exceeds gRPC's default receive limit: one response could not be received`);
+  assert.ok(
+    whole > GRPC_DEFAULT_RECEIVE,
+    `the whole Address type (${whole} bytes) exceeds gRPC's default receive limit: one response could not be received`,
+  );
   const { xds, server, port } = await serve(() => ({ node: 'n1' }));
   xds.update(resources);
   const client = nodeClient(port);
   let atSync = -1;
-  client.once('synced', () => { atSync = client.state().workloads.length; });
+  client.once('synced', () => {
+    atSync = client.state().workloads.length;
+  });
   const started = Date.now();
   try {
     client.start();
@@ -106,7 +173,9 @@ test('a 25,000-workload mesh syncs to the node in parts, none over the budget', 
     assert.ok(xds.stats.parts >= 1, 'the update went in parts');
     assert.ok(xds.stats.maxResponseBytes <= DEFAULT_MAX_RESPONSE_BYTES, `largest response ${xds.stats.maxResponseBytes} bytes`);
     assert.equal(client.stats.nacks, 0);
-    console.log(`# 25,000 workloads: ${whole} bytes of Address resources, ${xds.stats.pushes} responses (largest ${xds.stats.maxResponseBytes} bytes), synced in ${ms} ms`);
+    console.log(
+      `# 25,000 workloads: ${whole} bytes of Address resources, ${xds.stats.pushes} responses (largest ${xds.stats.maxResponseBytes} bytes), synced in ${ms} ms`,
+    );
   } finally {
     client.stop();
     server.forceShutdown();
@@ -121,7 +190,9 @@ test('a gRPC client with default limits (4 MiB) receives the 25,000-workload mes
   const done = new Set<string>();
   const sizes: number[] = [];
   let failure: string | undefined;
-  call.on('error', (err: grpc.ServiceError) => { failure = `${err.code}: ${err.details}`; });
+  call.on('error', (err: grpc.ServiceError) => {
+    failure = `${err.code}: ${err.details}`;
+  });
   call.on('data', (res: DeltaDiscoveryResponse) => {
     sizes.push(encodedLength(RESPONSE, res));
     got.set(res.type_url, (got.get(res.type_url) ?? 0) + res.resources.length);
@@ -129,7 +200,14 @@ test('a gRPC client with default limits (4 MiB) receives the 25,000-workload mes
     call.write(ack(res));
   });
   try {
-    await waitFor('both types complete', () => { if (failure) throw new Error(failure); return done.size === 2; }, 60_000);
+    await waitFor(
+      'both types complete',
+      () => {
+        if (failure) throw new Error(failure);
+        return done.size === 2;
+      },
+      60_000,
+    );
     assert.equal(got.get(TYPE_ADDRESS), 25_250);
     assert.ok(Math.max(...sizes) <= DEFAULT_MAX_RESPONSE_BYTES, `largest encoded response ${Math.max(...sizes)} bytes`);
   } finally {
@@ -161,7 +239,9 @@ test('a change that comes in parts reaches the data plane once, complete; a NACK
     // One bad resource: the part holding it is refused, every other part is applied, and the refusal does not loop.
     const broken = resourcesOf(mesh(600, 3));
     const victim = [...broken.get(TYPE_ADDRESS)!.values()][0];
-    victim.resource = pack(TYPE_ADDRESS, { workload: { uid: victim.name, namespace: 'team-0', service_account: 'app-0', addresses: [Buffer.from([10, 0, 0])] } });
+    victim.resource = pack(TYPE_ADDRESS, {
+      workload: { uid: victim.name, namespace: 'team-0', service_account: 'app-0', addresses: [Buffer.from([10, 0, 0])] },
+    });
     victim.version = 'broken';
     seen.length = 0;
     xds.update(broken);
@@ -192,13 +272,19 @@ test('a node that never ACKs keeps the server state bounded; its ACK brings the 
     for (let i = 0; i < 400; i++) xds.update(variants[i % 4]);
     gc();
     const grew = process.memoryUsage().heapUsed - heapBefore;
-    console.log(`# never-ACKing node, 400 updates of 2,000 workloads: heap grew ${(grew / 1024).toFixed(0)} KiB, ${xds.stats.pushes} responses sent`);
+    console.log(
+      `# never-ACKing node, 400 updates of 2,000 workloads: heap grew ${(grew / 1024).toFixed(0)} KiB, ${xds.stats.pushes} responses sent`,
+    );
     assert.ok(grew < 8 * 1024 * 1024, `heap grew ${grew} bytes`);
     assert.equal(xds.stats.pushes, 2, 'nothing more was sent to a node that has not ACKed');
     const [st] = xds.streamStates();
     const address = st.types.find((t) => t.typeUrl === TYPE_ADDRESS)!;
     console.log(`# per-stream state: ${JSON.stringify(address)}`);
-    assert.deepEqual({ inFlight: address.inFlight, held: address.held }, { inFlight: 1, held: 2_020 }, 'one response in flight, one version per resource');
+    assert.deepEqual(
+      { inFlight: address.inFlight, held: address.held },
+      { inFlight: 1, held: 2_020 },
+      'one response in flight, one version per resource',
+    );
     assert.ok(address.undo <= 2_020);
     await waitFor('the stream to deliver', () => responses.length === 2);
 

@@ -3,23 +3,24 @@
 // malformed resource NACKed and rolled back on the server, only changes
 // pushed, and a reconnect that announces what the node holds so that only
 // the difference comes back.
-import * as grpc from '@grpc/grpc-js';
+
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { serverCredentials, type ServerCredentialsPem } from '../../src/control-plane/tls';
+import { type ServerCredentialsPem, serverCredentials } from '../../src/control-plane/tls';
 import { XdsServer } from '../../src/control-plane/xds-server';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
-import { grpcServices, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import type { AddressMessage, AuthorizationMessage } from '../../src/protocol/messages';
+import { grpcServices, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
+import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
+import { addressFromMessage, authorizationFromMessage, toResources, type XdsResource } from '../../src/sources/xds-resources';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig } from '../../src/state/types';
-import { addressFromMessage, authorizationFromMessage, toResources, type XdsResource } from '../../src/sources/xds-resources';
-import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });
@@ -47,7 +48,10 @@ const DENY_LEGACY = `  - apiVersion: security.istio.io/v1
 
 let dir: string;
 let creds: ServerCredentialsPem;
-const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => { const st = new MeshStore(cfg); return toResources(cfg, (s) => st.endpoints(s)); };
+const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => {
+  const st = new MeshStore(cfg);
+  return toResources(cfg, (s) => st.endpoints(s));
+};
 
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-xds-'));
@@ -58,14 +62,25 @@ after(() => fs.rmSync(dir, { recursive: true, force: true }));
 async function startServer(xds: XdsServer, port = 0): Promise<{ server: grpc.Server; port: number }> {
   const server = new grpc.Server();
   server.addService(grpcServices().ads.service, xds.handlers());
-  const tls = grpc.ServerCredentials.createSsl(Buffer.from(creds.rootPem), [{ cert_chain: Buffer.from(creds.certPem), private_key: Buffer.from(creds.keyPem) }], false);
-  const bound = await new Promise<number>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, tls, (err, p) => (err ? reject(err) : resolve(p))));
+  const tls = grpc.ServerCredentials.createSsl(
+    Buffer.from(creds.rootPem),
+    [{ cert_chain: Buffer.from(creds.certPem), private_key: Buffer.from(creds.keyPem) }],
+    false,
+  );
+  const bound = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, tls, (err, p) => (err ? reject(err) : resolve(p))),
+  );
   return { server, port: bound };
 }
 
 function clientFor(port: number): XdsClient {
   return new XdsClient({
-    address: `127.0.0.1:${port}`, rootsPem: creds.rootPem, trustDomain: 'cluster.local', backoffInitialMs: 50, backoffMaxMs: 200, log,
+    address: `127.0.0.1:${port}`,
+    rootsPem: creds.rootPem,
+    trustDomain: 'cluster.local',
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    log,
     node: nodeMessage({ nodeName: 'n1', podName: 'ambit-n1', podNamespace: 'ambit-system', ip: '127.0.0.1' }),
   });
 }
@@ -75,24 +90,72 @@ const anyNode = (): { node: string } => ({ node: 'n1' });
 test('the mesh state survives encoding as resources and decoding, resource by resource', () => {
   const cfg = parseConfig(YAML_TEXT(DENY_LEGACY));
   const res = resourcesOf(cfg);
-  assert.deepEqual([...res.get(TYPE_ADDRESS)!.keys()].sort(), ['default/echo', 'default/echo.default.svc.cluster.local', 'default/legacy', 'default/sleep']);
-  const echo = addressFromMessage('default/echo', unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo')!.resource), 'cluster.local');
+  assert.deepEqual([...res.get(TYPE_ADDRESS)!.keys()].sort(), [
+    'default/echo',
+    'default/echo.default.svc.cluster.local',
+    'default/legacy',
+    'default/sleep',
+  ]);
+  const echo = addressFromMessage(
+    'default/echo',
+    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo')!.resource),
+    'cluster.local',
+  );
   assert.ok('workload' in echo);
   assert.deepEqual(
     { ...echo.workload },
-    { uid: 'default/echo', name: 'echo', namespace: 'default', serviceAccount: 'echo', node: 'n2', addresses: ['10.200.2.11'], protocol: 'HBONE', dataplane: 'ambient',
-      labels: { app: 'echo', version: 'latest' }, capacity: 3, trustDomain: undefined, services: ['default/echo.default.svc.cluster.local'], authorizationPolicies: ['default/echo-from-sleep'] },
+    {
+      uid: 'default/echo',
+      name: 'echo',
+      namespace: 'default',
+      serviceAccount: 'echo',
+      node: 'n2',
+      addresses: ['10.200.2.11'],
+      protocol: 'HBONE',
+      dataplane: 'ambient',
+      labels: { app: 'echo', version: 'latest' },
+      capacity: 3,
+      trustDomain: undefined,
+      services: ['default/echo.default.svc.cluster.local'],
+      authorizationPolicies: ['default/echo-from-sleep'],
+    },
   );
-  const legacy = addressFromMessage('default/legacy', unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/legacy')!.resource), 'cluster.local');
+  const legacy = addressFromMessage(
+    'default/legacy',
+    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/legacy')!.resource),
+    'cluster.local',
+  );
   assert.equal('workload' in legacy && legacy.workload.protocol, 'NONE');
-  const svc = addressFromMessage('default/echo.default.svc.cluster.local', unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo.default.svc.cluster.local')!.resource), 'cluster.local');
-  assert.deepEqual(svc, { service: { name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', addresses: ['10.96.0.10'], ports: [{ port: 80, targetPort: 8080 }], selector: {} } });
+  const svc = addressFromMessage(
+    'default/echo.default.svc.cluster.local',
+    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo.default.svc.cluster.local')!.resource),
+    'cluster.local',
+  );
+  assert.deepEqual(svc, {
+    service: {
+      name: 'echo',
+      namespace: 'default',
+      hostname: 'echo.default.svc.cluster.local',
+      addresses: ['10.96.0.10'],
+      ports: [{ port: 80, targetPort: 8080 }],
+      selector: {},
+    },
+  });
   for (const p of cfg.policies) {
     const key = `${p.namespace}/${p.name}`;
-    assert.deepEqual(authorizationFromMessage(key, unpack<AuthorizationMessage>(res.get(TYPE_AUTHORIZATION)!.get(key)!.resource)), p, `${key} round-trips`);
+    assert.deepEqual(
+      authorizationFromMessage(key, unpack<AuthorizationMessage>(res.get(TYPE_AUTHORIZATION)!.get(key)!.resource)),
+      p,
+      `${key} round-trips`,
+    );
   }
   // Same content, same version: only real changes are pushed.
-  assert.equal(resourcesOf(parseConfig(YAML_TEXT(DENY_LEGACY))).get(TYPE_ADDRESS)!.get('default/sleep')!.version, res.get(TYPE_ADDRESS)!.get('default/sleep')!.version);
+  assert.equal(
+    resourcesOf(parseConfig(YAML_TEXT(DENY_LEGACY)))
+      .get(TYPE_ADDRESS)!
+      .get('default/sleep')!.version,
+    res.get(TYPE_ADDRESS)!.get('default/sleep')!.version,
+  );
 });
 
 test('decoding names the resource and the field of what is wrong', () => {
@@ -100,10 +163,18 @@ test('decoding names the resource and the field of what is wrong', () => {
     try {
       addressFromMessage('default/x', unpack<AddressMessage>(pack(TYPE_ADDRESS, m)), 'cluster.local');
       return 'accepted';
-    } catch (err) { return (err as Error).message; }
+    } catch (err) {
+      return (err as Error).message;
+    }
   };
-  assert.equal(bad({ workload: { uid: 'default/x', namespace: 'default', service_account: 'x', addresses: [Buffer.from([1, 2, 3])] } }), 'default/x: addresses[0] "010203" is not an IP address: 4 (IPv4) or 16 (IPv6) bytes expected');
-  assert.match(bad({ workload: { uid: 'default/y', namespace: 'default', service_account: 'x' } }), /^default\/x: uid "default\/y" must equal the resource name/);
+  assert.equal(
+    bad({ workload: { uid: 'default/x', namespace: 'default', service_account: 'x', addresses: [Buffer.from([1, 2, 3])] } }),
+    'default/x: addresses[0] "010203" is not an IP address: 4 (IPv4) or 16 (IPv6) bytes expected',
+  );
+  assert.match(
+    bad({ workload: { uid: 'default/y', namespace: 'default', service_account: 'x' } }),
+    /^default\/x: uid "default\/y" must equal the resource name/,
+  );
   assert.match(bad({ workload: { uid: 'default/x', namespace: 'default' } }), /service_account "" must be set/);
   assert.match(bad({}), /is neither a workload nor a service/);
 });
@@ -119,8 +190,17 @@ test('sync, push of changes only, NACK with rollback, and a reconnect that sends
   try {
     client.start();
     await client.whenSynced(5000);
-    assert.deepEqual(client.state().workloads.map((w) => w.uid).sort(), ['default/echo', 'default/legacy', 'default/sleep']);
-    assert.deepEqual(client.state().policies.map((p) => p.name), ['echo-from-sleep']);
+    assert.deepEqual(
+      client
+        .state()
+        .workloads.map((w) => w.uid)
+        .sort(),
+      ['default/echo', 'default/legacy', 'default/sleep'],
+    );
+    assert.deepEqual(
+      client.state().policies.map((p) => p.name),
+      ['echo-from-sleep'],
+    );
     assert.equal(xds.stats.resourcesSent, 5, 'first sync: 4 addresses and 1 policy');
     await waitFor('both ACKs', () => xds.stats.acks === 2);
 
@@ -132,11 +212,23 @@ test('sync, push of changes only, NACK with rollback, and a reconnect that sends
 
     // A malformed workload: NACKed, the node keeps the last good one, the server rolls back.
     const broken = resourcesOf(cfg);
-    broken.get(TYPE_ADDRESS)!.set('default/echo', { name: 'default/echo', version: 'broken', resource: pack(TYPE_ADDRESS, { workload: { uid: 'default/echo', namespace: 'default', service_account: 'echo', addresses: [Buffer.from([10, 0, 0])] } }) });
+    broken
+      .get(TYPE_ADDRESS)!
+      .set('default/echo', {
+        name: 'default/echo',
+        version: 'broken',
+        resource: pack(TYPE_ADDRESS, {
+          workload: { uid: 'default/echo', namespace: 'default', service_account: 'echo', addresses: [Buffer.from([10, 0, 0])] },
+        }),
+      });
     xds.update(broken);
     await waitFor('the NACK', () => xds.stats.nacks === 1);
     assert.match(rejected[0], /^default\/echo: addresses\[0\] "0a0000" is not an IP address/);
-    assert.deepEqual(client.state().workloads.find((w) => w.uid === 'default/echo')?.addresses, ['10.200.2.11'], 'the last good state is kept');
+    assert.deepEqual(
+      client.state().workloads.find((w) => w.uid === 'default/echo')?.addresses,
+      ['10.200.2.11'],
+      'the last good state is kept',
+    );
     // Rolled back: the server knows the node still holds the good version, so the same bad one is offered (and refused) again.
     xds.update(broken);
     await waitFor('the second NACK', () => xds.stats.nacks === 2);
@@ -146,7 +238,11 @@ test('sync, push of changes only, NACK with rollback, and a reconnect that sends
 
     // The server goes away; a new one with one change comes back on the same port.
     const versionsBefore = client.stats.connects;
-    await new Promise<void>((resolve) => { xds.close(); server.forceShutdown(); resolve(); });
+    await new Promise<void>((resolve) => {
+      xds.close();
+      server.forceShutdown();
+      resolve();
+    });
     await waitFor('the client to notice', () => !client.connected);
     const xds2 = new XdsServer(anyNode, log);
     const changed = parseConfig(YAML_TEXT(DENY_LEGACY).replace('capacity: 3', 'capacity: 5'));
