@@ -1,5 +1,5 @@
 // The folders of src/ and which way their imports may point (`make lint`).
-// Data flows downwards: datapath ← tunnel ← roots, with the leaves (errors,
+// Data flows downwards: datapath ← tunnel ← waypoint ← roots, with the leaves (errors,
 // protocol, identity, policy, state, observability) wired in by the roots,
 // and the sources (sources/, kube/) feeding the model from beside it. The
 // README's layout section draws the same picture.
@@ -31,6 +31,8 @@ module.exports = {
       from: { path: '^src/', pathNot: '^src/cli/' },
       to: { path: dir('cli') },
     },
+    never('waypoint-below-roots', ['datapath', 'tunnel', 'identity', 'policy', 'state', 'observability', 'protocol', 'control-plane', 'kube'], ['waypoint'],
+      'the waypoint (L7) is built on the tunnel; only a root wires it in (sources/ may read its route model types)'),
     never('roots-are-top', ['datapath', 'tunnel', 'identity', 'policy', 'state', 'sources', 'kube', 'observability', 'protocol', 'control-plane'], ['roots'],
       'a composition root wires the others; nothing below may reach up into one'),
     never('datapath-is-bottom', ['datapath'], ['tunnel', 'identity', 'policy', 'sources', 'kube', 'observability', 'protocol', 'control-plane'],
