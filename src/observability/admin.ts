@@ -1,5 +1,5 @@
 // The operator's three HTTP endpoints, on ztunnel's ports:
-//   :15000 (localhost only) admin — GET /config_dump, POST /logging?level=,
+//   :15000 (localhost only) admin — GET /config_dump, GET /connections, POST /logging?level=,
 //          POST /quitquitquit (mutations need `x-ambit-admin: true`, no
 //          Origin, a loopback Host: see admin-guard.ts)
 //   :15020 Prometheus — GET /metrics, GET /stats/prometheus
@@ -19,6 +19,8 @@ export interface AdminDeps {
   metrics: () => Promise<string> | undefined;
   readiness: () => Readiness;
   configDump: () => unknown;
+  /** The connections open now; undefined while still starting (absent: this process carries none). */
+  connections?: () => Promise<unknown> | undefined;
   log: Logger;
   /** Applies a new log level (this process and its workers). */
   setLogLevel: (level: string) => void;
@@ -182,6 +184,15 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
       'application/json',
     );
   }
+  if (req.method === 'GET' && url.pathname === '/connections') {
+    const listed = deps.connections?.();
+    if (!listed) return send(res, 503, 'starting\n');
+    listed.then(
+      (body) => send(res, 200, `${JSON.stringify(body, null, 2)}\n`, 'application/json'),
+      (err: Error) => send(res, 500, `${err.message}\n`),
+    );
+    return;
+  }
   if (req.method === 'POST' && url.pathname === '/logging') {
     const level = url.searchParams.get('level');
     if (!level) return send(res, 200, `level=${deps.log.level}\n`);
@@ -195,7 +206,7 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
     setImmediate(deps.quit);
     return;
   }
-  send(res, 404, 'GET /config_dump · POST /logging?level=debug · POST /quitquitquit\n');
+  send(res, 404, 'GET /config_dump · GET /connections · POST /logging?level=debug · POST /quitquitquit\n');
 }
 
 function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {

@@ -25,6 +25,7 @@ import type { Authorizer } from '../policy/authorize';
 import { PolicyAuthorizer } from '../policy/engine';
 import { MeshStore } from '../state/store';
 import type { MeshConfig, Workload } from '../state/types';
+import type { ConnectionList } from '../tunnel/connections';
 import { type DataPlane, type DataPlaneContext, InProcessDataPlane, type PoolTuning } from '../tunnel/data-plane';
 import type { TunnelLimits } from '../tunnel/limits';
 import type { Tunnel, TunnelMode } from '../tunnel/tunnel';
@@ -176,6 +177,11 @@ export class PodAgent {
       dataPlane: { pending: this.dataPlane.pending() },
       datapath: datapathStatus(this.datapath.pinDir),
     };
+  }
+
+  /** The connections open now, from whichever processes serve the data plane (GET /connections). */
+  connections(): Promise<ConnectionList> {
+    return this.dataPlane.connections();
   }
 
   /** The Prometheus exposition of this process and of the data plane's workers. */

@@ -41,6 +41,7 @@ export async function serve(spec: ServeSpec): Promise<PodAgent> {
     metrics: () => app?.metricsText(),
     readiness: () => app?.readiness() ?? { pending: [source.waitingFor, 'datapath attach', 'pod listeners and certificates'] },
     configDump: () => app?.configDump() ?? { starting: true },
+    connections: () => app?.connections(),
     log,
     setLogLevel: (level) => (app ? app.setLogLevel(level) : (log.level = level)),
     quit: () => void stop('quitquitquit'),

@@ -15,6 +15,7 @@ import { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer } from '../policy/authorize';
 import type { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
+import type { ConnectionList } from './connections';
 import type { TunnelLimits } from './limits';
 import type { PoolOptions } from './pool';
 import { Tunnel, type TunnelMode } from './tunnel';
@@ -29,6 +30,11 @@ export interface DataPlane {
   pending(): string[];
   drain(deadlineMs: number): Promise<void>;
   stop(): void;
+  /**
+   * The connections open now, from every process serving the data plane; a
+   * process that does not answer in time is named in `unanswered`, never waited for.
+   */
+  connections(): Promise<ConnectionList>;
   /** Metrics of other processes serving the data plane, to aggregate with this one's. */
   collect?(): Promise<unknown[]>;
   setLogLevel?(level: string): void;
@@ -110,5 +116,8 @@ export class InProcessDataPlane implements DataPlane {
   }
   stop(): void {
     this.tunnel.stop();
+  }
+  connections(): Promise<ConnectionList> {
+    return Promise.resolve({ ...this.tunnel.connections.list(), unanswered: [] });
   }
 }

@@ -18,6 +18,7 @@ import { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer, ConnectionFacts, Decision } from '../policy/authorize';
 import type { Workload } from '../state/types';
 import { Admission } from './admission';
+import type { ConnectionRegistry } from './connections';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import type { TunnelLimits } from './limits';
@@ -38,6 +39,8 @@ export interface InboundDeps {
   mesh: MeshView;
   limits: TunnelLimits;
   metrics: Metrics;
+  /** Where a delivered connection is listed while it is open. */
+  connections: ConnectionRegistry;
   log: Logger;
   /** Warnings a peer can trigger, shared by the tunnel's pods. */
   warn: RateLimitedLog;
@@ -207,7 +210,8 @@ export class Inbound {
 
   /** The pod's workload as the current state describes it (its policy list can change without re-enrolment). */
   private workload(): Workload {
-    return this.deps.mesh.workloadByIp(this.pod.workload.addresses[0]) ?? this.pod.workload;
+    const [ip] = this.pod.workload.addresses;
+    return (ip !== undefined && this.deps.mesh.workloadByIp(ip)) || this.pod.workload;
   }
 
   private authorize(facts: Omit<ConnectionFacts, 'dst'>, connId?: string): Decision {
@@ -343,7 +347,8 @@ export class Inbound {
         upstream.destroy();
         return;
       }
-      this.deliver(stream, upstream, { srcIp, srcIdentity, connId, target, decision, facts, headers });
+      const peer = `${srcIp}:${tlsSocket?.remotePort ?? 0}`;
+      this.deliver(stream, upstream, { srcIp, srcIdentity, peer, connId, target, decision, facts, headers });
     });
   }
 
@@ -354,6 +359,8 @@ export class Inbound {
     c: {
       srcIp: string;
       srcIdentity: string;
+      /** The HBONE client's address (its session's). */
+      peer: string;
       connId?: string;
       target: { ip: string; port: number };
       decision: Decision;
@@ -390,10 +397,30 @@ export class Inbound {
         mtls: true,
       }),
     );
-    const copied = copyBidirectional(stream, upstream).then((r) => {
-      closed({ fromSource: r.sent, toSource: r.received });
-      finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
-    });
+    const unlist = this.deps.connections.add(
+      {
+        podUid: this.pod.workload.uid,
+        pod: this.pod.workload.name,
+        namespace: this.pod.workload.namespace,
+        direction: 'inbound',
+        source: forwardedClient(c.headers.forwarded, c.srcIp) ?? c.srcIp,
+        sourceIdentity: c.srcIdentity,
+        destination: `${c.target.ip}:${c.target.port}`,
+        destinationService: service,
+        destinationIdentity: this.identity,
+        protocol: 'HBONE',
+        peer: c.peer,
+        connId: c.connId,
+      },
+      upstream,
+      'destination',
+    );
+    const copied = copyBidirectional(stream, upstream)
+      .finally(unlist)
+      .then((r) => {
+        closed({ fromSource: r.sent, toSource: r.received });
+        finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
+      });
     this.track(
       c.facts,
       c.connId,
@@ -464,10 +491,26 @@ export class Inbound {
     const closed = this.deps.metrics.open(
       tcpLabels({ reporter: 'destination', src, dst: this.pod.workload, dstPrincipal: this.identity, mtls: false }),
     );
-    const copied = copyBidirectional(client, upstream).then((r) => {
-      closed({ fromSource: r.sent, toSource: r.received });
-      finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
-    });
+    const unlist = this.deps.connections.add(
+      {
+        podUid: this.pod.workload.uid,
+        pod: this.pod.workload.name,
+        namespace: this.pod.workload.namespace,
+        direction: 'inbound',
+        source: `${srcIp}:${client.remotePort}`,
+        destination: `${ip}:${port}`,
+        protocol: 'plaintext',
+        peer: `${srcIp}:${client.remotePort}`,
+      },
+      client,
+      'source',
+    );
+    const copied = copyBidirectional(client, upstream)
+      .finally(unlist)
+      .then((r) => {
+        closed({ fromSource: r.sent, toSource: r.received });
+        finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
+      });
     this.track(
       facts,
       undefined,
@@ -478,6 +521,16 @@ export class Inbound {
       copied,
     );
   }
+}
+
+/**
+ * The client address a peer forwarded (`for="ip:port"`), when its address is
+ * the one the connection came from: only the port is the peer's word then,
+ * and it is shown, never used.
+ */
+function forwardedClient(forwarded: unknown, srcIp: string): string | undefined {
+  const addr = typeof forwarded === 'string' ? /(?:^|[;,\s])for="?([0-9.]+:\d{1,5})"?/i.exec(forwarded)?.[1] : undefined;
+  return addr?.startsWith(`${srcIp}:`) ? addr : undefined;
 }
 
 /** Answers a stream if it can still be answered; false when the peer is already gone. */

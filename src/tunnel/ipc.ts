@@ -5,6 +5,7 @@
 // agent's, live in memory only.
 import type { ListenerRole } from '../datapath/ports';
 import type { MeshConfig } from '../state/types';
+import type { ConnectionInfo } from './connections';
 import type { TunnelLimits } from './limits';
 import type { TunnelMode } from './tunnel';
 
@@ -28,6 +29,8 @@ export type ToWorker =
   | { t: 'unpod'; uid: string }
   | { t: 'drain'; deadlineMs: number }
   | { t: 'metrics'; id: number }
+  /** The connections the worker carries now (GET /connections). */
+  | { t: 'connections'; id: number }
   | { t: 'log'; level: string };
 
 export type FromWorker =
@@ -37,4 +40,6 @@ export type FromWorker =
   | { t: 'released'; uid: string }
   | { t: 'cert?'; identity: string }
   | { t: 'metrics'; id: number; data: unknown }
+  /** At most MAX_LISTED rows; total counts them all. */
+  | { t: 'connections'; id: number; connections: ConnectionInfo[]; total: number }
   | { t: 'drained'; left: number };

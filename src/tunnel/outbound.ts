@@ -15,6 +15,7 @@ import { type Metrics, tcpLabels } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { MeshStore } from '../state/store';
 import { ClientFailure, failureCode } from './client-errors';
+import type { ListedConnection, ConnectionRegistry } from './connections';
 import { copyBidirectional } from './copy';
 import { baggageOf, connectHeaders, newTraceparent } from './headers';
 import { type TunnelLimits, tunnelLimits } from './limits';
@@ -29,6 +30,8 @@ export interface OutboundDeps {
   /** Plain mode: every destination is dialed directly, without HBONE. */
   plainOnly?: boolean;
   metrics: Metrics;
+  /** Where a connection is listed while it is open. */
+  connections: ConnectionRegistry;
   /** upstreamDialMs bounds plain upstream dials; DEFAULT_LIMITS when not given. */
   limits?: Partial<TunnelLimits>;
   log: Logger;
@@ -100,13 +103,15 @@ async function handle(
   log: Logger,
 ): Promise<void> {
   const src = pod.workload;
+  // The pod's own address, not the client's 127.0.0.1: every leg is dialed from it.
+  const srcIp = src.addresses[0] ?? '';
   const srcIdentity = pod.identity;
   const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
   const { traceparent, connId } = newTraceparent();
   const entry: Record<string, unknown> = {
     conn_id: connId,
     direction: 'outbound',
-    'src.addr': `${src.addresses[0]}:${srcPort}`,
+    'src.addr': `${srcIp}:${srcPort}`,
     'src.workload': src.name,
     'src.namespace': src.namespace,
     'src.identity': srcIdentity,
@@ -130,6 +135,20 @@ async function handle(
     dstPrincipal: route.kind === 'hbone' ? route.identities[0] : undefined,
     mtls: route.kind === 'hbone',
   });
+  const listed = (protocol: ListedConnection['protocol'], peer: string): ListedConnection => ({
+    podUid: src.uid,
+    pod: src.name,
+    namespace: src.namespace,
+    direction: 'outbound',
+    source: `${srcIp}:${srcPort}`,
+    sourceIdentity: srcIdentity,
+    destination: `${ip}:${port}`,
+    destinationService: route.service?.hostname,
+    destinationIdentity: route.kind === 'hbone' ? route.identities[0] : undefined,
+    protocol,
+    peer,
+    connId,
+  });
 
   if (route.kind === 'plain') {
     const up = dialUpstream(pod, route.ip, route.port, deps.upstreamDialMs);
@@ -140,7 +159,8 @@ async function handle(
       return finish({ 'dst.hbone_addr': null, error: up.code, detail: up.message });
     }
     const closed = deps.metrics.open(labels);
-    const r = await copyBidirectional(client, up);
+    const unlist = deps.connections.add(listed('plaintext', `${route.ip}:${route.port}`), client, 'source');
+    const r = await copyBidirectional(client, up).finally(unlist);
     closed({ fromSource: r.sent, toSource: r.received });
     if (r.error instanceof ClientFailure) {
       deps.metrics.failure('outbound', r.error.code);
@@ -161,7 +181,7 @@ async function handle(
     const stream = await deps.pool.connect(
       {
         srcIdentity,
-        srcIp: src.addresses[0],
+        srcIp,
         dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o),
         dstIp: route.ip,
         identities: route.identities,
@@ -170,7 +190,7 @@ async function handle(
         authority: `${route.ip}:${route.port}`,
         traceparent,
         baggage,
-        clientAddr: `${src.addresses[0]}:${srcPort}`,
+        clientAddr: `${srcIp}:${srcPort}`,
         service: route.service,
       }),
     );
@@ -181,7 +201,8 @@ async function handle(
       return finish({ error: 'client_closed' });
     }
     const closed = deps.metrics.open(labels);
-    const r = await copyBidirectional(client, stream);
+    const unlist = deps.connections.add(listed('HBONE', `${route.ip}:${PORT_INBOUND_HBONE}`), client, 'source');
+    const r = await copyBidirectional(client, stream).finally(unlist);
     closed({ fromSource: r.sent, toSource: r.received });
     finish({ bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   } catch (err) {

@@ -11,6 +11,7 @@ import type { Metrics } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer } from '../policy/authorize';
 import type { MeshStore } from '../state/store';
+import { ConnectionRegistry } from './connections';
 import { Inbound } from './inbound';
 import { type TunnelLimits, tunnelLimits } from './limits';
 import { attachOutbound } from './outbound';
@@ -45,6 +46,8 @@ interface Served {
 export class Tunnel {
   readonly pool: HbonePool;
   readonly limits: TunnelLimits;
+  /** The connections open now, of every pod this tunnel serves or served (for GET /connections). */
+  readonly connections = new ConnectionRegistry();
   private readonly pods = new Map<string, Served>();
   /** Warnings peers can trigger, one line per reason per interval for all served pods. */
   private readonly warn: RateLimitedLog;
@@ -68,7 +71,10 @@ export class Tunnel {
     const { store } = this.deps;
     return JSON.stringify([
       store.config.policies,
-      [...this.pods.values()].map((s) => store.workloadByIp(s.pod.workload.addresses[0])?.authorizationPolicies),
+      [...this.pods.values()].map(({ pod }) => {
+        const [ip] = pod.workload.addresses;
+        return ip === undefined ? undefined : store.workloadByIp(ip)?.authorizationPolicies;
+      }),
     ]);
   }
 
@@ -100,6 +106,7 @@ export class Tunnel {
       mesh: deps.store,
       limits: this.limits,
       metrics: deps.metrics,
+      connections: this.connections,
       log: deps.log,
       warn: this.warn,
     });
@@ -109,6 +116,7 @@ export class Tunnel {
       pool: this.pool,
       plainOnly: deps.mode === 'plain',
       metrics: deps.metrics,
+      connections: this.connections,
       limits: this.limits,
       log: deps.log,
     });

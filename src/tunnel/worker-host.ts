@@ -16,6 +16,7 @@ import { listenerHandle } from '../datapath/netns';
 import { ROLES } from '../datapath/ports';
 import type { WorkloadCert } from '../identity/cert-manager';
 import type { MeshConfig } from '../state/types';
+import type { ConnectionInfo, ConnectionList } from './connections';
 import type { DataPlane, DataPlaneContext } from './data-plane';
 import type { FromWorker, ToWorker, WireCert } from './ipc';
 
@@ -43,6 +44,8 @@ interface Worker {
 }
 
 const RELEASE_TIMEOUT_MS = 5000;
+/** GET /connections waits this long for the workers (the CLI gives up at 5 s): a stuck one is named, not waited for. */
+const CONNECTIONS_TIMEOUT_MS = 2000;
 /** A rolling replacement gives up on a new worker that does not serve every pod in this time. */
 const SERVING_TIMEOUT_MS = 30_000;
 
@@ -54,6 +57,8 @@ export class WorkersDataPlane implements DataPlane {
   private nextId = 1;
   private metricsRequest = 0;
   private readonly metricsWaiting = new Map<number, { left: number; parts: unknown[]; done: (parts: unknown[]) => void }>();
+  private connectionsRequest = 0;
+  private readonly connectionsWaiting = new Map<number, { left: Set<Worker>; list: ConnectionList; done: () => void }>();
   private stopping = false;
   /** removePod calls waiting for the workers to close their copies of a pod's sockets. */
   private readonly releasing = new Map<string, { left: Set<Worker>; done: () => void }>();
@@ -101,7 +106,7 @@ export class WorkersDataPlane implements DataPlane {
 
   private released(w: Worker, uid: string): void {
     const r = this.releasing.get(uid);
-    if (r && r.left.delete(w) && r.left.size === 0) r.done();
+    if (r?.left.delete(w) && r.left.size === 0) r.done();
   }
 
   configChanged(config: MeshConfig): void {
@@ -157,6 +162,40 @@ export class WorkersDataPlane implements DataPlane {
     });
   }
 
+  /**
+   * The connections every worker carries, each row with its worker's id.
+   * Draining workers are asked too: they still carry what they had.
+   */
+  connections(): Promise<ConnectionList> {
+    const asked = this.workers.filter((w) => w.ready && w.child.connected);
+    const list: ConnectionList = { connections: [], total: 0, unanswered: [] };
+    if (!asked.length) return Promise.resolve(list);
+    const id = ++this.connectionsRequest;
+    return new Promise((resolve) => {
+      const left = new Set(asked);
+      const done = (): void => {
+        clearTimeout(timer);
+        this.connectionsWaiting.delete(id);
+        list.unanswered = [...left].map((w) => `worker ${w.id} (pid ${w.child.pid}) did not answer within ${CONNECTIONS_TIMEOUT_MS} ms`);
+        resolve(list);
+      };
+      const timer = setTimeout(done, CONNECTIONS_TIMEOUT_MS);
+      this.connectionsWaiting.set(id, { left, list, done });
+      for (const w of asked) this.send(w, { t: 'connections', id });
+    });
+  }
+
+  /** A worker's answer to request id; none when it exited (its connections went with it). */
+  private connectionsFrom(w: Worker, id: number, answer?: { connections: ConnectionInfo[]; total: number }): void {
+    const req = this.connectionsWaiting.get(id);
+    if (!req?.left.delete(w)) return;
+    if (answer) {
+      for (const c of answer.connections) req.list.connections.push({ ...c, worker: w.id });
+      req.list.total += answer.total;
+    }
+    if (req.left.size === 0) req.done();
+  }
+
   /** Process ids of the workers alive now (operators and tests tell a replacement from a survivor). */
   pids(): number[] {
     return this.workers.flatMap((w) =>
@@ -185,6 +224,7 @@ export class WorkersDataPlane implements DataPlane {
     child.once('exit', (code, signal) => {
       this.workers = this.workers.filter((x) => x !== w);
       for (const uid of [...this.releasing.keys()]) this.released(w, uid); // a dead worker holds nothing
+      for (const id of [...this.connectionsWaiting.keys()]) this.connectionsFrom(w, id);
       if (w.retiring || this.stopping) return;
       // Its connections are gone; the sockets are not: a replacement accepts what queued meanwhile.
       const delayMs = this.respawnDelay(Date.now() - w.startedAt);
@@ -266,6 +306,9 @@ export class WorkersDataPlane implements DataPlane {
         }
         return;
       }
+      case 'connections':
+        this.connectionsFrom(w, m.id, m);
+        return;
       case 'drained':
         this.ctx.log.info({ worker: w.id, left: m.left }, 'worker drained');
         return;

@@ -163,6 +163,9 @@ export function runWorker(): void {
           () => send({ t: 'metrics', id: m.id, data: [] }),
         );
         return;
+      case 'connections':
+        send({ t: 'connections', id: m.id, ...(tunnel?.connections.list() ?? { connections: [], total: 0 }) });
+        return;
       case 'drain':
         void (tunnel?.drain(m.deadlineMs) ?? Promise.resolve({ left: 0 })).then(({ left }) => {
           send({ t: 'drained', left });
