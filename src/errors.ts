@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'AMBIT_E_CA' // the CA refused or answered wrongly
   | 'AMBIT_E_XDS' // the control plane's stream failed or sent something invalid
   | 'AMBIT_E_AUTH' // a node's bearer token or requested identity was refused
+  | 'AMBIT_E_ADMIN' // a node's admin endpoint could not be reached or did not answer as ambit does (`ambit config`)
   | 'AMBIT_E_INTERNAL'; // a fault of ambit's own (a bug): an error that carried no code
 
 export class AmbitError extends Error {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// `ambit` — one binary: node, sidecar, control-plane, worker, ca, datapath.
+// `ambit` — one binary: node, sidecar, control-plane, worker, ca, datapath,
+// config (what a running node holds) and version.
 // This file only reads the command line: each command's flags become the
 // settings of its composition root in src/roots/ (or, for the one-shot
 // tools, ./tools.ts). Flags are listed in ./usage.ts (`ambit COMMAND
@@ -12,9 +13,11 @@ import { runSidecar } from '../roots/sidecar';
 import type { TunnelMode } from '../tunnel/tunnel';
 import { runWorker } from '../tunnel/worker';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
+import { config } from './inspect';
 import { limitOptions, limitsFromFlags } from './limit-flags';
 import { ca, datapath } from './tools';
-import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, WORKER_USAGE } from './usage';
+import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, VERSION_USAGE, WORKER_USAGE } from './usage';
+import { versionLine } from './version';
 
 const SERVE_OPTIONS = {
   config: { type: 'string' },
@@ -166,6 +169,13 @@ async function main(argv: string[]): Promise<void> {
       return ca(rest);
     case 'datapath':
       return datapath(rest);
+    case 'config':
+      return config(rest);
+    case '--version':
+    case 'version':
+      parseFlags(rest, {}, VERSION_USAGE);
+      console.log(versionLine());
+      return;
     case '-h':
     case '--help':
     case 'help':

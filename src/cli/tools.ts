@@ -21,7 +21,7 @@ import {
 } from './usage';
 
 /** The verb, or --help for the whole group; anything else is a usage error. */
-function verbOf(argv: string[], verbs: string[], group: string, usage: string): string {
+export function verbOf(argv: string[], verbs: string[], group: string, usage: string): string {
   const [verb] = argv;
   if (verb === undefined || verb === '--help' || verb === '-h') {
     if (verb === undefined) throw new UsageError(`${group} needs one of: ${verbs.join(', ')}`, usage);

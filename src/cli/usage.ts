@@ -67,6 +67,26 @@ export const DATAPATH_USAGE = [DATAPATH_PROBE_USAGE, DATAPATH_STATUS_USAGE, DATA
   .map((u, i) => (i ? u.replace(/^usage:\n/, '') : u))
   .join('\n');
 
+export const CONFIG_USAGE = `usage:
+  ambit config workloads|services|policies|certificates|connections [flags]
+                           what a running node holds, read from its admin endpoint
+
+  --admin HOST:PORT        the node's admin endpoint (default 127.0.0.1:15000; it listens on
+                           localhost only: run this on the node, in its network namespace)
+  -o, --output FORMAT      table (default), json or yaml (every field of each row)
+  -n, --namespace NS       only rows of namespace NS (certificates: of identities in NS)
+  --node NAME              workloads: only those placed on node NAME
+
+  workloads     NAMESPACE POD-NAME ADDRESS NODE PROTOCOL DATAPLANE STATE (enrolled, waiting, failed on this node)
+  services      NAMESPACE SERVICE-NAME SERVICE-VIP PORTS (port:targetPort) ENDPOINTS
+  policies      NAMESPACE POLICY-NAME ACTION SCOPE DRY-RUN RULES
+  certificates  CERTIFICATE-NAME TYPE (leaf, intermediate, root) STATUS VALID NOT-AFTER NOT-BEFORE SERIAL
+  connections   NAMESPACE POD DIRECTION SOURCE SOURCE-IDENTITY DESTINATION SERVICE PROTOCOL PEER AGE
+                TO-DST TO-SRC (bytes each way) [WORKER]: the connections open now`;
+
+export const VERSION_USAGE = `usage:
+  ambit --version | ambit version     the version of ambit and of Node.js`;
+
 export const WORKER_USAGE = `usage:
   ambit worker                 a tunnel worker; started by \`ambit node\` over IPC, not by hand`;
 
@@ -77,4 +97,6 @@ export const USAGE = `usage:
   ambit control-plane --config FILE [flags]
   ambit ca init|issue …
   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
+  ambit config workloads|services|policies|certificates|connections [-o table|json|yaml] [flags]
+  ambit --version
   ambit COMMAND --help     the flags of one command`;
