@@ -2,24 +2,9 @@
 // per-connection outcomes, not bugs: the pool rejects with one, outbound
 // turns it into an access-log `error`, a metric reason
 // (ambit_connection_failures_total{direction="outbound",reason=code}) and a
-// rate-limited warning. The codes are stable: operators grep and alert on them.
-export type ClientFailureCode =
-  /** No certificate for the source identity: the CA refused, failed or is unreachable, or the agent did not answer a worker. */
-  | 'AMBIT_E_CA'
-  /** TCP + TLS + the peer's HTTP/2 SETTINGS not done within clientHandshakeMs. */
-  | 'AMBIT_E_HBONE_HANDSHAKE_TIMEOUT'
-  /** The peer did not answer CONNECT within connectResponseMs. */
-  | 'AMBIT_E_HBONE_CONNECT_TIMEOUT'
-  /** The HBONE session failed before carrying the stream (TCP refused, TLS or identity check failed, reset). */
-  | 'AMBIT_E_HBONE_SESSION'
-  /** The stream ended before an answer (its session went away). */
-  | 'AMBIT_E_HBONE_CLOSED'
-  /** The peer answered CONNECT with a status other than 200. */
-  | 'AMBIT_E_HBONE_STATUS'
-  /** No socket could be made inside the source pod (its netns went away with the pod). */
-  | 'AMBIT_E_DIAL'
-  /** A plain (non-HBONE) upstream did not accept the TCP connection within upstreamDialMs. */
-  | 'AMBIT_E_UPSTREAM_DIAL_TIMEOUT';
+// rate-limited warning. The codes are stable and listed with the others in
+// src/errors.ts (OutboundFailureCode).
+import type { OutboundFailureCode } from '../errors';
 
 export class ClientFailure extends Error {
   /** Never processed by the peer: safe to send again on another session. */
@@ -27,7 +12,7 @@ export class ClientFailure extends Error {
   status?: number;
 
   constructor(
-    readonly code: ClientFailureCode,
+    readonly code: OutboundFailureCode,
     message: string,
     opts: { cause?: unknown; refused?: boolean; status?: number } = {},
   ) {
