@@ -213,7 +213,7 @@ export class BuiltinCa implements CertificateAuthority {
 
 function serial(): string {
   const b = randomBytes(16);
-  b[0] &= 0x7f; // positive
+  b.writeUInt8(b.readUInt8(0) & 0x7f, 0); // positive
   return b.toString('hex');
 }
 

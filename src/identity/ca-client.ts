@@ -83,7 +83,10 @@ export class IstioCaClient implements CertificateAuthority {
     };
     const res = await new Promise<IstioCertificateResponse>((resolve, reject) => {
       const call = (this.client as unknown as { CreateCertificate: CreateCertificate }).CreateCertificate.bind(this.client);
-      call(req, md, { deadline: Date.now() + this.timeoutMs }, (err, r) => (err ? reject(this.callError(err, identity)) : resolve(r!)));
+      call(req, md, { deadline: Date.now() + this.timeoutMs }, (err, r) =>
+        // An answer without a body reads as an empty chain, which checkAnswer refuses with AMBIT_E_CA.
+        err ? reject(this.callError(err, identity)) : resolve(r ?? { cert_chain: [] }),
+      );
     });
     return this.checkAnswer(res, identity);
   }
@@ -146,12 +149,6 @@ export class IstioCaClient implements CertificateAuthority {
         );
       return pems.map((p) => `${p}\n`);
     });
-    if (chain.length === 0)
-      throw new AmbitError(
-        'AMBIT_E_CA',
-        `CA at ${this.address} answered an empty cert_chain for ${identity}`,
-        'the CA must return the leaf and its roots',
-      );
     const certs = chain.map((pem, i) => {
       try {
         return new X509Certificate(pem);
@@ -162,7 +159,14 @@ export class IstioCaClient implements CertificateAuthority {
         );
       }
     });
-    const uris = (certs[0].subjectAltName ?? '')
+    const [leaf] = certs;
+    if (!leaf)
+      throw new AmbitError(
+        'AMBIT_E_CA',
+        `CA at ${this.address} answered an empty cert_chain for ${identity}`,
+        'the CA must return the leaf and its roots',
+      );
+    const uris = (leaf.subjectAltName ?? '')
       .split(/,\s*/)
       .filter((s) => s.startsWith('URI:'))
       .map((s) => s.slice(4));

@@ -124,7 +124,10 @@ export class CertificateManager extends EventEmitter implements CertProvider {
 
   private entry(identity: string): Entry {
     let e = this.entries.get(identity);
-    if (!e) this.entries.set(identity, (e = { failures: 0 }));
+    if (!e) {
+      e = { failures: 0 };
+      this.entries.set(identity, e);
+    }
     return e;
   }
 
@@ -219,9 +222,10 @@ export async function requestCertificate(ca: CertificateAuthority, identity: str
 
 /** The CA's answer must be for exactly this identity and this key. */
 export function checkChain(identity: string, chain: string[], keyPem: string): WorkloadCert {
-  if (chain.length < 2)
+  const [leafPem] = chain;
+  if (leafPem === undefined || chain.length < 2)
     throw new AmbitError('AMBIT_E_CA', `CA answered ${chain.length} certificate(s) for ${identity}; expected leaf … root`);
-  const leaf = new X509Certificate(chain[0]);
+  const leaf = new X509Certificate(leafPem);
   const ids = spiffeIdsOf(leaf.subjectAltName);
   if (ids.length !== 1 || ids[0] !== identity) {
     throw new AmbitError(

@@ -78,9 +78,9 @@ function checkSan(csr: x509.Pkcs10CertificateRequest, identity: string): CsrChec
   } catch (err) {
     return no(`has a subjectAltName that cannot be read (${firstLine(err)}); ${want}`);
   }
-  if (names.length === 0) return no(`has an empty subjectAltName; ${want}`);
-  if (names.length > 1) return no(`names ${names.length} SANs (${names.map((n) => `${n.type}:${n.value}`).join(', ')}); ${want}`);
   const [only] = names;
+  if (!only) return no(`has an empty subjectAltName; ${want}`);
+  if (names.length > 1) return no(`names ${names.length} SANs (${names.map((n) => `${n.type}:${n.value}`).join(', ')}); ${want}`);
   if (only.type !== 'url') return no(`names ${only.type}:${only.value}; ${want}`);
   if (!parseSpiffe(only.value))
     return no(`names ${JSON.stringify(only.value)}, not spiffe://<trust domain>/ns/<namespace>/sa/<service account>; ${want}`);
@@ -90,5 +90,5 @@ function checkSan(csr: x509.Pkcs10CertificateRequest, identity: string): CsrChec
 
 const firstLine = (err: unknown): string =>
   String((err as Error)?.message ?? err)
-    .split('\n')[0]
+    .replace(/\n.*/s, '')
     .slice(0, 200);

@@ -7,13 +7,14 @@ export interface SpiffeId {
 }
 
 const SEGMENT = /^[A-Za-z0-9._-]+$/;
+const isSegment = (p: string | undefined): p is string => p !== undefined && SEGMENT.test(p);
 
 export function parseSpiffe(uri: string): SpiffeId | undefined {
   if (!uri.startsWith('spiffe://')) return undefined;
-  const parts = uri.slice('spiffe://'.length).split('/');
-  if (parts.length !== 5 || parts[1] !== 'ns' || parts[3] !== 'sa') return undefined;
-  if (![parts[0], parts[2], parts[4]].every((p) => SEGMENT.test(p))) return undefined;
-  return { trustDomain: parts[0], namespace: parts[2], serviceAccount: parts[4] };
+  const [trustDomain, ns, namespace, sa, serviceAccount, ...rest] = uri.slice('spiffe://'.length).split('/');
+  if (rest.length > 0 || ns !== 'ns' || sa !== 'sa') return undefined;
+  if (!isSegment(trustDomain) || !isSegment(namespace) || !isSegment(serviceAccount)) return undefined;
+  return { trustDomain, namespace, serviceAccount };
 }
 
 export const formatSpiffe = (id: SpiffeId): string => `spiffe://${id.trustDomain}/ns/${id.namespace}/sa/${id.serviceAccount}`;

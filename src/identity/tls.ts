@@ -3,6 +3,7 @@
 // SPIFFE identities checked on both sides.
 import crypto from 'node:crypto';
 import type tls from 'node:tls';
+import type { ErrorCode } from '../errors';
 import type { WorkloadCert } from './cert-manager';
 import { parseSpiffe, spiffeIdsOf } from './spiffe';
 
@@ -27,7 +28,7 @@ export function clientTlsOptions(c: WorkloadCert, expected: readonly string[]): 
       const ids = spiffeIdsOf(peer.subjectaltname);
       if (ids.some((id) => expected.includes(id))) return undefined;
       return Object.assign(new Error(`peer identity ${JSON.stringify(ids)} is not the expected ${JSON.stringify(expected)}`), {
-        code: 'AMBIT_E_PEER_IDENTITY',
+        code: 'AMBIT_E_PEER_IDENTITY' satisfies ErrorCode,
       });
     },
   };
@@ -52,8 +53,11 @@ export function peerIdentity(socket: tls.TLSSocket, trustDomain: string): { iden
   const cert = socket.getPeerX509Certificate();
   if (!cert) return { error: 'no client certificate' };
   const ids = spiffeIdsOf(cert.subjectAltName);
-  if (ids.length !== 1) return { error: `client certificate carries ${ids.length} SPIFFE identities; exactly one is required` };
-  const td = parseSpiffe(ids[0])!.trustDomain;
-  if (td !== trustDomain) return { error: `client identity ${ids[0]} is from trust domain ${td}, not ${trustDomain}` };
-  return { identity: ids[0] };
+  const [id] = ids;
+  const parsed = id === undefined ? undefined : parseSpiffe(id);
+  if (!id || !parsed || ids.length !== 1)
+    return { error: `client certificate carries ${ids.length} SPIFFE identities; exactly one is required` };
+  if (parsed.trustDomain !== trustDomain)
+    return { error: `client identity ${id} is from trust domain ${parsed.trustDomain}, not ${trustDomain}` };
+  return { identity: id };
 }
