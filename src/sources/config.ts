@@ -191,7 +191,8 @@ function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
 export function parseConfig(text: string, source = 'config'): MeshConfig {
   const doc = parseYamlBounded(text, source);
   const p = new Problems();
-  const o = isObj(doc) ? doc : (p.add('(top level)', doc, 'must be a map with trustDomain, nodes, workloads, services'), {} as Obj);
+  const o: Obj = isObj(doc) ? doc : {};
+  if (o !== doc) p.add('(top level)', doc, 'must be a map with trustDomain, nodes, workloads, services');
   checkKeys(p.report, o, KEYS.top, '');
   const ca = o.ca === undefined ? {} : (fields(p, o.ca, 'ca', KEYS.ca, 'must be a map such as { dir: /var/lib/ambit/ca }') ?? {});
   const cfg: MeshConfig = {

@@ -47,7 +47,9 @@ export function checkCrossFields(cfg: MeshConfig, report: Report): void {
     uids.claim(w.uid, `workloads[${i}].uid`);
     if (w.node && !isNode(w.node))
       report(`workloads[${i}].node`, w.node, `is not among nodes: (${known.join(', ') || 'none'}); add it there or fix the name`);
-    w.addresses.forEach((a, j) => addrs.claim(a, `workloads[${i}].addresses[${j}]`));
+    w.addresses.forEach((a, j) => {
+      addrs.claim(a, `workloads[${i}].addresses[${j}]`);
+    });
   });
 
   const services = new Unique(report, 'a service is named by namespace/hostname, and the later one would replace the earlier');

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { AmbitError } from '../errors';
-import { checkSize, MAX_CONFIG_BYTES } from './yaml-bounded';
+import { MAX_CONFIG_BYTES, oversizeError } from './yaml-bounded';
 
 /** The file's text, or AMBIT_E_CONFIG naming the file, the errno or the size limit, and the flag that gave it. */
 export function readTextFile(file: string, flag: string): string {
@@ -25,11 +25,16 @@ export function readTextFile(file: string, flag: string): string {
       `pass an existing file with ${flag}`,
     );
   }
-  if (got.data === undefined) checkSize(got.size, `${file} (${flag})`);
-  return got.data!.toString('utf8');
+  return textOf(got, `${file} (${flag})`);
 }
 
-/** A file's content, or only its size (at least limit + 1) when over the limit. */
+/** The text of a bounded read; without its content (over the limit), AMBIT_E_CONFIG with the size. */
+function textOf(got: Bounded, source: string): string {
+  if (got.data === undefined) throw oversizeError(got.size, source);
+  return got.data.toString('utf8');
+}
+
+/** A file's content, or only its size (at least limit + 1) when over the limit: no data means too big. */
 interface Bounded {
   data?: Buffer;
   size: number;
@@ -91,8 +96,7 @@ export function watchParsedFile<T>(
     lastHash = now.hash;
     let value: T;
     try {
-      if (now.data === undefined) checkSize(now.size, file);
-      value = parse(now.data!.toString('utf8'), file);
+      value = parse(textOf(now, file), file);
     } catch (err) {
       report(err);
       return true;

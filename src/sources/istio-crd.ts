@@ -145,7 +145,7 @@ const matchList = (d: Doc, values: string[], at: string): StringMatch[] => value
 
 function ipBlocks(d: Doc, values: string[], at: string): IpBlock[] {
   return values.flatMap((s, i) => {
-    const [address, len, extra] = s.split('/');
+    const [address = '', len, extra] = s.split('/');
     const v = net.isIP(address);
     const length = len === undefined ? (v === 6 ? 128 : 32) : /^\d+$/.test(len) ? Number(len) : -1;
     if (v === 0 || extra !== undefined || length < 0 || length > (v === 6 ? 128 : 32)) {
@@ -363,9 +363,11 @@ function denyPlaintext(pa: PeerAuthn, base: boolean): Authorization | undefined 
 
 /** The first (oldest) wins; the others are named in a warning. */
 function oldest(pas: PeerAuthn[], what: string, warnings: Set<string>): PeerAuthn | undefined {
-  for (const pa of pas.slice(1))
-    warnings.add(`${pa.doc.label} spec: ${what}, like the older ${policyKey(pas[0].doc)}, which wins; this one is ignored`);
-  return pas[0];
+  const [first, ...others] = pas;
+  if (!first) return undefined;
+  for (const pa of others)
+    warnings.add(`${pa.doc.label} spec: ${what}, like the older ${policyKey(first.doc)}, which wins; this one is ignored`);
+  return first;
 }
 
 function compilePeerAuthn(

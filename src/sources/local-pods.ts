@@ -75,19 +75,21 @@ export function parseLocalPods(text: string, source: string): Map<string, LocalP
     );
   const problems: string[] = [];
   const pods = new Map<string, LocalPod>();
-  list.forEach((p: Record<string, unknown>, i) => {
+  for (const [i, p] of (list as Record<string, unknown>[]).entries()) {
     const at = `${key}[${i}]`;
     // A typo (`cgroups:`) must not leave a pod silently unlocated; standalone workloads are checked by parseConfig.
     if (key === 'pods' && p !== null && typeof p === 'object')
       checkKeys((where, v, what) => problems.push(`${where}: ${what} (got ${JSON.stringify(v)})`), p, ['uid', 'netns', 'cgroup'], at);
-    if (typeof p?.uid !== 'string' || !p.uid)
-      return void problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
+    if (typeof p?.uid !== 'string' || !p.uid) {
+      problems.push(`${at}.uid: must be the workload uid the control plane uses (got ${JSON.stringify(p?.uid)})`);
+      continue;
+    }
     if (typeof p.netns !== 'string' || typeof p.cgroup !== 'string') {
       if (key === 'pods') problems.push(`${at}: netns and cgroup must be paths (got ${JSON.stringify([p.netns, p.cgroup])})`);
-      return; // a standalone workload hosted elsewhere has neither
+      continue; // a standalone workload hosted elsewhere has neither
     }
     pods.set(p.uid, { uid: p.uid, netns: p.netns, cgroup: p.cgroup });
-  });
+  }
   if (problems.length)
     throw new AmbitError('AMBIT_E_CONFIG', `${source} is invalid:\n  - ${problems.join('\n  - ')}`, 'fix the entries named above');
   return pods;

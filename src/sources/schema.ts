@@ -38,15 +38,22 @@ export const KEYS = {
 /** Edit distance counting a swap of neighbours as one edit (`dri` is one from `dir`), ignoring case. */
 export function editDistance(a: string, b: string): number {
   const [s, t] = [a.toLowerCase(), b.toLowerCase()];
-  const d: number[][] = Array.from({ length: s.length + 1 }, (_, i) => [i, ...new Array<number>(t.length).fill(0)]);
-  for (let j = 1; j <= t.length; j++) d[0][j] = j;
-  for (let i = 1; i <= s.length; i++) {
-    for (let j = 1; j <= t.length; j++) {
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (s[i - 1] === t[j - 1] ? 0 : 1));
-      if (i > 1 && j > 1 && s[i - 1] === t[j - 2] && s[i - 2] === t[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+  // d[i][j]: the distance between the first i letters of s and the first j of t.
+  const d = Array.from({ length: s.length + 1 }, (_, i) => Array.from({ length: t.length + 1 }, (_, j) => (i === 0 ? j : i)));
+  // A cell outside the table is no path at all.
+  const at = (i: number, j: number): number => d[i]?.[j] ?? Number.POSITIVE_INFINITY;
+  for (const [i, row] of d.entries()) {
+    for (let j = 1; i > 0 && j <= t.length; j++) {
+      const swapped = i > 1 && j > 1 && s[i - 1] === t[j - 2] && s[i - 2] === t[j - 1];
+      row[j] = Math.min(
+        at(i - 1, j) + 1,
+        at(i, j - 1) + 1,
+        at(i - 1, j - 1) + (s[i - 1] === t[j - 1] ? 0 : 1),
+        swapped ? at(i - 2, j - 2) + 1 : Number.POSITIVE_INFINITY,
+      );
     }
   }
-  return d[s.length][t.length];
+  return at(s.length, t.length);
 }
 
 /**

@@ -168,7 +168,8 @@ export class XdsClient extends EventEmitter {
         md.set('authorization', `Bearer ${fs.readFileSync(this.opts.tokenFile, 'utf8').trim()}`);
       } catch (err) {
         this.log.error({ tokenFile: this.opts.tokenFile, err: (err as Error).message }, 'cannot read the xDS token; retrying');
-        return this.retry();
+        this.retry();
+        return;
       }
     }
     const call = this.client.DeltaAggregatedResources(md);

@@ -225,18 +225,12 @@ export function authorizationFromMessage(name: string, p: AuthorizationMessage):
 function matchFromMessage(name: string, at: string, m: MatchMessage): Match {
   const strs = (field: string, l: StringMatchMessage[]): StringMatch[] =>
     l.map((s, i) => {
-      switch (s.match_type) {
-        case 'exact':
-          return { exact: s.exact! };
-        case 'prefix':
-          return { prefix: s.prefix! };
-        case 'suffix':
-          return { suffix: s.suffix! };
-        case 'presence':
-          return { presence: true };
-        default:
-          return bad(name, `${at}.${field}[${i}]`, s, 'has no match (exact, prefix, suffix or presence)');
-      }
+      // The oneof's name and its field are checked together: a message naming a match it does not carry is refused.
+      if (s.match_type === 'exact' && s.exact !== undefined) return { exact: s.exact };
+      if (s.match_type === 'prefix' && s.prefix !== undefined) return { prefix: s.prefix };
+      if (s.match_type === 'suffix' && s.suffix !== undefined) return { suffix: s.suffix };
+      if (s.match_type === 'presence') return { presence: true };
+      return bad(name, `${at}.${field}[${i}]`, s, 'has no match (exact, prefix, suffix or presence)');
     });
   const ips = (field: string, l: IpBlockMessage[]): IpBlock[] =>
     l.map((b, i) => {

@@ -28,23 +28,25 @@ export const MAX_ALIAS_COUNT = 100;
 
 const MiB = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 
+/** The AMBIT_E_CONFIG for a source of `bytes`, over MAX_CONFIG_BYTES. */
+export const oversizeError = (bytes: number, source: string): AmbitError =>
+  new AmbitError(
+    'AMBIT_E_CONFIG',
+    `${source} is ${MiB(bytes)}, over the limit of ${MiB(MAX_CONFIG_BYTES)} (${MAX_CONFIG_BYTES} bytes)`,
+    'is this the right file? a mesh this large belongs in Kubernetes mode (--kubernetes), not one YAML file',
+  );
+
 /** AMBIT_E_CONFIG when `bytes` is over MAX_CONFIG_BYTES. */
 export function checkSize(bytes: number, source: string): void {
-  if (bytes > MAX_CONFIG_BYTES) {
-    throw new AmbitError(
-      'AMBIT_E_CONFIG',
-      `${source} is ${MiB(bytes)}, over the limit of ${MiB(MAX_CONFIG_BYTES)} (${MAX_CONFIG_BYTES} bytes)`,
-      'is this the right file? a mesh this large belongs in Kubernetes mode (--kubernetes), not one YAML file',
-    );
-  }
+  if (bytes > MAX_CONFIG_BYTES) throw oversizeError(bytes, source);
 }
 
 /** The depth of the deepest collection, walked without recursion (the input decides the depth). */
 function depthOf(root: unknown): number {
   let max = 0;
   const stack: [unknown, number][] = [[root, 0]];
-  while (stack.length > 0) {
-    const [node, depth] = stack.pop()!;
+  for (let top = stack.pop(); top; top = stack.pop()) {
+    const [node, depth] = top;
     if (isMap(node) || isSeq(node)) {
       const d = depth + 1;
       if (d > max) max = d;
@@ -78,8 +80,8 @@ function isCyclic(root: unknown): boolean {
     return false;
   };
   if (visit(root)) return true;
-  while (stack.length > 0) {
-    const { node, leaving } = stack.pop()!;
+  for (let top = stack.pop(); top; top = stack.pop()) {
+    const { node, leaving } = top;
     if (leaving) {
       open.delete(node);
       done.add(node);
