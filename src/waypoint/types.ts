@@ -1,0 +1,192 @@
+// The waypoint's model: what Gateway API routes, Istio's waypoint labels
+// and L7 AuthorizationPolicies become once validated (src/sources/
+// gateway-api.ts). Plain data with no imports from above, so a source may
+// build it and the waypoint may read it; regular expressions arrive
+// compiled and checked (regex.ts). docs/waypoint.md describes the choices.
+import type { IpBlock, PolicyAction, StringMatch } from '../policy/types';
+
+/** How a path, header, query parameter or gRPC name is compared. */
+export type ValueMatchType = 'Exact' | 'RegularExpression';
+
+/** Exact or element-wise prefix (`/a` matches `/a`, `/a/`, `/a/b`, not `/ab`), or a full-match regular expression. */
+export type PathMatch =
+  | { type: 'Exact'; value: string }
+  | { type: 'PathPrefix'; value: string }
+  | { type: 'RegularExpression'; value: string; regex: RegExp };
+
+/** A header (name in lower case) or query parameter (name as written) and how its value must look. */
+export type ValueMatch =
+  | { name: string; type: 'Exact'; value: string }
+  | { name: string; type: 'RegularExpression'; value: string; regex: RegExp };
+
+/** Every populated field must hold (Gateway API ANDs them). */
+export interface RouteMatch {
+  path: PathMatch;
+  headers: ValueMatch[];
+  queryParams: ValueMatch[];
+  /** Upper case, e.g. GET; undefined matches any. */
+  method?: string;
+}
+
+export interface HeaderValue {
+  name: string;
+  value: string;
+}
+
+/** Names in lower case; one action per name (Gateway API forbids more). */
+export interface HeaderModifier {
+  set: HeaderValue[];
+  add: HeaderValue[];
+  remove: string[];
+}
+
+export type PathModifier = { type: 'ReplaceFullPath'; value: string } | { type: 'ReplacePrefixMatch'; value: string };
+
+export type RouteFilter =
+  | { type: 'RequestHeaderModifier'; modifier: HeaderModifier }
+  | { type: 'ResponseHeaderModifier'; modifier: HeaderModifier }
+  | {
+      type: 'RequestRedirect';
+      scheme?: 'http' | 'https';
+      hostname?: string;
+      path?: PathModifier;
+      port?: number;
+      statusCode: 301 | 302 | 303 | 307 | 308;
+    }
+  | { type: 'URLRewrite'; hostname?: string; path?: PathModifier };
+
+/** A Service behind a rule: its key in the mesh model ("<namespace>/<hostname>") and the service port. */
+export interface WeightedBackend {
+  namespace: string;
+  name: string;
+  service: string;
+  port: number;
+  /** Relative share; 0 takes the backend out of rotation. */
+  weight: number;
+}
+
+/** Milliseconds; 0 disables the timeout (Gateway API's "0s"); undefined leaves ambit's default. */
+export interface RouteTimeouts {
+  requestMs?: number;
+  backendRequestMs?: number;
+}
+
+/** Why an attempt failed, as Envoy's retry_on names the conditions. */
+export type RetryCondition = 'connect-failure' | 'refused-stream' | 'unavailable' | 'cancelled' | 'reset' | 'retriable-status-codes';
+
+export interface RetryPolicy {
+  /** Retries after the first attempt; 0 disables retrying. */
+  attempts: number;
+  on: readonly RetryCondition[];
+  /** HTTP statuses retried (only with 'retriable-status-codes' in `on`). */
+  codes: readonly number[];
+  /** Base interval of the jittered exponential backoff. */
+  backoffBaseMs: number;
+  /** Cap of one backoff wait. */
+  backoffMaxMs: number;
+}
+
+/** The object a rule came from, for precedence ties and for messages. */
+export interface RouteOrigin {
+  kind: 'HTTPRoute' | 'GRPCRoute';
+  namespace: string;
+  name: string;
+  /** creationTimestamp as written (RFC 3339), '' when absent: absent sorts last. */
+  created: string;
+  /** Index of the route among the documents read: the last tie-breaker. */
+  order: number;
+}
+
+export interface RouteRule {
+  origin: RouteOrigin;
+  /** Index of the rule in spec.rules. */
+  index: number;
+  /** Never empty: a rule without matches gets Gateway API's default (PathPrefix "/"). */
+  matches: RouteMatch[];
+  filters: RouteFilter[];
+  /** Empty only with a RequestRedirect filter. */
+  backends: WeightedBackend[];
+  timeouts: RouteTimeouts;
+  /** undefined: Istio's default policy (retry.ts). */
+  retry?: RetryPolicy;
+}
+
+/** The rules attached to one service (parentRef kind Service), on one port or on all of them. */
+export interface ServiceRoutes {
+  /** The service's key in the mesh model: "<namespace>/<hostname>". */
+  service: string;
+  /** parentRefs[].port; undefined: every port of the service. */
+  port?: number;
+  rules: RouteRule[];
+}
+
+/** `istio.io/waypoint-for`: which traffic a waypoint accepts. */
+export type WaypointFor = 'service' | 'workload' | 'all' | 'none';
+
+/** A Gateway with gatewayClassName istio-waypoint. */
+export interface Waypoint {
+  namespace: string;
+  name: string;
+  for: WaypointFor;
+}
+
+/** "<namespace>/<name>" of a waypoint. */
+export const waypointKey = (w: Pick<Waypoint, 'namespace' | 'name'>): string => `${w.namespace}/${w.name}`;
+
+/** Which waypoint serves which service and workload (by `istio.io/use-waypoint`). */
+export interface WaypointBindings {
+  /** Service key ("<namespace>/<hostname>") → waypoint key. */
+  services: Map<string, string>;
+  /** Workload uid → waypoint key. */
+  workloads: Map<string, string>;
+}
+
+/** What an L7 authorization rule can look at, besides the L4 fields of src/policy/types.ts. */
+export interface L7Match {
+  principals: StringMatch[];
+  notPrincipals: StringMatch[];
+  namespaces: StringMatch[];
+  notNamespaces: StringMatch[];
+  sourceIps: IpBlock[];
+  notSourceIps: IpBlock[];
+  /** Compared without the port and case-insensitively. */
+  hosts: StringMatch[];
+  notHosts: StringMatch[];
+  ports: number[];
+  notPorts: number[];
+  methods: StringMatch[];
+  notMethods: StringMatch[];
+  /** Compared with the path without its query string. */
+  paths: StringMatch[];
+  notPaths: StringMatch[];
+  /** `when: request.headers[name]`, name in lower case. */
+  headers: { name: string; values: StringMatch[]; notValues: StringMatch[] }[];
+}
+
+/** A rule matches when each clause has a matching entry (from, to, every when). */
+export interface L7Rule {
+  clauses: L7Match[][];
+}
+
+/** What an L7 policy is attached to by targetRefs. */
+export type L7Target = { kind: 'Gateway'; namespace: string; name: string } | { kind: 'Service'; namespace: string; service: string };
+
+export interface L7Policy {
+  namespace: string;
+  name: string;
+  action: PolicyAction;
+  targets: L7Target[];
+  /** No rules: matches nothing (as in Istio, an ALLOW without rules allows nothing). */
+  rules: L7Rule[];
+  dryRun: boolean;
+}
+
+/** Everything the waypoint needs from the routes and policies, validated. */
+export interface WaypointConfig {
+  routes: ServiceRoutes[];
+  waypoints: Waypoint[];
+  bindings: WaypointBindings;
+  policies: L7Policy[];
+  /** Accepted but worth telling (overlapping matches, routes ignored by precedence). */
+  warnings: string[];
+}
