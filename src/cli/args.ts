@@ -57,7 +57,7 @@ function explain(err: NodeJS.ErrnoException, options: Options): string {
     case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
       return `unexpected argument ${JSON.stringify(quoted ?? '')}; flags are --name value`;
     default:
-      return err.message.split('\n')[0];
+      return err.message.split('\n', 1)[0] ?? err.message;
   }
 }
 
@@ -72,13 +72,16 @@ function closest(typed: string, names: string[]): string | undefined {
 }
 
 function editDistance(a: string, b: string): number {
+  // Cells outside the rows (never read) count as unreachable.
+  const at = (row: number[], j: number): number => row[j] ?? Number.POSITIVE_INFINITY;
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++)
+      row[j] = Math.min(at(prev, j) + 1, at(row, j - 1) + 1, at(prev, j - 1) + (a[i - 1] === b[j - 1] ? 0 : 1));
     prev = row;
   }
-  return prev[b.length];
+  return at(prev, b.length);
 }
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -97,7 +100,8 @@ export function parseDuration(flag: string, value: string, usage: string): numbe
     const hint = /^\d+(\.\d+)?$/.test(v) ? `; add a unit, e.g. ${v}s or ${v}ms` : '';
     throw new UsageError(`${flag} ${JSON.stringify(value)} is not a duration like 500ms, 10s, 5m or 1h${hint}`, usage);
   }
-  const ms = Math.round(parts.reduce((sum, p) => sum + Number(p[1]) * UNIT_MS[p[2]], 0));
+  // The pattern matched every part, so each has a number and a known unit.
+  const ms = Math.round(parts.reduce((sum, [, n, unit]) => sum + Number(n) * (UNIT_MS[unit ?? ''] ?? Number.NaN), 0));
   if (ms <= 0)
     throw new UsageError(
       `${flag} ${JSON.stringify(value)} must be longer than 0 (a wait without a deadline is what this flag exists to prevent)`,

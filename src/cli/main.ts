@@ -81,8 +81,9 @@ async function node(argv: string[]): Promise<void> {
   const values = parseFlags(argv, NODE_OPTIONS, u).values as Values;
   const str = (k: string): string | undefined => values[k] as string | undefined;
   const name = str('node');
+  const configFile = str('config');
   if (!name) throw new UsageError('--node NAME is required', u);
-  if (!values.config && !values.xds) throw new UsageError('--config FILE (standalone) or --xds HOST:PORT (control plane) is required', u);
+  if (!configFile && !values.xds) throw new UsageError('--config FILE (standalone) or --xds HOST:PORT (control plane) is required', u);
   if (values.config && values.xds)
     throw new UsageError('--config and --xds exclude each other (with --xds, node-local pod facts go in --pods FILE)', u);
   if (values.kubernetes && !values.xds) {
@@ -95,7 +96,7 @@ async function node(argv: string[]): Promise<void> {
     throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', u);
   // A node agent runs the tunnel in one worker per core by default.
   const serving = servingFlags(values, u, os.cpus().length);
-  await runNode({ node: name, state: values.xds ? xdsState(values, u) : { file: str('config')! }, ...serving });
+  await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving });
 }
 
 function xdsState(values: Values, u: string): { xds: XdsSettings; pods: PodFacts } {

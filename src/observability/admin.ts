@@ -75,8 +75,8 @@ export async function startAdmin(
     listen(ports.admin, '127.0.0.1', l, log, (req, res) => admin(deps, warnings, req, res)),
     listen(ports.stats, '0.0.0.0', l, log, (req, res) => stats(deps, req, res)),
     listen(ports.ready, '0.0.0.0', l, log, (req, res) => ready(deps, req, res)),
-  ]);
-  const bound = servers.map((s) => (s.address() as { port: number }).port);
+  ] as const);
+  const bound = (s: http.Server): number => (s.address() as { port: number }).port;
   return {
     close: () => {
       for (const s of servers) {
@@ -84,7 +84,7 @@ export async function startAdmin(
         s.closeAllConnections();
       }
     },
-    ports: { admin: bound[0], stats: bound[1], ready: bound[2] },
+    ports: { admin: bound(servers[0]), stats: bound(servers[1]), ready: bound(servers[2]) },
   };
 }
 
@@ -174,10 +174,10 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
   const why = refusal(req, req.method !== 'GET' && req.method !== 'HEAD');
   if (why) {
     warnings.warn(why.kind, { method: req.method, path: url.pathname.slice(0, 100), detail: why.message }, 'admin request refused');
-    return send(res, 403, `refused: ${why.message}\n`);
+    return void send(res, 403, `refused: ${why.message}\n`);
   }
   if (req.method === 'GET' && url.pathname === '/config_dump') {
-    return send(
+    return void send(
       res,
       200,
       `${JSON.stringify(deps.configDump(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`,
@@ -186,7 +186,7 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
   }
   if (req.method === 'GET' && url.pathname === '/connections') {
     const listed = deps.connections?.();
-    if (!listed) return send(res, 503, 'starting\n');
+    if (!listed) return void send(res, 503, 'starting\n');
     listed.then(
       (body) => send(res, 200, `${JSON.stringify(body, null, 2)}\n`, 'application/json'),
       (err: Error) => send(res, 500, `${err.message}\n`),
@@ -195,11 +195,11 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
   }
   if (req.method === 'POST' && url.pathname === '/logging') {
     const level = url.searchParams.get('level');
-    if (!level) return send(res, 200, `level=${deps.log.level}\n`);
-    if (!LEVELS.has(level)) return send(res, 400, `unknown level ${JSON.stringify(level)}; use one of ${[...LEVELS].join(', ')}\n`);
+    if (!level) return void send(res, 200, `level=${deps.log.level}\n`);
+    if (!LEVELS.has(level)) return void send(res, 400, `unknown level ${JSON.stringify(level)}; use one of ${[...LEVELS].join(', ')}\n`);
     deps.setLogLevel(level);
     deps.log.warn({ level }, 'log level changed');
-    return send(res, 200, `level=${level}\n`);
+    return void send(res, 200, `level=${level}\n`);
   }
   if (req.method === 'POST' && url.pathname === '/quitquitquit') {
     send(res, 200, 'OK\n');
@@ -211,9 +211,9 @@ function admin(deps: AdminDeps, warnings: RateLimitedLog, req: http.IncomingMess
 
 function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
   const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-  if (req.method !== 'GET' || (path !== '/metrics' && path !== '/stats/prometheus')) return send(res, 404, 'GET /metrics\n');
+  if (req.method !== 'GET' || (path !== '/metrics' && path !== '/stats/prometheus')) return void send(res, 404, 'GET /metrics\n');
   const text = deps.metrics();
-  if (!text) return send(res, 503, 'starting\n');
+  if (!text) return void send(res, 503, 'starting\n');
   text.then(
     (body) => send(res, 200, body, 'text/plain; version=0.0.4; charset=utf-8'),
     (err: Error) => send(res, 500, `${err.message}\n`),
@@ -222,8 +222,8 @@ function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerRespo
 
 function ready(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
   if (req.method !== 'GET' || new URL(req.url ?? '/', 'http://localhost').pathname !== '/healthz/ready')
-    return send(res, 404, 'GET /healthz/ready\n');
+    return void send(res, 404, 'GET /healthz/ready\n');
   const { pending } = deps.readiness();
-  if (pending.length === 0) return send(res, 200, 'ready\n');
+  if (pending.length === 0) return void send(res, 200, 'ready\n');
   send(res, 503, `not ready:\n${pending.map((p) => `- ${p}`).join('\n')}\n`);
 }

@@ -101,12 +101,11 @@ export class PodAgent {
 
   static async start(opts: PodAgentOptions): Promise<PodAgent> {
     const { config, scope, log } = opts;
-    checkScope(config, scope);
-    const own = 'sidecar' in scope ? config.workloads.find((w) => w.uid === scope.sidecar)! : undefined;
+    const own = checkScope(config, scope);
     const pinDir = opts.pinDir ?? (own ? `${DEFAULT_PIN_DIR}/sidecar-${podKey(own)}` : DEFAULT_PIN_DIR);
     const findings = probe(pinDir);
     const failed = findings.filter((f) => !f.ok);
-    if (failed.length) {
+    if (failed[0]) {
       throw new AmbitError(
         failed[0].code ?? 'AMBIT_E_KERNEL',
         `this host cannot run the datapath:\n${formatFindings(failed)}`,
@@ -118,7 +117,9 @@ export class PodAgent {
     const certs = new CertificateManager(ca, { ttlSeconds: opts.certTtlSeconds, log });
 
     // A sidecar captures its own pod only: its programs go on the pod's cgroup.
-    const podsCgroup = own?.cgroup ?? opts.podsCgroup ?? cgroup2Root()!;
+    const podsCgroup = own?.cgroup ?? opts.podsCgroup ?? cgroup2Root();
+    // The probe above fails without a cgroup2 mount; this says so again should it vanish in between.
+    if (!podsCgroup) throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount to attach to', 'mount cgroup2 or give --pods-cgroup');
     const datapath = Datapath.open({ pinDir, cgroupPath: podsCgroup });
     log.info({ pinDir, podsCgroup, attachments: datapath.attachments }, 'datapath attached');
 
@@ -295,7 +296,8 @@ function netnsIdentity(p: string | undefined): string | undefined {
   }
 }
 
-function checkScope(config: MeshConfig, scope: Scope): void {
+/** Throws unless the scope is served by config; a sidecar's scope answers its own workload. */
+function checkScope(config: MeshConfig, scope: Scope): Workload | undefined {
   if ('node' in scope) {
     if (!config.nodes.some((n) => n.name === scope.node)) {
       throw new AmbitError(
@@ -304,7 +306,7 @@ function checkScope(config: MeshConfig, scope: Scope): void {
         `use one of: ${config.nodes.map((n) => n.name).join(', ') || '(none listed)'}`,
       );
     }
-    return;
+    return undefined;
   }
   const w = config.workloads.find((x) => x.uid === scope.sidecar);
   if (!w)
@@ -320,4 +322,5 @@ function checkScope(config: MeshConfig, scope: Scope): void {
       'set dataplane: sidecar so that the node agent leaves the pod to its sidecar',
     );
   }
+  return w;
 }

@@ -43,7 +43,10 @@ export async function serve(spec: ServeSpec): Promise<PodAgent> {
     configDump: () => app?.configDump() ?? { starting: true },
     connections: () => app?.connections(),
     log,
-    setLogLevel: (level) => (app ? app.setLogLevel(level) : (log.level = level)),
+    setLogLevel: (level) => {
+      if (app) app.setLogLevel(level);
+      else log.level = level;
+    },
     quit: () => void stop('quitquitquit'),
   });
   const config = await source.initial();

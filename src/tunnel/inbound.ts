@@ -14,7 +14,7 @@ import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
 import { type Metrics, tcpLabels } from '../observability/metrics';
-import { RateLimitedLog } from '../observability/rate-limited';
+import type { RateLimitedLog } from '../observability/rate-limited';
 import type { Authorizer, ConnectionFacts, Decision } from '../policy/authorize';
 import type { Workload } from '../state/types';
 import { Admission } from './admission';
@@ -258,7 +258,10 @@ export class Inbound {
 
   private peerOf(s: tls.TLSSocket): ReturnType<typeof peerIdentity> {
     let peer = this.peers.get(s);
-    if (!peer) this.peers.set(s, (peer = peerIdentity(s, this.deps.trustDomain())));
+    if (!peer) {
+      peer = peerIdentity(s, this.deps.trustDomain());
+      this.peers.set(s, peer);
+    }
     return peer;
   }
 
@@ -288,25 +291,25 @@ export class Inbound {
       );
       respond(stream, status);
     };
-    if (this.closed) return refuse(503, 'pod_removed');
-    if (headers[':method'] !== 'CONNECT') return refuse(400, 'not_connect');
+    if (this.closed) return void refuse(503, 'pod_removed');
+    if (headers[':method'] !== 'CONNECT') return void refuse(400, 'not_connect');
     const target = parseAuthority(headers[':authority']);
-    if (!target) return refuse(400, 'bad_authority');
-    if (!this.pod.workload.addresses.includes(target.ip)) return refuse(400, 'authority_not_this_pod');
-    if (TUNNEL_PORTS.has(target.port)) return refuse(503, 'tunnel_port');
+    if (!target) return void refuse(400, 'bad_authority');
+    if (!this.pod.workload.addresses.includes(target.ip)) return void refuse(400, 'authority_not_this_pod');
+    if (TUNNEL_PORTS.has(target.port)) return void refuse(503, 'tunnel_port');
     // A stream can be read before 'secureConnection' ran (same read as the handshake's end): check here too.
     const peer = tlsSocket ? this.peerOf(tlsSocket) : { error: 'no TLS' };
-    if ('error' in peer) return refuse(401, 'peer_identity', { err: peer.error });
+    if ('error' in peer) return void refuse(401, 'peer_identity', { err: peer.error });
     const srcIdentity = peer.identity;
     const facts = { srcIdentity, srcIp, dstIp: target.ip, dstPort: target.port };
     const decision = this.authorize(facts, connId);
-    if (!decision.allow) return refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
+    if (!decision.allow) return void refuse(401, 'denied', { policy: decision.policy, why: decision.reason });
 
     let upstream: net.Socket;
     try {
       upstream = this.deps.dialInPod(this.pod, target.ip, target.port);
     } catch (err) {
-      return refuse(503, 'upstream_dial', { err: (err as Error).message, code: (err as NodeJS.ErrnoException).code });
+      return void refuse(503, 'upstream_dial', { err: (err as Error).message, code: (err as NodeJS.ErrnoException).code });
     }
     // Until the app answers, the stream and the dial wait on each other; each outcome settles both once.
     let settled = false;
@@ -446,16 +449,16 @@ export class Inbound {
       this.warn(reason, { src: srcIp, dst: `${ip}:${port}`, ...extra }, 'plaintext connection refused', auditKey(`plain_${reason}`, extra));
       client.destroy();
     };
-    if (this.closed) return refuse('pod_removed');
-    if (TUNNEL_PORTS.has(port)) return refuse('tunnel_port');
+    if (this.closed) return void refuse('pod_removed');
+    if (TUNNEL_PORTS.has(port)) return void refuse('tunnel_port');
     const facts = { srcIp, dstIp: ip, dstPort: port };
     const decision = this.authorize(facts);
-    if (!decision.allow) return refuse('denied', { policy: decision.policy, why: decision.reason });
+    if (!decision.allow) return void refuse('denied', { policy: decision.policy, why: decision.reason });
     let upstream: net.Socket;
     try {
       upstream = this.deps.dialInPod(this.pod, ip, port);
     } catch (err) {
-      return refuse('upstream_dial', { err: (err as Error).message });
+      return void refuse('upstream_dial', { err: (err as Error).message });
     }
     // No identity to check: the address is all a plaintext peer has, and the mesh state says whose it is.
     const src = this.deps.mesh.workloadByIp(srcIp);

@@ -15,7 +15,7 @@ import { type Metrics, tcpLabels } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { MeshStore } from '../state/store';
 import { ClientFailure, failureCode } from './client-errors';
-import type { ListedConnection, ConnectionRegistry } from './connections';
+import type { ConnectionRegistry, ListedConnection } from './connections';
 import { copyBidirectional } from './copy';
 import { baggageOf, connectHeaders, newTraceparent } from './headers';
 import { type TunnelLimits, tunnelLimits } from './limits';

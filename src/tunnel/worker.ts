@@ -13,7 +13,7 @@ import net from 'node:net';
 import client from 'prom-client';
 import { DatapathMaps } from '../datapath/maps';
 import { Netns } from '../datapath/netns';
-import { type ListenerRole, type PerRole, ROLES } from '../datapath/ports';
+import { type PerRole, ROLES } from '../datapath/ports';
 import { openPinnedMaps } from '../datapath/status';
 import { AmbitError } from '../errors';
 import { installLastResort } from '../observability/last-resort';
@@ -37,8 +37,13 @@ interface PendingPod {
   podId: number;
   identity: string;
   netns: string;
-  servers: Partial<Record<ListenerRole, net.Server>>;
+  servers: Partial<PerRole<net.Server>>;
   parked: [net.Server, net.Socket][];
+}
+
+/** A pod's servers once every role (ROLES) has arrived. */
+function complete<T>(servers: Partial<PerRole<T>>): PerRole<T> | undefined {
+  return ROLES.every((r) => servers[r] !== undefined) ? (servers as PerRole<T>) : undefined;
 }
 
 export function runWorker(): void {
@@ -66,15 +71,16 @@ export function runWorker(): void {
         log.level = m.logLevel;
         limits = tunnelLimits(m.limits);
         try {
-          store = new MeshStore(m.config);
+          const state = new MeshStore(m.config);
+          store = state;
           const maps = new DatapathMaps(openPinnedMaps(m.pinDir));
           tunnel = new Tunnel({
-            store,
+            store: state,
             certs,
             maps,
             mode: m.mode,
             metrics,
-            authorizer: PolicyAuthorizer.following(() => store!.config),
+            authorizer: PolicyAuthorizer.following(() => state.config),
             limits: m.limits,
             log,
           });
@@ -120,29 +126,27 @@ export function runWorker(): void {
         server.on('connection', park);
         server.listen(handle);
         p.servers[m.role] = server;
-        if (!ROLES.every((r) => p.servers[r])) return;
+        const servers = complete(p.servers);
+        if (!servers) return;
         pending.delete(m.uid);
-        for (const s of Object.values(p.servers)) s!.removeAllListeners('connection');
+        for (const s of ROLES.map((r) => servers[r])) s.removeAllListeners('connection');
         const workload = store.config.workloads.find((w) => w.uid === m.uid);
         if (!workload) {
-          for (const s of Object.values(p.servers)) s!.close();
+          for (const s of ROLES.map((r) => servers[r])) s.close();
           for (const [, c] of p.parked) c.destroy();
           return;
         }
         try {
           const netns = Netns.open(p.netns);
           netnsOf.set(m.uid, netns);
-          tunnel.addPod(
-            { workload, podId: p.podId, identity: p.identity, netns, ...(p.servers as PerRole<net.Server>) },
-            certs.get(p.identity),
-          );
+          tunnel.addPod({ workload, podId: p.podId, identity: p.identity, netns, ...servers }, certs.get(p.identity));
         } catch (err) {
           // The pod went away meanwhile (its netns with it): this worker does not serve it; the others decide for themselves.
           log.warn({ pod: m.uid, code: (err as AmbitError).code, err: (err as Error).message }, 'cannot serve pod');
           tunnel.removePod(m.uid);
           netnsOf.get(m.uid)?.close();
           netnsOf.delete(m.uid);
-          for (const s of Object.values(p.servers)) s!.close();
+          for (const s of ROLES.map((r) => servers[r])) s.close();
           for (const [, c] of p.parked) c.destroy();
           return;
         }
