@@ -97,7 +97,9 @@ export class ControlPlane {
     const tls = await serverCredentials(ca, opts.names ?? { dns: [], ips: [] });
     // Late-bound: the token list and the workload placement follow the file.
     let self: ControlPlane | undefined;
-    const authenticate = (md: grpc.Metadata): Promise<AuthResult> => self!.authenticate(md);
+    // Calls are served from the bind on, a moment before `self` is set: one landing in between is refused, not a crash.
+    const authenticate = async (md: grpc.Metadata): Promise<AuthResult> =>
+      self ? self.authenticate(md) : { error: 'the control plane is still starting; try again' };
     const xds = new XdsServer(authenticate, log.child({ component: 'xds' }), opts.xds);
     const server = new grpc.Server({
       'grpc.keepalive_permit_without_calls': 1,
@@ -110,7 +112,7 @@ export class ControlPlane {
       caServiceHandlers({
         ca: opts.signer ?? ca,
         tokens: { authenticate },
-        identitiesOn: (node) => self!.identitiesOn(node),
+        identitiesOn: (node) => self?.identitiesOn(node) ?? new Set(),
         log: log.child({ component: 'ca' }),
       }),
     );
@@ -157,22 +159,21 @@ export class ControlPlane {
   }
 
   private async begin(opts: ControlPlaneOptions, config: MeshConfig): Promise<void> {
-    const cp = this;
     const { log } = this;
     if (opts.kube) {
       const cluster = new KubeClusterSource(opts.kube, log.child({ component: 'kubernetes' }));
       await cluster.start();
-      cp.cluster = cluster;
-      cp.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), cacheMs: opts.recheckMs, log });
-      cluster.on('changed', () => cp.apply(cp.base, 'cluster'));
+      this.cluster = cluster;
+      this.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), cacheMs: opts.recheckMs, log });
+      cluster.on('changed', () => this.apply(this.base, 'cluster'));
       // A token the API server no longer accepts shows only when asked again (answers are cached this long).
-      cp.recheckTimer = setInterval(() => cp.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();
+      this.recheckTimer = setInterval(() => this.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();
     }
-    cp.commit(cp.prepare(config), 'start');
-    cp.unwatch = watchParsedFile(
+    this.commit(this.prepare(config), 'start');
+    this.unwatch = watchParsedFile(
       opts.configFile,
       parseConfig,
-      (cfg) => cp.apply(cfg, 'file'),
+      (cfg) => this.apply(cfg, 'file'),
       (err) =>
         log.error(
           { file: opts.configFile, code: err.code, err: err.message },

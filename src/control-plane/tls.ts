@@ -3,7 +3,7 @@
 // key never touches disk. Node agents verify it with the mesh root they
 // already hold (rootPem), by DNS name or by the IP they dial.
 import { webcrypto } from 'node:crypto';
-import { BuiltinCa, EC_ALG, toPem } from '../identity/builtin-ca';
+import { type BuiltinCa, EC_ALG, toPem } from '../identity/builtin-ca';
 
 /** The in-cluster Service name; agents dialing by IP can set it as the TLS name to verify. */
 export const CONTROL_PLANE_DNS = 'ambit-control-plane.ambit-system.svc';

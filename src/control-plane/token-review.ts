@@ -42,19 +42,22 @@ export class TokenReviewer {
   /** The token's node, or why not; undefined when there is no bearer token (another authenticator may apply). */
   async authenticate(md: grpc.Metadata): Promise<AuthResult> {
     const header = String(md.get('authorization')[0] ?? '');
-    const m = /^Bearer\s+(\S+)$/i.exec(header);
-    if (!m) return { error: 'no bearer token: send the projected service-account token (audience istio-ca) as authorization: Bearer' };
-    const key = createHash('sha256').update(m[1]).digest('hex');
+    const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+    if (!token) return { error: 'no bearer token: send the projected service-account token (audience istio-ca) as authorization: Bearer' };
+    const key = createHash('sha256').update(token).digest('hex');
     const hit = this.cache.get(key);
     if (hit && hit.until > Date.now()) return hit.result;
-    const result = await this.review(m[1]);
+    const result = await this.review(token);
     // A failed review is not an answer: asked again soon, but not by every caller during an outage.
     const transient = 'error' in result && result.transient;
     this.cache.set(key, {
       result,
       until: Date.now() + (transient ? Math.min(RETRY_MS, this.opts.cacheMs ?? RETRY_MS) : (this.opts.cacheMs ?? REVIEW_CACHE_MS)),
     });
-    if (this.cache.size > 10_000) this.cache.delete(this.cache.keys().next().value!);
+    if (this.cache.size > 10_000) {
+      const first = this.cache.keys().next();
+      if (!first.done) this.cache.delete(first.value);
+    }
     return result;
   }
 
@@ -80,7 +83,8 @@ export class TokenReviewer {
     const node = extra['authentication.kubernetes.io/node-name']?.[0];
     if (node) return { node };
     const pod = extra['authentication.kubernetes.io/pod-name']?.[0];
-    const namespace = user.split(':')[2];
+    // system:serviceaccount:<namespace>:<name>, one of this.accounts.
+    const namespace = user.split(':')[2] ?? '';
     const viaPod = pod ? this.opts.nodeOfPod(namespace, pod) : undefined;
     return viaPod
       ? { node: viaPod }

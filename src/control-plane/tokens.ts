@@ -44,14 +44,14 @@ export class NodeTokens {
 
   /** The node whose token the call carries; the error never contains the token. */
   authenticate(md: grpc.Metadata): { node: string } | { error: string } {
-    const values = md.get('authorization');
-    if (values.length === 0) return { error: 'no authorization header; node agents send "authorization: Bearer <token>"' };
-    if (values.length > 1) return { error: `${values.length} authorization headers; send exactly one` };
-    const value = typeof values[0] === 'string' ? values[0] : values[0].toString('utf8');
-    const m = /^Bearer +(\S+)\s*$/i.exec(value);
+    const [first, ...more] = md.get('authorization');
+    if (first === undefined) return { error: 'no authorization header; node agents send "authorization: Bearer <token>"' };
+    if (more.length > 0) return { error: `${more.length + 1} authorization headers; send exactly one` };
+    const value = typeof first === 'string' ? first : first.toString('utf8');
+    const token = /^Bearer +(\S+)\s*$/i.exec(value)?.[1];
     // Not echoed: a header sent without its scheme would be the bare token.
-    if (!m) return { error: 'authorization header is not "Bearer <token>"' };
-    const digest = createHash('sha256').update(m[1], 'utf8').digest();
+    if (!token) return { error: 'authorization header is not "Bearer <token>"' };
+    const digest = createHash('sha256').update(token, 'utf8').digest();
     let found: string | undefined;
     for (const e of this.entries) {
       // No early exit: the time taken does not depend on which entry matched.

@@ -121,7 +121,7 @@ export class XdsServer {
       try {
         for (const [typeUrl, t] of s.types) {
           t.refused.clear(); // a new configuration: what was refused may be offered again
-          this.push(s, typeUrl);
+          this.push(s, typeUrl, t);
         }
       } catch (err) {
         // One stream's failure (a write after the peer vanished) must not keep the others from the update.
@@ -296,7 +296,7 @@ export class XdsServer {
         this.log.debug({ node: s.node, typeUrl, nonce: req.response_nonce }, 'xDS ACK');
       }
       // What changed meanwhile, or the next part, goes now.
-      this.push(s, typeUrl);
+      this.push(s, typeUrl, t);
       return;
     }
     if (t) return; // a repeated subscription: the stream is wildcard already
@@ -309,13 +309,13 @@ export class XdsServer {
       return;
     }
     // A new subscription (the first request of a type, or after a reconnect): wildcard.
-    s.types.set(typeUrl, { held: new Map(Object.entries(req.initial_resource_versions ?? {})), refused: new Map() });
-    this.push(s, typeUrl, true);
+    const fresh: TypeState = { held: new Map(Object.entries(req.initial_resource_versions ?? {})), refused: new Map() };
+    s.types.set(typeUrl, fresh);
+    this.push(s, typeUrl, fresh, true);
   }
 
   /** Sends the next part of what the node lacks of typeUrl, unless a response is in flight; always on a new subscription, so the node knows it is in sync. */
-  private push(s: NodeStream, typeUrl: string, always = false): void {
-    const t = s.types.get(typeUrl)!;
+  private push(s: NodeStream, typeUrl: string, t: TypeState, always = false): void {
     if (t.inFlight || s.closed) return;
     const want = this.resources.get(typeUrl) ?? new Map<string, XdsResource>();
     const chunk = nextChunk(want, t.held, t.refused, this.opts.maxResponseBytes);
