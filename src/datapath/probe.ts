@@ -40,9 +40,10 @@ export function effectiveCaps(statusText = fs.readFileSync('/proc/self/status', 
 export function mountsOfType(type: string, mountinfo = fs.readFileSync('/proc/self/mountinfo', 'utf8')): string[] {
   const out: string[] = [];
   for (const line of mountinfo.split('\n')) {
+    // mountinfo(5): fields before " - " (the mount point is the fifth), then the file-system type.
     const [left, right] = line.split(' - ');
-    if (!right) continue;
-    if (right.split(' ')[0] === type) out.push(left.split(' ')[4]);
+    const mountPoint = left?.split(' ')[4];
+    if (right?.split(' ')[0] === type && mountPoint !== undefined) out.push(mountPoint);
   }
   return out;
 }

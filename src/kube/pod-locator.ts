@@ -28,11 +28,10 @@ const CGROUPFS_POD = /^pod([0-9a-f-]{36})$/;
 /** The pod uid and the pod's own cgroup path (relative to the cgroup2 root) in a process's cgroup path. */
 export function podOfCgroupPath(cgPath: string): { uid: string; podPath: string } | undefined {
   const parts = cgPath.split('/');
-  for (let i = 0; i < parts.length; i++) {
-    const m =
-      SYSTEMD_POD.exec(parts[i]) ??
-      (parts.slice(0, i).some((p) => p === 'kubepods' || p.startsWith('kubepods')) ? CGROUPFS_POD.exec(parts[i]) : null);
-    if (m) return { uid: m[1].replace(/_/g, '-'), podPath: parts.slice(0, i + 1).join('/') };
+  for (const [i, part] of parts.entries()) {
+    const uid =
+      SYSTEMD_POD.exec(part)?.[1] ?? (parts.slice(0, i).some((p) => p.startsWith('kubepods')) ? CGROUPFS_POD.exec(part)?.[1] : undefined);
+    if (uid) return { uid: uid.replace(/_/g, '-'), podPath: parts.slice(0, i + 1).join('/') };
   }
   return undefined;
 }

@@ -104,8 +104,8 @@ interface Peer {
 }
 
 function addr(ip: string): Addr | undefined {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  if (mapped && net.isIPv4(mapped[1])) return { text: mapped[1], family: 'ipv4' };
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip)?.[1];
+  if (mapped && net.isIPv4(mapped)) return { text: mapped, family: 'ipv4' };
   const v = net.isIP(ip);
   return v === 4 ? { text: ip, family: 'ipv4' } : v === 6 ? { text: ip, family: 'ipv6' } : undefined;
 }
@@ -122,29 +122,27 @@ function peerOf(c: ConnectionFacts): Peer {
 }
 
 class Blocks {
-  private v4?: net.BlockList;
-  private v6?: net.BlockList;
+  private readonly lists = { ipv4: new net.BlockList(), ipv6: new net.BlockList() };
 
   constructor(blocks: readonly IpBlock[]) {
     for (const b of blocks) {
       const a = addr(b.address);
       if (!a || !Number.isInteger(b.length) || b.length < 0 || b.length > (a.family === 'ipv4' ? 32 : 128)) continue;
-      const list = a.family === 'ipv4' ? (this.v4 ??= new net.BlockList()) : (this.v6 ??= new net.BlockList());
-      list.addSubnet(a.text, b.length, a.family);
+      this.lists[a.family].addSubnet(a.text, b.length, a.family);
     }
   }
 
   has(a: Addr | undefined): boolean {
-    if (!a) return false;
-    const list = a.family === 'ipv4' ? this.v4 : this.v6;
-    return list !== undefined && list.check(a.text, a.family);
+    return a !== undefined && this.lists[a.family].check(a.text, a.family);
   }
 }
 
 const compiled = new WeakMap<readonly IpBlock[], Blocks>();
 function blocks(list: readonly IpBlock[]): Blocks {
-  let b = compiled.get(list);
-  if (!b) compiled.set(list, (b = new Blocks(list)));
+  const known = compiled.get(list);
+  if (known) return known;
+  const b = new Blocks(list);
+  compiled.set(list, b);
   return b;
 }
 

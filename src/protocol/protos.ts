@@ -9,10 +9,22 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
+import { AmbitError } from '../errors';
 import type { Any } from './messages';
 
-/** dist/src/protocol → the repository's proto/ directory. */
-export const PROTO_DIR = [path.resolve(__dirname, '../../../proto'), path.resolve(__dirname, '../../proto')].find((d) => fs.existsSync(d))!;
+/** The repository's proto/ directory: from dist/src/protocol when built, from src/protocol otherwise. */
+function protoDir(): string {
+  const candidates = [path.resolve(__dirname, '../../../proto'), path.resolve(__dirname, '../../proto')];
+  const found = candidates.find((d) => fs.existsSync(d));
+  if (found === undefined)
+    throw new AmbitError(
+      'AMBIT_E_INTERNAL',
+      `the .proto files are missing (looked in ${candidates.join(' and ')})`,
+      'reinstall ambit: proto/ ships with it',
+    );
+  return found;
+}
+export const PROTO_DIR = protoDir();
 
 export const PROTO_FILES = [
   'istio/workload/workload.proto',
