@@ -45,18 +45,19 @@ export function connectHeaders(opts: {
 /** The source workload a peer described in its baggage (what the destination reports it as). */
 export function sourceFromBaggage(baggage: unknown): { name: string; namespace: string; labels: Record<string, string> } | undefined {
   if (typeof baggage !== 'string') return undefined;
-  const kv = new Map(
-    baggage
-      .split(',')
-      .map((p) => p.trim().split('=', 2) as [string, string])
-      .filter(([k, v]) => k && v),
-  );
+  const kv = new Map<string, string>();
+  for (const member of baggage.split(',')) {
+    const [k, v] = member.trim().split('=', 2);
+    if (k && v) kv.set(k, v);
+  }
   const name = kv.get('k8s.pod.name');
   const namespace = kv.get('k8s.namespace.name');
   if (!name || !namespace) return undefined;
   const labels: Record<string, string> = {};
-  if (kv.has('service.name')) labels.app = kv.get('service.name')!;
-  if (kv.has('service.version')) labels.version = kv.get('service.version')!;
+  const app = kv.get('service.name');
+  const version = kv.get('service.version');
+  if (app) labels.app = app;
+  if (version) labels.version = version;
   return { name, namespace, labels };
 }
 
@@ -69,8 +70,8 @@ export function forwardedHost(forwarded: unknown): string | undefined {
 export function parseAuthority(authority: unknown): { ip: string; port: number } | undefined {
   if (typeof authority !== 'string') return undefined;
   const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(authority);
-  if (!m) return undefined;
-  const port = Number(m[2]);
-  if (port < 1 || port > 65535 || m[1].split('.').some((o) => Number(o) > 255)) return undefined;
-  return { ip: m[1], port };
+  const ip = m?.[1];
+  const port = Number(m?.[2]);
+  if (ip === undefined || !(port >= 1 && port <= 65535) || ip.split('.').some((o) => Number(o) > 255)) return undefined;
+  return { ip, port };
 }

@@ -130,7 +130,7 @@ export class HbonePool {
       }
       // Ready, but the peer may allow fewer streams than were reserved
       // while it connected, or the session went away meanwhile: try another.
-      if (s.pooled && s.h2 && !s.h2.closed && !s.h2.destroyed && s.open < this.cap(s)) return this.request(s, headers);
+      if (s.pooled && s.h2 && !s.h2.closed && !s.h2.destroyed && s.open < this.cap(s)) return this.request(s, s.h2, headers);
       this.unreserve(s);
       if (placed >= MAX_PLACEMENTS) {
         throw new ClientFailure(
@@ -221,11 +221,13 @@ export class HbonePool {
             cause: err,
           }),
         );
+      let socket: net.Socket;
       try {
-        tcp = t.dial(t.dstIp, PORT_INBOUND_HBONE, { allowHalfOpen: false });
+        socket = t.dial(t.dstIp, PORT_INBOUND_HBONE, { allowHalfOpen: false });
       } catch (err) {
         return failSession(err as Error);
       }
+      tcp = socket;
       // The TCP leg's own errors (refused, reset) end the session here rather than as an unhandled 'error'.
       tcp.on('error', failSession);
       tcp.setKeepAlive(true, 30_000);
@@ -233,7 +235,7 @@ export class HbonePool {
       this.sessionsOpened++;
       const h2 = http2.connect(`https://${peer}`, {
         createConnection: () => {
-          const sock = tls.connect({ ...clientTlsOptions(cert, t.identities), socket: tcp! });
+          const sock = tls.connect({ ...clientTlsOptions(cert, t.identities), socket });
           sock.on('error', failSession);
           return sock;
         },
@@ -277,8 +279,7 @@ export class HbonePool {
   }
 
   /** One CONNECT on a ready session the caller holds a reservation on. */
-  private request(s: Session, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
-    const h2 = s.h2!;
+  private request(s: Session, h2: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): Promise<http2.ClientHttp2Stream> {
     const authority = String(headers[':authority']);
     let stream: http2.ClientHttp2Stream;
     try {

@@ -15,9 +15,14 @@ export function resolveOutbound(store: MeshStore, ip: string, port: number, rand
   if (service) {
     const sp = service.ports.find((p) => p.port === port);
     if (!sp) return { kind: 'refuse', reason: 'unknown_service_port', service };
-    const w = pickWeighted(store.endpoints(service), random);
-    if (!w) return { kind: 'refuse', reason: 'no_healthy_endpoint', service };
-    return toWorkload(store, w, w.addresses[0], sp.targetPort, service);
+    // An endpoint without an address (a pod not given one yet) cannot be dialled: it is never picked.
+    const w = pickWeighted(
+      store.endpoints(service).filter((e) => e.addresses.length > 0),
+      random,
+    );
+    const dst = w?.addresses[0];
+    if (!w || dst === undefined) return { kind: 'refuse', reason: 'no_healthy_endpoint', service };
+    return toWorkload(store, w, dst, sp.targetPort, service);
   }
   const w = store.workloadByIp(ip);
   return w ? toWorkload(store, w, ip, port) : { kind: 'plain', ip, port };
