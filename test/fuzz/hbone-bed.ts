@@ -7,7 +7,6 @@
 // open fds.
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import type tls from 'node:tls';
@@ -15,9 +14,10 @@ import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { requestCertificate } from '../../src/identity/cert-manager';
 import { clientTlsOptions } from '../../src/identity/tls';
-import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, untilReady, waitExit, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { CLI, dialFrom, PODAPP, pinDirFor, testBed, untilReady, workloadOf } from '../helpers/fixture';
 import { waitFor, waitForLine } from '../helpers/proc';
-import { type TestNode, Topology } from '../helpers/topology';
+import type { TestNode, Topology } from '../helpers/topology';
 import type { Target } from './hbone-ops';
 
 export const APP_PORT = 8080;
@@ -77,12 +77,17 @@ export function fdCount(pids: number[]): number {
 export class HboneBed {
   readonly agents: Agent[] = [];
   tlsOptions!: tls.ConnectionOptions;
-  private dir = '';
 
-  private constructor(readonly topo: Topology) {}
+  private constructor(
+    readonly topo: Topology,
+    private readonly dir: string,
+    private readonly cleanup: Cleanup,
+  ) {}
 
   static async create(): Promise<HboneBed> {
-    const bed = new HboneBed(await Topology.create({ nodes: 2, podsPerNode: 1 }));
+    const cleanup = new Cleanup();
+    const { topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 1 });
+    const bed = new HboneBed(topo, dir, cleanup);
     try {
       await bed.start();
       return bed;
@@ -104,7 +109,6 @@ export class HboneBed {
 
   private async start(): Promise<void> {
     const topo = this.topo;
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     const config = path.join(this.dir, 'mesh.yaml');
     const caDir = path.join(this.dir, 'ca');
     fs.writeFileSync(
@@ -176,12 +180,9 @@ export class HboneBed {
     return fdCount([t.agent, ...t.workers]);
   }
 
-  async destroy(): Promise<void> {
-    for (const a of this.agents) a.child.kill('SIGKILL');
-    await Promise.all(this.agents.map((a) => waitExit(a.child)));
-    await this.topo.destroy();
-    cleanupPins(this.topo);
-    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
+  /** Agents, workers and the rest of the bed; then nothing of it may remain. */
+  destroy(): Promise<void> {
+    return this.cleanup.run();
   }
 }
 

@@ -1,16 +1,16 @@
 // Shared set-up for root tests: refuses loudly (never skips) when not root,
 // and gives each test file a topology plus per-node datapaths with unique
-// pins, all removed in teardown.
+// pins, all removed in teardown (testBed with a Cleanup).
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { Datapath } from '../../src/datapath/loader';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { cleanupDatapath } from '../../src/datapath/status';
+import type { Cleanup } from './cleanup';
 import { collect, TIME_SCALE, waitFor } from './proc';
-import { type TestNode, type TestPod, Topology } from './topology';
+import { type TestNode, type TestPod, Topology, type TopologyOptions } from './topology';
 
 export const PODAPP = path.resolve(__dirname, 'podapp.js');
 export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -92,8 +92,20 @@ export function assertNothingLeft(topo: Topology): void {
   assert.deepEqual(pins, [], 'bpffs pins left behind');
 }
 
-export function waitExit(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+/**
+ * A test bed and a temporary directory named after it, torn down by cleanup
+ * in this order: the topology (its processes, namespaces, cgroups), its
+ * pins, the directory (nothing writes into it any more), then a check that
+ * nothing of it remains. Steps registered later (agents, sessions,
+ * datapaths) run before all that.
+ */
+export async function testBed(cleanup: Cleanup, opts: TopologyOptions): Promise<{ topo: Topology; dir: string }> {
+  const topo = await Topology.create(opts);
+  cleanup.add(`nothing of ${topo.prefix} left`, () => assertNothingLeft(topo));
+  const dir = cleanup.tempDir(topo.prefix);
+  cleanup.add(`pins of ${topo.prefix}`, () => cleanupPins(topo));
+  cleanup.add(`topology ${topo.prefix}`, () => topo.destroy());
+  return { topo, dir };
 }
 
 /** A node agent's config dump (its admin API on 127.0.0.1:15000 inside the node's netns). */

@@ -4,7 +4,10 @@
 // with a veth to its node plus its own cgroup v2 directory under the node's
 // pods cgroup. Every name carries a unique prefix so concurrent runs never
 // collide, and destroy() removes processes, cgroups and namespaces even
-// after a failure part-way through create().
+// after a failure part-way through create(). Processes started in a node or
+// the switch live in a cgroup of their own beside the nodes' (outside every
+// pods cgroup, so capture leaves them alone): destroy() kills whatever they
+// started too, not only the process it was handed.
 //
 // Addressing: node i has 10.201.0.i on the wire, the switch itself
 // 10.201.0.254 (where a control plane runs, reachable from every node) and routes 10.200.k.0/24
@@ -52,6 +55,8 @@ const NETNS_DIR = '/var/run/netns';
 export class Topology {
   readonly nodes: TestNode[] = [];
   readonly cgroupRoot: string;
+  /** Where node and switch processes run: outside the pods cgroups, inside the tree destroy() kills. */
+  private readonly hostCgroup: string;
   private readonly switchNs: string;
   private readonly children = new Set<ChildProcess>();
 
@@ -59,6 +64,7 @@ export class Topology {
     const root = cgroup2Root();
     if (!root) throw new Error('no cgroup v2 mount: mount -t cgroup2 none /sys/fs/cgroup/unified');
     this.cgroupRoot = path.join(root, prefix);
+    this.hostCgroup = path.join(this.cgroupRoot, 'host');
     this.switchNs = `${prefix}-sw`;
   }
 
@@ -77,12 +83,23 @@ export class Topology {
     return this.nodes.flatMap((n) => n.pods);
   }
 
+  /** Node i (1-based, as in the names n1, n2, …). */
+  node(i: number): TestNode {
+    const n = this.nodes[i - 1];
+    if (!n) throw new Error(`no node n${i}: the topology has ${this.nodes.length}`);
+    return n;
+  }
+
+  /** Pod j of node i (1-based, as in the names n1p1, …). */
   pod(node: number, pod: number): TestPod {
-    return this.nodes[node - 1].pods[pod - 1];
+    const p = this.node(node).pods[pod - 1];
+    if (!p) throw new Error(`no pod p${pod} on n${node}: it has ${this.node(node).pods.length}`);
+    return p;
   }
 
   private async build({ nodes, podsPerNode }: TopologyOptions): Promise<void> {
     fs.mkdirSync(this.cgroupRoot);
+    fs.mkdirSync(this.hostCgroup);
     await sh('ip', ['netns', 'add', this.switchNs]);
     const ipSw = ['-n', this.switchNs];
     await sh('ip', [...ipSw, 'link', 'add', 'br0', 'type', 'bridge']);
@@ -152,23 +169,23 @@ export class Topology {
 
   /** Starts a process inside a pod: in its cgroup (before exec) and its netns. */
   spawnInPod(pod: TestPod, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
-    return this.track(
-      spawn('bash', ['-c', `echo $$ > ${pod.cgroup}/cgroup.procs && exec nsenter --net=${pod.netnsPath} -- "$@"`, 'bash', cmd, ...args], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        ...opts,
-      }),
-    );
+    return this.spawnIn(pod.cgroup, pod.netnsPath, cmd, args, opts);
   }
 
   /** Starts a process in a node's netns (outside every pod cgroup, as the agent runs). */
   spawnInNode(node: TestNode, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
-    return this.track(spawn('nsenter', [`--net=${node.netnsPath}`, '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts }));
+    return this.spawnIn(this.hostCgroup, node.netnsPath, cmd, args, opts);
   }
 
   /** Starts a process in the switch netns (reachable from every node at SWITCH_IP). */
   spawnInSwitch(cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    return this.spawnIn(this.hostCgroup, path.join(NETNS_DIR, this.switchNs), cmd, args, opts);
+  }
+
+  /** Joins the cgroup before exec, so whatever the command starts is in it as well. */
+  private spawnIn(cgroup: string, netnsPath: string, cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
     return this.track(
-      spawn('nsenter', [`--net=${path.join(NETNS_DIR, this.switchNs)}`, '--', cmd, ...args], {
+      spawn('bash', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${netnsPath} -- "$@"`, 'bash', cmd, ...args], {
         stdio: ['ignore', 'pipe', 'pipe'],
         ...opts,
       }),
@@ -183,14 +200,35 @@ export class Topology {
 
   /** Removes everything; safe to call twice and after a partial create(). */
   async destroy(): Promise<void> {
-    for (const c of this.children) c.kill('SIGKILL');
+    const children = [...this.children];
+    for (const c of children) c.kill('SIGKILL');
     killCgroupTree(this.cgroupRoot);
+    // Namespaces go even if a process outlives its SIGKILL; the error says which one after.
+    const stuck = (await Promise.allSettled(children.map((c) => exited(c, 10_000)))).flatMap((r) =>
+      r.status === 'rejected' ? [r.reason as Error] : [],
+    );
     const names = [...this.nodes.flatMap((n) => [...n.pods.map((p) => p.netns), n.netns]), this.switchNs];
     for (const ns of names) {
       if (fs.existsSync(path.join(NETNS_DIR, ns))) await sh('ip', ['netns', 'del', ns]).catch(() => undefined);
     }
     await removeCgroupTree(this.cgroupRoot);
+    if (stuck.length) throw new AggregateError(stuck, stuck.map((e) => e.message).join('; '));
   }
+}
+
+/** Resolves once child has exited; rejects naming it if that takes longer than ms. */
+function exited(child: ChildProcess, ms: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`pid ${child.pid} (${child.spawnargs.join(' ')}) still running ${ms} ms after SIGKILL`)),
+      ms,
+    );
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 export function uniquePrefix(): string {
@@ -199,6 +237,12 @@ export function uniquePrefix(): string {
 
 function killCgroupTree(dir: string): void {
   if (!fs.existsSync(dir)) return;
+  // cgroup.kill (Linux 5.14+) kills the whole subtree at once, even processes forking meanwhile.
+  const kill = path.join(dir, 'cgroup.kill');
+  if (fs.existsSync(kill)) {
+    fs.writeFileSync(kill, '1');
+    return;
+  }
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) killCgroupTree(path.join(dir, e.name));
   for (const pid of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
     try {

@@ -5,25 +5,13 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import {
-  assertNothingLeft,
-  CLI,
-  cleanupPins,
-  dialFrom,
-  httpInNetns,
-  PODAPP,
-  pinDirFor,
-  requireRoot,
-  untilReady,
-  waitExit,
-  workloadOf,
-} from '../helpers/fixture';
+import { Cleanup, waitExit } from '../helpers/cleanup';
+import { CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, untilReady, workloadOf } from '../helpers/fixture';
 import { sh, waitForLine } from '../helpers/proc';
-import { type TestNode, Topology } from '../helpers/topology';
+import type { TestNode, Topology } from '../helpers/topology';
 
 interface BpftoolLink {
   id: number;
@@ -35,8 +23,10 @@ interface BpftoolLink {
 
 describe('ambit node (agent process)', () => {
   let topo: Topology;
+  let dir: string;
   let configFile: string;
   const agents = new Map<string, ChildProcess>();
+  const cleanup = new Cleanup();
 
   async function startAgent(node: TestNode): Promise<string> {
     const child = topo.spawnInNode(node, process.execPath, [
@@ -67,14 +57,14 @@ describe('ambit node (agent process)', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
     const workloads = topo.pods.map((p) => ({ ...workloadOf(p), protocol: p.name === 'p3' ? 'NONE' : 'HBONE' }));
-    configFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`)), 'mesh.yaml');
+    configFile = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(
       configFile,
       YAML.stringify({
         trustDomain: 'cluster.local',
-        ca: { dir: path.join(path.dirname(configFile), 'ca') },
+        ca: { dir: path.join(dir, 'ca') },
         nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
         workloads,
       }),
@@ -82,14 +72,7 @@ describe('ambit node (agent process)', () => {
     for (const node of topo.nodes) await startAgent(node);
   });
 
-  after(async () => {
-    for (const node of topo?.nodes ?? []) await stopAgent(node, 'SIGKILL');
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(path.dirname(configFile), { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test("cross-node and same-node connections go through both nodes' tunnels", async () => {
     const server = topo.pod(2, 1);
@@ -258,8 +241,6 @@ describe('ambit node (agent process)', () => {
 
   test('after teardown no namespace, cgroup, pin or agent process remains', async () => {
     for (const node of topo.nodes) await stopAgent(node, 'SIGTERM');
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

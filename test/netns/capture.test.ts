@@ -8,15 +8,17 @@ import { after, before, describe, test } from 'node:test';
 import { closeListeners, type EnrolledPod, Enrolment } from '../../src/datapath/enrolment';
 import type { Datapath } from '../../src/datapath/loader';
 import { listenerServer } from '../../src/datapath/netns';
-import { assertNothingLeft, cleanupPins, dialFrom, openDatapath, PODAPP, requireRoot, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { dialFrom, openDatapath, PODAPP, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { sh, waitFor, waitForLine } from '../helpers/proc';
-import { type TestPod, Topology } from '../helpers/topology';
+import type { TestPod, Topology } from '../helpers/topology';
 
 describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   let topo: Topology;
   const datapaths: Datapath[] = [];
   const enrolments: Enrolment[] = [];
   const enrolled = new Map<string, { pod: EnrolledPod; servers: net.Server[] }>();
+  const cleanup = new Cleanup();
 
   /** Every connection accepted on a pod's tunnel sockets answers with what the tunnel learned. */
   function answer(pod: EnrolledPod, dp: Datapath): net.Server[] {
@@ -51,7 +53,11 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
+    ({ topo } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
+    cleanup.add('datapaths', () => {
+      for (const pod of topo.pods) unenrol(pod);
+      for (const dp of datapaths.splice(0)) dp.close();
+    });
     for (const node of topo.nodes) {
       const dp = openDatapath(topo, node);
       datapaths.push(dp);
@@ -60,14 +66,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     for (const node of topo.nodes) for (const pod of node.pods.slice(0, 2)) enrol(pod);
   });
 
-  after(async () => {
-    for (const pod of topo?.pods ?? []) unenrol(pod);
-    for (const dp of datapaths) dp.close();
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-    }
-  });
+  after(() => cleanup.run());
 
   test("outbound: 1,000 concurrent connects land at the source pod's tunnel with the right original destination", async () => {
     const src = topo.pod(1, 1);
@@ -171,10 +170,6 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   });
 
   test('after teardown no namespace, cgroup or pin remains', async () => {
-    for (const pod of topo.pods) unenrol(pod);
-    for (const dp of datapaths.splice(0)) dp.close();
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

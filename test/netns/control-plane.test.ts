@@ -10,27 +10,25 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { parseConfig } from '../../src/sources/config';
+import { Cleanup, waitExit } from '../helpers/cleanup';
 import {
-  assertNothingLeft,
   CLI,
-  cleanupPins,
   configDump,
   dialFrom,
   httpInNetns,
   PODAPP,
   pinDirFor,
   requireRoot,
+  testBed,
   untilReady,
-  waitExit,
   workloadOf,
 } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { SWITCH_IP, type TestNode, type TestPod, Topology } from '../helpers/topology';
+import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
 
 const PORT = 15012;
 const FIXTURE = path.resolve(__dirname, '../helpers/xds-fixture.js');
@@ -42,8 +40,8 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   let configFile: string;
   let cp: ChildProcess | undefined;
   const agents = new Map<string, { child: ChildProcess; lines: Record<string, unknown>[] }>();
-  const apps: ChildProcess[] = [];
   let baseDoc: Record<string, unknown>;
+  const cleanup = new Cleanup();
 
   // n1: sleep (ns client), other (ns other), legacy (not in the mesh: plaintext). n2: web, db (ns server), n2-p3 not in the mesh.
   const roles = (): Record<string, { ns: string; sa: string; app: string; mesh: boolean }> => ({
@@ -142,7 +140,6 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
 
   async function serve(pod: TestPod, port: number): Promise<void> {
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', String(port)]);
-    apps.push(app);
     await waitForLine(app, (l) => l.includes('listening'), `whoami ${pod.uid}:${port}`);
   }
 
@@ -160,8 +157,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
     configFile = path.join(dir, 'mesh.yaml');
     const tokens = topo.nodes.map((n) => {
       const token = randomBytes(24).toString('base64url');
@@ -208,17 +204,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     for (const port of [8080, 9090]) for (const pod of [web(), db()]) await serve(pod, port);
   });
 
-  after(async () => {
-    for (const a of apps) a.kill('SIGKILL');
-    for (const n of topo?.nodes ?? []) await stopAgent(n);
-    cp?.kill('SIGKILL');
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-      assertNothingLeft(topo);
-    }
-  });
+  after(() => cleanup.run());
 
   test('nodes take workloads, services and certificates from the control plane; the server sees the client identity', async () => {
     const r = await dialFrom(topo, sleep(), web().ip, 8080, 20, 5);

@@ -8,8 +8,6 @@
 //   - A worker killed again and again is replaced after a growing delay.
 // Topology: 1 node × 2 pods, both in the mesh; p2 runs whoami.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
@@ -19,9 +17,10 @@ import type { CertificateAuthority } from '../../src/identity/ca';
 import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
 import { WorkersDataPlane } from '../../src/tunnel/worker-host';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { CLI, dialFrom, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
-import { Topology } from '../helpers/topology';
+import type { Topology } from '../helpers/topology';
 
 const CERT_TTL_S = 3;
 const CERTIFICATE_WAIT_MS = 3000;
@@ -32,7 +31,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
   let dir: string;
   let app: PodAgent;
   let refuse = false;
-  let stopped = false;
+  const cleanup = new Cleanup();
   const logs: Record<string, unknown>[] = [];
   const alive = (pid: number): boolean => {
     try {
@@ -47,8 +46,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 1, podsPerNode: 2 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 1, podsPerNode: 2 }));
     const builtin = await BuiltinCa.open(path.join(dir, 'ca'));
     const ca: CertificateAuthority = {
       sign: (csr, id, ttl) =>
@@ -86,6 +84,14 @@ describe('node agent client side under failure (tunnel workers)', () => {
         new WorkersDataPlane(ctx, { count: 1, pinDir: ctx.datapath.pinDir, cli: CLI, respawnInitialMs: RESPAWN_INITIAL_MS }),
       log,
     });
+    // The workers are this process's children, not the topology's: stopping the agent ends them, or they are killed.
+    cleanup.add('the agent and its workers', async () => {
+      const pids = [...new Set([...startedPids, ...workers().pids()])];
+      app.stop();
+      await waitFor('every worker gone', () => pids.every((p) => !alive(p)), 10_000).finally(() => {
+        for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL');
+      });
+    });
     const whoami = topo.spawnInPod(topo.pod(1, 2), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(whoami, (l) => l.includes('listening'), 'whoami');
     await waitFor('the worker serving both pods', () => app.readiness().pending.length === 0, 20_000);
@@ -93,19 +99,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
     // No connection before the CA refuses: an HBONE session opened now would carry the later ones without a new certificate.
   });
 
-  after(async () => {
-    const pids = app && !stopped ? workers().pids() : [];
-    if (app && !stopped) app.stop();
-    if (pids.length)
-      await waitFor('workers gone', () => pids.every((p) => !alive(p)), 10_000).catch(() => {
-        for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL');
-      });
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test('the CA refuses after the certificate expired: the worker closes the connection within certificateWaitMs with AMBIT_E_CA, and lives on', async () => {
     const [worker] = workers().pids();
@@ -170,12 +164,6 @@ describe('node agent client side under failure (tunnel workers)', () => {
   });
 
   test('after teardown no namespace, cgroup, pin or process remains', async () => {
-    const pids = [...new Set([...startedPids, ...workers().pids()])];
-    app.stop();
-    stopped = true;
-    await waitFor('every worker gone', () => pids.every((p) => !alive(p)), 10_000);
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run(); // fails if a worker outlives the agent's stop by 10 s
   });
 });

@@ -9,15 +9,15 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http2 from 'node:http2';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
-import { CLI, cleanupPins, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { CLI, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { type ClientCert, certFor, connect, connectAndReset, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { type TestNode, type TestPod, Topology } from '../helpers/topology';
+import type { TestNode, TestPod, Topology } from '../helpers/topology';
 
 const WORKERS: Record<string, number> = { n1: 0, n2: 2 };
 
@@ -28,6 +28,7 @@ describe('hostile HBONE peers against ambit node', () => {
   let cert: ClientCert;
   const agents = new Map<string, { child: ChildProcess; logs: Record<string, unknown>[] }>();
   const sessions: http2.ClientHttp2Session[] = [];
+  const cleanup = new Cleanup();
 
   const config = (pods: TestPod[]): string =>
     YAML.stringify({
@@ -82,8 +83,10 @@ describe('hostile HBONE peers against ambit node', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 2 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 2 }));
+    cleanup.add('HBONE sessions', () => {
+      for (const s of sessions) s.destroy();
+    });
     const ca = await BuiltinCa.open(path.join(dir, 'ca')); // before the agents: one creator of the root
     cert = await certFor(ca, 'spiffe://cluster.local/ns/default/sa/default');
     configFile = path.join(dir, 'mesh.yaml');
@@ -121,16 +124,7 @@ describe('hostile HBONE peers against ambit node', () => {
     }
   });
 
-  after(async () => {
-    for (const s of sessions) s.destroy();
-    for (const { child } of agents.values()) child.kill('SIGKILL');
-    await Promise.all([...agents.values()].map((a) => waitExit(a.child)));
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   for (const nodeName of ['n1', 'n2']) {
     test(`${nodeName} (--workers ${WORKERS[nodeName]}): CONNECT then RST_STREAM at once, 3 × PROTOCOL_ERROR and 3 × INTERNAL_ERROR`, async () => {

@@ -10,10 +10,8 @@
 //   series: labels come from the certificate and the mesh state, and the
 //   series of a workload that left the mesh go with it.
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import type http2 from 'node:http2';
 import type net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
@@ -23,10 +21,11 @@ import { createLogger } from '../../src/observability/log';
 import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
 import { DEFAULT_LIMITS } from '../../src/tunnel/limits';
-import { cleanupPins, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { type ClientCert, certFor, connect, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
-import { type TestPod, Topology } from '../helpers/topology';
+import type { TestPod, Topology } from '../helpers/topology';
 
 const HANDSHAKE_MS = 2000;
 const IDLE_MS = 2000;
@@ -49,6 +48,7 @@ describe('inbound limits and verified telemetry', () => {
   let ca: BuiltinCa;
   let app: PodAgent;
   const sessions: http2.ClientHttp2Session[] = [];
+  const cleanup = new Cleanup();
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
   function config(without: TestPod[] = []): MeshConfig {
@@ -98,8 +98,10 @@ describe('inbound limits and verified telemetry', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 2 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 2 }));
+    cleanup.add('HBONE sessions', () => {
+      for (const s of sessions) s.destroy();
+    });
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     const node = topo.nodes[1];
     app = await PodAgent.start({
@@ -110,19 +112,12 @@ describe('inbound limits and verified telemetry', () => {
       log,
       limits: { serverHandshakeMs: HANDSHAKE_MS, sessionIdleMs: IDLE_MS },
     });
+    cleanup.add('the agent', () => app.stop());
     const whoami = topo.spawnInPod(target(), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(whoami, (l) => l.includes('listening'), 'whoami');
   });
 
-  after(async () => {
-    for (const s of sessions) s.destroy();
-    app?.stop();
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test('slowloris: 300 silent connections are cut to the per-source cap at once, the rest closed within the handshake timeout; honest peers are served meanwhile', async () => {
     const attackerPod = topo.pod(1, 2);

@@ -10,15 +10,15 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import type { Pod } from '../../src/kube/types';
+import { Cleanup, waitExit } from '../helpers/cleanup';
 import { fixture } from '../helpers/fake-kube';
-import { assertNothingLeft, CLI, cleanupPins, configDump, PODAPP, pinDirFor, requireRoot, untilReady, waitExit } from '../helpers/fixture';
+import { CLI, configDump, PODAPP, pinDirFor, requireRoot, testBed, untilReady } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { SWITCH_IP, type TestNode, type TestPod, Topology } from '../helpers/topology';
+import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
 
 const FAKE_KUBE = path.resolve(__dirname, '../helpers/fake-kube.js');
 const KUBE_PORT = 16443;
@@ -43,7 +43,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
   let cp: ChildProcess;
   const agents = new Map<string, { child: ChildProcess; lines: Record<string, unknown>[] }>();
   const kpods = new Map<string, KubePod>();
-  const extra: ChildProcess[] = [];
+  const cleanup = new Cleanup();
 
   const send = (cmd: unknown): void => {
     kube.stdin!.write(`${JSON.stringify(cmd)}\n`);
@@ -78,8 +78,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
-    extra.push(child);
-    return child;
+    return cleanup.process(child);
   }
 
   function podObject(k: KubePod, phase = 'Running'): Pod & { kind: string } {
@@ -171,8 +170,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
     kube = topo.spawnInSwitch(process.execPath, [FAKE_KUBE, SWITCH_IP, String(KUBE_PORT)], { stdio: ['pipe', 'pipe', 'pipe'] });
     await waitForLine(kube, (l) => l.includes('listening'), 'the fake API server');
 
@@ -247,21 +245,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     }
   });
 
-  after(async () => {
-    for (const c of extra) c.kill('SIGKILL');
-    for (const a of agents.values()) {
-      a.child.kill('SIGKILL');
-      await waitExit(a.child);
-    }
-    cp?.kill('SIGKILL');
-    kube?.kill('SIGKILL');
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-      assertNothingLeft(topo);
-    }
-  });
+  after(() => cleanup.run());
 
   test("labels decide enrolment on both cgroup drivers; identities are the pods' service accounts", async () => {
     assert.deepEqual(await enrolled(topo.nodes[0]), ['sleep'], 'n1 (systemd layout): sleep; optout opted out');

@@ -6,25 +6,13 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import {
-  ADMIN_MUTATION,
-  assertNothingLeft,
-  CLI,
-  cleanupPins,
-  dialFrom,
-  httpInNetns,
-  PODAPP,
-  pinDirFor,
-  requireRoot,
-  waitExit,
-  workloadOf,
-} from '../helpers/fixture';
+import { Cleanup, waitExit } from '../helpers/cleanup';
+import { ADMIN_MUTATION, CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
-import { type TestNode, Topology } from '../helpers/topology';
+import type { TestNode, Topology } from '../helpers/topology';
 
 /** The value of one sample of a Prometheus text exposition, matched by name and labels. */
 function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
@@ -42,13 +30,13 @@ describe('operations: metrics, readiness, admin', () => {
   let dir: string;
   const agents = new Map<string, ChildProcess>();
   const logs = new Map<string, Record<string, unknown>[]>();
+  const cleanup = new Cleanup();
   const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
   const metrics = async (node: TestNode): Promise<string> => (await httpInNetns(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 1 }));
     const config = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(
       config,
@@ -85,15 +73,7 @@ describe('operations: metrics, readiness, admin', () => {
     await waitForLine(app, (l) => l.includes('listening'), 'whoami');
   });
 
-  after(async () => {
-    for (const a of agents.values()) a.kill('SIGKILL');
-    await Promise.all([...agents.values()].map(waitExit));
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test('readiness says ready once the node serves', async () => {
     const r = await httpInNetns(topo.nodes[0], '127.0.0.1', 15021, 'GET', '/healthz/ready');
@@ -246,8 +226,6 @@ describe('operations: metrics, readiness, admin', () => {
   test('after teardown no namespace, cgroup, pin or process remains', async () => {
     for (const a of agents.values()) a.kill('SIGTERM');
     await Promise.all([...agents.values()].map(waitExit));
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

@@ -6,14 +6,14 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { cleanupDatapath } from '../../src/datapath/status';
-import { assertNothingLeft, CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, waitExit, workloadOf } from '../helpers/fixture';
+import { Cleanup, killAndWait, waitExit } from '../helpers/cleanup';
+import { CLI, dialFrom, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { jsonLines, sh, waitFor, waitForLine } from '../helpers/proc';
-import { Topology } from '../helpers/topology';
+import type { Topology } from '../helpers/topology';
 
 describe('sidecar mode', () => {
   let topo: Topology;
@@ -21,12 +21,12 @@ describe('sidecar mode', () => {
   let sidecarPins: string;
   const children: ChildProcess[] = [];
   const logs = new Map<string, Record<string, unknown>[]>();
+  const cleanup = new Cleanup();
   const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 2 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 2 }));
     sidecarPins = `/sys/fs/bpf/${topo.prefix}-sidecar`;
     const config = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(
@@ -70,6 +70,11 @@ describe('sidecar mode', () => {
       sidecarPins,
     ]);
     children.push(sidecar);
+    // Its pins are its own, outside the nodes' pin directories: removed once it has stopped.
+    cleanup.add(`the sidecar and its pins (${sidecarPins})`, async () => {
+      await killAndWait(sidecar);
+      cleanupDatapath(sidecarPins);
+    });
     logs.set('sidecar', jsonLines(sidecar));
     await waitForLine(sidecar, (l) => l.includes('"sidecar ready"'), 'the sidecar');
     for (const pod of [topo.pod(1, 1), topo.pod(2, 1)]) {
@@ -78,16 +83,7 @@ describe('sidecar mode', () => {
     }
   });
 
-  after(async () => {
-    for (const c of children) c.kill('SIGKILL');
-    await Promise.all(children.map(waitExit));
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      cleanupDatapath(sidecarPins);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   const inboundFrom = (who: string, identity: string) =>
     waitFor(`an inbound log line on ${who} from ${identity}`, () =>
@@ -138,9 +134,6 @@ describe('sidecar mode', () => {
   test('after teardown no namespace, cgroup, pin or process remains', async () => {
     for (const c of children) c.kill('SIGTERM');
     await Promise.all(children.map(waitExit));
-    await topo.destroy();
-    cleanupPins(topo);
-    cleanupDatapath(sidecarPins);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

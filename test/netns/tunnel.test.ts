@@ -6,9 +6,7 @@
 // the configuration at all (an unknown destination).
 import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
-import fs from 'node:fs';
 import http2 from 'node:http2';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
@@ -18,9 +16,10 @@ import { createLogger } from '../../src/observability/log';
 import type { ConnectionFacts } from '../../src/policy/authorize';
 import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
-import { assertNothingLeft, cleanupPins, dialFrom, PODAPP, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { dialFrom, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { collect, waitForLine } from '../helpers/proc';
-import { type TestPod, Topology } from '../helpers/topology';
+import type { TestPod, Topology } from '../helpers/topology';
 
 const VIP = '10.96.0.10';
 
@@ -30,6 +29,7 @@ describe('HBONE tunnel', () => {
   let ca: BuiltinCa;
   const apps: PodAgent[] = [];
   const seen: ConnectionFacts[] = [];
+  const cleanup = new Cleanup();
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
   const identity = (sa: string, td = 'cluster.local'): string => `spiffe://${td}/ns/default/sa/${sa}`;
@@ -68,8 +68,10 @@ describe('HBONE tunnel', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 3 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
+    cleanup.add('the agents', () => {
+      for (const a of apps.splice(0)) a.stop();
+    });
     ca = await BuiltinCa.open(path.join(dir, 'ca'));
     for (const node of topo.nodes) {
       const app = await PodAgent.start({
@@ -91,14 +93,7 @@ describe('HBONE tunnel', () => {
     for (const pod of topo.pods) await whoami(pod);
   });
 
-  after(async () => {
-    for (const a of apps.splice(0)) a.stop();
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test("cross-node and same-node traffic goes through HBONE; the server side sees the client's identity", async () => {
     const client = topo.pod(1, 1);
@@ -279,9 +274,6 @@ describe('HBONE tunnel', () => {
   });
 
   test('after teardown no namespace, cgroup or pin remains', async () => {
-    for (const a of apps.splice(0)) a.stop();
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

@@ -14,18 +14,19 @@ import { Enrolment } from '../../src/datapath/enrolment';
 import { Datapath } from '../../src/datapath/loader';
 import { listenerServer } from '../../src/datapath/netns';
 import { datapathStatus } from '../../src/datapath/status';
-import { assertNothingLeft, cleanupPins, dialFrom, pinDirFor, requireRoot, workloadOf } from '../helpers/fixture';
+import { Cleanup } from '../helpers/cleanup';
+import { dialFrom, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { sh } from '../helpers/proc';
-import { Topology } from '../helpers/topology';
+import type { Topology } from '../helpers/topology';
 
 const ROOT = path.resolve(__dirname, '../../..');
 let topo: Topology;
 let oldObjDir: string;
+const cleanup = new Cleanup();
 
 before(async () => {
   requireRoot();
-  topo = await Topology.create({ nodes: 1, podsPerNode: 1 });
-  oldObjDir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-old-`));
+  ({ topo, dir: oldObjDir } = await testBed(cleanup, { nodes: 1, podsPerNode: 1 }));
   for (const f of ['redirect', 'inbound']) {
     execFileSync('clang', [
       '-target',
@@ -44,13 +45,7 @@ before(async () => {
   }
 });
 
-after(async () => {
-  if (topo) {
-    await topo.destroy();
-    cleanupPins(topo);
-  }
-  fs.rmSync(oldObjDir, { recursive: true, force: true });
-});
+after(() => cleanup.run());
 
 /** Enrols the pod with this datapath and answers every captured connection with its original destination. */
 function serve(dp: Datapath): { enrolment: Enrolment; close: () => void } {
@@ -103,8 +98,4 @@ test('a changed connect4 replaces the program in the pinned link; the others are
   v2.close();
 });
 
-test('after teardown no namespace, cgroup or pin remains', async () => {
-  await topo.destroy();
-  cleanupPins(topo);
-  assertNothingLeft(topo);
-});
+test('after teardown no namespace, cgroup or pin remains', () => cleanup.run());

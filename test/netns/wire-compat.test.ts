@@ -8,14 +8,14 @@
 // with the root tests because CI runs those with the Debian packages
 // installed. It never skips: without them it fails naming the package.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
+import { Cleanup } from '../helpers/cleanup';
 import { collect, jsonLines, waitForLine } from '../helpers/proc';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
@@ -91,13 +91,6 @@ function freePort(): Promise<number> {
   });
 }
 
-async function killAndWait(child: ChildProcess | undefined): Promise<void> {
-  if (!child?.pid || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  process.kill(child.pid, 'SIGKILL');
-  await exited;
-}
-
 /** Fails (never skips) naming the Debian packages to install. */
 async function requireDebianPython(): Promise<void> {
   if (!fs.existsSync(PYTHON)) {
@@ -115,15 +108,13 @@ async function requireDebianPython(): Promise<void> {
 }
 
 describe("wire compatibility: Debian's python3-grpcio against ambit's control plane", () => {
-  let dir: string | undefined;
-  let cp: ChildProcess | undefined;
-  let py: ChildProcess | undefined;
   let cpLog: Record<string, unknown>[] = [];
   let s: Summary;
+  const cleanup = new Cleanup();
 
   before(async () => {
     await requireDebianPython();
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-wire-compat-'));
+    const dir = cleanup.tempDir('ambit-wire-compat');
     const config = path.join(dir, 'mesh.yaml');
     const caDir = path.join(dir, 'ca');
     fs.writeFileSync(
@@ -187,26 +178,26 @@ describe("wire compatibility: Debian's python3-grpcio against ambit's control pl
     );
 
     const port = await freePort();
-    cp = spawn(process.execPath, [CLI, 'control-plane', '--config', config, '--listen', `127.0.0.1:${port}`, '--server-ip', '127.0.0.1'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const cp = cleanup.process(
+      spawn(process.execPath, [CLI, 'control-plane', '--config', config, '--listen', `127.0.0.1:${port}`, '--server-ip', '127.0.0.1'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
     cpLog = jsonLines(cp);
     await waitForLine(cp, (l) => l.includes('control plane serving xDS and the CA'), 'the control plane serving');
 
-    py = spawn(PYTHON, [CLIENT, `127.0.0.1:${port}`, path.join(caDir, 'root-cert.pem'), TOKEN_N1, 'n1', OWN, FOREIGN], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const py = cleanup.process(
+      spawn(PYTHON, [CLIENT, `127.0.0.1:${port}`, path.join(caDir, 'root-cert.pem'), TOKEN_N1, 'n1', OWN, FOREIGN], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
     const r = await collect(py);
     const serverSaid = cpLog.map((l) => JSON.stringify(l)).join('\n');
     assert.equal(r.code, 0, `the Python client failed (exit ${r.code}):\n${r.stderr}\ncontrol plane log:\n${serverSaid}`);
     s = JSON.parse(r.stdout.trim().split('\n').pop()!) as Summary;
   });
 
-  after(async () => {
-    await killAndWait(py);
-    await killAndWait(cp);
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => cleanup.run());
 
   test('every workload arrives as istio.workload.Address, decoded by protoc-generated classes', () => {
     assert.deepEqual(s.workloads, [

@@ -5,24 +5,13 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import {
-  assertNothingLeft,
-  CLI,
-  cleanupPins,
-  dialFrom,
-  httpInNetns,
-  PODAPP,
-  pinDirFor,
-  requireRoot,
-  waitExit,
-  workloadOf,
-} from '../helpers/fixture';
+import { Cleanup, waitExit } from '../helpers/cleanup';
+import { CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { collect, jsonLines, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
-import { type TestNode, Topology } from '../helpers/topology';
+import type { TestNode, Topology } from '../helpers/topology';
 
 const CONCURRENCY = 16;
 
@@ -31,6 +20,7 @@ describe('tunnel workers', () => {
   let dir: string;
   let config: string;
   const agents = new Map<string, { child: ChildProcess; logs: Record<string, unknown>[] }>();
+  const cleanup = new Cleanup();
 
   async function startAgent(node: TestNode): Promise<void> {
     const child = topo.spawnInNode(
@@ -113,8 +103,7 @@ describe('tunnel workers', () => {
 
   before(async () => {
     requireRoot();
-    topo = await Topology.create({ nodes: 2, podsPerNode: 1 });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 1 }));
     config = path.join(dir, 'mesh.yaml');
     fs.writeFileSync(
       config,
@@ -132,15 +121,7 @@ describe('tunnel workers', () => {
     assert.equal(warm.failed, 0);
   });
 
-  after(async () => {
-    for (const { child } of agents.values()) child.kill('SIGKILL');
-    await Promise.all([...agents.values()].map((a) => waitExit(a.child)));
-    if (topo) {
-      await topo.destroy();
-      cleanupPins(topo);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => cleanup.run());
 
   test('a worker killed with SIGKILL during a storm: no connection refused, only those it carried end, and it is replaced', async () => {
     const crashed = [...agents.values()].flatMap((a) =>
@@ -223,8 +204,6 @@ describe('tunnel workers', () => {
     for (const { child } of agents.values()) child.kill('SIGTERM');
     await Promise.all([...agents.values()].map((a) => waitExit(a.child)));
     await waitFor('every worker gone', () => pids.every((p) => !alive(p)));
-    await topo.destroy();
-    cleanupPins(topo);
-    assertNothingLeft(topo);
+    await cleanup.run();
   });
 });

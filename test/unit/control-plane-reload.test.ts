@@ -17,8 +17,9 @@ import YAML from 'yaml';
 import { ControlPlane } from '../../src/control-plane/server';
 import { KubeClient } from '../../src/kube/client';
 import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
+import { waitExit } from '../helpers/cleanup';
 import { FakeKube, fixture } from '../helpers/fake-kube';
-import { CLI, waitExit } from '../helpers/fixture';
+import { CLI } from '../helpers/fixture';
 import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });
