@@ -382,7 +382,8 @@ export function certificateRows(d: ConfigDump, now = new Date()): CertificateRow
         serialNumber: x.serialNumber.toLowerCase(),
         notAfter: isoSeconds(notAfter),
         notBefore: isoSeconds(notBefore),
-        subject: x.subject.replace(/\n/g, ', ') || undefined,
+        // Undefined, not empty, for a SPIFFE leaf without a subject.
+        subject: (x.subject as string | undefined)?.replace(/\n/g, ', ') || undefined,
       };
     };
     return [...chain.map((x, i) => row(x, i === 0 ? 'leaf' : 'intermediate')), ...roots.map((x) => row(x, 'root'))];
