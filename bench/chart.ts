@@ -28,7 +28,7 @@ const text = (x: number, y: number, s: string, attrs = ''): string =>
 function niceAxis(max: number): { top: number; step: number } {
   const raw = Math.max(max, 1) / 5;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((f) => f * mag).find((s) => s >= raw)!;
+  const step = [1, 2, 2.5, 5].map((f) => f * mag).find((s) => s >= raw) ?? 10 * mag; // raw < 10 × mag by the choice of mag
   return { top: Math.ceil(max / step) * step || step, step };
 }
 
@@ -80,9 +80,9 @@ function memoryPanel(d: ChartData, x0: number, x1: number): string[] {
   if (!pts.length) return out;
   const ks = [...new Set(pts.map((p) => p.k))].sort((a, b) => a - b);
   const yt = logTicks(Math.min(...pts.map((p) => p.mib)), Math.max(...pts.map((p) => p.mib)));
-  const [ylo, yhi] = [Math.log10(yt[0]), Math.log10(yt[yt.length - 1])];
+  const [ylo, yhi] = [Math.log10(Math.min(...yt)), Math.log10(Math.max(...yt))];
   const y = (v: number): number => BOTTOM - ((Math.log10(v) - ylo) / (yhi - ylo || 1)) * (BOTTOM - TOP);
-  const [klo, khi] = [Math.log10(ks[0]), Math.log10(ks[ks.length - 1])];
+  const [klo, khi] = [Math.log10(Math.min(...ks)), Math.log10(Math.max(...ks))];
   const x = (k: number): number => (khi === klo ? (x0 + x1) / 2 : x0 + 20 + ((Math.log10(k) - klo) / (khi - klo)) * (x1 - x0 - 80));
   for (const v of yt) {
     out.push(`<line x1="${x0}" x2="${x1}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#e5e5e5"/>`);

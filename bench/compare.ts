@@ -26,13 +26,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { renderChart } from './chart';
 import { MESH_MODES, MODE_LABEL, MODES, type Mode, Testbed } from './modes';
-import { goals, type MemoryPoint, mainTable, memoryTable, type RawByMode, summarise } from './report';
-import { CLOCK_TICKS, cpuTicks, fmt, median, rssBytes } from './util';
+import { goals, type MemoryPoint, mainTable, mediansOf, memoryTable, type RawByMode, summarise } from './report';
+import { append, CLOCK_TICKS, cpuTicks, fmt, median, rssBytes } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const PODS = (process.env.BENCH_PODS ?? '1,10,50').split(',').map((s) => Number(s.trim()));
 const RR_WARMUP_S = 0.5;
-const RR_SECONDS: Record<number, number> = { 100: 10, 1000: 5 }; // 1,000 and 5,000 measured requests
+const RR_SECONDS = { 100: 10, 1000: 5 } as const; // 1,000 and 5,000 measured requests
 const CONN = { concurrency: 32, seconds: 3 };
 const STREAM = { seconds: 3, parallel: 8 };
 const WARMUP = { connections: 20, concurrency: 4 };
@@ -51,7 +51,7 @@ async function measure(
 ): Promise<Record<string, number | string | object>> {
   const pids = bed.meshPids();
   const before = ticksOf(pids);
-  const r = await bed.load(bed.pairs(1)[0].client, args, (seconds + 40) * 1000);
+  const r = await bed.load(bed.pair(1).client, args, (seconds + 40) * 1000);
   const cpuS = (ticksOf(pids) - before) / CLOCK_TICKS;
   return units ? { ...r, cpu_s: cpuS, cpu_s_per_1k: cpuS / (units(r) / 1000) } : r;
 }
@@ -60,16 +60,16 @@ async function latencyPhase(bed: Testbed, raw: RawByMode, warnings: string[]): P
   for (let rep = 1; rep <= REPEATS; rep++) {
     for (const mode of MODES) {
       await bed.start(mode, 1);
-      const pair = bed.pairs(1)[0];
+      const pair = bed.pair(1);
       const t = (m: 'rr' | 'conn' | 'stream'): string[] => {
         const { ip, port } = bed.target(pair, m);
         return [ip, String(port)];
       };
       const push = (name: string, r: Record<string, number | string | object>, show: string): void => {
-        (raw[mode][name] ??= []).push(r);
+        append(raw[mode], name, r);
         console.error(`repeat ${rep}/${REPEATS} ${MODE_LABEL[mode].padEnd(8)} ${name.padEnd(7)} ${show}`);
       };
-      for (const rate of [100, 1000]) {
+      for (const rate of [100, 1000] as const) {
         const secs = RR_SECONDS[rate];
         // The CPU window covers every request sent, warm-up included.
         const r = await measure(
@@ -159,7 +159,7 @@ async function run(bed: Testbed): Promise<void> {
   const started = Date.now();
   await bed.setUp(Math.max(...PODS));
   console.error(
-    `topology ${bed.topo!.prefix} up with ${Math.max(...PODS)} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+    `topology ${bed.topology.prefix} up with ${Math.max(...PODS)} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`,
   );
 
   const raw = Object.fromEntries(MODES.map((m) => [m, {}])) as RawByMode;
@@ -172,7 +172,7 @@ async function run(bed: Testbed): Promise<void> {
   const loadAfter = os.loadavg();
   console.log(`\nmedians of ${REPEATS} repeats, cross-node, 1 pair; cells: median (ratio to no mesh, added over no mesh for latencies)\n`);
   console.log(mainTable(summary, gs));
-  const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median(raw[m].rr1000.map((r) => Number(r.sendLag_p99_us))))} µs`);
+  const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median((raw[m].rr1000 ?? []).map((r) => Number(r.sendLag_p99_us))))} µs`);
   console.log(`\nload generator send lag at 1,000 req/s (included in the latencies): ${lag.join('; ')}`);
   console.log(
     `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair (one measurement per K; K mesh pods on each of 2 nodes)\n`,
@@ -218,7 +218,7 @@ async function run(bed: Testbed): Promise<void> {
       2,
     )}\n`,
   );
-  const p = (key: string): Record<Mode, number> => summary.find((s) => s.key === key)!.median;
+  const p = (key: string): Record<Mode, number> => mediansOf(summary, key);
   const svg = renderChart({
     title: 'ambit: no mesh vs ambient vs sidecar vs stunnel (cross-node)',
     subtitle: `${machine.cpu}, ${machine.cores} cores, kernel ${machine.kernel}, node ${machine.node}; medians of ${REPEATS} repeats; ${new Date().toISOString().slice(0, 10)}`,

@@ -16,7 +16,7 @@ import { connectFromNetns } from '../src/datapath/netns';
 import { CLI, cleanupPins, dialFrom, PODAPP, pinDirFor, workloadOf } from '../test/helpers/fixture';
 import { collect, waitFor, waitForLine } from '../test/helpers/proc';
 import { type TestNode, Topology } from '../test/helpers/topology';
-import { fmt, stop } from './util';
+import { fmt, lastJson, stop } from './util';
 
 const N = Number(process.env.BENCH_CONNECTIONS ?? 100_000);
 const WATCH = {
@@ -96,12 +96,12 @@ async function main(): Promise<void> {
     const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami');
     await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 2000, 32);
-    const settled = async (): Promise<string[]> =>
+    const settled = async (): Promise<Map<TestNode, string>> =>
       waitFor(
         'every connection closed on both nodes',
         async () => {
-          const t = await Promise.all(topo.nodes.map(scrape));
-          return t.every((x) => opened(x) === closed(x)) ? t : undefined;
+          const t = new Map(await Promise.all(topo.nodes.map(async (node) => [node, await scrape(node)] as const)));
+          return [...t.values()].every((x) => opened(x) === closed(x)) ? t : undefined;
         },
         30_000,
         200,
@@ -112,16 +112,16 @@ async function main(): Promise<void> {
     const run = await collect(
       topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'dial', topo.pod(2, 1).ip, '8080', String(N), '32', '10000']),
     );
-    const r = JSON.parse(run.stdout.trim().split('\n').pop()!) as { ok: number; failed: number; errors: Record<string, number> };
+    const r = lastJson<{ ok: number; failed: number; errors: Record<string, number> }>(run.stdout, 'the dialling pod');
     const seconds = (Date.now() - started) / 1000;
     const after = await settled();
 
     console.log(`machine: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, kernel ${os.release()}, node ${process.version}`);
     console.log(`${r.ok} of ${N} connections ok (${r.failed} failed ${JSON.stringify(r.errors)}) in ${seconds.toFixed(0)} s\n`);
-    const rows = topo.nodes.flatMap((node, i) =>
+    const rows = topo.nodes.flatMap((node) =>
       Object.entries(WATCH).map(([name, series]) => {
-        const b = value(before[i], series);
-        const a = value(after[i], series);
+        const b = value(before.get(node) ?? '', series);
+        const a = value(after.get(node) ?? '', series);
         return { node: node.name, metric: name, before: b, after: a, delta: a - b };
       }),
     );

@@ -72,7 +72,7 @@ for (let i = 0; i < count; i++) {
 }`;
 
 function percentile(sorted: Float64Array, p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] : NaN;
+  return sorted[Math.max(0, Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1))] ?? NaN;
 }
 
 async function rr(ip: string, port: number, rate: number, warmupS: number, seconds: number): Promise<object> {
@@ -239,22 +239,29 @@ async function streams(ip: string, port: number, n: number, seconds: number): Pr
 }
 
 async function main(argv: string[]): Promise<object> {
+  const usage = 'usage: load probe|rr|conn|stream|streams IP PORT …';
   const [mode, ip, portArg, ...rest] = argv;
   const port = Number(portArg);
-  const n = rest.map(Number);
+  if (ip === undefined || !Number.isInteger(port)) throw new Error(usage);
+  /** The i-th number after IP PORT. */
+  const n = (i: number, name: string): number => {
+    const v = Number(rest[i]);
+    if (!Number.isFinite(v)) throw new Error(`${mode}: ${name} must be a number, got ${rest[i]} (${usage})`);
+    return v;
+  };
   switch (mode) {
     case 'probe':
       return probe(ip, port);
     case 'rr':
-      return rr(ip, port, n[0], n[1], n[2]);
+      return rr(ip, port, n(0, 'RATE'), n(1, 'WARMUP_S'), n(2, 'SECONDS'));
     case 'conn':
-      return conn(ip, port, n[0], n[1]);
+      return conn(ip, port, n(0, 'CONCURRENCY'), n(1, 'SECONDS'));
     case 'stream':
-      return stream(ip, port, n[0]);
+      return stream(ip, port, n(0, 'SECONDS'));
     case 'streams':
-      return streams(ip, port, n[0], n[1]);
+      return streams(ip, port, n(0, 'N'), n(1, 'SECONDS'));
     default:
-      throw new Error('usage: load probe|rr|conn|stream|streams IP PORT …');
+      throw new Error(usage);
   }
 }
 

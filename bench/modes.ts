@@ -25,7 +25,7 @@ import { collect, sh, waitFor, waitForLine } from '../test/helpers/proc';
 import { type TestPod, Topology } from '../test/helpers/topology';
 import { PORTS } from './server';
 import { CLIENT_OFFSET, clientConfig, issueCert, type Measure, serverConfig } from './stunnel';
-import { commOf, eachLimited, exited, stop, tail, withDescendants } from './util';
+import { commOf, eachLimited, exited, lastJson, pidOf, stop, tail, withDescendants } from './util';
 
 export type Mode = 'nomesh' | 'ambient' | 'sidecar' | 'stunnel';
 export const MODES: Mode[] = ['nomesh', 'ambient', 'sidecar', 'stunnel'];
@@ -65,12 +65,19 @@ export class Testbed {
     return path.join(this.dir, 'ca');
   }
 
+  /** The topology, once setUp() built it. */
+  get topology(): Topology {
+    if (!this.topo) throw new Error('the test bed is not set up: call setUp() first');
+    return this.topo;
+  }
+
   /** 2 nodes × maxPairs pods, the run's CA, and a server in every server pod. */
   async setUp(maxPairs: number): Promise<void> {
-    const topo = (this.topo = await Topology.create({ nodes: 2, podsPerNode: maxPairs }));
+    const topo = await Topology.create({ nodes: 2, podsPerNode: maxPairs });
+    this.topo = topo;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     await sh(process.execPath, [CLI, 'ca', 'init', '--dir', this.caDir]);
-    await eachLimited(topo.nodes[1].pods, 8, async (pod) => {
+    await eachLimited(topo.node(2).pods, 8, async (pod) => {
       const child = topo.spawnInPod(pod, process.execPath, [SERVER]);
       this.servers.push(child);
       const output = tail(child);
@@ -80,8 +87,13 @@ export class Testbed {
     });
   }
 
+  /** Pair j (from 1): pod j of n1 and pod j of n2. */
+  pair(j: number): Pair {
+    return { j, client: this.topology.pod(1, j), server: this.topology.pod(2, j) };
+  }
+
   pairs(k: number): Pair[] {
-    return Array.from({ length: k }, (_, i) => ({ j: i + 1, client: this.topo!.pod(1, i + 1), server: this.topo!.pod(2, i + 1) }));
+    return Array.from({ length: k }, (_, i) => this.pair(i + 1));
   }
 
   /** Where the client program dials in the current mode. */
@@ -110,7 +122,7 @@ export class Testbed {
     const pairs = this.pairs(k);
     if (mode === 'ambient') {
       const config = this.writeConfig(mode, k);
-      const topo = this.topo!;
+      const topo = this.topology;
       for (const node of topo.nodes) {
         const pinDir = pinDirFor(topo, node);
         const args = [CLI, 'node', '--config', config, '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDir];
@@ -129,8 +141,9 @@ export class Testbed {
       await this.expectPath(pair);
     });
     for (const p of this.procs) {
-      const comm = commOf(p.child.pid!);
-      if (comm === 'bash' || comm === 'nsenter') throw new Error(`${p.label}: pid ${p.child.pid} is ${comm}, not the mesh process itself`);
+      const pid = pidOf(p.child, p.label);
+      const comm = commOf(pid);
+      if (comm === 'bash' || comm === 'nsenter') throw new Error(`${p.label}: pid ${pid} is ${comm}, not the mesh process itself`);
     }
   }
 
@@ -145,7 +158,7 @@ export class Testbed {
 
   /** Every mesh process: those started here and their descendants (an agent's tunnel workers). */
   meshPids(): number[] {
-    return withDescendants(this.procs.map((p) => p.child.pid!));
+    return withDescendants(this.procs.map((p) => pidOf(p.child, p.label)));
   }
 
   /** Mesh processes that died; each with the end of its output. */
@@ -156,7 +169,7 @@ export class Testbed {
   }
 
   async load(pod: TestPod, args: string[], timeoutMs: number): Promise<Raw> {
-    const child = this.topo!.spawnInPod(pod, process.execPath, [LOAD, ...args]);
+    const child = this.topology.spawnInPod(pod, process.execPath, [LOAD, ...args]);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     const r = await collect(child);
     clearTimeout(timer);
@@ -166,7 +179,7 @@ export class Testbed {
           .map((d) => `; ${d}`)
           .join('')}`,
       );
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as Raw;
+    return lastJson<Raw>(r.stdout, `load ${args.join(' ')} in ${pod.netns}`);
   }
 
   /** Opens n short connections (c at a time) on every pair, so pools and TLS state exist; returns the failures. */
@@ -175,10 +188,10 @@ export class Testbed {
     await eachLimited(this.pairs(k), 8, async (pair) => {
       const { ip, port } = this.target(pair, 'probe');
       const r = await collect(
-        this.topo!.spawnInPod(pair.client, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(c), '5000']),
+        this.topology.spawnInPod(pair.client, process.execPath, [PODAPP, 'dial', ip, String(port), String(n), String(c), '5000']),
       );
       if (r.code !== 0) throw new Error(`warm-up dial in ${pair.client.netns} failed: ${r.stderr}`);
-      failed += (JSON.parse(r.stdout.trim().split('\n').pop()!) as { failed: number }).failed;
+      failed += lastJson<{ failed: number }>(r.stdout, `warm-up dial in ${pair.client.netns}`).failed;
     });
     return failed;
   }
@@ -209,7 +222,7 @@ export class Testbed {
   }
 
   private writeConfig(mode: Mode, k: number): string {
-    const topo = this.topo!;
+    const topo = this.topology;
     const file = path.join(this.dir, `mesh-${mode}-k${k}.yaml`);
     fs.writeFileSync(
       file,
@@ -232,7 +245,7 @@ export class Testbed {
   }
 
   private startSidecar(pod: TestPod): MeshProc {
-    const pinDir = `/sys/fs/bpf/${this.topo!.prefix}-sc-${pod.node.name}-${pod.name}`;
+    const pinDir = `/sys/fs/bpf/${this.topology.prefix}-sc-${pod.node.name}-${pod.name}`;
     const args = [
       CLI,
       'sidecar',
@@ -243,7 +256,11 @@ export class Testbed {
       '--pin-dir',
       pinDir,
     ];
-    return this.spawn(`sidecar ${pod.node.name}-${pod.name}`, this.topo!.spawnInPod(pod, process.execPath, args, { env: QUIET }), pinDir);
+    return this.spawn(
+      `sidecar ${pod.node.name}-${pod.name}`,
+      this.topology.spawnInPod(pod, process.execPath, args, { env: QUIET }),
+      pinDir,
+    );
   }
 
   private async startStunnels(pair: Pair): Promise<void> {
@@ -252,19 +269,21 @@ export class Testbed {
       await issueCert(this.caDir, certDir, pod);
       const conf = path.join(certDir, 'stunnel.conf');
       fs.writeFileSync(conf, pod === pair.server ? serverConfig(certDir) : clientConfig(certDir, pair.server.ip));
-      this.spawn(`stunnel ${pod.node.name}-${pod.name}`, this.topo!.spawnInPod(pod, 'stunnel', [conf]));
+      this.spawn(`stunnel ${pod.node.name}-${pod.name}`, this.topology.spawnInPod(pod, 'stunnel', [conf]));
     }
   }
 
   /** Waits until each ambit process has enrolled `count` pods (read from its pinned maps). */
   private async enrolled(procs: MeshProc[], count: number): Promise<void> {
     for (const p of procs) {
+      const { pinDir } = p;
+      if (pinDir === undefined) throw new Error(`${p.label} has no pin directory to read its enrolled pods from`);
       await waitFor(
         `${p.label} to enrol ${count} pod(s)`,
         () => {
           if (exited(p.child)) throw new Error(`${p.label} exited: ${p.output()}`);
           try {
-            return datapathStatus(p.pinDir!).enrolledCgroups === count;
+            return datapathStatus(pinDir).enrolledCgroups === count;
           } catch {
             return false;
           }

@@ -68,8 +68,15 @@ export interface Goal {
   met: boolean;
 }
 
+/** The medians of one metric (a key of METRICS). */
+export function mediansOf(summary: Summary[], key: string): Record<Mode, number> {
+  const row = summary.find((x) => x.key === key);
+  if (!row) throw new Error(`no metric ${key} in the summary (known: ${summary.map((x) => x.key).join(', ')})`);
+  return row.median;
+}
+
 export function goals(summary: Summary[], memory: MemoryPoint[]): Goal[] {
-  const s = (key: string): Record<Mode, number> => summary.find((x) => x.key === key)!.median;
+  const s = (key: string): Record<Mode, number> => mediansOf(summary, key);
   const p99 = s('p99_1000');
   const added = (mode: Mode): number => p99[mode] - p99.nomesh;
   const out: Goal[] = [

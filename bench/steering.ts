@@ -31,7 +31,7 @@ import { CLI, cleanupPins, pinDirFor, workloadOf } from '../test/helpers/fixture
 import { collect, waitFor, waitForLine } from '../test/helpers/proc';
 import { type TestNode, type TestPod, Topology } from '../test/helpers/topology';
 import { PORTS } from './server';
-import { exited, fmt, median, stop, tail } from './util';
+import { append, exited, fmt, lastJson, median, stop, tail } from './util';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 5);
 const RR = { rate: 1000, warmupS: 0.5, seconds: 3 };
@@ -118,8 +118,15 @@ class Bench {
   readonly servers: ChildProcess[] = [];
   private cleaning?: Promise<void>;
 
+  /** The topology, once setUp() built it. */
+  get topology(): Topology {
+    if (!this.topo) throw new Error('the benchmark is not set up: call setUp() first');
+    return this.topo;
+  }
+
   async setUp(): Promise<void> {
-    const topo = (this.topo = await Topology.create({ nodes: 2, podsPerNode: 2 }));
+    const topo = await Topology.create({ nodes: 2, podsPerNode: 2 });
+    this.topo = topo;
     this.configDir = fs.mkdtempSync(path.join(os.tmpdir(), `${topo.prefix}-`));
     this.configFile = path.join(this.configDir, 'mesh.yaml');
     fs.writeFileSync(
@@ -144,7 +151,7 @@ class Bench {
   /** (Re)starts one agent per node in the given tunnel mode and checks the paths it serves. */
   async startAgents(mode: Mode): Promise<void> {
     await this.stopAgents();
-    const topo = this.topo!;
+    const topo = this.topology;
     for (const node of topo.nodes) {
       const args = [
         CLI,
@@ -176,7 +183,7 @@ class Bench {
 
   pair(p: PathName): { client: TestPod; server: TestPod } {
     const j = p === 'direct' ? 2 : 1;
-    return { client: this.topo!.pod(1, j), server: this.topo!.pod(2, j) };
+    return { client: this.topology.pod(1, j), server: this.topology.pod(2, j) };
   }
 
   /** Direct: the server sees the client pod. Through the mesh: it sees its own address (its node's tunnel delivers from inside the pod). */
@@ -202,7 +209,7 @@ class Bench {
   }
 
   async load(pod: TestPod, args: string[], timeoutMs: number): Promise<Raw> {
-    const child = this.topo!.spawnInPod(pod, process.execPath, [LOAD, ...args]);
+    const child = this.topology.spawnInPod(pod, process.execPath, [LOAD, ...args]);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     const r = await collect(child);
     clearTimeout(timer);
@@ -212,7 +219,7 @@ class Bench {
         .map((a) => `; agent ${a.node.name} had exited (${a.child.exitCode ?? a.child.signalCode}): ${a.output()}`);
       throw new Error(`load ${args.join(' ')} in ${pod.netns} failed (exit ${r.code}): ${r.stderr.trim()}${dead.join('')}`);
     }
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as Raw;
+    return lastJson<Raw>(r.stdout, `load ${args.join(' ')} in ${pod.netns}`);
   }
 
   /** Idempotent: agents, servers, topology (netns, cgroups), pins, config. */
@@ -249,14 +256,14 @@ async function run(bench: Bench): Promise<void> {
   console.log(`machine: ${machine.cpu}, ${machine.cores} cores, kernel ${machine.kernel}, node ${machine.node}`);
   const source = sourceVersion();
   console.log(`source: ${source.commit}${source.dirty ? ' with uncommitted changes' : ''}`);
-  const loadBefore = os.loadavg()[0];
+  const [loadBefore = NaN] = os.loadavg();
   console.log(`load average before: ${loadBefore.toFixed(2)} (anything else running on the machine adds noise)`);
   console.log(
     `repeats: ${REPEATS}; rr ${RR.rate} req/s for ${RR.seconds} s after ${RR.warmupS} s; conn ×${CONN.concurrency} for ${CONN.seconds} s; stream ${STREAM.seconds} s`,
   );
   const started = Date.now();
   await bench.setUp();
-  const topo = bench.topo!;
+  const topo = bench.topology;
   console.error(`topology ${topo.prefix} up (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 
   const raw: Record<PathName, Record<string, Raw[]>> = { direct: {}, plain: {}, hbone: {}, hbone2: {} };
@@ -268,7 +275,7 @@ async function run(bench: Bench): Promise<void> {
         for (const p of MODE_PATHS[mode]) {
           const { client, server } = bench.pair(p);
           const r = await bench.load(client, m.args(server.ip), (m.seconds + 40) * 1000);
-          (raw[p][m.name] ??= []).push(r);
+          append(raw[p], m.name, r);
           console.error(`repeat ${rep}/${REPEATS} ${m.name.padEnd(6)} ${p.padEnd(6)} ${m.show(r)}`);
           if (Number(r.failed) > 0) odd.push(`repeat ${rep} ${m.name} ${p}: ${r.failed} failed connections ${JSON.stringify(r.errors)}`);
         }
@@ -279,7 +286,7 @@ async function run(bench: Bench): Promise<void> {
   await bench.stopAgents();
 
   const summary = METRICS.map((mt) => {
-    const values = Object.fromEntries(PATHS.map((p) => [p, raw[p][mt.measure].map((r) => Number(r[mt.field]))])) as Record<
+    const values = Object.fromEntries(PATHS.map((p) => [p, (raw[p][mt.measure] ?? []).map((r) => Number(r[mt.field]))])) as Record<
       PathName,
       number[]
     >;
@@ -311,10 +318,11 @@ async function run(bench: Bench): Promise<void> {
   console.log(lines.join('\n'));
   const lag = PATHS.map(
     (p) =>
-      `${p} p50 ${fmt(median(raw[p].rr.map((r) => Number(r.sendLag_p50_us))))} µs, p99 ${fmt(median(raw[p].rr.map((r) => Number(r.sendLag_p99_us))))} µs`,
+      `${p} p50 ${fmt(median((raw[p].rr ?? []).map((r) => Number(r.sendLag_p50_us))))} µs, ` +
+      `p99 ${fmt(median((raw[p].rr ?? []).map((r) => Number(r.sendLag_p99_us))))} µs`,
   );
   console.log(`\nload generator send lag behind the intended time (included in the latencies): ${lag.join('; ')}`);
-  const loadAfter = os.loadavg()[0];
+  const [loadAfter = NaN] = os.loadavg();
   for (const o of odd) console.log(`warning: ${o}`);
 
   fs.mkdirSync(RESULTS_DIR, { recursive: true });

@@ -9,9 +9,31 @@ export const CLOCK_TICKS = 100;
 
 export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
-  if (!s.length) return NaN;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  // Odd: the middle value twice; even: the two around the middle.
+  const upper = s[Math.floor(s.length / 2)];
+  const lower = s[Math.ceil(s.length / 2) - 1];
+  return upper === undefined || lower === undefined ? NaN : (lower + upper) / 2;
 };
+
+/** Appends v to the list under key, starting the list if there is none. */
+export function append<T>(lists: Record<string, T[]>, key: string, v: T): void {
+  const list = lists[key];
+  if (list) list.push(v);
+  else lists[key] = [v];
+}
+
+/** The JSON object a child program printed on its last line (how the load and pod programs answer). */
+export function lastJson<T>(stdout: string, what: string): T {
+  const line = stdout.trim().split('\n').at(-1);
+  if (!line) throw new Error(`${what} printed no result`);
+  return JSON.parse(line) as T;
+}
+
+/** A spawned child's pid; a child without one failed to start (its 'error' event says why). */
+export function pidOf(child: ChildProcess, label: string): number {
+  if (child.pid === undefined) throw new Error(`${label} did not start (no pid)`);
+  return child.pid;
+}
 
 export function fmt(v: unknown): string {
   const n = Number(v);
@@ -46,13 +68,13 @@ export async function stop(child: ChildProcess, signal: NodeJS.Signals, graceMs:
 
 /** Runs fn over items, at most `limit` at a time; rejects with the first failure once all settled. */
 export async function eachLimited<T>(items: T[], limit: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
-  let next = 0;
+  const queue = items.entries(); // shared: each worker takes the next item
   let failure: unknown;
   const worker = async (): Promise<void> => {
-    while (next < items.length && failure === undefined) {
-      const i = next++;
+    for (let n = queue.next(); !n.done && failure === undefined; n = queue.next()) {
+      const [i, item] = n.value;
       try {
-        await fn(items[i], i);
+        await fn(item, i);
       } catch (err) {
         failure ??= err;
       }

@@ -116,12 +116,19 @@ async function main(): Promise<void> {
 
     // The destination node logs each connection when it closes, with the peer identity it verified.
     const shown = new Set<LogLine>();
+    const logOf = (node: string): LogLine[] => {
+      const lines = logs.get(node);
+      if (!lines) throw new Error(`no log of node ${node}`);
+      return lines;
+    };
     const inboundOf = async (t: (typeof targets)[number], r: GetResult): Promise<LogLine | undefined> => {
-      if (!r.body) return undefined;
-      const dst = `${topo.pods.find((p) => label(p) === r.body!.servedBy)?.ip}:${APP_PORT}`;
+      const { body } = r;
+      if (!body) return undefined;
+      const dst = `${topo.pods.find((p) => label(p) === body.servedBy)?.ip}:${APP_PORT}`;
+      const lines = logOf(t.node);
       const line = await waitFor(
         "the destination node's log line",
-        () => logs.get(t.node)!.find((l) => l.direction === 'inbound' && l['dst.addr'] === dst && !shown.has(l)),
+        () => lines.find((l) => l.direction === 'inbound' && l['dst.addr'] === dst && !shown.has(l)),
         5000,
       ).catch(() => undefined);
       if (line) shown.add(line);
@@ -129,7 +136,8 @@ async function main(): Promise<void> {
     };
     const rows = [['path', 'client', 'dialed', 'served by', 'status', 'latency', 'identity the server saw', 'connection id (traceparent)']];
     for (const [i, t] of targets.entries()) {
-      const r = results[i];
+      // The client prints one line per URL; a missing one means it died on the way.
+      const r = results[i] ?? { url: `http://${t.dialed}/`, status: 0, error: 'no answer from the client' };
       const seen = await inboundOf(t, r);
       // The source node logged the same connection id for its side.
       const id = seen?.conn_id;
@@ -137,7 +145,7 @@ async function main(): Promise<void> {
         id &&
         (await waitFor(
           "the source node's log line",
-          () => logs.get('n1')!.some((l) => l.direction === 'outbound' && l.conn_id === id),
+          () => logOf('n1').some((l) => l.direction === 'outbound' && l.conn_id === id),
           5000,
         ).catch(() => false));
       rows.push([
@@ -165,7 +173,8 @@ async function main(): Promise<void> {
       console.log(`\n$ ambit datapath status   # ${node.name}`);
       process.stdout.write(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, node)]));
     }
-    if (results.some((r) => r.status !== 200) || wire.plaintextFound || wire.hbonePackets === 0) process.exitCode = 1;
+    if (results.length < targets.length || results.some((r) => r.status !== 200) || wire.plaintextFound || wire.hbonePackets === 0)
+      process.exitCode = 1;
   } finally {
     await teardown();
   }
@@ -177,9 +186,11 @@ async function startCapture(
   file: string,
 ): Promise<{ stop: () => Promise<{ packets: number; hbonePackets: number; plaintextFound: boolean }> }> {
   // Node 1's end of the wire: every cross-node packet passes it.
-  const dump = topo.spawnInNode(topo.nodes[0], 'tcpdump', ['-i', 'wire0', '--immediate-mode', '-U', '-s', '0', '-w', file, 'tcp']);
+  const dump = topo.spawnInNode(topo.node(1), 'tcpdump', ['-i', 'wire0', '--immediate-mode', '-U', '-s', '0', '-w', file, 'tcp']);
+  const { stderr } = dump;
+  if (!stderr) throw new Error('tcpdump was started without a stderr pipe');
   await new Promise<void>((resolve, reject) => {
-    dump.stderr!.on('data', (d) => {
+    stderr.on('data', (d) => {
       if (String(d).includes('listening on')) resolve();
     });
     dump.once('exit', (code) => reject(new Error(`tcpdump exited (${code})`)));
@@ -203,9 +214,10 @@ async function startCapture(
 const label = (p: TestPod): string => `${p.node.name}-${p.name}`;
 
 function printTable(rows: string[][]): void {
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const [header = []] = rows;
+  const widths = header.map((_, c) => Math.max(...rows.map((r) => r[c]?.length ?? 0)));
   for (const [i, r] of rows.entries()) {
-    console.log(r.map((cell, c) => cell.padEnd(widths[c])).join('  '));
+    console.log(r.map((cell, c) => cell.padEnd(widths[c] ?? 0)).join('  '));
     if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
   }
 }

@@ -37,7 +37,8 @@ function get(url: string): Promise<void> {
 }
 
 const [mode, ...args] = process.argv.slice(2);
-if (mode === 'serve') serve(Number(args[0]), args[1]);
+const [port, name] = args;
+if (mode === 'serve' && port !== undefined && name !== undefined) serve(Number(port), name);
 else if (mode === 'get')
   void (async () => {
     for (const u of args) await get(u);
