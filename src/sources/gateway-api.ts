@@ -36,7 +36,7 @@ import type {
   WeightedBackend,
 } from '../waypoint/types';
 import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './istio-waypoint';
-import { DNS, type Doc, HEADER_NAME, Known, type Kinds, type Obj, readObject } from './k8s-doc';
+import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
 import type { Report } from './schema';
 
 const GATEWAY_API = 'gateway.networking.k8s.io/v1';
