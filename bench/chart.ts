@@ -50,7 +50,8 @@ function latencyPanel(d: ChartData, x0: number, x1: number): string[] {
       if (!Number.isFinite(v)) return;
       const bx = gx + k * bar;
       out.push(
-        `<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(BOTTOM - y(v)).toFixed(1)}" fill="${COLOR[mode]}" fill-opacity="${SHADE[p]}"><title>${esc(`${MODE_LABEL[mode]} ${p}: ${num(v)} µs`)}</title></rect>`,
+        `<rect x="${bx.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(bar - 2).toFixed(1)}" height="${(BOTTOM - y(v)).toFixed(1)}"` +
+          ` fill="${COLOR[mode]}" fill-opacity="${SHADE[p]}"><title>${esc(`${MODE_LABEL[mode]} ${p}: ${num(v)} µs`)}</title></rect>`,
       );
       out.push(text(bx + bar / 2 - 1, y(v) - 4, num(v), 'text-anchor="middle" font-size="10"'));
     });
@@ -101,7 +102,8 @@ function memoryPanel(d: ChartData, x0: number, x1: number): string[] {
     );
     for (const p of line) {
       out.push(
-        `<circle cx="${x(p.k).toFixed(1)}" cy="${y(p.mib).toFixed(1)}" r="3.5" fill="${COLOR[mode]}"><title>${esc(`${MODE_LABEL[mode]}, K = ${p.k}: ${num(p.mib)} MiB`)}</title></circle>`,
+        `<circle cx="${x(p.k).toFixed(1)}" cy="${y(p.mib).toFixed(1)}" r="3.5" fill="${COLOR[mode]}">` +
+          `<title>${esc(`${MODE_LABEL[mode]}, K = ${p.k}: ${num(p.mib)} MiB`)}</title></circle>`,
       );
       // ambient's labels go under its points: at K = 1 it may sit on sidecar's.
       out.push(text(x(p.k) + 6, y(p.mib) + (mode === 'ambient' ? 14 : -6), num(p.mib), `font-size="10" fill="${COLOR[mode]}"`));
@@ -118,7 +120,8 @@ function memoryPanel(d: ChartData, x0: number, x1: number): string[] {
 
 export function renderChart(d: ChartData): string {
   return [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="13" fill="#222">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}"` +
+      ' font-family="Helvetica, Arial, sans-serif" font-size="13" fill="#222">',
     `<rect width="${W}" height="${H}" fill="#fff"/>`,
     text(W / 2, 24, d.title, 'text-anchor="middle" font-size="16" font-weight="bold"'),
     text(W / 2, 42, d.subtitle, 'text-anchor="middle" font-size="11" fill="#555"'),

@@ -118,7 +118,8 @@ async function memoryPhase(bed: Testbed, warnings: string[]): Promise<MemoryPoin
       const point: MemoryPoint = { mode, k, processes: bed.meshPids().length, rssReadyMiB, rssMiB: rssMiB(), startS, warmupFailed };
       points.push(point);
       console.error(
-        `memory K=${String(k).padEnd(3)} ${MODE_LABEL[mode].padEnd(8)} ${fmt(point.rssMiB)} MiB in ${point.processes} processes (ready: ${fmt(rssReadyMiB)} MiB, up in ${startS.toFixed(1)} s)`,
+        `memory K=${String(k).padEnd(3)} ${MODE_LABEL[mode].padEnd(8)} ${fmt(point.rssMiB)} MiB in ${point.processes} processes` +
+          ` (ready: ${fmt(rssReadyMiB)} MiB, up in ${startS.toFixed(1)} s)`,
       );
       warnings.push(...bed.deaths().map((d) => `memory K=${k} ${mode}: ${d}`));
       await bed.stopMode();
@@ -154,7 +155,8 @@ async function run(bed: Testbed): Promise<void> {
   console.log(`source: ${source.commit}${source.dirty ? ' with uncommitted changes' : ''}`);
   console.log(`load average before: ${loadBefore.map((l) => l.toFixed(2)).join(' ')} (anything else running on the machine adds noise)`);
   console.log(
-    `repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`,
+    `repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; ` +
+      `conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`,
   );
   const started = Date.now();
   await bed.setUp(Math.max(...PODS));
@@ -175,7 +177,8 @@ async function run(bed: Testbed): Promise<void> {
   const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median((raw[m].rr1000 ?? []).map((r) => Number(r.sendLag_p99_us))))} µs`);
   console.log(`\nload generator send lag at 1,000 req/s (included in the latencies): ${lag.join('; ')}`);
   console.log(
-    `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair (one measurement per K; K mesh pods on each of 2 nodes)\n`,
+    `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair` +
+      ' (one measurement per K; K mesh pods on each of 2 nodes)\n',
   );
   console.log(memoryTable(memory, gs));
   console.log(`\ngoals: ${gs.filter((g) => g.met).length} of ${gs.length} met`);
@@ -221,7 +224,9 @@ async function run(bed: Testbed): Promise<void> {
   const p = (key: string): Record<Mode, number> => mediansOf(summary, key);
   const svg = renderChart({
     title: 'ambit: no mesh vs ambient vs sidecar vs stunnel (cross-node)',
-    subtitle: `${machine.cpu}, ${machine.cores} cores, kernel ${machine.kernel}, node ${machine.node}; medians of ${REPEATS} repeats; ${new Date().toISOString().slice(0, 10)}`,
+    subtitle:
+      `${machine.cpu}, ${machine.cores} cores, kernel ${machine.kernel}, node ${machine.node}; ` +
+      `medians of ${REPEATS} repeats; ${new Date().toISOString().slice(0, 10)}`,
     latency: Object.fromEntries(MODES.map((m) => [m, { p50: p('p50_1000')[m], p90: p('p90_1000')[m], p99: p('p99_1000')[m] }])) as Record<
       Mode,
       { p50: number; p90: number; p99: number }

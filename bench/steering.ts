@@ -259,7 +259,8 @@ async function run(bench: Bench): Promise<void> {
   const [loadBefore = NaN] = os.loadavg();
   console.log(`load average before: ${loadBefore.toFixed(2)} (anything else running on the machine adds noise)`);
   console.log(
-    `repeats: ${REPEATS}; rr ${RR.rate} req/s for ${RR.seconds} s after ${RR.warmupS} s; conn ×${CONN.concurrency} for ${CONN.seconds} s; stream ${STREAM.seconds} s`,
+    `repeats: ${REPEATS}; rr ${RR.rate} req/s for ${RR.seconds} s after ${RR.warmupS} s; ` +
+      `conn ×${CONN.concurrency} for ${CONN.seconds} s; stream ${STREAM.seconds} s`,
   );
   const started = Date.now();
   await bench.setUp();
@@ -307,11 +308,15 @@ async function run(bench: Bench): Promise<void> {
   });
 
   const lines = [
-    '| metric | direct | plain relay | HBONE (1 worker) | HBONE (2 workers) | plain / direct | HBONE / direct | 2 workers / 1 | HBONE target (1 worker) | spread (min–max) |',
+    '| metric | direct | plain relay | HBONE (1 worker) | HBONE (2 workers) | plain / direct | HBONE / direct | 2 workers / 1 |' +
+      ' HBONE target (1 worker) | spread (min–max) |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---|---|',
     ...summary.map(
       (s) =>
-        `| ${s.metric} | ${fmt(s.median.direct)} | ${fmt(s.median.plain)} | ${fmt(s.median.hbone)} | ${fmt(s.median.hbone2)} | ${s.ratio.plain.toFixed(2)}× | ${s.ratio.hbone.toFixed(2)}× | ${s.ratio.hbone2.toFixed(2)}× | ${s.target ? `${s.target.text}: ${s.target.met ? 'met' : 'not met'}` : ''} | ${PATHS.map((p) => `${p} ${fmt(s.spread[p].min)}–${fmt(s.spread[p].max)}`).join(', ')} |`,
+        `| ${s.metric} | ${fmt(s.median.direct)} | ${fmt(s.median.plain)} | ${fmt(s.median.hbone)} | ${fmt(s.median.hbone2)} ` +
+        `| ${s.ratio.plain.toFixed(2)}× | ${s.ratio.hbone.toFixed(2)}× | ${s.ratio.hbone2.toFixed(2)}× ` +
+        `| ${s.target ? `${s.target.text}: ${s.target.met ? 'met' : 'not met'}` : ''} ` +
+        `| ${PATHS.map((p) => `${p} ${fmt(s.spread[p].min)}–${fmt(s.spread[p].max)}`).join(', ')} |`,
     ),
   ];
   console.log(`\nmedians of ${REPEATS} repeats, cross-node; direct = n1p2 → n2p2; plain and HBONE = n1p1 → n2p1 through ambit\n`);

@@ -166,7 +166,8 @@ async function main(): Promise<void> {
       `\nwire between the nodes (tcpdump on n1's wire0): ${wire.packets} packets, ${wire.hbonePackets} of them to or from port 15008 (HBONE)`,
     );
     console.log(
-      `  plaintext HTTP on the wire ("GET /", "servedBy"): ${wire.plaintextFound ? 'FOUND — not encrypted!' : 'not found — the payload travelled inside mutual TLS'}`,
+      '  plaintext HTTP on the wire ("GET /", "servedBy"): ' +
+        (wire.plaintextFound ? 'FOUND — not encrypted!' : 'not found — the payload travelled inside mutual TLS'),
     );
 
     for (const node of topo.nodes) {

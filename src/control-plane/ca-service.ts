@@ -94,7 +94,9 @@ function checkRequest(
   if (value === undefined) {
     return {
       code: grpc.status.INVALID_ARGUMENT,
-      details: `metadata.${IMPERSONATED_IDENTITY} is missing: without it the request asks for node ${node}'s own identity, which ambit's control plane does not issue; ask on behalf of a workload on the node`,
+      details:
+        `metadata.${IMPERSONATED_IDENTITY} is missing: without it the request asks for node ${node}'s own identity, ` +
+        "which ambit's control plane does not issue; ask on behalf of a workload on the node",
     };
   }
   if (typeof value.stringValue !== 'string')
@@ -113,7 +115,9 @@ function checkRequest(
   if (!Number.isInteger(asked) || asked < 0 || asked > ABSURD_TTL_SECONDS) {
     return {
       code: grpc.status.INVALID_ARGUMENT,
-      details: `validity_duration ${req.validity_duration} must be whole seconds from 0 (the default, ${DEFAULT_TTL_SECONDS}) to ${ABSURD_TTL_SECONDS}; asks above ${maxTtl} are shortened to it`,
+      details:
+        `validity_duration ${req.validity_duration} must be whole seconds from 0 (the default, ${DEFAULT_TTL_SECONDS}) ` +
+        `to ${ABSURD_TTL_SECONDS}; asks above ${maxTtl} are shortened to it`,
     };
   }
   return { identity, ttl: Math.min(asked === 0 ? DEFAULT_TTL_SECONDS : asked, maxTtl) };

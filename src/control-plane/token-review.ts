@@ -89,7 +89,9 @@ export class TokenReviewer {
     return viaPod
       ? { node: viaPod }
       : {
-          error: `the token of ${user} names no node${pod ? ` and its pod ${namespace}/${pod} is not known` : ''}: use a projected token (bound to the agent's pod)`,
+          error:
+            `the token of ${user} names no node${pod ? ` and its pod ${namespace}/${pod} is not known` : ''}: ` +
+            "use a projected token (bound to the agent's pod)",
         };
   }
 }

@@ -80,7 +80,9 @@ export function probe(pinDir = '/sys/fs/bpf/ambit'): Finding[] {
           ok: false,
           what: 'bpffs',
           code: 'AMBIT_E_MOUNT',
-          detail: `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf /sys/fs/bpf and keep --pin-dir under it (in Kubernetes: hostPath-mount the node's /sys/fs/bpf)`,
+          detail:
+            `no bpf file system holds ${pinDir}; fix: mount -t bpf bpf /sys/fs/bpf and keep --pin-dir under it ` +
+            "(in Kubernetes: hostPath-mount the node's /sys/fs/bpf)",
         },
   );
 
@@ -93,7 +95,8 @@ export function probe(pinDir = '/sys/fs/bpf/ambit'): Finding[] {
           what: 'cgroup2',
           code: 'AMBIT_E_MOUNT',
           detail:
-            'no cgroup v2 mount; fix: mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy=1)',
+            'no cgroup v2 mount; fix: mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified ' +
+            '(or boot with systemd.unified_cgroup_hierarchy=1)',
         },
   );
 

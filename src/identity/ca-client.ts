@@ -121,13 +121,19 @@ export class IstioCaClient implements CertificateAuthority {
     switch (code) {
       case grpc.status.UNAVAILABLE:
       case grpc.status.DEADLINE_EXCEEDED:
-        return `is the control plane running and reachable at ${this.address}, and does its TLS certificate chain to the configured roots and name the dialed host (or serverName)?`;
+        return (
+          `is the control plane running and reachable at ${this.address}, ` +
+          'and does its TLS certificate chain to the configured roots and name the dialed host (or serverName)?'
+        );
       case grpc.status.UNAUTHENTICATED:
         return this.tokenFile
           ? `the token in ${this.tokenFile} is not accepted: check it is this node's token (the control plane stores its sha256)`
           : 'the CA wants a bearer token: set tokenFile';
       case grpc.status.PERMISSION_DENIED:
-        return "the identity belongs to no workload on this node in the control plane's view: check the workload's node, or wait for the placement to reach the control plane";
+        return (
+          "the identity belongs to no workload on this node in the control plane's view: " +
+          "check the workload's node, or wait for the placement to reach the control plane"
+        );
       case grpc.status.INVALID_ARGUMENT:
         return "the CA rejected the request's form (CSR, identity, lifetime); the message says which field";
       default:

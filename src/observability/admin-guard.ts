@@ -45,7 +45,9 @@ export function refusal(req: http.IncomingMessage, mutation: boolean): Refusal |
   if (!isLoopbackHost(host)) {
     return {
       kind: 'host',
-      message: `Host ${JSON.stringify(host ?? '')} is not a loopback name or address; the admin port answers only requests for localhost, 127.0.0.1 or [::1] (a browser page behind a rebound DNS name sends its own)`,
+      message:
+        `Host ${JSON.stringify(host ?? '')} is not a loopback name or address; ` +
+        'the admin port answers only requests for localhost, 127.0.0.1 or [::1] (a browser page behind a rebound DNS name sends its own)',
     };
   }
   if (!mutation) return undefined;

@@ -135,7 +135,8 @@ export class HbonePool {
       if (placed >= MAX_PLACEMENTS) {
         throw new ClientFailure(
           'AMBIT_E_HBONE_SESSION',
-          `no HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} had room for a stream after ${placed} tries (the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)`,
+          `no HBONE session to ${t.dstIp}:${PORT_INBOUND_HBONE} had room for a stream after ${placed} tries ` +
+            '(the peer keeps lowering SETTINGS_MAX_CONCURRENT_STREAMS or closing sessions)',
         );
       }
     }
