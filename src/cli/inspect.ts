@@ -51,7 +51,8 @@ export function parseAdminAddress(value: string, usage: string): AdminAddress {
 export const showAddress = (a: AdminAddress): string => (net.isIPv6(a.host) ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`);
 
 const runningHint = (where: string): string =>
-  `is \`ambit node\` running? its admin port is 15000 on localhost, in the node's network namespace${where === DEFAULT_ADMIN ? '' : ` (asked ${where}: check --admin)`}`;
+  "is `ambit node` running? its admin port is 15000 on localhost, in the node's network namespace" +
+  (where === DEFAULT_ADMIN ? '' : ` (asked ${where}: check --admin)`);
 const notAmbitHint = (where: string): string => `is ${where} an ambit node's admin port? \`ambit node\` serves it on 127.0.0.1:15000`;
 
 /** The first line of a body, short and printable, for an error message. */

@@ -122,10 +122,8 @@ function listen(port: number, host: string, l: AdminLimits, log: Logger, handler
     s.setTimeout(l.requestTimeoutMs, (socket) => socket.destroy());
     s.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       // Node's default answers 400/408 and closes; keep that, quietly: a port scanner is not news.
-      if (socket.writable && err.code !== 'ECONNRESET')
-        socket.end(
-          `HTTP/1.1 ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400} ${err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'Request Timeout' : 'Bad Request'}\r\nconnection: close\r\n\r\n`,
-        );
+      const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+      if (socket.writable && err.code !== 'ECONNRESET') socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\n\r\n`);
       else socket.destroy();
     });
     s.once('error', (err: NodeJS.ErrnoException) =>

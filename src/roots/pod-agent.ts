@@ -318,7 +318,8 @@ function checkScope(config: MeshConfig, scope: Scope): Workload | undefined {
   if (w.dataplane !== 'sidecar' || w.protocol !== 'HBONE' || !w.netns || !w.cgroup) {
     throw new AmbitError(
       'AMBIT_E_CONFIG',
-      `workload ${w.uid} cannot have a sidecar: it needs protocol: HBONE, dataplane: sidecar, netns and cgroup (has ${w.protocol}, ${w.dataplane}, ${w.netns ?? 'no netns'}, ${w.cgroup ?? 'no cgroup'})`,
+      `workload ${w.uid} cannot have a sidecar: it needs protocol: HBONE, dataplane: sidecar, netns and cgroup ` +
+        `(has ${w.protocol}, ${w.dataplane}, ${w.netns ?? 'no netns'}, ${w.cgroup ?? 'no cgroup'})`,
       'set dataplane: sidecar so that the node agent leaves the pod to its sidecar',
     );
   }
