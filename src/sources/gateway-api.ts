@@ -530,7 +530,8 @@ function attach(parsed: ParsedRoute[], warnings: string[]): ServiceRoutes[] {
     for (const r of new Set(routes))
       if (r.origin.kind !== kind)
         warnings.push(
-          `${r.label}: ignored for service ${service}: the older ${kind} ${oldest?.origin.namespace}/${oldest?.origin.name} attaches to it, and Gateway API does not merge HTTPRoutes and GRPCRoutes`,
+          `${r.label}: ignored for service ${service}: the older ${kind} ${oldest?.origin.namespace}/${oldest?.origin.name} attaches to it, ` +
+            'and Gateway API does not merge HTTPRoutes and GRPCRoutes',
         );
     const groups = new Map<number | undefined, RouteRule[]>();
     for (const r of new Set(routes)) {
@@ -564,7 +565,9 @@ function overlapping(service: string, groups: Map<number | undefined, RouteRule[
       }
       const o = rule.origin;
       const e = earlier.rule.origin;
-      const text = `${o.kind} ${o.namespace}/${o.name} spec.rules[${rule.index}].matches[${i}]: never used for service ${service}: identical to ${e.kind} ${e.namespace}/${e.name} spec.rules[${earlier.rule.index}].matches[${earlier.i}], which takes precedence`;
+      const text =
+        `${o.kind} ${o.namespace}/${o.name} spec.rules[${rule.index}].matches[${i}]: never used for service ${service}: ` +
+        `identical to ${e.kind} ${e.namespace}/${e.name} spec.rules[${earlier.rule.index}].matches[${earlier.i}], which takes precedence`;
       if (!said.has(text)) warnings.push(text);
       said.add(text);
     }
