@@ -10,6 +10,7 @@ import { connectFromNetns } from '../../src/datapath/netns';
 import { cleanupDatapath } from '../../src/datapath/status';
 import type { Cleanup } from './cleanup';
 import { collect, TIME_SCALE, waitFor } from './proc';
+import type { Outcome } from './refusal';
 import { type TestNode, type TestPod, Topology, type TopologyOptions } from './topology';
 
 export const PODAPP = path.resolve(__dirname, 'podapp.js');
@@ -63,6 +64,23 @@ export async function dialFrom(
   );
   assert.equal(r.code, 0, `podapp dial failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as DialSummary;
+}
+
+/** podapp dial's error codes in the outcome vocabulary (see Outcome). */
+const DIAL_OUTCOMES: Record<string, Outcome> = { ECLOSED: 'closed', ECONNRESET: 'reset', ECONNREFUSED: 'refused', ETIMEDOUT: 'timeout' };
+
+/**
+ * What n connections from pod to ip:port (podapp dial) came to, as one
+ * Outcome when they all came to the same: `connected` (the server's first
+ * line arrived), `closed`, `reset`, `refused`, or `timeout` after timeoutMs.
+ * Otherwise `mixed` with the counts.
+ */
+export async function dialOutcome(topo: Topology, pod: TestPod, ip: string, port: number, timeoutMs = 5000, n = 1): Promise<Outcome> {
+  const r = await dialFrom(topo, pod, ip, port, n, n, timeoutMs);
+  const kinds = Object.keys(r.errors);
+  if (r.ok === n) return 'connected';
+  if (r.failed === n && kinds.length === 1) return DIAL_OUTCOMES[kinds[0] as string] ?? `error ${kinds[0]}`;
+  return `mixed ${JSON.stringify({ connected: r.ok, ...r.errors })}`;
 }
 
 export function workloadOf(pod: TestPod): import('../../src/state/types').Workload {
@@ -157,4 +175,43 @@ export function httpInNetns(
     req.on('error', reject);
     req.end();
   });
+}
+
+/**
+ * A plain TCP connection from inside a netns that sends text and reads:
+ * `closed` when the peer ends it with nothing sent, `reset`, `refused`,
+ * `data <the first bytes, hex>`, or `timeout` after timeoutMs (× TIME_SCALE).
+ */
+export function tcpAttempt(netnsPath: string, host: string, port: number, text: string, timeoutMs = 5000): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const s = connectFromNetns(netnsPath, host, port, { allowHalfOpen: false });
+    const done = (o: Outcome): void => {
+      s.destroy();
+      resolve(o);
+    };
+    s.setTimeout(timeoutMs * TIME_SCALE, () => done('timeout'));
+    s.on('connect', () => s.write(text));
+    s.once('data', (d: Buffer) => done(`data ${d.subarray(0, 32).toString('hex')}`));
+    s.on('end', () => done('closed'));
+    s.on('error', (err: NodeJS.ErrnoException) =>
+      done(err.code === 'ECONNRESET' ? 'reset' : err.code === 'ECONNREFUSED' ? 'refused' : `error ${err.code}`),
+    );
+  });
+}
+
+/** The value of one sample of a Prometheus text exposition, matched by name and labels. */
+export function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const body = line.includes('{') ? line.slice(name.length + 1, line.lastIndexOf('}')) : '';
+    const got = Object.fromEntries([...body.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return undefined;
+}
+
+/** A node agent's ambit_connection_failures_total for one direction and reason (0 before the first). */
+export async function connectionFailures(node: { netnsPath: string }, direction: 'inbound' | 'outbound', reason: string): Promise<number> {
+  const text = (await httpInNetns(node, '127.0.0.1', 15020, 'GET', '/metrics')).body;
+  return sample(text, 'ambit_connection_failures_total', { direction, reason }) ?? 0;
 }

@@ -7,6 +7,7 @@ import tls from 'node:tls';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { type BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
 import { TIME_SCALE } from './proc';
+import { type Outcome, outcomeOfError } from './refusal';
 
 export interface ClientCert {
   cert: string;
@@ -43,33 +44,76 @@ export function openSession(netnsPath: string, ip: string, cert: ClientCert, tim
 }
 
 /**
- * Sends CONNECT; resolves with `status N` and the stream, or with the error
- * code / `refused` when the session no longer takes streams. Never rejects.
+ * Sends CONNECT; resolves with its outcome (`status N` and the stream, `rst
+ * N`, `goaway` when the session takes no new streams, `timeout`; see
+ * Outcome). Never rejects.
  */
 export function connect(
   session: http2.ClientHttp2Session,
   authority: string,
   headers: http2.OutgoingHttpHeaders = {},
   timeoutMs = 5000,
-): Promise<{ outcome: string; stream?: http2.ClientHttp2Stream }> {
+): Promise<{ outcome: Outcome; stream?: http2.ClientHttp2Stream }> {
   let stream: http2.ClientHttp2Stream;
   try {
     stream = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers }, { endStream: false });
   } catch (err) {
-    return Promise.resolve({ outcome: `refused ${(err as NodeJS.ErrnoException).code}` });
+    return Promise.resolve({ outcome: outcomeOfError(err as Error) });
   }
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       stream.close(http2.constants.NGHTTP2_CANCEL);
       resolve({ outcome: 'timeout' });
     }, timeoutMs * TIME_SCALE);
-    const done = (outcome: string, s?: http2.ClientHttp2Stream): void => {
+    const done = (outcome: Outcome, s?: http2.ClientHttp2Stream): void => {
       clearTimeout(timer);
       resolve({ outcome, stream: s });
     };
-    stream.on('error', (err) => done(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`));
-    stream.once('close', () => done(`closed rst=${stream.rstCode}`));
+    stream.on('error', (err) => done(streamOutcome(stream, err)));
+    stream.once('close', () => done(`rst ${stream.rstCode}`));
     stream.once('response', (h) => done(`status ${h[':status']}`, stream));
+  });
+}
+
+/** A stream's error: a reset by the peer is its RST_STREAM code; the rest as for any error. */
+function streamOutcome(stream: http2.ClientHttp2Stream, err: Error): Outcome {
+  return (err as NodeJS.ErrnoException).code === 'ERR_HTTP2_STREAM_ERROR' ? `rst ${stream.rstCode}` : outcomeOfError(err);
+}
+
+/**
+ * A whole HBONE attempt from inside netnsPath: TCP to ip:15008, TLS with
+ * clientTls, HTTP/2, one CONNECT to authority. Resolves with what the peer
+ * saw first (see Outcome): `status N`, a TLS `alert …`, `reset`, `closed`
+ * (the session ended with no answer), `rst N`, or `timeout` after
+ * timeoutMs. Never rejects; the session is destroyed either way.
+ */
+export function attempt(
+  netnsPath: string,
+  ip: string,
+  clientTls: tls.ConnectionOptions,
+  authority: string,
+  timeoutMs = 5000,
+): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const tcp = connectFromNetns(netnsPath, ip, 15008, { allowHalfOpen: false });
+    const session = http2.connect(`https://${ip}:15008`, {
+      createConnection: () =>
+        tls.connect({ socket: tcp, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', rejectUnauthorized: false, ...clientTls }),
+    });
+    const timer = setTimeout(() => done('timeout'), timeoutMs * TIME_SCALE);
+    let settled = false;
+    const done = (o: Outcome): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      session.destroy();
+      resolve(o);
+    };
+    session.on('error', (err) => done(outcomeOfError(err)));
+    session.on('close', () => done('closed'));
+    const req = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    req.on('response', (h) => done(`status ${h[':status']}`));
+    req.on('error', (err) => done(streamOutcome(req, err)));
   });
 }
 

@@ -9,8 +9,20 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { Cleanup, waitExit } from '../helpers/cleanup';
-import { CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, untilReady, workloadOf } from '../helpers/fixture';
+import {
+  CLI,
+  dialFrom,
+  dialOutcome,
+  httpInNetns,
+  PODAPP,
+  pinDirFor,
+  requireRoot,
+  testBed,
+  untilReady,
+  workloadOf,
+} from '../helpers/fixture';
 import { sh, waitForLine } from '../helpers/proc';
+import { expectRefusal } from '../helpers/refusal';
 import type { TestNode, Topology } from '../helpers/topology';
 
 interface BpftoolLink {
@@ -129,8 +141,12 @@ describe('ambit node (agent process)', () => {
       assert.equal(ready.status, 503, 'a pod whose listeners cannot come up keeps the node not ready');
       assert.match(ready.body, new RegExp(`not ready:\\n- listeners of pod ${topo.prefix}/ghost: .*ENOENT`));
       assert.deepEqual(await netnsLinks(), [`netns-${topo.prefix}_n1-p1`], 'n1-p2 left the mesh: unenrolled');
-      const direct = await dialFrom(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1, 1, 1000);
-      assert.equal(direct.ok, 0, 'nothing listens on n1-p2:15008 any more');
+      await expectRefusal(
+        dialOutcome(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1000),
+        { refused: true },
+        1000,
+        'nothing listens on n1-p2:15008 any more',
+      );
     } finally {
       const restored = waitForLine(agent, (l) => l.includes('configuration applied'), 'the original configuration');
       fs.writeFileSync(configFile, original);
@@ -182,8 +198,12 @@ describe('ambit node (agent process)', () => {
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
 
     await stopAgent(node, 'SIGKILL');
-    const down = await dialFrom(topo, topo.pod(1, 1), server.ip, 8080);
-    assert.deepEqual(down.errors, { ECONNREFUSED: 1 }, 'while the agent is down, outbound fails closed');
+    await expectRefusal(
+      dialOutcome(topo, topo.pod(1, 1), server.ip, 8080, 1000),
+      { refused: true },
+      1000,
+      'while the agent is down, outbound fails closed',
+    );
 
     for (let i = 0; i < 2; i++) {
       const attached = JSON.parse(await startAgent(node)) as { attachments: { link: string; action: string }[] };

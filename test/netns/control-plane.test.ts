@@ -18,7 +18,9 @@ import { Cleanup, waitExit } from '../helpers/cleanup';
 import {
   CLI,
   configDump,
+  connectionFailures,
   dialFrom,
+  dialOutcome,
   httpInNetns,
   PODAPP,
   pinDirFor,
@@ -28,6 +30,7 @@ import {
   workloadOf,
 } from '../helpers/fixture';
 import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
+import { expectRefusal } from '../helpers/refusal';
 import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
 
 const PORT = 15012;
@@ -145,8 +148,28 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
 
   /** Whether one connection from → to:port gets through (the server's first line arrives). */
   async function reaches(from: TestPod, to: TestPod, port: number): Promise<boolean> {
-    const r = await dialFrom(topo, from, to.ip, port, 1, 1, 3000);
-    return r.ok === 1;
+    return (await dialOutcome(topo, from, to.ip, port, 3000)) === 'connected';
+  }
+
+  /**
+   * One connection from → to:port is denied by policy at the destination: the app's connection is
+   * closed with not a byte within 3 s, the destination counts one more `denied`, and a mesh source one
+   * more refusal status (the 401) on its side.
+   */
+  async function denied(from: TestPod, to: TestPod, port: number, what: string): Promise<void> {
+    const fromMesh = roles()[from.uid]?.mesh === true;
+    const inBefore = await connectionFailures(to.node, 'inbound', 'denied');
+    const outBefore = await connectionFailures(from.node, 'outbound', 'AMBIT_E_HBONE_STATUS');
+    await expectRefusal(dialOutcome(topo, from, to.ip, port, 3000), { closed: true }, 3000, what);
+    await waitFor(
+      `${what}: counted as denied on ${to.node.name}`,
+      async () => (await connectionFailures(to.node, 'inbound', 'denied')) === inBefore + 1,
+    );
+    if (fromMesh)
+      await waitFor(
+        `${what}: the refusal status counted on ${from.node.name}`,
+        async () => (await connectionFailures(from.node, 'outbound', 'AMBIT_E_HBONE_STATUS')) === outBefore + 1,
+      );
   }
 
   const logged = (
@@ -266,17 +289,17 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       ),
     ]);
     assert.equal(await reaches(sleep(), web(), 8080), true, 'allowed: the principal and the port match');
-    assert.equal(await reaches(other(), web(), 8080), false, 'denied by principal');
-    assert.equal(await reaches(sleep(), web(), 9090), false, 'denied by port');
+    await denied(other(), web(), 8080, 'denied by principal');
+    await denied(sleep(), web(), 9090, 'denied by port');
     assert.equal(await reaches(sleep(), db(), 8080), true, 'allowed by namespace (the dry-run DENY is not enforced)');
-    assert.equal(await reaches(other(), db(), 8080), false, 'denied by IP block: DENY before ALLOW');
-    assert.equal(await reaches(legacy(), db(), 9090), false, 'plaintext has no namespace: no ALLOW matches');
+    await denied(other(), db(), 8080, 'denied by IP block: DENY before ALLOW');
+    await denied(legacy(), db(), 9090, 'plaintext has no namespace: no ALLOW matches');
 
     const n2 = topo.nodes[1];
-    const denied = await waitFor('the refusal logged with its reason', () =>
+    const refusal = await waitFor('the refusal logged with its reason', () =>
       logged(n2, 'HBONE stream refused', (l) => l.reason === 'denied' && l.policy === 'server/db-deny-ip'),
     );
-    assert.equal(denied.status, 401);
+    assert.equal(refusal.status, 401);
     await waitFor('a refusal for no matching ALLOW', () => logged(n2, 'HBONE stream refused', (l) => l.why === 'no_allow_policy_matched'));
     const allowed = await waitFor('the deciding ALLOW in the access log', () =>
       logged(n2, 'connection complete', (l) => l.policy === 'server/web-from-sleep'),
@@ -290,7 +313,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await untilApplied([]);
     assert.equal(await reaches(legacy(), db(), 8080), true, 'no PeerAuthentication: PERMISSIVE');
     await untilApplied([pa('default', 'server', { mtls: { mode: 'STRICT' } })]);
-    assert.equal(await reaches(legacy(), db(), 8080), false, 'STRICT: plaintext refused');
+    await denied(legacy(), db(), 8080, 'STRICT: plaintext refused');
     assert.equal(await reaches(sleep(), db(), 8080), true, 'STRICT: mutual TLS accepted');
     await waitFor('the plaintext refusal', () =>
       logged(topo.nodes[1], 'plaintext connection refused', (l) => l.policy === 'server/ambit-peerauthn-default'),
@@ -304,8 +327,8 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       }),
     ]);
     assert.equal(await reaches(legacy(), db(), 9090), true, 'port 9090 is PERMISSIVE');
-    assert.equal(await reaches(legacy(), db(), 8080), false, 'the rest stays STRICT');
-    assert.equal(await reaches(legacy(), web(), 9090), false, 'web has no exception');
+    await denied(legacy(), db(), 8080, 'the rest stays STRICT');
+    await denied(legacy(), web(), 9090, 'web has no exception');
   });
 
   test('a policy change closes open connections that it now denies, and leaves allowed ones open', async (t) => {
@@ -368,7 +391,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     writeConfig([ap('deny-other', 'server', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }] })]);
     await waitForLine(startControlPlane(), (l) => l.includes('control plane serving'), 'control plane serving again');
     await untilApplied([ap('deny-other', 'server', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }] })]);
-    assert.equal(await reaches(other(), db(), 8080), false, 'the new policy is enforced after the resync');
+    await denied(other(), db(), 8080, 'the new policy is enforced after the resync');
     assert.match((await httpInNetns(n1, '127.0.0.1', 15020, 'GET', '/metrics')).body, /^ambit_xds_connected 1$/m);
     const dump = await configDump<{ source: { connected: boolean; connects: number } }>(n1);
     assert.equal(dump.source.connected, true);

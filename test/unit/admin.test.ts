@@ -10,6 +10,7 @@ import { isLoopbackHost } from '../../src/observability/admin-guard';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const HEADERS_TIMEOUT_MS = 1000 * TIME_SCALE;
+const ANSWER_WITHIN_MS = 2000 * TIME_SCALE;
 let ports: AdminPorts;
 let close: () => void;
 let quits = 0;
@@ -59,6 +60,8 @@ function request(
       });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
     });
+    // Every answer here, a refusal too, comes at once: a server that hangs fails the test instead.
+    req.setTimeout(ANSWER_WITHIN_MS, () => req.destroy(new Error(`${method} ${path}: no answer within ${ANSWER_WITHIN_MS} ms`)));
     req.on('error', reject);
     req.end(body);
   });
@@ -130,6 +133,7 @@ test('a bad request target is a 400 for that request, not an exception', async (
 function raw(port: number, text: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => s.end(text));
+    s.setTimeout(ANSWER_WITHIN_MS, () => s.destroy(new Error(`no answer within ${ANSWER_WITHIN_MS} ms`)));
     let got = '';
     s.on('data', (d) => {
       got += d;
