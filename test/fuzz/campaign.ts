@@ -145,11 +145,17 @@ async function runHbone(): Promise<Row> {
     // PING goes unanswered (30 s by default; after tens of thousands of sequences
     // the last ones were seen going between 60 and 90 s), and the honest checks may
     // leave one pooled session per source worker (the tunnel working, not a leak).
-    const pooled = processTree(bed.agents[0]!.pid).workers.length;
+    const pooled = processTree(bed.sourceAgent.pid).workers.length;
     let fdsAfter = bed.destinationFds();
-    await waitFor('fds back to baseline', () => (fdsAfter = bed.destinationFds()) <= fdsBefore + pooled, 120_000, 250).catch(
-      () => undefined,
-    );
+    await waitFor(
+      'fds back to baseline',
+      () => {
+        fdsAfter = bed.destinationFds();
+        return fdsAfter <= fdsBefore + pooled;
+      },
+      120_000,
+      250,
+    ).catch(() => undefined);
     const honest = await bed.honest(20).catch(() => false);
     return {
       target: 'hbone',

@@ -127,7 +127,7 @@ export function mutate(doc: unknown, m: Mutation): unknown {
     const keys: (string | number)[] = Array.isArray(here) ? here.map((_, i) => i) : Object.keys(here);
     if (keys.length === 0) break;
     parent = here as Record<string, unknown>;
-    key = keys[step % keys.length];
+    key = keys[step % keys.length] ?? key;
   }
   const p = parent as Record<string | number, unknown>;
   switch (m.kind) {
@@ -235,7 +235,7 @@ function editText(text: string, e: { at: number; len: number; kind: string; snip
     default: {
       const lines = text.split('\n');
       const i = e.at % lines.length;
-      lines.splice(i, 0, lines[i]);
+      lines.splice(i, 0, lines[i] ?? '');
       return lines.join('\n');
     }
   }

@@ -5,6 +5,7 @@
 
 import { parentPort, workerData } from 'node:worker_threads';
 import fc from 'fast-check';
+import { must } from '../helpers/must';
 import { TARGETS } from './targets';
 
 export interface FastWorkerData {
@@ -31,7 +32,10 @@ export const chunkSeedOf = (seed: number, chunk: number): number => (Math.imul(s
 
 /** Regenerates input `index` of chunk `chunk` (a reproducer from a report). */
 export function inputAt(target: string, seed: number, chunkSize: number, chunk: number, index: number): unknown {
-  const t = TARGETS.find((x) => x.name === target)!;
+  const t = must(
+    TARGETS.find((x) => x.name === target),
+    `fuzz target ${target}`,
+  );
   return fc.sample(t.arb, { seed: chunkSeedOf(seed, chunk), numRuns: chunkSize })[index];
 }
 
@@ -45,7 +49,10 @@ function show(v: unknown): string {
 
 if (parentPort && workerData) {
   const d = workerData as FastWorkerData;
-  const t = TARGETS.find((x) => x.name === d.target)!;
+  const t = must(
+    TARGETS.find((x) => x.name === d.target),
+    `fuzz target ${d.target}`,
+  );
   const progress = new Int32Array(d.progress);
   const r: FastResult = { inputs: 0, crashes: 0, failures: [], outcomes: {} };
   for (let chunk = 0; r.inputs < d.inputs; chunk++) {

@@ -120,8 +120,8 @@ export class FrameReader {
       const length = this.pending.readUIntBE(0, 3);
       if (this.pending.length < FRAME_HEADER + length) break;
       out.push({
-        type: this.pending[3],
-        flags: this.pending[4],
+        type: this.pending.readUInt8(3),
+        flags: this.pending.readUInt8(4),
         streamId: this.pending.readUInt32BE(5) & 0x7fffffff,
         payload: this.pending.subarray(FRAME_HEADER, FRAME_HEADER + length),
       });

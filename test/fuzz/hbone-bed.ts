@@ -16,6 +16,7 @@ import { requestCertificate } from '../../src/identity/cert-manager';
 import { clientTlsOptions } from '../../src/identity/tls';
 import { Cleanup } from '../helpers/cleanup';
 import { CLI, dialFrom, PODAPP, pinDirFor, testBed, untilReady, workloadOf } from '../helpers/fixture';
+import { at, must } from '../helpers/must';
 import { waitFor, waitForLine } from '../helpers/proc';
 import type { TestNode, Topology } from '../helpers/topology';
 import type { Target } from './hbone-ops';
@@ -100,8 +101,12 @@ export class HboneBed {
   get source(): { netnsPath: string } {
     return this.topo.pod(1, 1);
   }
+  /** n1's agent, whose workers carry the honest checks' connections. */
+  get sourceAgent(): Agent {
+    return at(this.agents, 0, 'agents');
+  }
   get destination(): Agent {
-    return this.agents[1];
+    return at(this.agents, 1, 'agents');
   }
   get target(): Target {
     return { ip: this.topo.pod(2, 1).ip, openPort: APP_PORT, closedPort: 9, otherIp: this.topo.pod(1, 1).ip };
@@ -140,7 +145,7 @@ export class HboneBed {
         ],
         { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } },
       );
-      const agent: Agent = { node, child, pid: child.pid!, problems: [], warnings: {} };
+      const agent: Agent = { node, child, pid: must(child.pid, `agent ${node.name}'s pid`), problems: [], warnings: {} };
       this.agents.push(agent);
       keepProblems(agent);
       const exited = new Promise<never>((_, reject) =>
@@ -206,6 +211,6 @@ function keepProblems(agent: Agent): void {
     agent.problems.push(line.length > 4000 ? `${line.slice(0, 4000)}…` : line);
     if (agent.problems.length > 200) agent.problems.splice(0, agent.problems.length - 200);
   };
-  readline.createInterface({ input: agent.child.stdout! }).on('line', keep);
-  readline.createInterface({ input: agent.child.stderr! }).on('line', keep);
+  readline.createInterface({ input: must(agent.child.stdout, "the agent's stdout pipe") }).on('line', keep);
+  readline.createInterface({ input: must(agent.child.stderr, "the agent's stderr pipe") }).on('line', keep);
 }

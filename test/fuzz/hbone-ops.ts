@@ -61,7 +61,7 @@ export class StreamIds {
         return id;
       }
       case 'last':
-        return this.opened.length ? this.opened[Math.max(0, this.opened.length - 1 - s.back)] : this.next;
+        return this.opened[Math.max(0, this.opened.length - 1 - s.back)] ?? this.next;
       case 'zero':
         return 0;
       case 'raw':
@@ -435,15 +435,16 @@ export function encode(op: Op, ids: StreamIds): Step {
       const pieces = op.split > 0 ? chunks(block, op.split + 1) : [block];
       let flags = (op.endStream ? FLAG.END_STREAM : 0) | (op.priority ? FLAG.PRIORITY : 0);
       if (pieces.length === 1 && op.endHeaders) flags |= FLAG.END_HEADERS;
-      let first: Buffer = Buffer.concat([prio, pieces[0]]);
+      const [head = Buffer.alloc(0), ...rest] = pieces;
+      let first: Buffer = Buffer.concat([prio, head]);
       if (op.pad !== undefined) {
         first = padded(first, op.pad);
         flags |= FLAG.PADDED;
       }
       parts.push(frame(FRAME.HEADERS, flags, id, first));
-      pieces
-        .slice(1)
-        .forEach((p, i) => parts.push(frame(FRAME.CONTINUATION, i === pieces.length - 2 && op.endHeaders ? FLAG.END_HEADERS : 0, id, p)));
+      for (const [i, p] of rest.entries()) {
+        parts.push(frame(FRAME.CONTINUATION, i === rest.length - 1 && op.endHeaders ? FLAG.END_HEADERS : 0, id, p));
+      }
       return { bytes: Buffer.concat(parts) };
     }
     case 'data': {

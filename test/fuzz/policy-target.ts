@@ -15,11 +15,12 @@ import { evaluate, matchOf } from '../../src/policy/engine';
 import type { Authorization, Match, StringMatch } from '../../src/policy/types';
 import { compileIstioPolicies } from '../../src/sources/istio-crd';
 import type { Workload } from '../../src/state/types';
+import { at } from '../helpers/must';
 import { mutate, mutationArb, SEED_CONFIGS } from './config-target';
 
 // ---- policy-crd ----
 
-const seedDocs = (SEED_CONFIGS[1].policies as unknown[]).concat([
+const seedDocs = (at(SEED_CONFIGS, 1, 'seed configurations').policies as unknown[]).concat([
   {
     apiVersion: 'security.istio.io/v1beta1',
     kind: 'AuthorizationPolicy',

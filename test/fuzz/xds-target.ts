@@ -17,6 +17,7 @@ import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protoc
 import { parseConfig } from '../../src/sources/config';
 import { addressFromMessage, authorizationFromMessage, ResourceError, toResources } from '../../src/sources/xds-resources';
 import { MeshStore } from '../../src/state/store';
+import { at } from '../helpers/must';
 import { SEED_CONFIGS } from './config-target';
 
 export interface XdsInput {
@@ -25,9 +26,10 @@ export interface XdsInput {
   resource: Any | null;
 }
 
-let valid: XdsInput[] | undefined;
+type ValidInput = XdsInput & { resource: Any };
+let valid: ValidInput[] | undefined;
 /** Every resource of the seed meshes, encoded by the control plane's own code. */
-function validResources(): XdsInput[] {
+function validResources(): ValidInput[] {
   if (valid) return valid;
   valid = SEED_CONFIGS.flatMap((doc) => {
     const cfg = parseConfig(YAML.stringify(doc));
@@ -37,6 +39,12 @@ function validResources(): XdsInput[] {
     );
   });
   return valid;
+}
+
+/** Valid resource i, counted round the seed meshes' resources. */
+function validResource(i: number): ValidInput {
+  const all = validResources();
+  return at(all, i % all.length, 'valid resources');
 }
 
 const byteEdit = fc.record({
@@ -50,7 +58,7 @@ function editBytes(b: Buffer, e: { kind: string; at: number; bytes: Uint8Array }
   switch (e.kind) {
     case 'flip': {
       const c = Buffer.from(b);
-      if (c.length) c[at % c.length] ^= e.bytes[0] || 1;
+      if (c.length) c.writeUInt8(c.readUInt8(at % c.length) ^ (e.bytes[0] || 1), at % c.length);
       return c;
     }
     case 'set': {
@@ -183,8 +191,8 @@ export const xdsInputArb: fc.Arbitrary<XdsInput> = fc.oneof(
   {
     weight: 5,
     arbitrary: fc.tuple(fc.nat(), fc.array(byteEdit, { minLength: 1, maxLength: 4 })).map(([i, es]) => {
-      const v = validResources()[i % validResources().length];
-      return { ...v, resource: { ...v.resource!, value: es.reduce(editBytes, v.resource!.value) } };
+      const v = validResource(i);
+      return { ...v, resource: { ...v.resource, value: es.reduce(editBytes, v.resource.value) } };
     }),
   },
   { weight: 3, arbitrary: builtArb },
@@ -199,8 +207,8 @@ export const xdsInputArb: fc.Arbitrary<XdsInput> = fc.oneof(
     arbitrary: fc
       .tuple(fc.nat(), fc.constantFrom(null, 'type.googleapis.com/istio.workload.Workload', '', 'x', TYPE_ADDRESS, TYPE_AUTHORIZATION))
       .map(([i, url]) => {
-        const v = validResources()[i % validResources().length];
-        return { ...v, resource: url === null ? null : { type_url: url, value: v.resource!.value } };
+        const v = validResource(i);
+        return { ...v, resource: url === null ? null : { type_url: url, value: v.resource.value } };
       }),
   },
 );

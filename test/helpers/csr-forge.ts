@@ -30,7 +30,7 @@ export async function csrWith(opts: { alg?: Alg; sans: string[]; dns?: string[] 
 /** The same request with one bit of its signature flipped (the signature is the DER's tail). */
 export function flipSignature(pem: string): string {
   const der = Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
-  der[der.length - 3] ^= 0x01;
+  der.writeUInt8(der.readUInt8(der.length - 3) ^ 0x01, der.length - 3);
   const b64 = der
     .toString('base64')
     .replace(/(.{64})/g, '$1\n')

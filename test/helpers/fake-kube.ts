@@ -94,7 +94,7 @@ export class FakeKube {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = new URL(req.url ?? '/', 'http://fake');
     this.requests.push(`${req.method} ${url.pathname}${url.search}`);
-    if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') return this.tokenReview(req, res);
+    if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') return void this.tokenReview(req, res);
     const kind = PATHS[url.pathname];
     if (req.method !== 'GET' || !kind) {
       res.writeHead(404, { 'Content-Type': 'application/json' });

@@ -9,7 +9,7 @@ import { Datapath } from '../../src/datapath/loader';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { cleanupDatapath } from '../../src/datapath/status';
 import type { Cleanup } from './cleanup';
-import { collect, TIME_SCALE, waitFor } from './proc';
+import { collect, lastJson, TIME_SCALE, waitFor } from './proc';
 import type { Outcome } from './refusal';
 import { type TestNode, type TestPod, Topology, type TopologyOptions } from './topology';
 
@@ -63,7 +63,7 @@ export async function dialFrom(
     ]),
   );
   assert.equal(r.code, 0, `podapp dial failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as DialSummary;
+  return lastJson<DialSummary>(r.stdout);
 }
 
 /** podapp dial's error codes in the outcome vocabulary (see Outcome). */

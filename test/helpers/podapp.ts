@@ -147,15 +147,20 @@ function halfclose(ip: string, port: number, text: string): void {
   s.on('error', (err) => console.log(JSON.stringify({ error: (err as NodeJS.ErrnoException).code ?? err.message })));
 }
 
-const [mode, ...args] = process.argv.slice(2);
-if (mode === 'whoami') whoami(Number(args[0]));
-else if (mode === 'sink') sink(Number(args[0]));
-else if (mode === 'halfclose') halfclose(args[0], Number(args[1]), args[2]);
-else if (mode === 'stream') stream(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
-else if (mode === 'dial') void dial(args[0], Number(args[1]), Number(args[2] ?? 1), Number(args[3] ?? 1), Number(args[4] ?? 5000));
-else {
-  console.error(
-    'usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS',
-  );
+const USAGE =
+  'usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS';
+
+function usage(): never {
+  console.error(USAGE);
   process.exit(2);
 }
+
+const [mode, ...args] = process.argv.slice(2);
+/** Argument i, required (a missing one is a usage error); or fallback. */
+const arg = (i: number, fallback?: string): string => args[i] ?? fallback ?? usage();
+if (mode === 'whoami') whoami(Number(arg(0)));
+else if (mode === 'sink') sink(Number(arg(0)));
+else if (mode === 'halfclose') halfclose(arg(0), Number(arg(1)), arg(2));
+else if (mode === 'stream') stream(arg(0), Number(arg(1)), Number(arg(2)), Number(arg(3)));
+else if (mode === 'dial') void dial(arg(0), Number(arg(1)), Number(arg(2, '1')), Number(arg(3, '1')), Number(arg(4, '5000')));
+else usage();

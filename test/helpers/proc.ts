@@ -2,6 +2,7 @@
 // fixed sleep), wait for a line from a child process.
 import { type ChildProcess, execFile } from 'node:child_process';
 import readline from 'node:readline';
+import { must } from './must';
 
 export function sh(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -40,18 +41,18 @@ export function waitForLine(child: ChildProcess, match: (line: string) => boolea
     child.stderr?.on('data', (d) => {
       stderr += d;
     });
-    const rl = readline.createInterface({ input: child.stdout! });
+    const rl = readline.createInterface({ input: must(child.stdout, "the child's stdout pipe") });
     const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${stderr}`)), timeoutMs);
     const onExit = (code: number | null): void => finish(new Error(`process exited (${code}) before ${what}; stderr: ${stderr}`));
-    const finish = (err: Error | null, line?: string): void => {
+    const finish = (result: Error | string): void => {
       clearTimeout(timer);
       rl.removeAllListeners('line');
       child.off('exit', onExit);
-      if (err) reject(err);
-      else resolve(line!);
+      if (typeof result === 'string') resolve(result);
+      else reject(result);
     };
     rl.on('line', (line) => {
-      if (match(line)) finish(null, line);
+      if (match(line)) finish(line);
     });
     child.once('exit', onExit);
   });
@@ -72,10 +73,15 @@ export function collect(child: ChildProcess): Promise<{ code: number | null; std
   });
 }
 
+/** The last line of a child's output parsed as JSON (podapp and the clients print their summary last). */
+export function lastJson<T>(stdout: string): T {
+  return JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as T;
+}
+
 /** Every JSON line a child prints on stdout, parsed, as it arrives (a live array). */
 export function jsonLines(child: ChildProcess): Record<string, unknown>[] {
   const lines: Record<string, unknown>[] = [];
-  readline.createInterface({ input: child.stdout! }).on('line', (l) => {
+  readline.createInterface({ input: must(child.stdout, "the child's stdout pipe") }).on('line', (l) => {
     try {
       lines.push(JSON.parse(l) as Record<string, unknown>);
     } catch {

@@ -14,6 +14,10 @@ import { MeshStore } from '../../src/state/store';
 
 async function main(): Promise<void> {
   const [configFile, listen, serverIp, corruptUid, flag] = process.argv.slice(2);
+  if (!configFile || !listen || !serverIp || !corruptUid) {
+    console.error('usage: node xds-fixture.js CONFIG LISTEN SERVER_IP CORRUPT_UID [--wrong-identity]');
+    process.exit(2);
+  }
   const log = createLogger('info');
   const config = loadConfigFile(configFile);
   const ca = await BuiltinCa.open(config.ca.dir);
@@ -23,7 +27,9 @@ async function main(): Promise<void> {
   process.on('SIGUSR2', () => {
     const store = new MeshStore(cp.config);
     const bad = toResources(cp.config, (s) => store.endpoints(s));
-    const w = cp.config.workloads.find((x) => x.uid === corruptUid)!;
+    const w = cp.config.workloads.find((x) => x.uid === corruptUid);
+    const addresses = bad.get(TYPE_ADDRESS);
+    if (!w || !addresses) return void log.error({ uid: corruptUid }, 'fixture: no such workload to corrupt');
     const resource = pack(TYPE_ADDRESS, {
       workload: {
         uid: w.uid,
@@ -35,7 +41,7 @@ async function main(): Promise<void> {
         addresses: [Buffer.from([10, 200, 2, 12, 7])],
       },
     });
-    bad.get(TYPE_ADDRESS)!.set(w.uid, { name: w.uid, version: 'corrupt', resource });
+    addresses.set(w.uid, { name: w.uid, version: 'corrupt', resource });
     cp.xds.update(bad);
     log.info({ uid: w.uid }, 'fixture pushed a malformed workload');
   });

@@ -45,7 +45,7 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
     // The honest checks may add one pooled client session per source worker (each
     // lands on one destination fd and lives until its 5 min idle timeout): those
     // are the tunnel working, not a leak.
-    const pooled = processTree(b.agents[0]!.pid).workers.length;
+    const pooled = processTree(b.sourceAgent.pid).workers.length;
     const bound = fdsBefore + pooled;
     let fdsAfter = 0;
     await waitFor(

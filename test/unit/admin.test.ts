@@ -147,11 +147,11 @@ function raw(port: number, text: string): Promise<string> {
 function slowloris(port: number): Promise<number> {
   return new Promise((resolve) => {
     const started = Date.now();
-    const text = 'GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nX-Pad: ' + 'a'.repeat(10_000);
+    const text = `GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nX-Pad: ${'a'.repeat(10_000)}`;
     let i = 0;
     const s = net.connect(port, '127.0.0.1');
     const timer = setInterval(() => {
-      if (s.writable) s.write(text[i++ % text.length]);
+      if (s.writable) s.write(text.charAt(i++ % text.length));
     }, 100);
     s.on('error', () => {});
     s.on('close', () => {

@@ -29,7 +29,7 @@ const base = YAML.parse(BASE) as Record<string, unknown>;
 /** Every path (as keys) to a value in the document. */
 function paths(v: unknown, at: (string | number)[] = [], out: (string | number)[][] = []): (string | number)[][] {
   out.push(at);
-  if (Array.isArray(v)) v.forEach((x, i) => paths(x, [...at, i], out));
+  if (Array.isArray(v)) for (const [i, x] of v.entries()) paths(x, [...at, i], out);
   else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) paths(x, [...at, k], out);
   return out;
 }
@@ -38,8 +38,10 @@ const ALL = paths(base).filter((p) => p.length > 0);
 function setAt(doc: unknown, at: (string | number)[], value: unknown): unknown {
   const copy = structuredClone(doc) as Record<string | number, unknown>;
   let o = copy;
-  for (const k of at.slice(0, -1)) o = o[k] as Record<string | number, unknown>;
-  o[at[at.length - 1]] = value;
+  const keys = [...at];
+  const last = keys.pop();
+  for (const k of keys) o = o[k] as Record<string | number, unknown>;
+  if (last !== undefined) o[last] = value;
   return copy;
 }
 

@@ -108,7 +108,7 @@ describe('reloading the configuration file', () => {
       // The same bad content again is not reported twice; a valid change is applied.
       replace((t) => fs.writeFileSync(t, once(BASE, '    capacity: 1', '    capacity: 5')));
       await waitFor('a valid change to be applied', () => current !== good, 10_000);
-      assert.equal(current.workloads[0].capacity, 5);
+      assert.equal(current.workloads[0]?.capacity, 5);
       assert.equal(tables, 1, 'only the valid change reached apply');
       assert.equal(rejected.length, kinds.length);
     } finally {
@@ -131,7 +131,7 @@ describe('reloading the configuration file', () => {
     try {
       replace((t) => fs.writeFileSync(t, once(BASE, '    capacity: 1', '    capacity: 7')));
       const cfg = await waitFor('the change to be applied', () => applied, 10_000);
-      assert.equal(cfg.workloads[0].capacity, 7);
+      assert.equal(cfg.workloads[0]?.capacity, 7);
     } finally {
       stop();
     }

@@ -166,7 +166,7 @@ test('a "billion laughs" document is refused; a few aliases are fine', () => {
   );
   assert.ok(Date.now() - t0 < 5_000, 'refused without walking the expansion');
   const shared = once(BASE, '    labels: { app: sleep }', '    labels: &common { app: sleep }');
-  assert.deepEqual(parseConfig(shared.replace('    labels: { app: echo }', '    labels: *common')).workloads[1].labels, { app: 'sleep' });
+  assert.deepEqual(parseConfig(shared.replace('    labels: { app: echo }', '    labels: *common')).workloads[1]?.labels, { app: 'sleep' });
 });
 
 test('duplicate keys in one map are refused', () => {

@@ -21,10 +21,13 @@ import { waitExit } from '../helpers/cleanup';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { CLI } from '../helpers/fixture';
 import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';
+import { must } from '../helpers/must';
 
 const log = pino({ level: 'silent' });
 let dir: string;
 const tokens = new Map<string, string>();
+/** The token made for node n in before(). */
+const token = (n: string): string => must(tokens.get(n), `the token of ${n}`);
 const hash = (t: string): string => createHash('sha256').update(t).digest('hex');
 
 function doc(opts: { tokensFor?: string[]; sameToken?: boolean; capacity?: number } = {}): Record<string, unknown> {
@@ -57,7 +60,7 @@ function doc(opts: { tokensFor?: string[]; sameToken?: boolean; capacity?: numbe
         capacity: opts.capacity ?? 1,
       },
     ],
-    controlPlane: { tokens: nodes.map((n) => ({ node: n, sha256: hash(tokens.get(opts.sameToken ? 'n1' : n)!) })) },
+    controlPlane: { tokens: nodes.map((n) => ({ node: n, sha256: hash(token(opts.sameToken ? 'n1' : n)) })) },
   };
 }
 
@@ -97,11 +100,10 @@ test("in process: a configuration with a shared token is refused and serving goe
   write(file, doc());
   const cp = await ControlPlane.start({ configFile: file, listen: '127.0.0.1:0', log });
   const clients = new Map(['n1', 'n2'].map((n) => [n, nodeClient(n, cp.port)]));
-  const lost = new Map<string, string[]>([
-    ['n1', []],
-    ['n2', []],
-  ]);
-  for (const [n, c] of clients) c.on('disconnected', (why: string) => lost.get(n)!.push(why));
+  /** Why each node's stream was lost, in order. */
+  const lost = new Map([...clients.keys()].map((n) => [n, [] as string[]]));
+  const lostOf = (n: string): string[] => must(lost.get(n), `node ${n}`);
+  for (const [n, c] of clients) c.on('disconnected', (why: string) => lostOf(n).push(why));
   try {
     for (const c of clients.values()) c.start();
     for (const c of clients.values()) await c.whenSynced(10_000 * TIME_SCALE);
@@ -112,8 +114,8 @@ test("in process: a configuration with a shared token is refused and serving goe
       workloads: cp.config.workloads.map((w) => ({ ...w, capacity: 9 })),
       controlPlane: {
         tokens: [
-          { node: 'n1', sha256: hash(tokens.get('n1')!) },
-          { node: 'n2', sha256: hash(tokens.get('n1')!) },
+          { node: 'n1', sha256: hash(token('n1')) },
+          { node: 'n2', sha256: hash(token('n1')) },
         ],
       },
     };
@@ -126,11 +128,11 @@ test("in process: a configuration with a shared token is refused and serving goe
 
     const t0 = Date.now();
     write(file, doc({ tokensFor: ['n2'] }));
-    await waitFor("n1's stream to be closed", () => lost.get('n1')!.length > 0, 5_000);
+    await waitFor("n1's stream to be closed", () => lostOf('n1').length > 0, 5_000);
     console.log(`# removed token: stream closed ${Date.now() - t0} ms after the file changed (file polled every 500 ms)`);
-    assert.match(lost.get('n1')![0], /^UNAUTHENTICATED: credentials no longer accepted: unknown bearer token/);
+    assert.match(lostOf('n1')[0] ?? '', /^UNAUTHENTICATED: credentials no longer accepted: unknown bearer token/);
     assert.deepEqual(lost.get('n2'), []);
-    assert.equal(clients.get('n2')!.connected, true);
+    assert.equal(must(clients.get('n2'), 'client n2').connected, true);
     assert.deepEqual(
       cp.xds.streamStates().map((s) => s.node),
       ['n2'],
@@ -148,7 +150,7 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  child.stderr!.on('data', (d) => {
+  must(child.stderr, 'the control plane\'s stderr pipe').on('data', (d) => {
     stderr += d;
   });
   const lines = jsonLines(child);
@@ -205,7 +207,7 @@ test('with TokenReview: a token the API server stops accepting has its stream cl
     kube.server.listen(0, '127.0.0.1', () => resolve((kube.server.address() as { port: number }).port)),
   );
   const status = fixture<{ status: { user: { username: string; extra: Record<string, string[]> } } }>('tokenreview').status;
-  kube.review(tokens.get('n1')!, { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/node-name': ['n1'] } } });
+  kube.review(token('n1'), { ...status, user: { ...status.user, extra: { 'authentication.kubernetes.io/node-name': ['n1'] } } });
   const file = path.join(dir, 'kube.yaml');
   write(file, doc({ tokensFor: [] }));
   const recheckMs = 300;
@@ -231,12 +233,12 @@ test('with TokenReview: a token the API server stops accepting has its stream cl
     assert.deepEqual(lost, []);
     await new Promise<void>((resolve) => kube.server.listen(kubePort, '127.0.0.1', () => resolve()));
 
-    kube.review(tokens.get('n1')!, { authenticated: false, error: 'token has been invalidated' });
+    kube.review(token('n1'), { authenticated: false, error: 'token has been invalidated' });
     const t0 = Date.now();
     await waitFor('the stream to be closed', () => lost.length > 0, 5_000);
     console.log(`# TokenReview revoked: stream closed ${Date.now() - t0} ms later (re-check every ${recheckMs} ms)`);
     assert.match(
-      lost[0],
+      lost[0] ?? '',
       /^UNAUTHENTICATED: credentials no longer accepted: the API server did not accept the token: token has been invalidated/,
     );
   } finally {

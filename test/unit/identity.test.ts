@@ -8,6 +8,7 @@ import type { CertificateAuthority } from '../../src/identity/ca';
 import { CertificateManager } from '../../src/identity/cert-manager';
 import { parseSpiffe, spiffeIdsOf } from '../../src/identity/spiffe';
 import { createLogger } from '../../src/observability/log';
+import { must } from '../helpers/must';
 
 const log = createLogger('silent');
 const ID = 'spiffe://cluster.local/ns/default/sa/sleep';
@@ -103,7 +104,7 @@ test('refresh at half-life; on CA failure the valid certificate keeps serving, w
   assert.equal(m.current(ID), first, 'still the first certificate while the CA is down');
   fail = false;
   await waitUntil(() => m.current(ID) !== first, 2000);
-  assert.ok(m.current(ID)!.notAfter > first.notAfter, 'a newer certificate once the CA is back');
+  assert.ok(must(m.current(ID), 'the certificate').notAfter > first.notAfter, 'a newer certificate once the CA is back');
   m.close();
 });
 

@@ -20,6 +20,7 @@ import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
 import type { EndpointSlice, Namespace, Pod, Service } from '../../src/kube/types';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { waitFor } from '../helpers/proc';
+import { at } from '../helpers/must';
 
 const log = pino({ level: 'silent' });
 const UID = '5f0c7a53-8f7e-4a51-b6a4-2c1d9e0b7a64';
@@ -142,7 +143,7 @@ test('workloads and services from recorded API objects: identity facts, named ta
     ['Kubernetes//Pod/demo/sleep-7d9c6b5f8d-x2kqf', 'Kubernetes//Pod/demo/web-5b8d7c9f6-qz4lm'],
     'finished pods are not workloads',
   );
-  const w = workloads[1];
+  const w = at(workloads, 1, 'workloads');
   assert.deepEqual(
     { sa: w.serviceAccount, node: w.node, addresses: w.addresses, protocol: w.protocol, services: w.services, labels: w.labels },
     {
@@ -154,7 +155,7 @@ test('workloads and services from recorded API objects: identity facts, named ta
       labels: { app: 'web', version: 'v2' },
     },
   );
-  assert.equal(podUid(sleep), workloads[0].uid);
+  assert.equal(podUid(sleep), workloads[0]?.uid);
   assert.deepEqual(
     services,
     [

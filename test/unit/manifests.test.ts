@@ -28,8 +28,10 @@ import YAML from 'yaml';
 import { DEFAULT_OBJ_DIR } from '../../src/datapath/loader';
 import { PROTO_DIR } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
+import { at, must } from '../helpers/must';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
+/** A parsed manifest, walked by field name as the API server would; the assertions are its schema. */
+// biome-ignore lint/suspicious/noExplicitAny: manifests are read as free-form YAML; typing every Kubernetes kind here would restate kubernetes-models.
 type Doc = any;
 
 const ROOT = path.resolve(__dirname, '../../..');
@@ -244,9 +246,9 @@ function readKustomization(dir: string): Kustomization {
 }
 
 const imageName = (image: string): { name: string; tag?: string } => {
-  const at = image.split('@')[0];
-  const colon = at.lastIndexOf(':');
-  return colon > at.lastIndexOf('/') ? { name: at.slice(0, colon), tag: at.slice(colon + 1) } : { name: at };
+  const [ref = ''] = image.split('@');
+  const colon = ref.lastIndexOf(':');
+  return colon > ref.lastIndexOf('/') ? { name: ref.slice(0, colon), tag: ref.slice(colon + 1) } : { name: ref };
 };
 
 function jsonPatch(doc: Doc, ops: Doc[], where: string): void {
@@ -255,7 +257,7 @@ function jsonPatch(doc: Doc, ops: Doc[], where: string): void {
       .split('/')
       .slice(1)
       .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-    const last = parts.pop()!;
+    const last = must(parts.pop(), `${where}: ${op.op} ${op.path}: a path`);
     let parent = doc;
     for (const p of parts) {
       parent = parent?.[Array.isArray(parent) ? Number(p) : p];
@@ -352,7 +354,7 @@ const rendered = (): Rendered[] => render(BASE);
 const find = (docs: Rendered[], kind: string, name: string): Doc => {
   const hit = docs.filter(({ doc }) => doc.kind === kind && doc.metadata?.name === name);
   assert.equal(hit.length, 1, `exactly one ${kind} ${name}`);
-  return hit[0].doc;
+  return at(hit, 0, `${kind} ${name}`).doc;
 };
 const agent = (docs = rendered()): Doc => find(docs, 'DaemonSet', 'ambit-node');
 const controlPlane = (docs = rendered()): Doc => find(docs, 'Deployment', 'ambit-control-plane');
@@ -366,8 +368,7 @@ const mountOf = (workload: Doc, volume: string): Doc => onlyContainer(workload).
 const volumeOf = (workload: Doc, pred: (v: Doc) => boolean): Doc => workload.spec.template.spec.volumes.find(pred);
 const argAfter = (args: string[], flag: string): string => {
   const i = args.indexOf(flag);
-  assert.ok(i >= 0 && i + 1 < args.length, `${flag} VALUE in the arguments`);
-  return args[i + 1];
+  return must(i >= 0 ? args[i + 1] : undefined, `${flag} VALUE in the arguments`);
 };
 
 test('kustomization.yaml lists exactly the YAML files of daemonset/, the overlay builds on the base', () => {
@@ -615,7 +616,7 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   const lines = raw.split('\n');
   const seccompAt = lines.findIndex((l) => l.trim() === 'seccompProfile:');
   let first = seccompAt;
-  while (first > 0 && lines[first - 1].trim().startsWith('#')) first--;
+  while (first > 0 && lines[first - 1]?.trim().startsWith('#')) first--;
   const why = lines.slice(first, seccompAt).join(' ');
   for (const word of ['bpf(2)', 'setns(2)', 'RuntimeDefault'])
     assert.ok(why.includes(word), `the comment above seccompProfile says why it is Unconfined (${word})`);
@@ -739,24 +740,26 @@ function dockerfile(): { stages: { from: string; as?: string; copies: Copy[]; ru
   lines.forEach((raw, i) => {
     const line = raw.trim();
     if (!line || line.startsWith('#')) return;
-    const [instr, ...rest] = line.split(/\s+/);
+    const [instr = '', ...rest] = line.split(/\s+/);
     const args = rest.join(' ');
+    const stage = (): (typeof stages)[number] => must(stages.at(-1), `Dockerfile line ${i + 1}: ${instr} before any FROM`);
     switch (instr.toUpperCase()) {
       case 'FROM': {
         const m = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args);
         assert.ok(m, `Dockerfile line ${i + 1}: FROM image [AS name]`);
-        stages.push({ from: m[1], as: m[2], copies: [], runs: [] });
+        stages.push({ from: must(m[1], 'the image'), as: m[2], copies: [], runs: [] });
         break;
       }
       case 'COPY': {
         const words = args.split(/\s+/);
-        const from = words[0].startsWith('--from=') ? words.shift()!.slice('--from='.length) : undefined;
-        assert.ok(!words[0].startsWith('--'), `Dockerfile line ${i + 1}: only --from is understood here`);
-        stages.at(-1)!.copies.push({ from, sources: words.slice(0, -1), dest: words.at(-1)!, line: i + 1 });
+        const from = words[0]?.startsWith('--from=') ? words.shift()?.slice('--from='.length) : undefined;
+        assert.ok(!words[0]?.startsWith('--'), `Dockerfile line ${i + 1}: only --from is understood here`);
+        const dest = must(words.at(-1), `Dockerfile line ${i + 1}: COPY's destination`);
+        stage().copies.push({ from, sources: words.slice(0, -1), dest, line: i + 1 });
         break;
       }
       case 'RUN':
-        stages.at(-1)!.runs.push(args);
+        stage().runs.push(args);
         break;
       case 'ENTRYPOINT':
         entrypoint = JSON.parse(args);
@@ -771,7 +774,7 @@ function dockerfile(): { stages: { from: string; as?: string; copies: Copy[]; ru
 test("the Dockerfile copies what `make build` produced, to where the code looks, and runs the manifests' command", () => {
   const { stages, entrypoint } = dockerfile();
   assert.equal(stages.length, 2, 'build and run stages');
-  const [build, run] = stages;
+  const [build, run] = [at(stages, 0, 'stages'), at(stages, 1, 'stages')];
   assert.equal(build.as, 'build');
   assert.match(build.from, /node:20-bookworm$/);
   assert.match(run.from, /node:20-bookworm-slim$/);
@@ -810,7 +813,7 @@ test("the Dockerfile copies what `make build` produced, to where the code looks,
   for (const copy of run.copies) {
     assert.equal(copy.from, 'build', `line ${copy.line}: the run stage copies from the build stage`);
     assert.equal(copy.sources.length, 1);
-    const src = copy.sources[0].replace(/\/$/, '');
+    const src = at(copy.sources, 0, `Dockerfile line ${copy.line}: COPY's sources`).replace(/\/$/, '');
     const rel = inBuild.get(src) ?? [...inBuild].find(([p]) => src.startsWith(`${p}/`))?.[1];
     assert.ok(
       rel !== undefined && src.startsWith(workdir),
@@ -842,8 +845,9 @@ test("the Dockerfile copies what `make build` produced, to where the code looks,
 
   // ENTRYPOINT = the manifests' command, and its script is in the image.
   assert.deepEqual(entrypoint, ENTRYPOINT);
-  const main = inImage(entrypoint[1]);
-  assert.ok(main && fs.existsSync(main), `${entrypoint[1]} is in the image`);
+  const script = at(entrypoint, 1, 'ENTRYPOINT');
+  const main = inImage(script);
+  assert.ok(main && fs.existsSync(main), `${script} is in the image`);
   for (const w of [agent(), controlPlane()])
     assert.deepEqual(onlyContainer(w).command, entrypoint, `${w.metadata.name}: command = ENTRYPOINT`);
 });

@@ -9,7 +9,7 @@ import type { Workload } from '../../src/state/types';
 const ROOT = 'istio-system';
 
 function wl(uid: string, labels: Record<string, string>): Workload {
-  const [namespace, name] = uid.split('/');
+  const [namespace = '', name = ''] = uid.split('/');
   return {
     uid,
     name,
@@ -132,7 +132,7 @@ test('each L4 when condition is its own clause', () => {
     ),
   );
   assert.deepEqual(r.problems, []);
-  assert.deepEqual(r.byName('when')?.rules[0].clauses, [
+  assert.deepEqual(r.byName('when')?.rules[0]?.clauses, [
     { matches: [matchOf({ sourceIps: [{ address: '10.1.0.0', length: 16 }] })] },
     { matches: [matchOf({ notNamespaces: [{ exact: 'legacy' }] })] },
     { matches: [matchOf({ principals: [{ suffix: '/sa/sleep' }] })] },

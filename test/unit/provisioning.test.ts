@@ -12,6 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import YAML from 'yaml';
+import { must } from '../helpers/must';
+import { lastJson } from '../helpers/proc';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const SCRIPTS = ['scripts/install-deps.sh', 'scripts/provision-k8s.sh'];
@@ -97,7 +99,7 @@ function evaluateVagrantfile(): Call[] {
     fs.writeFileSync(path.join(dir, 'recorder.rb'), RECORDER);
     const r = run('ruby', 'ruby', ['recorder.rb', 'Vagrantfile'], { cwd: dir });
     assert.equal(r.status, 0, `evaluating the Vagrantfile: ${r.out}`);
-    return JSON.parse(r.out.trim().split('\n').at(-1)!) as Call[];
+    return lastJson<Call[]>(r.out);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -144,13 +146,13 @@ test('the Vagrantfile: two Debian 12 nodes, each provisioned by install-deps.sh 
       always.slice(0, deps).every((p) => /nodesource|node -p/.test(p.inline ?? '')),
       'only Node.js (which install-deps.sh requires) comes before it',
     );
-    const args = always[k8s].inline.split(/\s+/).slice(2);
+    const args = (always[k8s]?.inline ?? '').split(/\s+/).slice(2);
     if (node === 'node-1') {
       assert.deepEqual(args.slice(0, 2), ['init', ips[node]]);
-      token = args[2];
+      token = args[2] ?? '';
       const demo = provisioners.find((p) => p.name === 'demo');
       assert.equal(demo?.run, 'never', 'the demo runs on request, once both nodes are up');
-      assert.equal(demo?.inline.trim(), 'bash /ambit/scripts/provision-k8s.sh demo');
+      assert.equal(demo?.inline?.trim(), 'bash /ambit/scripts/provision-k8s.sh demo');
     } else {
       assert.deepEqual(args.slice(0, 3), ['join', ips[node], ips['node-1']]);
       assert.equal(args[3], token, 'both nodes share the kubeadm token');
@@ -164,8 +166,7 @@ test('provision-k8s.sh applies the Vagrant overlay with the image it builds, and
   const script = fs.readFileSync(path.join(ROOT, 'scripts/provision-k8s.sh'), 'utf8');
   const value = (name: string): string => {
     const m = new RegExp(`^${name}=(\\S+)`, 'm').exec(script);
-    assert.ok(m, `${name}= in provision-k8s.sh`);
-    return m[1];
+    return must(m?.[1], `${name}= in provision-k8s.sh`);
   };
   const overlay = value('OVERLAY');
   assert.ok(fs.existsSync(path.join(ROOT, overlay, 'kustomization.yaml')), `${overlay} is a kustomization`);

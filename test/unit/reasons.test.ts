@@ -14,7 +14,7 @@ test('bpf/lib/reasons.h and src/datapath/reasons.ts list the same reasons in the
   const max = entries.find((e) => e.name === 'MAX');
   const reasons = entries.filter((e) => e.name !== 'MAX');
   assert.ok(reasons.length > 0, 'no REASON_ entries parsed from the header');
-  reasons.forEach((e, i) => assert.equal(e.value, i, `REASON_${e.name} must be ${i}: values are counter slots, dense from 0`));
+  for (const [i, e] of reasons.entries()) assert.equal(e.value, i, `REASON_${e.name} must be ${i}: values are counter slots, dense from 0`);
   assert.deepEqual(
     reasons.map((e) => e.name),
     [...REASONS],

@@ -65,7 +65,8 @@ test('a service VIP picks an endpoint of the same namespace, weighted by capacit
     counts[r.workload.name] = (counts[r.workload.name] ?? 0) + 1;
   }
   assert.deepEqual(Object.keys(counts).sort(), ['a', 'b'], 'prod/other-ns is not an endpoint of default/echo');
-  assert.ok(counts.b / counts.a > 2.4 && counts.b / counts.a < 3.7, `weights 1:3, got ${JSON.stringify(counts)}`);
+  const ratio = (counts.b ?? 0) / (counts.a ?? 0);
+  assert.ok(ratio > 2.4 && ratio < 3.7, `weights 1:3, got ${JSON.stringify(counts)}`);
   assert.deepEqual(resolveOutbound(store, '10.96.0.10', 81).kind, 'refuse');
 });
 

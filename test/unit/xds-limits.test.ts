@@ -22,10 +22,10 @@ import { BuiltinCa } from '../../src/identity/builtin-ca';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../../src/protocol/messages';
 import { encodedLength, grpcServices, MORE_FOLLOWS, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../../src/protocol/protos';
 import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
-import { toResources, type XdsResource } from '../../src/sources/xds-resources';
-import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Service, Workload } from '../../src/state/types';
+import { at, must } from '../helpers/must';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
+import { ofType, resourcesOf } from '../helpers/xds-resources';
 
 const log = pino({ level: 'silent' });
 const RESPONSE = 'envoy.service.discovery.v3.DeltaDiscoveryResponse';
@@ -69,7 +69,7 @@ function mesh(n: number, capacity = 1): MeshConfig {
       labels: { app, version: 'v1' },
       capacity,
       authorizationPolicies: [],
-      services: [`${services.at(-1)!.namespace}/${services.at(-1)!.hostname}`],
+      services: [`${at(services, -1, 'services').namespace}/${at(services, -1, 'services').hostname}`],
     });
   }
   return {
@@ -83,11 +83,6 @@ function mesh(n: number, capacity = 1): MeshConfig {
     controlPlane: { tokens: [] },
   };
 }
-
-const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => {
-  const st = new MeshStore(cfg);
-  return toResources(cfg, (s) => st.endpoints(s));
-};
 
 async function serve(
   auth: () => AuthResult | Promise<AuthResult>,
@@ -151,7 +146,7 @@ const ack = (res: DeltaDiscoveryResponse): DeltaDiscoveryRequest => ({
 test('a 25,000-workload mesh syncs to the node in parts, none over the budget', async () => {
   const cfg = mesh(25_000);
   const resources = resourcesOf(cfg);
-  const whole = [...resources.get(TYPE_ADDRESS)!.values()].reduce((n, r) => n + resourceBytes(r), 0);
+  const whole = [...ofType(resources, TYPE_ADDRESS).values()].reduce((n, r) => n + resourceBytes(r), 0);
   assert.ok(
     whole > GRPC_DEFAULT_RECEIVE,
     `the whole Address type (${whole} bytes) exceeds gRPC's default receive limit: one response could not be received`,
@@ -238,7 +233,7 @@ test('a change that comes in parts reaches the data plane once, complete; a NACK
 
     // One bad resource: the part holding it is refused, every other part is applied, and the refusal does not loop.
     const broken = resourcesOf(mesh(600, 3));
-    const victim = [...broken.get(TYPE_ADDRESS)!.values()][0];
+    const victim = at([...ofType(broken, TYPE_ADDRESS).values()], 0, 'workload resources');
     victim.resource = pack(TYPE_ADDRESS, {
       workload: { uid: victim.name, namespace: 'team-0', service_account: 'app-0', addresses: [Buffer.from([10, 0, 0])] },
     });
@@ -248,7 +243,7 @@ test('a change that comes in parts reaches the data plane once, complete; a NACK
     await waitFor('the rest of the change', () => client.state().workloads.filter((w) => w.capacity === 3).length > 550);
     await waitFor('the update to settle', () => xds.streamStates()[0]?.types.every((t) => t.inFlight === 0));
     assert.equal(client.stats.nacks, 1, 'the refused part was not offered again');
-    assert.equal(xds.streamStates()[0].types.find((t) => t.typeUrl === TYPE_ADDRESS)!.refused > 0, true);
+    assert.ok((xds.streamStates()[0]?.types.find((t) => t.typeUrl === TYPE_ADDRESS)?.refused ?? 0) > 0, 'a refused part counted');
     assert.equal(seen.length, 1, 'the applied parts were announced once');
   } finally {
     client.stop();
@@ -269,7 +264,7 @@ test('a node that never ACKs keeps the server state bounded; its ACK brings the 
     const variants = [1, 2, 3, 4].map((c) => resourcesOf(mesh(2_000, c)));
     gc();
     const heapBefore = process.memoryUsage().heapUsed;
-    for (let i = 0; i < 400; i++) xds.update(variants[i % 4]);
+    for (let i = 0; i < 400; i++) xds.update(at(variants, i % 4, 'variants'));
     gc();
     const grew = process.memoryUsage().heapUsed - heapBefore;
     console.log(
@@ -277,8 +272,10 @@ test('a node that never ACKs keeps the server state bounded; its ACK brings the 
     );
     assert.ok(grew < 8 * 1024 * 1024, `heap grew ${grew} bytes`);
     assert.equal(xds.stats.pushes, 2, 'nothing more was sent to a node that has not ACKed');
-    const [st] = xds.streamStates();
-    const address = st.types.find((t) => t.typeUrl === TYPE_ADDRESS)!;
+    const address = must(
+      xds.streamStates()[0]?.types.find((t) => t.typeUrl === TYPE_ADDRESS),
+      "the stream's address state",
+    );
     console.log(`# per-stream state: ${JSON.stringify(address)}`);
     assert.deepEqual(
       { inFlight: address.inFlight, held: address.held },
@@ -289,9 +286,16 @@ test('a node that never ACKs keeps the server state bounded; its ACK brings the 
     await waitFor('the stream to deliver', () => responses.length === 2);
 
     // The ACK: the 400 updates coalesce into what is served now (capacity 4), nothing in between.
-    call.write(ack(responses.find((r) => r.type_url === TYPE_ADDRESS)!));
+    call.write(
+      ack(
+        must(
+          responses.find((r) => r.type_url === TYPE_ADDRESS),
+          'an address response',
+        ),
+      ),
+    );
     await waitFor('the coalesced update', () => responses.length === 3);
-    assert.equal(responses[2].resources.length, 2_000);
+    assert.equal(responses[2]?.resources.length, 2_000);
     assert.equal(xds.stats.pushes, 3);
   } finally {
     call.cancel();
@@ -317,7 +321,7 @@ test('a stream whose token no longer passes is closed with UNAUTHENTICATED; a ch
     const t0 = Date.now();
     assert.equal(await xds.recheck(), 1);
     await waitFor('the client to see the stream closed', () => lost.length > 0, 5_000);
-    assert.match(lost[0], /^UNAUTHENTICATED: credentials no longer accepted: unknown bearer token/);
+    assert.match(lost[0] ?? '', /^UNAUTHENTICATED: credentials no longer accepted: unknown bearer token/);
     console.log(`# revoked stream seen closed by the node ${Date.now() - t0} ms after the re-check`);
     assert.equal(xds.streamStates().length, 0);
   } finally {

@@ -18,10 +18,9 @@ import type { AddressMessage, AuthorizationMessage } from '../../src/protocol/me
 import { grpcServices, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
 import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
-import { addressFromMessage, authorizationFromMessage, toResources, type XdsResource } from '../../src/sources/xds-resources';
-import { MeshStore } from '../../src/state/store';
-import type { MeshConfig } from '../../src/state/types';
+import { addressFromMessage, authorizationFromMessage } from '../../src/sources/xds-resources';
 import { waitFor } from '../helpers/proc';
+import { ofType, resource, resourcesOf } from '../helpers/xds-resources';
 
 const log = pino({ level: 'silent' });
 const YAML_TEXT = (extraPolicy = ''): string => `
@@ -48,10 +47,6 @@ const DENY_LEGACY = `  - apiVersion: security.istio.io/v1
 
 let dir: string;
 let creds: ServerCredentialsPem;
-const resourcesOf = (cfg: MeshConfig): Map<string, Map<string, XdsResource>> => {
-  const st = new MeshStore(cfg);
-  return toResources(cfg, (s) => st.endpoints(s));
-};
 
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-xds-'));
@@ -90,7 +85,7 @@ const anyNode = (): { node: string } => ({ node: 'n1' });
 test('the mesh state survives encoding as resources and decoding, resource by resource', () => {
   const cfg = parseConfig(YAML_TEXT(DENY_LEGACY));
   const res = resourcesOf(cfg);
-  assert.deepEqual([...res.get(TYPE_ADDRESS)!.keys()].sort(), [
+  assert.deepEqual([...ofType(res, TYPE_ADDRESS).keys()].sort(), [
     'default/echo',
     'default/echo.default.svc.cluster.local',
     'default/legacy',
@@ -98,7 +93,7 @@ test('the mesh state survives encoding as resources and decoding, resource by re
   ]);
   const echo = addressFromMessage(
     'default/echo',
-    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo')!.resource),
+    unpack<AddressMessage>(resource(res, TYPE_ADDRESS, 'default/echo').resource),
     'cluster.local',
   );
   assert.ok('workload' in echo);
@@ -122,13 +117,13 @@ test('the mesh state survives encoding as resources and decoding, resource by re
   );
   const legacy = addressFromMessage(
     'default/legacy',
-    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/legacy')!.resource),
+    unpack<AddressMessage>(resource(res, TYPE_ADDRESS, 'default/legacy').resource),
     'cluster.local',
   );
   assert.equal('workload' in legacy && legacy.workload.protocol, 'NONE');
   const svc = addressFromMessage(
     'default/echo.default.svc.cluster.local',
-    unpack<AddressMessage>(res.get(TYPE_ADDRESS)!.get('default/echo.default.svc.cluster.local')!.resource),
+    unpack<AddressMessage>(resource(res, TYPE_ADDRESS, 'default/echo.default.svc.cluster.local').resource),
     'cluster.local',
   );
   assert.deepEqual(svc, {
@@ -144,17 +139,15 @@ test('the mesh state survives encoding as resources and decoding, resource by re
   for (const p of cfg.policies) {
     const key = `${p.namespace}/${p.name}`;
     assert.deepEqual(
-      authorizationFromMessage(key, unpack<AuthorizationMessage>(res.get(TYPE_AUTHORIZATION)!.get(key)!.resource)),
+      authorizationFromMessage(key, unpack<AuthorizationMessage>(resource(res, TYPE_AUTHORIZATION, key).resource)),
       p,
       `${key} round-trips`,
     );
   }
   // Same content, same version: only real changes are pushed.
   assert.equal(
-    resourcesOf(parseConfig(YAML_TEXT(DENY_LEGACY)))
-      .get(TYPE_ADDRESS)!
-      .get('default/sleep')!.version,
-    res.get(TYPE_ADDRESS)!.get('default/sleep')!.version,
+    resource(resourcesOf(parseConfig(YAML_TEXT(DENY_LEGACY))), TYPE_ADDRESS, 'default/sleep').version,
+    resource(res, TYPE_ADDRESS, 'default/sleep').version,
   );
 });
 
@@ -212,18 +205,16 @@ test('sync, push of changes only, NACK with rollback, and a reconnect that sends
 
     // A malformed workload: NACKed, the node keeps the last good one, the server rolls back.
     const broken = resourcesOf(cfg);
-    broken
-      .get(TYPE_ADDRESS)!
-      .set('default/echo', {
-        name: 'default/echo',
-        version: 'broken',
-        resource: pack(TYPE_ADDRESS, {
-          workload: { uid: 'default/echo', namespace: 'default', service_account: 'echo', addresses: [Buffer.from([10, 0, 0])] },
-        }),
-      });
+    ofType(broken, TYPE_ADDRESS).set('default/echo', {
+      name: 'default/echo',
+      version: 'broken',
+      resource: pack(TYPE_ADDRESS, {
+        workload: { uid: 'default/echo', namespace: 'default', service_account: 'echo', addresses: [Buffer.from([10, 0, 0])] },
+      }),
+    });
     xds.update(broken);
     await waitFor('the NACK', () => xds.stats.nacks === 1);
-    assert.match(rejected[0], /^default\/echo: addresses\[0\] "0a0000" is not an IP address/);
+    assert.match(rejected[0] ?? '', /^default\/echo: addresses\[0\] "0a0000" is not an IP address/);
     assert.deepEqual(
       client.state().workloads.find((w) => w.uid === 'default/echo')?.addresses,
       ['10.200.2.11'],
