@@ -6,10 +6,12 @@
 import net from 'node:net';
 import { AmbitError } from '../errors';
 import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from '../state/types';
+import type { WaypointConfig } from '../waypoint/types';
 import { checkCrossFields } from './cross-checks';
 import { readTextFile } from './file-source';
 import { compileIstioPolicies } from './istio-crd';
 import { checkKeys, join, KEYS } from './schema';
+import { type NamespaceLabels, resolveWaypoints } from './standalone-waypoints';
 import { parseYamlBounded } from './yaml-bounded';
 
 type Obj = Record<string, unknown>;
@@ -168,7 +170,25 @@ function service(p: Problems, v: unknown, at: string): Service {
     addresses,
     ports,
     selector: labels(p, o, 'selector', at),
+    ...(o.labels === undefined ? {} : { labels: labels(p, o, 'labels', at) }),
   };
+}
+
+function namespace(p: Problems, v: unknown, at: string): NamespaceLabels {
+  const o = fields(p, v, at, KEYS.namespace, 'must be a map such as { name: default, labels: { istio.io/use-waypoint: waypoint } }') ?? {};
+  return {
+    name: str(p, o, 'name', at, { pattern: DNS_LABELS, fix: 'a Kubernetes namespace name' }),
+    labels: labels(p, o, 'labels', at),
+  };
+}
+
+/**
+ * The standalone file's mesh model, with the waypoint's route model beside
+ * it: `ambit waypoint` reads the same file and serves `routes`.
+ */
+export interface StandaloneConfig extends MeshConfig {
+  /** routes: compiled (HTTPRoutes, GRPCRoutes, waypoints, their bindings, targeted AuthorizationPolicies). */
+  routes: WaypointConfig;
 }
 
 function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
@@ -188,7 +208,7 @@ function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
 }
 
 /** Parses and validates; throws AMBIT_E_CONFIG listing every problem. */
-export function parseConfig(text: string, source = 'config'): MeshConfig {
+export function parseConfig(text: string, source = 'config'): StandaloneConfig {
   const doc = parseYamlBounded(text, source);
   const p = new Problems();
   const o: Obj = isObj(doc) ? doc : {};
@@ -220,6 +240,9 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
   const compiled = compileIstioPolicies(cfg.policyDocs, cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, p.report);
   cfg.policies = compiled.policies;
   cfg.warnings = compiled.warnings;
+  const namespaces = list(p, o, 'namespaces', '').map((n, i) => namespace(p, n, `namespaces[${i}]`));
+  const routes = resolveWaypoints(cfg, list(p, o, 'routes', ''), namespaces, p.report);
+  cfg.warnings.push(...routes.warnings);
   if (p.list.length) {
     // A file of 25,000 workloads with one typo each would otherwise be a multi-megabyte log line.
     const shown = p.list.slice(0, MAX_LISTED);
@@ -230,9 +253,9 @@ export function parseConfig(text: string, source = 'config'): MeshConfig {
       'fix the fields named above; nothing was applied',
     );
   }
-  return cfg;
+  return { ...cfg, routes };
 }
 
-export function loadConfigFile(file: string): MeshConfig {
+export function loadConfigFile(file: string): StandaloneConfig {
   return parseConfig(readTextFile(file, '--config'), file);
 }

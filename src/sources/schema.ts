@@ -9,7 +9,8 @@ export type Report = (at: string, value: unknown, what: string) => void;
 
 /** The keys of each level of the standalone YAML (Istio objects: see src/sources/istio-crd.ts). */
 export const KEYS = {
-  top: ['trustDomain', 'ca', 'nodes', 'workloads', 'services', 'policies', 'rootNamespace', 'controlPlane'],
+  top: ['trustDomain', 'ca', 'nodes', 'namespaces', 'workloads', 'services', 'policies', 'routes', 'rootNamespace', 'controlPlane'],
+  namespace: ['name', 'labels'],
   ca: ['dir'],
   node: ['name', 'address'],
   // authorizationPolicies is derived from the policies' selectors; it is known so that a Workload
@@ -29,7 +30,7 @@ export const KEYS = {
     'capacity',
     'authorizationPolicies',
   ],
-  service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector'],
+  service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector', 'labels'],
   servicePort: ['port', 'targetPort'],
   controlPlane: ['tokens'],
   token: ['node', 'sha256'],

@@ -28,6 +28,8 @@ export interface Workload {
   services?: string[];
   /** WORKLOAD_SELECTOR policies ("<namespace>/<name>") that apply to it. */
   authorizationPolicies: string[];
+  /** The waypoint traffic addressed to this pod's IP goes through (istio.io/use-waypoint, waypoint-for workload or all). */
+  waypoint?: GatewayAddress;
 }
 
 export interface ServicePort {
@@ -42,6 +44,42 @@ export interface Service {
   addresses: string[];
   ports: ServicePort[];
   selector: Record<string, string>;
+  /** Labels of the Service object (standalone YAML only: they carry istio.io/use-waypoint). */
+  labels?: Record<string, string>;
+  /** The waypoint traffic addressed to this service's VIP goes through (waypoint-for service or all). */
+  waypoint?: GatewayAddress;
+}
+
+/**
+ * Where a waypoint is reached, as Istio's xDS says it (istio.workload.GatewayAddress):
+ * an address (a waypoint pod's IP, or the VIP of the waypoint's service) or a
+ * service hostname, and the port its HBONE listener takes mutual TLS on.
+ */
+export interface GatewayAddress {
+  destination: { kind: 'address'; network: string; ip: string } | { kind: 'hostname'; namespace: string; hostname: string };
+  /** 15008 unless the waypoint says otherwise. */
+  hboneMtlsPort: number;
+}
+
+/** The waypoint's HBONE port (Istio's). */
+export const WAYPOINT_HBONE_PORT = 15008;
+
+/** How a GatewayAddress is written in logs and messages: the IP, or namespace/hostname. */
+export const gatewayAddressText = (g: GatewayAddress): string =>
+  g.destination.kind === 'address' ? g.destination.ip : `${g.destination.namespace}/${g.destination.hostname}`;
+
+/** `istio.io/waypoint-for`: which traffic a waypoint takes (Istio's default: service). */
+export type WaypointFor = 'service' | 'workload' | 'all' | 'none';
+
+/** A waypoint (a Gateway of class istio-waypoint) as the node tunnel needs it. */
+export interface MeshWaypoint {
+  name: string;
+  namespace: string;
+  for: WaypointFor;
+  /** What services and workloads that use it are given as their `waypoint`. */
+  address: GatewayAddress;
+  /** Its pods' service account: the identity the node tunnel expects on its HBONE port. */
+  serviceAccount: string;
 }
 
 export interface MeshNode {
@@ -61,6 +99,8 @@ export interface MeshConfig {
   nodes: MeshNode[];
   workloads: Workload[];
   services: Service[];
+  /** The waypoints declared (standalone YAML); services and workloads point at them with their `waypoint`. */
+  waypoints?: MeshWaypoint[];
   policies: Authorization[];
   /** Policies in this namespace without a selector apply mesh-wide (Istio's root namespace). */
   rootNamespace: string;

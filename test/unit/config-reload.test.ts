@@ -45,7 +45,7 @@ describe('reloading the configuration file', () => {
 
   test('each kind of invalid file is reported and the last good config keeps serving', async () => {
     fs.writeFileSync(file, BASE);
-    let current = parseConfig(BASE, file);
+    let current: MeshConfig = parseConfig(BASE, file);
     let tables = 0;
     const rejected: AmbitError[] = [];
     // Applies as the control plane does: the token table is built from the new file (NodeTokens throws on a duplicate hash).
