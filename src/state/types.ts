@@ -35,6 +35,10 @@ export interface Workload {
 export interface ServicePort {
   port: number;
   targetPort: number;
+  /** The port's name; a waypoint serves `http-`/`http2-`/`grpc-` prefixed ports as HTTP (Istio's convention). */
+  name?: string;
+  /** Kubernetes appProtocol (http, http2, grpc, …): what a waypoint speaks on the port, before the name. */
+  appProtocol?: string;
 }
 
 export interface Service {
