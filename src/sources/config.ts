@@ -50,6 +50,9 @@ function fields(p: Problems, v: unknown, at: string, known: readonly string[], w
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const DNS_LABELS = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
+/** A Kubernetes port name or appProtocol value. */
+const PORT_NAME = /^[a-z0-9]([a-z0-9./-]{0,61}[a-z0-9])?$/;
+
 function str(p: Problems, o: Obj, key: string, at: string, opts: { optional?: boolean; pattern?: RegExp; fix?: string } = {}): string {
   const v = o[key];
   if (v === undefined && opts.optional) return '';
@@ -161,7 +164,15 @@ function service(p: Problems, v: unknown, at: string): Service {
     if (!fields(p, x, `${at}.ports[${i}]`, KEYS.servicePort, 'must be { port, targetPort }') || !isObj(x))
       return { port: 0, targetPort: 0 };
     const svcPort = port(p, x.port, `${at}.ports[${i}].port`);
-    return { port: svcPort, targetPort: x.targetPort === undefined ? svcPort : port(p, x.targetPort, `${at}.ports[${i}].targetPort`) };
+    const targetPort = x.targetPort === undefined ? svcPort : port(p, x.targetPort, `${at}.ports[${i}].targetPort`);
+    // name and appProtocol tell a waypoint whether the port speaks HTTP (Istio's rule).
+    const portName = str(p, x, 'name', `${at}.ports[${i}]`, { optional: true, pattern: PORT_NAME, fix: 'a port name such as http-web' });
+    const appProtocol = str(p, x, 'appProtocol', `${at}.ports[${i}]`, {
+      optional: true,
+      pattern: PORT_NAME,
+      fix: 'such as http, http2 or grpc',
+    });
+    return { port: svcPort, targetPort, ...(portName ? { name: portName } : {}), ...(appProtocol ? { appProtocol } : {}) };
   });
   return {
     name: str(p, o, 'name', at),

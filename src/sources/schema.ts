@@ -31,7 +31,7 @@ export const KEYS = {
     'authorizationPolicies',
   ],
   service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector', 'labels'],
-  servicePort: ['port', 'targetPort'],
+  servicePort: ['port', 'targetPort', 'name', 'appProtocol'],
   controlPlane: ['tokens'],
   token: ['node', 'sha256'],
 } as const;
