@@ -10,13 +10,14 @@ import { AmbitError } from '../errors';
 import { runControlPlane } from '../roots/control-plane';
 import { type PodFacts, runNode, type XdsSettings } from '../roots/node';
 import { runSidecar } from '../roots/sidecar';
+import { runWaypoint } from '../roots/waypoint';
 import type { TunnelMode } from '../tunnel/tunnel';
 import { runWorker } from '../tunnel/worker';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
 import { config } from './inspect';
 import { limitOptions, limitsFromFlags } from './limit-flags';
 import { ca, datapath } from './tools';
-import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, VERSION_USAGE, WORKER_USAGE } from './usage';
+import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, VERSION_USAGE, WAYPOINT_USAGE, WORKER_USAGE } from './usage';
 import { versionLine } from './version';
 
 const SERVE_OPTIONS = {
@@ -44,6 +45,17 @@ const NODE_OPTIONS = {
   proc: { type: 'string' },
 } as const;
 const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
+const WAYPOINT_OPTIONS = {
+  config: { type: 'string' },
+  name: { type: 'string' },
+  namespace: { type: 'string' },
+  listen: { type: 'string' },
+  'admin-port': { type: 'string' },
+  'stats-port': { type: 'string' },
+  'ready-port': { type: 'string' },
+  'drain-seconds': { type: 'string' },
+  ...limitOptions,
+} as const;
 const CONTROL_PLANE_OPTIONS = {
   config: { type: 'string' },
   listen: { type: 'string' },
@@ -137,6 +149,32 @@ async function sidecar(argv: string[]): Promise<void> {
   await runSidecar({ workload, configFile: values.config as string, ...servingFlags(values, u, 0) });
 }
 
+async function waypoint(argv: string[]): Promise<void> {
+  const u = WAYPOINT_USAGE;
+  const values = parseFlags(argv, WAYPOINT_OPTIONS, u).values as Values;
+  const str = (k: string): string | undefined => values[k] as string | undefined;
+  const configFile = str('config');
+  const name = str('name');
+  const namespace = str('namespace');
+  if (!configFile) throw new UsageError('--config FILE is required', u);
+  if (!name) throw new UsageError("--name NAME is required (the waypoint Gateway's name, also its service account)", u);
+  if (!namespace) throw new UsageError('--namespace NS is required (where the waypoint Gateway is)', u);
+  const listen = str('listen') ?? '0.0.0.0:15008';
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(listen);
+  if (!m?.[1] || !(Number(m[2]) <= 65535))
+    throw new UsageError(`--listen ${JSON.stringify(listen)} is not IPv4:PORT (e.g. 0.0.0.0:15008)`, u);
+  const port = (flag: string, fallback: number): number => parseCount(`--${flag}`, str(flag), fallback, u, 0, 65535);
+  await runWaypoint({
+    configFile,
+    name,
+    namespace,
+    listen: { host: m[1], port: Number(m[2]) },
+    adminPorts: { admin: port('admin-port', 15000), stats: port('stats-port', 15020), ready: port('ready-port', 15021) },
+    drainMs: parseCount('--drain-seconds', str('drain-seconds'), 25, u, 0, 3600) * 1000,
+    limits: limitsFromFlags(values, u),
+  });
+}
+
 async function controlPlane(argv: string[]): Promise<void> {
   const u = CONTROL_PLANE_USAGE;
   const { values } = parseFlags(argv, CONTROL_PLANE_OPTIONS, u);
@@ -160,6 +198,8 @@ async function main(argv: string[]): Promise<void> {
       return node(rest);
     case 'sidecar':
       return sidecar(rest);
+    case 'waypoint':
+      return waypoint(rest);
     case 'control-plane':
       return controlPlane(rest);
     case 'worker':

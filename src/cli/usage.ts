@@ -37,6 +37,19 @@ export const SIDECAR_USAGE = `usage:
   --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
 ${LIMITS}`;
 
+export const WAYPOINT_USAGE = `usage:
+  ambit waypoint --config FILE --name NAME --namespace NS [flags]   the L7 proxy of services that opt in
+
+  --config FILE            mesh configuration (YAML) with its routes:; re-read when it changes
+  --name NAME              the waypoint Gateway's name (also its service account: its identity)
+  --namespace NS           the Gateway's namespace
+  --listen IP:PORT         HBONE listener (default 0.0.0.0:15008)
+  --admin-port N           admin endpoint on 127.0.0.1 (default 15000)
+  --stats-port N           Prometheus /metrics (default 15020)
+  --ready-port N           /healthz/ready (default 15021)
+  --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
+${LIMITS}`;
+
 export const CONTROL_PLANE_USAGE = `usage:
   ambit control-plane --config FILE [flags]    delta xDS and the CA for node agents
 
@@ -94,6 +107,7 @@ export const USAGE = `usage:
   ambit node --config FILE --node NAME [flags]
   ambit node --xds HOST:PORT --xds-root FILE --node NAME [flags]
   ambit sidecar --config FILE --workload UID [flags]
+  ambit waypoint --config FILE --name NAME --namespace NS [flags]
   ambit control-plane --config FILE [flags]
   ambit ca init|issue …
   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
