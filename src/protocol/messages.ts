@@ -23,6 +23,12 @@ export interface Port {
 export interface PortList {
   ports: Port[];
 }
+export interface GatewayAddressMessage {
+  hostname?: { namespace: string; hostname: string } | null;
+  address?: NetworkAddress | null;
+  destination?: 'hostname' | 'address';
+  hbone_mtls_port: number;
+}
 
 export interface WorkloadMessage {
   uid: string;
@@ -44,6 +50,7 @@ export interface WorkloadMessage {
   status?: 'HEALTHY' | 'UNHEALTHY';
   cluster_id?: string;
   capacity?: { value: number } | null;
+  waypoint?: GatewayAddressMessage | null;
 }
 
 export interface ServiceMessage {
@@ -53,6 +60,7 @@ export interface ServiceMessage {
   addresses: NetworkAddress[];
   ports: Port[];
   subject_alt_names: string[];
+  waypoint?: GatewayAddressMessage | null;
 }
 
 export interface AddressMessage {

@@ -18,6 +18,7 @@ import type {
   AddressMessage,
   Any,
   AuthorizationMessage,
+  GatewayAddressMessage,
   IpBlockMessage,
   MatchMessage,
   ServiceMessage,
@@ -25,7 +26,7 @@ import type {
   WorkloadMessage,
 } from '../protocol/messages';
 import { pack, TYPE_ADDRESS, TYPE_AUTHORIZATION } from '../protocol/protos';
-import { type MeshConfig, type Service, serviceKey, type Workload } from '../state/types';
+import { type GatewayAddress, type MeshConfig, type Service, serviceKey, WAYPOINT_HBONE_PORT, type Workload } from '../state/types';
 
 export const CLUSTER_ID = 'Kubernetes';
 
@@ -76,6 +77,7 @@ function workloadMessage(cfg: MeshConfig, w: Workload, backs: Service[]): Partia
     status: 'HEALTHY',
     cluster_id: CLUSTER_ID,
     capacity: { value: w.capacity },
+    ...(w.waypoint ? { waypoint: gatewayMessage(w.waypoint) } : {}),
   };
 }
 
@@ -87,6 +89,17 @@ function serviceMessage(s: Service): Partial<ServiceMessage> {
     addresses: s.addresses.map((a) => ({ network: '', address: ipBytes(a) })),
     ports: s.ports.map((p) => ({ service_port: p.port, target_port: p.targetPort })),
     subject_alt_names: [],
+    ...(s.waypoint ? { waypoint: gatewayMessage(s.waypoint) } : {}),
+  };
+}
+
+function gatewayMessage(g: GatewayAddress): GatewayAddressMessage {
+  const d = g.destination;
+  return {
+    ...(d.kind === 'address'
+      ? { address: { network: d.network, address: ipBytes(d.ip) } }
+      : { hostname: { namespace: d.namespace, hostname: d.hostname } }),
+    hbone_mtls_port: g.hboneMtlsPort,
   };
 }
 
@@ -184,7 +197,22 @@ function workloadFromMessage(name: string, w: WorkloadMessage, trustDomain: stri
     trustDomain: td === trustDomain ? undefined : td,
     services: Object.keys(w.services ?? {}),
     authorizationPolicies: [...w.authorization_policies],
+    ...(w.waypoint ? { waypoint: gatewayFromMessage(name, w.waypoint) } : {}),
   };
+}
+
+/** A GatewayAddress; a port of 0 (unset on the wire) is Istio's 15008. */
+function gatewayFromMessage(name: string, g: GatewayAddressMessage): GatewayAddress {
+  if (!(g.hbone_mtls_port >= 0 && g.hbone_mtls_port <= 65535)) bad(name, 'waypoint.hbone_mtls_port', g.hbone_mtls_port, 'is not a port');
+  const hboneMtlsPort = g.hbone_mtls_port || WAYPOINT_HBONE_PORT;
+  if (g.address) {
+    const ip = ipText(name, 'waypoint.address.address', g.address.address);
+    if (!net.isIPv4(ip)) bad(name, 'waypoint.address.address', ip, 'is not IPv4 (the datapath is IPv4 only)');
+    return { destination: { kind: 'address', network: g.address.network, ip }, hboneMtlsPort };
+  }
+  if (g.hostname?.hostname && g.hostname.namespace)
+    return { destination: { kind: 'hostname', namespace: g.hostname.namespace, hostname: g.hostname.hostname }, hboneMtlsPort };
+  return bad(name, 'waypoint', g, 'names neither an address nor a namespace and hostname');
 }
 
 function serviceFromMessage(name: string, s: ServiceMessage): Service {
@@ -202,6 +230,7 @@ function serviceFromMessage(name: string, s: ServiceMessage): Service {
     addresses: s.addresses.map((a, i) => ipText(name, `addresses[${i}].address`, a.address)).filter((a) => net.isIPv4(a)),
     ports,
     selector: {},
+    ...(s.waypoint ? { waypoint: gatewayFromMessage(name, s.waypoint) } : {}),
   };
 }
 

@@ -14,6 +14,7 @@ import type { Logger } from '../observability/log';
 import { type Metrics, tcpLabels } from '../observability/metrics';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { MeshStore } from '../state/store';
+import { type GatewayAddress, gatewayAddressText } from '../state/types';
 import { ClientFailure, failureCode } from './client-errors';
 import type { ConnectionRegistry, ListedConnection } from './connections';
 import { copyBidirectional } from './copy';
@@ -70,6 +71,8 @@ export function attachOutbound(pod: ServedPod, deps: OutboundDeps): void {
   });
 }
 
+const waypointText = (g: GatewayAddress | undefined): string | undefined => (g ? gatewayAddressText(g) : undefined);
+
 /** A plain upstream leg from inside the source pod; errors (including a dial that outlasts upstreamDialMs) surface on the socket. */
 function dialUpstream(pod: ServedPod, ip: string, port: number, dialMs: number): net.Socket | ClientFailure {
   let up: net.Socket;
@@ -106,7 +109,7 @@ async function handle(
   // The pod's own address, not the client's 127.0.0.1: every leg is dialed from it.
   const srcIp = src.addresses[0] ?? '';
   const srcIdentity = pod.identity;
-  const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port);
+  const route = deps.plainOnly ? { kind: 'plain' as const, ip, port } : resolveOutbound(deps.store, ip, port, Math.random, src);
   const { traceparent, connId } = newTraceparent();
   const entry: Record<string, unknown> = {
     conn_id: connId,
@@ -122,7 +125,12 @@ async function handle(
   if (route.kind === 'refuse') {
     deps.metrics.failure('outbound', route.reason);
     client.destroy();
-    return finish({ 'dst.service': route.service.hostname, error: route.reason });
+    return finish({
+      'dst.service': route.service?.hostname,
+      'dst.workload': route.workload?.name,
+      'dst.waypoint': waypointText(route.reason === 'no_waypoint' ? (route.workload ?? route.service)?.waypoint : undefined),
+      error: route.reason,
+    });
   }
   if (route.service) entry['dst.service'] = route.service.hostname;
   if (route.workload) Object.assign(entry, { 'dst.workload': route.workload.name, 'dst.namespace': route.workload.namespace });
@@ -169,8 +177,11 @@ async function handle(
     return finish({ 'dst.hbone_addr': null, bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
   }
 
-  entry['dst.hbone_addr'] = `${route.ip}:${PORT_INBOUND_HBONE}`;
+  // Through a waypoint the stream goes to one of its pods; the authority stays the original destination.
+  const hboneIp = route.waypoint?.ip ?? route.ip;
+  entry['dst.hbone_addr'] = `${hboneIp}:${PORT_INBOUND_HBONE}`;
   entry['dst.identity'] = route.identities[0];
+  if (route.waypoint) entry['dst.waypoint'] = route.waypoint.address;
   // A client that gives up while the stream is being set up must not leak it.
   let gone = false;
   const onEarlyClose = (): void => {
@@ -183,7 +194,7 @@ async function handle(
         srcIdentity,
         srcIp,
         dial: (dstIp, dstPort, o) => pod.netns.connect(dstIp, dstPort, o),
-        dstIp: route.ip,
+        dstIp: hboneIp,
         identities: route.identities,
       },
       connectHeaders({
@@ -201,7 +212,7 @@ async function handle(
       return finish({ error: 'client_closed' });
     }
     const closed = deps.metrics.open(labels);
-    const unlist = deps.connections.add(listed('HBONE', `${route.ip}:${PORT_INBOUND_HBONE}`), client, 'source');
+    const unlist = deps.connections.add(listed('HBONE', `${hboneIp}:${PORT_INBOUND_HBONE}`), client, 'source');
     const r = await copyBidirectional(client, stream).finally(unlist);
     closed({ fromSource: r.sent, toSource: r.received });
     finish({ bytes_sent: r.sent, bytes_recv: r.received, error: r.error?.message });
