@@ -1,11 +1,13 @@
 // A hand-driven HBONE client for root tests that play a peer: mutual TLS
 // with a certificate from the test's CA, from inside any netns, then CONNECT
 // streams the test can answer, reset or leave hanging as it likes.
+import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { type BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
+import { must } from './must';
 import { TIME_SCALE } from './proc';
 import { type Outcome, outcomeOfError } from './refusal';
 
@@ -73,6 +75,18 @@ export function connect(
     stream.once('close', () => done(`rst ${stream.rstCode}`));
     stream.once('response', (h) => done(`status ${h[':status']}`, stream));
   });
+}
+
+/** A CONNECT that must be answered 200: resolves with its open stream; fails naming the outcome otherwise. */
+export async function connectOk(
+  session: http2.ClientHttp2Session,
+  authority: string,
+  headers: http2.OutgoingHttpHeaders = {},
+  what = `CONNECT ${authority}`,
+): Promise<http2.ClientHttp2Stream> {
+  const r = await connect(session, authority, headers);
+  assert.equal(r.outcome, 'status 200', what);
+  return must(r.stream, `${what}: its stream`);
 }
 
 /** A stream's error: a reset by the peer is its RST_STREAM code; the rest as for any error. */

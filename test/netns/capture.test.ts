@@ -10,22 +10,28 @@ import type { Datapath } from '../../src/datapath/loader';
 import { listenerServer } from '../../src/datapath/netns';
 import { Cleanup } from '../helpers/cleanup';
 import { dialFrom, dialOutcome, openDatapath, PODAPP, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { at, must } from '../helpers/must';
 import { sh, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
-import type { TestPod, Topology } from '../helpers/topology';
+import type { TestNode, TestPod, Topology } from '../helpers/topology';
 
 describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   let topo: Topology;
-  const datapaths: Datapath[] = [];
-  const enrolments: Enrolment[] = [];
+  /** Each node's datapath and enrolment, by node index - 1. */
+  const nodes: { dp: Datapath; enrolment: Enrolment }[] = [];
+  const of = (node: TestNode): { dp: Datapath; enrolment: Enrolment } => at(nodes, node.index - 1, 'node datapaths');
   const enrolled = new Map<string, { pod: EnrolledPod; servers: net.Server[] }>();
   const cleanup = new Cleanup();
 
   /** Every connection accepted on a pod's tunnel sockets answers with what the tunnel learned. */
   function answer(pod: EnrolledPod, dp: Datapath): net.Server[] {
-    const [outbound, plain, hbone] = [pod.listeners.outbound, pod.listeners.inboundPlain, pod.listeners.inboundHbone].map(listenerServer);
+    const outbound = listenerServer(pod.listeners.outbound);
+    const plain = listenerServer(pod.listeners.inboundPlain);
+    const hbone = listenerServer(pod.listeners.inboundHbone);
     outbound.on('connection', (s: net.Socket) => {
-      const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
+      // A client that reset before this ran has no address left to look up.
+      if (!s.remoteAddress || !s.remotePort) return void s.destroy();
+      const orig = dp.maps.origDst(pod.podId, s.remoteAddress, s.remotePort);
       s.end(`${JSON.stringify({ at: 'outbound', pod: pod.workload.uid, orig: orig ? `${orig.ip}:${orig.port}` : null })}\n`);
     });
     plain.on('connection', (s: net.Socket) => {
@@ -38,9 +44,9 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
   }
 
   function enrol(pod: TestPod): EnrolledPod {
-    const i = pod.node.index - 1;
-    const e = enrolments[i].enrol(workloadOf(pod));
-    enrolled.set(pod.uid, { pod: e, servers: answer(e, datapaths[i]) });
+    const { dp, enrolment } = of(pod.node);
+    const e = enrolment.enrol(workloadOf(pod));
+    enrolled.set(pod.uid, { pod: e, servers: answer(e, dp) });
     return e;
   }
 
@@ -48,7 +54,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     const e = enrolled.get(pod.uid);
     if (!e) return;
     for (const s of e.servers) s.close();
-    enrolments[pod.node.index - 1].unenrol(pod.uid);
+    of(pod.node).enrolment.unenrol(pod.uid);
     enrolled.delete(pod.uid);
   }
 
@@ -57,12 +63,11 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     ({ topo } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
     cleanup.add('datapaths', () => {
       for (const pod of topo.pods) unenrol(pod);
-      for (const dp of datapaths.splice(0)) dp.close();
+      for (const { dp } of nodes.splice(0)) dp.close();
     });
     for (const node of topo.nodes) {
       const dp = openDatapath(topo, node);
-      datapaths.push(dp);
-      enrolments.push(new Enrolment(dp));
+      nodes.push({ dp, enrolment: new Enrolment(dp) });
     }
     for (const node of topo.nodes) for (const pod of node.pods.slice(0, 2)) enrol(pod);
   });
@@ -88,7 +93,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
     }
     // Every client socket has closed: sockops dropped both records of each connection.
     await waitFor('original-destination records to be dropped', () => {
-      const left = datapaths[0].maps.pendingRecords();
+      const left = of(topo.node(1)).dp.maps.pendingRecords();
       return left.byCookie === 0 && left.byFlow === 0;
     });
   });
@@ -124,15 +129,15 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
 
   test("with the tunnel's sockets closed, outbound is refused and inbound dropped by sk_lookup (refused, never delivered around the tunnel)", async () => {
     const pod = topo.pod(2, 2);
-    const e = enrolled.get(pod.uid)!;
+    const e = must(enrolled.get(pod.uid), `${pod.uid} enrolled`);
     // The real app listens on the pod's 8080: a fail-open datapath would reach it.
     const app = topo.spawnInPod(pod, process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami listening');
     // The tunnel is gone: every server and the agent's own fds of the sockets closed.
     await Promise.all(e.servers.map((s) => new Promise((r) => s.close(r))));
     closeListeners(e.pod);
-    const dp = datapaths[1];
-    const dropsBefore = dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET;
+    const { dp } = of(pod.node);
+    const dropsBefore = dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET ?? 0;
 
     await expectRefusal(
       dialOutcome(topo, pod, topo.pod(1, 3).ip, 8080, 1500),
@@ -148,7 +153,7 @@ describe('capture (connect4 + sockops + getpeername4 + sk_lookup)', () => {
       1500,
       'inbound to a pod whose tunnel is down',
     );
-    assert.ok(dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET > dropsBefore, 'sk_lookup dropped it');
+    assert.ok((dp.maps.readCounters().LOOKUP_DROP_NO_SOCKET ?? 0) > dropsBefore, 'sk_lookup dropped it');
     app.kill();
 
     // Re-enrol so later tests see a working pod again.

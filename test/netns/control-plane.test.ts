@@ -29,7 +29,8 @@ import {
   untilReady,
   workloadOf,
 } from '../helpers/fixture';
-import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
+import { must } from '../helpers/must';
+import { collect, jsonLines, lastJson, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
 import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
 
@@ -176,7 +177,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     node: TestNode,
     msg: string,
     match: (l: Record<string, unknown>) => boolean = () => true,
-  ): Record<string, unknown> | undefined => agents.get(node.name)!.lines.find((l) => l.msg === msg && match(l));
+  ): Record<string, unknown> | undefined => must(agents.get(node.name), `agent ${node.name}`).lines.find((l) => l.msg === msg && match(l));
 
   before(async () => {
     requireRoot();
@@ -194,12 +195,13 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
       workloads: topo.pods.map((p) => {
         const { netns: _n, cgroup: _c, ...w } = workloadOf(p);
+        const role = must(r[p.uid], `the role of ${p.uid}`);
         return {
           ...w,
-          namespace: r[p.uid].ns,
-          serviceAccount: r[p.uid].sa,
-          labels: { app: r[p.uid].app },
-          protocol: r[p.uid].mesh ? 'HBONE' : 'NONE',
+          namespace: role.ns,
+          serviceAccount: role.sa,
+          labels: { app: role.app },
+          protocol: role.mesh ? 'HBONE' : 'NONE',
         };
       }),
       services: [
@@ -236,13 +238,13 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     assert.equal(viaVip.ok, 5, 'the service VIP resolves to its endpoint from xDS');
     const seen = await waitFor('the destination access log', () =>
       logged(
-        topo.nodes[1],
+        topo.node(2),
         'connection complete',
         (l) => l.direction === 'inbound' && l['src.identity'] === `spiffe://${td}/ns/client/sa/sleep`,
       ),
     );
     assert.equal(seen['dst.identity'], `spiffe://${td}/ns/server/sa/web`);
-    const dump = await configDump<{ certificates: { identity: string }[] }>(topo.nodes[0]);
+    const dump = await configDump<{ certificates: { identity: string }[] }>(topo.node(1));
     assert.deepEqual(dump.certificates.map((c) => c.identity).sort(), [
       `spiffe://${td}/ns/client/sa/sleep`,
       `spiffe://${td}/ns/other/sa/other`,
@@ -295,7 +297,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await denied(other(), db(), 8080, 'denied by IP block: DENY before ALLOW');
     await denied(legacy(), db(), 9090, 'plaintext has no namespace: no ALLOW matches');
 
-    const n2 = topo.nodes[1];
+    const n2 = topo.node(2);
     const refusal = await waitFor('the refusal logged with its reason', () =>
       logged(n2, 'HBONE stream refused', (l) => l.reason === 'denied' && l.policy === 'server/db-deny-ip'),
     );
@@ -316,7 +318,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     await denied(legacy(), db(), 8080, 'STRICT: plaintext refused');
     assert.equal(await reaches(sleep(), db(), 8080), true, 'STRICT: mutual TLS accepted');
     await waitFor('the plaintext refusal', () =>
-      logged(topo.nodes[1], 'plaintext connection refused', (l) => l.policy === 'server/ambit-peerauthn-default'),
+      logged(topo.node(2), 'plaintext connection refused', (l) => l.policy === 'server/ambit-peerauthn-default'),
     );
     await untilApplied([
       pa('default', 'server', { mtls: { mode: 'STRICT' } }),
@@ -339,7 +341,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     const kept = streamTo(other(), web());
     const doomedDone = collect(doomed);
     const keptDone = collect(kept);
-    const n2 = topo.nodes[1];
+    const n2 = topo.node(2);
     const open =
       (who: string): ((l: Record<string, unknown>) => boolean) =>
       (l) =>
@@ -367,10 +369,10 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
     t.diagnostic(
       `file written → connection closed on the destination node: ${(closedLine.time as number) - started} ms (poll 500 ms, push, NACK-checked apply, re-check)`,
     );
-    const d = JSON.parse((await doomedDone).stdout.trim().split('\n').pop()!) as { echoed: number; ms: number };
+    const d = lastJson<{ echoed: number; ms: number }>((await doomedDone).stdout);
     assert.ok(d.echoed < 40 * 1024 * 1024 && Date.now() - started < 15_000, `the denied stream ended early (${JSON.stringify(d)})`);
     assert.equal(kept.exitCode, null, 'the allowed stream is still running');
-    const k = JSON.parse((await keptDone).stdout.trim().split('\n').pop()!) as { echoed: number; error?: string };
+    const k = lastJson<{ echoed: number; error?: string }>((await keptDone).stdout);
     assert.equal(k.error, undefined);
     assert.equal(k.echoed, 40 * 1024 * 1024, 'the allowed stream was echoed completely');
     await untilApplied([]);
@@ -378,9 +380,10 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
 
   test('the control plane goes away: nodes keep serving known workloads, then resync when it is back', async () => {
     await untilApplied([]);
-    const n1 = topo.nodes[0];
-    cp!.kill('SIGKILL');
-    await waitExit(cp!);
+    const n1 = topo.node(1);
+    const stopped = must(cp, 'the control plane');
+    stopped.kill('SIGKILL');
+    await waitExit(stopped);
     await waitFor('n1 noticing', () => logged(n1, 'xDS stream lost; serving the state held'));
     // Existing sessions and new connections (new TLS sessions too) between known workloads.
     assert.equal((await dialFrom(topo, sleep(), web().ip, 8080, 20, 5)).ok, 20);
@@ -401,7 +404,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   });
 
   test("a node whose token is another node's is refused; a node may only get certificates for its own workloads", async () => {
-    const n1 = topo.nodes[0];
+    const n1 = topo.node(1);
     // The CA check: n1's token asking for web's identity (web runs on n2).
     const script = `
       const { IstioCaClient } = require(${JSON.stringify(path.resolve(__dirname, '../../src/identity/ca-client.js'))});
@@ -425,7 +428,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
       '--xds-root',
       path.join(dir, 'ca', 'root-cert.pem'),
       '--xds-token',
-      tokenFile(topo.nodes[1]),
+      tokenFile(topo.node(2)),
       '--node',
       n1.name,
       '--pods-cgroup',
@@ -445,7 +448,7 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   });
 
   test('a malformed resource is NACKed and the last good state keeps serving; a CA answer for the wrong identity is refused', async () => {
-    const n1 = topo.nodes[0];
+    const n1 = topo.node(1);
     const fixturePort = PORT + 1;
     const fixture = topo.spawnInSwitch(process.execPath, [FIXTURE, configFile, `${SWITCH_IP}:${fixturePort}`, SWITCH_IP, db().uid]);
     const fixtureLines = jsonLines(fixture);

@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { HboneBed, processTree } from '../fuzz/hbone-bed';
 import { fuzzHbone } from '../fuzz/hbone-fuzz';
 import { requireRoot } from '../helpers/fixture';
+import { must } from '../helpers/must';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x11f00d);
@@ -18,6 +19,7 @@ const INPUTS = Number(process.env.FUZZ_HBONE_INPUTS ?? 1500);
 
 describe('HBONE inbound under fuzzed HTTP/2', () => {
   let bed: HboneBed | undefined;
+  const theBed = (): HboneBed => must(bed, 'the bed (its creation failed)');
 
   before(async () => {
     requireRoot();
@@ -31,7 +33,7 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
   test(`${INPUTS} seeded frame sequences (seed ${SEED}): no crash, no leaked fd, honest traffic still flows`, {
     timeout: 240_000 * TIME_SCALE,
   }, async () => {
-    const b = bed!;
+    const b = theBed();
     const pidsBefore = b.pids();
     const fdsBefore = b.destinationFds();
     const r = await fuzzHbone(b, { inputs: INPUTS, seed: SEED, stopOnCrash: true, honestEveryMs: 10_000 });
@@ -50,7 +52,10 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
     let fdsAfter = 0;
     await waitFor(
       `destination fds back to ${fdsBefore} (+${pooled} pooled honest sessions at most)`,
-      () => (fdsAfter = b.destinationFds()) <= bound,
+      () => {
+        fdsAfter = b.destinationFds();
+        return fdsAfter <= bound;
+      },
       60_000,
       200,
     ).catch((err: Error) => assert.fail(`${err.message}: ${fdsAfter} open (${repro})`));
@@ -60,7 +65,7 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
   });
 
   test('after teardown no namespace, cgroup, pin or process remains', async () => {
-    const b = bed!;
+    const b = theBed();
     bed = undefined;
     await b.destroy(); // fails if anything of the bed remains
   });

@@ -19,6 +19,7 @@ import type { MeshConfig } from '../../src/state/types';
 import { WorkersDataPlane } from '../../src/tunnel/worker-host';
 import { Cleanup } from '../helpers/cleanup';
 import { CLI, dialOutcome, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { must } from '../helpers/must';
 import { waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
 import type { Topology } from '../helpers/topology';
@@ -72,7 +73,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
         },
       },
     );
-    const node = topo.nodes[0];
+    const node = topo.node(1);
     app = await PodAgent.start({
       config,
       scope: { node: node.name },
@@ -105,7 +106,12 @@ describe('node agent client side under failure (tunnel workers)', () => {
   test('the CA refuses after the certificate expired: the worker closes the connection within certificateWaitMs with AMBIT_E_CA, and lives on', async () => {
     const [worker] = workers().pids();
     const source = topo.pod(1, 1);
-    const identity = app.store.identityOf(app.store.config.workloads.find((w) => w.uid === source.uid)!);
+    const identity = app.store.identityOf(
+      must(
+        app.store.config.workloads.find((w) => w.uid === source.uid),
+        `${source.uid} in the configuration`,
+      ),
+    );
     refuse = true;
     assert.equal(app.certs.current(identity)?.identity, identity, 'the pod was enrolled with a certificate');
     await waitFor(`the certificate of ${identity} expired`, () => app.certs.current(identity) === undefined, (CERT_TTL_S + 3) * 1000, 50);
@@ -137,7 +143,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
     const before = respawns().length;
     const gaps: { delayMs: number; tookMs: number }[] = [];
     for (let i = 0; i < 4; i++) {
-      const [pid] = await waitFor('a worker running', () => (workers().pids().length === 1 ? workers().pids() : undefined), 20_000);
+      const pid = await waitFor('a worker running', () => (workers().pids().length === 1 ? workers().pids()[0] : undefined), 20_000);
       const killedAt = Date.now();
       process.kill(pid, 'SIGKILL');
       const next = await waitFor(

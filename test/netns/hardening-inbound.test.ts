@@ -15,12 +15,14 @@ import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { Cleanup } from '../helpers/cleanup';
 import { CLI, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
-import { type ClientCert, certFor, connect, connectAndReset, echo, firstLine, openSession } from '../helpers/hbone-client';
+import { type ClientCert, certFor, connect, connectAndReset, connectOk, echo, firstLine, openSession } from '../helpers/hbone-client';
+import { at, must } from '../helpers/must';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
 import type { TestNode, TestPod, Topology } from '../helpers/topology';
 
 const WORKERS: Record<string, number> = { n1: 0, n2: 2 };
+const workersOf = (node: string): number => must(WORKERS[node], `--workers of ${node}`);
 
 describe('hostile HBONE peers against ambit node', () => {
   let topo: Topology;
@@ -43,7 +45,12 @@ describe('hostile HBONE peers against ambit node', () => {
       }),
     });
 
-  const other = (node: TestNode): TestNode => topo.nodes.find((n) => n !== node)!;
+  const other = (node: TestNode): TestNode =>
+    must(
+      topo.nodes.find((n) => n !== node),
+      `a node other than ${node.name}`,
+    );
+  const agent = (node: string): { child: ChildProcess; logs: Record<string, unknown>[] } => must(agents.get(node), `agent ${node}`);
   const alive = (pid: number): boolean => {
     try {
       process.kill(pid, 0);
@@ -53,15 +60,15 @@ describe('hostile HBONE peers against ambit node', () => {
     }
   };
   const workerPids = (node: string): number[] => {
-    const a = agents.get(node)!;
+    const a = agent(node);
     return [...new Set(a.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number))].filter((p) => p !== a.child.pid);
   };
   /** Error-level lines and worker exits of a node's agent: none may appear. */
   const trouble = (node: string): unknown[] =>
-    agents.get(node)!.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'));
+    agent(node).logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'));
 
   function assertUnharmed(node: TestNode, pidsBefore: number[]): void {
-    const a = agents.get(node.name)!;
+    const a = agent(node.name);
     assert.equal(a.child.exitCode, null, `the agent of ${node.name} exited: ${JSON.stringify(trouble(node.name))}`);
     assert.equal(a.child.signalCode, null);
     assert.deepEqual(trouble(node.name), [], 'no crash or worker exit logged');
@@ -73,13 +80,12 @@ describe('hostile HBONE peers against ambit node', () => {
   async function flowing(pod: TestPod): Promise<{ session: http2.ClientHttp2Session; stream: http2.ClientHttp2Stream }> {
     const session = await openSession(other(pod.node).netnsPath, pod.ip, cert);
     sessions.push(session);
-    const r = await connect(session, `${pod.ip}:8080`);
-    assert.equal(r.outcome, 'status 200');
-    const seen = JSON.parse(await firstLine(r.stream!)) as { local: string; remote: string };
+    const stream = await connectOk(session, `${pod.ip}:8080`);
+    const seen = JSON.parse(await firstLine(stream)) as { local: string; remote: string };
     assert.equal(seen.local, `${pod.ip}:8080`);
     assert.match(seen.remote, new RegExp(`^${pod.ip.replaceAll('.', '\\.')}:`), 'dialed from inside the pod');
-    assert.equal(await echo(r.stream!, 'before'), 'before');
-    return { session, stream: r.stream! };
+    assert.equal(await echo(stream, 'before'), 'before');
+    return { session, stream };
   }
 
   before(async () => {
@@ -109,14 +115,14 @@ describe('hostile HBONE peers against ambit node', () => {
             '--pin-dir',
             pinDirFor(topo, node),
             '--workers',
-            String(WORKERS[node.name]),
+            String(workersOf(node.name)),
           ],
           { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } },
         );
         const logs = jsonLines(child);
         agents.set(node.name, { child, logs });
         await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
-        await waitFor(`${node.name} workers serving`, () => workerPids(node.name).length >= WORKERS[node.name]);
+        await waitFor(`${node.name} workers serving`, () => workerPids(node.name).length >= workersOf(node.name));
       }),
     );
     for (const pod of topo.pods) {
@@ -127,10 +133,13 @@ describe('hostile HBONE peers against ambit node', () => {
 
   after(() => cleanup.run());
 
-  for (const nodeName of ['n1', 'n2']) {
-    test(`${nodeName} (--workers ${WORKERS[nodeName]}): CONNECT then RST_STREAM at once, 3 × PROTOCOL_ERROR and 3 × INTERNAL_ERROR`, async () => {
-      const node = topo.nodes.find((n) => n.name === nodeName)!;
-      const pod = node.pods[0];
+  for (const [nodeName, workers] of Object.entries(WORKERS)) {
+    test(`${nodeName} (--workers ${workers}): CONNECT then RST_STREAM at once, 3 × PROTOCOL_ERROR and 3 × INTERNAL_ERROR`, async () => {
+      const node = must(
+        topo.nodes.find((n) => n.name === nodeName),
+        `node ${nodeName}`,
+      );
+      const pod = at(node.pods, 0, `pods of ${nodeName}`);
       const pids = workerPids(nodeName);
       const open = await flowing(pod);
       for (const code of [http2.constants.NGHTTP2_PROTOCOL_ERROR, http2.constants.NGHTTP2_INTERNAL_ERROR]) {
@@ -140,9 +149,7 @@ describe('hostile HBONE peers against ambit node', () => {
           sessions.push(attacker);
           connectAndReset(attacker, `${pod.ip}:8080`, code);
           // The same session still serves: the reset cost only its own stream.
-          const after = await connect(attacker, `${pod.ip}:8080`);
-          assert.equal(after.outcome, 'status 200', `after reset ${code} #${i + 1}`);
-          after.stream!.close();
+          (await connectOk(attacker, `${pod.ip}:8080`, {}, `after reset ${code} #${i + 1}`)).close();
           attacker.destroy();
         }
       }
@@ -159,21 +166,22 @@ describe('hostile HBONE peers against ambit node', () => {
     const pids = Object.fromEntries(topo.nodes.map((n) => [n.name, workerPids(n.name)]));
     const open = await Promise.all(leaving.map(flowing));
     const goaways = open.map(({ session }) => new Promise<number>((resolve) => session.once('goaway', (code) => resolve(code))));
-    const unenrolled = (node: string): number => agents.get(node)!.logs.filter((l) => l.msg === 'pod unenrolled').length;
+    const unenrolled = (node: string): number => agent(node).logs.filter((l) => l.msg === 'pod unenrolled').length;
     fs.writeFileSync(configFile, config(topo.pods.filter((p) => !leaving.includes(p))));
     for (const pod of leaving) await waitFor(`${pod.uid} unenrolled`, () => unenrolled(pod.node.name) >= 1, 20_000);
     for (const [i, pod] of leaving.entries()) {
+      const { session, stream } = at(open, i, 'open connections');
       // Which of the three the client sees depends on whether the GOAWAY reached it before the stream left.
       await expectRefusal(
-        connect(open[i].session, `${pod.ip}:8080`).then((r) => r.outcome),
+        connect(session, `${pod.ip}:8080`).then((r) => r.outcome),
         [{ status: 503 }, { goaway: true }, { rst: http2.constants.NGHTTP2_REFUSED_STREAM }],
         2000,
         `${pod.uid}: a stream after the pod left`,
       );
-      assert.equal(await goaways[i], http2.constants.NGHTTP2_NO_ERROR, 'the peer was told to open no more streams');
-      assert.equal(await echo(open[i].stream, 'still here'), 'still here', 'the connection delivered before the removal carries on');
+      assert.equal(await at(goaways, i, 'GOAWAY waits'), http2.constants.NGHTTP2_NO_ERROR, 'the peer was told to open no more streams');
+      assert.equal(await echo(stream, 'still here'), 'still here', 'the connection delivered before the removal carries on');
     }
-    for (const node of topo.nodes) assertUnharmed(node, pids[node.name]);
+    for (const node of topo.nodes) assertUnharmed(node, must(pids[node.name], `the workers of ${node.name}`));
     // The pods still in the mesh are served as before.
     for (const pod of [topo.pod(1, 1), topo.pod(2, 1)]) (await flowing(pod)).session.destroy();
     for (const o of open) o.session.destroy();

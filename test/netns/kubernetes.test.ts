@@ -17,7 +17,8 @@ import type { Pod } from '../../src/kube/types';
 import { Cleanup, waitExit } from '../helpers/cleanup';
 import { fixture } from '../helpers/fake-kube';
 import { CLI, configDump, PODAPP, pinDirFor, requireRoot, testBed, untilReady } from '../helpers/fixture';
-import { collect, jsonLines, waitFor, waitForLine } from '../helpers/proc';
+import { at, must } from '../helpers/must';
+import { collect, jsonLines, lastJson, waitFor, waitForLine } from '../helpers/proc';
 import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
 
 const FAKE_KUBE = path.resolve(__dirname, '../helpers/fake-kube.js');
@@ -46,9 +47,11 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
   const cleanup = new Cleanup();
 
   const send = (cmd: unknown): void => {
-    kube.stdin!.write(`${JSON.stringify(cmd)}\n`);
+    must(kube.stdin, "the fake API server's stdin").write(`${JSON.stringify(cmd)}\n`);
   };
-  const kp = (name: string): KubePod => kpods.get(name)!;
+  const kp = (name: string): KubePod => must(kpods.get(name), `pod ${name}`);
+  /** The process standing in for a pod's containers (startSandbox). */
+  const sandbox = (k: KubePod): ChildProcess => must(k.sandbox, `${k.name}'s sandbox`);
 
   /** The kubelet's cgroup for a pod's container: systemd layout on node 1, cgroupfs on node 2. */
   function containerCgroup(pod: TestPod, uid: string): string {
@@ -120,7 +123,7 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     waitingPods: string[];
     config: { workloads: { uid: string; protocol: string; serviceAccount: string }[] };
   }> => configDump(node);
-  const enrolled = async (node: TestNode): Promise<string[]> => (await dump(node)).pods.map((p) => p.uid.split('/').pop()!).sort();
+  const enrolled = async (node: TestNode): Promise<string[]> => (await dump(node)).pods.map((p) => p.uid.split('/').at(-1) ?? p.uid).sort();
 
   /** podapp dial from inside a pod's container cgroup (so capture applies). */
   async function dial(
@@ -130,11 +133,11 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     n = 1,
   ): Promise<{ ok: number; failed: number; firstLines: Record<string, number> }> {
     const r = await collect(runInPod(from, ['dial', ip, String(port), String(n), '1', '3000']));
-    return JSON.parse(r.stdout.trim().split('\n').pop()!);
+    return lastJson(r.stdout);
   }
 
   const logged = (node: TestNode, match: (l: Record<string, unknown>) => boolean): Record<string, unknown> | undefined =>
-    agents.get(node.name)!.lines.find(match);
+    must(agents.get(node.name), `agent ${node.name}`).lines.find(match);
 
   function startAgent(node: TestNode): void {
     const child = topo.spawnInNode(
@@ -196,8 +199,9 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     const svc = fixture<{ metadata: Record<string, unknown> }>('service');
     send({ put: svc });
     const slice = fixture<{ endpoints: { addresses: string[]; targetRef: Record<string, string> }[] }>('endpointslice');
-    slice.endpoints[0].addresses = [kp('web').pod.ip];
-    Object.assign(slice.endpoints[0].targetRef, { name: 'web', namespace: 'demo', uid: kp('web').uid });
+    const endpoint = at(slice.endpoints, 0, "the fixture's endpoints");
+    endpoint.addresses = [kp('web').pod.ip];
+    Object.assign(endpoint.targetRef, { name: 'web', namespace: 'demo', uid: kp('web').uid });
     send({ put: slice });
     // The agents' own pods (host network) and their projected tokens: n1's carries its node, n2's only its pod.
     const review = fixture<{ status: { user: { extra: Record<string, string[]> } } }>('tokenreview').status;
@@ -248,16 +252,16 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
   after(() => cleanup.run());
 
   test("labels decide enrolment on both cgroup drivers; identities are the pods' service accounts", async () => {
-    assert.deepEqual(await enrolled(topo.nodes[0]), ['sleep'], 'n1 (systemd layout): sleep; optout opted out');
+    assert.deepEqual(await enrolled(topo.node(1)), ['sleep'], 'n1 (systemd layout): sleep; optout opted out');
     assert.deepEqual(
-      await enrolled(topo.nodes[1]),
+      await enrolled(topo.node(2)),
       ['db', 'web'],
       'n2 (cgroupfs layout): web by its namespace, db by its own label; legacy not',
     );
     const r = await dial(kp('sleep'), kp('web').pod.ip, 8080, 5);
     assert.equal(r.ok, 5);
     const seen = await waitFor('the destination access log', () =>
-      logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['dst.workload'] === 'web'),
+      logged(topo.node(2), (l) => l.direction === 'inbound' && l['dst.workload'] === 'web'),
     );
     assert.equal(seen['src.identity'], 'spiffe://cluster.local/ns/demo/sa/sleep');
     assert.equal(seen['dst.identity'], 'spiffe://cluster.local/ns/demo/sa/web');
@@ -267,14 +271,14 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     assert.equal(plain.ok, 1, 'an opted-out pod is not captured: plaintext, accepted by a PERMISSIVE destination');
     await waitFor('plaintext inbound', () =>
       logged(
-        topo.nodes[1],
+        topo.node(2),
         (l) => l.direction === 'inbound_plain' && l['src.addr'] !== undefined && String(l['src.addr']).startsWith(kp('optout').pod.ip),
       ),
     );
   });
 
   test("a pod that starts is enrolled once its sandbox runs; one that goes away is unenrolled; other pods' traffic carries on", async () => {
-    const n1 = topo.nodes[0];
+    const n1 = topo.node(1);
     // A long connection from sleep to web, which must not notice.
     const stream = runInPod(kp('sleep'), ['stream', kp('web').pod.ip, '8080', '16', '8']);
     const streamDone = collect(stream);
@@ -294,29 +298,30 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     const r = await dial(late, kp('web').pod.ip, 8080, 2);
     assert.equal(r.ok, 2);
     await waitFor("late's identity at the destination", () =>
-      logged(topo.nodes[1], (l) => l.direction === 'inbound' && l['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/late'),
+      logged(topo.node(2), (l) => l.direction === 'inbound' && l['src.identity'] === 'spiffe://cluster.local/ns/demo/sa/late'),
     );
     // Deleted: the object goes, then its processes.
     send({ delete: { kind: 'Pod', namespace: 'demo', name: 'late' } });
     await waitFor('late unenrolled', async () => !(await enrolled(n1)).includes('late'), 15_000, 100);
-    late.sandbox!.kill('SIGKILL');
-    const s = JSON.parse((await streamDone).stdout.trim().split('\n').pop()!) as { echoed: number; error?: string };
+    sandbox(late).kill('SIGKILL');
+    const s = lastJson<{ echoed: number; error?: string }>((await streamDone).stdout);
     assert.equal(s.error, undefined);
     assert.equal(s.echoed, 16 * 1024 * 1024, "the other pod's connection was echoed completely");
   });
 
   test('the process that located a pod exits and another takes its place: same netns, the enrolment stays, traffic flows', async () => {
-    const n1 = topo.nodes[0];
+    const n1 = topo.node(1);
     const sleep = kp('sleep');
-    const log = agents.get(n1.name)!.lines;
+    const log = must(agents.get(n1.name), `agent ${n1.name}`).lines;
     const mark = log.length;
     const locatedBefore = log.filter((l) => l.msg === 'node pods located').length;
-    sleep.sandbox!.kill('SIGKILL');
-    await waitExit(sleep.sandbox!);
+    sandbox(sleep).kill('SIGKILL');
+    await waitExit(sandbox(sleep));
     await startSandbox(sleep);
     // What the kubelet reports when a container of the pod restarted.
     const updated = podObject(sleep);
-    (updated.status as { containerStatuses?: { restartCount: number }[] }).containerStatuses![0].restartCount = 1;
+    const statuses = (updated.status as { containerStatuses?: { restartCount: number }[] }).containerStatuses;
+    at(must(statuses, "the fixture pod's containerStatuses"), 0, 'containerStatuses').restartCount = 1;
     send({ put: updated });
     await waitFor(
       'sleep located through its new process',

@@ -8,15 +8,17 @@ import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import { BuiltinCa, EC_ALG, toPem } from '../../src/identity/builtin-ca';
 import { createLogger } from '../../src/observability/log';
 import type { ConnectionFacts } from '../../src/policy/authorize';
 import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
+import type { Tunnel } from '../../src/tunnel/tunnel';
 import { Cleanup } from '../helpers/cleanup';
 import { dialFrom, PODAPP, pinDirFor, requireRoot, tcpAttempt, testBed, workloadOf } from '../helpers/fixture';
 import { attempt } from '../helpers/hbone-client';
+import { at, must } from '../helpers/must';
 import { collect, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal, type Outcome, type Refusal } from '../helpers/refusal';
 import type { TestPod, Topology } from '../helpers/topology';
@@ -35,6 +37,9 @@ describe('HBONE tunnel', () => {
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
   const identity = (sa: string, td = 'cluster.local'): string => `spiffe://${td}/ns/default/sa/${sa}`;
+  /** The agent of node i (1-based) and its tunnel. */
+  const agent = (i: number): PodAgent => at(apps, i - 1, 'agents');
+  const tunnel = (i: number): Tunnel => must(agent(i).tunnel, `the tunnel of n${i}`);
 
   function config(): MeshConfig {
     const inMesh = topo.pods.filter((p) => p.name !== 'p3');
@@ -101,7 +106,7 @@ describe('HBONE tunnel', () => {
     const client = topo.pod(1, 1);
     for (const server of [topo.pod(2, 1), topo.pod(1, 2)]) {
       seen.length = 0;
-      const before = apps[server.node.index - 1].tunnel!.handshakes();
+      const before = tunnel(server.node.index).handshakes();
       const r = await dialFrom(topo, client, server.ip, 8080, 20, 5);
       assert.equal(r.failed, 0, JSON.stringify(r.errors));
       assert.deepEqual(r.peers, { [`${server.ip}:8080`]: 20 });
@@ -115,19 +120,19 @@ describe('HBONE tunnel', () => {
         seen.every((c) => c.srcIdentity === identity('sa-n1-p1') && c.dstPort === 8080 && c.dst.uid === server.uid),
         JSON.stringify(seen[0]),
       );
-      assert.ok(apps[server.node.index - 1].tunnel!.handshakes() > before, 'arrived over mutual TLS on :15008');
+      assert.ok(tunnel(server.node.index).handshakes() > before, 'arrived over mutual TLS on :15008');
     }
   });
 
   test('1,500 sequential connections share one pooled TLS session; no reset storm kills it', async () => {
     const server = topo.pod(2, 2);
     const client = topo.pod(1, 2);
-    const opened = apps[0].tunnel!.pool.sessionsOpened;
-    const handshakes = apps[1].tunnel!.handshakes();
+    const opened = tunnel(1).pool.sessionsOpened;
+    const handshakes = tunnel(2).handshakes();
     const r = await dialFrom(topo, client, server.ip, 8080, 1500, 1);
     assert.equal(r.failed, 0, JSON.stringify(r.errors));
-    assert.equal(apps[0].tunnel!.pool.sessionsOpened - opened, 1, 'one session opened for the pair');
-    assert.equal(apps[1].tunnel!.handshakes() - handshakes, 1, 'one TLS handshake at the destination');
+    assert.equal(tunnel(1).pool.sessionsOpened - opened, 1, 'one session opened for the pair');
+    assert.equal(tunnel(2).handshakes() - handshakes, 1, 'one TLS handshake at the destination');
   });
 
   test('service VIP traffic spreads across endpoints with port translation', async () => {
@@ -164,7 +169,7 @@ describe('HBONE tunnel', () => {
 
     /** Node 2's inbound failures counted under reason. */
     async function inboundFailures(reason: string): Promise<number> {
-      const m = await apps[1]?.metrics.registry.getSingleMetric('ambit_connection_failures_total')?.get();
+      const m = await agent(2).metrics.registry.getSingleMetric('ambit_connection_failures_total')?.get();
       return m?.values.find((v) => v.labels.direction === 'inbound' && v.labels.reason === reason)?.value ?? 0;
     }
 
@@ -249,14 +254,14 @@ describe('HBONE tunnel', () => {
   });
 
   test('a certificate rotation during a long transfer does not break it', async () => {
-    const requests = apps[0].certs.requests + apps[1].certs.requests;
+    const requests = agent(1).certs.requests + agent(2).certs.requests;
     const child = topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'stream', topo.pod(2, 1).ip, '8080', '8', '6']);
     const r = await collect(child);
     const result = JSON.parse(r.stdout.trim()) as { sent: number; echoed: number; error?: string };
     assert.equal(result.error, undefined);
     assert.equal(result.echoed, 8 * 1024 * 1024, 'every byte came back');
     assert.ok(
-      apps[0].certs.requests + apps[1].certs.requests - requests >= 4,
+      agent(1).certs.requests + agent(2).certs.requests - requests >= 4,
       'certificates of both ends were renewed during the transfer (TTL 4 s)',
     );
     const after = await dialFrom(topo, topo.pod(1, 1), topo.pod(2, 1).ip, 8080, 5, 5);

@@ -16,6 +16,7 @@ import { listenerServer } from '../../src/datapath/netns';
 import { datapathStatus } from '../../src/datapath/status';
 import { Cleanup } from '../helpers/cleanup';
 import { dialFrom, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { must } from '../helpers/must';
 import { sh } from '../helpers/proc';
 import type { Topology } from '../helpers/topology';
 
@@ -53,7 +54,9 @@ function serve(dp: Datapath): { enrolment: Enrolment; close: () => void } {
   const pod = enrolment.enrol(workloadOf(topo.pod(1, 1)));
   const outbound = listenerServer(pod.listeners.outbound);
   outbound.on('connection', (s: net.Socket) => {
-    const orig = dp.maps.origDst(pod.podId, s.remoteAddress!, s.remotePort!);
+    // A client that reset before this ran has no address left to look up.
+    if (!s.remoteAddress || !s.remotePort) return void s.destroy();
+    const orig = dp.maps.origDst(pod.podId, s.remoteAddress, s.remotePort);
     s.end(`${orig ? `${orig.ip}:${orig.port}` : 'none'}\n`);
   });
   return {
@@ -67,14 +70,19 @@ function serve(dp: Datapath): { enrolment: Enrolment; close: () => void } {
 }
 
 test('a changed connect4 replaces the program in the pinned link; the others are reused', async () => {
-  const node = topo.nodes[0];
+  const node = topo.node(1);
   const pinDir = pinDirFor(topo, node);
   const old = Datapath.open({ pinDir, cgroupPath: node.podsCgroup, objDir: oldObjDir });
   assert.deepEqual(
     old.attachments.map((a) => a.action),
     ['attached', 'attached', 'attached'],
   );
-  const before = datapathStatus(pinDir).links.find((l) => l.pin === 'connect4')!;
+  const connect4 = (): { linkId: number; tag: string } =>
+    must(
+      datapathStatus(pinDir).links.find((l) => l.pin === 'connect4'),
+      'the connect4 link',
+    );
+  const before = connect4();
   const v1 = serve(old);
   const r1 = await dialFrom(topo, topo.pod(1, 1), '192.0.2.7', 80);
   assert.deepEqual(r1.firstLines, { '192.0.2.7:80': 1 }, 'the old build captures');
@@ -86,7 +94,7 @@ test('a changed connect4 replaces the program in the pinned link; the others are
     { link: 'sockops', action: 'reused' },
     { link: 'getpeername4', action: 'reused' },
   ]);
-  const after = datapathStatus(pinDir).links.find((l) => l.pin === 'connect4')!;
+  const after = connect4();
   assert.equal(after.linkId, before.linkId, 'the same link');
   assert.notEqual(after.tag, before.tag, 'now running the new program');
 

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { Cleanup } from '../helpers/cleanup';
-import { collect, jsonLines, waitForLine } from '../helpers/proc';
+import { collect, jsonLines, lastJson, waitForLine } from '../helpers/proc';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 /** dist/test/netns → the repository's test/python (the script is not compiled). */
@@ -194,7 +194,7 @@ describe("wire compatibility: Debian's python3-grpcio against ambit's control pl
     const r = await collect(py);
     const serverSaid = cpLog.map((l) => JSON.stringify(l)).join('\n');
     assert.equal(r.code, 0, `the Python client failed (exit ${r.code}):\n${r.stderr}\ncontrol plane log:\n${serverSaid}`);
-    s = JSON.parse(r.stdout.trim().split('\n').pop()!) as Summary;
+    s = lastJson<Summary>(r.stdout);
   });
 
   after(() => cleanup.run());

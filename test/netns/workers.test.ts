@@ -10,7 +10,8 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { Cleanup, waitExit } from '../helpers/cleanup';
 import { CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
-import { collect, jsonLines, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
+import { at, must } from '../helpers/must';
+import { collect, jsonLines, lastJson, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
 import type { TestNode, Topology } from '../helpers/topology';
 
 const CONCURRENCY = 16;
@@ -51,12 +52,12 @@ describe('tunnel workers', () => {
   }
 
   /** Pids of the workers an agent started, in order (replacements come last). */
+  const agent = (node: string): { child: ChildProcess; logs: Record<string, unknown>[] } => must(agents.get(node), `agent ${node}`);
   const workerPids = (node: string): number[] =>
-    agents
-      .get(node)!
+    agent(node)
       .logs.filter((l) => l.msg === 'worker started')
       .map((l) => l.pid as number)
-      .filter((p, i, all) => all.indexOf(p) === i && p !== agents.get(node)!.child.pid);
+      .filter((p, i, all) => all.indexOf(p) === i && p !== agent(node).child.pid);
   const alive = (pid: number): boolean => {
     try {
       process.kill(pid, 0);
@@ -98,7 +99,7 @@ describe('tunnel workers', () => {
       endedAt >= disturbedUntil,
       `the storm ended ${disturbedUntil - endedAt} ms before the disturbance did: make it longer ${JSON.stringify(slow)}`,
     );
-    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { ok: number; failed: number; errors: Record<string, number> };
+    return lastJson<{ ok: number; failed: number; errors: Record<string, number> }>(r.stdout);
   }
 
   before(async () => {
@@ -128,7 +129,10 @@ describe('tunnel workers', () => {
       a.logs.filter((l) => (l.level as number) >= 40 || String(l.msg).includes('exited')),
     );
     assert.deepEqual(crashed, [], 'no worker failed before the test disturbed them');
-    const [source, destination] = [workerPids('n1').filter(alive)[0], workerPids('n2').filter(alive)[0]];
+    const [source, destination] = [
+      at(workerPids('n1').filter(alive), 0, 'n1 workers'),
+      at(workerPids('n2').filter(alive), 0, 'n2 workers'),
+    ];
     const failures = (): string =>
       JSON.stringify(
         [...agents.values()].flatMap((a) => a.logs.filter((l) => (l.level as number) >= 50 || String(l.msg).includes('exited'))),
@@ -152,10 +156,10 @@ describe('tunnel workers', () => {
 
   test('a rolling replacement of the workers (SIGHUP) loses no connection', async () => {
     const before = workerPids('n1').filter(alive);
-    const agent = agents.get('n1')!;
+    const n1 = agent('n1');
     const r = await storm(6000, async () => {
-      agent.child.kill('SIGHUP');
-      await waitFor('the workers replaced', () => agent.logs.some((l) => l.msg === 'tunnel workers replaced'), 15_000);
+      n1.child.kill('SIGHUP');
+      await waitFor('the workers replaced', () => n1.logs.some((l) => l.msg === 'tunnel workers replaced'), 15_000);
     });
     assert.deepEqual(r.errors, {}, JSON.stringify(r));
     assert.equal(r.ok, 6000);
@@ -172,18 +176,18 @@ describe('tunnel workers', () => {
     // The transfer is under way once the source node counts one more connection open.
     const opened = async (): Promise<number> =>
       [
-        ...(await httpInNetns(topo.nodes[0], '127.0.0.1', 15020, 'GET', '/metrics')).body.matchAll(
+        ...(await httpInNetns(topo.node(1), '127.0.0.1', 15020, 'GET', '/metrics')).body.matchAll(
           /^istio_tcp_connections_opened_total\{[^}]*reporter="source"[^}]*\} (\d+)$/gm,
         ),
       ].reduce((n, m) => n + Number(m[1]), 0);
     const before = await opened();
     const transfer = collect(topo.spawnInPod(topo.pod(1, 1), process.execPath, [PODAPP, 'stream', topo.pod(2, 1).ip, '8080', '4', '3']));
     await waitFor('the transfer open', async () => (await opened()) > before);
-    const agent = agents.get('n1')!;
+    const n1 = agent('n1');
     const exited = new Promise<{ code: number | null; at: number }>((resolve) =>
-      agent.child.once('exit', (code) => resolve({ code, at: Date.now() })),
+      n1.child.once('exit', (code) => resolve({ code, at: Date.now() })),
     );
-    agent.child.kill('SIGTERM');
+    n1.child.kill('SIGTERM');
     const t = await transfer;
     const doneAt = Date.now();
     const result = JSON.parse(t.stdout.trim()) as { echoed: number; error?: string };
@@ -196,7 +200,7 @@ describe('tunnel workers', () => {
       exit.at >= doneAt - 500 * TIME_SCALE,
       `the agent waited for the transfer (exited ${doneAt - exit.at} ms before the client reported)`,
     );
-    assert.ok(agent.logs.some((l) => l.msg === 'stopped'));
+    assert.ok(n1.logs.some((l) => l.msg === 'stopped'));
   });
 
   test('after teardown no namespace, cgroup, pin or process remains', async () => {

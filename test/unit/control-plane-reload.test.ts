@@ -20,8 +20,8 @@ import { nodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { waitExit } from '../helpers/cleanup';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { CLI } from '../helpers/fixture';
-import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';
 import { must } from '../helpers/must';
+import { jsonLines, TIME_SCALE, waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });
 let dir: string;
@@ -150,7 +150,7 @@ test('ambit control-plane: a reload with duplicate token hashes leaves the proce
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  must(child.stderr, 'the control plane\'s stderr pipe').on('data', (d) => {
+  must(child.stderr, "the control plane's stderr pipe").on('data', (d) => {
     stderr += d;
   });
   const lines = jsonLines(child);

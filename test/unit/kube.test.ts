@@ -19,8 +19,8 @@ import { inMesh, meshFromCluster, podUid } from '../../src/kube/mesh';
 import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
 import type { EndpointSlice, Namespace, Pod, Service } from '../../src/kube/types';
 import { FakeKube, fixture } from '../helpers/fake-kube';
-import { waitFor } from '../helpers/proc';
 import { at } from '../helpers/must';
+import { waitFor } from '../helpers/proc';
 
 const log = pino({ level: 'silent' });
 const UID = '5f0c7a53-8f7e-4a51-b6a4-2c1d9e0b7a64';
