@@ -47,11 +47,13 @@ export function resolveWaypoints(cfg: MeshConfig, docs: readonly unknown[], name
     extra.push({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: n.name, labels: n.labels } });
   });
   const relabel: Report = (at, value, what) => {
+    // A message may name an earlier object too ("duplicates routes[3]").
+    const text = what.replace(/routes\[(\d+)\]/g, (whole, i: string) => origins[Number(i) - docs.length] ?? whole);
     const m = /^routes\[(\d+)\](?: \([^)]*\))?( metadata\.labels| metadata\.name)?/.exec(at);
     const origin = m ? origins[Number(m[1]) - docs.length] : undefined;
-    if (!m || origin === undefined) return report(at, value, what);
+    if (!m || origin === undefined) return report(at, value, text);
     const field = m[2] === ' metadata.labels' ? '.labels' : m[2] === ' metadata.name' ? '.name' : '';
-    report(`${origin}${field}${at.slice(m[0].length)}`, value, what);
+    report(`${origin}${field}${at.slice(m[0].length)}`, value, text);
   };
   const compiled = compileWaypointConfig([...docs, ...extra], cfg, { at: 'routes' }, relabel);
 

@@ -161,6 +161,9 @@ test('routes: are compiled with the mesh (StandaloneConfig.routes); a wrong rout
     /routes\[1\] \(HTTPRoute default\/echo\) spec\.rules\[0\]\.backendRefs\[0\]\.name: names no known service/,
   );
   assert.deepEqual(problemsOf(mesh().replace('namespaces:', 'namespace:')).length, 1);
+  assert.deepEqual(problemsOf(mesh().replace('namespaces:\n', 'namespaces:\n  - { name: default }\n')), [
+    'namespaces[1].name: duplicates namespaces[0]; names must be unique per kind and namespace (got "default")',
+  ]);
 });
 
 test('xDS carries Service.waypoint and Workload.waypoint both ways (address and hostname forms)', () => {
