@@ -10,12 +10,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import type tls from 'node:tls';
-import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { requestCertificate } from '../../src/identity/cert-manager';
 import { clientTlsOptions } from '../../src/identity/tls';
 import { Cleanup } from '../helpers/cleanup';
-import { CLI, dialFrom, PODAPP, pinDirFor, testBed, untilReady, workloadOf } from '../helpers/fixture';
+import { dialFrom, PODAPP, spawnNodeAgent, testBed, untilReady, writeMeshYaml } from '../helpers/fixture';
 import { at, must } from '../helpers/must';
 import { waitFor, waitForLine } from '../helpers/proc';
 import type { TestNode, Topology } from '../helpers/topology';
@@ -54,15 +53,6 @@ export function processTree(agentPid: number): { agent: number; workers: number[
   }
   return { agent: agentPid, workers: workers.sort((a, b) => a - b) };
 }
-
-export const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** Open fds of the processes, summed (a pid that is gone counts 0). */
 export function fdCount(pids: number[]): number {
@@ -114,37 +104,10 @@ export class HboneBed {
 
   private async start(): Promise<void> {
     const topo = this.topo;
-    const config = path.join(this.dir, 'mesh.yaml');
+    const config = writeMeshYaml(topo, this.dir);
     const caDir = path.join(this.dir, 'ca');
-    fs.writeFileSync(
-      config,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: caDir },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: topo.pods.map(workloadOf),
-      }),
-    );
     for (const node of topo.nodes) {
-      const child = topo.spawnInNode(
-        node,
-        process.execPath,
-        [
-          CLI,
-          'node',
-          '--config',
-          config,
-          '--node',
-          node.name,
-          '--pods-cgroup',
-          node.podsCgroup,
-          '--pin-dir',
-          pinDirFor(topo, node),
-          '--workers',
-          '2',
-        ],
-        { env: { ...process.env, AMBIT_LOG_LEVEL: 'warn' } },
-      );
+      const child = spawnNodeAgent(topo, node, ['--config', config, '--workers', '2'], { AMBIT_LOG_LEVEL: 'warn' });
       const agent: Agent = { node, child, pid: must(child.pid, `agent ${node.name}'s pid`), problems: [], warnings: {} };
       this.agents.push(agent);
       keepProblems(agent);

@@ -9,8 +9,8 @@
 import fc from 'fast-check';
 import { Netns } from '../../src/datapath/netns';
 import { PORT_INBOUND_HBONE } from '../../src/datapath/ports';
-import { TIME_SCALE } from '../helpers/proc';
-import { alive, type HboneBed } from './hbone-bed';
+import { alive, TIME_SCALE } from '../helpers/proc';
+import type { HboneBed } from './hbone-bed';
 import { FuzzConn, type ServerReplies } from './hbone-conn';
 import { describe, encode, type Op, sequenceArb } from './hbone-ops';
 

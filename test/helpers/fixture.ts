@@ -2,12 +2,15 @@
 // and gives each test file a topology plus per-node datapaths with unique
 // pins, all removed in teardown (testBed with a Cleanup).
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import YAML from 'yaml';
 import { Datapath } from '../../src/datapath/loader';
 import { connectFromNetns } from '../../src/datapath/netns';
 import { cleanupDatapath } from '../../src/datapath/status';
+import type { MeshConfig, Workload } from '../../src/state/types';
 import type { Cleanup } from './cleanup';
 import { collect, lastJson, TIME_SCALE, waitFor } from './proc';
 import type { Outcome } from './refusal';
@@ -83,7 +86,21 @@ export async function dialOutcome(topo: Topology, pod: TestPod, ip: string, port
   return `mixed ${JSON.stringify({ connected: r.ok, ...r.errors })}`;
 }
 
-export function workloadOf(pod: TestPod): import('../../src/state/types').Workload {
+/**
+ * `ambit node` for a test node, in its netns: its name, pods cgroup and pin
+ * directory, then more (--config or --xds, --workers, …); env adds to the
+ * test's own environment.
+ */
+export function spawnNodeAgent(topo: Topology, node: TestNode, more: string[], env: Record<string, string> = {}): ChildProcess {
+  return topo.spawnInNode(
+    node,
+    process.execPath,
+    [CLI, 'node', '--node', node.name, '--pods-cgroup', node.podsCgroup, '--pin-dir', pinDirFor(topo, node), ...more],
+    { env: { ...process.env, ...env } },
+  );
+}
+
+export function workloadOf(pod: TestPod): Workload {
   return {
     uid: pod.uid,
     name: `${pod.node.name}-${pod.name}`,
@@ -99,6 +116,42 @@ export function workloadOf(pod: TestPod): import('../../src/state/types').Worklo
     capacity: 1,
     authorizationPolicies: [],
   };
+}
+
+/**
+ * The model an in-process agent (PodAgent) starts from: the bed's nodes, a
+ * CA under dir, no policies or services; workloads and the rest from over.
+ */
+export function meshConfig(topo: Topology, dir: string, over: Partial<MeshConfig> = {}): MeshConfig {
+  return {
+    trustDomain: 'cluster.local',
+    ca: { dir: path.join(dir, 'ca') },
+    policies: [],
+    rootNamespace: 'istio-system',
+    controlPlane: { tokens: [] },
+    nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+    workloads: topo.pods.map(workloadOf),
+    services: [],
+    ...over,
+  };
+}
+
+/**
+ * Writes dir/mesh.yaml for `ambit node --config`: the bed's nodes, a CA
+ * under dir, every pod as a workload; over replaces any of them or adds
+ * fields. Returns its path.
+ */
+export function writeMeshYaml(topo: Topology, dir: string, over: Record<string, unknown> = {}): string {
+  const file = path.join(dir, 'mesh.yaml');
+  const doc = {
+    trustDomain: 'cluster.local',
+    ca: { dir: path.join(dir, 'ca') },
+    nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+    workloads: topo.pods.map(workloadOf),
+    ...over,
+  };
+  fs.writeFileSync(file, YAML.stringify(doc));
+  return file;
 }
 
 /** Asserts that nothing of the topology remains: namespaces, cgroups, pins. */

@@ -21,6 +21,16 @@ export function sh(cmd: string, args: string[]): Promise<string> {
  */
 export const TIME_SCALE = Math.max(1, Number(process.env.AMBIT_TEST_TIME_SCALE) || 1);
 
+/** Whether a process exists (signal 0 checks without sending anything). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Polls until cond() is truthy; fails with `what` after timeoutMs (× TIME_SCALE). */
 export async function waitFor<T>(what: string, cond: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 20): Promise<NonNullable<T>> {
   timeoutMs *= TIME_SCALE;

@@ -5,7 +5,6 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { Cleanup, waitExit } from '../helpers/cleanup';
@@ -17,9 +16,11 @@ import {
   PODAPP,
   pinDirFor,
   requireRoot,
+  spawnNodeAgent,
   testBed,
   untilReady,
   workloadOf,
+  writeMeshYaml,
 } from '../helpers/fixture';
 import { must } from '../helpers/must';
 import { sh, waitForLine } from '../helpers/proc';
@@ -42,18 +43,7 @@ describe('ambit node (agent process)', () => {
   const cleanup = new Cleanup();
 
   async function startAgent(node: TestNode): Promise<string> {
-    const child = topo.spawnInNode(node, process.execPath, [
-      CLI,
-      'node',
-      '--config',
-      configFile,
-      '--node',
-      node.name,
-      '--pods-cgroup',
-      node.podsCgroup,
-      '--pin-dir',
-      pinDirFor(topo, node),
-    ]);
+    const child = spawnNodeAgent(topo, node, ['--config', configFile]);
     agents.set(node.name, child);
     const attached = waitForLine(child, (l) => l.includes('"datapath attached"'), `agent ${node.name} attached`);
     await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name} ready`);
@@ -72,16 +62,7 @@ describe('ambit node (agent process)', () => {
     requireRoot();
     ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
     const workloads = topo.pods.map((p) => ({ ...workloadOf(p), protocol: p.name === 'p3' ? 'NONE' : 'HBONE' }));
-    configFile = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(
-      configFile,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: path.join(dir, 'ca') },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads,
-      }),
-    );
+    configFile = writeMeshYaml(topo, dir, { workloads });
     for (const node of topo.nodes) await startAgent(node);
   });
 

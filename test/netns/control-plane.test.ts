@@ -25,6 +25,7 @@ import {
   PODAPP,
   pinDirFor,
   requireRoot,
+  spawnNodeAgent,
   testBed,
   untilReady,
   workloadOf,
@@ -102,30 +103,22 @@ describe('control plane: delta xDS, CA and L4 authorization across nodes', () =>
   }
 
   async function startAgent(node: TestNode, address = `${SWITCH_IP}:${PORT}`): Promise<ChildProcess> {
-    const child = topo.spawnInNode(
+    const child = spawnNodeAgent(
+      topo,
       node,
-      process.execPath,
       [
-        CLI,
-        'node',
         '--xds',
         address,
         '--xds-root',
         path.join(dir, 'ca', 'root-cert.pem'),
         '--xds-token',
         tokenFile(node),
-        '--node',
-        node.name,
         '--pods',
         path.join(dir, `pods-${node.name}.yaml`),
-        '--pods-cgroup',
-        node.podsCgroup,
-        '--pin-dir',
-        pinDirFor(topo, node),
         '--workers',
         '1',
       ],
-      { env: { ...process.env, INSTANCE_IP: node.wireIp } },
+      { INSTANCE_IP: node.wireIp },
     );
     agents.set(node.name, { child, lines: jsonLines(child) });
     return child;

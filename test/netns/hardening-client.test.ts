@@ -15,12 +15,11 @@ import { AmbitError } from '../../src/errors';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import type { CertificateAuthority } from '../../src/identity/ca';
 import { PodAgent } from '../../src/roots/pod-agent';
-import type { MeshConfig } from '../../src/state/types';
 import { WorkersDataPlane } from '../../src/tunnel/worker-host';
 import { Cleanup } from '../helpers/cleanup';
-import { CLI, dialOutcome, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { CLI, dialOutcome, meshConfig, PODAPP, pinDirFor, requireRoot, testBed } from '../helpers/fixture';
 import { must } from '../helpers/must';
-import { waitFor, waitForLine } from '../helpers/proc';
+import { alive, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
 import type { Topology } from '../helpers/topology';
 
@@ -35,14 +34,6 @@ describe('node agent client side under failure (tunnel workers)', () => {
   let refuse = false;
   const cleanup = new Cleanup();
   const logs: Record<string, unknown>[] = [];
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const workers = (): WorkersDataPlane => app.dataPlane as WorkersDataPlane;
   const startedPids: number[] = [];
 
@@ -54,16 +45,7 @@ describe('node agent client side under failure (tunnel workers)', () => {
       sign: (csr, id, ttl) =>
         refuse ? Promise.reject(new AmbitError('AMBIT_E_CA', `CA refused ${id}: PERMISSION_DENIED`)) : builtin.sign(csr, id, ttl),
     };
-    const config: MeshConfig = {
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      policies: [],
-      rootNamespace: 'istio-system',
-      controlPlane: { tokens: [] },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-      workloads: topo.pods.map(workloadOf),
-      services: [],
-    };
+    const config = meshConfig(topo, dir);
     // Warnings and up are what the test reads (respawns); the workers inherit the level, so their info lines stay quiet.
     const log = pino(
       { level: 'warn' },

@@ -14,10 +14,10 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { Cleanup } from '../helpers/cleanup';
-import { CLI, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { PODAPP, requireRoot, spawnNodeAgent, testBed, workloadOf } from '../helpers/fixture';
 import { type ClientCert, certFor, connect, connectAndReset, connectOk, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { at, must } from '../helpers/must';
-import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
+import { alive, jsonLines, waitFor, waitForLine } from '../helpers/proc';
 import { expectRefusal } from '../helpers/refusal';
 import type { TestNode, TestPod, Topology } from '../helpers/topology';
 
@@ -51,14 +51,6 @@ describe('hostile HBONE peers against ambit node', () => {
       `a node other than ${node.name}`,
     );
   const agent = (node: string): { child: ChildProcess; logs: Record<string, unknown>[] } => must(agents.get(node), `agent ${node}`);
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const workerPids = (node: string): number[] => {
     const a = agent(node);
     return [...new Set(a.logs.filter((l) => l.msg === 'worker started').map((l) => l.pid as number))].filter((p) => p !== a.child.pid);
@@ -100,25 +92,9 @@ describe('hostile HBONE peers against ambit node', () => {
     fs.writeFileSync(configFile, config(topo.pods));
     await Promise.all(
       topo.nodes.map(async (node) => {
-        const child = topo.spawnInNode(
-          node,
-          process.execPath,
-          [
-            CLI,
-            'node',
-            '--config',
-            configFile,
-            '--node',
-            node.name,
-            '--pods-cgroup',
-            node.podsCgroup,
-            '--pin-dir',
-            pinDirFor(topo, node),
-            '--workers',
-            String(workersOf(node.name)),
-          ],
-          { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } },
-        );
+        const child = spawnNodeAgent(topo, node, ['--config', configFile, '--workers', String(workersOf(node.name))], {
+          AMBIT_LOG_LEVEL: 'info',
+        });
         const logs = jsonLines(child);
         agents.set(node.name, { child, logs });
         await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);

@@ -23,7 +23,7 @@ import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
 import { DEFAULT_LIMITS } from '../../src/tunnel/limits';
 import { Cleanup } from '../helpers/cleanup';
-import { PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { meshConfig, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
 import { type ClientCert, certFor, connectOk, echo, firstLine, openSession } from '../helpers/hbone-client';
 import { at, must } from '../helpers/must';
 import { TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
@@ -54,13 +54,7 @@ describe('inbound limits and verified telemetry', () => {
   const log = createLogger(process.env.AMBIT_TEST_LOG ?? 'silent');
 
   function config(without: TestPod[] = []): MeshConfig {
-    return {
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      policies: [],
-      rootNamespace: 'istio-system',
-      controlPlane: { tokens: [] },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+    return meshConfig(topo, dir, {
       workloads: topo.pods
         .filter((p) => !without.includes(p))
         .map((p) => ({ ...workloadOf(p), serviceAccount: sa(p), labels: p.node.index === 2 ? { app: 'echo' } : { app: 'client' } })),
@@ -74,7 +68,7 @@ describe('inbound limits and verified telemetry', () => {
           selector: { app: 'echo' },
         },
       ],
-    };
+    });
   }
 
   const target = (): TestPod => topo.pod(2, 1);

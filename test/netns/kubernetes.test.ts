@@ -16,7 +16,7 @@ import YAML from 'yaml';
 import type { Pod } from '../../src/kube/types';
 import { Cleanup, waitExit } from '../helpers/cleanup';
 import { fixture } from '../helpers/fake-kube';
-import { CLI, configDump, PODAPP, pinDirFor, requireRoot, testBed, untilReady } from '../helpers/fixture';
+import { CLI, configDump, PODAPP, requireRoot, spawnNodeAgent, testBed, untilReady } from '../helpers/fixture';
 import { at, must } from '../helpers/must';
 import { collect, jsonLines, lastJson, waitFor, waitForLine } from '../helpers/proc';
 import { SWITCH_IP, type TestNode, type TestPod, type Topology } from '../helpers/topology';
@@ -140,33 +140,25 @@ describe('Kubernetes: pods enrolled from the API server, located in /proc', () =
     must(agents.get(node.name), `agent ${node.name}`).lines.find(match);
 
   function startAgent(node: TestNode): void {
-    const child = topo.spawnInNode(
+    const child = spawnNodeAgent(
+      topo,
       node,
-      process.execPath,
       [
-        CLI,
-        'node',
         '--xds',
         `${SWITCH_IP}:${CP_PORT}`,
         '--xds-root',
         path.join(dir, 'ca', 'root-cert.pem'),
         '--xds-token',
         path.join(dir, `${node.name}.token`),
-        '--node',
-        node.name,
         '--kubernetes',
         '--kube-api',
         `http://${SWITCH_IP}:${KUBE_PORT}`,
         '--proc',
         '/proc',
-        '--pods-cgroup',
-        node.podsCgroup,
-        '--pin-dir',
-        pinDirFor(topo, node),
         '--workers',
         '1',
       ],
-      { env: { ...process.env, INSTANCE_IP: node.wireIp, POD_NAME: `ambit-node-${node.name}`, POD_NAMESPACE: 'ambit-system' } },
+      { INSTANCE_IP: node.wireIp, POD_NAME: `ambit-node-${node.name}`, POD_NAMESPACE: 'ambit-system' },
     );
     agents.set(node.name, { child, lines: jsonLines(child) });
   }

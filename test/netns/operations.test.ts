@@ -5,24 +5,21 @@
 // listens on localhost only.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import YAML from 'yaml';
 import { Cleanup, waitExit } from '../helpers/cleanup';
 import {
   ADMIN_MUTATION,
-  CLI,
   connectionFailures,
   dialFrom,
   dialOutcome,
   httpInNetns,
   PODAPP,
-  pinDirFor,
   requireRoot,
   sample,
+  spawnNodeAgent,
   testBed,
   workloadOf,
+  writeMeshYaml,
 } from '../helpers/fixture';
 import { at, must } from '../helpers/must';
 import { jsonLines, waitFor, waitForLine } from '../helpers/proc';
@@ -42,34 +39,16 @@ describe('operations: metrics, readiness, admin', () => {
   before(async () => {
     requireRoot();
     ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 1 }));
-    const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(
-      config,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: path.join(dir, 'ca') },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: topo.pods.map((p) => ({
-          ...workloadOf(p),
-          name: `${p.node.name}-${p.name}`,
-          serviceAccount: `sa-${p.node.name}`,
-          labels: { app: `app-${p.node.name}`, version: 'v7' },
-        })),
-      }),
-    );
+    const config = writeMeshYaml(topo, dir, {
+      workloads: topo.pods.map((p) => ({
+        ...workloadOf(p),
+        name: `${p.node.name}-${p.name}`,
+        serviceAccount: `sa-${p.node.name}`,
+        labels: { app: `app-${p.node.name}`, version: 'v7' },
+      })),
+    });
     for (const node of topo.nodes) {
-      const agent = topo.spawnInNode(node, process.execPath, [
-        CLI,
-        'node',
-        '--config',
-        config,
-        '--node',
-        node.name,
-        '--pods-cgroup',
-        node.podsCgroup,
-        '--pin-dir',
-        pinDirFor(topo, node),
-      ]);
+      const agent = spawnNodeAgent(topo, node, ['--config', config]);
       agents.set(node.name, agent);
       logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);

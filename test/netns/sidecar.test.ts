@@ -6,12 +6,10 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import YAML from 'yaml';
 import { cleanupDatapath } from '../../src/datapath/status';
 import { Cleanup, killAndWait, waitExit } from '../helpers/cleanup';
-import { CLI, dialFrom, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { CLI, dialFrom, PODAPP, pinDirFor, requireRoot, spawnNodeAgent, testBed, workloadOf, writeMeshYaml } from '../helpers/fixture';
 import { must } from '../helpers/must';
 import { jsonLines, sh, waitFor, waitForLine } from '../helpers/proc';
 import type { Topology } from '../helpers/topology';
@@ -29,33 +27,15 @@ describe('sidecar mode', () => {
     requireRoot();
     ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 2 }));
     sidecarPins = `/sys/fs/bpf/${topo.prefix}-sidecar`;
-    const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(
-      config,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: path.join(dir, 'ca') },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: topo.pods.map((p) => ({
-          ...workloadOf(p),
-          serviceAccount: `sa-${p.node.name}-${p.name}`,
-          dataplane: p === topo.pod(2, 1) ? 'sidecar' : 'ambient',
-        })),
-      }),
-    );
+    const config = writeMeshYaml(topo, dir, {
+      workloads: topo.pods.map((p) => ({
+        ...workloadOf(p),
+        serviceAccount: `sa-${p.node.name}-${p.name}`,
+        dataplane: p === topo.pod(2, 1) ? 'sidecar' : 'ambient',
+      })),
+    });
     for (const node of topo.nodes) {
-      const agent = topo.spawnInNode(node, process.execPath, [
-        CLI,
-        'node',
-        '--config',
-        config,
-        '--node',
-        node.name,
-        '--pods-cgroup',
-        node.podsCgroup,
-        '--pin-dir',
-        pinDirFor(topo, node),
-      ]);
+      const agent = spawnNodeAgent(topo, node, ['--config', config]);
       children.push(agent);
       logs.set(node.name, jsonLines(agent));
       await waitForLine(agent, (l) => l.includes('"node ready"'), `agent ${node.name}`);

@@ -16,7 +16,7 @@ import { PodAgent } from '../../src/roots/pod-agent';
 import type { MeshConfig } from '../../src/state/types';
 import type { Tunnel } from '../../src/tunnel/tunnel';
 import { Cleanup } from '../helpers/cleanup';
-import { dialFrom, PODAPP, pinDirFor, requireRoot, tcpAttempt, testBed, workloadOf } from '../helpers/fixture';
+import { dialFrom, meshConfig, PODAPP, pinDirFor, requireRoot, tcpAttempt, testBed, workloadOf } from '../helpers/fixture';
 import { attempt } from '../helpers/hbone-client';
 import { at, must } from '../helpers/must';
 import { collect, waitFor, waitForLine } from '../helpers/proc';
@@ -43,13 +43,7 @@ describe('HBONE tunnel', () => {
 
   function config(): MeshConfig {
     const inMesh = topo.pods.filter((p) => p.name !== 'p3');
-    return {
-      trustDomain: 'cluster.local',
-      ca: { dir: path.join(dir, 'ca') },
-      policies: [],
-      rootNamespace: 'istio-system',
-      controlPlane: { tokens: [] },
-      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+    return meshConfig(topo, dir, {
       workloads: inMesh.map((p) => ({
         ...workloadOf(p),
         serviceAccount: `sa-${p.node.name}-${p.name}`,
@@ -65,7 +59,7 @@ describe('HBONE tunnel', () => {
           selector: { app: 'echo' },
         },
       ],
-    };
+    });
   }
 
   async function whoami(pod: TestPod, port = 8080): Promise<void> {

@@ -4,14 +4,11 @@
 // SIGTERM drain lets an open transfer finish before the agent exits.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import YAML from 'yaml';
 import { Cleanup, waitExit } from '../helpers/cleanup';
-import { CLI, dialFrom, httpInNetns, PODAPP, pinDirFor, requireRoot, testBed, workloadOf } from '../helpers/fixture';
+import { dialFrom, httpInNetns, PODAPP, requireRoot, spawnNodeAgent, testBed, writeMeshYaml } from '../helpers/fixture';
 import { at, must } from '../helpers/must';
-import { collect, jsonLines, lastJson, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
+import { alive, collect, jsonLines, lastJson, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
 import type { TestNode, Topology } from '../helpers/topology';
 
 const CONCURRENCY = 16;
@@ -24,27 +21,7 @@ describe('tunnel workers', () => {
   const cleanup = new Cleanup();
 
   async function startAgent(node: TestNode): Promise<void> {
-    const child = topo.spawnInNode(
-      node,
-      process.execPath,
-      [
-        CLI,
-        'node',
-        '--config',
-        config,
-        '--node',
-        node.name,
-        '--pods-cgroup',
-        node.podsCgroup,
-        '--pin-dir',
-        pinDirFor(topo, node),
-        '--workers',
-        '2',
-        '--drain-seconds',
-        '10',
-      ],
-      { env: { ...process.env, AMBIT_LOG_LEVEL: 'info' } },
-    );
+    const child = spawnNodeAgent(topo, node, ['--config', config, '--workers', '2', '--drain-seconds', '10'], { AMBIT_LOG_LEVEL: 'info' });
     const logs = jsonLines(child);
     agents.set(node.name, { child, logs });
     await waitForLine(child, (l) => l.includes('"node ready"'), `agent ${node.name}`);
@@ -58,14 +35,6 @@ describe('tunnel workers', () => {
       .logs.filter((l) => l.msg === 'worker started')
       .map((l) => l.pid as number)
       .filter((p, i, all) => all.indexOf(p) === i && p !== agent(node).child.pid);
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
 
   /**
    * Runs a storm of short connections n1-p1 → n2-p1 and calls during() once
@@ -105,16 +74,7 @@ describe('tunnel workers', () => {
   before(async () => {
     requireRoot();
     ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 1 }));
-    config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(
-      config,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: path.join(dir, 'ca') },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: topo.pods.map(workloadOf),
-      }),
-    );
+    config = writeMeshYaml(topo, dir);
     for (const node of topo.nodes) await startAgent(node);
     const app = topo.spawnInPod(topo.pod(2, 1), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'whoami');
