@@ -395,6 +395,7 @@ export class L7Proxy {
               },
               Math.max(0, deadline - this.clock()),
             );
+      let ended = false;
       const end = (): void => {
         clearTimeout(timer);
         resolve();
@@ -411,11 +412,12 @@ export class L7Proxy {
         const g = grpcStatusFrom(trailers);
         if (g !== undefined) x.grpcStatus = g;
         if (Object.keys(trailers).length > 0) res.addTrailers(endToEnd(trailers) as OutgoingHttpHeaders);
+        ended = true;
         res.end();
         end();
       });
       r.body.once('close', () => {
-        if (res.writableFinished) return end();
+        if (ended) return end();
         // The endpoint's stream ended before its body did: the client sees the cut.
         x.flags.push(RESPONSE_FLAGS.UC);
         res.destroy();

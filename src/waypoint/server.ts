@@ -24,6 +24,7 @@ import type { TunnelLimits } from '../tunnel/limits';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from '../tunnel/pool';
 import { pickWeighted } from '../tunnel/route';
 import { ServerSessions } from '../tunnel/server-sessions';
+import { jsDuplex } from './js-duplex';
 import type { WaypointMetrics } from './metrics';
 import type { EndpointTarget, L7Proxy, WaypointView } from './proxy';
 
@@ -213,6 +214,7 @@ export class WaypointServer {
     const onFirst = (chunk: Buffer): void => {
       stream.pause();
       stream.unshift(chunk);
+      const conn = jsDuplex(stream);
       const h2 = chunk.subarray(0, 3).toString('latin1') === 'PRI';
       const down = { ...d, h2 };
       if (h2) {
@@ -222,16 +224,16 @@ export class WaypointServer {
         );
         s.on('sessionError', ignore);
         s.setTimeout(sl.httpIdleMs);
-        s.emit('connection', stream);
+        s.emit('connection', conn);
       } else {
         const s = http.createServer({ maxHeaderSize: sl.maxHeaderBytes, keepAliveTimeout: sl.httpIdleMs }, (req, res) =>
           this.deps.proxy.handle(req, res, down),
         );
         s.on('clientError', (_err: Error, sock: Duplex) => sock.destroy());
         s.setTimeout(sl.httpIdleMs);
-        s.emit('connection', stream);
+        s.emit('connection', conn);
       }
-      stream.resume();
+      conn.resume();
     };
     stream.once('data', onFirst);
   }

@@ -10,6 +10,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
+import { jsDuplex } from './js-duplex';
 import type { AttemptOutcome } from './retry';
 
 export type Headers = Record<string, string | string[] | undefined>;
@@ -90,7 +91,8 @@ function sendH1(stream: Duplex, req: OutgoingRequest): Promise<AttemptResult> {
       path: req.target,
       headers: { ...endToEnd(req.headers), host: req.host, connection: 'close', 'content-length': String(req.body.length) },
       setHost: false,
-      createConnection: () => stream as net.Socket,
+      // node:http's corked writes straight to an HTTP/2 stream garble the request head (js-duplex.ts).
+      createConnection: () => jsDuplex(stream) as net.Socket,
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
       stream.destroy();

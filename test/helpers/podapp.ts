@@ -11,7 +11,18 @@
 //   stream IP PORT MIB SECONDS
 //                      one connection to a whoami server: send MIB MiB paced
 //                      over SECONDS, count the echo; prints {sent, echoed, ms}
+//   http PORT NAME [FAIL_PERCENT]
+//                      HTTP/1.1 and cleartext HTTP/2 on 0.0.0.0:PORT (told
+//                      apart by the h2 preface): answers {name, method, path,
+//                      host, canary} as JSON; exactly FAIL_PERCENT % of the
+//                      requests (spread evenly) get 503; ?sleep=MS answers
+//                      after MS; /garbage answers bytes that are not HTTP;
+//                      gRPC requests (application/grpc) get a gRPC answer
+//                      with grpc-status 0 in the trailers and x-name
+import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
+import { jsDuplex } from '../../src/waypoint/js-duplex';
 
 interface DialResult {
   ok: number;
@@ -147,8 +158,52 @@ function halfclose(ip: string, port: number, text: string): void {
   s.on('error', (err) => console.log(JSON.stringify({ error: (err as NodeJS.ErrnoException).code ?? err.message })));
 }
 
+function httpApp(port: number, name: string, failPercent: number): void {
+  let n = 0;
+  const handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse): void => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const sleep = Math.min(60_000, Number(url.searchParams.get('sleep') ?? 0) || 0);
+    req.resume();
+    req.on('end', () => {
+      setTimeout(() => {
+        n++;
+        // Exactly failPercent % of every 100 requests, spread evenly, so a test's odds do not depend on luck.
+        const fail = Math.floor((n * failPercent) / 100) !== Math.floor(((n - 1) * failPercent) / 100);
+        const r = res as http.ServerResponse;
+        if (String(req.headers['content-type'] ?? '').startsWith('application/grpc')) {
+          r.writeHead(200, { 'content-type': 'application/grpc', 'x-name': name });
+          r.addTrailers({ 'grpc-status': fail ? '14' : '0' });
+          r.end(Buffer.from([0, 0, 0, 0, 0]));
+          return;
+        }
+        if (url.pathname === '/garbage' && !('stream' in req)) {
+          req.socket.end('this is not HTTP at all\r\n\r\n');
+          return;
+        }
+        const body = JSON.stringify({ name, method: req.method, path: url.pathname, host: req.headers.host ?? req.headers[':authority'] });
+        r.writeHead(fail ? 503 : 200, { 'content-type': 'application/json', 'x-name': name });
+        r.end(`${body}\n`);
+      }, sleep);
+    });
+  };
+  const h1 = http.createServer(handler);
+  const h2 = http2.createServer(handler);
+  h2.on('sessionError', () => undefined);
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    s.once('data', (first: Buffer) => {
+      s.pause();
+      s.unshift(first);
+      const conn = jsDuplex(s);
+      (first.subarray(0, 3).toString('latin1') === 'PRI' ? h2 : h1).emit('connection', conn);
+      conn.resume();
+    });
+  });
+  server.listen(port, '0.0.0.0', () => console.log(JSON.stringify({ listening: port, name })));
+}
+
 const USAGE =
-  'usage: podapp whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS';
+  'usage: podapp http PORT NAME [FAIL_PERCENT] | whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS';
 
 function usage(): never {
   console.error(USAGE);
@@ -159,6 +214,7 @@ const [mode, ...args] = process.argv.slice(2);
 /** Argument i, required (a missing one is a usage error); or fallback. */
 const arg = (i: number, fallback?: string): string => args[i] ?? fallback ?? usage();
 if (mode === 'whoami') whoami(Number(arg(0)));
+else if (mode === 'http') httpApp(Number(arg(0)), arg(1), Number(arg(2, '0')));
 else if (mode === 'sink') sink(Number(arg(0)));
 else if (mode === 'halfclose') halfclose(arg(0), Number(arg(1)), arg(2));
 else if (mode === 'stream') stream(arg(0), Number(arg(1)), Number(arg(2)), Number(arg(3)));
