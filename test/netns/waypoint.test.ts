@@ -1,0 +1,396 @@
+// Root: a real `ambit waypoint` process in a pod's netns between a test
+// client (an HBONE peer with its own certificate) and backend pods served
+// by a real `ambit node`. The client sends HTTP over CONNECT streams whose
+// authority is a service VIP:port, as a node tunnel does when it hands
+// traffic to a waypoint; the waypoint routes, balances, retries, times out,
+// authorizes, and reaches each endpoint over HBONE with its own identity.
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import http2 from 'node:http2';
+import type net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { BuiltinCa } from '../../src/identity/builtin-ca';
+import { Cleanup } from '../helpers/cleanup';
+import { CLI, httpInNetns, PODAPP, pinDirFor, requireRoot, sample, testBed, workloadOf } from '../helpers/fixture';
+import { certFor, connect, firstLine, openSession } from '../helpers/hbone-client';
+import { jsonLines, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
+import type { TestPod, Topology } from '../helpers/topology';
+
+const GW = 'gateway.networking.k8s.io/gateway-name';
+const id = (sa: string): string => `spiffe://cluster.local/ns/default/sa/${sa}`;
+const host = (name: string): string => `${name}.default.svc.cluster.local`;
+const VIP = {
+  echo: '10.96.0.10',
+  echoV2: '10.96.0.11',
+  flaky: '10.96.0.12',
+  flakyNoRetry: '10.96.0.13',
+  slow: '10.96.0.14',
+  grpc: '10.96.0.15',
+  tcp: '10.96.0.16',
+};
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** One HTTP/1.1 request over its own CONNECT stream to the waypoint, authority VIP:port. */
+async function request(
+  session: http2.ClientHttp2Session,
+  authority: string,
+  opts: { method?: string; path?: string; headers?: Record<string, string> } = {},
+): Promise<Answer> {
+  const { outcome, stream } = await connect(session, authority);
+  assert.ok(stream, `CONNECT ${authority}: ${outcome}`);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        method: opts.method ?? 'GET',
+        path: opts.path ?? '/',
+        headers: { host: authority, connection: 'close', ...opts.headers },
+        createConnection: () => stream as unknown as net.Socket,
+        timeout: 10_000 * TIME_SCALE,
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => {
+          body += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer from the waypoint for ${authority}${opts.path ?? '/'}`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** n requests, c at a time; the answers in completion order. */
+async function many(n: number, c: number, one: () => Promise<Answer>): Promise<Answer[]> {
+  const out: Answer[] = [];
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: c }, async () => {
+      while (next < n) {
+        next++;
+        out.push(await one());
+      }
+    }),
+  );
+  return out;
+}
+
+const nameOf = (a: Answer): string => String(a.headers['x-name'] ?? `status ${a.status}`);
+function count(xs: string[]): Record<string, number> {
+  const m: Record<string, number> = {};
+  for (const x of xs) m[x] = (m[x] ?? 0) + 1;
+  return m;
+}
+
+describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetry', () => {
+  let topo: Topology;
+  let wpPod: TestPod;
+  let session: http2.ClientHttp2Session;
+  let wpLog: Record<string, unknown>[];
+  let waypoint: ChildProcess;
+  const cleanup = new Cleanup();
+  const metrics = async (): Promise<string> => (await httpInNetns(wpPod, '127.0.0.1', 15020, 'GET', '/metrics')).body;
+  /** istio_requests_total summed over every series with these labels (sample() reads one). */
+  const requestsTotal = (text: string, labels: Record<string, string>): number => {
+    let sum = 0;
+    for (const line of text.split('\n').filter((l) => l.startsWith('istio_requests_total{')))
+      sum += sample(line, 'istio_requests_total', { reporter: 'waypoint', ...labels }) ?? 0;
+    return sum;
+  };
+
+  before(async () => {
+    requireRoot();
+    let dir: string;
+    ({ topo, dir } = await testBed(cleanup, { nodes: 2, podsPerNode: 3 }));
+    wpPod = topo.pod(1, 1);
+    const client = topo.pod(1, 2);
+    const [a, b, v2] = [topo.pod(2, 1), topo.pod(2, 2), topo.pod(2, 3)];
+    const caDir = path.join(dir, 'ca');
+    const backend = (p: TestPod, name: string, labels: Record<string, string>) => ({
+      ...workloadOf(p),
+      name,
+      serviceAccount: name,
+      labels,
+    });
+    const svc = (name: string, vip: string, port: number, targetPort: number, selector: Record<string, string>, extra = {}) => ({
+      name,
+      namespace: 'default',
+      hostname: host(name),
+      addresses: [vip],
+      ports: [{ port, targetPort, ...extra }],
+      selector,
+    });
+    const parent = (name: string) => [{ group: '', kind: 'Service', name, port: 80 }];
+    const route = (name: string, rules: unknown[]) => ({
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: 'HTTPRoute',
+      metadata: { name, namespace: 'default' },
+      spec: { parentRefs: parent(name), rules },
+    });
+    const config = path.join(dir, 'mesh.yaml');
+    fs.writeFileSync(
+      config,
+      YAML.stringify({
+        trustDomain: 'cluster.local',
+        ca: { dir: caDir },
+        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+        workloads: [
+          // The waypoint's pod: declared (the node tunnel finds waypoints through it), without netns: never captured.
+          {
+            uid: wpPod.uid,
+            name: 'waypoint',
+            namespace: 'default',
+            serviceAccount: 'waypoint',
+            node: wpPod.node.name,
+            addresses: [wpPod.ip],
+            labels: { [GW]: 'waypoint' },
+          },
+          backend(a, 'echo-a', { app: 'echo', grpc: 'yes' }),
+          backend(b, 'echo-b', { app: 'echo', grpc: 'yes' }),
+          backend(v2, 'echo-v2', { app: 'echo-v2', grpc: 'yes' }),
+        ],
+        services: [
+          svc('echo', VIP.echo, 80, 8080, { app: 'echo' }, { name: 'http-web' }),
+          svc('echo-v2', VIP.echoV2, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
+          svc('flaky', VIP.flaky, 80, 8081, { app: 'echo' }, { name: 'http' }),
+          svc('flaky-noretry', VIP.flakyNoRetry, 80, 8081, { app: 'echo' }, { name: 'http' }),
+          svc('slow', VIP.slow, 80, 8080, { app: 'echo' }, { name: 'http' }),
+          svc('grpc', VIP.grpc, 9090, 8080, { grpc: 'yes' }, { appProtocol: 'grpc' }),
+          svc('tcp', VIP.tcp, 7000, 7000, { app: 'echo-v2' }),
+        ],
+        routes: [
+          {
+            apiVersion: 'gateway.networking.k8s.io/v1',
+            kind: 'Gateway',
+            metadata: { name: 'waypoint', namespace: 'default', labels: { 'istio.io/waypoint-for': 'service' } },
+            spec: { gatewayClassName: 'istio-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+          },
+          route('echo', [
+            { matches: [{ headers: [{ name: 'x-canary', value: 'true' }] }], backendRefs: [{ name: 'echo-v2', port: 80 }] },
+            {
+              backendRefs: [
+                { name: 'echo', port: 80, weight: 90 },
+                { name: 'echo-v2', port: 80, weight: 10 },
+              ],
+            },
+          ]),
+          route('flaky', [{ backendRefs: [{ name: 'flaky', port: 80 }], retry: { attempts: 3, codes: [503], backoff: '1ms' } }]),
+          route('flaky-noretry', [{ backendRefs: [{ name: 'flaky-noretry', port: 80 }], retry: { attempts: 0 } }]),
+          route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
+          {
+            apiVersion: 'security.istio.io/v1',
+            kind: 'AuthorizationPolicy',
+            metadata: { name: 'deny-admin', namespace: 'default' },
+            spec: {
+              targetRefs: [{ group: '', kind: 'Service', name: 'echo' }],
+              action: 'DENY',
+              rules: [{ to: [{ operation: { paths: ['/admin/*'] } }] }, { to: [{ operation: { methods: ['DELETE'] } }] }],
+            },
+          },
+        ],
+      }),
+    );
+    const n2 = topo.node(2);
+    const agent = topo.spawnInNode(n2, process.execPath, [
+      CLI,
+      'node',
+      '--config',
+      config,
+      '--node',
+      n2.name,
+      '--pods-cgroup',
+      n2.podsCgroup,
+      '--pin-dir',
+      pinDirFor(topo, n2),
+      '--workers',
+      '0',
+    ]);
+    await waitForLine(agent, (l) => l.includes('"node ready"'), 'node agent n2');
+    const apps: [TestPod, string[]][] = [
+      [a, ['http', '8080', 'echo-a']],
+      [a, ['http', '8081', 'flaky-a', '30']],
+      [b, ['http', '8080', 'echo-b']],
+      [b, ['http', '8081', 'flaky-b', '30']],
+      [v2, ['http', '8080', 'echo-v2']],
+      [v2, ['whoami', '7000']],
+    ];
+    for (const [pod, args] of apps) {
+      const app = topo.spawnInPod(pod, process.execPath, [PODAPP, ...args]);
+      await waitForLine(app, (l) => l.includes('listening'), `${pod.name} ${args.join(' ')}`);
+    }
+    waypoint = topo.spawnInPod(wpPod, process.execPath, [
+      CLI,
+      'waypoint',
+      '--config',
+      config,
+      '--name',
+      'waypoint',
+      '--namespace',
+      'default',
+    ]);
+    wpLog = jsonLines(waypoint);
+    await waitFor('waypoint ready', () => wpLog.some((l) => l.msg === 'waypoint ready'), 30_000);
+    const ca = await BuiltinCa.open(caDir);
+    session = await openSession(client.netnsPath, wpPod.ip, await certFor(ca, id('sleep')));
+    cleanup.add('client session', () => session.destroy());
+  });
+
+  after(() => {
+    // AMBIT_TEST_DUMP=FILE keeps the waypoint's log for a look after a failure.
+    if (process.env.AMBIT_TEST_DUMP) fs.writeFileSync(process.env.AMBIT_TEST_DUMP, wpLog.map((l) => JSON.stringify(l)).join('\n'));
+    return cleanup.run();
+  });
+
+  test('canary: 90/10 over 1,000 requests, within 4.7 standard deviations', async () => {
+    const answers = await many(1000, 20, () => request(session, `${VIP.echo}:80`));
+    const names = count(answers.map(nameOf));
+    const v2 = names['echo-v2'] ?? 0;
+    assert.equal((names['echo-a'] ?? 0) + (names['echo-b'] ?? 0) + v2, 1000, JSON.stringify(names));
+    // Binomial(1000, 0.1): mean 100, sd 9.5.
+    assert.ok(v2 >= 55 && v2 <= 145, `canary got ${v2} of 1000: ${JSON.stringify(names)}`);
+    // Least request spreads the stable share over both of its endpoints.
+    assert.ok((names['echo-a'] ?? 0) > 200 && (names['echo-b'] ?? 0) > 200, JSON.stringify(names));
+  });
+
+  test('header match: x-canary: true always goes to the canary', async () => {
+    const answers = await many(40, 8, () => request(session, `${VIP.echo}:80`, { headers: { 'x-canary': 'true' } }));
+    assert.deepEqual(count(answers.map(nameOf)), { 'echo-v2': 40 });
+    const body = JSON.parse(answers[0]?.body ?? '{}') as { host?: string; path?: string };
+    assert.equal(body.host, `${VIP.echo}:80`, 'the Host header reaches the app as sent');
+  });
+
+  test('retries hide a backend failing 30 % of requests; without them it shows', async () => {
+    const without = await many(300, 10, () => request(session, `${VIP.flakyNoRetry}:80`));
+    // Three at a time: Envoy's budget always allows three retries in flight, so none is refused for budget here.
+    const withRetries = await many(300, 3, () => request(session, `${VIP.flaky}:80`));
+    const ok = (xs: Answer[]): number => xs.filter((x) => x.status === 200).length / xs.length;
+    assert.ok(ok(without) > 0.6 && ok(without) < 0.8, `success without retries ${ok(without)}`);
+    assert.ok(ok(withRetries) >= 0.98, `success with 3 retries on 503: ${ok(withRetries)}`);
+    const retried = wpLog.filter((l) => l.msg === 'request complete' && (l.attempts as number) > 1 && l['dst.service'] === host('flaky'));
+    assert.ok(retried.length > 30, `${retried.length} requests took more than one attempt`);
+  });
+
+  test('timeouts.request: a slow backend is answered 504 with UT in time; a quick one 200', async () => {
+    const started = Date.now();
+    const slow = await request(session, `${VIP.slow}:80`, { path: '/?sleep=3000' });
+    const took = Date.now() - started;
+    assert.equal(slow.status, 504);
+    assert.equal(slow.body, 'upstream request timeout');
+    assert.ok(took < 2000 * TIME_SCALE, `504 after ${took} ms (timeout 300 ms)`);
+    assert.equal((await request(session, `${VIP.slow}:80`, { path: '/?sleep=0' })).status, 200);
+    await waitFor('the access-log line of the 504', () =>
+      wpLog.find((l) => l.msg === 'request complete' && l.response_code === 504 && l.response_flags === 'UT'),
+    );
+  });
+
+  test('L7 deny by path and by method: 403 RBAC: access denied; the rest passes', async () => {
+    const admin = await request(session, `${VIP.echo}:80`, { path: '/admin/users' });
+    assert.deepEqual([admin.status, admin.body], [403, 'RBAC: access denied']);
+    const del = await request(session, `${VIP.echo}:80`, { method: 'DELETE', path: '/items/1' });
+    assert.deepEqual([del.status, del.body], [403, 'RBAC: access denied']);
+    assert.equal((await request(session, `${VIP.echo}:80`, { path: '/administrator' })).status, 200, '/admin/* is not /administrator');
+    assert.equal((await request(session, `${VIP.echo}:80`, { method: 'POST', path: '/items' })).status, 200);
+  });
+
+  test('a backend answering garbage gets 502 UPE; the waypoint keeps serving', async () => {
+    const r = await request(session, `${VIP.echo}:80`, { path: '/garbage', headers: { 'x-canary': 'true' } });
+    assert.equal(r.status, 502);
+    assert.equal((await request(session, `${VIP.echo}:80`)).status, 200);
+    await waitFor('UPE in the access log', () => wpLog.find((l) => l.msg === 'request complete' && l.response_flags === 'UPE'));
+  });
+
+  test('gRPC: one client connection, every request balanced on its own over 3 endpoints', async () => {
+    const { outcome, stream } = await connect(session, `${VIP.grpc}:9090`);
+    assert.ok(stream, outcome);
+    const h2 = http2.connect(`http://${VIP.grpc}:9090`, { createConnection: () => stream as unknown as net.Socket });
+    h2.on('error', () => undefined);
+    const call = (): Promise<{ name: string; grpcStatus: string }> =>
+      new Promise((resolve, reject) => {
+        const s = h2.request({
+          ':method': 'POST',
+          ':path': '/echo.Echo/Say',
+          'content-type': 'application/grpc',
+          te: 'trailers',
+        });
+        let name = '';
+        s.on('response', (h) => {
+          name = String(h['x-name']);
+        });
+        s.on('trailers', (t) => resolve({ name, grpcStatus: String(t['grpc-status']) }));
+        s.on('error', reject);
+        s.resume();
+        s.end(Buffer.from([0, 0, 0, 0, 0]));
+      });
+    const results: { name: string; grpcStatus: string }[] = [];
+    for (let i = 0; i < 60; i++) results.push(await call());
+    h2.close();
+    const names = count(results.map((r) => r.name));
+    assert.deepEqual(Object.keys(names).sort(), ['echo-a', 'echo-b', 'echo-v2'], JSON.stringify(names));
+    for (const [n, c] of Object.entries(names)) assert.ok(c >= 8, `${n} got ${c} of 60`);
+    assert.ok(
+      results.every((r) => r.grpcStatus === '0'),
+      'trailers carried back',
+    );
+    await waitFor(
+      'grpc metrics',
+      async () => requestsTotal(await metrics(), { request_protocol: 'grpc', grpc_response_status: '0' }) >= 60,
+    );
+  });
+
+  test('a service port that is not HTTP is forwarded as TCP to an endpoint', async () => {
+    const { outcome, stream } = await connect(session, `${VIP.tcp}:7000`);
+    assert.ok(stream, outcome);
+    const line = JSON.parse(await firstLine(stream)) as { local: string };
+    assert.equal(line.local, `${topo.pod(2, 3).ip}:7000`);
+    stream.close();
+  });
+
+  test("Istio's HTTP metrics with reporter waypoint, and one access-log line per request", async () => {
+    const text = await metrics();
+    const base = {
+      source_principal: id('sleep'),
+      source_workload_namespace: 'default',
+      destination_service: host('echo'),
+      destination_service_name: 'echo',
+      destination_service_namespace: 'default',
+      request_protocol: 'http',
+      connection_security_policy: 'mutual_tls',
+    };
+    const ok = (dst: string) =>
+      requestsTotal(text, {
+        ...base,
+        destination_workload: dst,
+        destination_principal: id(dst),
+        response_code: '200',
+        response_flags: '-',
+      });
+    assert.ok(ok('echo-a') + ok('echo-b') >= 800, `stable answers counted: ${ok('echo-a') + ok('echo-b')}`);
+    assert.ok(requestsTotal(text, { ...base, response_code: '403', response_flags: '-' }) >= 2, 'denials counted');
+    assert.ok(requestsTotal(text, { destination_service: host('slow'), response_code: '504', response_flags: 'UT' }) >= 1);
+    assert.ok(requestsTotal(text, { destination_service: host('echo-v2'), response_code: '502', response_flags: 'UPE' }) >= 1);
+    assert.ok(requestsTotal(text, { destination_service: host('flaky-noretry'), response_code: '503' }) >= 60);
+    assert.match(text, /^istio_request_duration_milliseconds_bucket\{.*le="0\.5".*\} \d+/m);
+    assert.match(text, /^istio_request_bytes_sum\{/m);
+    assert.match(text, /^istio_response_bytes_sum\{/m);
+    const line = wpLog.find((l) => l.msg === 'request complete' && l.path === '/admin/users');
+    assert.ok(line, 'the denial has its line');
+    for (const f of ['src.addr', 'src.identity', 'method', 'path', 'authority', 'protocol', 'response_code', 'response_flags', 'duration'])
+      assert.ok(f in line, `access-log field ${f} in ${JSON.stringify(line)}`);
+    assert.equal(line['src.identity'], id('sleep'));
+    assert.equal(line.response_code, 403);
+    const lines = wpLog.filter((l) => l.msg === 'request complete').length;
+    assert.ok(lines >= 1000 + 40 + 600, `${lines} access-log lines`);
+    assert.equal(waypoint.exitCode, null, 'the waypoint is still running');
+  });
+});
