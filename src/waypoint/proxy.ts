@@ -276,8 +276,10 @@ export class L7Proxy {
     const retry = new RetryState(x.rule?.retry ?? ISTIO_DEFAULT_RETRY, budget, this.clock, this.random, deadline);
     const tried = new Set<string>();
     let gone = false;
+    const cancel: { fire?: () => void } = {};
     res.once('close', () => {
       gone = true;
+      cancel.fire?.();
     });
     try {
       for (;;) {
@@ -295,7 +297,7 @@ export class L7Proxy {
         const done = this.balancer.start(ep.id);
         const left = deadline === undefined ? undefined : deadline - this.clock();
         const limit = [backendMs > 0 ? backendMs : undefined, left].filter((v): v is number => v !== undefined);
-        const r = await this.attempt(ep.e, out, limit.length > 0 ? Math.max(0, Math.min(...limit)) : undefined);
+        const r = await this.attempt(ep.e, out, limit.length > 0 ? Math.max(0, Math.min(...limit)) : undefined, cancel);
         if (gone) {
           done();
           if (r.kind === 'response') r.response.abort();
@@ -307,6 +309,10 @@ export class L7Proxy {
           done();
           if (r.kind === 'response') r.response.abort();
           await sleep(decision.delayMs);
+          if (gone) {
+            x.flags.push(RESPONSE_FLAGS.DC);
+            return;
+          }
           continue;
         }
         if (decision.flag) x.flags.push(decision.flag);
@@ -334,9 +340,18 @@ export class L7Proxy {
     }
   }
 
-  /** One attempt, bounded by limitMs (the backend timeout or what is left of the request's): late answers are dropped. */
-  private attempt(ep: EndpointTarget, out: OutgoingRequest, limitMs: number | undefined): Promise<AttemptResult> {
-    let expired = false;
+  /**
+   * One attempt, bounded by limitMs (the backend timeout or what is left of
+   * the request's) and ended early by cancel.fire (the client went away):
+   * late answers are dropped and their streams closed.
+   */
+  private attempt(
+    ep: EndpointTarget,
+    out: OutgoingRequest,
+    limitMs: number | undefined,
+    cancel: { fire?: () => void },
+  ): Promise<AttemptResult> {
+    let settled = false;
     let stream: Duplex | undefined;
     const work = (async (): Promise<AttemptResult> => {
       try {
@@ -345,24 +360,28 @@ export class L7Proxy {
         const e = err as { refused?: boolean; code?: string; message?: string };
         return e.refused ? { kind: 'refused-stream', detail: e.code } : { kind: 'connect-failure', detail: e.code ?? e.message };
       }
-      if (expired) {
+      if (settled) {
         stream.destroy();
-        return { kind: 'backend-timeout' };
+        return { kind: 'reset', detail: 'abandoned' };
       }
       return sendOver(stream, out);
     })();
-    if (limitMs === undefined) return work;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        expired = true;
+      const stop = (r: AttemptResult): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
         stream?.destroy();
-        void work.then((r) => {
-          if (r.kind === 'response') r.response.abort();
+        void work.then((late) => {
+          if (late.kind === 'response') late.response.abort();
         });
-        resolve({ kind: 'backend-timeout' });
-      }, limitMs);
+        resolve(r);
+      };
+      const timer = limitMs === undefined ? undefined : setTimeout(() => stop({ kind: 'backend-timeout' }), limitMs);
+      cancel.fire = () => stop({ kind: 'reset', detail: 'client_gone' });
       void work.then((r) => {
-        if (expired) return;
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
         resolve(r);
       });

@@ -98,6 +98,9 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
   let wpPod: TestPod;
   let session: http2.ClientHttp2Session;
   let wpLog: Record<string, unknown>[];
+  let config: string;
+  /** The mesh file as written; tests that reload change a copy. */
+  let mesh: { routes: Record<string, unknown>[] } & Record<string, unknown>;
   let waypoint: ChildProcess;
   const cleanup = new Cleanup();
   const metrics = async (): Promise<string> => (await httpInNetns(wpPod, '127.0.0.1', 15020, 'GET', '/metrics')).body;
@@ -138,69 +141,67 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
       metadata: { name, namespace: 'default' },
       spec: { parentRefs: parent(name), rules },
     });
-    const config = path.join(dir, 'mesh.yaml');
-    fs.writeFileSync(
-      config,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: caDir },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: [
-          // The waypoint's pod: declared (the node tunnel finds waypoints through it), without netns: never captured.
+    config = path.join(dir, 'mesh.yaml');
+    mesh = {
+      trustDomain: 'cluster.local',
+      ca: { dir: caDir },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: [
+        // The waypoint's pod: declared (the node tunnel finds waypoints through it), without netns: never captured.
+        {
+          uid: wpPod.uid,
+          name: 'waypoint',
+          namespace: 'default',
+          serviceAccount: 'waypoint',
+          node: wpPod.node.name,
+          addresses: [wpPod.ip],
+          labels: { [GW]: 'waypoint' },
+        },
+        backend(a, 'echo-a', { app: 'echo', grpc: 'yes' }),
+        backend(b, 'echo-b', { app: 'echo', grpc: 'yes' }),
+        backend(v2, 'echo-v2', { app: 'echo-v2', grpc: 'yes' }),
+      ],
+      services: [
+        svc('echo', VIP.echo, 80, 8080, { app: 'echo' }, { name: 'http-web' }),
+        svc('echo-v2', VIP.echoV2, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
+        svc('flaky', VIP.flaky, 80, 8081, { app: 'echo' }, { name: 'http' }),
+        svc('flaky-noretry', VIP.flakyNoRetry, 80, 8081, { app: 'echo' }, { name: 'http' }),
+        svc('slow', VIP.slow, 80, 8080, { app: 'echo' }, { name: 'http' }),
+        svc('grpc', VIP.grpc, 9090, 8080, { grpc: 'yes' }, { appProtocol: 'grpc' }),
+        svc('tcp', VIP.tcp, 7000, 7000, { app: 'echo-v2' }),
+      ],
+      routes: [
+        {
+          apiVersion: 'gateway.networking.k8s.io/v1',
+          kind: 'Gateway',
+          metadata: { name: 'waypoint', namespace: 'default', labels: { 'istio.io/waypoint-for': 'service' } },
+          spec: { gatewayClassName: 'istio-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+        },
+        route('echo', [
+          { matches: [{ headers: [{ name: 'x-canary', value: 'true' }] }], backendRefs: [{ name: 'echo-v2', port: 80 }] },
           {
-            uid: wpPod.uid,
-            name: 'waypoint',
-            namespace: 'default',
-            serviceAccount: 'waypoint',
-            node: wpPod.node.name,
-            addresses: [wpPod.ip],
-            labels: { [GW]: 'waypoint' },
+            backendRefs: [
+              { name: 'echo', port: 80, weight: 90 },
+              { name: 'echo-v2', port: 80, weight: 10 },
+            ],
           },
-          backend(a, 'echo-a', { app: 'echo', grpc: 'yes' }),
-          backend(b, 'echo-b', { app: 'echo', grpc: 'yes' }),
-          backend(v2, 'echo-v2', { app: 'echo-v2', grpc: 'yes' }),
-        ],
-        services: [
-          svc('echo', VIP.echo, 80, 8080, { app: 'echo' }, { name: 'http-web' }),
-          svc('echo-v2', VIP.echoV2, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
-          svc('flaky', VIP.flaky, 80, 8081, { app: 'echo' }, { name: 'http' }),
-          svc('flaky-noretry', VIP.flakyNoRetry, 80, 8081, { app: 'echo' }, { name: 'http' }),
-          svc('slow', VIP.slow, 80, 8080, { app: 'echo' }, { name: 'http' }),
-          svc('grpc', VIP.grpc, 9090, 8080, { grpc: 'yes' }, { appProtocol: 'grpc' }),
-          svc('tcp', VIP.tcp, 7000, 7000, { app: 'echo-v2' }),
-        ],
-        routes: [
-          {
-            apiVersion: 'gateway.networking.k8s.io/v1',
-            kind: 'Gateway',
-            metadata: { name: 'waypoint', namespace: 'default', labels: { 'istio.io/waypoint-for': 'service' } },
-            spec: { gatewayClassName: 'istio-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+        ]),
+        route('flaky', [{ backendRefs: [{ name: 'flaky', port: 80 }], retry: { attempts: 3, codes: [503], backoff: '1ms' } }]),
+        route('flaky-noretry', [{ backendRefs: [{ name: 'flaky-noretry', port: 80 }], retry: { attempts: 0 } }]),
+        route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
+        {
+          apiVersion: 'security.istio.io/v1',
+          kind: 'AuthorizationPolicy',
+          metadata: { name: 'deny-admin', namespace: 'default' },
+          spec: {
+            targetRefs: [{ group: '', kind: 'Service', name: 'echo' }],
+            action: 'DENY',
+            rules: [{ to: [{ operation: { paths: ['/admin/*'] } }] }, { to: [{ operation: { methods: ['DELETE'] } }] }],
           },
-          route('echo', [
-            { matches: [{ headers: [{ name: 'x-canary', value: 'true' }] }], backendRefs: [{ name: 'echo-v2', port: 80 }] },
-            {
-              backendRefs: [
-                { name: 'echo', port: 80, weight: 90 },
-                { name: 'echo-v2', port: 80, weight: 10 },
-              ],
-            },
-          ]),
-          route('flaky', [{ backendRefs: [{ name: 'flaky', port: 80 }], retry: { attempts: 3, codes: [503], backoff: '1ms' } }]),
-          route('flaky-noretry', [{ backendRefs: [{ name: 'flaky-noretry', port: 80 }], retry: { attempts: 0 } }]),
-          route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
-          {
-            apiVersion: 'security.istio.io/v1',
-            kind: 'AuthorizationPolicy',
-            metadata: { name: 'deny-admin', namespace: 'default' },
-            spec: {
-              targetRefs: [{ group: '', kind: 'Service', name: 'echo' }],
-              action: 'DENY',
-              rules: [{ to: [{ operation: { paths: ['/admin/*'] } }] }, { to: [{ operation: { methods: ['DELETE'] } }] }],
-            },
-          },
-        ],
-      }),
-    );
+        },
+      ],
+    };
+    fs.writeFileSync(config, YAML.stringify(mesh));
     const n2 = topo.node(2);
     const agent = topo.spawnInNode(n2, process.execPath, [
       CLI,
@@ -392,5 +393,35 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     const lines = wpLog.filter((l) => l.msg === 'request complete').length;
     assert.ok(lines >= 1000 + 40 + 600, `${lines} access-log lines`);
     assert.equal(waypoint.exitCode, null, 'the waypoint is still running');
+  });
+
+  test('reload: a route to a missing service is refused and the last good routes serve; a valid change applies', async () => {
+    const echoRoute = (backendRefs: unknown[]) => ({
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: 'HTTPRoute',
+      metadata: { name: 'echo', namespace: 'default' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'echo', port: 80 }], rules: [{ backendRefs }] },
+    });
+    const withEcho = (r: unknown) => ({
+      ...mesh,
+      routes: mesh.routes.map((x) => ((x.metadata as { name?: string }).name === 'echo' && x.kind === 'HTTPRoute' ? r : x)),
+    });
+    const rejected = (): number => wpLog.filter((l) => l.msg === 'configuration change rejected; the last good one keeps serving').length;
+    const before = rejected();
+    fs.writeFileSync(config, YAML.stringify(withEcho(echoRoute([{ name: 'echo-v3', port: 80 }]))));
+    const line = await waitFor('the rejection', () =>
+      rejected() > before ? wpLog.findLast((l) => l.msg === 'configuration change rejected; the last good one keeps serving') : undefined,
+    );
+    assert.match(String(line.err), /routes\[\d+\] \(HTTPRoute default\/echo\).*backendRefs\[0\]\.name.*echo-v3/);
+    const still = await many(40, 8, () => request(session, `${VIP.echo}:80`));
+    assert.ok(
+      still.filter((a) => nameOf(a) !== 'echo-v2').length > 20,
+      `the 90/10 split still serves: ${JSON.stringify(count(still.map(nameOf)))}`,
+    );
+    const applied = wpLog.filter((l) => l.msg === 'configuration applied').length;
+    fs.writeFileSync(config, YAML.stringify(withEcho(echoRoute([{ name: 'echo-v2', port: 80 }]))));
+    await waitFor('the change applied', () => wpLog.filter((l) => l.msg === 'configuration applied').length > applied);
+    const after = await many(40, 8, () => request(session, `${VIP.echo}:80`));
+    assert.deepEqual(count(after.map(nameOf)), { 'echo-v2': 40 });
   });
 });
