@@ -1,6 +1,7 @@
 // Process and waiting helpers: run a command, wait for a condition (never a
 // fixed sleep), wait for a line from a child process.
 import { type ChildProcess, execFile } from 'node:child_process';
+import fs from 'node:fs';
 import readline from 'node:readline';
 import { must } from './must';
 
@@ -21,11 +22,16 @@ export function sh(cmd: string, args: string[]): Promise<string> {
  */
 export const TIME_SCALE = Math.max(1, Number(process.env.AMBIT_TEST_TIME_SCALE) || 1);
 
-/** Whether a process exists (signal 0 checks without sending anything). */
+/**
+ * Whether a process is running. A zombie is not: a killed orphan stays one
+ * until whoever adopted it (PID 1 or a subreaper) reaps it, which may be late.
+ */
 export function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // pid (comm) state …: comm may hold spaces and parentheses, so the state follows the last ')'.
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
   } catch {
     return false;
   }
