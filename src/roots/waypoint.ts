@@ -40,8 +40,8 @@ export interface WaypointSettings {
   waypointLimits?: Partial<WaypointLimits>;
 }
 
-function viewOf(cfg: StandaloneConfig, policies: StandaloneConfig['routes']['policies']): WaypointView {
-  return { store: new MeshStore(cfg), routes: new RouteTable(cfg.routes.routes), authz: new L7Authorizer(policies) };
+function viewOf(cfg: StandaloneConfig): WaypointView {
+  return { store: new MeshStore(cfg), routes: new RouteTable(cfg.routes.routes), authz: new L7Authorizer(cfg.routes.policies) };
 }
 
 export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; close: () => void }> {
@@ -54,7 +54,7 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
       { declared: cfg.routes.waypoints.map(waypointKey) },
       `no Gateway ${key} of class istio-waypoint in ${s.configFile}: only policies targeting its services apply`,
     );
-  let view = viewOf(cfg, cfg.routes.policies);
+  let view = viewOf(cfg);
   const identity = workloadIdentity(cfg.trustDomain, { namespace: s.namespace, serviceAccount: s.name });
   const limits = tunnelLimits(s.limits);
   const ca = await BuiltinCa.open(cfg.ca.dir);
@@ -141,7 +141,7 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
     parseConfig,
     (next) => {
       cfg = next;
-      view = viewOf(next, next.routes.policies);
+      view = viewOf(next);
       if (next.warnings?.length) log.warn({ warnings: next.warnings }, 'configuration accepted with warnings');
       log.info({ routes: next.routes.routes.length, policies: next.routes.policies.length }, 'configuration applied');
     },

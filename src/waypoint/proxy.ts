@@ -511,15 +511,37 @@ function local(res: Res, x: Exchange, status: number, body: string, extra: Outgo
     res.destroy();
     return;
   }
-  x.status = status;
-  const b = Buffer.from(body);
-  x.responseBytes = b.length;
   try {
+    if (x.grpc) {
+      // gRPC clients read the status from grpc-status: a trailers-only answer, as Envoy turns its local replies.
+      x.status = 200;
+      x.grpcStatus = grpcStatusOfHttp(status);
+      res.writeHead(200, {
+        'content-type': 'application/grpc',
+        'grpc-status': String(x.grpcStatus),
+        'grpc-message': encodeURIComponent(body),
+      });
+      res.end();
+      return;
+    }
+    x.status = status;
+    const b = Buffer.from(body);
+    x.responseBytes = b.length;
     res.writeHead(status, { 'content-type': 'text/plain', 'content-length': b.length, ...extra });
     res.end(b);
   } catch {
     res.destroy();
   }
+}
+
+/** The gRPC status of an HTTP status, as gRPC and Envoy map them. */
+function grpcStatusOfHttp(status: number): number {
+  if (status === 400) return 13; // INTERNAL
+  if (status === 401) return 16; // UNAUTHENTICATED
+  if (status === 403) return 7; // PERMISSION_DENIED
+  if (status === 404) return 12; // UNIMPLEMENTED
+  if (status === 429 || status === 502 || status === 503 || status === 504) return 14; // UNAVAILABLE
+  return 2; // UNKNOWN
 }
 
 /** The whole request body, up to max bytes (held for retries). */

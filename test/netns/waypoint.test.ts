@@ -192,6 +192,16 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         {
           apiVersion: 'security.istio.io/v1',
           kind: 'AuthorizationPolicy',
+          metadata: { name: 'deny-grpc-admin', namespace: 'default' },
+          spec: {
+            targetRefs: [{ group: '', kind: 'Service', name: 'grpc' }],
+            action: 'DENY',
+            rules: [{ to: [{ operation: { paths: ['/echo.Admin/*'] } }] }],
+          },
+        },
+        {
+          apiVersion: 'security.istio.io/v1',
+          kind: 'AuthorizationPolicy',
           metadata: { name: 'deny-admin', namespace: 'default' },
           spec: {
             targetRefs: [{ group: '', kind: 'Service', name: 'echo' }],
@@ -316,25 +326,30 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     assert.ok(stream, outcome);
     const h2 = http2.connect(`http://${VIP.grpc}:9090`, { createConnection: () => stream as unknown as net.Socket });
     h2.on('error', () => undefined);
-    const call = (): Promise<{ name: string; grpcStatus: string }> =>
+    // grpc-status comes in the trailers, or in the headers of a trailers-only answer.
+    const call = (method = '/echo.Echo/Say'): Promise<{ name: string; grpcStatus: string; status: number }> =>
       new Promise((resolve, reject) => {
-        const s = h2.request({
-          ':method': 'POST',
-          ':path': '/echo.Echo/Say',
-          'content-type': 'application/grpc',
-          te: 'trailers',
-        });
+        const s = h2.request({ ':method': 'POST', ':path': method, 'content-type': 'application/grpc', te: 'trailers' });
         let name = '';
+        let status = 0;
+        let grpcStatus = '';
         s.on('response', (h) => {
           name = String(h['x-name']);
+          status = Number(h[':status']);
+          grpcStatus = String(h['grpc-status'] ?? '');
         });
-        s.on('trailers', (t) => resolve({ name, grpcStatus: String(t['grpc-status']) }));
+        s.on('trailers', (t) => {
+          grpcStatus = String(t['grpc-status']);
+        });
+        s.on('end', () => resolve({ name, grpcStatus, status }));
         s.on('error', reject);
         s.resume();
         s.end(Buffer.from([0, 0, 0, 0, 0]));
       });
     const results: { name: string; grpcStatus: string }[] = [];
     for (let i = 0; i < 60; i++) results.push(await call());
+    const denied = await call('/echo.Admin/Drop');
+    assert.deepEqual([denied.status, denied.grpcStatus], [200, '7'], 'an L7 denial is PERMISSION_DENIED to a gRPC client');
     h2.close();
     const names = count(results.map((r) => r.name));
     assert.deepEqual(Object.keys(names).sort(), ['echo-a', 'echo-b', 'echo-v2'], JSON.stringify(names));
