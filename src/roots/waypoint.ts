@@ -107,12 +107,16 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
     log.info({ signal, drainSeconds: s.drainMs / 1000 }, 'draining: no new connections, open ones finish');
     unwatch();
     server.close();
-    setTimeout(() => {
+    const deadline = Date.now() + s.drainMs;
+    // Done once every client session has gone (GOAWAY lets open requests finish), or at the drain deadline.
+    const poll = setInterval(() => {
+      if (server.stats().sessions > 0 && Date.now() < deadline) return;
+      clearInterval(poll);
       admin.close();
       pool.close();
       log.info('stopped');
       process.exit(0);
-    }, s.drainMs).unref();
+    }, 100);
   };
   const admin = await startAdmin(
     {

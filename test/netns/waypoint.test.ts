@@ -439,4 +439,12 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     const after = await many(40, 8, () => request(session, `${VIP.echo}:80`));
     assert.deepEqual(count(after.map(nameOf)), { 'echo-v2': 40 });
   });
+
+  test('SIGTERM: GOAWAY to the clients, then the waypoint exits 0 once their sessions are gone', async () => {
+    const exited = new Promise<number | null>((resolve) => waypoint.once('exit', (code) => resolve(code)));
+    waypoint.kill('SIGTERM');
+    await waitFor('GOAWAY on the client session', () => session.closed || session.destroyed);
+    assert.equal(await exited, 0);
+    assert.ok(wpLog.some((l) => l.msg === 'stopped'));
+  });
 });
