@@ -299,7 +299,9 @@ export class Inbound {
     if (TUNNEL_PORTS.has(target.port)) return void refuse(503, 'tunnel_port');
     // A stream can be read before 'secureConnection' ran (same read as the handshake's end): check here too.
     const peer = tlsSocket ? this.peerOf(tlsSocket) : { error: 'no TLS' };
-    if ('error' in peer) return void refuse(401, 'peer_identity', { err: peer.error });
+    // Counted and logged once per connection by checkPeer, which runs for every finished handshake
+    // (session.socket is a proxy of that socket, so per-socket bookkeeping cannot tell them apart).
+    if ('error' in peer) return void respond(stream, 401);
     const srcIdentity = peer.identity;
     const facts = { srcIdentity, srcIp, dstIp: target.ip, dstPort: target.port };
     const decision = this.authorize(facts, connId);

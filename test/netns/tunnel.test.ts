@@ -205,8 +205,12 @@ describe('HBONE tunnel', () => {
     // Node's TLS server checks the chain after the handshake and closes without an alert; only a missing
     // certificate is refused by OpenSSL itself, with TLS 1.3's certificate_required alert. Each refusal is
     // also counted under its reason on the destination, so a close for some other cause does not pass.
-    test('a certificate from another trust domain: closed, counted as peer_identity', async () => {
+    test('a certificate from another trust domain: closed, counted once as peer_identity', async () => {
+      const before = await inboundFailures('peer_identity');
       await refusedAs('peer_identity', () => tryConnect(certFor(identity('tester', 'evil.local'), ca)), { closed: true });
+      // The connection check and the stream check both see the peer; one connection is one refusal.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await inboundFailures('peer_identity'), before + 1, 'one refused connection, counted once');
     });
 
     test('a certificate from another CA: closed, counted as tls_handshake', async () => {
