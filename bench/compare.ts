@@ -12,6 +12,8 @@
 // Measured at K = 1, 10, 50 pairs: total resident memory of the mesh
 // processes once ready and after 20 connections on every pair (so pools
 // and TLS state exist), once per K.
+// Then HTTP/1.1 at 1,000 req/s through no mesh, ambient L4 and ambient +
+// waypoint (bench/waypoint.ts): added p50/p99 and CPU per 1,000 requests.
 //
 // Why it is fair: every mode runs in the same topology with identical client
 // and server programs, and only one mode's processes run at a time. Each
@@ -19,7 +21,10 @@
 // a noisy machine hits all alike; medians over the repeats are compared and
 // the min–max spread is shown. Every mesh process logs at warning level.
 //
-//   node dist/bench/compare.js   (root; BENCH_REPEATS=3, BENCH_PODS=1,10,50)
+//   node dist/bench/compare.js   (root; BENCH_REPEATS=3, BENCH_PODS=1,10,50,
+//   BENCH_MODES=nomesh,ambient,sidecar,stunnel,waypoint: the L4 table runs
+//   when its four modes are listed, the HTTP one for waypoint with whichever
+//   of nomesh and ambient are listed)
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,9 +33,25 @@ import { renderChart } from './chart';
 import { MESH_MODES, MODE_LABEL, MODES, type Mode, Testbed } from './modes';
 import { goals, type MemoryPoint, mainTable, mediansOf, memoryTable, type RawByMode, summarise } from './report';
 import { append, CLOCK_TICKS, cpuTicks, fmt, median, rssBytes } from './util';
+import {
+  HTTP_LABEL,
+  HTTP_MIN_PODS,
+  HTTP_MODES,
+  HTTP_RUN,
+  type HttpRaw,
+  type HttpSummary,
+  httpPhase,
+  httpTable,
+  summariseHttp,
+} from './waypoint';
 
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const PODS = (process.env.BENCH_PODS ?? '1,10,50').split(',').map((s) => Number(s.trim()));
+const KNOWN_MODES = [...MODES, 'waypoint'];
+const SELECTED = (process.env.BENCH_MODES ?? KNOWN_MODES.join(',')).split(',').map((s) => s.trim());
+/** The L4 table compares its four modes with one another: all or none. */
+const L4_PHASES = MODES.every((m) => SELECTED.includes(m));
+const HTTP_SELECTED = SELECTED.includes('waypoint') ? HTTP_MODES.filter((m) => SELECTED.includes(m)) : [];
 const RR_WARMUP_S = 0.5;
 const RR_SECONDS = { 100: 10, 1000: 5 } as const; // 1,000 and 5,000 measured requests
 const CONN = { concurrency: 32, seconds: 3 };
@@ -154,35 +175,34 @@ async function run(bed: Testbed): Promise<void> {
   );
   console.log(`source: ${source.commit}${source.dirty ? ' with uncommitted changes' : ''}`);
   console.log(`load average before: ${loadBefore.map((l) => l.toFixed(2)).join(' ')} (anything else running on the machine adds noise)`);
-  console.log(
-    `repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; ` +
-      `conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`,
-  );
+  if (L4_PHASES)
+    console.log(
+      `repeats: ${REPEATS}; rr 1 KiB at 100 req/s for ${RR_SECONDS[100]} s and 1,000 req/s for ${RR_SECONDS[1000]} s after ${RR_WARMUP_S} s each; ` +
+        `conn ×${CONN.concurrency} for ${CONN.seconds} s; stream 1 and ${STREAM.parallel} for ${STREAM.seconds} s; memory at K = ${PODS.join(', ')}`,
+    );
   const started = Date.now();
-  await bed.setUp(Math.max(...PODS));
-  console.error(
-    `topology ${bed.topology.prefix} up with ${Math.max(...PODS)} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`,
-  );
+  if (HTTP_SELECTED.length)
+    console.log(
+      `repeats: ${REPEATS}; HTTP/1.1 keep-alive, 1 KiB each way at ${HTTP_RUN.rate} req/s for ${HTTP_RUN.seconds} s after ${HTTP_RUN.warmupS} s: ` +
+        HTTP_SELECTED.map((m) => HTTP_LABEL[m]).join(', '),
+    );
+  const podsPerNode = Math.max(...(L4_PHASES ? PODS : [1]), HTTP_SELECTED.length ? HTTP_MIN_PODS : 1);
+  await bed.setUp(podsPerNode);
+  console.error(`topology ${bed.topology.prefix} up with ${podsPerNode} pods per node (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 
-  const raw = Object.fromEntries(MODES.map((m) => [m, {}])) as RawByMode;
   const warnings: string[] = [];
-  await latencyPhase(bed, raw, warnings);
-  const memory = await memoryPhase(bed, warnings);
-
-  const summary = summarise(raw);
-  const gs = goals(summary, memory);
+  const l4 = L4_PHASES ? await l4Phases(bed, machine, warnings) : undefined;
+  let http: { raw: HttpRaw; summary: HttpSummary } | undefined;
+  if (HTTP_SELECTED.length) {
+    const raw = await httpPhase(bed, HTTP_SELECTED, REPEATS, warnings);
+    const summary = summariseHttp(raw, HTTP_SELECTED);
+    http = { raw, summary };
+    console.log(`
+HTTP: medians of ${REPEATS} repeats (min–max), cross-node, 1 pair; added over no mesh
+`);
+    console.log(httpTable(summary));
+  }
   const loadAfter = os.loadavg();
-  console.log(`\nmedians of ${REPEATS} repeats, cross-node, 1 pair; cells: median (ratio to no mesh, added over no mesh for latencies)\n`);
-  console.log(mainTable(summary, gs));
-  const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median((raw[m].rr1000 ?? []).map((r) => Number(r.sendLag_p99_us))))} µs`);
-  console.log(`\nload generator send lag at 1,000 req/s (included in the latencies): ${lag.join('; ')}`);
-  console.log(
-    `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair` +
-      ' (one measurement per K; K mesh pods on each of 2 nodes)\n',
-  );
-  console.log(memoryTable(memory, gs));
-  console.log(`\ngoals: ${gs.filter((g) => g.met).length} of ${gs.length} met`);
-  for (const g of gs) console.log(`  ${g.met ? 'met    ' : 'not met'}  ${g.text}: ${g.measured}`);
   console.log(`load average after: ${loadAfter.map((l) => l.toFixed(2)).join(' ')}`);
   for (const w of warnings) console.log(`warning: ${w}`);
 
@@ -199,6 +219,7 @@ async function run(bed: Testbed): Promise<void> {
         stunnel: stunnelVersion.split('\n').slice(0, 3),
         source,
         repeats: REPEATS,
+        modes: SELECTED,
         config: {
           rrWarmupS: RR_WARMUP_S,
           rrSeconds: RR_SECONDS,
@@ -207,12 +228,11 @@ async function run(bed: Testbed): Promise<void> {
           stream: STREAM,
           warmUp: WARMUP,
           pods: PODS,
+          http: HTTP_RUN,
           clockTicks: CLOCK_TICKS,
         },
-        summary,
-        goals: gs,
-        memory,
-        raw,
+        ...(l4 ? { summary: l4.summary, goals: l4.goals, memory: l4.memory, raw: l4.raw } : {}),
+        ...(http ? { http } : {}),
         warnings,
         loadAverage: { before: loadBefore, after: loadAfter },
         durationS: (Date.now() - started) / 1000,
@@ -221,6 +241,47 @@ async function run(bed: Testbed): Promise<void> {
       2,
     )}\n`,
   );
+  console.log(`\nresults: ${json}`);
+  if (l4) {
+    const svgFile = path.join(RESULTS_DIR, `compare-${stamp}.svg`);
+    fs.writeFileSync(svgFile, l4.svg);
+    fs.mkdirSync(path.dirname(DOCS_SVG), { recursive: true });
+    fs.copyFileSync(svgFile, DOCS_SVG);
+    console.log(`chart: ${svgFile} (copied to ${path.relative(ROOT, DOCS_SVG)})`);
+  }
+  console.log(`duration: ${((Date.now() - started) / 60_000).toFixed(1)} min`);
+}
+
+interface Machine {
+  cpu: string;
+  cores: number;
+  kernel: string;
+  node: string;
+}
+
+/** The L4 comparison: latency, connections, throughput and memory of the four modes; prints its tables. */
+async function l4Phases(
+  bed: Testbed,
+  machine: Machine,
+  warnings: string[],
+): Promise<{ raw: RawByMode; summary: ReturnType<typeof summarise>; goals: ReturnType<typeof goals>; memory: MemoryPoint[]; svg: string }> {
+  const raw = Object.fromEntries(MODES.map((m) => [m, {}])) as RawByMode;
+  await latencyPhase(bed, raw, warnings);
+  const memory = await memoryPhase(bed, warnings);
+
+  const summary = summarise(raw);
+  const gs = goals(summary, memory);
+  console.log(`\nmedians of ${REPEATS} repeats, cross-node, 1 pair; cells: median (ratio to no mesh, added over no mesh for latencies)\n`);
+  console.log(mainTable(summary, gs));
+  const lag = MODES.map((m) => `${MODE_LABEL[m]} p99 ${fmt(median((raw[m].rr1000 ?? []).map((r) => Number(r.sendLag_p99_us))))} µs`);
+  console.log(`\nload generator send lag at 1,000 req/s (included in the latencies): ${lag.join('; ')}`);
+  console.log(
+    `\nmesh memory: total RSS of the mesh processes after ${WARMUP.connections} connections on every pair` +
+      ' (one measurement per K; K mesh pods on each of 2 nodes)\n',
+  );
+  console.log(memoryTable(memory, gs));
+  console.log(`\ngoals: ${gs.filter((g) => g.met).length} of ${gs.length} met`);
+  for (const g of gs) console.log(`  ${g.met ? 'met    ' : 'not met'}  ${g.text}: ${g.measured}`);
   const p = (key: string): Record<Mode, number> => mediansOf(summary, key);
   const svg = renderChart({
     title: 'ambit: no mesh vs ambient vs sidecar vs stunnel (cross-node)',
@@ -233,12 +294,7 @@ async function run(bed: Testbed): Promise<void> {
     >,
     memory: memory.map((m) => ({ mode: m.mode, k: m.k, mib: m.rssMiB })),
   });
-  const svgFile = path.join(RESULTS_DIR, `compare-${stamp}.svg`);
-  fs.writeFileSync(svgFile, svg);
-  fs.mkdirSync(path.dirname(DOCS_SVG), { recursive: true });
-  fs.copyFileSync(svgFile, DOCS_SVG);
-  console.log(`\nresults: ${json}\nchart: ${svgFile} (copied to ${path.relative(ROOT, DOCS_SVG)})`);
-  console.log(`duration: ${((Date.now() - started) / 60_000).toFixed(1)} min`);
+  return { raw, summary, goals: gs, memory, svg };
 }
 
 async function main(): Promise<void> {
@@ -247,6 +303,12 @@ async function main(): Promise<void> {
     throw new Error(`BENCH_REPEATS must be a positive integer, got ${process.env.BENCH_REPEATS}`);
   if (!PODS.length || PODS.some((k) => !Number.isInteger(k) || k < 1 || k > 240))
     throw new Error(`BENCH_PODS must be a list of pod counts 1–240, got ${process.env.BENCH_PODS}`);
+  const unknown = SELECTED.filter((m) => !KNOWN_MODES.includes(m));
+  if (unknown.length || (!L4_PHASES && !HTTP_SELECTED.length))
+    throw new Error(
+      `BENCH_MODES ${JSON.stringify(process.env.BENCH_MODES)}: list modes of ${KNOWN_MODES.join(', ')}; ` +
+        `all of ${MODES.join(', ')} for the L4 table, waypoint (with nomesh and ambient beside it) for the HTTP one`,
+    );
   const bed = new Testbed();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {

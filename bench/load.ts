@@ -8,6 +8,9 @@
 //          delayed (no coordinated omission). A worker thread paces the sends
 //          with sub-millisecond sleeps; Node's own timers only tick in whole
 //          milliseconds, which would swamp a ~100 µs round trip.
+//   http   IP PORT HOST RATE WARMUP_S SECONDS  the same over HTTP/1.1
+//          keep-alive: POST of a 1 KiB body, 1 KiB back (pipelined when an
+//          answer is late, as the open loop requires)
 //   conn   IP PORT CONCURRENCY SECONDS        connect + 1-byte exchange + close,
 //          CONCURRENCY at a time, new ones started until SECONDS have passed
 //   stream IP PORT SECONDS                    one connection, send as fast as
@@ -54,11 +57,12 @@ function probe(ip: string, port: number): Promise<object> {
 const PACER = `
 const fs = require('node:fs');
 const { workerData } = require('node:worker_threads');
-const { t0, intervalNs, count, fd, size, lagBuffer } = workerData;
+const { t0, intervalNs, count, fd, lagBuffer } = workerData;
 const SPIN_NS = 60000;
 const lag = new Float64Array(lagBuffer);
 const cell = new Int32Array(new SharedArrayBuffer(4));
-const request = Buffer.alloc(size, 0x71);
+const request = Buffer.from(workerData.request);
+const size = request.length;
 const since = () => Number(process.hrtime.bigint() - t0);
 for (let i = 0; i < count; i++) {
   const due = i * intervalNs;
@@ -75,7 +79,60 @@ function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.max(0, Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1))] ?? NaN;
 }
 
-async function rr(ip: string, port: number, rate: number, warmupS: number, seconds: number): Promise<object> {
+/** Counts the complete responses in each chunk of a response byte stream; throws on a bad one. */
+type Counter = (d: Buffer) => number;
+
+function fixedSizeResponses(): Counter {
+  let pending = 0;
+  return (d) => {
+    pending += d.length;
+    const n = Math.floor(pending / RR_SIZE);
+    pending -= n * RR_SIZE;
+    return n;
+  };
+}
+
+/** HTTP/1.1 responses framed by content-length (what bench/server.ts sends and the waypoint passes on). */
+function http1Responses(): Counter {
+  let buf: Buffer = Buffer.alloc(0);
+  let bodyLeft = -1;
+  return (d) => {
+    buf = buf.length ? Buffer.concat([buf, d]) : d;
+    let n = 0;
+    for (;;) {
+      if (bodyLeft < 0) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return n;
+        const head = buf.subarray(0, end).toString('latin1');
+        if (!head.startsWith('HTTP/1.1 200 ')) throw new Error(`http: answered ${JSON.stringify(head.split('\r\n')[0])}`);
+        const length = /\r\ncontent-length:[ \t]*(\d+)/i.exec(head)?.[1];
+        if (length === undefined) throw new Error(`http: a response without content-length: ${JSON.stringify(head)}`);
+        bodyLeft = Number(length);
+        buf = buf.subarray(end + 4);
+      }
+      const take = Math.min(bodyLeft, buf.length);
+      bodyLeft -= take;
+      buf = buf.subarray(take);
+      if (bodyLeft > 0) return n;
+      bodyLeft = -1;
+      n++;
+    }
+  };
+}
+
+function httpRequest(host: string): Buffer {
+  const head = `POST / HTTP/1.1\r\nhost: ${host}\r\ncontent-type: application/octet-stream\r\ncontent-length: ${RR_SIZE}\r\n\r\n`;
+  return Buffer.concat([Buffer.from(head, 'latin1'), Buffer.alloc(RR_SIZE, 0x71)]);
+}
+
+async function rr(
+  ip: string,
+  port: number,
+  rate: number,
+  warmupS: number,
+  seconds: number,
+  framing: { request: Buffer; responses: Counter } = { request: Buffer.alloc(RR_SIZE, 0x71), responses: fixedSizeResponses() },
+): Promise<object> {
   const s = connect(ip, port);
   await new Promise<void>((resolve, reject) => {
     s.once('connect', resolve);
@@ -95,11 +152,10 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
   const lagBuffer = new SharedArrayBuffer(count * 8);
   const lat = new Float64Array(count - warmup);
   let received = 0;
-  let pending = 0;
   const t0 = now();
   const intended = (i: number): bigint => t0 + BigInt(Math.round(i * intervalNs));
 
-  const pacer = new Worker(PACER, { eval: true, workerData: { t0, intervalNs, count, fd, size: RR_SIZE, lagBuffer } });
+  const pacer = new Worker(PACER, { eval: true, workerData: { t0, intervalNs, count, fd, request: framing.request, lagBuffer } });
   try {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
@@ -111,8 +167,13 @@ async function rr(ip: string, port: number, rate: number, warmupS: number, secon
       s.on('close', () => reject(new Error(`rr: connection closed after ${received}/${count} responses`)));
       s.on('data', (d: Buffer) => {
         const t = now();
-        pending += d.length;
-        for (; pending >= RR_SIZE; pending -= RR_SIZE, received++) {
+        let complete: number;
+        try {
+          complete = framing.responses(d);
+        } catch (err) {
+          return reject(err);
+        }
+        for (; complete > 0 && received < count; complete--, received++) {
           if (received >= warmup) lat[received - warmup] = Number(t - intended(received)) / 1e3;
         }
         if (received >= count) {
@@ -239,7 +300,7 @@ async function streams(ip: string, port: number, n: number, seconds: number): Pr
 }
 
 async function main(argv: string[]): Promise<object> {
-  const usage = 'usage: load probe|rr|conn|stream|streams IP PORT …';
+  const usage = 'usage: load probe|rr|http|conn|stream|streams IP PORT …';
   const [mode, ip, portArg, ...rest] = argv;
   const port = Number(portArg);
   if (ip === undefined || !Number.isInteger(port)) throw new Error(usage);
@@ -254,6 +315,10 @@ async function main(argv: string[]): Promise<object> {
       return probe(ip, port);
     case 'rr':
       return rr(ip, port, n(0, 'RATE'), n(1, 'WARMUP_S'), n(2, 'SECONDS'));
+    case 'http': {
+      const host = rest.shift() ?? '';
+      return rr(ip, port, n(0, 'RATE'), n(1, 'WARMUP_S'), n(2, 'SECONDS'), { request: httpRequest(host), responses: http1Responses() });
+    }
     case 'conn':
       return conn(ip, port, n(0, 'CONCURRENCY'), n(1, 'SECONDS'));
     case 'stream':

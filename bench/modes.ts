@@ -44,7 +44,7 @@ const SERVER = path.resolve(__dirname, 'server.js');
 const START_CONCURRENCY = 6;
 const QUIET = { ...process.env, AMBIT_LOG_LEVEL: 'warn' };
 
-interface MeshProc {
+export interface MeshProc {
   label: string;
   child: ChildProcess;
   output: () => string;
@@ -57,6 +57,8 @@ export class Testbed {
   mode?: Mode;
   k = 0;
   procs: MeshProc[] = [];
+  /** Changes the mesh file of the next mode started (bench/waypoint.ts adds its service, waypoint and routes). */
+  meshExtras?: (mesh: { workloads: Record<string, unknown>[] } & Record<string, unknown>) => void;
   private readonly servers: ChildProcess[] = [];
   private readonly pinDirs = new Set<string>();
   private cleaning?: Promise<void>;
@@ -214,33 +216,38 @@ export class Testbed {
     return this.cleaning;
   }
 
-  private spawn(label: string, child: ChildProcess, pinDir?: string): MeshProc {
+  /** Counts a process as the current mode's: its CPU and memory are measured, it is stopped with the mode. */
+  spawn(label: string, child: ChildProcess, pinDir?: string): MeshProc {
     const p: MeshProc = { label, child, output: tail(child), pinDir };
     this.procs.push(p);
     if (pinDir) this.pinDirs.add(pinDir);
     return p;
   }
 
+  /** The mesh file a mode runs with. */
+  configFile(mode: Mode, k: number): string {
+    return path.join(this.dir, `mesh-${mode}-k${k}.yaml`);
+  }
+
   private writeConfig(mode: Mode, k: number): string {
     const topo = this.topology;
-    const file = path.join(this.dir, `mesh-${mode}-k${k}.yaml`);
-    fs.writeFileSync(
-      file,
-      YAML.stringify({
-        trustDomain: 'cluster.local',
-        ca: { dir: this.caDir },
-        nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
-        workloads: topo.pods.map((p) => {
-          const inMesh = Number(p.name.slice(1)) <= k;
-          return {
-            ...workloadOf(p),
-            serviceAccount: `sa-${p.node.name}-${p.name}`,
-            protocol: inMesh ? 'HBONE' : 'NONE',
-            dataplane: mode === 'sidecar' && inMesh ? 'sidecar' : 'ambient',
-          };
-        }),
+    const file = this.configFile(mode, k);
+    const mesh = {
+      trustDomain: 'cluster.local',
+      ca: { dir: this.caDir },
+      nodes: topo.nodes.map((n) => ({ name: n.name, address: n.wireIp })),
+      workloads: topo.pods.map((p): Record<string, unknown> => {
+        const inMesh = Number(p.name.slice(1)) <= k;
+        return {
+          ...workloadOf(p),
+          serviceAccount: `sa-${p.node.name}-${p.name}`,
+          protocol: inMesh ? 'HBONE' : 'NONE',
+          dataplane: mode === 'sidecar' && inMesh ? 'sidecar' : 'ambient',
+        };
       }),
-    );
+    };
+    this.meshExtras?.(mesh);
+    fs.writeFileSync(file, YAML.stringify(mesh));
     return file;
   }
 

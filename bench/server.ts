@@ -7,11 +7,16 @@
 //   CONN    reads one byte, answers one byte and closes first, so TIME_WAIT
 //           lands on the server side and never exhausts client ports
 //   STREAM  discards everything; on the client's FIN answers the byte count
+//   HTTP    HTTP/1.1 keep-alive: every request (a 1 KiB body) gets a 1 KiB
+//           body back (bench/waypoint.ts, the L7 comparison)
 // Prints one JSON line once every port listens.
+import http from 'node:http';
 import net from 'node:net';
 
 export const PORTS = { probe: 7000, rr: 7001, conn: 7002, stream: 7003 } as const;
 export const RR_SIZE = 1024;
+/** Kept apart from PORTS: stunnel and the L4 measures forward every port listed there. */
+export const HTTP_PORT = 7004;
 
 function listen(server: net.Server, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -54,8 +59,25 @@ async function main(): Promise<void> {
     s.on('end', () => s.end(`${bytes}\n`));
   });
 
-  await Promise.all([listen(probe, PORTS.probe), listen(rr, PORTS.rr), listen(conn, PORTS.conn), listen(stream, PORTS.stream)]);
-  console.log(JSON.stringify({ listening: Object.values(PORTS) }));
+  const web = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
+    req.on('error', () => undefined);
+    req.resume();
+    req.on('end', () => {
+      res.sendDate = false;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': RR_SIZE });
+      res.end(response);
+    });
+  });
+  web.on('connection', quiet);
+
+  await Promise.all([
+    listen(probe, PORTS.probe),
+    listen(rr, PORTS.rr),
+    listen(conn, PORTS.conn),
+    listen(stream, PORTS.stream),
+    listen(web, HTTP_PORT),
+  ]);
+  console.log(JSON.stringify({ listening: [...Object.values(PORTS), HTTP_PORT] }));
 }
 
 if (require.main === module) {
