@@ -219,6 +219,7 @@ export class ControlPlane {
     this.store = next.store;
     try {
       if (next.store.config.warnings?.length) this.log.warn({ warnings: next.store.config.warnings }, 'policies accepted with warnings');
+      if (next.store.config.notes?.length) this.log.info({ notes: next.store.config.notes }, 'policies enforced elsewhere');
       this.xds.update(next.resources);
     } catch (err) {
       // Not expected (update guards each stream); the state is in place, the next change pushes it.

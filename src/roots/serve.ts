@@ -8,7 +8,38 @@ import { installLastResort } from '../observability/last-resort';
 import type { Logger } from '../observability/log';
 import type { StateSource } from '../sources/state-source';
 import type { MeshConfig } from '../state/types';
+import type { TunnelLimits } from '../tunnel/limits';
+import type { TunnelMode } from '../tunnel/tunnel';
+import { WorkersDataPlane } from '../tunnel/worker-host';
 import { PodAgent, type PodAgentOptions } from './pod-agent';
+
+/** How a node or a sidecar serves its pods (the flags both commands share). */
+export interface ServingSettings {
+  mode: TunnelMode;
+  /** Tunnel worker processes; 0 runs the tunnel in this process. */
+  workers: number;
+  /** The script the workers run (`ambit worker`). */
+  workerScript: string;
+  drainMs: number;
+  limits: Partial<TunnelLimits>;
+  /** cgroup v2 directory holding the pods (a node's; a sidecar uses its pod's own). */
+  podsCgroup?: string;
+  pinDir?: string;
+}
+
+/** The parts of the pod agent's options that ServingSettings decide: where the datapath lives and who serves it. */
+export function servedBy(s: ServingSettings): Pick<PodAgentOptions, 'podsCgroup' | 'pinDir' | 'mode' | 'dataPlane' | 'limits'> {
+  return {
+    podsCgroup: s.podsCgroup,
+    pinDir: s.pinDir,
+    mode: s.mode,
+    limits: s.limits,
+    dataPlane:
+      s.workers > 0
+        ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
+        : undefined,
+  };
+}
 
 export interface ServeSpec {
   role: 'node agent' | 'sidecar';
@@ -55,6 +86,7 @@ export async function serve(spec: ServeSpec): Promise<PodAgent> {
   source.registerMetrics?.(app.metrics.registry);
   const warn = (cfg: MeshConfig): void => {
     if (cfg.warnings?.length) log.warn({ warnings: cfg.warnings }, 'policies accepted with warnings');
+    if (cfg.notes?.length) log.info({ notes: cfg.notes }, 'policies enforced elsewhere');
   };
   warn(config);
   unwatch = source.watch(

@@ -246,14 +246,20 @@ export function parseConfig(text: string, source = 'config'): StandaloneConfig {
     controlPlane: { tokens: tokens(p, o.controlPlane, 'controlPlane') },
   };
   checkCrossFields(cfg, p.report);
-  // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
   cfg.policyDocs = list(p, o, 'policies', '');
-  const compiled = compileIstioPolicies(cfg.policyDocs, cfg.workloads, { rootNamespace: cfg.rootNamespace || 'istio-system' }, p.report);
-  cfg.policies = compiled.policies;
-  cfg.warnings = compiled.warnings;
+  // Waypoints first: the policies' conversion tells who sits behind one, and those with targetRefs are the waypoint's.
   const namespaces = list(p, o, 'namespaces', '').map((n, i) => namespace(p, n, `namespaces[${i}]`));
-  const routes = resolveWaypoints(cfg, list(p, o, 'routes', ''), namespaces, p.report);
-  cfg.warnings.push(...routes.warnings);
+  const routes = resolveWaypoints(cfg, list(p, o, 'routes', ''), namespaces, p.report, cfg.policyDocs);
+  // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
+  const compiled = compileIstioPolicies(
+    cfg.policyDocs,
+    cfg.workloads,
+    { rootNamespace: cfg.rootNamespace || 'istio-system', waypoints: cfg.waypoints, services: cfg.services },
+    p.report,
+  );
+  cfg.policies = compiled.policies;
+  cfg.warnings = [...compiled.warnings, ...routes.warnings];
+  cfg.notes = compiled.notes;
   if (p.list.length) {
     // A file of 25,000 workloads with one typo each would otherwise be a multi-megabyte log line.
     const shown = p.list.slice(0, MAX_LISTED);

@@ -4,8 +4,14 @@
 // - HTTP attributes: an ALLOW rule using one is dropped (it could never be
 //   shown to match); a DENY only loses that field or condition, which widens
 //   the deny. Both warn, naming the field.
-// - AUDIT and CUSTOM actions, and targetRef(s) (waypoint policies), are
-//   skipped with a warning.
+//   When the workloads a policy with such a rule applies to sit behind a
+//   waypoint, the warning says to attach it to the waypoint with targetRefs
+//   instead (Istio's advice), since the waypoint sees HTTP.
+// - An AuthorizationPolicy with targetRef(s) (a waypoint Gateway or a
+//   Service) is an L7 policy of the waypoint, which reads and enforces it
+//   (src/sources/istio-waypoint.ts): it is not converted here and not
+//   checked twice, only noted. AUDIT and CUSTOM actions are skipped with a
+//   warning.
 // - Each rule's `from` and `to` become one clause each (one match per entry);
 //   each `when` condition its own clause.
 // - Unknown fields are problems, with the field probably meant: a misspelt
@@ -31,49 +37,32 @@ import {
   type Rule,
   type StringMatch,
 } from '../policy/types';
-import type { Workload } from '../state/types';
+import { type GatewayAddress, type MeshWaypoint, type Service, serviceKey, type Workload } from '../state/types';
+import { DNS, isObj, METADATA, type Obj, wildcard } from './k8s-doc';
 import { unknownKeyHint } from './schema';
 
-type Obj = Record<string, unknown>;
 type Report = (at: string, value: unknown, what: string) => void;
 type Mode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
 
 export interface IstioOptions {
   rootNamespace: string;
   at?: string;
+  /** The waypoints resolved for these workloads, and the services (with their `waypoint`), to tell who sits behind one. */
+  waypoints?: readonly MeshWaypoint[];
+  services?: readonly Service[];
 }
 export interface IstioPolicies {
   policies: Authorization[];
   warnings: string[];
+  /** What is fine but worth knowing (a policy the waypoint enforces instead), to log at info level. */
+  notes: string[];
 }
 
 const API_VERSIONS = ['security.istio.io/v1', 'security.istio.io/v1beta1'];
 const KINDS = ['AuthorizationPolicy', 'PeerAuthentication'];
-/** Kubernetes ObjectMeta (clusterName: before 1.25), so objects exported from a cluster are accepted as they are. */
-const METADATA = [
-  'name',
-  'namespace',
-  'generateName',
-  'labels',
-  'annotations',
-  'uid',
-  'resourceVersion',
-  'generation',
-  'creationTimestamp',
-  'deletionTimestamp',
-  'deletionGracePeriodSeconds',
-  'ownerReferences',
-  'finalizers',
-  'managedFields',
-  'selfLink',
-  'clusterName',
-];
 const MODES: Mode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
-const DNS = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const L4_ONLY = 'a node tunnel sees only L4';
 const PA_PREFIX = 'ambit-peerauthn-';
-
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** One document: where it is, for problems (full paths) and warnings (with its name). */
 class Doc {
@@ -129,16 +118,6 @@ class Doc {
       return [];
     });
   }
-}
-
-function wildcard(d: Doc, s: string, at: string): StringMatch[] {
-  if (s === '*') return [{ presence: true }];
-  const inner = s.startsWith('*') ? s.slice(1) : s.endsWith('*') ? s.slice(0, -1) : s;
-  if (inner.includes('*')) {
-    d.problem(at, s, 'Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*"');
-    return [];
-  }
-  return [s.startsWith('*') ? { suffix: inner } : s.endsWith('*') ? { prefix: inner } : { exact: s }];
 }
 
 const matchList = (d: Doc, values: string[], at: string): StringMatch[] => values.flatMap((s, i) => wildcard(d, s, `${at}[${i}]`));
@@ -256,7 +235,7 @@ function condition(d: Doc, v: unknown, rel: string, http: HttpSeen): Match | und
   }
 }
 
-function rule(d: Doc, v: unknown, rel: string, action: PolicyAction): Rule | undefined {
+function rule(d: Doc, v: unknown, rel: string, action: PolicyAction, advice: string): Rule | undefined {
   const r = d.obj(v ?? {}, rel, 'must be a map with from, to and when', ['from', 'to', 'when']);
   if (!r) return undefined;
   let usable = true;
@@ -264,7 +243,7 @@ function rule(d: Doc, v: unknown, rel: string, action: PolicyAction): Rule | und
     if (action === 'ALLOW') usable = false;
     d.warn(
       at,
-      `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}`,
+      `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}${advice}`,
     );
   };
   const clauses: Clause[] = [];
@@ -279,7 +258,65 @@ function rule(d: Doc, v: unknown, rel: string, action: PolicyAction): Rule | und
   return usable ? { clauses } : undefined;
 }
 
-function authorizationPolicy(d: Doc, rootNamespace: string): { policy: Authorization; selector?: Record<string, string> } | undefined {
+/**
+ * The workloads a policy applies to (selector, else its namespace, else the
+ * whole mesh from the root namespace).
+ */
+function appliesTo(
+  workloads: readonly Workload[],
+  ns: string,
+  rootNamespace: string,
+  selector: Record<string, string> | undefined,
+): Workload[] {
+  return workloads.filter((w) => (w.namespace === ns || ns === rootNamespace) && (!selector || selects(selector, w)));
+}
+
+/**
+ * Which waypoint a workload's traffic goes through, as "namespace/name":
+ * its own, or that of a service it backs (by `services` or by selector).
+ */
+function waypointBehind(opts: IstioOptions): (w: Workload) => string | undefined {
+  const byIp = new Map<string, string>();
+  for (const wp of opts.waypoints ?? [])
+    if (wp.address.destination.kind === 'address') byIp.set(wp.address.destination.ip, `${wp.namespace}/${wp.name}`);
+  const name = (g: GatewayAddress | undefined): string | undefined =>
+    g === undefined
+      ? undefined
+      : g.destination.kind === 'address'
+        ? byIp.get(g.destination.ip)
+        : `${g.destination.namespace}/${g.destination.hostname}`;
+  const services = (opts.services ?? []).filter((s) => s.waypoint !== undefined);
+  return (w) => {
+    const own = name(w.waypoint);
+    if (own) return own;
+    for (const s of services) {
+      const backs =
+        w.services?.includes(serviceKey(s)) ||
+        (s.namespace === w.namespace && Object.keys(s.selector).length > 0 && selects(s.selector, w));
+      if (backs) return name(s.waypoint);
+    }
+    return undefined;
+  };
+}
+
+/** The advice added to an HTTP-attribute warning when the policy's workloads sit behind a waypoint; '' when none does. */
+function waypointAdvice(workloads: Workload[], behind: (w: Workload) => string | undefined): string {
+  for (const w of workloads) {
+    const wp = behind(w);
+    if (wp)
+      return (
+        `; workload ${w.uid} sits behind waypoint ${wp}, which sees HTTP: attach the policy to the waypoint instead ` +
+        '(spec.targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: <waypoint> }] or a Service, no selector)'
+      );
+  }
+  return '';
+}
+
+function authorizationPolicy(
+  d: Doc,
+  rootNamespace: string,
+  advice: (selector: Record<string, string> | undefined) => string,
+): { policy: Authorization; selector?: Record<string, string> } | undefined {
   const spec = d.obj(d.spec, 'spec', 'must be a map', ['selector', 'targetRef', 'targetRefs', 'action', 'provider', 'rules']) ?? {};
   const selector = matchLabels(d, spec.selector, 'spec.selector');
   const action = spec.action ?? 'ALLOW';
@@ -289,17 +326,11 @@ function authorizationPolicy(d: Doc, rootNamespace: string): { policy: Authoriza
     else d.problem('spec.action', action, 'must be ALLOW (the default), DENY, AUDIT or CUSTOM');
     return undefined;
   }
-  if (spec.targetRef !== undefined || spec.targetRefs !== undefined) {
-    d.warn(
-      spec.targetRef !== undefined ? 'spec.targetRef' : 'spec.targetRefs',
-      'targets a waypoint, which enforces it; a node tunnel skips the policy',
-    );
-    return undefined;
-  }
   const dry = d.annotations['istio.io/dry-run'];
   if (dry !== undefined && !['true', 'false', true, false].includes(dry as string))
     d.problem('metadata.annotations.istio.io/dry-run', dry, 'must be "true" or "false"');
-  const rules = d.list(spec, 'rules', 'spec').flatMap((r, i) => rule(d, r, `spec.rules[${i}]`, action) ?? []);
+  const why = advice(selector);
+  const rules = d.list(spec, 'rules', 'spec').flatMap((r, i) => rule(d, r, `spec.rules[${i}]`, action, why) ?? []);
   const scope = selector ? 'WORKLOAD_SELECTOR' : d.namespace === rootNamespace ? 'GLOBAL' : 'NAMESPACE';
   return { policy: { name: d.name, namespace: d.namespace, scope, action, rules, dryRun: dry === true || dry === 'true' }, selector };
 }
@@ -448,17 +479,34 @@ export function compileIstioPolicies(docs: unknown[], workloads: Workload[], opt
   const assign = (w: Workload, key: string): void => {
     assigned.set(w, (assigned.get(w) ?? new Set()).add(key));
   };
-  const seen = new Map<string, string>();
+  const notes: string[] = [];
+  const behind = waypointBehind(opts);
+  // The waypoint's reader checks its own policies (targetRefs) and their duplicates; a clash with one of ours is checked here.
+  const seen = new Map<string, { at: string; waypoint: boolean }>();
   docs.forEach((raw, i) => {
-    const h = header(raw, `${prefix}[${i}]`, i, problem, warnings);
+    const at = `${prefix}[${i}]`;
+    const ref = waypointPolicy(raw);
+    if (ref) {
+      const id = `AuthorizationPolicy ${ref.namespace}/${ref.name}`;
+      const earlier = seen.get(id);
+      if (earlier && !earlier.waypoint)
+        problem(`${at}.metadata.name`, ref.name, `duplicates ${earlier.at}; names must be unique per kind and namespace`);
+      else if (!earlier) seen.set(id, { at, waypoint: true });
+      notes.push(
+        `${at} (${ref.namespace}/${ref.name}) ${ref.field}: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel`,
+      );
+      return;
+    }
+    const h = header(raw, at, i, problem, warnings);
     if (!h) return;
     const d = h.doc;
     const id = `${h.kind} ${policyKey(d)}`;
-    if (seen.has(id)) {
-      d.problem('metadata.name', d.name, `duplicates ${seen.get(id)}; names must be unique per kind and namespace`);
+    const earlier = seen.get(id);
+    if (earlier) {
+      d.problem('metadata.name', d.name, `duplicates ${earlier.at}; names must be unique per kind and namespace`);
       return;
     }
-    seen.set(id, d.at);
+    seen.set(id, { at: d.at, waypoint: false });
     if (h.kind === 'PeerAuthentication') {
       const pa = peerAuthentication(d);
       if (d.problems === 0) peerAuthns.push(pa);
@@ -466,7 +514,9 @@ export function compileIstioPolicies(docs: unknown[], workloads: Workload[], opt
     }
     if (d.name.startsWith(PA_PREFIX))
       d.problem('metadata.name', d.name, `names starting with ${PA_PREFIX} are reserved for converted PeerAuthentications`);
-    const c = authorizationPolicy(d, opts.rootNamespace);
+    const c = authorizationPolicy(d, opts.rootNamespace, (sel) =>
+      waypointAdvice(appliesTo(workloads, d.namespace, opts.rootNamespace, sel), behind),
+    );
     if (!c || d.problems > 0) return;
     policies.push(c.policy);
     const sel = c.selector;
@@ -479,5 +529,18 @@ export function compileIstioPolicies(docs: unknown[], workloads: Workload[], opt
   policies.push(...compilePeerAuthn(peerAuthns, workloads, opts.rootNamespace, paWarnings, assign));
   warnings.push(...paWarnings);
   for (const [w, keys] of assigned) w.authorizationPolicies = [...new Set([...w.authorizationPolicies, ...keys])].sort();
-  return { policies, warnings };
+  return { policies, warnings, notes };
+}
+
+/**
+ * An AuthorizationPolicy with targetRef(s): the waypoint's (its reader,
+ * compileWaypointConfig, checks it and reports its problems). Its name for
+ * the note, or undefined for every other document.
+ */
+export function waypointPolicy(raw: unknown): { namespace: string; name: string; field: string } | undefined {
+  if (!isObj(raw) || raw.kind !== 'AuthorizationPolicy' || !isObj(raw.spec)) return undefined;
+  const field = raw.spec.targetRefs !== undefined ? 'spec.targetRefs' : raw.spec.targetRef !== undefined ? 'spec.targetRef' : '';
+  if (!field) return undefined;
+  const meta = isObj(raw.metadata) ? raw.metadata : {};
+  return { namespace: String(meta.namespace ?? ''), name: String(meta.name ?? ''), field };
 }

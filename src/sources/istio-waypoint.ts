@@ -10,7 +10,7 @@
 import type { IpBlock, StringMatch } from '../policy/types';
 import { type Service, serviceKey, type Workload } from '../state/types';
 import type { L7Match, L7Policy, L7Rule, L7Target, Waypoint, WaypointBindings, WaypointFor } from '../waypoint/types';
-import { type Doc, HEADER_NAME, isObj, type Known } from './k8s-doc';
+import { type Doc, HEADER_NAME, isObj, type Known, wildcard } from './k8s-doc';
 import type { Report } from './schema';
 
 export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
@@ -19,7 +19,7 @@ export const USE_WAYPOINT = 'istio.io/use-waypoint';
 export const USE_WAYPOINT_NAMESPACE = 'istio.io/use-waypoint-namespace';
 export const WAYPOINT_FOR = 'istio.io/waypoint-for';
 /** Set by Kubernetes on a Gateway's pods: a waypoint's own pods never use a waypoint (no loop). */
-const GATEWAY_NAME_LABEL = 'gateway.networking.k8s.io/gateway-name';
+export const GATEWAY_NAME_LABEL = 'gateway.networking.k8s.io/gateway-name';
 
 /** A Gateway of class istio-waypoint; another class is ignored with a warning. */
 export function gateway(d: Doc): Waypoint | undefined {
@@ -116,17 +116,6 @@ export function bindings(
     if (w) out.workloads.set(wl.uid, w);
   });
   return out;
-}
-
-function wildcard(d: Doc, s: string, at: string, lower = false): StringMatch[] {
-  const v = lower ? s.toLowerCase() : s;
-  if (v === '*') return [{ presence: true }];
-  const inner = v.startsWith('*') ? v.slice(1) : v.endsWith('*') ? v.slice(0, -1) : v;
-  if (inner.includes('*')) {
-    d.problem(at, s, 'Istio allows * only at the start or the end, e.g. /api/* or *.png');
-    return [];
-  }
-  return [v.startsWith('*') ? { suffix: inner } : v.endsWith('*') ? { prefix: inner } : { exact: v }];
 }
 
 function blocks(d: Doc, values: string[], at: string): IpBlock[] {

@@ -3,6 +3,7 @@
 // a time, every problem reported with the object (kind namespace/name), the
 // field path, the value and the fix, and unknown fields refused (a misspelt
 // field must not change what is routed or allowed).
+import type { StringMatch } from '../policy/types';
 import type { Service } from '../state/types';
 import { compileRouteRegex } from './route-regex';
 import { type Report, unknownKeyHint } from './schema';
@@ -14,8 +15,8 @@ export const DNS = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9]
 /** An HTTP header name (RFC 9110 token); HTTP/2 pseudo-headers (":path") are not. */
 export const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 
-/** Kubernetes ObjectMeta. */
-const METADATA = [
+/** Kubernetes ObjectMeta (clusterName: before 1.25), so objects exported from a cluster (kubectl get -o yaml) load as they are. */
+export const METADATA = [
   'name',
   'namespace',
   'generateName',
@@ -31,7 +32,29 @@ const METADATA = [
   'finalizers',
   'managedFields',
   'selfLink',
+  'clusterName',
 ];
+
+/**
+ * Istio's string match: "*" is presence, a leading or trailing * a suffix
+ * or prefix match; a * elsewhere is a problem (Istio refuses it too).
+ * `lower` folds the value (hosts compare without case).
+ */
+export function wildcard(
+  d: { problem(at: string, value: unknown, what: string): void },
+  s: string,
+  at: string,
+  lower = false,
+): StringMatch[] {
+  const v = lower ? s.toLowerCase() : s;
+  if (v === '*') return [{ presence: true }];
+  const inner = v.startsWith('*') ? v.slice(1) : v.endsWith('*') ? v.slice(0, -1) : v;
+  if (inner.includes('*')) {
+    d.problem(at, s, 'Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*", /api/* or *.png');
+    return [];
+  }
+  return [v.startsWith('*') ? { suffix: inner } : v.endsWith('*') ? { prefix: inner } : { exact: v }];
+}
 
 /** One Kubernetes object being read: where it is, for problems (with kind namespace/name) and warnings. */
 export class Doc {

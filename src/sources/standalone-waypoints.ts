@@ -2,19 +2,23 @@
 // `routes:` (waypoint Gateways, HTTPRoutes, GRPCRoutes, targeted
 // AuthorizationPolicies, Namespace and Service labels) are read by the
 // waypoint's reader (gateway-api.ts), with the labels of `services:` and
-// `namespaces:` entries given to it as Service and Namespace objects, so
-// that istio.io/use-waypoint reads the same wherever it is written. What the
-// node tunnel needs comes out of it: each waypoint's address and identity,
-// and the `waypoint` of every service and workload that uses one.
+// `namespaces:` entries given to it as Service and Namespace objects, and
+// the AuthorizationPolicies with targetRefs written under `policies:`, so
+// that each reads the same wherever it is written. What the node tunnel
+// needs comes out of it (applyWaypointDocs, shared with the Kubernetes
+// view in src/kube/cluster-source.ts): each waypoint's address and
+// identity, and the `waypoint` of every service and workload that uses one.
 import net from 'node:net';
 import { type GatewayAddress, type MeshConfig, type MeshWaypoint, serviceKey, WAYPOINT_HBONE_PORT, type Workload } from '../state/types';
 import type { WaypointConfig } from '../waypoint/types';
 import { compileWaypointConfig } from './gateway-api';
+import { waypointPolicy } from './istio-crd';
+import { GATEWAY_NAME_LABEL } from './istio-waypoint';
 import { isObj, type Obj } from './k8s-doc';
 import type { Report } from './schema';
 
 /** Set by Kubernetes on a Gateway's pods; in the standalone YAML, on the waypoint's workload entries. */
-export const GATEWAY_NAME_LABEL = 'gateway.networking.k8s.io/gateway-name';
+export { GATEWAY_NAME_LABEL };
 
 /** A `namespaces:` entry: its labels may opt the namespace in (istio.io/use-waypoint). */
 export interface NamespaceLabels {
@@ -32,9 +36,17 @@ const podsOf = (cfg: MeshConfig, ns: string, name: string): Workload[] =>
  * `waypoint` of each service and workload that uses one, and returns the
  * route model for the waypoint process.
  */
-export function resolveWaypoints(cfg: MeshConfig, docs: readonly unknown[], namespaces: NamespaceLabels[], report: Report): WaypointConfig {
-  // Labels written on services: and namespaces: entries read as the objects they stand for, after the user's documents.
+export function resolveWaypoints(
+  cfg: MeshConfig,
+  docs: readonly unknown[],
+  namespaces: NamespaceLabels[],
+  report: Report,
+  policies: readonly unknown[] = [],
+): WaypointConfig {
+  // Labels written on services: and namespaces: entries, and the waypoint's policies written under policies:,
+  // read as the objects they stand for, after the user's documents.
   const origins: string[] = [];
+  const named = new Set<number>(); // origins whose problems keep the object's "(kind namespace/name)"
   const extra: unknown[] = [];
   cfg.services.forEach((s, i) => {
     if (!s.labels || Object.keys(s.labels).length === 0 || !s.name || !s.namespace) return;
@@ -46,22 +58,40 @@ export function resolveWaypoints(cfg: MeshConfig, docs: readonly unknown[], name
     origins.push(`namespaces[${i}]`);
     extra.push({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: n.name, labels: n.labels } });
   });
+  policies.forEach((d, i) => {
+    if (!waypointPolicy(d)) return;
+    named.add(origins.length);
+    origins.push(`policies[${i}]`);
+    extra.push(d);
+  });
   const relabel: Report = (at, value, what) => {
     // A message may name an earlier object too ("duplicates routes[3]").
     const text = what.replace(/routes\[(\d+)\]/g, (whole, i: string) => origins[Number(i) - docs.length] ?? whole);
     const m = /^routes\[(\d+)\](?: \([^)]*\))?( metadata\.labels| metadata\.name)?/.exec(at);
-    const origin = m ? origins[Number(m[1]) - docs.length] : undefined;
+    const index = m ? Number(m[1]) - docs.length : -1;
+    const origin = origins[index];
     if (!m || origin === undefined) return report(at, value, text);
+    if (named.has(index)) return report(at.replace(/^routes\[\d+\]/, origin), value, text);
     const field = m[2] === ' metadata.labels' ? '.labels' : m[2] === ' metadata.name' ? '.name' : '';
     report(`${origin}${field}${at.slice(m[0].length)}`, value, text);
   };
-  const compiled = compileWaypointConfig([...docs, ...extra], cfg, { at: 'routes' }, relabel);
+  return applyWaypointDocs(cfg, [...docs, ...extra], 'routes', relabel);
+}
 
+/**
+ * Reads waypoint documents (Gateways, routes, Namespace and Service label
+ * objects, targeted AuthorizationPolicies) against cfg's services and
+ * workloads, fills cfg.waypoints and the `waypoint` of each service and
+ * workload that uses one, and returns the route model for the waypoint.
+ * Problems name documents as `${at}[i]`.
+ */
+export function applyWaypointDocs(cfg: MeshConfig, docs: readonly unknown[], at: string, report: Report): WaypointConfig {
+  const compiled = compileWaypointConfig(docs, cfg, { at }, report);
   const gateways = new Map<string, { at: string; spec: Obj }>();
   docs.forEach((d, i) => {
     if (!isObj(d) || d.kind !== 'Gateway' || !isObj(d.metadata)) return;
     gateways.set(`${String(d.metadata.namespace)}/${String(d.metadata.name)}`, {
-      at: `routes[${i}] (Gateway ${String(d.metadata.namespace)}/${String(d.metadata.name)})`,
+      at: `${at}[${i}] (Gateway ${String(d.metadata.namespace)}/${String(d.metadata.name)})`,
       spec: isObj(d.spec) ? d.spec : {},
     });
   });

@@ -112,6 +112,8 @@ export interface MeshConfig {
   policyDocs?: unknown[];
   /** What was accepted but not fully usable (e.g. HTTP-only policy attributes), to log. */
   warnings?: string[];
+  /** What is accepted and fine but worth knowing (a policy a waypoint enforces instead of the node tunnel), to log at info. */
+  notes?: string[];
   /** Read by `ambit control-plane` only. */
   controlPlane: { tokens: NodeToken[] };
 }

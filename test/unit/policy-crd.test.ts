@@ -4,9 +4,10 @@ import YAML from 'yaml';
 import { matchOf, PolicyAuthorizer } from '../../src/policy/engine';
 import type { Authorization } from '../../src/policy/types';
 import { compileIstioPolicies } from '../../src/sources/istio-crd';
-import type { Workload } from '../../src/state/types';
+import type { GatewayAddress, MeshWaypoint, Service, Workload } from '../../src/state/types';
 
 const ROOT = 'istio-system';
+const gw = (ip: string): GatewayAddress => ({ destination: { kind: 'address', network: '', ip }, hboneMtlsPort: 15008 });
 
 function wl(uid: string, labels: Record<string, string>): Workload {
   const [namespace = '', name = ''] = uid.split('/');
@@ -177,17 +178,35 @@ test('an ALLOW whose every rule is HTTP-only stays and matches nothing', () => {
   assert.equal(r.warnings.length, 1);
 });
 
-test('AUDIT, CUSTOM and waypoint (targetRefs) policies are skipped with a warning', () => {
+test("AUDIT and CUSTOM are skipped with a warning; a targetRefs policy is the waypoint's: noted, not converted, not warned", () => {
   const r = compile(
-    `${ap('default', 'audit', '  action: AUDIT\n  rules: [{}]')}${ap('default', 'ext', '  action: CUSTOM\n  provider: { name: opa }')}${ap('default', 'wp', '  targetRefs: [{ kind: Service, group: "", name: echo }]\n  rules: [{}]')}`,
+    `${ap('default', 'audit', '  action: AUDIT\n  rules: [{}]')}${ap('default', 'ext', '  action: CUSTOM\n  provider: { name: opa }')}${ap(
+      'default',
+      'wp',
+      '  targetRefs: [{ kind: Service, group: "", name: echo }]\n  rules: [{ to: [{ operation: { methods: ["GET"] } }] }]',
+    )}${ap('default', 'gw', '  targetRef: { kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }\n  action: DENY')}`,
   );
   assert.deepEqual(r.problems, []);
   assert.deepEqual(r.policies, []);
   assert.deepEqual(r.warnings, [
     'policies[0] (default/audit) spec.action: AUDIT is not enforced by a node tunnel; the policy is skipped',
     'policies[1] (default/ext) spec.action: CUSTOM is not enforced by a node tunnel; the policy is skipped',
-    'policies[2] (default/wp) spec.targetRefs: targets a waypoint, which enforces it; a node tunnel skips the policy',
   ]);
+  assert.deepEqual(r.notes, [
+    'policies[2] (default/wp) spec.targetRefs: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel',
+    'policies[3] (default/gw) spec.targetRef: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel',
+  ]);
+});
+
+test('a targetRefs policy is checked by the waypoint reader only; a name it shares with a selector policy is a problem here', () => {
+  // An invalid field in a targeted policy is the waypoint reader's to report (once), not this conversion's.
+  const r = compile(
+    `${ap('default', 'same', '  rules: [{}]')}${ap('default', 'same', '  targetRefs: [{ kind: Service, name: echo }]\n  rulez: []')}`,
+  );
+  assert.deepEqual(r.problems, [
+    'policies[1].metadata.name: duplicates policies[0]; names must be unique per kind and namespace (got "same")',
+  ]);
+  assert.equal(r.policies.length, 1);
 });
 
 test('scopes and selector assignment, a root-namespace selector spanning namespaces', () => {
@@ -329,7 +348,7 @@ metadata: { name: x }
 ${pa('default', 'pa', '  mtls: { mode: STRICTER }')}${ap('default', 'bad', '  {}')}`);
   assert.deepEqual(r.policies, []);
   assert.deepEqual(r.problems, [
-    'policies[0].spec.rules[0].from[0].source.principals[0]: Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*" (got "a*b")',
+    'policies[0].spec.rules[0].from[0].source.principals[0]: Istio allows * only at the start or the end, e.g. "cluster.local/ns/foo/*", /api/* or *.png (got "a*b")',
     'policies[0].spec.rules[0].from[0].source.ipBlocks[1]: must be an IPv4/IPv6 address or CIDR such as 10.0.0.0/8 (got "10.0.0.300")',
     'policies[0].spec.rules[0].to[0].operation.ports[0]: must be a port number 1..65535, e.g. 8080 or "8080" (got 70000)',
     'policies[0].spec.rules[0].when[0]: needs values or notValues (got {"key":"source.ip"})',
@@ -340,4 +359,53 @@ ${pa('default', 'pa', '  mtls: { mode: STRICTER }')}${ap('default', 'bad', '  {}
     'policies[2].spec.mtls.mode: must be one of UNSET, DISABLE, PERMISSIVE, STRICT (got "STRICTER")',
     'policies[3].metadata.name: duplicates policies[0]; names must be unique per kind and namespace (got "bad")',
   ]);
+});
+
+test('an HTTP attribute on workloads behind a waypoint keeps the L4 conversion; the warning names the policy, field and waypoint', () => {
+  const behind = { ...wl('default/echo-1', { app: 'echo' }), waypoint: gw('10.200.9.9') };
+  const viaService = { ...wl('default/api-1', { app: 'api' }), services: ['default/api.default.svc.cluster.local'] };
+  const direct = wl('default/plain-1', { app: 'plain' });
+  const waypoints: MeshWaypoint[] = [
+    { name: 'waypoint', namespace: 'default', for: 'service', address: gw('10.200.9.9'), serviceAccount: 'waypoint' },
+  ];
+  const services: Service[] = [
+    {
+      name: 'api',
+      namespace: 'default',
+      hostname: 'api.default.svc.cluster.local',
+      addresses: ['10.96.0.20'],
+      ports: [{ port: 80, targetPort: 8080 }],
+      selector: {},
+      waypoint: gw('10.200.9.9'),
+    },
+  ];
+  const docs = [
+    ap('default', 'echo-get', '  selector: { matchLabels: { app: echo } }\n  rules: [{ to: [{ operation: { methods: ["GET"] } }] }]'),
+    ap(
+      'default',
+      'api-deny',
+      '  selector: { matchLabels: { app: api } }\n  action: DENY\n  rules: [{ to: [{ operation: { paths: ["/admin"] } }] }]',
+    ),
+    ap('default', 'plain-get', '  selector: { matchLabels: { app: plain } }\n  rules: [{ to: [{ operation: { methods: ["GET"] } }] }]'),
+  ].join('');
+  const parsed = YAML.parseAllDocuments(docs)
+    .map((d) => d.toJS() as unknown)
+    .filter((d) => d !== null);
+  const problems: string[] = [];
+  const r = compileIstioPolicies(parsed, [behind, viaService, direct], { rootNamespace: ROOT, waypoints, services }, (at) =>
+    problems.push(at),
+  );
+  assert.deepEqual(problems, []);
+  const advice = (uid: string): string =>
+    `; workload ${uid} sits behind waypoint default/waypoint, which sees HTTP: attach the policy to the waypoint instead ` +
+    '(spec.targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: <waypoint> }] or a Service, no selector)';
+  assert.deepEqual(r.warnings, [
+    `policies[0] (default/echo-get) spec.rules[0].to[0].operation.methods: HTTP attribute; a node tunnel sees only L4, so this ALLOW rule is ignored${advice('default/echo-1')}`,
+    `policies[1] (default/api-deny) spec.rules[0].to[0].operation.paths: HTTP attribute; a node tunnel sees only L4, so this DENY ignores it and applies more widely${advice('default/api-1')}`,
+    'policies[2] (default/plain-get) spec.rules[0].to[0].operation.methods: HTTP attribute; a node tunnel sees only L4, so this ALLOW rule is ignored',
+  ]);
+  // Today's L4 behaviour stays: the ALLOW keeps no rule, the DENY applies more widely.
+  assert.deepEqual(r.policies.find((p) => p.name === 'echo-get')?.rules, []);
+  assert.deepEqual(r.policies.find((p) => p.name === 'api-deny')?.rules, [{ clauses: [{ matches: [matchOf()] }] }]);
+  assert.deepEqual(behind.authorizationPolicies, ['default/echo-get']);
 });

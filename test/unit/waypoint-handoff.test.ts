@@ -330,3 +330,72 @@ test('a waypoint that cannot be reached refuses the connection rather than going
   const r = resolveOutbound(otherPort, '10.200.0.20', 8080, Math.random, otherPort.workloadByIp('10.200.0.10'));
   assert.deepEqual(r.kind === 'refuse' && [r.reason, r.workload?.name], ['no_waypoint', 'echo']);
 });
+
+const policies = (...docs: string[]): string => `policies:\n${docs.join('')}`;
+const policy = (name: string, spec: string): string => `
+  - apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: { name: ${name}, namespace: default }
+    spec:
+${spec}`;
+
+test("a targetRefs AuthorizationPolicy under policies: is the waypoint's (routes.policies), noted, not converted for the node", () => {
+  const cfg = parseConfig(
+    mesh({ echoLabels: 'istio.io/use-waypoint: waypoint' }) +
+      policies(
+        policy(
+          'echo-admin',
+          '      targetRefs: [{ kind: Service, group: "", name: echo }]\n      action: DENY\n      rules: [{ to: [{ operation: { paths: ["/admin*"] } }] }]',
+        ),
+        policy(
+          'wp-get',
+          '      targetRefs: [{ kind: Gateway, group: gateway.networking.k8s.io, name: waypoint }]\n      rules: [{ to: [{ operation: { methods: ["GET"] } }] }]',
+        ),
+      ),
+  );
+  assert.deepEqual(
+    cfg.routes.policies.map((p) => [p.name, p.action, p.targets]),
+    [
+      ['echo-admin', 'DENY', [{ kind: 'Service', namespace: 'default', service: 'default/echo.default.svc.cluster.local' }]],
+      ['wp-get', 'ALLOW', [{ kind: 'Gateway', namespace: 'default', name: 'waypoint' }]],
+    ],
+  );
+  assert.deepEqual(cfg.policies, []);
+  assert.deepEqual(cfg.warnings, []);
+  assert.deepEqual(cfg.notes, [
+    'policies[0] (default/echo-admin) spec.targetRefs: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel',
+    'policies[1] (default/wp-get) spec.targetRefs: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel',
+  ]);
+});
+
+test('a wrong targetRefs policy under policies: is reported once, under its own path', () => {
+  const problems = problemsOf(
+    mesh() +
+      policies(
+        policy(
+          'x',
+          '      targetRefs: [{ kind: Service, group: "", name: echoo }]\n      rules: [{ to: [{ operation: { paths: ["/a*b*"] } }] }]',
+        ),
+      ),
+  );
+  assert.deepEqual(problems, [
+    'policies[0] (AuthorizationPolicy default/x) spec.targetRefs[0].name: names no known service (services in default: echo) (got "echoo")',
+    'policies[0] (AuthorizationPolicy default/x) spec.rules[0].to[0].operation.paths[0]: Istio allows * only at the start or the end, ' +
+      'e.g. "cluster.local/ns/foo/*", /api/* or *.png (got "/a*b*")',
+  ]);
+});
+
+test('a selector policy with HTTP fields on a pod behind the waypoint stays L4 and the warning says to use targetRefs', () => {
+  const cfg = parseConfig(
+    mesh({ forLabel: 'all', podLabels: 'istio.io/use-waypoint: waypoint' }) +
+      policies(
+        policy('echo-get', '      selector: { matchLabels: { app: echo } }\n      rules: [{ to: [{ operation: { methods: ["GET"] } }] }]'),
+      ),
+  );
+  assert.deepEqual(cfg.policies.find((p) => p.name === 'echo-get')?.rules, []);
+  assert.equal(cfg.warnings?.length, 1);
+  assert.match(
+    cfg.warnings?.[0] ?? '',
+    /^policies\[0\] \(default\/echo-get\) spec\.rules\[0\]\.to\[0\]\.operation\.methods: HTTP attribute; .* this ALLOW rule is ignored; workload default\/echo sits behind waypoint default\/waypoint, which sees HTTP: attach the policy to the waypoint instead \(spec\.targetRefs/,
+  );
+});
