@@ -9,6 +9,7 @@ import os from 'node:os';
 import { AmbitError } from '../errors';
 import { runControlPlane } from '../roots/control-plane';
 import { type PodFacts, runNode, type XdsSettings } from '../roots/node';
+import type { ServingSettings } from '../roots/serve';
 import { runSidecar } from '../roots/sidecar';
 import { runWaypoint } from '../roots/waypoint';
 import type { TunnelMode } from '../tunnel/tunnel';
@@ -69,7 +70,7 @@ const CONTROL_PLANE_OPTIONS = {
 type Values = Record<string, string | boolean | undefined>;
 
 /** The flags `ambit node` and `ambit sidecar` share. */
-function servingFlags(values: Values, usage: string, defaultWorkers: number) {
+function servingFlags(values: Values, usage: string, defaultWorkers: number): ServingSettings {
   const mode = (values.tunnel ?? 'hbone') as TunnelMode;
   if (mode !== 'hbone' && mode !== 'plain') {
     throw new UsageError(

@@ -16,11 +16,8 @@ import { type LocalPodSource, LocalPodsFile, NoLocalPods } from '../sources/loca
 import { configFileSource, type StateSource } from '../sources/state-source';
 import { nodeMessage, XdsClient } from '../sources/xds-client';
 import { XdsMeshSource } from '../sources/xds-mesh';
-import type { TunnelLimits } from '../tunnel/limits';
-import type { TunnelMode } from '../tunnel/tunnel';
-import { WorkersDataPlane } from '../tunnel/worker-host';
 import type { PodAgent } from './pod-agent';
-import { serve } from './serve';
+import { type ServingSettings, serve, servedBy } from './serve';
 
 /** A control plane to take state and certificates from (`--xds`). */
 export interface XdsSettings {
@@ -37,18 +34,9 @@ export interface XdsSettings {
 /** Where the node's pods are when the state comes from xDS. */
 export type PodFacts = { file: string } | { kubernetes: { api?: string; proc: string } } | 'none';
 
-export interface NodeSettings {
+export interface NodeSettings extends ServingSettings {
   node: string;
   state: { file: string } | { xds: XdsSettings; pods: PodFacts };
-  mode: TunnelMode;
-  /** Tunnel worker processes; 0 runs the tunnel in this process. */
-  workers: number;
-  /** The script the workers run (`ambit worker`). */
-  workerScript: string;
-  drainMs: number;
-  limits: Partial<TunnelLimits>;
-  podsCgroup?: string;
-  pinDir?: string;
 }
 
 export async function runNode(s: NodeSettings): Promise<PodAgent> {
@@ -62,14 +50,7 @@ export async function runNode(s: NodeSettings): Promise<PodAgent> {
       scope: { node: s.node },
       ca: xds?.ca,
       podsLocatedSeparately: !!xds,
-      podsCgroup: s.podsCgroup,
-      pinDir: s.pinDir,
-      mode: s.mode,
-      dataPlane:
-        s.workers > 0
-          ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
-          : undefined,
-      limits: s.limits,
+      ...servedBy(s),
     },
     drainMs: s.drainMs,
     summary: { node: s.node, mode: s.mode, workers: s.workers, limits: s.limits },

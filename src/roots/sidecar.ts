@@ -4,23 +4,13 @@
 // process unless --workers asks for worker processes.
 import { createLogger } from '../observability/log';
 import { configFileSource } from '../sources/state-source';
-import type { TunnelLimits } from '../tunnel/limits';
-import type { TunnelMode } from '../tunnel/tunnel';
-import { WorkersDataPlane } from '../tunnel/worker-host';
 import type { PodAgent } from './pod-agent';
-import { serve } from './serve';
+import { type ServingSettings, serve, servedBy } from './serve';
 
-export interface SidecarSettings {
+export interface SidecarSettings extends ServingSettings {
   /** The uid of the workload this sidecar serves. */
   workload: string;
   configFile: string;
-  mode: TunnelMode;
-  workers: number;
-  workerScript: string;
-  drainMs: number;
-  limits: Partial<TunnelLimits>;
-  podsCgroup?: string;
-  pinDir?: string;
 }
 
 export function runSidecar(s: SidecarSettings): Promise<PodAgent> {
@@ -29,14 +19,7 @@ export function runSidecar(s: SidecarSettings): Promise<PodAgent> {
     source: configFileSource(s.configFile),
     agent: {
       scope: { sidecar: s.workload },
-      podsCgroup: s.podsCgroup,
-      pinDir: s.pinDir,
-      mode: s.mode,
-      dataPlane:
-        s.workers > 0
-          ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })
-          : undefined,
-      limits: s.limits,
+      ...servedBy(s),
     },
     drainMs: s.drainMs,
     summary: { workload: s.workload, mode: s.mode, workers: s.workers, limits: s.limits },
