@@ -18,6 +18,7 @@ import { LeastRequestBalancer, pickWeighted, type Random } from './balance';
 import { applyRewrite, modifyHeaders, redirect } from './filters';
 import { formatFlags, grpcStatusLabel, RBAC_DENIED_BODY, RESPONSE_FLAGS, type ResponseFlag } from './flags';
 import type { RouteTable } from './match';
+import { KeepAlivePool } from './keepalive';
 import { httpLabels, type WaypointMetrics } from './metrics';
 import { type Clock, ISTIO_DEFAULT_RETRY, RetryBudget, RetryState } from './retry';
 import type { HeaderModifier, RouteRule } from './types';
@@ -128,8 +129,11 @@ export class L7Proxy {
   private readonly budgets = new Map<string, RetryBudget>();
   private readonly random: Random;
   private readonly clock: Clock;
+  /** HTTP/1.1 connections to endpoints, kept between requests. */
+  readonly h1: KeepAlivePool;
 
   constructor(private readonly deps: ProxyDeps) {
+    this.h1 = new KeepAlivePool((t) => deps.open(t as EndpointTarget));
     this.random = deps.random ?? Math.random;
     this.clock = deps.clock ?? now;
     this.balancer = new LeastRequestBalancer(this.random);
@@ -354,6 +358,7 @@ export class L7Proxy {
     let settled = false;
     let stream: Duplex | undefined;
     const work = (async (): Promise<AttemptResult> => {
+      if (!out.h2) return this.h1.send(ep, out);
       try {
         stream = await this.deps.open(ep);
       } catch (err) {

@@ -1,8 +1,9 @@
 // One attempt of one request to one endpoint: a CONNECT stream over the
 // waypoint's pooled HBONE sessions to the endpoint's :15008, then the
-// request in the protocol it came in (HTTP/1.1 with `connection: close`,
-// or an HTTP/2 session of its own inside the stream), so every request is
-// balanced on its own even when the client keeps one connection open. The
+// request in the protocol it came in (HTTP/1.1 on a keep-alive connection
+// of keepalive.ts, or an HTTP/2 session of its own inside the stream), so
+// every request is balanced on its own even when the client keeps one
+// connection open. The
 // outcome is a value in retry.ts's vocabulary, never an exception: a
 // backend that answers garbage is a reset with a protocol error (502 UPE),
 // one that cannot be reached a connect failure (UF).
@@ -84,21 +85,54 @@ export function sendOver(stream: Duplex, req: OutgoingRequest): Promise<AttemptR
 }
 
 function sendH1(stream: Duplex, req: OutgoingRequest): Promise<AttemptResult> {
+  return sendH1Via(req, {
+    // node:http's corked writes straight to an HTTP/2 stream garble the request head (js-duplex.ts).
+    options: { createConnection: () => jsDuplex(stream) as net.Socket },
+    keepAlive: false,
+    destroy: () => stream.destroy(),
+  });
+}
+
+/** How an HTTP/1.1 attempt gets its connection, and what its failures mean. */
+export interface H1Via {
+  /** createConnection (a stream of its own) or agent (keepalive.ts), and whatever the agent keys on. */
+  options: http.RequestOptions;
+  /** Whether the connection may carry further requests after this one. */
+  keepAlive: boolean;
+  /** Ends the connection (the attempt failed or its answer was abandoned). */
+  destroy: () => void;
+  /** A failure before any answer in the pool's terms (a connect failure, a refused stream), else a reset. */
+  classify?: (err: NodeJS.ErrnoException, out: http.ClientRequest) => AttemptResult | undefined;
+}
+
+/** Sends an HTTP/1.1 request over the connection `via` gives and resolves with the answer or why there is none. */
+export function sendH1Via(req: OutgoingRequest, via: H1Via): Promise<AttemptResult> {
   return new Promise((resolve) => {
     let answered = false;
     const out = http.request({
       method: req.method,
       path: req.target,
-      headers: { ...endToEnd(req.headers), host: req.host, connection: 'close', 'content-length': String(req.body.length) },
+      headers: {
+        ...endToEnd(req.headers),
+        host: req.host,
+        connection: via.keepAlive ? 'keep-alive' : 'close',
+        'content-length': String(req.body.length),
+      },
       setHost: false,
-      // node:http's corked writes straight to an HTTP/2 stream garble the request head (js-duplex.ts).
-      createConnection: () => jsDuplex(stream) as net.Socket,
+      ...via.options,
     });
     out.on('error', (err: NodeJS.ErrnoException) => {
-      stream.destroy();
+      via.destroy();
+      out.destroy();
       if (answered) return;
       answered = true;
-      resolve({ kind: 'reset', detail: err.code ?? err.message, protocolError: err.code?.startsWith('HPE_') ?? false });
+      resolve(
+        via.classify?.(err, out) ?? {
+          kind: 'reset',
+          detail: err.code ?? err.message,
+          protocolError: err.code?.startsWith('HPE_') ?? false,
+        },
+      );
     });
     out.on('response', (res) => {
       answered = true;
@@ -113,7 +147,7 @@ function sendH1(stream: Duplex, req: OutgoingRequest): Promise<AttemptResult> {
           trailers: () => res.trailers,
           abort: () => {
             out.destroy();
-            stream.destroy();
+            via.destroy();
           },
         },
       });
