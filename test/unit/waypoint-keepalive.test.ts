@@ -6,8 +6,8 @@
 // is a connect failure; idle connections close after the idle timeout.
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { KeepAlivePool, type KeepAliveTarget } from '../../src/waypoint/keepalive';
