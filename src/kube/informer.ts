@@ -2,7 +2,10 @@
 // list's resourceVersion; when the watch ends it resumes from the last
 // version seen, and relists when the server says that version is gone
 // (410) or the request fails (with backoff). Emits 'changed' (coalesced per
-// tick) and 'synced' once the first list is in.
+// tick) and 'synced' once the first list is in. An optional kind (a CRD that
+// may not be installed, such as Gateway API's) counts as synced and empty
+// while the server does not know its path (404) or refuses it (403), and
+// is asked again with the same backoff, so installing it later is noticed.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/log';
 import { type KubeClient, KubeError } from './client';
@@ -20,6 +23,7 @@ export class Informer<T extends KubeObject> extends EventEmitter {
     private readonly client: KubeClient,
     private readonly path: string,
     private readonly log: Logger,
+    private readonly opts: { optional?: boolean } = {},
   ) {
     super();
   }
@@ -53,13 +57,24 @@ export class Informer<T extends KubeObject> extends EventEmitter {
       } catch (err) {
         if (this.abort.signal.aborted) return;
         const gone = err instanceof KubeError && err.status === 410;
+        // 404: the CRD is not installed; 403: this account may not read it (RBAC). Either way, none of that kind.
+        const absent = this.opts.optional && err instanceof KubeError && (err.status === 404 || err.status === 403);
+        if (absent && !this.synced) {
+          this.synced = true;
+          this.emit('synced');
+          this.log.warn(
+            { path: this.path, err: (err as Error).message },
+            'the API server does not serve this kind to us (CRD not installed, or no RBAC to list it); none are held, asked again later',
+          );
+        }
         if (gone || !(err instanceof KubeError)) this.resourceVersion = '';
         this.failures++;
         const delay = gone ? 0 : Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)) * (0.8 + 0.4 * Math.random());
-        this.log.warn(
-          { path: this.path, err: (err as Error).message, retryInMs: Math.round(delay) },
-          'Kubernetes watch failed; keeping the objects held',
-        );
+        if (!absent)
+          this.log.warn(
+            { path: this.path, err: (err as Error).message, retryInMs: Math.round(delay) },
+            'Kubernetes watch failed; keeping the objects held',
+          );
         await new Promise((r) => setTimeout(r, delay));
       }
     }

@@ -79,7 +79,13 @@ export function meshFromCluster(o: ClusterObjects): { workloads: Workload[]; ser
       selector: {},
       ports: (s.spec.ports ?? [])
         .filter((p) => (p.protocol ?? 'TCP') === 'TCP')
-        .map((p) => ({ port: p.port, targetPort: targetPort(p, slices) })),
+        // name and appProtocol: how a waypoint tells HTTP from TCP on the port.
+        .map((p) => ({
+          port: p.port,
+          targetPort: targetPort(p, slices),
+          ...(p.name ? { name: p.name } : {}),
+          ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}),
+        })),
     });
     for (const sl of slices) {
       for (const e of sl.endpoints ?? []) {

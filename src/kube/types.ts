@@ -1,6 +1,7 @@
 // The few fields of Kubernetes objects ambit reads, as the API server
 // serves them (core/v1 Pod, Namespace, Service; discovery.k8s.io/v1
-// EndpointSlice; authentication.k8s.io/v1 TokenReview).
+// EndpointSlice; gateway.networking.k8s.io/v1 Gateway; authentication.k8s.io/v1
+// TokenReview).
 export interface ObjectMeta {
   name: string;
   namespace?: string;
@@ -9,6 +10,7 @@ export interface ObjectMeta {
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
   deletionTimestamp?: string;
+  creationTimestamp?: string;
 }
 
 export interface KubeObject {
@@ -33,8 +35,24 @@ export interface Service extends KubeObject {
     clusterIP?: string;
     clusterIPs?: string[];
     selector?: Record<string, string>;
-    ports?: { name?: string; port: number; targetPort?: number | string; protocol?: string }[];
+    ports?: { name?: string; port: number; targetPort?: number | string; protocol?: string; appProtocol?: string }[];
   };
+}
+
+/** A Gateway API address (type defaults to IPAddress). */
+export interface GatewayAddressEntry {
+  type?: string;
+  value: string;
+}
+
+export interface Gateway extends KubeObject {
+  spec: {
+    gatewayClassName?: string;
+    listeners?: { name?: string; port?: number; protocol?: string }[];
+    addresses?: GatewayAddressEntry[];
+  };
+  /** Istio writes the waypoint service's VIP here once it has deployed it. */
+  status?: { addresses?: GatewayAddressEntry[] };
 }
 
 export interface EndpointSlice extends KubeObject {

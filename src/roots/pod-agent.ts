@@ -23,6 +23,7 @@ import type { Logger } from '../observability/log';
 import { Metrics } from '../observability/metrics';
 import type { Authorizer } from '../policy/authorize';
 import { PolicyAuthorizer } from '../policy/engine';
+import { GATEWAY_NAME_LABEL } from '../sources/istio-waypoint';
 import { MeshStore } from '../state/store';
 import type { MeshConfig, Workload } from '../state/types';
 import type { ConnectionList } from '../tunnel/connections';
@@ -226,7 +227,7 @@ export class PodAgent {
       'sidecar' in scope
         ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
         : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
-    let hbone = mine.filter((w) => w.protocol === 'HBONE');
+    let hbone = mine.filter(capturedByNode);
     if (this.opts.podsLocatedSeparately) {
       const located = (w: Workload): boolean => !!w.netns && !!w.cgroup;
       this.waiting = hbone.filter((w) => !located(w)).map((w) => w.uid);
@@ -276,6 +277,13 @@ export class PodAgent {
       );
   }
 }
+
+/**
+ * A workload whose traffic the node captures: in the mesh (HBONE), and not a
+ * waypoint's pod (labelled with its Gateway), which speaks HBONE itself;
+ * capturing it would send its traffic back through a tunnel, in a loop.
+ */
+export const capturedByNode = (w: Workload): boolean => w.protocol === 'HBONE' && w.labels[GATEWAY_NAME_LABEL] === undefined;
 
 /**
  * What, when it changes, needs the pod re-enrolled (addresses, netns,

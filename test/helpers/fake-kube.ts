@@ -1,6 +1,7 @@
 // A stand-in for the Kubernetes API server (no real one can run here): it
 // serves the paths and watch streams ambit uses — pods (optionally by
-// spec.nodeName), namespaces, services, EndpointSlices, and TokenReview —
+// spec.nodeName), namespaces, services, EndpointSlices, Gateway API
+// gateways, and TokenReview —
 // with objects shaped like the recorded ones in test/fixtures/kube/.
 // Run as a process (`node fake-kube.js HOST PORT`), it is driven over stdin
 // with one JSON command per line:
@@ -31,17 +32,30 @@ const PATHS: Record<string, string> = {
   '/api/v1/namespaces': 'Namespace',
   '/api/v1/services': 'Service',
   '/apis/discovery.k8s.io/v1/endpointslices': 'EndpointSlice',
+  '/apis/gateway.networking.k8s.io/v1/gateways': 'Gateway',
 };
 const LIST_KIND: Record<string, string> = {
   Pod: 'PodList',
   Namespace: 'NamespaceList',
   Service: 'ServiceList',
   EndpointSlice: 'EndpointSliceList',
+  Gateway: 'GatewayList',
 };
 
 export const FIXTURES = path.resolve(__dirname, '../../../test/fixtures/kube');
 /** A recorded object, deep-copied, to be adapted by a test. */
-export function fixture<T>(name: 'pod' | 'namespace' | 'service' | 'endpointslice' | 'tokenreview'): T {
+export function fixture<T>(
+  name:
+    | 'pod'
+    | 'namespace'
+    | 'service'
+    | 'endpointslice'
+    | 'tokenreview'
+    | 'gateway'
+    | 'gateway-ingress'
+    | 'waypoint-pod'
+    | 'waypoint-service',
+): T {
   return JSON.parse(fs.readFileSync(path.join(FIXTURES, `${name}.json`), 'utf8')) as T;
 }
 

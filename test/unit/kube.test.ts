@@ -2,7 +2,9 @@
 // locating pods in a /proc tree, mesh membership by labels, workloads and
 // services from recorded API objects, and the client, informer and
 // TokenReview against a local HTTP server that speaks the API paths
-// (test/helpers/fake-kube.ts).
+// (test/helpers/fake-kube.ts), and the control plane's cluster view with
+// its waypoints (Gateways, istio.io/use-waypoint labels) against that same
+// server: no real cluster.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -14,10 +16,15 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { TokenReviewer } from '../../src/control-plane/token-review';
 import { KubeClient } from '../../src/kube/client';
+import { KubeClusterSource } from '../../src/kube/cluster-source';
 import { Informer } from '../../src/kube/informer';
 import { inMesh, meshFromCluster, podUid } from '../../src/kube/mesh';
 import { PodLocator, podOfCgroupPath } from '../../src/kube/pod-locator';
-import type { EndpointSlice, Namespace, Pod, Service } from '../../src/kube/types';
+import type { EndpointSlice, Gateway, Namespace, Pod, Service } from '../../src/kube/types';
+import { waypointDocs } from '../../src/kube/waypoints';
+import { capturedByNode } from '../../src/roots/pod-agent';
+import { applyWaypointDocs } from '../../src/sources/standalone-waypoints';
+import type { GatewayAddress, MeshConfig } from '../../src/state/types';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { at } from '../helpers/must';
 import { waitFor } from '../helpers/proc';
@@ -164,7 +171,7 @@ test('workloads and services from recorded API objects: identity facts, named ta
         namespace: 'demo',
         hostname: 'web.demo.svc.cluster.local',
         addresses: ['10.96.14.122'],
-        ports: [{ port: 80, targetPort: 8080 }],
+        ports: [{ port: 80, targetPort: 8080, name: 'http' }],
         selector: {},
       },
     ],
@@ -256,4 +263,185 @@ test('TokenReview: the node agent account with a node claim, or via its pod; any
   const reviews = kube.requests.filter((r) => r.startsWith('POST /apis/authentication.k8s.io/v1/tokenreviews')).length;
   await reviewer.authenticate(md('with-node'));
   assert.equal(kube.requests.filter((r) => r.startsWith('POST /apis/authentication.k8s.io/v1/tokenreviews')).length, reviews, 'cached');
+});
+
+test('an optional kind the server does not serve (a CRD not installed) is synced and empty, not waited for', async () => {
+  const informer = new Informer<Gateway>(client, '/apis/example.dev/v1/missing', log, { optional: true }).start();
+  try {
+    await waitFor('synced', () => informer.synced, 2000);
+    assert.deepEqual(informer.list(), []);
+  } finally {
+    informer.stop();
+  }
+});
+
+/** The cluster of the waypoint test: demo (ambient) with sleep, web (service web) and Istio's waypoint for it, and an ingress Gateway. */
+function waypointCluster() {
+  const web = fixture<Pod>('pod');
+  Object.assign(web.metadata, { name: 'web-5b8d7c9f6-qz4lm', uid: 'a4e9c2d1-6b3f-4f8e-8c7a-1d2e3f4a5b6c', labels: { app: 'web' } });
+  Object.assign(web.spec, { nodeName: 'kind-worker2', serviceAccountName: 'web' });
+  Object.assign(web.status, { podIP: '10.244.2.5', podIPs: [{ ip: '10.244.2.5' }] });
+  const svc = fixture<Service>('service');
+  svc.metadata.labels = { app: 'web', 'istio.io/use-waypoint': 'waypoint' };
+  return {
+    ns: fixture<Namespace>('namespace'),
+    sleep: fixture<Pod>('pod'),
+    web,
+    svc,
+    slice: fixture<EndpointSlice>('endpointslice'),
+    gateway: fixture<Gateway>('gateway'),
+    ingress: fixture<Gateway>('gateway-ingress'),
+    waypointPod: fixture<Pod>('waypoint-pod'),
+    waypointSvc: fixture<Service>('waypoint-service'),
+  };
+}
+
+const policyDoc = (name: string, spec: Record<string, unknown>) => ({
+  apiVersion: 'security.istio.io/v1',
+  kind: 'AuthorizationPolicy',
+  metadata: { name, namespace: 'demo' },
+  spec,
+});
+
+test('the cluster view fills waypoints from Gateways of class istio-waypoint and istio.io/use-waypoint labels, as they change', async () => {
+  const api = new FakeKube();
+  await new Promise<void>((r) => api.server.listen(0, '127.0.0.1', () => r()));
+  const c = new KubeClient({ server: `http://127.0.0.1:${(api.server.address() as AddressInfo).port}` });
+  const o = waypointCluster();
+  const put = (x: { metadata: { name: string } }, kind: string): void => api.put({ kind, ...x });
+  put(o.ns, 'Namespace');
+  for (const p of [o.sleep, o.web, o.waypointPod]) put(p, 'Pod');
+  for (const s of [o.svc, o.waypointSvc]) put(s, 'Service');
+  put(o.slice, 'EndpointSlice');
+  for (const g of [o.gateway, o.ingress]) put(g, 'Gateway');
+  const source = new KubeClusterSource(c, log);
+  const base: MeshConfig = {
+    trustDomain: 'cluster.local',
+    ca: { dir: '' },
+    nodes: [],
+    workloads: [],
+    services: [],
+    policies: [],
+    rootNamespace: 'istio-system',
+    controlPlane: { tokens: [] },
+    policyDocs: [
+      policyDoc('web-admin', {
+        targetRefs: [{ kind: 'Service', group: '', name: 'web' }],
+        action: 'DENY',
+        rules: [{ to: [{ operation: { paths: ['/admin'] } }] }],
+      }),
+      policyDoc('web-get', { selector: { matchLabels: { app: 'web' } }, rules: [{ to: [{ operation: { methods: ['GET'] } }] }] }),
+    ],
+  };
+  const address: GatewayAddress = { destination: { kind: 'address', network: '', ip: '10.96.200.17' }, hboneMtlsPort: 15008 };
+  const uid = (p: Pod): string => podUid(p);
+  try {
+    await source.start();
+    let m = source.mesh(base);
+    assert.deepEqual(
+      m.waypoints,
+      [{ name: 'waypoint', namespace: 'demo', for: 'service', address, serviceAccount: 'waypoint' }],
+      'its VIP from the status Istio writes',
+    );
+    assert.deepEqual(m.services.find((s) => s.name === 'web')?.waypoint, address, "the service's own label");
+    assert.equal(m.services.find((s) => s.name === 'waypoint')?.waypoint, undefined);
+    assert.deepEqual(
+      m.workloads.filter((w) => w.waypoint).map((w) => w.uid),
+      [],
+      'a waypoint for services: pods go direct',
+    );
+    assert.deepEqual(m.notes, [
+      'policies[0] (demo/web-admin) spec.targetRefs: an L7 policy of the waypoint, which enforces it; not converted for the node tunnel',
+    ]);
+    assert.equal(m.warnings?.length, 1, 'nothing about the ingress Gateway (another class), one about web-get');
+    assert.match(
+      m.warnings?.[0] ?? '',
+      new RegExp(
+        `^policies\\[1\\] \\(demo/web-get\\) spec\\.rules\\[0\\]\\.to\\[0\\]\\.operation\\.methods: .*; workload ${uid(o.web).replace(/\//g, '\\/')} sits behind waypoint demo/waypoint`,
+      ),
+    );
+
+    // The namespace opts in and the waypoint takes all traffic: every pod but the waypoint's own.
+    o.ns.metadata.labels = { ...o.ns.metadata.labels, 'istio.io/use-waypoint': 'waypoint' };
+    put(o.ns, 'Namespace');
+    o.gateway.metadata.labels = { 'istio.io/waypoint-for': 'all' };
+    put(o.gateway, 'Gateway');
+    await waitFor(
+      'the watched labels',
+      () => source.mesh(base).waypoints?.[0]?.for === 'all' && source.mesh(base).workloads.some((w) => w.waypoint),
+    );
+    m = source.mesh(base);
+    assert.deepEqual(
+      m.workloads.map((w) => [w.uid, w.waypoint?.destination]),
+      [
+        [uid(o.sleep), address.destination],
+        [uid(o.web), address.destination],
+        [uid(o.waypointPod), undefined],
+      ],
+    );
+    assert.equal(
+      capturedByNode(m.workloads.find((w) => w.uid === uid(o.waypointPod)) ?? assert.fail('no waypoint pod')),
+      false,
+      'never enrolled',
+    );
+    assert.equal(capturedByNode(m.workloads.find((w) => w.uid === uid(o.web)) ?? assert.fail('no web pod')), true);
+
+    // Without a status address, the waypoint's own service still gives its VIP; a service says none.
+    delete o.gateway.status;
+    put(o.gateway, 'Gateway');
+    o.svc.metadata.labels = { app: 'web', 'istio.io/use-waypoint': 'none' };
+    put(o.svc, 'Service');
+    await waitFor('the service opts out', () => !source.mesh(base).services.find((s) => s.name === 'web')?.waypoint);
+    assert.deepEqual(source.mesh(base).waypoints?.[0]?.address, address);
+
+    // The Gateway goes: nobody uses a waypoint, and the namespace's label is a warning naming it.
+    api.delete('Gateway', 'demo', 'waypoint');
+    await waitFor('the Gateway deleted', () => source.mesh(base).waypoints?.length === 0);
+    m = source.mesh(base);
+    assert.deepEqual(
+      m.workloads.filter((w) => w.waypoint).map((w) => w.uid),
+      [],
+    );
+    assert.ok(
+      m.warnings?.includes(
+        'Namespace demo metadata.labels.istio.io/use-waypoint: names waypoint demo/waypoint, which no Gateway of class istio-waypoint declares; declare it or fix the label (got "waypoint")',
+      ),
+      m.warnings?.join('\n'),
+    );
+  } finally {
+    source.stop();
+    api.server.closeAllConnections();
+    api.server.close();
+  }
+});
+
+test('a waypoint without status nor service is reached at its pod; one with neither pods nor address is a warning, not a crash', () => {
+  const o = waypointCluster();
+  delete o.gateway.status;
+  const cfg = (pods: Pod[]): MeshConfig => {
+    const { workloads, services } = meshFromCluster({ pods, namespaces: [o.ns], services: [o.svc], slices: [o.slice] });
+    return {
+      trustDomain: 'cluster.local',
+      ca: { dir: '' },
+      nodes: [],
+      workloads,
+      services,
+      policies: [],
+      rootNamespace: 'istio-system',
+      controlPlane: { tokens: [] },
+    };
+  };
+  const problems: string[] = [];
+  const docs = waypointDocs({ gateways: [o.gateway, o.ingress], namespaces: [o.ns], services: [o.svc], mesh: cfg([]).services });
+  assert.equal(docs.length, 2, 'the waypoint Gateway and the labelled service; not the ingress, not the unlabelled namespace');
+  const withPod = cfg([o.web, o.waypointPod]);
+  applyWaypointDocs(withPod, docs, 'cluster', (at, _v, what) => problems.push(`${at}: ${what}`));
+  assert.deepEqual(problems, []);
+  assert.deepEqual(withPod.waypoints?.[0]?.address.destination, { kind: 'address', network: '', ip: '10.244.1.9' });
+  const none = cfg([o.web]);
+  const unreachable: string[] = [];
+  applyWaypointDocs(none, docs, 'cluster', (at, _v, what) => unreachable.push(`${at}: ${what}`));
+  assert.deepEqual(none.waypoints, []);
+  assert.equal(none.services[0]?.waypoint, undefined);
+  assert.match(unreachable.join('\n'), /^cluster\[0\] \(Gateway demo\/waypoint\) spec\.addresses: the waypoint has no address/);
 });
