@@ -303,6 +303,8 @@ async function main(): Promise<void> {
     throw new Error(`BENCH_REPEATS must be a positive integer, got ${process.env.BENCH_REPEATS}`);
   if (!PODS.length || PODS.some((k) => !Number.isInteger(k) || k < 1 || k > 240))
     throw new Error(`BENCH_PODS must be a list of pod counts 1–240, got ${process.env.BENCH_PODS}`);
+  if (!Number.isInteger(HTTP_RUN.rate) || HTTP_RUN.rate < 1 || HTTP_RUN.rate > 100_000)
+    throw new Error(`BENCH_HTTP_RATE must be requests per second 1–100,000, got ${process.env.BENCH_HTTP_RATE}`);
   const unknown = SELECTED.filter((m) => !KNOWN_MODES.includes(m));
   if (unknown.length || (!L4_PHASES && !HTTP_SELECTED.length))
     throw new Error(
