@@ -235,7 +235,7 @@ function condition(d: Doc, v: unknown, rel: string, http: HttpSeen): Match | und
   }
 }
 
-function rule(d: Doc, v: unknown, rel: string, action: PolicyAction, advice: string): Rule | undefined {
+function rule(d: Doc, v: unknown, rel: string, action: PolicyAction, advice: () => string): Rule | undefined {
   const r = d.obj(v ?? {}, rel, 'must be a map with from, to and when', ['from', 'to', 'when']);
   if (!r) return undefined;
   let usable = true;
@@ -243,7 +243,7 @@ function rule(d: Doc, v: unknown, rel: string, action: PolicyAction, advice: str
     if (action === 'ALLOW') usable = false;
     d.warn(
       at,
-      `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}${advice}`,
+      `${what}; ${L4_ONLY}, so ${action === 'ALLOW' ? 'this ALLOW rule is ignored' : 'this DENY ignores it and applies more widely'}${advice()}`,
     );
   };
   const clauses: Clause[] = [];
@@ -283,7 +283,7 @@ function waypointBehind(opts: IstioOptions): (w: Workload) => string | undefined
     g === undefined
       ? undefined
       : g.destination.kind === 'address'
-        ? byIp.get(g.destination.ip)
+        ? (byIp.get(g.destination.ip) ?? `at ${g.destination.ip}`)
         : `${g.destination.namespace}/${g.destination.hostname}`;
   const services = (opts.services ?? []).filter((s) => s.waypoint !== undefined);
   return (w) => {
@@ -329,8 +329,13 @@ function authorizationPolicy(
   const dry = d.annotations['istio.io/dry-run'];
   if (dry !== undefined && !['true', 'false', true, false].includes(dry as string))
     d.problem('metadata.annotations.istio.io/dry-run', dry, 'must be "true" or "false"');
-  const why = advice(selector);
-  const rules = d.list(spec, 'rules', 'spec').flatMap((r, i) => rule(d, r, `spec.rules[${i}]`, action, why) ?? []);
+  // Only a policy with an HTTP attribute needs it: looking through every workload for each policy would be waste.
+  let why: string | undefined;
+  const once = (): string => {
+    why ??= advice(selector);
+    return why;
+  };
+  const rules = d.list(spec, 'rules', 'spec').flatMap((r, i) => rule(d, r, `spec.rules[${i}]`, action, once) ?? []);
   const scope = selector ? 'WORKLOAD_SELECTOR' : d.namespace === rootNamespace ? 'GLOBAL' : 'NAMESPACE';
   return { policy: { name: d.name, namespace: d.namespace, scope, action, rules, dryRun: dry === true || dry === 'true' }, selector };
 }
