@@ -43,7 +43,9 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
     assert.deepEqual(b.pids(), pidsBefore, 'the same agent and worker pids (nothing crashed and was respawned)');
     // Sessions the fuzzer opened close on the server once their sockets do, and those
     // whose end the server could not read at the latest when PING goes unanswered
-    // (keepalive 10 s + 20 s by default).
+    // (keepalive 10 s + 20 s by default). On a loaded machine a few fuzzed sessions have been
+    // seen to close only after 60–90 s (why is an open question, see make fuzz): the bound is
+    // 120 s, as in the campaign; a session that never closes still fails here.
     // The honest checks may add one pooled client session per source worker (each
     // lands on one destination fd and lives until its 5 min idle timeout): those
     // are the tunnel working, not a leak.
@@ -56,7 +58,7 @@ describe('HBONE inbound under fuzzed HTTP/2', () => {
         fdsAfter = b.destinationFds();
         return fdsAfter <= bound;
       },
-      60_000,
+      120_000,
       200,
     ).catch((err: Error) => assert.fail(`${err.message}: ${fdsAfter} open (${repro})`));
     assert.ok(await b.honest(20), 'honest connections still succeed after the campaign');
