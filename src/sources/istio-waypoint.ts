@@ -9,7 +9,16 @@
 // than what was written.
 import type { IpBlock, StringMatch } from '../policy/types';
 import { type Service, serviceKey, type Workload } from '../state/types';
-import type { L7Match, L7Policy, L7Rule, L7Target, Waypoint, WaypointBindings, WaypointFor } from '../waypoint/types';
+import {
+  type L7Match,
+  type L7Policy,
+  type L7Rule,
+  type L7Target,
+  l7Match,
+  type Waypoint,
+  type WaypointBindings,
+  type WaypointFor,
+} from '../waypoint/types';
 import { type Doc, HEADER_NAME, isObj, type Known, wildcard } from './k8s-doc';
 import type { Report } from './schema';
 
@@ -140,24 +149,6 @@ function portList(d: Doc, values: string[], at: string): number[] {
   });
 }
 
-const emptyL7 = (): L7Match => ({
-  principals: [],
-  notPrincipals: [],
-  namespaces: [],
-  notNamespaces: [],
-  sourceIps: [],
-  notSourceIps: [],
-  hosts: [],
-  notHosts: [],
-  ports: [],
-  notPorts: [],
-  methods: [],
-  notMethods: [],
-  paths: [],
-  notPaths: [],
-  headers: [],
-});
-
 const SOURCE = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'ipBlocks', 'notIpBlocks'];
 const OPERATION = ['hosts', 'notHosts', 'ports', 'notPorts', 'methods', 'notMethods', 'paths', 'notPaths'];
 const UNSUPPORTED = ['requestPrincipals', 'notRequestPrincipals', 'remoteIpBlocks', 'notRemoteIpBlocks'];
@@ -177,7 +168,7 @@ function l7Entry(d: Doc, v: unknown, rel: string, key: 'source' | 'operation'): 
     if (o[k] !== undefined)
       d.problem(`${at}.${k}`, o[k], 'is not supported: ambit has no RequestAuthentication (JWT) nor trusted client-IP headers');
   const str = (k: string, lower = false): StringMatch[] => d.strings(o, k, at).flatMap((s, i) => wildcard(d, s, `${at}.${k}[${i}]`, lower));
-  const m = emptyL7();
+  const m = l7Match();
   if (key === 'source') {
     Object.assign(m, {
       principals: str('principals'),
@@ -210,7 +201,7 @@ function l7Condition(d: Doc, v: unknown, rel: string): L7Match | undefined {
   if (yes.length === 0 && no.length === 0) d.problem(rel, c, 'needs values or notValues');
   const list = (vals: string[], k: string): StringMatch[] => vals.flatMap((s, i) => wildcard(d, s, `${rel}.${k}[${i}]`));
   const key = typeof c.key === 'string' ? c.key : '';
-  const m = emptyL7();
+  const m = l7Match();
   const hdr = /^request\.headers\[([^\]]+)\]$/.exec(key);
   if (hdr?.[1] && HEADER_NAME.test(hdr[1]))
     m.headers = [{ name: hdr[1].toLowerCase(), values: list(yes, 'values'), notValues: list(no, 'notValues') }];

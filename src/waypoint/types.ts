@@ -163,6 +163,26 @@ export interface L7Match {
   headers: { name: string; values: StringMatch[]; notValues: StringMatch[] }[];
 }
 
+/** A match that constrains nothing but the given fields (every list empty = anything). */
+export const l7Match = (fields: Partial<L7Match> = {}): L7Match => ({
+  principals: [],
+  notPrincipals: [],
+  namespaces: [],
+  notNamespaces: [],
+  sourceIps: [],
+  notSourceIps: [],
+  hosts: [],
+  notHosts: [],
+  ports: [],
+  notPorts: [],
+  methods: [],
+  notMethods: [],
+  paths: [],
+  notPaths: [],
+  headers: [],
+  ...fields,
+});
+
 /** A rule matches when each clause has a matching entry (from, to, every when). */
 export interface L7Rule {
   clauses: L7Match[][];

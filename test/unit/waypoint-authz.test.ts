@@ -4,26 +4,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { evaluateL7, hostOnly, L7Authorizer, type RequestAuthzFacts } from '../../src/waypoint/authz';
-import type { L7Match, L7Policy } from '../../src/waypoint/types';
+import { type L7Match, type L7Policy, l7Match } from '../../src/waypoint/types';
 
-const m = (fields: Partial<L7Match>): L7Match => ({
-  principals: [],
-  notPrincipals: [],
-  namespaces: [],
-  notNamespaces: [],
-  sourceIps: [],
-  notSourceIps: [],
-  hosts: [],
-  notHosts: [],
-  ports: [],
-  notPorts: [],
-  methods: [],
-  notMethods: [],
-  paths: [],
-  notPaths: [],
-  headers: [],
-  ...fields,
-});
+const m = l7Match;
 
 const SVC = 'default/reviews.default.svc.cluster.local';
 const policy = (name: string, action: 'ALLOW' | 'DENY', clauses: L7Match[][][], extra: Partial<L7Policy> = {}): L7Policy => ({
