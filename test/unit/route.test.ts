@@ -1,24 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MeshStore } from '../../src/state/store';
-import type { MeshConfig, Workload } from '../../src/state/types';
+import type { MeshConfig } from '../../src/state/types';
 import { baggageOf, connectHeaders, connIdOf, newTraceparent, parseAuthority } from '../../src/tunnel/headers';
 import { pickWeighted, resolveOutbound } from '../../src/tunnel/route';
+import { modelWorkload } from '../helpers/model';
 
-const w = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
-  uid: `default/${name}`,
-  name,
-  namespace: 'default',
-  serviceAccount: name,
-  node: 'n1',
-  addresses: [ip],
-  protocol: 'HBONE',
-  dataplane: 'ambient',
-  labels: {},
-  capacity: 1,
-  authorizationPolicies: [],
-  ...extra,
-});
+const w = modelWorkload;
 
 const cfg: MeshConfig = {
   trustDomain: 'cluster.local',

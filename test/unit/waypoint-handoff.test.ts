@@ -12,6 +12,7 @@ import { MeshStore } from '../../src/state/store';
 import type { GatewayAddress, MeshConfig, Service, Workload } from '../../src/state/types';
 import { resolveOutbound } from '../../src/tunnel/route';
 import { problemsOf as problemsWithHint } from '../helpers/mesh-yaml';
+import { modelWorkload } from '../helpers/model';
 
 const WP_IP = '10.200.0.50';
 
@@ -206,20 +207,7 @@ test('xDS carries Service.waypoint and Workload.waypoint both ways (address and 
 
 // ---- route decisions ----
 
-const wl = (name: string, ip: string, extra: Partial<Workload> = {}): Workload => ({
-  uid: `default/${name}`,
-  name,
-  namespace: 'default',
-  serviceAccount: name,
-  node: 'n1',
-  addresses: [ip],
-  protocol: 'HBONE',
-  dataplane: 'ambient',
-  labels: {},
-  capacity: 1,
-  authorizationPolicies: [],
-  ...extra,
-});
+const wl = modelWorkload;
 
 function routeStore(opts: { svcWaypoint?: GatewayAddress; podWaypoint?: GatewayAddress } = {}): MeshStore {
   return new MeshStore({
