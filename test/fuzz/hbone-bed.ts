@@ -5,11 +5,12 @@
 // straight to n2-p1:15008, as a compromised workload bypassing capture
 // would. Health is read from /proc: the agent's and workers' pids and their
 // open fds.
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import type tls from 'node:tls';
+import { PORT_INBOUND_HBONE } from '../../src/datapath/ports';
 import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { requestCertificate } from '../../src/identity/cert-manager';
 import { clientTlsOptions } from '../../src/identity/tls';
@@ -140,6 +141,20 @@ export class HboneBed {
       const t = processTree(a.pid);
       return [t.agent, ...t.workers];
     });
+  }
+
+  /**
+   * The source side's established TCP connections to the target's :15008 (in n1-p1's netns, where
+   * both the tunnel's pooled honest sessions and the fuzzer dial from): each is one fd at the
+   * destination that is the peer's to close, not the destination's.
+   */
+  sourceSessions(): number {
+    const out = execFileSync(
+      'nsenter',
+      [`--net=${this.source.netnsPath}`, 'ss', '-Htn', 'state', 'established', 'dst', `${this.target.ip}:${PORT_INBOUND_HBONE}`],
+      { encoding: 'utf8' },
+    );
+    return out.split('\n').filter((l) => l.trim()).length;
   }
 
   /** Open fds of the destination agent and its workers. */
