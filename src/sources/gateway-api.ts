@@ -37,7 +37,7 @@ import type {
 } from '../waypoint/types';
 import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './istio-waypoint';
 import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
-import type { Report } from './schema';
+import { closest, type Report } from './schema';
 
 const GATEWAY_API = 'gateway.networking.k8s.io/v1';
 const KINDS: Kinds = {
@@ -119,13 +119,47 @@ function parentRefs(d: Doc, known: Known): Attachment[] {
     const rel = `spec.parentRefs[${i}]`;
     const ref = d.obj(r, rel, 'must be a map', ['group', 'kind', 'namespace', 'name', 'sectionName', 'port']);
     if (!ref) return [];
-    if (ref.sectionName !== undefined)
-      d.problem(`${rel}.sectionName`, ref.sectionName, 'is not supported; name the service port with port: instead');
     const service = serviceRef(d, known, ref, rel, 'parentRef');
     if (!service) return [];
     const port = servicePort(d, service, ref.port, `${rel}.port`, false);
-    return [{ service, port }];
+    if (ref.sectionName === undefined) return [{ service, port }];
+    const section = sectionPort(d, service, ref.sectionName, `${rel}.sectionName`);
+    if (section === undefined) return [];
+    if (port !== undefined && port !== section.port) {
+      d.problem(
+        `${rel}.port`,
+        ref.port,
+        `names another port than sectionName ${section.name} (port ${section.port}) of service ${service.namespace}/${service.name}; keep one of them or make them agree`,
+      );
+      return [];
+    }
+    return [{ service, port: section.port }];
   });
+}
+
+/**
+ * The service port a parentRef's sectionName names: on a Service parent
+ * (the mesh pattern) the section is a port's name, as Istio reads it.
+ */
+function sectionPort(d: Doc, svc: Service, v: unknown, rel: string): { name: string; port: number } | undefined {
+  const named = svc.ports.flatMap((p) => (p.name ? [{ name: p.name, port: p.port }] : []));
+  const hit = typeof v === 'string' ? named.find((p) => p.name === v) : undefined;
+  if (hit) return hit;
+  const id = `service ${svc.namespace}/${svc.name}`;
+  if (named.length === 0) {
+    d.problem(rel, v, `must be the name of a port of ${id}, whose ports have no names; name the port in the Service, or use port: instead`);
+    return undefined;
+  }
+  const near =
+    typeof v === 'string'
+      ? closest(
+          v,
+          named.map((p) => p.name),
+        )
+      : undefined;
+  const names = named.map((p) => `${p.name} (${p.port})`).join(', ');
+  d.problem(rel, v, `must be the name of a port of ${id}: ${names}${near ? `; did you mean ${near}?` : ''}`);
+  return undefined;
 }
 
 // ---- matches ----

@@ -126,9 +126,15 @@ export class RouteTable {
     }
   }
 
-  /** Whether any route is attached to the service: if not, the waypoint forwards it as it came. */
-  has(service: string): boolean {
-    return this.byService.has(service);
+  /**
+   * Whether a route applies to the service (on that port, when given): if
+   * not, the waypoint forwards the request to the service as it came. A
+   * route attached to port 80 only leaves the service's other ports unrouted.
+   */
+  has(service: string, port?: number): boolean {
+    const s = this.byService.get(service);
+    if (!s || port === undefined) return s !== undefined;
+    return s.anyPort.length > 0 || s.perPort.has(port);
   }
 
   /** The candidates of a service port in the order they are tried. */
