@@ -12,7 +12,7 @@ import type { Duplex, Readable } from 'node:stream';
 import type { Logger } from '../observability/log';
 import type { MeshStore } from '../state/store';
 import { type Service, serviceKey, type Workload } from '../state/types';
-import { verifiedSource } from '../tunnel/source';
+import { type Claim, verifiedSource } from '../tunnel/source';
 import type { L7Authorizer } from './authz';
 import { LeastRequestBalancer, pickWeighted, type Random } from './balance';
 import { applyRewrite, modifyHeaders, redirect } from './filters';
@@ -78,8 +78,13 @@ export interface ProxyDeps {
 
 /** What the HBONE layer verified about the stream a request came on. */
 export interface Downstream {
+  /** The client's address: the peer's, or what it forwarded for its own pod (server.ts clientAddress). */
   srcIp: string;
+  /** The client's port, when the peer forwarded it. */
+  srcPort?: number;
   srcIdentity: string;
+  /** The source workload the peer's baggage names: believed only if it runs as srcIdentity. */
+  claim?: Claim;
   /** The service the CONNECT addressed, or undefined when it named a pod. */
   service?: Service;
   /** The workload the CONNECT addressed (pod IP:port). */
@@ -187,7 +192,7 @@ export class L7Proxy {
     let host = x.host;
     let responseModifier: HeaderModifier | undefined;
     let backends: { service: string; port: number; weight: number }[];
-    if (svcKey !== undefined && view.routes.has(svcKey)) {
+    if (svcKey !== undefined && view.routes.has(svcKey, d.port)) {
       const c = view.routes.route(svcKey, d.port, { method: x.method, target, headers: req.headers });
       if (!c) {
         x.flags.push(RESPONSE_FLAGS.NR);
@@ -458,7 +463,7 @@ export class L7Proxy {
     if (!res.writableFinished && !x.flags.includes(RESPONSE_FLAGS.UT) && !x.flags.includes(RESPONSE_FLAGS.UC))
       x.flags.push(RESPONSE_FLAGS.DC);
     const view = this.deps.view();
-    const src = verifiedSource(view.store, d.srcIp, d.srcIdentity, undefined);
+    const src = verifiedSource(view.store, d.srcIp, d.srcIdentity, d.claim);
     const service = x.upstream?.service ?? d.service;
     const flags = formatFlags(x.flags);
     const status = x.status || (x.flags.includes(RESPONSE_FLAGS.DC) ? 0 : 500);
@@ -481,7 +486,7 @@ export class L7Proxy {
     );
     this.deps.log.info(
       {
-        'src.addr': d.srcIp,
+        'src.addr': d.srcPort === undefined ? d.srcIp : `${d.srcIp}:${d.srcPort}`,
         'src.identity': d.srcIdentity,
         'src.workload': src.workload?.name,
         'dst.service': service?.hostname,

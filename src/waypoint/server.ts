@@ -16,17 +16,18 @@ import { peerIdentity, serverTlsOptions } from '../identity/tls';
 import { accessLog } from '../observability/access-log';
 import type { Logger } from '../observability/log';
 import type { RateLimitedLog } from '../observability/rate-limited';
-import { type Service, type ServicePort, serviceKey, type Workload } from '../state/types';
+import type { MeshStore } from '../state/store';
+import { type MeshConfig, type Service, type ServicePort, serviceKey, type Workload } from '../state/types';
 import { Admission } from '../tunnel/admission';
 import { copyBidirectional } from '../tunnel/copy';
-import { parseAuthority } from '../tunnel/headers';
+import { parseAuthority, sourceFromBaggage } from '../tunnel/headers';
 import type { TunnelLimits } from '../tunnel/limits';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from '../tunnel/pool';
 import { pickWeighted } from '../tunnel/route';
 import { ServerSessions } from '../tunnel/server-sessions';
 import { jsDuplex } from './js-duplex';
 import type { WaypointMetrics } from './metrics';
-import type { EndpointTarget, L7Proxy, WaypointView } from './proxy';
+import type { Downstream, EndpointTarget, L7Proxy, WaypointView } from './proxy';
 
 const ignore = (): void => undefined;
 
@@ -200,8 +201,14 @@ export class WaypointServer {
     if (!service && !workload) return void refuse(503, 'unknown_destination');
     const sp = service?.ports.find((p) => p.port === dst.port);
     if (service && !sp) return void refuse(503, 'unknown_service_port');
-    const down = { srcIp, srcIdentity: peer.identity, port: dst.port, service, workload };
-    if (service && sp && speaksHttp(sp, view.routes.has(serviceKey(service)))) {
+    const client = clientAddress(view.store, headers.forwarded, srcIp, peer.identity);
+    const claim = sourceFromBaggage(headers.baggage);
+    const down: Down = { ...client, srcIdentity: peer.identity, port: dst.port, service, workload, ...(claim ? { claim } : {}) };
+    const http =
+      service && sp
+        ? speaksHttp(sp, view.routes.has(serviceKey(service), dst.port))
+        : workload !== undefined && podPortSpeaksHttp(view.store, workload, dst.port);
+    if (http) {
       if (!respond(stream, 200, false)) return;
       return void this.serveHttp(stream, down);
     }
@@ -209,7 +216,7 @@ export class WaypointServer {
   }
 
   /** Feeds the stream to an HTTP/1.1 or HTTP/2 server of its own, by its first bytes. */
-  private serveHttp(stream: http2.ServerHttp2Stream, d: { srcIp: string; srcIdentity: string; port: number; service?: Service }): void {
+  private serveHttp(stream: http2.ServerHttp2Stream, d: Down): void {
     const sl = this.deps.serverLimits;
     const onFirst = (chunk: Buffer): void => {
       stream.pause();
@@ -239,11 +246,7 @@ export class WaypointServer {
   }
 
   /** TCP: one endpoint per connection, chosen by capacity, bytes copied both ways. */
-  private async forward(
-    stream: http2.ServerHttp2Stream,
-    d: { srcIp: string; srcIdentity: string; port: number; service?: Service; workload?: Workload },
-    sp: ServicePort | undefined,
-  ): Promise<void> {
+  private async forward(stream: http2.ServerHttp2Stream, d: Down, sp: ServicePort | undefined): Promise<void> {
     const view = this.deps.view();
     let target: EndpointTarget | undefined;
     if (d.service && sp) {
@@ -259,7 +262,7 @@ export class WaypointServer {
     }
     const finish = accessLog(this.deps.log, {
       direction: 'waypoint_tcp',
-      'src.addr': d.srcIp,
+      'src.addr': d.srcPort === undefined ? d.srcIp : `${d.srcIp}:${d.srcPort}`,
       'src.identity': d.srcIdentity,
       'dst.service': d.service?.hostname,
       'dst.workload': target?.workload.name,
@@ -283,6 +286,49 @@ export class WaypointServer {
     const r = await copyBidirectional(stream, upstream);
     finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
   }
+}
+
+/** What the HBONE layer knows of a stream before the protocol is chosen. */
+type Down = Omit<Downstream, 'h2'>;
+
+/**
+ * The client a CONNECT speaks for. A ztunnel (Istio's or ambit's node)
+ * connects on behalf of the pod that opened the connection and names it in
+ * `forwarded: for="ip:port"`; the peer's address may be a node's. The
+ * forwarded address stands when it is the peer's own, or when the mesh
+ * says the workload holding it runs as the identity the peer proved: a peer
+ * can then speak only for its own pods, never lend itself another
+ * workload's address (source IPs in policies, the source in telemetry).
+ */
+export function clientAddress(mesh: MeshStore, forwarded: unknown, peerIp: string, identity: string): { srcIp: string; srcPort?: number } {
+  const m = typeof forwarded === 'string' ? /(?:^|[;,\s])for="?([0-9.]+):(\d{1,5})"?/i.exec(forwarded) : null;
+  const ip = m?.[1];
+  const port = Number(m?.[2]);
+  if (ip === undefined || !(port >= 1 && port <= 65535) || net.isIPv4(ip) === false) return { srcIp: peerIp };
+  if (ip === peerIp) return { srcIp: ip, srcPort: port };
+  const w = mesh.workloadByIp(ip);
+  return w && mesh.identityOf(w) === identity ? { srcIp: ip, srcPort: port } : { srcIp: peerIp };
+}
+
+const podServices = new WeakMap<MeshConfig, Map<string, Service[]>>();
+
+/**
+ * Whether the waypoint speaks HTTP to a pod addressed directly (pod IP:port):
+ * Istio reads the protocol from the services the pod is an endpoint of, on
+ * the service ports whose targetPort is that port. Routes attached to those
+ * services do not count (they apply to service traffic only), and every
+ * such port must say HTTP: parsing a protocol the app does not speak would
+ * break it, while bytes forwarded as they are only lose the L7 features.
+ */
+export function podPortSpeaksHttp(mesh: MeshStore, w: Workload, port: number): boolean {
+  let byUid = podServices.get(mesh.config);
+  if (!byUid) {
+    byUid = new Map();
+    for (const s of mesh.config.services) for (const e of mesh.endpoints(s)) byUid.set(e.uid, [...(byUid.get(e.uid) ?? []), s]);
+    podServices.set(mesh.config, byUid);
+  }
+  const ports = (byUid.get(w.uid) ?? []).flatMap((s) => s.ports.filter((p) => p.targetPort === port));
+  return ports.length > 0 && ports.every((p) => speaksHttp(p, false));
 }
 
 function respond(stream: http2.ServerHttp2Stream, status: number, endStream = true): boolean {
