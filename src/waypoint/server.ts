@@ -4,8 +4,9 @@
 // sessions — in front of an L7 proxy instead of a pod's app. The CONNECT
 // authority is the original destination: a service VIP:port whose port
 // speaks HTTP (Istio's rule: appProtocol, else the port name's prefix) is
-// served as HTTP/1.1 or HTTP/2 (told apart by the h2 preface); anything
-// else is forwarded as bytes to an endpoint, over HBONE as well.
+// served as HTTP/1.1 or HTTP/2 (told apart by the h2 preface), and so is a
+// pod IP:port when the service ports targeting it say HTTP; anything else
+// is forwarded as bytes to an endpoint, over HBONE as well.
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
