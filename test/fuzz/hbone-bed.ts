@@ -163,6 +163,56 @@ export class HboneBed {
     return fdCount([t.agent, ...t.workers]);
   }
 
+  /**
+   * Every open fd of the destination agent and its workers, one line each: `pid/fd → target`, and
+   * for a socket the `ss` line that holds it (looked up in the agent's netns and the destination
+   * pod's). A failed fd check prints the lines that appeared since a snapshot, naming what outlived it.
+   */
+  destinationFdLines(): string[] {
+    const t = processTree(this.destination.pid);
+    const pids = [t.agent, ...t.workers];
+    const bySocket = new Map<string, string>();
+    for (const ns of [`/proc/${t.agent}/ns/net`, this.topo.pod(2, 1).netnsPath]) {
+      let out = '';
+      try {
+        out = execFileSync('nsenter', [`--net=${ns}`, 'ss', '-Hanpe'], {
+          encoding: 'utf8',
+          maxBuffer: 64 << 20,
+          stdio: ['ignore', 'pipe', 'ignore'],
+        });
+      } catch {
+        continue;
+      }
+      for (const line of out.split('\n')) {
+        const ino = /ino:(\d+)/.exec(line)?.[1];
+        if (ino) bySocket.set(ino, line.replace(/\s+/g, ' ').replace(/ users:.*$/, ''));
+      }
+    }
+    const lines: string[] = [];
+    for (const pid of pids) {
+      let fds: string[] = [];
+      try {
+        fds = fs.readdirSync(`/proc/${pid}/fd`);
+      } catch {
+        continue;
+      }
+      for (const fd of fds) {
+        let target = '?';
+        try {
+          target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+        } catch {
+          continue;
+        }
+        const ino = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+        const role = pid === t.agent ? 'agent' : 'worker';
+        lines.push(
+          `${role} ${pid}/${fd} → ${target}${ino ? ` ${bySocket.get(ino) ?? '(in no listed netns, or closed and still held)'}` : ''}`,
+        );
+      }
+    }
+    return lines;
+  }
+
   /** Agents, workers and the rest of the bed; then nothing of it may remain. */
   destroy(): Promise<void> {
     return this.cleanup.run();
