@@ -372,6 +372,20 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     stream.close();
   });
 
+  test("a CONNECT to a pod IP: HTTP as its services' ports say, to that pod only, the services' routes not applied", async () => {
+    const pod = topo.pod(2, 1);
+    // The HTTPRoute of echo would send x-canary: true to echo-v2; addressed to the pod, it stays with the pod.
+    const answers = await many(10, 5, () => request(session, `${pod.ip}:8080`, { path: '/direct', headers: { 'x-canary': 'true' } }));
+    assert.deepEqual(count(answers.map(nameOf)), { 'echo-a': 10 });
+    const line = await waitFor('the access-log line of a pod-addressed request', () =>
+      wpLog.find((l) => l.msg === 'request complete' && l.path === '/direct'),
+    );
+    assert.equal(line['dst.workload'], 'echo-a');
+    assert.equal(line['dst.addr'], `${pod.ip}:8080`);
+    assert.equal(line.route, undefined);
+    assert.equal(line['src.identity'], id('sleep'));
+  });
+
   test("Istio's HTTP metrics with reporter waypoint, and one access-log line per request", async () => {
     const text = await metrics();
     const base = {
