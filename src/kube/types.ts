@@ -1,6 +1,7 @@
 // The few fields of Kubernetes objects ambit reads, as the API server
 // serves them (core/v1 Pod, Namespace, Service; discovery.k8s.io/v1
-// EndpointSlice; gateway.networking.k8s.io/v1 Gateway; authentication.k8s.io/v1
+// EndpointSlice; gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute;
+// security.istio.io/v1 AuthorizationPolicy; authentication.k8s.io/v1
 // TokenReview).
 export interface ObjectMeta {
   name: string;
@@ -53,6 +54,16 @@ export interface Gateway extends KubeObject {
   };
   /** Istio writes the waypoint service's VIP here once it has deployed it. */
   status?: { addresses?: GatewayAddressEntry[] };
+}
+
+/**
+ * An object whose spec the waypoint's reader checks field by field (an
+ * HTTPRoute, a GRPCRoute, an AuthorizationPolicy): typed only as far as
+ * the control plane looks before handing it over, since a cluster may hold
+ * anything its CRD's schema lets through.
+ */
+export interface CheckedObject extends KubeObject {
+  spec?: unknown;
 }
 
 export interface EndpointSlice extends KubeObject {

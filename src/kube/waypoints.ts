@@ -4,12 +4,19 @@
 // and services as Namespace and Service objects (a pod's labels are read
 // from its workload). A waypoint's pods are those Kubernetes labels
 // gateway.networking.k8s.io/gateway-name: <gateway>.
-import { USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_CLASS } from '../sources/istio-waypoint';
+// HTTPRoutes, GRPCRoutes and AuthorizationPolicies go to the reader as they
+// are, but for what belongs to another controller: references to Gateways
+// of another class (an ingress) are left out, and an object with nothing
+// else is not the mesh's at all.
+
+import { GATEWAY_GROUP, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_CLASS } from '../sources/istio-waypoint';
+import { isObj } from '../sources/k8s-doc';
 import { GATEWAY_NAME_LABEL } from '../sources/standalone-waypoints';
 import type { Service as MeshService } from '../state/types';
-import type { Gateway, GatewayAddressEntry, Namespace, Service } from './types';
+import type { CheckedObject, Gateway, GatewayAddressEntry, Namespace, Service } from './types';
 
 export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
+export const ISTIO_SECURITY_VERSION = 'security.istio.io/v1';
 
 const isIp = (a: GatewayAddressEntry): boolean => (a.type ?? 'IPAddress') === 'IPAddress';
 
@@ -81,4 +88,112 @@ export function waypointDocs(o: {
       docs.push({ apiVersion: 'v1', kind: 'Service', metadata: { name: s.metadata.name, namespace: ns, labels } });
   }
   return docs;
+}
+
+/**
+ * A cluster object for the reader. When references to other controllers'
+ * Gateways were left out of it, `refs` gives the index each kept one has in
+ * the object, so that a problem names the field as the user wrote it.
+ */
+export interface ClusterDoc {
+  doc: unknown;
+  refs?: { field: string; kept: number[] };
+}
+
+const byName = (a: CheckedObject, b: CheckedObject): number => {
+  const x = `${a.metadata.namespace ?? ''}/${a.metadata.name}`;
+  const y = `${b.metadata.namespace ?? ''}/${b.metadata.name}`;
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+
+/** As the reader reads a document: a list's items come without kind and apiVersion, and status is not the user's. */
+function docOf(apiVersion: string, kind: string, o: CheckedObject, spec: unknown): Record<string, unknown> {
+  const m = o.metadata;
+  return {
+    apiVersion,
+    kind,
+    metadata: {
+      name: m.name,
+      namespace: m.namespace ?? 'default',
+      ...(m.labels ? { labels: m.labels } : {}),
+      ...(m.annotations ? { annotations: m.annotations } : {}),
+      ...(m.creationTimestamp ? { creationTimestamp: m.creationTimestamp } : {}),
+    },
+    ...(spec === undefined ? {} : { spec }),
+  };
+}
+
+/** "ns/name" of every Gateway of another class than istio-waypoint: an ingress, for its own controller to act on. */
+const otherGateways = (gateways: readonly Gateway[]): Set<string> =>
+  new Set(
+    gateways
+      .filter((g) => g.spec.gatewayClassName !== WAYPOINT_CLASS)
+      .map((g) => `${g.metadata.namespace ?? 'default'}/${g.metadata.name}`),
+  );
+
+/**
+ * A reference to a Gateway of another class. One naming no Gateway at all
+ * is not: it may be a waypoint's name mistyped, which the reader reports.
+ * `kind` and `group` are the field's defaults when the reference leaves
+ * them out.
+ */
+function foreign(ref: unknown, ns: string, others: Set<string>, defaults: { group?: string; kind?: string }): boolean {
+  if (!isObj(ref)) return false;
+  const group = ref.group ?? defaults.group;
+  const kind = ref.kind ?? defaults.kind;
+  if (group !== GATEWAY_GROUP || kind !== 'Gateway' || typeof ref.name !== 'string') return false;
+  const gns = typeof ref.namespace === 'string' ? ref.namespace : ns;
+  return others.has(`${gns}/${ref.name}`);
+}
+
+/** The object without its references to foreign Gateways; undefined when it had only those. */
+function withoutForeign(
+  apiVersion: string,
+  kind: string,
+  o: CheckedObject,
+  field: string,
+  isForeign: (ref: unknown, ns: string) => boolean,
+): ClusterDoc | undefined {
+  const spec = o.spec;
+  const refs = isObj(spec) ? spec[field] : undefined;
+  if (!isObj(spec) || !Array.isArray(refs) || refs.length === 0) return { doc: docOf(apiVersion, kind, o, spec) };
+  const ns = o.metadata.namespace ?? 'default';
+  const kept = refs.flatMap((r, i) => (isForeign(r, ns) ? [] : [i]));
+  if (kept.length === 0) return undefined;
+  if (kept.length === refs.length) return { doc: docOf(apiVersion, kind, o, spec) };
+  return { doc: docOf(apiVersion, kind, o, { ...spec, [field]: kept.map((i) => refs[i]) }), refs: { field: `spec.${field}`, kept } };
+}
+
+/**
+ * The HTTPRoutes and GRPCRoutes of the mesh: those attached to a Service
+ * (or to a waypoint, which the reader explains it does not support);
+ * routes of ingress Gateways are left to their controller without a word.
+ */
+export function routeDocs(o: {
+  httpRoutes: readonly CheckedObject[];
+  grpcRoutes: readonly CheckedObject[];
+  gateways: readonly Gateway[];
+}): ClusterDoc[] {
+  const others = otherGateways(o.gateways);
+  // A parentRef is a Gateway unless it says otherwise.
+  const isForeign = (ref: unknown, ns: string): boolean => foreign(ref, ns, others, { group: GATEWAY_GROUP, kind: 'Gateway' });
+  const read = (kind: string, list: readonly CheckedObject[]): ClusterDoc[] =>
+    [...list].sort(byName).flatMap((r) => withoutForeign(GATEWAY_API_VERSION, kind, r, 'parentRefs', isForeign) ?? []);
+  return [...read('HTTPRoute', o.httpRoutes), ...read('GRPCRoute', o.grpcRoutes)];
+}
+
+/**
+ * Every AuthorizationPolicy, but those that target only Gateways of
+ * another class (Istio's ingress policies); the node tunnel's conversion
+ * and the waypoint's reader each take theirs from this list.
+ */
+export function policyDocs(o: { policies: readonly CheckedObject[]; gateways: readonly Gateway[] }): ClusterDoc[] {
+  const others = otherGateways(o.gateways);
+  const isForeign = (ref: unknown, ns: string): boolean => foreign(ref, ns, others, {});
+  return [...o.policies].sort(byName).flatMap((p) => {
+    const spec = isObj(p.spec) ? p.spec : {};
+    if (spec.targetRefs === undefined && spec.targetRef !== undefined && isForeign(spec.targetRef, p.metadata.namespace ?? 'default'))
+      return [];
+    return withoutForeign(ISTIO_SECURITY_VERSION, 'AuthorizationPolicy', p, 'targetRefs', isForeign) ?? [];
+  });
 }

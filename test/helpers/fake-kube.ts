@@ -1,7 +1,8 @@
 // A stand-in for the Kubernetes API server (no real one can run here): it
 // serves the paths and watch streams ambit uses — pods (optionally by
 // spec.nodeName), namespaces, services, EndpointSlices, Gateway API
-// gateways, and TokenReview —
+// gateways, httproutes and grpcroutes, Istio authorizationpolicies, and
+// TokenReview (a kind in `absent` answers 404, as a CRD not installed) —
 // with objects shaped like the recorded ones in test/fixtures/kube/.
 // Run as a process (`node fake-kube.js HOST PORT`), it is driven over stdin
 // with one JSON command per line:
@@ -33,6 +34,9 @@ const PATHS: Record<string, string> = {
   '/api/v1/services': 'Service',
   '/apis/discovery.k8s.io/v1/endpointslices': 'EndpointSlice',
   '/apis/gateway.networking.k8s.io/v1/gateways': 'Gateway',
+  '/apis/gateway.networking.k8s.io/v1/httproutes': 'HTTPRoute',
+  '/apis/gateway.networking.k8s.io/v1/grpcroutes': 'GRPCRoute',
+  '/apis/security.istio.io/v1/authorizationpolicies': 'AuthorizationPolicy',
 };
 const LIST_KIND: Record<string, string> = {
   Pod: 'PodList',
@@ -40,6 +44,9 @@ const LIST_KIND: Record<string, string> = {
   Service: 'ServiceList',
   EndpointSlice: 'EndpointSliceList',
   Gateway: 'GatewayList',
+  HTTPRoute: 'HTTPRouteList',
+  GRPCRoute: 'GRPCRouteList',
+  AuthorizationPolicy: 'AuthorizationPolicyList',
 };
 
 export const FIXTURES = path.resolve(__dirname, '../../../test/fixtures/kube');
@@ -67,6 +74,8 @@ export class FakeKube {
   readonly server = http.createServer((req, res) => this.handle(req, res));
   /** Requests served, by "METHOD path" (tests check what the clients asked). */
   readonly requests: string[] = [];
+  /** Kinds whose CRD is "not installed": their paths answer 404. */
+  readonly absent = new Set<string>();
 
   put(o: Obj): void {
     o.metadata.resourceVersion = String(++this.rv);
@@ -110,7 +119,7 @@ export class FakeKube {
     this.requests.push(`${req.method} ${url.pathname}${url.search}`);
     if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') return void this.tokenReview(req, res);
     const kind = PATHS[url.pathname];
-    if (req.method !== 'GET' || !kind) {
+    if (req.method !== 'GET' || !kind || this.absent.has(kind)) {
       res.writeHead(404, { 'Content-Type': 'application/json' });
       return void res.end(
         JSON.stringify({
