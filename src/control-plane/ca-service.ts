@@ -1,7 +1,8 @@
 // The control plane's side of Istio's IstioCertificateService: node agents
 // ask, on behalf of the workloads placed on them, for one certificate per
 // identity. A node is trusted only for its own workloads, so a stolen node
-// token cannot mint identities running elsewhere.
+// token cannot mint identities running elsewhere. A waypoint asks for its
+// own identity only.
 import 'reflect-metadata'; // tsyringe, under @peculiar/x509, needs it loaded first
 import * as grpc from '@grpc/grpc-js';
 import type { CertificateAuthority } from '../identity/ca';
@@ -9,7 +10,7 @@ import { checkCsr } from '../identity/csr';
 import { parseSpiffe } from '../identity/spiffe';
 import type { Logger } from '../observability/log';
 import type { IstioCertificateRequest, IstioCertificateResponse } from '../protocol/messages';
-import type { Authenticate } from './xds-server';
+import { type Authenticate, type Principal, principalName } from './xds-server';
 
 export const IMPERSONATED_IDENTITY = 'ImpersonatedIdentity';
 const DEFAULT_TTL_SECONDS = 86400;
@@ -25,8 +26,8 @@ export interface CaServiceDeps {
   ca: CertificateAuthority;
   /** Who is asking: node tokens from the YAML, or a TokenReview; swappable on reload. */
   tokens: { authenticate: Authenticate };
-  /** SPIFFE ids of the workloads placed on node (read per call: placements change). */
-  identitiesOn: (node: string) => Set<string>;
+  /** SPIFFE ids the caller may hold: a node's workloads (read per call: placements change), a waypoint's own. */
+  identitiesOn: (who: Principal) => Set<string>;
   /** Longer asks are capped to this; default 24 h. */
   maxTtlSeconds?: number;
   log: Logger;
@@ -51,25 +52,27 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
 
     const auth = await deps.tokens.authenticate(call.metadata);
     if ('error' in auth) return refuse({ code: grpc.status.UNAUTHENTICATED, details: auth.error });
-    const node = auth.node;
+    // Logged as the caller's kind: { node } or { waypoint }.
+    const caller = 'node' in auth ? { node: auth.node } : { waypoint: auth.waypoint };
 
-    const checked = checkRequest(call.request, node, deps.identitiesOn, maxTtl);
-    if ('code' in checked) return refuse(checked, { node });
+    const checked = checkRequest(call.request, auth, deps.identitiesOn, maxTtl);
+    if ('code' in checked) return refuse(checked, caller);
     const { identity, ttl } = checked;
 
     // Checked here rather than left to the CA, so a malformed CSR is the
     // caller's INVALID_ARGUMENT whichever CA implementation signs; what is
     // left to fail in sign() is the server's own fault.
     const csr = await checkCsr(call.request.csr, identity);
-    if (!csr.ok) return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity} ${csr.reason}` }, { node, identity });
+    if (!csr.ok)
+      return refuse({ code: grpc.status.INVALID_ARGUMENT, details: `csr for ${identity} ${csr.reason}` }, { ...caller, identity });
     let chain: string[];
     try {
       chain = await deps.ca.sign(call.request.csr, identity, ttl);
     } catch (err) {
-      log.error({ peer, node, identity, err: (err as Error).message }, 'CA failed to sign');
+      log.error({ peer, ...caller, identity, err: (err as Error).message }, 'CA failed to sign');
       return callback({ code: grpc.status.INTERNAL, details: `signing ${identity} failed: ${(err as Error).message}` });
     }
-    log.info({ node, identity, ttl }, 'certificate issued');
+    log.info({ ...caller, identity, ttl }, 'certificate issued');
     callback(null, { cert_chain: chain });
   };
 
@@ -86,8 +89,8 @@ export function caServiceHandlers(deps: CaServiceDeps): grpc.UntypedServiceImple
 /** Everything that can be decided without crypto: who may ask for what, for how long. */
 function checkRequest(
   req: IstioCertificateRequest,
-  node: string,
-  identitiesOn: (node: string) => Set<string>,
+  who: Principal,
+  identitiesOn: (who: Principal) => Set<string>,
   maxTtl: number,
 ): { identity: string; ttl: number } | Refusal {
   const value = req.metadata?.fields?.[IMPERSONATED_IDENTITY] as { stringValue?: unknown } | undefined;
@@ -95,8 +98,8 @@ function checkRequest(
     return {
       code: grpc.status.INVALID_ARGUMENT,
       details:
-        `metadata.${IMPERSONATED_IDENTITY} is missing: without it the request asks for node ${node}'s own identity, ` +
-        "which ambit's control plane does not issue; ask on behalf of a workload on the node",
+        `metadata.${IMPERSONATED_IDENTITY} is missing: without it the request asks for ${principalName(who)}'s own identity, ` +
+        "which ambit's control plane does not issue; ask on behalf of a workload on the node (a waypoint: for its own identity)",
     };
   }
   if (typeof value.stringValue !== 'string')
@@ -108,8 +111,12 @@ function checkRequest(
       details: `metadata.${IMPERSONATED_IDENTITY} ${JSON.stringify(identity)} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>`,
     };
   }
-  if (!identitiesOn(node).has(identity)) {
-    return { code: grpc.status.PERMISSION_DENIED, details: `node ${node} asked for ${identity}, which no workload on ${node} runs as` };
+  if (!identitiesOn(who).has(identity)) {
+    const details =
+      'node' in who
+        ? `node ${who.node} asked for ${identity}, which no workload on ${who.node} runs as`
+        : `waypoint ${who.waypoint} asked for ${identity}, which is not its own identity`;
+    return { code: grpc.status.PERMISSION_DENIED, details };
   }
   const asked = Number(req.validity_duration ?? 0);
   if (!Number.isInteger(asked) || asked < 0 || asked > ABSURD_TTL_SECONDS) {

@@ -14,24 +14,33 @@
 // process never exits for a file it was given. Open streams are checked
 // against the tokens after every reload (and, with TokenReview, every
 // minute): a node whose token went is cut off with UNAUTHENTICATED.
+//
+// Waypoints use the same server: each gets, as its own WaypointConfig
+// resource, the routes and L7 policies of the configuration's `routes`
+// (the file's, or with Kubernetes the cluster's Gateway API objects) that
+// it enforces, with the Address resources, and a certificate for its own
+// identity only.
 import * as grpc from '@grpc/grpc-js';
 import { AmbitError, type ErrorCode } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
 import type { CertificateAuthority } from '../identity/ca';
+import { workloadIdentity } from '../identity/spiffe';
 import type { KubeClient } from '../kube/client';
 import { KubeClusterSource } from '../kube/cluster-source';
 import type { Logger } from '../observability/log';
-import { grpcServices } from '../protocol/protos';
-import { loadConfigFile, parseConfig } from '../sources/config';
+import { grpcServices, TYPE_WAYPOINT } from '../protocol/protos';
+import { loadConfigFile, parseConfig, type StandaloneConfig } from '../sources/config';
 import { watchParsedFile } from '../sources/file-source';
 import { toResources, type XdsResource } from '../sources/xds-resources';
+import { waypointResources } from '../sources/xds-waypoint';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
+import { type WaypointConfig, waypointKey } from '../waypoint/types';
 import { caServiceHandlers } from './ca-service';
 import { serverCredentials } from './tls';
 import { REVIEW_CACHE_MS, TokenReviewer } from './token-review';
 import { NodeTokens } from './tokens';
-import { type AuthResult, XdsServer, type XdsServerOptions } from './xds-server';
+import { type AuthResult, type Principal, XdsServer, type XdsServerOptions } from './xds-server';
 
 export const DEFAULT_LISTEN = '0.0.0.0:15012';
 /**
@@ -65,8 +74,13 @@ interface Prepared {
   base: MeshConfig;
   tokens: NodeTokens;
   store: MeshStore;
+  /** The compiled routes served to waypoints; undefined when the configuration has none (a bare MeshConfig). */
+  routes?: WaypointConfig;
   resources: Map<string, Map<string, XdsResource>>;
 }
+
+/** The routes of a prepared configuration: a StandaloneConfig (the file's, or the cluster's view of it) has them. */
+const routesOf = (c: MeshConfig): WaypointConfig | undefined => (c as Partial<StandaloneConfig>).routes;
 
 export class ControlPlane {
   private unwatch?: () => void;
@@ -75,6 +89,8 @@ export class ControlPlane {
   private recheckTimer?: NodeJS.Timeout;
   /** The file's configuration; what is served adds the cluster's workloads to it. */
   private base: MeshConfig;
+  /** The routes served to waypoints, and which waypoints there are. */
+  private routes?: WaypointConfig;
 
   private constructor(
     private store: MeshStore,
@@ -86,6 +102,7 @@ export class ControlPlane {
     private readonly log: Logger,
   ) {
     this.base = store.config;
+    this.routes = routesOf(store.config);
   }
 
   static async start(opts: ControlPlaneOptions): Promise<ControlPlane> {
@@ -112,7 +129,7 @@ export class ControlPlane {
       caServiceHandlers({
         ca: opts.signer ?? ca,
         tokens: { authenticate },
-        identitiesOn: (node) => self?.identitiesOn(node) ?? new Set(),
+        identitiesOn: (who) => self?.identitiesOn(who) ?? new Set(),
         log: log.child({ component: 'ca' }),
       }),
     );
@@ -164,7 +181,12 @@ export class ControlPlane {
       const cluster = new KubeClusterSource(opts.kube, log.child({ component: 'kubernetes' }));
       await cluster.start();
       this.cluster = cluster;
-      this.reviewer = new TokenReviewer(opts.kube, { nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name), cacheMs: opts.recheckMs, log });
+      this.reviewer = new TokenReviewer(opts.kube, {
+        nodeOfPod: (ns, name) => cluster.nodeOfPod(ns, name),
+        isWaypoint: (ns, name) => this.waypointKeys().has(`${ns}/${name}`),
+        cacheMs: opts.recheckMs,
+        log,
+      });
       cluster.on('changed', () => this.apply(this.base, 'cluster'));
       // A token the API server no longer accepts shows only when asked again (answers are cached this long).
       this.recheckTimer = setInterval(() => this.recheckStreams(), opts.recheckMs ?? REVIEW_CACHE_MS).unref();
@@ -186,14 +208,29 @@ export class ControlPlane {
     return this.store.config;
   }
 
-  /** SPIFFE identities of the workloads placed on node: the only ones its agent may ask for. */
-  identitiesOn(node: string): Set<string> {
+  /**
+   * SPIFFE identities a caller may ask for: a node agent, those of the
+   * workloads placed on its node; a waypoint, its own (the service account
+   * of its pods, Istio's default: the Gateway's name).
+   */
+  identitiesOn(who: Principal): Set<string> {
+    if ('waypoint' in who) {
+      const [namespace = '', name = ''] = who.waypoint.split('/');
+      const declared = this.store.config.waypoints?.find((w) => w.namespace === namespace && w.name === name);
+      const accounts = new Set([name, declared?.serviceAccount ?? name]);
+      return new Set([...accounts].map((serviceAccount) => workloadIdentity(this.store.config.trustDomain, { namespace, serviceAccount })));
+    }
     return new Set(
       this.store
-        .workloadsOn(node)
+        .workloadsOn(who.node)
         .filter((w) => w.protocol === 'HBONE')
         .map((w) => this.store.identityOf(w)),
     );
+  }
+
+  /** "<namespace>/<name>" of every declared waypoint Gateway. */
+  waypointKeys(): Set<string> {
+    return new Set((this.routes?.waypoints ?? []).map(waypointKey));
   }
 
   /**
@@ -217,6 +254,7 @@ export class ControlPlane {
     this.base = next.base;
     this.tokens = next.tokens;
     this.store = next.store;
+    this.routes = next.routes;
     try {
       if (next.store.config.warnings?.length) this.log.warn({ warnings: next.store.config.warnings }, 'policies accepted with warnings');
       if (next.store.config.notes?.length) this.log.info({ notes: next.store.config.notes }, 'policies enforced elsewhere');
@@ -238,7 +276,10 @@ export class ControlPlane {
     const tokens = new NodeTokens(base.controlPlane.tokens);
     const config = this.cluster ? this.cluster.mesh(base) : base;
     const store = new MeshStore(config);
-    return { base, tokens, store, resources: toResources(config, (s) => store.endpoints(s)) };
+    const routes = routesOf(config);
+    const resources = toResources(config, (s) => store.endpoints(s));
+    resources.set(TYPE_WAYPOINT, routes ? waypointResources(routes) : new Map());
+    return { base, tokens, store, routes, resources };
   }
 
   private rejected(err: unknown, why: string): void {
@@ -259,7 +300,7 @@ export class ControlPlane {
     );
   }
 
-  /** Node tokens from the YAML first; in Kubernetes, otherwise a TokenReview of the projected token. */
+  /** Node and waypoint tokens from the YAML first; in Kubernetes, otherwise a TokenReview of the projected token. */
   private async authenticate(md: grpc.Metadata): Promise<AuthResult> {
     const byYaml = this.tokens.authenticate(md);
     if (!('error' in byYaml) || !this.reviewer) return byYaml;

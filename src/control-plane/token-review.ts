@@ -5,6 +5,10 @@
 // (Kubernetes ≥ 1.30 puts it in the review's extra), else from its pod.
 // Answers are cached for a minute per token, so a busy CA does not review
 // the same token for every certificate.
+//
+// A waypoint's token is its pod's, of the service account Istio names after
+// the Gateway: `system:serviceaccount:<ns>:<name>` speaks for waypoint
+// <ns>/<name> when that is a declared waypoint Gateway, and for nothing else.
 
 import { createHash } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
@@ -23,6 +27,8 @@ export interface TokenReviewOptions {
   accounts?: string[];
   /** The node a pod runs on, for tokens without a node claim. */
   nodeOfPod: (namespace: string, name: string) => string | undefined;
+  /** Whether <namespace>/<name> is a declared waypoint Gateway (read per review: Gateways come and go). */
+  isWaypoint?: (namespace: string, name: string) => boolean;
   /** How long an answer is reused (REVIEW_CACHE_MS): also how late a revoked token is noticed. */
   cacheMs?: number;
   log: Logger;
@@ -77,8 +83,15 @@ export class TokenReviewer {
     if (!s.authenticated)
       return { error: `the API server did not accept the token${s.error ? `: ${s.error}` : ''} (audience must be ${TOKEN_AUDIENCE})` };
     const user = s.user?.username ?? '';
-    if (!this.accounts.has(user))
-      return { error: `${user} is not a node agent's service account (expected ${[...this.accounts].join(' or ')})` };
+    if (!this.accounts.has(user)) {
+      const [, , ns = '', account = ''] = /^system:serviceaccount:([^:]+):([^:]+)$/.exec(user) ?? [];
+      if (ns && account && this.opts.isWaypoint?.(ns, account)) return { waypoint: `${ns}/${account}` };
+      return {
+        error:
+          `${user} is not a node agent's service account (expected ${[...this.accounts].join(' or ')}) ` +
+          "nor a declared waypoint Gateway's (system:serviceaccount:<namespace>:<gateway name>)",
+      };
+    }
     const extra = s.user?.extra ?? {};
     const node = extra['authentication.kubernetes.io/node-name']?.[0];
     if (node) return { node };

@@ -13,22 +13,37 @@
 // maxResponseBytes: a large difference goes out in parts, each marked
 // MORE_FOLLOWS but the last. A NACKed part is rolled back and its
 // resources are not offered again until the next change of configuration.
+//
+// A stream speaks for a node agent or for a waypoint, as its token says, and
+// sees what that one may: a node every type but waypoint configurations; a
+// waypoint the Address resources (the services and endpoints it routes to)
+// and its own WaypointConfig, nothing else. The first request must name the
+// same party (a node's NODE_NAME, a waypoint's WAYPOINT metadata) and no
+// other, so neither can pass for the other.
 
 import { randomBytes } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/log';
 import { RateLimitedLog } from '../observability/rate-limited';
 import type { DeltaDiscoveryRequest, DeltaDiscoveryResponse } from '../protocol/messages';
-import { MORE_FOLLOWS } from '../protocol/protos';
+import { MORE_FOLLOWS, TYPE_ADDRESS, TYPE_WAYPOINT } from '../protocol/protos';
 import type { XdsResource } from '../sources/xds-resources';
 import { DEFAULT_MAX_RESPONSE_BYTES, nextChunk, REMOVAL } from './xds-chunks';
 
 type Resources = Map<string, Map<string, XdsResource>>;
 type Call = grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
-/** Who a node agent is, from its call metadata (a bearer token); may ask the API server (TokenReview). */
+/** Who a node agent or waypoint is, from its call metadata (a bearer token); may ask the API server (TokenReview). */
 export type Authenticate = (md: grpc.Metadata) => AuthResult | Promise<AuthResult>;
+/** A node agent (by node name) or a waypoint (by "<namespace>/<name>"). */
+export type Principal = { node: string } | { waypoint: string };
 /** transient: the check itself failed (API server away); not a verdict on the token. */
-export type AuthResult = { node: string } | { error: string; transient?: boolean };
+export type AuthResult = Principal | { error: string; transient?: boolean };
+
+/** "node a" or "waypoint ns/name", for messages and for comparing two principals. */
+export const principalName = (p: Principal): string => ('node' in p ? `node ${p.node}` : `waypoint ${p.waypoint}`);
+
+/** Metadata key naming the waypoint ("<namespace>/<name>") on a waypoint's first request, as NODE_NAME names a node. */
+export const WAYPOINT_METADATA = 'WAYPOINT';
 
 const UNAUTHENTICATED = 16;
 const PERMISSION_DENIED = 7;
@@ -65,16 +80,23 @@ interface TypeState {
 class NodeStream {
   readonly types = new Map<string, TypeState>();
   closed = false;
+  /** The node's name, or the waypoint's "<namespace>/<name>". */
+  readonly node: string;
+  readonly kind: 'node' | 'waypoint';
   constructor(
     readonly call: Call,
-    readonly node: string,
+    readonly who: Principal,
     readonly peer: string,
-  ) {}
+  ) {
+    [this.kind, this.node] = 'node' in who ? ['node', who.node] : ['waypoint', who.waypoint];
+  }
 }
 
 /** What the server keeps for one stream: for tests, the config dump and sizing. */
 export interface StreamState {
+  /** The node's name, or the waypoint's "<namespace>/<name>". */
   node: string;
+  kind: 'node' | 'waypoint';
   peer: string;
   types: { typeUrl: string; held: number; inFlight: number; undo: number; refused: number }[];
 }
@@ -146,6 +168,7 @@ export class XdsServer {
   streamStates(): StreamState[] {
     return [...this.streams].map((s) => ({
       node: s.node,
+      kind: s.kind,
       peer: s.peer,
       types: [...s.types].map(([typeUrl, t]) => ({
         typeUrl,
@@ -176,7 +199,11 @@ export class XdsServer {
         if ('error' in auth && auth.transient) this.stats.unverified++;
         if (s.closed || ('error' in auth && auth.transient)) return;
         const why =
-          'error' in auth ? auth.error : auth.node !== s.node ? `the token is now node ${auth.node}'s, not ${s.node}'s` : undefined;
+          'error' in auth
+            ? auth.error
+            : principalName(auth) !== principalName(s.who)
+              ? `the token is now ${principalName(auth)}'s, not ${principalName(s.who)}'s`
+              : undefined;
         if (why === undefined) return;
         closed++;
         this.stats.revoked++;
@@ -215,13 +242,13 @@ export class XdsServer {
     call.on('data', (req: DeltaDiscoveryRequest) => {
       try {
         if (!stream) {
-          stream = this.open(call, auth.node, req);
+          stream = this.open(call, auth, req);
           if (!stream) return;
         }
         if (!stream.closed) this.onRequest(stream, req);
       } catch (err) {
         // A bug serving one node must not take the others' control plane down.
-        this.log.error({ node: auth.node, err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
+        this.log.error({ who: principalName(auth), err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
         if (stream) this.end(stream, 13, 'internal error');
         else refuse(call, 13, 'internal error');
       }
@@ -242,28 +269,45 @@ export class XdsServer {
     call.resume();
   }
 
-  /** The first request names the node: it must be the token's. */
-  private open(call: Call, node: string, req: DeltaDiscoveryRequest): NodeStream | undefined {
-    const claimed = nodeNameOf(req);
-    if (claimed !== node) {
-      const why = `the token is node ${node}'s but the stream says NODE_NAME ${JSON.stringify(claimed ?? '')}`;
+  /** The first request names the node (NODE_NAME) or the waypoint (WAYPOINT): it must be the token's, and only that. */
+  private open(call: Call, who: Principal, req: DeltaDiscoveryRequest): NodeStream | undefined {
+    const claim = { node: metadataString(req, 'NODE_NAME'), waypoint: metadataString(req, WAYPOINT_METADATA) };
+    const [mine, other] = 'node' in who ? ([claim.node, claim.waypoint] as const) : ([claim.waypoint, claim.node] as const);
+    const [key, otherKey] = 'node' in who ? ['NODE_NAME', WAYPOINT_METADATA] : [WAYPOINT_METADATA, 'NODE_NAME'];
+    const expected = 'node' in who ? who.node : who.waypoint;
+    const why =
+      mine !== expected
+        ? `the token is ${principalName(who)}'s but the stream says ${key} ${JSON.stringify(mine ?? '')}`
+        : other !== undefined
+          ? `the token is ${principalName(who)}'s but the stream also says ${otherKey} ${JSON.stringify(other)}`
+          : undefined;
+    if (why !== undefined) {
       this.noisy.warn('xds-wrong-node', { peer: call.getPeer(), err: why }, 'xDS stream refused');
       refuse(call, PERMISSION_DENIED, why);
       return undefined;
     }
-    const mine = [...this.streams].filter((s) => s.node === node);
-    for (const old of mine.slice(0, Math.max(0, mine.length - this.opts.maxStreamsPerNode + 1))) {
-      this.log.warn({ node, peer: old.peer, max: this.opts.maxStreamsPerNode }, 'xDS stream superseded by a newer one of the same node');
-      this.end(
-        old,
-        RESOURCE_EXHAUSTED,
-        `node ${node} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`,
+    const name = principalName(who);
+    const same = [...this.streams].filter((s) => principalName(s.who) === name);
+    for (const old of same.slice(0, Math.max(0, same.length - this.opts.maxStreamsPerNode + 1))) {
+      this.log.warn(
+        { who: name, peer: old.peer, max: this.opts.maxStreamsPerNode },
+        'xDS stream superseded by a newer one of the same node',
       );
+      this.end(old, RESOURCE_EXHAUSTED, `${name} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`);
     }
-    const stream = new NodeStream(call, node, call.getPeer());
+    const stream = new NodeStream(call, who, call.getPeer());
     this.streams.add(stream);
-    this.log.info({ node, peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
+    this.log.info({ who: name, peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
     return stream;
+  }
+
+  /** What of typeUrl the stream may see: a waypoint its own configuration and the addresses; a node all but waypoints'. */
+  private visible(s: NodeStream, typeUrl: string): Map<string, XdsResource> {
+    const all = this.resources.get(typeUrl) ?? new Map<string, XdsResource>();
+    if (s.kind === 'node') return typeUrl === TYPE_WAYPOINT ? new Map() : all;
+    if (typeUrl === TYPE_ADDRESS) return all;
+    const own = typeUrl === TYPE_WAYPOINT ? all.get(s.node) : undefined;
+    return own ? new Map([[s.node, own]]) : new Map();
   }
 
   private end(s: NodeStream, code: number, details: string): void {
@@ -317,7 +361,7 @@ export class XdsServer {
   /** Sends the next part of what the node lacks of typeUrl, unless a response is in flight; always on a new subscription, so the node knows it is in sync. */
   private push(s: NodeStream, typeUrl: string, t: TypeState, always = false): void {
     if (t.inFlight || s.closed) return;
-    const want = this.resources.get(typeUrl) ?? new Map<string, XdsResource>();
+    const want = this.visible(s, typeUrl);
     const chunk = nextChunk(want, t.held, t.refused, this.opts.maxResponseBytes);
     if (!chunk.changed.length && !chunk.removed.length && !always) return;
     const nonce = randomBytes(8).toString('hex');
@@ -361,7 +405,7 @@ function refuse(call: Call, code: number, details: string): void {
   call.emit('error', Object.assign(new Error(details), { code, details }));
 }
 
-function nodeNameOf(req: DeltaDiscoveryRequest): string | undefined {
-  const v = req.node?.metadata?.fields?.NODE_NAME as { stringValue?: string } | undefined;
+function metadataString(req: DeltaDiscoveryRequest, key: string): string | undefined {
+  const v = req.node?.metadata?.fields?.[key] as { stringValue?: string } | undefined;
   return v?.stringValue;
 }

@@ -104,6 +104,15 @@ export interface AuthorizationMessage {
   dry_run: boolean;
 }
 
+// ---- ambit.waypoint.v1 ----
+export interface WaypointConfigMessage {
+  namespace: string;
+  name: string;
+  schema_version: number;
+  routes_json: string;
+  policies_json: string;
+}
+
 // ---- envoy.service.discovery.v3 ----
 export interface StructValue {
   [key: string]: unknown;

@@ -31,10 +31,13 @@ export const PROTO_FILES = [
   'istio/security/authorization.proto',
   'istio/ca/ca.proto',
   'envoy/service/discovery/v3/discovery.proto',
+  'ambit/waypoint/v1/waypoint.proto',
 ];
 
 export const TYPE_ADDRESS = 'type.googleapis.com/istio.workload.Address';
 export const TYPE_AUTHORIZATION = 'type.googleapis.com/istio.security.Authorization';
+/** One waypoint's routes and L7 policies, named "<namespace>/<name>"; served only to that waypoint's stream. */
+export const TYPE_WAYPOINT = 'type.googleapis.com/ambit.waypoint.v1.WaypointConfig';
 
 /**
  * system_version_info of a delta response that is one part of a larger

@@ -7,7 +7,7 @@ import net from 'node:net';
 import { AmbitError } from '../errors';
 import type { Dataplane, MeshConfig, MeshNode, NodeToken, Service, ServicePort, TunnelProtocol, Workload } from '../state/types';
 import type { WaypointConfig } from '../waypoint/types';
-import { checkCrossFields } from './cross-checks';
+import { checkCrossFields, checkWaypointTokens } from './cross-checks';
 import { readTextFile } from './file-source';
 import { compileIstioPolicies } from './istio-crd';
 import { checkKeys, join, KEYS } from './schema';
@@ -204,16 +204,29 @@ export interface StandaloneConfig extends MeshConfig {
 
 function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
   if (v === undefined) return [];
-  const cp = fields(p, v, at, KEYS.controlPlane, 'must be a map with tokens: [{ node, sha256 }]');
+  const cp = fields(p, v, at, KEYS.controlPlane, 'must be a map with tokens: [{ node | waypoint, sha256 }]');
   if (!cp) return [];
-  return list(p, cp, 'tokens', at).map((t, i) => {
-    const o = fields(p, t, `${at}.tokens[${i}]`, KEYS.token, 'must be { node, sha256 }') ?? {};
+  return list(p, cp, 'tokens', at).map((t, i): NodeToken => {
+    const here = `${at}.tokens[${i}]`;
+    const o = fields(p, t, here, KEYS.token, 'must be { node, sha256 } or { waypoint, sha256 }') ?? {};
+    const sha256 = str(p, o, 'sha256', here, {
+      pattern: /^[0-9a-f]{64}$/,
+      fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE',
+    });
+    // A token speaks for one party: with both, a waypoint's token could act as a node.
+    if (o.node !== undefined && o.waypoint !== undefined)
+      p.add(join(here, 'waypoint'), o.waypoint, "a token is either a node's or a waypoint's: keep node or waypoint, not both");
+    if (o.waypoint !== undefined && o.node === undefined)
+      return {
+        waypoint: str(p, o, 'waypoint', here, {
+          pattern: /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/,
+          fix: '<namespace>/<name> of the waypoint Gateway this token authenticates',
+        }),
+        sha256,
+      };
     return {
-      node: str(p, o, 'node', `${at}.tokens[${i}]`, { fix: 'the node name this token authenticates' }),
-      sha256: str(p, o, 'sha256', `${at}.tokens[${i}]`, {
-        pattern: /^[0-9a-f]{64}$/,
-        fix: 'the SHA-256 of the token in hex: sha256sum < TOKENFILE',
-      }),
+      node: str(p, o, 'node', here, { fix: 'the node name this token authenticates (or waypoint: <namespace>/<name> for a waypoint)' }),
+      sha256,
     };
   });
 }
@@ -250,6 +263,7 @@ export function parseConfig(text: string, source = 'config'): StandaloneConfig {
   // Waypoints first: the policies' conversion tells who sits behind one, and those with targetRefs are the waypoint's.
   const namespaces = list(p, o, 'namespaces', '').map((n, i) => namespace(p, n, `namespaces[${i}]`));
   const routes = resolveWaypoints(cfg, list(p, o, 'routes', ''), namespaces, p.report, cfg.policyDocs);
+  checkWaypointTokens(cfg.controlPlane.tokens, routes.waypoints, p.report);
   // Istio's AuthorizationPolicy and PeerAuthentication objects, converted as istiod does for a node tunnel.
   const compiled = compileIstioPolicies(
     cfg.policyDocs,

@@ -2,7 +2,8 @@
 // a file that breaks one is rejected before anything is applied (a reload
 // included): what each entry says alone can be fine while two of them
 // together are ambiguous or let one party pose as another.
-import type { MeshConfig } from '../state/types';
+import type { MeshConfig, NodeToken } from '../state/types';
+import { type Waypoint, waypointKey } from '../waypoint/types';
 
 type Report = (at: string, value: unknown, what: string) => void;
 
@@ -74,9 +75,28 @@ export function checkCrossFields(cfg: MeshConfig, report: Report): void {
   const hashes = new Unique(report, 'every node needs its own token (two nodes sharing one could each act as the other)');
   cfg.controlPlane.tokens.forEach((t, i) => {
     const at = `controlPlane.tokens[${i}]`;
-    hashes.claim(t.sha256.toLowerCase(), `${at}.sha256`, `${t.sha256.slice(0, 8)}… (node ${t.node})`);
+    const whose = t.node !== undefined ? `node ${t.node}` : `waypoint ${t.waypoint}`;
+    hashes.claim(t.sha256.toLowerCase(), `${at}.sha256`, `${t.sha256.slice(0, 8)}… (${whose})`);
     // With --kubernetes the nodes come from the cluster and nodes: may be empty; when it lists nodes, a token names one.
     if (known.length > 0 && t.node && !isNode(t.node))
       report(`${at}.node`, t.node, `is not among nodes: (${known.join(', ')}); add it there or fix the name`);
+  });
+}
+
+/**
+ * A waypoint token names a declared waypoint Gateway, when the file declares
+ * any (with --kubernetes they may all be the cluster's): a token for a
+ * misspelt one would authenticate a waypoint that never gets a configuration.
+ */
+export function checkWaypointTokens(tokens: readonly NodeToken[], waypoints: readonly Waypoint[], report: Report): void {
+  const known = waypoints.map(waypointKey);
+  if (known.length === 0) return;
+  tokens.forEach((t, i) => {
+    if (t.waypoint !== undefined && t.waypoint !== '' && !known.includes(t.waypoint))
+      report(
+        `controlPlane.tokens[${i}].waypoint`,
+        t.waypoint,
+        `is not a waypoint Gateway of routes: (${known.join(', ')}); declare it there (gatewayClassName istio-waypoint) or fix the name`,
+      );
   });
 }

@@ -33,7 +33,7 @@ export const KEYS = {
   service: ['name', 'namespace', 'hostname', 'addresses', 'ports', 'selector', 'labels'],
   servicePort: ['port', 'targetPort', 'name', 'appProtocol'],
   controlPlane: ['tokens'],
-  token: ['node', 'sha256'],
+  token: ['node', 'waypoint', 'sha256'],
 } as const;
 
 /** Edit distance counting a swap of neighbours as one edit (`dri` is one from `dir`), ignoring case. */

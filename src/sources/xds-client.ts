@@ -13,6 +13,10 @@
 // node holds and ACKed on its own, as delta xDS asks; the data plane sees
 // the change, and the type counts as synced, only at the part that
 // completes it. Responses from istiod are always complete.
+//
+// A waypoint uses the same client with other types: the addresses and its
+// own WaypointConfig (xds-waypoint.ts), introducing itself with
+// waypointNodeMessage instead of a node's.
 
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
@@ -26,12 +30,17 @@ import type {
   DeltaDiscoveryRequest,
   DeltaDiscoveryResponse,
   NodeMessage,
+  WaypointConfigMessage,
 } from '../protocol/messages';
-import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, unpack } from '../protocol/protos';
+import { grpcServices, MORE_FOLLOWS, TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT, unpack } from '../protocol/protos';
 import type { Service, Workload } from '../state/types';
 import { type AddressEntry, addressFromMessage, authorizationFromMessage, ResourceError } from './xds-resources';
+import { type WaypointL7, waypointFromMessage } from './xds-waypoint';
 
+/** What a node agent subscribes to. */
 export const SUBSCRIBED_TYPES = [TYPE_ADDRESS, TYPE_AUTHORIZATION];
+/** What a waypoint subscribes to: the services and endpoints it routes to, and its own L7 configuration. */
+export const WAYPOINT_TYPES = [TYPE_ADDRESS, TYPE_WAYPOINT];
 const INVALID_ARGUMENT = 3;
 const RESOURCE_EXHAUSTED = 8;
 /**
@@ -52,6 +61,8 @@ export interface XdsClientOptions {
   /** File holding the bearer token (a projected service-account token in Kubernetes). */
   tokenFile?: string;
   node: NodeMessage;
+  /** Types subscribed to; SUBSCRIBED_TYPES (a node's) when not set, WAYPOINT_TYPES for a waypoint. */
+  types?: readonly string[];
   /** Trust domain of workloads that do not say theirs. */
   trustDomain: string;
   /** Largest response accepted (bytes); DEFAULT_XDS_MAX_RECEIVE_BYTES when not set. */
@@ -79,6 +90,8 @@ interface Held<T> {
 export class XdsClient extends EventEmitter {
   private readonly addresses = new Map<string, Held<AddressEntry>>();
   private readonly policies = new Map<string, Held<Authorization>>();
+  private readonly waypoints = new Map<string, Held<WaypointL7>>();
+  private readonly types: readonly string[];
   private readonly synced = new Set<string>();
   /** Types whose update is arriving in parts: the data plane waits for the last. */
   private readonly partial = new Set<string>();
@@ -98,6 +111,7 @@ export class XdsClient extends EventEmitter {
   constructor(private readonly opts: XdsClientOptions) {
     super();
     this.log = opts.log.child({ component: 'xds', controlPlane: opts.address });
+    this.types = opts.types ?? SUBSCRIBED_TYPES;
     const creds = grpc.credentials.createSsl(Buffer.from(opts.rootsPem));
     this.maxReceiveBytes = opts.maxReceiveBytes ?? DEFAULT_XDS_MAX_RECEIVE_BYTES;
     const channelOpts: grpc.ChannelOptions = {
@@ -153,6 +167,11 @@ export class XdsClient extends EventEmitter {
     };
   }
 
+  /** The WaypointConfig resources held (a waypoint holds its own only), by "<namespace>/<name>". */
+  waypointConfigs(): Map<string, WaypointL7> {
+    return new Map([...this.waypoints].map(([name, h]) => [name, h.value]));
+  }
+
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
@@ -176,7 +195,7 @@ export class XdsClient extends EventEmitter {
     this.call = call;
     this.stats.connects++;
     let first = true;
-    for (const typeUrl of SUBSCRIBED_TYPES) {
+    for (const typeUrl of this.types) {
       call.write({
         node: first ? this.opts.node : undefined,
         type_url: typeUrl,
@@ -217,7 +236,7 @@ export class XdsClient extends EventEmitter {
     this.connected = false;
     if (this.stopped) return;
     this.log.warn(
-      { err: why, keeping: { addresses: this.addresses.size, policies: this.policies.size } },
+      { err: why, keeping: { addresses: this.addresses.size, policies: this.policies.size, waypoints: this.waypoints.size } },
       'xDS stream lost; serving the state held',
     );
     if (was) this.emit('disconnected', why);
@@ -234,7 +253,8 @@ export class XdsClient extends EventEmitter {
   }
 
   private versions(typeUrl: string): Record<string, string> {
-    const held = typeUrl === TYPE_ADDRESS ? this.addresses : this.policies;
+    const held: Map<string, { version: string }> =
+      typeUrl === TYPE_ADDRESS ? this.addresses : typeUrl === TYPE_WAYPOINT ? this.waypoints : this.policies;
     return Object.fromEntries([...held].map(([name, h]) => [name, h.version]));
   }
 
@@ -257,7 +277,7 @@ export class XdsClient extends EventEmitter {
     } catch (err) {
       refused = err instanceof ResourceError ? err.message : `${res.type_url}: ${(err as Error).message}`;
     }
-    if (more && SUBSCRIBED_TYPES.includes(res.type_url)) this.partial.add(res.type_url);
+    if (more && this.types.includes(res.type_url)) this.partial.add(res.type_url);
     else this.partial.delete(res.type_url);
     if (apply) {
       apply();
@@ -278,7 +298,7 @@ export class XdsClient extends EventEmitter {
     }
     ack(refused);
     if (this.partial.size > 0) return;
-    const first = !this.firstSync && SUBSCRIBED_TYPES.every((t) => this.synced.has(t));
+    const first = !this.firstSync && this.types.every((t) => this.synced.has(t));
     if (first) this.firstSync = true;
     // Earlier parts of an update that ends in a NACK were applied (and ACKed): they are announced too.
     if (this.unannounced && this.firstSync) {
@@ -291,6 +311,7 @@ export class XdsClient extends EventEmitter {
   /** Decodes every resource of a response; returns how to apply it, or throws naming the bad resource. */
   private check(res: DeltaDiscoveryResponse): () => void {
     const td = this.opts.trustDomain;
+    if (!this.types.includes(res.type_url)) throw new ResourceError(`type ${JSON.stringify(res.type_url)} was not subscribed to`);
     if (res.type_url === TYPE_ADDRESS) {
       const decoded = res.resources.map((r) => {
         const m = decode<AddressMessage>(r.name, r.resource, TYPE_ADDRESS);
@@ -304,6 +325,13 @@ export class XdsClient extends EventEmitter {
         return [r.name, { version: r.version, value: authorizationFromMessage(r.name, m) }] as const;
       });
       return () => applyDelta(this.policies, decoded, res.removed_resources);
+    }
+    if (res.type_url === TYPE_WAYPOINT) {
+      const decoded = res.resources.map((r) => {
+        const m = decode<WaypointConfigMessage>(r.name, r.resource, TYPE_WAYPOINT);
+        return [r.name, { version: r.version, value: waypointFromMessage(r.name, m) }] as const;
+      });
+      return () => applyDelta(this.waypoints, decoded, res.removed_resources);
     }
     throw new ResourceError(`type ${JSON.stringify(res.type_url)} was not subscribed to`);
   }
@@ -323,6 +351,21 @@ function decode<T>(name: string, any: DeltaDiscoveryResponse['resources'][number
   } catch (err) {
     throw new ResourceError(`${name}: cannot be decoded as ${typeUrl}: ${(err as Error).message}`);
   }
+}
+
+/**
+ * How a waypoint introduces itself: Istio's proxy id for a router, and
+ * WAYPOINT metadata ("<namespace>/<name>") where a node has NODE_NAME; the
+ * control plane checks it against the waypoint's token.
+ */
+export function waypointNodeMessage(f: { namespace: string; name: string; podName: string; ip: string }): NodeMessage {
+  const str = (v: string): { stringValue: string } => ({ stringValue: v });
+  return {
+    id: `router~${f.ip}~${f.podName}.${f.namespace}~${f.namespace}.svc.cluster.local`,
+    metadata: {
+      fields: { NAME: str(f.podName), NAMESPACE: str(f.namespace), INSTANCE_IPS: str(f.ip), WAYPOINT: str(`${f.namespace}/${f.name}`) },
+    },
+  };
 }
 
 /** How a node tunnel introduces itself on the stream (the form istiod expects of ztunnel). */

@@ -52,8 +52,13 @@ export function toResources(cfg: MeshConfig, endpointsOf: (s: Service) => Worklo
 }
 
 function add(into: Map<string, XdsResource>, name: string, typeUrl: string, message: object): void {
+  into.set(name, packResource(name, typeUrl, message));
+}
+
+/** A resource whose version is a digest of its encoding: unchanged content is never pushed again. */
+export function packResource(name: string, typeUrl: string, message: object): XdsResource {
   const resource = pack(typeUrl, message);
-  into.set(name, { name, version: createHash('sha256').update(resource.value).digest('hex').slice(0, 16), resource });
+  return { name, version: createHash('sha256').update(resource.value).digest('hex').slice(0, 16), resource };
 }
 
 function workloadMessage(cfg: MeshConfig, w: Workload, backs: Service[]): Partial<WorkloadMessage> {

@@ -91,11 +91,12 @@ export interface MeshNode {
   address: string;
 }
 
-/** A node agent allowed to use the control-plane server: the SHA-256 (hex) of its bearer token. */
-export interface NodeToken {
-  node: string;
-  sha256: string;
-}
+/**
+ * Who may use the control-plane server: the SHA-256 (hex) of a bearer token
+ * and whose it is, a node agent's (`node`) or a waypoint's (`waypoint`,
+ * "<namespace>/<name>" of its Gateway); exactly one of the two.
+ */
+export type NodeToken = { sha256: string } & ({ node: string; waypoint?: undefined } | { waypoint: string; node?: undefined });
 
 export interface MeshConfig {
   trustDomain: string;

@@ -102,7 +102,7 @@ before(async () => {
         { node: 'n1', sha256: NodeTokens.hash(TOKEN_N1) },
         { node: 'n2', sha256: NodeTokens.hash(TOKEN_N2) },
       ]),
-      identitiesOn: (node) => new Set(placement[node] ?? []),
+      identitiesOn: (who) => new Set('node' in who ? (placement[who.node] ?? []) : []),
       maxTtlSeconds: MAX_TTL,
       log,
     }),
