@@ -115,7 +115,7 @@ function parentRefs(d: Doc, known: Known): Attachment[] {
       d.spec.parentRefs,
       'must name the Service the route applies to, e.g. [{ kind: Service, group: "", name: reviews }]',
     );
-  return refs.flatMap((r, i) => {
+  const attached = refs.flatMap((r, i): Attachment[] => {
     const rel = `spec.parentRefs[${i}]`;
     const ref = d.obj(r, rel, 'must be a map', ['group', 'kind', 'namespace', 'name', 'sectionName', 'port']);
     if (!ref) return [];
@@ -134,6 +134,16 @@ function parentRefs(d: Doc, known: Known): Attachment[] {
       return [];
     }
     return [{ service, port: section.port }];
+  });
+  // sectionName and port may name one port twice, or a port of a service the route also takes whole:
+  // the rules attach once, or they would stand twice among the port's candidates.
+  const whole = new Set(attached.filter((a) => a.port === undefined).map((a) => serviceKey(a.service)));
+  const seen = new Set<string>();
+  return attached.filter((a) => {
+    const k = `${serviceKey(a.service)}|${a.port ?? ''}`;
+    if (seen.has(k) || (a.port !== undefined && whole.has(serviceKey(a.service)))) return false;
+    seen.add(k);
+    return true;
   });
 }
 

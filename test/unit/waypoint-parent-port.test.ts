@@ -120,3 +120,20 @@ test('an unknown sectionName is refused naming the route, the field and the port
   oneProblem(compile(', sectionName: http', 'bare').problems, 'service default/bare', 'ports have no names', 'use port: instead');
   oneProblem(compile(', sectionName: 80').problems, 'spec.parentRefs[0].sectionName', '(got 80)');
 });
+
+test('parentRefs naming one port twice, or a port of a service also taken whole, attach the rules once', () => {
+  const twice = compile(', port: 80 }, { group: "", kind: Service, name: reviews, sectionName: http');
+  assert.deepEqual(twice.problems, []);
+  assert.deepEqual(
+    twice.routes.map((r) => [r.port, r.rules.length]),
+    [[80, 1]],
+  );
+  assert.deepEqual(twice.warnings, []);
+  const whole = compile(', sectionName: http }, { group: "", kind: Service, name: reviews');
+  assert.deepEqual(whole.problems, []);
+  assert.deepEqual(
+    whole.routes.map((r) => [r.port, r.rules.length]),
+    [[undefined, 1]],
+  );
+  assert.equal(new RouteTable(whole.routes).candidates(KEY, 80).length, 1);
+});
