@@ -128,9 +128,11 @@ async function cluster(absent: string[] = []): Promise<{ api: FakeKube; source: 
 test("the cluster's HTTPRoutes, GRPCRoutes and targeted AuthorizationPolicies are its waypoint's; the others are the node tunnel's", async () => {
   const c = await cluster();
   try {
+    // Another controller's first: each watch delivers in order, so once the rest is seen, these are too.
+    c.put(httpRoute('ingress-only', [INGRESS_REF]));
+    c.put(policy('ingress-authz', { targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'public' }] }, 'ingress'));
     c.put(httpRoute('web', [{ group: '', kind: 'Service', name: 'web', port: 80 }, INGRESS_REF]));
     c.put(grpcRoute('echo'));
-    c.put(httpRoute('ingress-only', [INGRESS_REF]));
     c.put(
       policy('waypoint-deny', {
         targetRefs: [WAYPOINT_REF],
@@ -144,7 +146,6 @@ test("the cluster's HTTPRoutes, GRPCRoutes and targeted AuthorizationPolicies ar
         rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/sleep'] } }] }],
       }),
     );
-    c.put(policy('ingress-authz', { targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'public' }] }, 'ingress'));
     const base: MeshConfig = {
       ...BASE,
       policyDocs: [
@@ -158,7 +159,10 @@ test("the cluster's HTTPRoutes, GRPCRoutes and targeted AuthorizationPolicies ar
     };
     await waitFor(
       'the routes and policies watched',
-      () => c.source.mesh(base).routes.policies.length === 2 && c.source.mesh(base).policies.length,
+      () =>
+        c.source.mesh(base).routes.routes.length === 2 &&
+        c.source.mesh(base).routes.policies.length === 2 &&
+        c.source.mesh(base).policies.length,
     );
     const m = c.source.mesh(base);
     assert.deepEqual(m.warnings, [], 'the ingress route and policy are another controller’s: not a word');
@@ -248,7 +252,10 @@ test('a wrong object in the cluster is a warning naming it and its field; everyt
     c.put(httpRoute('typo', [INGRESS_REF, { group: '', kind: 'Service', name: 'webb' }]));
     c.put(policy('bad-l4', { action: 'ALOW', selector: { matchLabels: { app: 'web' } } }));
     c.put(policy('bad-l7', { targetRefs: [{ ...WAYPOINT_REF, name: 'waypoint-typo' }] }));
-    await waitFor('every object watched', () => (c.source.mesh(BASE).warnings?.length ?? 0) >= 4);
+    await waitFor(
+      'every object watched',
+      () => (c.source.mesh(BASE).warnings?.length ?? 0) >= 4 && c.source.mesh(BASE).routes.routes.length,
+    );
     const m = c.source.mesh(BASE);
     const find = (re: RegExp): string =>
       m.warnings?.find((w) => re.test(w)) ?? assert.fail(`no warning ${re} in:\n${m.warnings?.join('\n')}`);
