@@ -282,6 +282,8 @@ test('a forwarded address of a workload with another identity is not believed: t
     const line = await requestLine('/api/spoofed')();
     assert.equal(line['src.addr'], '127.0.0.1');
     assert.equal(line['src.identity'], CLIENT_ID);
+    // The peer's address is no workload's: the baggage names the source, and the mesh confirms it runs as the certificate's identity.
+    assert.equal(line['src.workload'], 'client');
   } finally {
     session.close();
   }
