@@ -705,14 +705,15 @@ test('the control plane runs the CLI contract, unprivileged, on its ConfigMap an
   assert.equal(pod.securityContext.fsGroup, pod.securityContext.runAsGroup);
 });
 
-test('RBAC: the agent reads pods and namespaces, the control plane adds services, endpointslices, gateways and tokenreviews; nothing else', () => {
+test('RBAC: the agent reads pods and namespaces, the control plane adds services, endpointslices, gateways, routes, authorizationpolicies and tokenreviews; nothing else', () => {
   const docs = rendered();
   const rules = (name: string): Doc => find(docs, 'ClusterRole', name).rules;
   assert.deepEqual(rules('ambit-node'), [{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] }]);
   assert.deepEqual(rules('ambit-control-plane'), [
     { apiGroups: [''], resources: ['pods', 'namespaces', 'services'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
-    { apiGroups: ['gateway.networking.k8s.io'], resources: ['gateways'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: ['gateway.networking.k8s.io'], resources: ['gateways', 'httproutes', 'grpcroutes'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: ['security.istio.io'], resources: ['authorizationpolicies'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
   ]);
   for (const name of ['ambit-node', 'ambit-control-plane']) {
