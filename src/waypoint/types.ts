@@ -115,7 +115,7 @@ export interface RouteRule {
 export interface ServiceRoutes {
   /** The service's key in the mesh model: "<namespace>/<hostname>". */
   service: string;
-  /** parentRefs[].port; undefined: every port of the service. */
+  /** parentRefs[].port, or the port parentRefs[].sectionName names; undefined: every port of the service. */
   port?: number;
   rules: RouteRule[];
 }
