@@ -48,6 +48,12 @@ const NODE_OPTIONS = {
 const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
 const WAYPOINT_OPTIONS = {
   config: { type: 'string' },
+  xds: { type: 'string' },
+  'xds-root': { type: 'string' },
+  'xds-token': { type: 'string' },
+  'xds-server-name': { type: 'string' },
+  'ca-address': { type: 'string' },
+  'trust-domain': { type: 'string' },
   name: { type: 'string' },
   namespace: { type: 'string' },
   listen: { type: 'string' },
@@ -157,7 +163,16 @@ async function waypoint(argv: string[]): Promise<void> {
   const configFile = str('config');
   const name = str('name');
   const namespace = str('namespace');
-  if (!configFile) throw new UsageError('--config FILE is required', u);
+  const xdsAddress = str('xds');
+  if (configFile && xdsAddress)
+    throw new UsageError('--config and --xds exclude each other (the waypoint takes its routes from one place)', u);
+  if (!configFile && !xdsAddress)
+    throw new UsageError('--config FILE or --xds HOST:PORT is required (the standalone YAML, or `ambit control-plane`)', u);
+  for (const flag of ['xds-root', 'xds-token', 'xds-server-name', 'ca-address', 'trust-domain'])
+    if (configFile && values[flag] !== undefined) throw new UsageError(`--${flag} goes with --xds, not --config`, u);
+  const rootFile = str('xds-root');
+  if (xdsAddress && !rootFile)
+    throw new UsageError("--xds-root FILE is required with --xds: the control plane's root certificate (<ca.dir>/root-cert.pem)", u);
   if (!name) throw new UsageError("--name NAME is required (the waypoint Gateway's name, also its service account)", u);
   if (!namespace) throw new UsageError('--namespace NS is required (where the waypoint Gateway is)', u);
   const listen = str('listen') ?? '0.0.0.0:15008';
@@ -167,6 +182,17 @@ async function waypoint(argv: string[]): Promise<void> {
   const port = (flag: string, fallback: number): number => parseCount(`--${flag}`, str(flag), fallback, u, 0, 65535);
   await runWaypoint({
     configFile,
+    xds:
+      xdsAddress && rootFile
+        ? {
+            address: xdsAddress,
+            rootFile,
+            tokenFile: str('xds-token'),
+            serverName: str('xds-server-name'),
+            caAddress: str('ca-address'),
+            trustDomain: str('trust-domain') ?? 'cluster.local',
+          }
+        : undefined,
     name,
     namespace,
     listen: { host: m[1], port: Number(m[2]) },

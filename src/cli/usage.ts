@@ -39,8 +39,16 @@ ${LIMITS}`;
 
 export const WAYPOINT_USAGE = `usage:
   ambit waypoint --config FILE --name NAME --namespace NS [flags]   the L7 proxy of services that opt in
+  ambit waypoint --xds HOST:PORT --xds-root FILE --xds-token FILE --name NAME --namespace NS [flags]
+                                             routes, policies, mesh and certificate from \`ambit control-plane\`
 
   --config FILE            mesh configuration (YAML) with its routes:; re-read when it changes
+  --xds HOST:PORT          the control plane's xDS (instead of --config); ready after the first sync
+  --xds-root FILE          the control plane's root certificate
+  --xds-token FILE         the waypoint's bearer token (controlPlane.tokens waypoint: NS/NAME, or its projected token)
+  --xds-server-name NAME   name to verify the control plane's certificate against
+  --ca-address HOST:PORT   the CA service (default: the --xds address)
+  --trust-domain TD        trust domain of the waypoint and of workloads that do not say theirs (default cluster.local)
   --name NAME              the waypoint Gateway's name (also its service account: its identity)
   --namespace NS           the Gateway's namespace
   --listen IP:PORT         HBONE listener (default 0.0.0.0:15008)
@@ -108,6 +116,7 @@ export const USAGE = `usage:
   ambit node --xds HOST:PORT --xds-root FILE --node NAME [flags]
   ambit sidecar --config FILE --workload UID [flags]
   ambit waypoint --config FILE --name NAME --namespace NS [flags]
+  ambit waypoint --xds HOST:PORT --xds-root FILE --name NAME --namespace NS [flags]
   ambit control-plane --config FILE [flags]
   ambit ca init|issue …
   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
