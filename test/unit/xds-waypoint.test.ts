@@ -1,0 +1,387 @@
+// Waypoints on the control plane's xDS, over real gRPC and TLS on 127.0.0.1
+// (no root): a control plane started from a YAML with two waypoints, an
+// HTTPRoute and a policy on each, and a token per waypoint and node. Each
+// waypoint's stream gets exactly its own WaypointConfig and the addresses; a
+// node's gets none; a token of one kind claiming to be the other is refused;
+// a change of routes is pushed to the waypoint it concerns; an invalid
+// WaypointConfig is NACKed with the field named and the last good one kept.
+// The CA issues a waypoint its own identity only.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import YAML from 'yaml';
+import { ControlPlane } from '../../src/control-plane/server';
+import { IstioCaClient } from '../../src/identity/ca-client';
+import { requestCertificate } from '../../src/identity/cert-manager';
+import type { DeltaDiscoveryResponse, NodeMessage } from '../../src/protocol/messages';
+import { grpcServices, TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT, unpack } from '../../src/protocol/protos';
+import { parseConfig } from '../../src/sources/config';
+import { nodeMessage, WAYPOINT_TYPES, waypointNodeMessage, XdsClient } from '../../src/sources/xds-client';
+import { packResource, ResourceError, toResources } from '../../src/sources/xds-resources';
+import { WAYPOINT_SCHEMA_VERSION, waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
+import { MeshStore } from '../../src/state/store';
+import { must } from '../helpers/must';
+import { TIME_SCALE, waitFor } from '../helpers/proc';
+
+const log = pino({ level: 'silent' });
+const hash = (t: string): string => createHash('sha256').update(t).digest('hex');
+const host = (name: string): string => `${name}.default.svc.cluster.local`;
+const GW = 'gateway.networking.k8s.io/gateway-name';
+const WP_A = 'default/wp-a';
+const WP_B = 'default/wp-b';
+let dir: string;
+const tokenFile = (who: string): string => path.join(dir, `${who}.token`);
+
+const pod = (name: string, ip: string, labels: Record<string, string>, serviceAccount = name) => ({
+  uid: `default/${name}`,
+  name,
+  namespace: 'default',
+  serviceAccount,
+  node: 'n1',
+  addresses: [ip],
+  labels,
+});
+const svc = (name: string, vip: string, waypoint: string) => ({
+  name,
+  namespace: 'default',
+  hostname: host(name),
+  addresses: [vip],
+  ports: [{ port: 80, targetPort: 8080 }],
+  selector: { app: name },
+  labels: { 'istio.io/use-waypoint': waypoint },
+});
+const gateway = (name: string) => ({
+  apiVersion: 'gateway.networking.k8s.io/v1',
+  kind: 'Gateway',
+  metadata: { name, namespace: 'default' },
+  spec: { gatewayClassName: 'istio-waypoint', listeners: [{ name: 'mesh', port: 15008, protocol: 'HBONE' }] },
+});
+const route = (name: string, path: string) => ({
+  apiVersion: 'gateway.networking.k8s.io/v1',
+  kind: 'HTTPRoute',
+  metadata: { name, namespace: 'default' },
+  spec: {
+    parentRefs: [{ group: '', kind: 'Service', name, port: 80 }],
+    rules: [
+      { matches: [{ path: { type: 'RegularExpression', value: `${path}/[0-9]+` } }], backendRefs: [{ name, port: 80 }] },
+      {
+        matches: [{ headers: [{ name: 'x-canary', value: 'true' }] }],
+        filters: [{ type: 'RequestHeaderModifier', requestHeaderModifier: { set: [{ name: 'x-via', value: name }] } }],
+        backendRefs: [{ name, port: 80 }],
+      },
+    ],
+  },
+});
+const denyPolicy = (name: string, service: string) => ({
+  apiVersion: 'security.istio.io/v1',
+  kind: 'AuthorizationPolicy',
+  metadata: { name, namespace: 'default' },
+  spec: {
+    targetRefs: [{ group: '', kind: 'Service', name: service }],
+    action: 'DENY',
+    rules: [{ to: [{ operation: { paths: ['/admin/*'] } }] }],
+  },
+});
+
+function doc(opts: { echoPath?: string } = {}): Record<string, unknown> {
+  return {
+    trustDomain: 'cluster.local',
+    ca: { dir: path.join(dir, 'ca') },
+    nodes: [{ name: 'n1', address: '10.0.0.1' }],
+    workloads: [
+      pod('sleep', '10.200.1.10', { app: 'sleep' }),
+      pod('echo', '10.200.1.11', { app: 'echo' }),
+      pod('api', '10.200.1.12', { app: 'api' }),
+      // The waypoints' pods, without netns: no node captures them.
+      pod('wp-a-0', '10.200.1.50', { [GW]: 'wp-a' }, 'wp-a'),
+      pod('wp-b-0', '10.200.1.51', { [GW]: 'wp-b' }, 'wp-b'),
+    ],
+    services: [svc('echo', '10.96.0.11', 'wp-a'), svc('api', '10.96.0.12', 'wp-b')],
+    routes: [
+      gateway('wp-a'),
+      gateway('wp-b'),
+      route('echo', opts.echoPath ?? '/echo'),
+      route('api', '/api'),
+      denyPolicy('deny-echo-admin', 'echo'),
+      denyPolicy('deny-api-admin', 'api'),
+    ],
+    controlPlane: {
+      tokens: [
+        { node: 'n1', sha256: hash(read('n1')) },
+        { waypoint: WP_A, sha256: hash(read('wp-a')) },
+        { waypoint: WP_B, sha256: hash(read('wp-b')) },
+      ],
+    },
+  };
+}
+
+const read = (who: string): string => fs.readFileSync(tokenFile(who), 'utf8').trim();
+const write = (file: string, d: Record<string, unknown>): void => {
+  fs.writeFileSync(`${file}.tmp`, YAML.stringify(d));
+  fs.renameSync(`${file}.tmp`, file);
+};
+const rootsPem = (): string => fs.readFileSync(path.join(dir, 'ca', 'root-cert.pem'), 'utf8');
+
+function client(port: number, token: string, node: NodeMessage, types?: readonly string[]): XdsClient {
+  return new XdsClient({
+    address: `127.0.0.1:${port}`,
+    rootsPem: rootsPem(),
+    serverName: 'localhost',
+    tokenFile: tokenFile(token),
+    trustDomain: 'cluster.local',
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    log,
+    node,
+    types,
+  });
+}
+const waypointNode = (key: string): NodeMessage => {
+  const [namespace = '', name = ''] = key.split('/');
+  return waypointNodeMessage({ namespace, name, podName: `${name}-0`, ip: '127.0.0.1' });
+};
+const n1 = nodeMessage({ nodeName: 'n1', podName: 'ambit-n1', podNamespace: 'ambit-system', ip: '127.0.0.1' });
+
+/** One raw stream's end: the status the server closed it with, or the first response. */
+function rawStream(
+  port: number,
+  token: string,
+  node: NodeMessage,
+): Promise<{ code?: number; details?: string; res?: DeltaDiscoveryResponse }> {
+  const Ads = grpcServices().ads;
+  const c = new Ads(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(rootsPem())), {
+    'grpc.ssl_target_name_override': 'localhost',
+  }) as unknown as grpc.Client & { DeltaAggregatedResources(md: grpc.Metadata): grpc.ClientDuplexStream<object, DeltaDiscoveryResponse> };
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${read(token)}`);
+  const call = c.DeltaAggregatedResources(md);
+  return new Promise((resolve) => {
+    const done = (r: { code?: number; details?: string; res?: DeltaDiscoveryResponse }): void => {
+      call.cancel();
+      c.close();
+      resolve(r);
+    };
+    call.on('data', (res: DeltaDiscoveryResponse) => done({ res }));
+    call.on('error', (err: grpc.ServiceError) => done({ code: err.code, details: err.details }));
+    call.write({
+      node,
+      type_url: TYPE_ADDRESS,
+      resource_names_subscribe: [],
+      resource_names_unsubscribe: [],
+      initial_resource_versions: {},
+    });
+  });
+}
+
+let file: string;
+let cp: ControlPlane;
+const clients: XdsClient[] = [];
+const started = (c: XdsClient): XdsClient => {
+  clients.push(c);
+  c.start();
+  return c;
+};
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-xds-waypoint-'));
+  for (const who of ['n1', 'wp-a', 'wp-b']) fs.writeFileSync(tokenFile(who), `${randomBytes(24).toString('base64url')}\n`, { mode: 0o600 });
+  file = path.join(dir, 'mesh.yaml');
+  write(file, doc());
+  cp = await ControlPlane.start({ configFile: file, listen: '127.0.0.1:0', names: { dns: ['localhost'], ips: [] }, log });
+});
+after(async () => {
+  for (const c of clients) c.stop();
+  await cp?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('the wire form round-trips the compiled routes and policies, regular expressions recompiled', () => {
+  const cfg = parseConfig(YAML.stringify(doc()));
+  const res = waypointResources(cfg.routes);
+  assert.deepEqual([...res.keys()], [WP_A, WP_B]);
+  const a = waypointFromMessage(WP_A, unpack(must(res.get(WP_A), 'present').resource));
+  assert.deepEqual(
+    a.routes.map((r) => r.service),
+    [`default/${host('echo')}`],
+  );
+  assert.deepEqual(
+    a.policies.map((p) => p.name),
+    ['deny-echo-admin'],
+  );
+  // Equal to the model the file compiles to, compiled RegExp included.
+  assert.deepEqual(
+    a.routes,
+    cfg.routes.routes.filter((r) => r.service === `default/${host('echo')}`),
+  );
+  const path0 = must(a.routes[0]?.rules[0]?.matches[0], 'present').path;
+  assert.ok(path0.type === 'RegularExpression' && path0.regex.test('/echo/42') && !path0.regex.test('/echo/x'));
+});
+
+test('what the waypoint receives is checked field by field: each problem is a ResourceError naming the field', () => {
+  const cfg = parseConfig(YAML.stringify(doc()));
+  const good = unpack<{ namespace: string; name: string; schema_version: number; routes_json: string; policies_json: string }>(
+    must(waypointResources(cfg.routes).get(WP_A), 'present').resource,
+  );
+  const routes = JSON.parse(good.routes_json);
+  // biome-ignore lint/suspicious/noExplicitAny: the test breaks the JSON in place, wherever it likes
+  const withRoutes = (mutate: (r: any) => void) => {
+    const r = structuredClone(routes);
+    mutate(r);
+    return { ...good, routes_json: JSON.stringify(r) };
+  };
+  const cases: [string, object, RegExp][] = [
+    ['another schema', { ...good, schema_version: WAYPOINT_SCHEMA_VERSION + 1 }, /schema_version 2 is not 1/],
+    ['another name', { ...good, name: 'wp-b' }, /namespace\/name "default\/wp-b" must equal the resource name/],
+    ['not JSON', { ...good, routes_json: '[{' }, /routes_json .* is not JSON/],
+    [
+      'a header name a response cannot carry',
+      withRoutes((r) => {
+        r[0].rules[1].filters[0].modifier.set[0].name = 'X Bad';
+      }),
+      /routes_json\[0\]\.rules\[1\]\.filters\[0\]\.modifier\.set\[0\]\.name "X Bad" is not a lower-case HTTP header name/,
+    ],
+    [
+      'a regex that backtracks',
+      withRoutes((r) => {
+        r[0].rules[0].matches[0].path.value = '(a+)+';
+      }),
+      /routes_json\[0\]\.rules\[0\]\.matches\[0\]\.path\.value "\(a\+\)\+" a repeated group/,
+    ],
+    [
+      'an unknown field',
+      withRoutes((r) => {
+        r[0].rules[0].mirror = true;
+      }),
+      /routes_json\[0\]\.rules\[0\]\.mirror true is not a field of this schema version/,
+    ],
+    [
+      'a port out of range',
+      withRoutes((r) => {
+        r[0].rules[0].backends[0].port = 70000;
+      }),
+      /backends\[0\]\.port 70000 must be a whole number 1\.\.65535/,
+    ],
+    [
+      'no backend and no redirect',
+      withRoutes((r) => {
+        r[0].rules[0].backends = [];
+      }),
+      /rules\[0\]\.backends \[\] is empty/,
+    ],
+    [
+      'a policy without action',
+      { ...good, policies_json: '[{"namespace":"default","name":"p","targets":[],"rules":[],"dryRun":false}]' },
+      /policies_json\[0\]\.action undefined must be one of ALLOW, DENY/,
+    ],
+  ];
+  for (const [what, m, re] of cases) {
+    assert.throws(
+      () => waypointFromMessage(WP_A, m as never),
+      (err: Error) => err instanceof ResourceError && re.test(err.message) && err.message.startsWith(`${WP_A}: `),
+      what,
+    );
+  }
+});
+
+test("each waypoint's stream gets exactly its own configuration and the addresses; a node's gets no waypoint's", async () => {
+  const a = started(client(cp.port, 'wp-a', waypointNode(WP_A), WAYPOINT_TYPES));
+  const b = started(client(cp.port, 'wp-b', waypointNode(WP_B), WAYPOINT_TYPES));
+  // A node that asks for waypoint configurations too gets an empty answer to that subscription.
+  const node = started(client(cp.port, 'n1', n1, [TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT]));
+  await Promise.all([a, b, node].map((c) => c.whenSynced(10_000 * TIME_SCALE)));
+  assert.deepEqual([...a.waypointConfigs().keys()], [WP_A]);
+  assert.deepEqual([...b.waypointConfigs().keys()], [WP_B]);
+  assert.deepEqual(
+    must(a.waypointConfigs().get(WP_A), 'present').routes.map((r) => r.service),
+    [`default/${host('echo')}`],
+  );
+  assert.deepEqual(
+    must(b.waypointConfigs().get(WP_B), 'present').policies.map((p) => p.name),
+    ['deny-api-admin'],
+  );
+  assert.equal(node.waypointConfigs().size, 0);
+  // The addresses, as a node sees them (the waypoint routes to the endpoints itself).
+  assert.equal(a.state().workloads.length, 5);
+  assert.equal(a.state().services.length, 2);
+  // No L4 policies for a waypoint, even if it asks.
+  assert.deepEqual(
+    cp.xds
+      .streamStates()
+      .filter((s) => s.kind === 'waypoint')
+      .map((s) => s.node)
+      .sort(),
+    [WP_A, WP_B],
+  );
+  assert.equal(a.stats.nacks + b.stats.nacks + node.stats.nacks, 0);
+});
+
+test("a waypoint's token claiming a node, or a node's claiming a waypoint, is refused with PERMISSION_DENIED", async () => {
+  const asNode = await rawStream(cp.port, 'wp-a', n1);
+  assert.equal(asNode.code, grpc.status.PERMISSION_DENIED);
+  assert.match(String(asNode.details), /the token is waypoint default\/wp-a's but the stream says WAYPOINT ""/);
+  const bothNames = await rawStream(cp.port, 'wp-a', {
+    ...waypointNode(WP_A),
+    metadata: { fields: { ...waypointNode(WP_A).metadata?.fields, NODE_NAME: { stringValue: 'n1' } } },
+  });
+  assert.equal(bothNames.code, grpc.status.PERMISSION_DENIED);
+  assert.match(String(bothNames.details), /also says NODE_NAME "n1"/);
+  const otherWaypoint = await rawStream(cp.port, 'wp-a', waypointNode(WP_B));
+  assert.equal(otherWaypoint.code, grpc.status.PERMISSION_DENIED);
+  const nodeAsWaypoint = await rawStream(cp.port, 'n1', waypointNode(WP_A));
+  assert.equal(nodeAsWaypoint.code, grpc.status.PERMISSION_DENIED);
+  assert.match(String(nodeAsWaypoint.details), /the token is node n1's but the stream says NODE_NAME ""/);
+  // The honest introduction passes (the first response arrives).
+  const honest = await rawStream(cp.port, 'wp-a', waypointNode(WP_A));
+  assert.equal(honest.code, undefined);
+  assert.equal(honest.res?.type_url, TYPE_ADDRESS);
+});
+
+test('the CA issues a waypoint its own identity and nothing else', async () => {
+  const ca = new IstioCaClient({
+    address: `127.0.0.1:${cp.port}`,
+    rootsPem: rootsPem(),
+    serverName: 'localhost',
+    tokenFile: tokenFile('wp-a'),
+  });
+  const own = await requestCertificate(ca, 'spiffe://cluster.local/ns/default/sa/wp-a', 3600);
+  assert.equal(own.identity, 'spiffe://cluster.local/ns/default/sa/wp-a');
+  await assert.rejects(
+    requestCertificate(ca, 'spiffe://cluster.local/ns/default/sa/echo', 3600),
+    /waypoint default\/wp-a asked for .*sa\/echo, which is not its own identity/,
+  );
+});
+
+test('a change of routes is pushed to the waypoint it concerns; an invalid configuration is NACKed and the last good one kept', async () => {
+  const a = started(client(cp.port, 'wp-a', waypointNode(WP_A), WAYPOINT_TYPES));
+  const b = started(client(cp.port, 'wp-b', waypointNode(WP_B), WAYPOINT_TYPES));
+  await Promise.all([a, b].map((c) => c.whenSynced(10_000 * TIME_SCALE)));
+  const regexOf = (c: XdsClient, key: string): string => {
+    const p = must(c.waypointConfigs().get(key)?.routes[0]?.rules[0]?.matches[0], 'present').path;
+    return p.value;
+  };
+  const bAcks = b.stats.acks;
+  write(file, doc({ echoPath: '/echo-v2' }));
+  await waitFor('the changed route reaches wp-a', () => regexOf(a, WP_A) === '/echo-v2/[0-9]+');
+  assert.equal(b.stats.acks, bAcks, 'wp-b, whose configuration did not change, got nothing');
+
+  // A control plane that sends what the waypoint cannot accept (a newer schema): NACK, the last good one serves.
+  const rejected: string[] = [];
+  a.on('rejected', (why: string) => rejected.push(why));
+  const store = new MeshStore(cp.config);
+  const resources = toResources(cp.config, (s) => store.endpoints(s));
+  const good = unpack<Record<string, unknown>>(
+    must(waypointResources(parseConfig(YAML.stringify(doc({ echoPath: '/echo-v2' }))).routes).get(WP_A), 'present').resource,
+  );
+  resources.set(TYPE_WAYPOINT, new Map([[WP_A, packResource(WP_A, TYPE_WAYPOINT, { ...good, schema_version: 9 })]]));
+  const nacks = cp.xds.stats.nacks;
+  cp.xds.update(resources);
+  await waitFor('the control plane sees the NACK', () => cp.xds.stats.nacks > nacks);
+  assert.match(must(rejected[0], 'present'), /default\/wp-a: schema_version 9 is not 1/);
+  assert.equal(regexOf(a, WP_A), '/echo-v2/[0-9]+', 'the last good configuration is kept');
+  assert.ok(a.connected, 'the stream stays up');
+});
