@@ -12,6 +12,7 @@ import { type PodFacts, runNode, type XdsSettings } from '../roots/node';
 import type { ServingSettings } from '../roots/serve';
 import { runSidecar } from '../roots/sidecar';
 import { runWaypoint } from '../roots/waypoint';
+import { DEFAULT_PROBE_SOURCES, parseProbeSources } from '../tunnel/node-origin';
 import type { TunnelMode } from '../tunnel/tunnel';
 import { runWorker } from '../tunnel/worker';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
@@ -44,6 +45,7 @@ const NODE_OPTIONS = {
   kubernetes: { type: 'boolean' },
   'kube-api': { type: 'string' },
   proc: { type: 'string' },
+  'probe-sources': { type: 'string' },
 } as const;
 const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
 const WAYPOINT_OPTIONS = {
@@ -115,7 +117,9 @@ async function node(argv: string[]): Promise<void> {
     throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', u);
   // A node agent runs the tunnel in one worker per core by default.
   const serving = servingFlags(values, u, os.cpus().length);
-  await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving });
+  const probeSources = str('probe-sources') === undefined ? DEFAULT_PROBE_SOURCES : parseProbeSources(str('probe-sources') ?? '');
+  if (typeof probeSources === 'string') throw new UsageError(`--probe-sources ${probeSources}`, u);
+  await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving, probeSources });
 }
 
 function xdsState(values: Values, u: string): { xds: XdsSettings; pods: PodFacts } {

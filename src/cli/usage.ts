@@ -15,6 +15,9 @@ export const NODE_USAGE = `usage:
   --tunnel hbone|plain     hbone (default): mutual TLS; plain: unencrypted TCP relay, to measure the datapath
   --workers N              tunnel worker processes (default: one per core; 0: in the agent)
   --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
+  --probe-sources LIST     plaintext from these reaches pods without policy, for kubelet probes under STRICT:
+                           node (default): a socket of this host's network namespace; IP addresses: trusted
+                           on the address alone (e.g. node,169.254.7.127 behind an SNAT rule); none: nothing
   with --xds:
   --xds-root FILE          the control plane's root certificate
   --xds-token FILE         bearer token (re-read on every call)

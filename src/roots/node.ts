@@ -53,7 +53,7 @@ export async function runNode(s: NodeSettings): Promise<PodAgent> {
       ...servedBy(s),
     },
     drainMs: s.drainMs,
-    summary: { node: s.node, mode: s.mode, workers: s.workers, limits: s.limits },
+    summary: { node: s.node, mode: s.mode, workers: s.workers, limits: s.limits, probeSources: s.probeSources },
     log,
   });
 }

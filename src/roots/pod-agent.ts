@@ -29,6 +29,7 @@ import type { MeshConfig, Workload } from '../state/types';
 import type { ConnectionList } from '../tunnel/connections';
 import { type DataPlane, type DataPlaneContext, InProcessDataPlane, type PoolTuning } from '../tunnel/data-plane';
 import type { TunnelLimits } from '../tunnel/limits';
+import type { ProbeSources } from '../tunnel/node-origin';
 import type { Tunnel, TunnelMode } from '../tunnel/tunnel';
 
 /** What one ambit process serves: the ambient pods of a node, or one pod as its sidecar. */
@@ -48,6 +49,8 @@ export interface PodAgentOptions {
   pool?: PoolTuning;
   /** Timeouts and caps of the tunnel; DEFAULT_LIMITS for the ones not given. */
   limits?: Partial<TunnelLimits>;
+  /** Plaintext connections that are the node's own (kubelet probes) and skip policy; absent: none. */
+  probeSources?: ProbeSources;
   /**
    * Where pods are comes separately from what they are (xDS + --pods or
    * Kubernetes): a pod of this node whose netns and cgroup are not known
@@ -95,6 +98,7 @@ export class PodAgent {
       mode: opts.mode ?? 'hbone',
       authorizer: opts.authorizer ?? PolicyAuthorizer.following(() => store.config),
       limits: opts.limits ?? {},
+      probeSources: opts.probeSources,
       log,
     };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);

@@ -9,6 +9,7 @@ import type { Logger } from '../observability/log';
 import type { StateSource } from '../sources/state-source';
 import type { MeshConfig } from '../state/types';
 import type { TunnelLimits } from '../tunnel/limits';
+import type { ProbeSources } from '../tunnel/node-origin';
 import type { TunnelMode } from '../tunnel/tunnel';
 import { WorkersDataPlane } from '../tunnel/worker-host';
 import { PodAgent, type PodAgentOptions } from './pod-agent';
@@ -22,18 +23,23 @@ export interface ServingSettings {
   workerScript: string;
   drainMs: number;
   limits: Partial<TunnelLimits>;
+  /** Plaintext connections that are the node's own (kubelet probes) and skip policy (a node's; a sidecar has none). */
+  probeSources?: ProbeSources;
   /** cgroup v2 directory holding the pods (a node's; a sidecar uses its pod's own). */
   podsCgroup?: string;
   pinDir?: string;
 }
 
 /** The parts of the pod agent's options that ServingSettings decide: where the datapath lives and who serves it. */
-export function servedBy(s: ServingSettings): Pick<PodAgentOptions, 'podsCgroup' | 'pinDir' | 'mode' | 'dataPlane' | 'limits'> {
+export function servedBy(
+  s: ServingSettings,
+): Pick<PodAgentOptions, 'podsCgroup' | 'pinDir' | 'mode' | 'dataPlane' | 'limits' | 'probeSources'> {
   return {
     podsCgroup: s.podsCgroup,
     pinDir: s.pinDir,
     mode: s.mode,
     limits: s.limits,
+    probeSources: s.probeSources,
     dataPlane:
       s.workers > 0
         ? (ctx) => new WorkersDataPlane(ctx, { count: s.workers, pinDir: ctx.datapath.pinDir, cli: s.workerScript })

@@ -17,6 +17,7 @@ import type { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
 import type { ConnectionList } from './connections';
 import type { TunnelLimits } from './limits';
+import type { ProbeSources } from './node-origin';
 import type { PoolOptions } from './pool';
 import { Tunnel, type TunnelMode } from './tunnel';
 
@@ -51,6 +52,8 @@ export interface DataPlaneContext {
   authorizer: () => Authorizer;
   /** Timeouts and caps of the tunnel (defaults for the ones not given). */
   limits: Partial<TunnelLimits>;
+  /** Plaintext connections that are the node's own (kubelet probes) and skip policy; absent: none. */
+  probeSources?: ProbeSources;
   log: Logger;
 }
 
@@ -72,6 +75,7 @@ export class InProcessDataPlane implements DataPlane {
       authorizer: ctx.authorizer,
       pool,
       limits: ctx.limits,
+      probeSources: ctx.probeSources,
       log: ctx.log,
     });
     this.warn = new RateLimitedLog(ctx.log);

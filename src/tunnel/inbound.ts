@@ -22,6 +22,7 @@ import type { ConnectionRegistry } from './connections';
 import { copyBidirectional } from './copy';
 import { connIdOf, forwardedHost, parseAuthority, sourceFromBaggage } from './headers';
 import type { TunnelLimits } from './limits';
+import type { NodeOrigin, NodeOriginVia } from './node-origin';
 import { CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW } from './pool';
 import type { ServedPod } from './served-pod';
 import { type Expiry, ServerSessions } from './server-sessions';
@@ -44,6 +45,10 @@ export interface InboundDeps {
   log: Logger;
   /** Warnings a peer can trigger, shared by the tunnel's pods. */
   warn: RateLimitedLog;
+  /** Recognises the node's own plaintext connections (kubelet probes), which skip policy; absent: none do. */
+  nodeOrigin?: NodeOrigin;
+  /** Counts a connection delivered without policy because it came from the node. */
+  nodeExempted?: (via: NodeOriginVia) => void;
 }
 
 export class Inbound {
@@ -437,12 +442,47 @@ export class Inbound {
     );
   }
 
-  /** Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer without identity. */
+  /**
+   * Captured plaintext: delivered (PERMISSIVE) if the authorizer allows a peer
+   * without identity, or without asking it when the node itself is the peer
+   * (kubelet probes; see node-origin.ts).
+   */
   private onPlain(client: net.Socket): void {
     client.on('error', ignore); // a peer's reset before the copy starts is no error of ours
     // A client that reset before we got to it has no addresses any more: nothing to serve.
     if (!client.localAddress || !client.remoteAddress) return void client.destroy();
     client.setNoDelay(true);
+    const origin = this.deps.nodeOrigin;
+    if (!origin?.candidate(client.remoteAddress)) return void this.servePlain(client, undefined);
+    const conn = {
+      srcIp: client.remoteAddress,
+      srcPort: client.remotePort ?? 0,
+      dstIp: client.localAddress,
+      dstPort: client.localPort ?? 0,
+    };
+    // What arrives meanwhile waits in the socket's buffer until the copy reads it.
+    origin.check(conn).then(
+      (via) =>
+        this.guard(
+          'plaintext',
+          () => this.servePlain(client, via),
+          () => client.destroy(),
+        ),
+      (err: Error) => {
+        // Not knowing is not being the node: policy applies.
+        this.warn('node_origin_check', { src: conn.srcIp, err: err.message }, "the node's socket table could not be read");
+        this.guard(
+          'plaintext',
+          () => this.servePlain(client, undefined),
+          () => client.destroy(),
+        );
+      },
+    );
+  }
+
+  /** viaNode: the connection is the node's own, delivered without asking the authorizer. */
+  private servePlain(client: net.Socket, viaNode: NodeOriginVia | undefined): void {
+    if (client.destroyed || !client.localAddress || !client.remoteAddress) return void client.destroy();
     const ip = client.localAddress;
     const port = client.localPort ?? 0;
     const srcIp = client.remoteAddress;
@@ -454,8 +494,15 @@ export class Inbound {
     if (this.closed) return void refuse('pod_removed');
     if (TUNNEL_PORTS.has(port)) return void refuse('tunnel_port');
     const facts = { srcIp, dstIp: ip, dstPort: port };
-    const decision = this.authorize(facts);
+    const decision: Decision = viaNode ? { allow: true, reason: `node (${viaNode})` } : this.authorize(facts);
     if (!decision.allow) return void refuse('denied', { policy: decision.policy, why: decision.reason });
+    if (viaNode) {
+      this.deps.nodeExempted?.(viaNode);
+      this.log.debug(
+        { src: `${srcIp}:${client.remotePort}`, dst: `${ip}:${port}`, via: viaNode },
+        'connection from the node: no policy applies',
+      );
+    }
     let upstream: net.Socket;
     try {
       upstream = this.deps.dialInPod(this.pod, ip, port);
@@ -473,6 +520,7 @@ export class Inbound {
       'dst.workload': this.pod.workload.name,
       'dst.namespace': this.pod.workload.namespace,
       policy: decision.policy,
+      node_exempt: viaNode,
     });
     const timer = setTimeout(() => {
       this.deps.metrics.failure('inbound', 'upstream_timeout');
@@ -516,6 +564,8 @@ export class Inbound {
         closed({ fromSource: r.sent, toSource: r.received });
         finish({ bytes_sent: r.received, bytes_recv: r.sent, error: r.error?.message });
       });
+    // A policy change cannot close what no policy admitted.
+    if (viaNode) return;
     this.track(
       facts,
       undefined,

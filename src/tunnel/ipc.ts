@@ -7,6 +7,7 @@ import type { ListenerRole } from '../datapath/ports';
 import type { MeshConfig } from '../state/types';
 import type { ConnectionInfo } from './connections';
 import type { TunnelLimits } from './limits';
+import type { ProbeSources } from './node-origin';
 import type { TunnelMode } from './tunnel';
 
 /** A certificate as it travels (dates as ISO strings). */
@@ -20,7 +21,15 @@ export interface WireCert {
 }
 
 export type ToWorker =
-  | { t: 'init'; pinDir: string; mode: TunnelMode; config: MeshConfig; logLevel: string; limits: Partial<TunnelLimits> }
+  | {
+      t: 'init';
+      pinDir: string;
+      mode: TunnelMode;
+      config: MeshConfig;
+      logLevel: string;
+      limits: Partial<TunnelLimits>;
+      probeSources?: ProbeSources;
+    }
   | { t: 'config'; config: MeshConfig }
   | { t: 'cert'; cert: WireCert }
   /** The answer to `cert?` when the agent has no certificate to give (the CA failed): the worker's waiters fail with AMBIT_E_CA. */

@@ -3,6 +3,7 @@
 // sockets. The same class runs inside `ambit node --workers 0` and
 // `ambit sidecar` (one process) and inside every tunnel worker.
 import type net from 'node:net';
+import client from 'prom-client';
 import type { DatapathMaps } from '../datapath/maps';
 import { ROLES } from '../datapath/ports';
 import type { CertProvider, WorkloadCert } from '../identity/cert-manager';
@@ -14,6 +15,7 @@ import type { MeshStore } from '../state/store';
 import { ConnectionRegistry } from './connections';
 import { Inbound } from './inbound';
 import { type TunnelLimits, tunnelLimits } from './limits';
+import { NodeOrigin, type NodeOriginVia, type ProbeSources } from './node-origin';
 import { attachOutbound } from './outbound';
 import { HbonePool, type PoolOptions } from './pool';
 import type { ServedPod } from './served-pod';
@@ -34,6 +36,8 @@ export interface TunnelDeps {
   pool?: Partial<Pick<PoolOptions, 'maxStreams' | 'idleMs' | 'pingEveryMs' | 'pingTimeoutMs'>>;
   /** Timeouts and caps; DEFAULT_LIMITS for the ones not given. */
   limits?: Partial<TunnelLimits>;
+  /** Plaintext connections that are the node's own (kubelet probes) and skip policy; absent: none. */
+  probeSources?: ProbeSources;
   log: Logger;
 }
 
@@ -51,6 +55,8 @@ export class Tunnel {
   private readonly pods = new Map<string, Served>();
   /** Warnings peers can trigger, one line per reason per interval for all served pods. */
   private readonly warn: RateLimitedLog;
+  private readonly nodeOrigin?: NodeOrigin;
+  private readonly nodeExempted: (via: NodeOriginVia) => void;
 
   /** What decisions depend on besides the connection itself: the policies and which ones select each served pod. */
   private policyView = '';
@@ -82,6 +88,10 @@ export class Tunnel {
     this.limits = tunnelLimits(deps.limits);
     this.warn = new RateLimitedLog(deps.log);
     this.pool = new HbonePool({ certs: deps.certs, log: deps.log, limits: this.limits, ...deps.pool });
+    const probes = deps.probeSources;
+    if (probes && (probes.node || probes.addresses.length > 0)) this.nodeOrigin = new NodeOrigin(probes);
+    const exempted = nodeExemptedCounter(deps.metrics);
+    this.nodeExempted = (via) => exempted.inc({ via });
     deps.metrics.trackPool(() => this.pool.stats());
     // New policies apply to open connections too.
     deps.store.on('changed', this.onStateChanged);
@@ -109,6 +119,8 @@ export class Tunnel {
       connections: this.connections,
       log: deps.log,
       warn: this.warn,
+      nodeOrigin: this.nodeOrigin,
+      nodeExempted: this.nodeExempted,
     });
     attachOutbound(pod, {
       maps: deps.maps,
@@ -185,4 +197,18 @@ export class Tunnel {
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
     this.pool.close();
   }
+}
+
+const NODE_EXEMPTED = 'ambit_node_exempt_connections_total';
+
+/** One counter per registry, however many tunnels share its Metrics (tests run several). */
+function nodeExemptedCounter(metrics: Metrics): client.Counter<'via'> {
+  const existing = metrics.registry.getSingleMetric(NODE_EXEMPTED);
+  if (existing) return existing as client.Counter<'via'>;
+  return new client.Counter({
+    name: NODE_EXEMPTED,
+    help: 'Plaintext connections from the node itself (kubelet probes) delivered without policy, by how they were recognised',
+    labelNames: ['via'],
+    registers: [metrics.registry],
+  });
 }

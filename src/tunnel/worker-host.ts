@@ -245,6 +245,7 @@ export class WorkersDataPlane implements DataPlane {
       config: this.ctx.store.config,
       logLevel: this.ctx.log.level,
       limits: this.ctx.limits,
+      probeSources: this.ctx.probeSources,
     });
     for (const c of this.ctx.certs.certificates()) this.send(w, { t: 'cert', cert: toWire(c) });
     for (const { pod, identity } of this.pods.values()) this.sendPod(w, pod, identity);

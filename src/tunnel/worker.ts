@@ -82,6 +82,7 @@ export function runWorker(): void {
             metrics,
             authorizer: PolicyAuthorizer.following(() => state.config),
             limits: m.limits,
+            probeSources: m.probeSources,
             log,
           });
         } catch (err) {
