@@ -84,7 +84,7 @@ export class TokenReviewer {
       return { error: `the API server did not accept the token${s.error ? `: ${s.error}` : ''} (audience must be ${TOKEN_AUDIENCE})` };
     const user = s.user?.username ?? '';
     if (!this.accounts.has(user)) {
-      const [, , ns = '', account = ''] = /^system:serviceaccount:([^:]+):([^:]+)$/.exec(user) ?? [];
+      const [, ns = '', account = ''] = /^system:serviceaccount:([^:]+):([^:]+)$/.exec(user) ?? [];
       if (ns && account && this.opts.isWaypoint?.(ns, account)) return { waypoint: `${ns}/${account}` };
       return {
         error:

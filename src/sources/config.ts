@@ -220,7 +220,7 @@ function tokens(p: Problems, v: unknown, at: string): NodeToken[] {
       return {
         waypoint: str(p, o, 'waypoint', here, {
           pattern: /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/,
-          fix: '<namespace>/<name> of the waypoint Gateway this token authenticates',
+          fix: 'must be <namespace>/<name> of the waypoint Gateway this token authenticates',
         }),
         sha256,
       };

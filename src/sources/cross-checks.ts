@@ -92,7 +92,8 @@ export function checkWaypointTokens(tokens: readonly NodeToken[], waypoints: rea
   const known = waypoints.map(waypointKey);
   if (known.length === 0) return;
   tokens.forEach((t, i) => {
-    if (t.waypoint !== undefined && t.waypoint !== '' && !known.includes(t.waypoint))
+    // A malformed name is reported where it is parsed.
+    if (t.waypoint?.includes('/') && !known.includes(t.waypoint))
       report(
         `controlPlane.tokens[${i}].waypoint`,
         t.waypoint,

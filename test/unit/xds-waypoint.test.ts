@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -16,8 +17,11 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import YAML from 'yaml';
 import { ControlPlane } from '../../src/control-plane/server';
+import { TokenReviewer } from '../../src/control-plane/token-review';
+import { NodeTokens } from '../../src/control-plane/tokens';
 import { IstioCaClient } from '../../src/identity/ca-client';
 import { requestCertificate } from '../../src/identity/cert-manager';
+import { KubeClient } from '../../src/kube/client';
 import type { DeltaDiscoveryResponse, NodeMessage } from '../../src/protocol/messages';
 import { grpcServices, TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT, unpack } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
@@ -25,6 +29,8 @@ import { nodeMessage, WAYPOINT_TYPES, waypointNodeMessage, XdsClient } from '../
 import { packResource, ResourceError, toResources } from '../../src/sources/xds-resources';
 import { WAYPOINT_SCHEMA_VERSION, waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
 import { MeshStore } from '../../src/state/store';
+import { FakeKube, fixture } from '../helpers/fake-kube';
+import { problemsOf } from '../helpers/mesh-yaml';
 import { must } from '../helpers/must';
 import { TIME_SCALE, waitFor } from '../helpers/proc';
 
@@ -384,4 +390,63 @@ test('a change of routes is pushed to the waypoint it concerns; an invalid confi
   assert.match(must(rejected[0], 'present'), /default\/wp-a: schema_version 9 is not 1/);
   assert.equal(regexOf(a, WP_A), '/echo-v2/[0-9]+', 'the last good configuration is kept');
   assert.ok(a.connected, 'the stream stays up');
+});
+
+test('controlPlane.tokens: a waypoint form beside node, exactly one of the two, naming a declared waypoint', () => {
+  const withTokens = (tokens: unknown[]): string => YAML.stringify({ ...doc(), controlPlane: { tokens } });
+  const sha = hash('x');
+  const parsed = parseConfig(withTokens([{ waypoint: WP_A, sha256: sha }]));
+  assert.deepEqual(parsed.controlPlane.tokens, [{ waypoint: WP_A, sha256: sha }]);
+  const md = new grpc.Metadata();
+  md.set('authorization', 'Bearer x');
+  assert.deepEqual(new NodeTokens(parsed.controlPlane.tokens).authenticate(md), { waypoint: WP_A });
+  const problems = (tokens: unknown[]): string => problemsOf(withTokens(tokens)).join('\n');
+  assert.match(
+    problems([{ node: 'n1', waypoint: WP_A, sha256: sha }]),
+    /controlPlane\.tokens\[0\]\.waypoint: .*either a node's or a waypoint's/,
+  );
+  assert.match(problems([{ waypont: WP_A, sha256: sha }]), /controlPlane\.tokens\[0\]\.waypont: unknown field; did you mean `waypoint`\?/);
+  assert.match(
+    problems([{ waypoint: 'wp-a', sha256: sha }]),
+    /^controlPlane\.tokens\[0\]\.waypoint: must be <namespace>\/<name> of the waypoint Gateway .*\(got "wp-a"\)/,
+  );
+  assert.match(
+    problems([{ waypoint: 'default/wp-c', sha256: sha }]),
+    /controlPlane\.tokens\[0\]\.waypoint: is not a waypoint Gateway of routes: \(default\/wp-a, default\/wp-b\).*\(got "default\/wp-c"\)/,
+  );
+  assert.match(
+    problems([
+      { node: 'n1', sha256: sha },
+      { waypoint: WP_A, sha256: sha },
+    ]),
+    /controlPlane\.tokens\[1\]\.sha256: duplicates controlPlane\.tokens\[0\]\.sha256.*\(waypoint default\/wp-a\)/,
+  );
+});
+
+test("TokenReview: a declared waypoint Gateway's service account is that waypoint; an undeclared one is refused", async () => {
+  const kube = new FakeKube();
+  await new Promise<void>((r) => kube.server.listen(0, '127.0.0.1', () => r()));
+  try {
+    const status = fixture<{ status: { user: Record<string, unknown> } }>('tokenreview').status;
+    kube.review('wp', { ...status, user: { ...status.user, username: 'system:serviceaccount:default:wp-a' } });
+    kube.review('other', { ...status, user: { ...status.user, username: 'system:serviceaccount:default:wp-c' } });
+    const reviewer = new TokenReviewer(new KubeClient({ server: `http://127.0.0.1:${(kube.server.address() as AddressInfo).port}` }), {
+      nodeOfPod: () => undefined,
+      isWaypoint: (ns, name) => `${ns}/${name}` === WP_A,
+      log,
+    });
+    const md = (token: string): grpc.Metadata => {
+      const m = new grpc.Metadata();
+      m.set('authorization', `Bearer ${token}`);
+      return m;
+    };
+    assert.deepEqual(await reviewer.authenticate(md('wp')), { waypoint: WP_A });
+    assert.match(
+      JSON.stringify(await reviewer.authenticate(md('other'))),
+      /wp-c is not a node agent's service account .* nor a declared waypoint Gateway's/,
+    );
+  } finally {
+    kube.server.closeAllConnections();
+    kube.server.close();
+  }
 });
