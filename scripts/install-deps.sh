@@ -16,8 +16,9 @@ fi
 # the C/OpenSSL mutual-TLS reference of `make compare`; python3-grpcio,
 # python3-protobuf, protobuf-compiler (+ libprotobuf-dev for the well-known
 # .proto files) and python3-cryptography are the independent client of the
-# wire-compatibility test.
-packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4
+# wire-compatibility test; containernetworking-plugins (bridge, host-local
+# in /usr/lib/cni) are the plugins the CNI test chains ambit-cni after.
+packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux tcpdump make stunnel4 containernetworking-plugins
   python3 python3-grpcio python3-protobuf protobuf-compiler libprotobuf-dev python3-cryptography shellcheck ruby)
 missing=()
 for p in "${packages[@]}"; do

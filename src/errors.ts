@@ -38,6 +38,7 @@ export type ErrorCode =
   | 'AMBIT_E_PIN_INCOMPATIBLE'
   | 'AMBIT_E_NETNS' // setns/socket inside a pod netns
   | 'AMBIT_E_ENROL' // pod facts invalid or conflicting
+  | 'AMBIT_E_CNI' // a CNI request malformed, too large, too slow or one too many at once
   | 'AMBIT_E_CONFIG' // configuration file invalid
   | 'AMBIT_E_XDS' // the control plane's stream failed or sent something invalid
   | 'AMBIT_E_AUTH' // a node's bearer token or requested identity was refused

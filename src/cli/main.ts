@@ -6,6 +6,7 @@
 // tools, ./tools.ts). Flags are listed in ./usage.ts (`ambit COMMAND
 // --help`); how a mistake on the command line is reported is in ./args.ts.
 import os from 'node:os';
+import { DEFAULT_CNI_SOCKET } from '../cni/protocol';
 import { AmbitError } from '../errors';
 import { runControlPlane } from '../roots/control-plane';
 import { type PodFacts, runNode, type XdsSettings } from '../roots/node';
@@ -16,6 +17,7 @@ import { DEFAULT_PROBE_SOURCES, parseProbeSources } from '../tunnel/node-origin'
 import type { TunnelMode } from '../tunnel/tunnel';
 import { runWorker } from '../tunnel/worker';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
+import { cni } from './cni';
 import { config } from './inspect';
 import { limitOptions, limitsFromFlags } from './limit-flags';
 import { ca, datapath } from './tools';
@@ -45,6 +47,8 @@ const NODE_OPTIONS = {
   kubernetes: { type: 'boolean' },
   'kube-api': { type: 'string' },
   proc: { type: 'string' },
+  cni: { type: 'boolean' },
+  'cni-socket': { type: 'string' },
   'probe-sources': { type: 'string' },
 } as const;
 const SIDECAR_OPTIONS = { ...SERVE_OPTIONS, workload: { type: 'string' } } as const;
@@ -119,7 +123,8 @@ async function node(argv: string[]): Promise<void> {
   const serving = servingFlags(values, u, os.cpus().length);
   const probeSources = str('probe-sources') === undefined ? DEFAULT_PROBE_SOURCES : parseProbeSources(str('probe-sources') ?? '');
   if (typeof probeSources === 'string') throw new UsageError(`--probe-sources ${probeSources}`, u);
-  await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving, probeSources });
+  const cniSocket = str('cni-socket') ?? (values.cni ? DEFAULT_CNI_SOCKET : undefined);
+  await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving, probeSources, cniSocket });
 }
 
 function xdsState(values: Values, u: string): { xds: XdsSettings; pods: PodFacts } {
@@ -241,6 +246,8 @@ async function main(argv: string[]): Promise<void> {
       return ca(rest);
     case 'datapath':
       return datapath(rest);
+    case 'cni':
+      return cni(rest);
     case 'config':
       return config(rest);
     case '--version':

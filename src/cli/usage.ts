@@ -18,6 +18,8 @@ export const NODE_USAGE = `usage:
   --probe-sources LIST     plaintext from these reaches pods without policy, for kubelet probes under STRICT:
                            node (default): a socket of this host's network namespace; IP addresses: trusted
                            on the address alone (e.g. node,169.254.7.127 behind an SNAT rule); none: nothing
+  --cni                    enrol new pods when the ambit-cni plugin asks, on /var/run/ambit/cni.sock
+  --cni-socket PATH        the same on another socket (as the plugin's netconf "socket" says)
   with --xds:
   --xds-root FILE          the control plane's root certificate
   --xds-token FILE         bearer token (re-read on every call)
@@ -108,6 +110,16 @@ export const CONFIG_USAGE = `usage:
   connections   NAMESPACE POD DIRECTION SOURCE SOURCE-IDENTITY DESTINATION SERVICE PROTOCOL PEER AGE
                 TO-DST TO-SRC (bytes each way) [WORKER]: the connections open now`;
 
+export const CNI_USAGE = `usage:
+  ambit cni install [--conf-dir DIR] [--bin-dir DIR] [--socket PATH] [--node-bin PATH]
+                           put ambit-cni into DIR (default /opt/cni/bin) and at the end of the plugins
+                           of the first conflist in --conf-dir (default /etc/cni/net.d); idempotent
+  ambit cni uninstall [--conf-dir DIR] [--bin-dir DIR]
+                           take both out again
+
+  --socket PATH            the agent's --cni-socket, when not /var/run/ambit/cni.sock
+  --node-bin PATH          Node.js as the host sees it (default: the one running this command)`;
+
 export const VERSION_USAGE = `usage:
   ambit --version | ambit version     the version of ambit and of Node.js`;
 
@@ -123,6 +135,7 @@ export const USAGE = `usage:
   ambit control-plane --config FILE [flags]
   ambit ca init|issue …
   ambit datapath probe|status|cleanup [--pin-dir DIR] [--json]
+  ambit cni install|uninstall [--conf-dir DIR] [--bin-dir DIR]
   ambit config workloads|services|policies|certificates|connections [-o table|json|yaml] [flags]
   ambit --version
   ambit COMMAND --help     the flags of one command`;

@@ -5,6 +5,7 @@
 // them to the shared serving life in ./serve.ts.
 import fs from 'node:fs';
 import os from 'node:os';
+import { cgroupLookupUnder } from '../cni/pod-cgroup';
 import { cgroup2Root } from '../datapath/probe';
 import { AmbitError } from '../errors';
 import { IstioCaClient } from '../identity/ca-client';
@@ -16,6 +17,7 @@ import { type LocalPodSource, LocalPodsFile, NoLocalPods } from '../sources/loca
 import { configFileSource, type StateSource } from '../sources/state-source';
 import { nodeMessage, XdsClient } from '../sources/xds-client';
 import { XdsMeshSource } from '../sources/xds-mesh';
+import { byWorkload, loadPlacements, serveCni } from './cni';
 import type { PodAgent } from './pod-agent';
 import { type ServingSettings, serve, servedBy } from './serve';
 
@@ -37,25 +39,45 @@ export type PodFacts = { file: string } | { kubernetes: { api?: string; proc: st
 export interface NodeSettings extends ServingSettings {
   node: string;
   state: { file: string } | { xds: XdsSettings; pods: PodFacts };
+  /** The unix socket the ambit-cni plugin asks to enrol new pods on; none: no CNI. */
+  cniSocket?: string;
 }
 
 export async function runNode(s: NodeSettings): Promise<PodAgent> {
   const log = createLogger();
   const xds = 'xds' in s.state ? await xdsState(s.state.xds, s.state.pods, s.node, log) : undefined;
   const source: StateSource = xds?.source ?? configFileSource((s.state as { file: string }).file);
-  return serve({
+  const sandboxes = s.cniSocket ? loadPlacements(s.cniSocket, log) : undefined;
+  const app = await serve({
     role: 'node agent',
     source,
     agent: {
       scope: { node: s.node },
       ca: xds?.ca,
-      podsLocatedSeparately: !!xds,
+      // With CNI a pod's netns and cgroup may come from the runtime: until then it waits.
+      podsLocatedSeparately: !!xds || !!s.cniSocket,
+      placements: sandboxes && byWorkload(sandboxes),
       ...servedBy(s),
     },
     drainMs: s.drainMs,
     summary: { node: s.node, mode: s.mode, workers: s.workers, limits: s.limits, probeSources: s.probeSources },
     log,
   });
+  if (s.cniSocket && sandboxes) {
+    // Under the pods cgroup, where the kubelet has made the pod's cgroup by the time it runs the plugin.
+    const root = s.podsCgroup ?? cgroup2Root();
+    if (!root)
+      throw new AmbitError('AMBIT_E_MOUNT', 'no cgroup v2 mount: CNI pods cannot be located', 'mount cgroup2 or give --pods-cgroup');
+    await serveCni({
+      agent: app,
+      node: s.node,
+      socket: s.cniSocket,
+      cgroupOf: cgroupLookupUnder(root),
+      sandboxes,
+      log: log.child({ component: 'cni' }),
+    });
+  }
+  return app;
 }
 
 /** State from a control plane's delta xDS, certificates from its CA. */

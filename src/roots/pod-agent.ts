@@ -63,7 +63,22 @@ export interface PodAgentOptions {
   dataPlane?: (ctx: DataPlaneContext) => DataPlane;
   /** Decides each connection; by default the policies of the current state. */
   authorizer?: () => Authorizer;
+  /** Pods placed by the container runtime before this start (CNI ADDs a restarted agent remembers), by workload uid. */
+  placements?: ReadonlyMap<string, Placement>;
   log: Logger;
+}
+
+/**
+ * Where the container runtime put a pod (a CNI ADD): its sandbox's netns,
+ * its cgroup, and the addresses the network plugins gave it. It wins over
+ * what the state says of the pod's netns and cgroup, so a pod placed this
+ * way is enrolled once, however its processes are found later; its
+ * addresses fill in for a state that has none yet.
+ */
+export interface Placement {
+  netns: string;
+  cgroup: string;
+  addresses: string[];
 }
 
 interface PodRuntime {
@@ -78,6 +93,8 @@ export class PodAgent {
   private readonly failed = new Map<string, string>();
   /** Pods of this node not located yet (no netns/cgroup known), with podsLocatedSeparately. */
   private waiting: string[] = [];
+  private readonly placements: Map<string, Placement>;
+  private readonly reconciled: (() => void)[] = [];
   private reconciling: Promise<void> = Promise.resolve();
   readonly dataPlane: DataPlane;
 
@@ -102,6 +119,7 @@ export class PodAgent {
       log,
     };
     this.dataPlane = opts.dataPlane?.(ctx) ?? new InProcessDataPlane(ctx, opts.pool);
+    this.placements = new Map(opts.placements);
   }
 
   static async start(opts: PodAgentOptions): Promise<PodAgent> {
@@ -153,6 +171,30 @@ export class PodAgent {
     this.dataPlane.configChanged(config);
     this.metrics.configApplied.setToCurrentTime();
     return this.reconcile();
+  }
+
+  /**
+   * Enrols the workload uid where the runtime put it, now; resolves once
+   * its capture is on, or with why it could not be (it is retried at the
+   * next change, like any pod whose enrolment failed).
+   */
+  async place(uid: string, where: Placement): Promise<{ enrolled: true; podId: number } | { enrolled: false; why: string }> {
+    this.placements.set(uid, where);
+    await this.reconcile();
+    const r = this.pods.get(uid);
+    if (r) return { enrolled: true, podId: r.pod.podId };
+    return { enrolled: false, why: this.failed.get(uid) ?? 'the workload is no longer in the state, or not captured by this node' };
+  }
+
+  /** Forgets where the runtime put the pod (CNI DEL) and unenrols it unless the state locates it itself. */
+  unplace(uid: string): Promise<void> {
+    this.placements.delete(uid);
+    return this.reconcile();
+  }
+
+  /** Calls fn after every reconcile (a new state, a placement): the CNI members file follows the state. */
+  onReconciled(fn: () => void): void {
+    this.reconciled.push(fn);
   }
 
   /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
@@ -231,7 +273,7 @@ export class PodAgent {
       'sidecar' in scope
         ? this.store.config.workloads.filter((w) => w.uid === scope.sidecar)
         : this.store.workloadsOn(scope.node).filter((w) => w.dataplane === 'ambient');
-    let hbone = mine.filter(capturedByNode);
+    let hbone = mine.filter(capturedByNode).map((w) => this.placedWorkload(w));
     if (this.opts.podsLocatedSeparately) {
       const located = (w: Workload): boolean => !!w.netns && !!w.cgroup;
       this.waiting = hbone.filter((w) => !located(w)).map((w) => w.uid);
@@ -264,6 +306,13 @@ export class PodAgent {
         );
       }
     }
+    for (const fn of this.reconciled) fn();
+  }
+
+  private placedWorkload(w: Workload): Workload {
+    const p = this.placements.get(w.uid);
+    if (!p) return w;
+    return { ...w, netns: p.netns, cgroup: p.cgroup, addresses: w.addresses.length ? w.addresses : p.addresses };
   }
 
   private async enrol(w: Workload): Promise<void> {
