@@ -219,6 +219,15 @@ export class PodAgent {
       })),
       failedPods: Object.fromEntries(this.failed),
       waitingPods: this.waiting,
+      // Every pod of this node the state puts in the mesh that is not captured yet, and why.
+      pendingPods: [
+        ...this.waiting.map((uid) => ({
+          uid,
+          why: 'no netns and cgroup yet: waiting for its sandbox (a CNI ADD, or a process of the pod)',
+        })),
+        ...[...this.failed].map(([uid, why]) => ({ uid, why: `enrolment failed (retried at the next change): ${why}` })),
+      ],
+      placedByRuntime: Object.fromEntries(this.placements),
       certificates: this.certs
         .certificates()
         .map((c) => ({ identity: c.identity, notBefore: c.notBefore, notAfter: c.notAfter, chainPem: c.chainPem, rootsPem: c.rootsPem })),

@@ -229,6 +229,12 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
   after(() => cleanup.run());
 
   test("ADD enrols a mesh pod before it returns: the app's first connections, in and out, are carried over HBONE", async () => {
+    const pending = async (): Promise<string[]> =>
+      (await configDump<{ pendingPods: { uid: string; why: string }[] }>(n1())).pendingPods
+        .filter((p) => /waiting for its sandbox/.test(p.why))
+        .map((p) => p.uid)
+        .sort();
+    assert.deepEqual(await pending(), [`${topo.prefix}/web`, `${topo.prefix}/web2`], 'known to the state, no sandbox yet');
     web = await sandbox('web', 'shop');
     const r = await add(web);
     assert.ok(r.ok, `ADD failed: ${JSON.stringify(!r.ok && r.error)}`);
@@ -236,6 +242,7 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
     app = topo.spawnInPod(asTestPod(web), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'the app listening');
     assert.deepEqual(web.result, r.bridge, "ambit-cni passes the bridge's result on unchanged");
+    assert.deepEqual(await pending(), [`${topo.prefix}/web2`]);
     assert.equal(ipOf(web), '10.200.1.130');
     const inbound = await dialFrom(topo, meshClient(), ipOf(web), 8080);
     assert.equal(inbound.ok, 1, JSON.stringify(inbound.errors));
