@@ -6,6 +6,7 @@
 // authorizes, and reaches each endpoint over HBONE with its own identity.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -460,5 +461,79 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     await waitFor('GOAWAY on the client session', () => session.closed || session.destroyed);
     assert.equal(await exited, 0);
     assert.ok(wpLog.some((l) => l.msg === 'stopped'));
+  });
+
+  test('on xDS: a waypoint started with --xds takes routes, policies and its certificate from `ambit control-plane`', async () => {
+    // The file as first written (the reload test changed the waypoint's copy), with a token for the waypoint.
+    const dir = path.dirname(config);
+    const token = randomBytes(24).toString('base64url');
+    const tokenFile = path.join(dir, 'waypoint.token');
+    fs.writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    const cpConfig = path.join(dir, 'control-plane.yaml');
+    const sha256 = createHash('sha256').update(token).digest('hex');
+    // A waypoint is sent the routes and policies of the services that use it: here every service does.
+    const services = (mesh.services as { labels?: Record<string, string> }[]).map((x) => ({
+      ...x,
+      labels: { ...x.labels, 'istio.io/use-waypoint': 'waypoint' },
+    }));
+    fs.writeFileSync(cpConfig, YAML.stringify({ ...mesh, services, controlPlane: { tokens: [{ waypoint: 'default/waypoint', sha256 }] } }));
+    // In the waypoint pod's node, which routes to its pods (the switch does not).
+    const cpIp = wpPod.node.wireIp;
+    const address = `${cpIp}:15112`;
+    const cp = topo.spawnInNode(wpPod.node, process.execPath, [
+      CLI,
+      'control-plane',
+      '--config',
+      cpConfig,
+      '--listen',
+      address,
+      '--server-ip',
+      cpIp,
+    ]);
+    const cpLog = jsonLines(cp);
+    await waitFor('control plane serving', () => cpLog.some((l) => l.msg === 'control plane serving xDS and the CA'), 30_000);
+    const onXds = topo.spawnInPod(wpPod, process.execPath, [
+      CLI,
+      'waypoint',
+      '--xds',
+      address,
+      '--xds-root',
+      path.join(dir, 'ca', 'root-cert.pem'),
+      '--xds-token',
+      tokenFile,
+      '--name',
+      'waypoint',
+      '--namespace',
+      'default',
+    ]);
+    const xdsLog = jsonLines(onXds);
+    await waitFor('waypoint on xDS ready', () => xdsLog.some((l) => l.msg === 'waypoint ready'), 30_000).catch((err: Error) => {
+      throw new Error(
+        `${err.message}; its last lines: ${xdsLog
+          .slice(-5)
+          .map((l) => JSON.stringify(l))
+          .join(' ')}; control plane: ${cpLog
+          .slice(-3)
+          .map((l) => JSON.stringify(l))
+          .join(' ')}`,
+      );
+    });
+    const ready = await httpInNetns(wpPod, '127.0.0.1', 15021, 'GET', '/healthz/ready');
+    assert.equal(ready.status, 200);
+    const s = await openSession(topo.pod(1, 2).netnsPath, wpPod.ip, await certFor(await BuiltinCa.open(path.join(dir, 'ca')), id('sleep')));
+    cleanup.add('xDS waypoint session', () => s.destroy());
+    // The routes of the first file, as the control plane serves them: the header match goes to the canary only
+    // (without the route the service's own endpoints, echo-a and echo-b, would answer).
+    const canary = await many(20, 5, () => request(s, `${VIP.echo}:80`, { headers: { 'x-canary': 'true' } }));
+    assert.deepEqual(count(canary.map(nameOf)), { 'echo-v2': 20 });
+    const names = count((await many(100, 10, () => request(s, `${VIP.echo}:80`))).map(nameOf));
+    assert.equal((names['echo-a'] ?? 0) + (names['echo-b'] ?? 0) + (names['echo-v2'] ?? 0), 100, JSON.stringify(names));
+    // The service's L7 policy came along.
+    const denied = await request(s, `${VIP.echo}:80`, { path: '/admin/users' });
+    assert.equal(denied.status, 403);
+    // Its certificate is its own, issued by the control plane's CA on its token.
+    assert.ok(cpLog.some((l) => l.msg === 'certificate issued' && l.waypoint === 'default/waypoint' && l.identity === id('waypoint')));
+    onXds.kill('SIGTERM');
+    cp.kill('SIGTERM');
   });
 });
