@@ -108,6 +108,18 @@ function doc(opts: { echoPath?: string } = {}): Record<string, unknown> {
       pod('wp-b-0', '10.200.1.51', { [GW]: 'wp-b' }, 'wp-b'),
     ],
     services: [svc('echo', '10.96.0.11', 'wp-a'), svc('api', '10.96.0.12', 'wp-b')],
+    // An L4 policy: the nodes' to enforce, never sent to a waypoint.
+    policies: [
+      {
+        apiVersion: 'security.istio.io/v1',
+        kind: 'AuthorizationPolicy',
+        metadata: { name: 'sleep-only', namespace: 'default' },
+        spec: {
+          selector: { matchLabels: { app: 'sleep' } },
+          rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/echo'] } }] }],
+        },
+      },
+    ],
     routes: [
       gateway('wp-a'),
       gateway('wp-b'),
@@ -295,7 +307,8 @@ test('what the waypoint receives is checked field by field: each problem is a Re
 });
 
 test("each waypoint's stream gets exactly its own configuration and the addresses; a node's gets no waypoint's", async () => {
-  const a = started(client(cp.port, 'wp-a', waypointNode(WP_A), WAYPOINT_TYPES));
+  // wp-a asks for the L4 policies too: that subscription is answered empty.
+  const a = started(client(cp.port, 'wp-a', waypointNode(WP_A), [...WAYPOINT_TYPES, TYPE_AUTHORIZATION]));
   const b = started(client(cp.port, 'wp-b', waypointNode(WP_B), WAYPOINT_TYPES));
   // A node that asks for waypoint configurations too gets an empty answer to that subscription.
   const node = started(client(cp.port, 'n1', n1, [TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT]));
@@ -311,10 +324,14 @@ test("each waypoint's stream gets exactly its own configuration and the addresse
     ['deny-api-admin'],
   );
   assert.equal(node.waypointConfigs().size, 0);
+  assert.deepEqual(
+    node.state().policies.map((p) => p.name),
+    ['sleep-only'],
+  );
+  assert.deepEqual(a.state().policies, []);
   // The addresses, as a node sees them (the waypoint routes to the endpoints itself).
   assert.equal(a.state().workloads.length, 5);
   assert.equal(a.state().services.length, 2);
-  // No L4 policies for a waypoint, even if it asks.
   assert.deepEqual(
     cp.xds
       .streamStates()
