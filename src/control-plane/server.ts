@@ -35,7 +35,6 @@ import { toResources, type XdsResource } from '../sources/xds-resources';
 import { waypointResources } from '../sources/xds-waypoint';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
-import { type WaypointConfig, waypointKey } from '../waypoint/types';
 import { caServiceHandlers } from './ca-service';
 import { serverCredentials } from './tls';
 import { REVIEW_CACHE_MS, TokenReviewer } from './token-review';
@@ -78,6 +77,9 @@ interface Prepared {
   routes?: WaypointConfig;
   resources: Map<string, Map<string, XdsResource>>;
 }
+
+/** The compiled routes, policies and waypoints of a configuration (its `routes:`). */
+type WaypointConfig = StandaloneConfig['routes'];
 
 /** The routes of a prepared configuration: a StandaloneConfig (the file's, or the cluster's view of it) has them. */
 const routesOf = (c: MeshConfig): WaypointConfig | undefined => (c as Partial<StandaloneConfig>).routes;
@@ -230,7 +232,7 @@ export class ControlPlane {
 
   /** "<namespace>/<name>" of every declared waypoint Gateway. */
   waypointKeys(): Set<string> {
-    return new Set((this.routes?.waypoints ?? []).map(waypointKey));
+    return new Set((this.routes?.waypoints ?? []).map((w) => `${w.namespace}/${w.name}`));
   }
 
   /**
