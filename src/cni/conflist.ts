@@ -62,14 +62,7 @@ function readConflist(file: string): Conflist {
 
 /** Puts the plugin in binDir and its entry at the end of the first conflist's plugins. */
 export function install(o: InstallOptions): Change[] {
-  const changes: Change[] = [];
-  const dir = path.join(o.binDir, `${PLUGIN_TYPE}.d`);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  for (const f of ['plugin.js', 'protocol.js'])
-    changes.push(writeIfChanged(path.join(dir, f), fs.readFileSync(path.join(o.pluginDir, f), 'utf8'), 0o644));
-  const wrapper = `#!/bin/sh\n# Installed by \`ambit cni install\`; removed by \`ambit cni uninstall\`.\nexec ${shellQuote(o.nodeBin)} ${shellQuote(path.join(dir, 'plugin.js'))} "$@"\n`;
-  changes.push(writeIfChanged(path.join(o.binDir, PLUGIN_TYPE), wrapper, 0o755));
-
+  // The configuration is checked first: a node it cannot be chained into gets nothing installed.
   const file = firstNetworkConfig(o.confDir);
   if (!file)
     throw new AmbitError(
@@ -78,6 +71,14 @@ export function install(o: InstallOptions): Change[] {
       'install the network plugin (bridge, calico, …) first',
     );
   const doc = readConflist(file);
+  const changes: Change[] = [];
+  const dir = path.join(o.binDir, `${PLUGIN_TYPE}.d`);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  for (const f of ['plugin.js', 'protocol.js'])
+    changes.push(writeIfChanged(path.join(dir, f), fs.readFileSync(path.join(o.pluginDir, f), 'utf8'), 0o644));
+  const wrapper = `#!/bin/sh\n# Installed by \`ambit cni install\`; removed by \`ambit cni uninstall\`.\nexec ${shellQuote(o.nodeBin)} ${shellQuote(path.join(dir, 'plugin.js'))} "$@"\n`;
+  changes.push(writeIfChanged(path.join(o.binDir, PLUGIN_TYPE), wrapper, 0o755));
+
   const entry: Record<string, unknown> = { type: PLUGIN_TYPE, ...(o.socket ? { socket: o.socket } : {}) };
   const others = (doc.plugins ?? []).filter((p) => p?.type !== PLUGIN_TYPE);
   const next = { ...doc, plugins: [...others, entry] };

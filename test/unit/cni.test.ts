@@ -329,5 +329,34 @@ describe('ambit cni install / uninstall', () => {
       () => install({ confDir, binDir, nodeBin: process.execPath, pluginDir }),
       /05-single\.conf is a single-plugin configuration/,
     );
+    assert.deepEqual(fs.existsSync(binDir) ? fs.readdirSync(binDir) : [], [], 'nothing installed');
   });
+});
+
+test('`ambit cni` installs and uninstalls from the command line; a mistake is a usage error', async () => {
+  const dir = cleanup.tempDir('ambit-cni-cli');
+  const confDir = path.join(dir, 'net.d');
+  fs.mkdirSync(confDir);
+  fs.writeFileSync(path.join(confDir, '10-net.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'n', plugins: [{ type: 'ptp' }] }));
+  const cli = (...args: string[]): Promise<{ code: number; out: string; err: string }> =>
+    new Promise((resolve) =>
+      execFile(process.execPath, [path.resolve(__dirname, '../../src/cli/main.js'), 'cni', ...args], (e, out, err) =>
+        resolve({ code: e ? Number(e.code) : 0, out, err }),
+      ),
+    );
+  const bin = path.join(dir, 'bin');
+  const installed = await cli('install', '--conf-dir', confDir, '--bin-dir', bin);
+  assert.equal(installed.code, 0, installed.err);
+  assert.match(installed.out, /^added +.*10-net\.conflist$/m);
+  assert.match((await cli('install', '--conf-dir', confDir, '--bin-dir', bin)).out, /^unchanged +.*10-net\.conflist$/m);
+  const removed = await cli('uninstall', '--conf-dir', confDir, '--bin-dir', bin);
+  assert.match(removed.out, /^removed +.*10-net\.conflist$/m);
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(confDir, '10-net.conflist'), 'utf8')).plugins, [{ type: 'ptp' }]);
+  const wrong = await cli('instal');
+  assert.equal(wrong.code, 2);
+  assert.match(wrong.err, /unknown cni command "instal"/);
+  const missing = await cli('install', '--conf-dir', path.join(dir, 'nope'), '--bin-dir', path.join(dir, 'bin2'));
+  assert.equal(missing.code, 2);
+  assert.match(missing.err, /AMBIT_E_CONFIG: --conf-dir .*nope: ENOENT/);
+  assert.equal(fs.existsSync(path.join(dir, 'bin2')), false, 'nothing installed');
 });
