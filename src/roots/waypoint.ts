@@ -89,6 +89,8 @@ function viewOf(c: Served): WaypointView {
  */
 interface WaypointSource {
   trustDomain: string;
+  /** What readiness reports pending until the first configuration is in. */
+  waitingFor: string;
   ca: CertificateAuthority;
   initial(): Promise<Served>;
   watch(onValid: (c: Served) => void, onInvalid: (code: string, why: string) => void): () => void;
@@ -108,6 +110,7 @@ async function fileSource(file: string, key: string, log: Logger): Promise<Waypo
     trustDomain: cfg.trustDomain,
     ca: await BuiltinCa.open(cfg.ca.dir),
     initial: async () => served(cfg),
+    waitingFor: 'configuration file',
     dump: () => ({ source: file }),
     watch: (onValid, onInvalid) =>
       watchParsedFile(
@@ -164,6 +167,7 @@ function xdsSource(x: WaypointXdsSettings, s: WaypointSettings, key: string, log
   return {
     trustDomain,
     ca,
+    waitingFor: 'xDS sync',
     dump: () => ({ source: address, connected: client.connected, synced: client.isSynced, ...client.stats }),
     initial: async () => {
       client.start();
@@ -203,12 +207,60 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
   const source = s.xds ? xdsSource(s.xds, s, key, log) : await fileSource(s.configFile ?? '', key, log);
   const identity = workloadIdentity(source.trustDomain, { namespace: s.namespace, serviceAccount: s.name });
   const limits = tunnelLimits(s.limits);
-  // Nothing is served, nor reported ready (the admin ports open later), before the first configuration.
-  let current = await source.initial();
-  let view = viewOf(current);
   const certs = new CertificateManager(source.ca, { log });
-  const cert = await certs.fetch(identity);
   const metrics = new WaypointMetrics();
+  // Set once the first configuration is in and the listener is built; until then readiness says what is awaited.
+  let current: Served | undefined;
+  let built: { server: WaypointServer; pool: HbonePool; unwatch: () => void } | undefined;
+  let ready = false;
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal, drainSeconds: s.drainMs / 1000 }, 'draining: no new connections, open ones finish');
+    built?.unwatch();
+    built?.server.close();
+    const deadline = Date.now() + s.drainMs;
+    // Done once every client session has gone (GOAWAY lets open requests finish), or at the drain deadline.
+    const poll = setInterval(() => {
+      if ((built?.server.stats().sessions ?? 0) > 0 && Date.now() < deadline) return;
+      clearInterval(poll);
+      admin.close();
+      built?.pool.close();
+      log.info('stopped');
+      process.exit(0);
+    }, 100);
+  };
+  const admin = await startAdmin(
+    {
+      metrics: () => metrics.text(),
+      readiness: () => ({ pending: ready ? [] : [current ? 'HBONE listener' : source.waitingFor] }),
+      configDump: () => ({
+        waypoint: key,
+        identity,
+        certificate: { notAfter: certs.current(identity)?.notAfter },
+        config: source.dump(),
+        services: current?.mesh.services.length ?? 0,
+        routes: (current?.l7.routes ?? []).map((r) => ({ service: r.service, port: r.port, rules: r.rules.length })),
+        policies: (current?.l7.policies ?? []).map((p) => `${p.namespace}/${p.name}`),
+        server: built?.server.stats(),
+        pool: built?.pool.stats(),
+      }),
+      log,
+      setLogLevel: (level) => {
+        log.level = level;
+      },
+      quit: () => stop('quitquitquit'),
+    },
+    s.adminPorts,
+  );
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+  // Nothing is served before the first configuration (on xDS: the first full sync).
+  const first = await source.initial();
+  current = first;
+  let view = viewOf(first);
+  const cert = await certs.fetch(identity);
   const pool = new HbonePool({ certs, log, limits });
   const ownIp = firstIpv4() ?? '0.0.0.0';
   const baggage = `k8s.namespace.name=${s.namespace},k8s.pod.name=${s.name},service.name=${s.name},service.version=latest`;
@@ -247,48 +299,6 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
     log,
     warn: new RateLimitedLog(log),
   });
-  let ready = false;
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal, drainSeconds: s.drainMs / 1000 }, 'draining: no new connections, open ones finish');
-    unwatch();
-    server.close();
-    const deadline = Date.now() + s.drainMs;
-    // Done once every client session has gone (GOAWAY lets open requests finish), or at the drain deadline.
-    const poll = setInterval(() => {
-      if (server.stats().sessions > 0 && Date.now() < deadline) return;
-      clearInterval(poll);
-      admin.close();
-      pool.close();
-      log.info('stopped');
-      process.exit(0);
-    }, 100);
-  };
-  const admin = await startAdmin(
-    {
-      metrics: () => metrics.text(),
-      readiness: () => ({ pending: ready ? [] : ['HBONE listener'] }),
-      configDump: () => ({
-        waypoint: key,
-        identity,
-        certificate: { notAfter: certs.current(identity)?.notAfter },
-        config: source.dump(),
-        services: current.mesh.services.length,
-        routes: current.l7.routes.map((r) => ({ service: r.service, port: r.port, rules: r.rules.length })),
-        policies: current.l7.policies.map((p) => `${p.namespace}/${p.name}`),
-        server: server.stats(),
-        pool: pool.stats(),
-      }),
-      log,
-      setLogLevel: (level) => {
-        log.level = level;
-      },
-      quit: () => stop('quitquitquit'),
-    },
-    s.adminPorts,
-  );
   const unwatch = source.watch(
     (next) => {
       try {
@@ -309,12 +319,11 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
     },
     (code, why) => log.error({ code, err: why }, 'configuration change rejected; the last good one keeps serving'),
   );
+  built = { server, pool, unwatch };
   const port = await server.listen(s.listen.host, s.listen.port);
   ready = true;
   installLastResort({ log, role: 'waypoint' });
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
-  log.info({ identity, listen: `${s.listen.host}:${port}`, routes: current.l7.routes.length }, 'waypoint ready');
+  log.info({ identity, listen: `${s.listen.host}:${port}`, routes: first.l7.routes.length }, 'waypoint ready');
   return { port, close: () => stop('close') };
 }
 
