@@ -105,12 +105,13 @@ export interface AuthorizationMessage {
 }
 
 // ---- ambit.waypoint.v1 ----
+/** Its routes and policies mirror src/waypoint/types.ts in snake_case; read through xds-waypoint.ts, which checks every field. */
 export interface WaypointConfigMessage {
   namespace: string;
   name: string;
   schema_version: number;
-  routes_json: string;
-  policies_json: string;
+  routes: unknown[];
+  policies: unknown[];
 }
 
 // ---- envoy.service.discovery.v3 ----

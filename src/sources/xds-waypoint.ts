@@ -2,7 +2,9 @@
 // proto/ambit/waypoint/v1/waypoint.proto): the control plane cuts, out of the
 // compiled `routes` of its configuration, what each waypoint enforces (the
 // routes of the services bound to it, the policies targeting its Gateway or
-// those services) and sends it as JSON of the model in src/waypoint/types.ts.
+// those services) and sends it as the typed messages of waypoint.proto,
+// which mirror the model in src/waypoint/types.ts field for field (snake_case
+// on the wire, camelCase in the model; regular expressions as their source).
 //
 // The waypoint trusts none of it: every field is checked again on receipt
 // (types, ranges, header names a response could not carry, regular
@@ -67,8 +69,37 @@ export function waypointScopes(cfg: WaypointConfig): Map<string, WaypointL7> {
   return scopes;
 }
 
-/** A compiled RegExp is rebuilt from its source on receipt: it is not sent. */
-const withoutRegex = (k: string, v: unknown): unknown => (k === 'regex' ? undefined : v);
+const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+const camel = (k: string): string => k.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/** The model as proto field names; a compiled RegExp is not sent (rebuilt from its source on receipt). */
+function toWire(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(toWire);
+  if (typeof v !== 'object' || v === null) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) if (k !== 'regex' && x !== undefined) out[snake(k)] = toWire(x);
+  return out;
+}
+
+/**
+ * A decoded message as model field names: without what the decoder adds
+ * (null for an absent message, the names of set oneof members), so that
+ * absent reads as absent.
+ */
+function fromWire(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(fromWire);
+  if (typeof v !== 'object' || v === null || Buffer.isBuffer(v)) return v ?? undefined;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    if (k.startsWith('_') || k === 'match_kind' || x === null || x === undefined) continue;
+    out[camel(k)] = fromWire(x);
+  }
+  return out;
+}
+
+/** An L7 rule's clauses are lists of matches: a message each on the wire (proto has no list of lists). */
+const policyToWire = (p: L7Policy): unknown =>
+  toWire({ ...p, rules: p.rules.map((r) => ({ clauses: r.clauses.map((matches) => ({ matches })) })) });
 
 /** One WaypointConfig resource per waypoint the configuration names. */
 export function waypointResources(cfg: WaypointConfig): Map<string, XdsResource> {
@@ -79,8 +110,8 @@ export function waypointResources(cfg: WaypointConfig): Map<string, XdsResource>
       namespace,
       name,
       schema_version: WAYPOINT_SCHEMA_VERSION,
-      routes_json: JSON.stringify(l7.routes, withoutRegex),
-      policies_json: JSON.stringify(l7.policies, withoutRegex),
+      routes: l7.routes.map(toWire),
+      policies: l7.policies.map(policyToWire),
     };
     out.set(key, packResource(key, TYPE_WAYPOINT, message));
   }
@@ -134,15 +165,15 @@ const matching =
 type Spec = Record<string, Check<unknown>>;
 type Shaped<S extends Spec> = { [K in keyof S]: ReturnType<S[K]> };
 
-/** An object with exactly the fields of spec (unknown fields are refused: they mean another schema). */
+/** An object with exactly the fields of spec (unknown fields are refused: they mean another model). */
 function obj<S extends Spec>(spec: S): Check<Shaped<S>> {
   return (v, at) => {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad(at, v, 'must be an object');
     const o = v as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!(k in spec)) bad(`${at}.${k}`, o[k], 'is not a field of this schema version');
+    for (const k of Object.keys(o)) if (!(k in spec)) bad(`${at}.${snake(k)}`, o[k], 'is not a field here');
     const out: Record<string, unknown> = {};
     for (const [k, c] of Object.entries(spec)) {
-      const value = c(o[k], `${at}.${k}`);
+      const value = c(o[k], `${at}.${snake(k)}`);
       if (value !== undefined) out[k] = value;
     }
     return out as Shaped<S>;
@@ -296,7 +327,9 @@ const l7Target: Check<L7Target> = tagged<L7Target>('kind', {
   Service: obj({ kind: lit('Service'), namespace: str, service: str }),
 });
 
-const l7Rule: Check<L7Rule> = obj({ clauses: arr(arr(l7Match)) });
+const l7Rule: Check<L7Rule> = (v, at) => ({
+  clauses: obj({ clauses: arr(obj({ matches: arr(l7Match) })) })(v, at).clauses.map((c) => c.matches),
+});
 
 const l7Policy: Check<L7Policy> = obj({
   namespace: str,
@@ -307,24 +340,13 @@ const l7Policy: Check<L7Policy> = obj({
   dryRun: bool,
 });
 
-function parseJson(field: string, text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    return bad(field, text, `is not JSON: ${(err as Error).message}`);
-  }
-}
-
 /** Decodes and checks one WaypointConfig resource; throws a ResourceError naming the resource and the field. */
 export function waypointFromMessage(name: string, m: WaypointConfigMessage): WaypointL7 {
   try {
     if (`${m.namespace}/${m.name}` !== name) bad('namespace/name', `${m.namespace}/${m.name}`, `must equal the resource name`);
     if (m.schema_version !== WAYPOINT_SCHEMA_VERSION)
       bad('schema_version', m.schema_version, `is not ${WAYPOINT_SCHEMA_VERSION}, the one this waypoint reads; run matching versions`);
-    return {
-      routes: arr(serviceRoutes)(parseJson('routes_json', m.routes_json), 'routes_json'),
-      policies: arr(l7Policy)(parseJson('policies_json', m.policies_json), 'policies_json'),
-    };
+    return { routes: arr(serviceRoutes)(fromWire(m.routes), 'routes'), policies: arr(l7Policy)(fromWire(m.policies), 'policies') };
   } catch (err) {
     if (err instanceof FieldError) throw new ResourceError(`${name}: ${err.message}`);
     throw err;

@@ -22,8 +22,8 @@ import { NodeTokens } from '../../src/control-plane/tokens';
 import { IstioCaClient } from '../../src/identity/ca-client';
 import { requestCertificate } from '../../src/identity/cert-manager';
 import { KubeClient } from '../../src/kube/client';
-import type { DeltaDiscoveryResponse, NodeMessage } from '../../src/protocol/messages';
-import { grpcServices, TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT, unpack } from '../../src/protocol/protos';
+import type { DeltaDiscoveryResponse, NodeMessage, WaypointConfigMessage } from '../../src/protocol/messages';
+import { grpcServices, pack, TYPE_ADDRESS, TYPE_AUTHORIZATION, TYPE_WAYPOINT, unpack } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
 import { nodeMessage, WAYPOINT_TYPES, waypointNodeMessage, XdsClient } from '../../src/sources/xds-client';
 import { packResource, ResourceError, toResources } from '../../src/sources/xds-resources';
@@ -218,7 +218,7 @@ after(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('the wire form round-trips the compiled routes and policies, regular expressions recompiled', () => {
+test('the typed wire form round-trips the compiled routes and policies, regular expressions recompiled', () => {
   const cfg = parseConfig(YAML.stringify(doc()));
   const res = waypointResources(cfg.routes);
   assert.deepEqual([...res.keys()], [WP_A, WP_B]);
@@ -236,70 +236,87 @@ test('the wire form round-trips the compiled routes and policies, regular expres
     a.routes,
     cfg.routes.routes.filter((r) => r.service === `default/${host('echo')}`),
   );
+  assert.deepEqual(
+    a.policies,
+    cfg.routes.policies.filter((p) => p.name === 'deny-echo-admin'),
+  );
   const path0 = must(a.routes[0]?.rules[0]?.matches[0], 'present').path;
   assert.ok(path0.type === 'RegularExpression' && path0.regex.test('/echo/42') && !path0.regex.test('/echo/x'));
 });
 
 test('what the waypoint receives is checked field by field: each problem is a ResourceError naming the field', () => {
   const cfg = parseConfig(YAML.stringify(doc()));
-  const good = unpack<{ namespace: string; name: string; schema_version: number; routes_json: string; policies_json: string }>(
-    must(waypointResources(cfg.routes).get(WP_A), 'present').resource,
-  );
-  const routes = JSON.parse(good.routes_json);
-  // biome-ignore lint/suspicious/noExplicitAny: the test breaks the JSON in place, wherever it likes
-  const withRoutes = (mutate: (r: any) => void) => {
-    const r = structuredClone(routes);
-    mutate(r);
-    return { ...good, routes_json: JSON.stringify(r) };
+  const good = unpack<WaypointConfigMessage>(must(waypointResources(cfg.routes).get(WP_A), 'present').resource);
+  /** The good message changed in place, then through the wire again: what a control plane could send. */
+  // biome-ignore lint/suspicious/noExplicitAny: the test breaks the message wherever it likes
+  const changed = (mutate: (m: any) => void): WaypointConfigMessage => {
+    const m = structuredClone(good);
+    mutate(m);
+    return unpack<WaypointConfigMessage>(pack(TYPE_WAYPOINT, m));
   };
-  const cases: [string, object, RegExp][] = [
+  const cases: [string, WaypointConfigMessage, RegExp][] = [
     ['another schema', { ...good, schema_version: WAYPOINT_SCHEMA_VERSION + 1 }, /schema_version 2 is not 1/],
     ['another name', { ...good, name: 'wp-b' }, /namespace\/name "default\/wp-b" must equal the resource name/],
-    ['not JSON', { ...good, routes_json: '[{' }, /routes_json .* is not JSON/],
     [
       'a header name a response cannot carry',
-      withRoutes((r) => {
-        r[0].rules[1].filters[0].modifier.set[0].name = 'X Bad';
+      changed((m) => {
+        m.routes[0].rules[1].filters[0].modifier.set[0].name = 'X Bad';
       }),
-      /routes_json\[0\]\.rules\[1\]\.filters\[0\]\.modifier\.set\[0\]\.name "X Bad" is not a lower-case HTTP header name/,
+      /routes\[0\]\.rules\[1\]\.filters\[0\]\.modifier\.set\[0\]\.name "X Bad" is not a lower-case HTTP header name/,
     ],
     [
       'a regex that backtracks',
-      withRoutes((r) => {
-        r[0].rules[0].matches[0].path.value = '(a+)+';
+      changed((m) => {
+        m.routes[0].rules[0].matches[0].path.value = '(a+)+';
       }),
-      /routes_json\[0\]\.rules\[0\]\.matches\[0\]\.path\.value "\(a\+\)\+" a repeated group/,
+      /routes\[0\]\.rules\[0\]\.matches\[0\]\.path\.value "\(a\+\)\+" a repeated group/,
     ],
     [
-      'an unknown field',
-      withRoutes((r) => {
-        r[0].rules[0].mirror = true;
+      "a field of another filter's",
+      changed((m) => {
+        m.routes[0].rules[1].filters[0].scheme = 'http';
       }),
-      /routes_json\[0\]\.rules\[0\]\.mirror true is not a field of this schema version/,
+      /routes\[0\]\.rules\[1\]\.filters\[0\]\.scheme "http" is not a field here/,
+    ],
+    [
+      'a filter this version does not know',
+      changed((m) => {
+        m.routes[0].rules[1].filters[0].type = 'RequestMirror';
+      }),
+      /filters\[0\]\.type "RequestMirror" must be one of RequestHeaderModifier/,
     ],
     [
       'a port out of range',
-      withRoutes((r) => {
-        r[0].rules[0].backends[0].port = 70000;
+      changed((m) => {
+        m.routes[0].rules[0].backends[0].port = 70000;
       }),
       /backends\[0\]\.port 70000 must be a whole number 1\.\.65535/,
     ],
     [
       'no backend and no redirect',
-      withRoutes((r) => {
-        r[0].rules[0].backends = [];
+      changed((m) => {
+        m.routes[0].rules[0].backends = [];
       }),
       /rules\[0\]\.backends \[\] is empty/,
     ],
     [
       'a policy without action',
-      { ...good, policies_json: '[{"namespace":"default","name":"p","targets":[],"rules":[],"dryRun":false}]' },
-      /policies_json\[0\]\.action undefined must be one of ALLOW, DENY/,
+      changed((m) => {
+        m.policies[0].action = '';
+      }),
+      /policies\[0\]\.action "" must be one of ALLOW, DENY/,
+    ],
+    [
+      'a string match that matches nothing',
+      changed((m) => {
+        m.policies[0].rules[0].clauses[0].matches[0].paths[0] = { presence: false };
+      }),
+      /policies\[0\]\.rules\[0\]\.clauses\[0\]\.matches\[0\]\.paths\[0\]\.presence .* must be true/,
     ],
   ];
   for (const [what, m, re] of cases) {
     assert.throws(
-      () => waypointFromMessage(WP_A, m as never),
+      () => waypointFromMessage(WP_A, m),
       (err: Error) => err instanceof ResourceError && re.test(err.message) && err.message.startsWith(`${WP_A}: `),
       what,
     );
