@@ -37,7 +37,7 @@ import { waypointKey } from '../waypoint/types';
 import { compileRouteRegex } from './route-regex';
 import { packResource, ResourceError, type XdsResource } from './xds-resources';
 
-/** The JSON schema of routes_json and policies_json; a waypoint refuses any other. */
+/** The meaning of the WaypointConfig messages (schema_version); a waypoint refuses any other. */
 export const WAYPOINT_SCHEMA_VERSION = 1;
 
 /** What one waypoint enforces: RouteTable's routes and L7Authorizer's policies. */
