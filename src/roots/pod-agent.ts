@@ -259,13 +259,16 @@ export class PodAgent {
   }
 
   /**
-   * Stops serving. Capture stays pinned on purpose: until an agent runs
-   * again, enrolled pods fail closed instead of bypassing the mesh.
-   * `ambit datapath cleanup` removes it.
+   * Stops serving. With keepCapture (the agent process exiting) every pod's
+   * capture stays pinned: until an agent runs again, enrolled pods fail
+   * closed (their listeners are gone with the process: sk_lookup drops,
+   * connect4 is refused) instead of bypassing the mesh, as after a crash;
+   * `ambit datapath cleanup` removes it. Without it (an agent inside a
+   * test process) the pods are unenrolled.
    */
-  stop(): void {
+  stop(opts: { keepCapture?: boolean } = {}): void {
     this.dataPlane.stop();
-    for (const uid of [...this.pods.keys()]) this.enrolment.unenrol(uid);
+    if (!opts.keepCapture) for (const uid of [...this.pods.keys()]) this.enrolment.unenrol(uid);
     this.certs.close();
     this.datapath.close();
   }

@@ -70,7 +70,8 @@ export async function serve(spec: ServeSpec): Promise<PodAgent> {
     unwatch?.();
     await app?.drain(drainMs);
     admin.close();
-    app?.stop();
+    // A restart or an upgrade must not leave the pods open meanwhile.
+    app?.stop({ keepCapture: true });
     log.info('stopped');
     process.exit(0);
   };

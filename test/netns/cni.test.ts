@@ -295,6 +295,20 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
 
   test('with the agent stopped, ADD fails for a mesh pod and passes a pod outside the mesh; a restarted agent keeps the CNI pod', async () => {
     await stopAgent(n1());
+    // Stopped (SIGTERM, as for an upgrade), the agent leaves its pods captured: they fail closed meanwhile
+    // (the app listens on 8080: a pod no longer captured would answer).
+    await expectRefusal(
+      dialOutcome(topo, plainClient(), ipOf(web), 8080, 1000),
+      { refused: true },
+      1000,
+      'plaintext to the CNI pod while its agent is down (sk_lookup finds no listener: SK_DROP)',
+    );
+    await expectRefusal(
+      dialOutcome(topo, asTestPod(web), meshClient().ip, 8080, 1000),
+      { refused: true },
+      1000,
+      "the CNI pod's own outbound while its agent is down",
+    );
     const web2 = await sandbox('web2', 'shop');
     const refused = await add(web2);
     assert.equal(refused.ok, false, 'ADD of a mesh pod with no agent must fail');
