@@ -42,6 +42,9 @@ export type AuthResult = Principal | { error: string; transient?: boolean };
 /** "node a" or "waypoint ns/name", for messages and for comparing two principals. */
 export const principalName = (p: Principal): string => ('node' in p ? `node ${p.node}` : `waypoint ${p.waypoint}`);
 
+/** How logs name a principal: { node } or { waypoint }, so a node's lines read as they always have. */
+const logged = (p: Principal): { node: string } | { waypoint: string } => ('node' in p ? { node: p.node } : { waypoint: p.waypoint });
+
 /** Metadata key naming the waypoint ("<namespace>/<name>") on a waypoint's first request, as NODE_NAME names a node. */
 export const WAYPOINT_METADATA = 'WAYPOINT';
 
@@ -83,12 +86,14 @@ class NodeStream {
   /** The node's name, or the waypoint's "<namespace>/<name>". */
   readonly node: string;
   readonly kind: 'node' | 'waypoint';
+  readonly logged: { node: string } | { waypoint: string };
   constructor(
     readonly call: Call,
     readonly who: Principal,
     readonly peer: string,
   ) {
     [this.kind, this.node] = 'node' in who ? ['node', who.node] : ['waypoint', who.waypoint];
+    this.logged = logged(who);
   }
 }
 
@@ -147,7 +152,7 @@ export class XdsServer {
         }
       } catch (err) {
         // One stream's failure (a write after the peer vanished) must not keep the others from the update.
-        this.log.error({ node: s.node, err: (err as Error).stack ?? String(err) }, 'xDS push failed; closing the stream');
+        this.log.error({ ...s.logged, err: (err as Error).stack ?? String(err) }, 'xDS push failed; closing the stream');
         this.end(s, 13, 'internal error');
       }
     }
@@ -207,7 +212,7 @@ export class XdsServer {
         if (why === undefined) return;
         closed++;
         this.stats.revoked++;
-        this.log.warn({ node: s.node, peer: s.peer, err: why }, 'xDS stream closed: its token is no longer accepted');
+        this.log.warn({ ...s.logged, peer: s.peer, err: why }, 'xDS stream closed: its token is no longer accepted');
         this.end(s, UNAUTHENTICATED, `credentials no longer accepted: ${why}`);
       }),
     );
@@ -248,7 +253,7 @@ export class XdsServer {
         if (!stream.closed) this.onRequest(stream, req);
       } catch (err) {
         // A bug serving one node must not take the others' control plane down.
-        this.log.error({ who: principalName(auth), err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
+        this.log.error({ ...logged(auth), err: (err as Error).stack ?? String(err) }, 'xDS request failed; closing the stream');
         if (stream) this.end(stream, 13, 'internal error');
         else refuse(call, 13, 'internal error');
       }
@@ -256,7 +261,7 @@ export class XdsServer {
     const gone = (why: string): void => {
       if (stream && this.streams.delete(stream)) {
         stream.closed = true;
-        this.log.info({ node: stream.node, why }, 'xDS stream closed');
+        this.log.info({ ...stream.logged, why }, 'xDS stream closed');
       }
     };
     call.on('end', () => {
@@ -290,14 +295,14 @@ export class XdsServer {
     const same = [...this.streams].filter((s) => principalName(s.who) === name);
     for (const old of same.slice(0, Math.max(0, same.length - this.opts.maxStreamsPerNode + 1))) {
       this.log.warn(
-        { who: name, peer: old.peer, max: this.opts.maxStreamsPerNode },
+        { ...logged(who), peer: old.peer, max: this.opts.maxStreamsPerNode },
         'xDS stream superseded by a newer one of the same node',
       );
       this.end(old, RESOURCE_EXHAUSTED, `${name} opened more than ${this.opts.maxStreamsPerNode} streams; this, the oldest, is closed`);
     }
     const stream = new NodeStream(call, who, call.getPeer());
     this.streams.add(stream);
-    this.log.info({ who: name, peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
+    this.log.info({ ...logged(who), peer: stream.peer, id: req.node?.id }, 'xDS stream opened');
     return stream;
   }
 
@@ -332,12 +337,12 @@ export class XdsServer {
           else t.held.set(name, before);
         }
         this.log.warn(
-          { node: s.node, typeUrl, nonce: req.response_nonce, err: req.error_detail.message },
+          { ...s.logged, typeUrl, nonce: req.response_nonce, err: req.error_detail.message },
           'xDS response rejected by the node (NACK)',
         );
       } else {
         this.stats.acks++;
-        this.log.debug({ node: s.node, typeUrl, nonce: req.response_nonce }, 'xDS ACK');
+        this.log.debug({ ...s.logged, typeUrl, nonce: req.response_nonce }, 'xDS ACK');
       }
       // What changed meanwhile, or the next part, goes now.
       this.push(s, typeUrl, t);
@@ -378,7 +383,7 @@ export class XdsServer {
     if (chunk.oversized.length)
       this.noisy.warn(
         'xds-oversized',
-        { node: s.node, typeUrl, names: chunk.oversized.slice(0, 5), maxResponseBytes: this.opts.maxResponseBytes },
+        { ...s.logged, typeUrl, names: chunk.oversized.slice(0, 5), maxResponseBytes: this.opts.maxResponseBytes },
         'xDS resource larger than the response budget: sent alone',
       );
     this.stats.pushes++;
@@ -394,7 +399,7 @@ export class XdsServer {
       removed_resources: chunk.removed,
     });
     this.log.debug(
-      { node: s.node, typeUrl, nonce, changed: chunk.changed.length, removed: chunk.removed.length, bytes: chunk.bytes, more: chunk.more },
+      { ...s.logged, typeUrl, nonce, changed: chunk.changed.length, removed: chunk.removed.length, bytes: chunk.bytes, more: chunk.more },
       'xDS push',
     );
   }
