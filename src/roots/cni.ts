@@ -88,6 +88,7 @@ export async function serveCni(o: CniEndpointOptions): Promise<CniServer> {
   agent.onReconciled(writeMembers);
 
   const add = async (req: CniRequest): Promise<CniReply> => {
+    const started = Date.now();
     const ws = mine();
     const byName = req.pod && ws.find((w) => w.namespace === req.pod?.namespace && w.name === req.pod?.name);
     const w = byName ?? ws.find((x) => x.addresses.some((a) => req.addresses.includes(a)));
@@ -123,7 +124,10 @@ export async function serveCni(o: CniEndpointOptions): Promise<CniServer> {
     for (const [id, s] of sandboxes) if (s.workload === w.uid) sandboxes.delete(id);
     sandboxes.set(req.containerId, { workload: w.uid, netns: req.netns, cgroup, addresses });
     persist();
-    log.info({ pod: w.uid, containerId: req.containerId, podId: r.podId, netns: req.netns, cgroup }, 'pod enrolled at CNI ADD');
+    log.info(
+      { pod: w.uid, containerId: req.containerId, podId: r.podId, netns: req.netns, cgroup, ms: Date.now() - started },
+      'pod enrolled at CNI ADD',
+    );
     return { result: 'enrolled', workload: w.uid };
   };
 

@@ -53,6 +53,7 @@ interface PluginRun {
   code: number | null;
   out: Record<string, unknown> | undefined;
   stderr: string;
+  ms: number;
 }
 
 describe('ambit-cni: pods enrolled before their first packet', () => {
@@ -124,19 +125,27 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
       },
     });
     child.stdin?.end(JSON.stringify({ cniVersion: conflist.cniVersion, name: network, ...plugin, ...(prevResult ? { prevResult } : {}) }));
+    const started = Date.now();
     const r = await collect(child);
-    return { code: r.code, out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : undefined, stderr: r.stderr };
+    return {
+      code: r.code,
+      out: r.stdout.trim() ? (JSON.parse(r.stdout) as Record<string, unknown>) : undefined,
+      stderr: r.stderr,
+      ms: Date.now() - started,
+    };
   }
 
   /** ADD through the whole chain; on a failure the runtime DELs the chain, and so does this. */
-  async function add(pod: CniPod): Promise<{ ok: true; bridge: unknown } | { ok: false; error: PluginRun }> {
+  async function add(pod: CniPod): Promise<{ ok: true; bridge: unknown; ms: Record<string, number> } | { ok: false; error: PluginRun }> {
     // containerd and CRI-O bring the sandbox's lo up (their own loopback network) before the pod network.
     const lo = await runPlugin(LOOPBACK, 'ADD', pod, undefined, 'cni-loopback');
     assert.equal(lo.code, 0, `loopback: ${JSON.stringify(lo.out)}`);
     let prev: unknown;
     let bridge: unknown;
+    const ms: Record<string, number> = {};
     for (const plugin of conflist.plugins) {
       const r = await runPlugin(plugin, 'ADD', pod, prev);
+      ms[String(plugin.type)] = r.ms;
       if (r.code !== 0) {
         await del(pod);
         return { ok: false, error: r };
@@ -145,7 +154,7 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
       if (plugin.type === 'bridge') bridge = r.out;
     }
     pod.result = prev as CniPod['result'];
-    return { ok: true, bridge };
+    return { ok: true, bridge, ms };
   }
 
   async function del(pod: CniPod): Promise<void> {
@@ -228,7 +237,7 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
 
   after(() => cleanup.run());
 
-  test("ADD enrols a mesh pod before it returns: the app's first connections, in and out, are carried over HBONE", async () => {
+  test("ADD enrols a mesh pod before it returns: the app's first connections, in and out, are carried over HBONE", async (t) => {
     const pending = async (): Promise<string[]> =>
       (await configDump<{ pendingPods: { uid: string; why: string }[] }>(n1())).pendingPods
         .filter((p) => /waiting for its sandbox/.test(p.why))
@@ -238,6 +247,8 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
     web = await sandbox('web', 'shop');
     const r = await add(web);
     assert.ok(r.ok, `ADD failed: ${JSON.stringify(!r.ok && r.error)}`);
+    const enrolled = (logs.get('n1') ?? []).find((l) => l.msg === 'pod enrolled at CNI ADD');
+    t.diagnostic(`ADD took ${JSON.stringify(r.ms)} ms per plugin; the agent's part of ambit-cni's: ${enrolled?.ms} ms`);
     // The instant ADD returns: the app starts, and the first connection to it is made.
     app = topo.spawnInPod(asTestPod(web), process.execPath, [PODAPP, 'whoami', '8080']);
     await waitForLine(app, (l) => l.includes('listening'), 'the app listening');
