@@ -29,6 +29,8 @@ import { nodeMessage, WAYPOINT_TYPES, waypointNodeMessage, XdsClient } from '../
 import { packResource, ResourceError, toResources } from '../../src/sources/xds-resources';
 import { WAYPOINT_SCHEMA_VERSION, waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
 import { MeshStore } from '../../src/state/store';
+import { L7Authorizer } from '../../src/waypoint/authz';
+import { RouteTable } from '../../src/waypoint/match';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { problemsOf } from '../helpers/mesh-yaml';
 import { must } from '../helpers/must';
@@ -321,6 +323,88 @@ test('what the waypoint receives is checked field by field: each problem is a Re
       what,
     );
   }
+});
+
+test('mutated messages never throw anything but a ResourceError, and what is accepted builds and routes (seeded)', () => {
+  const cfg = parseConfig(YAML.stringify(doc()));
+  const good = unpack<WaypointConfigMessage>(must(waypointResources(cfg.routes).get(WP_A), 'present').resource);
+  let seed = 20261202;
+  const rand = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const odd = [
+    '',
+    'X Bad',
+    '\r\n',
+    '(a+)+',
+    '/',
+    'ALLOW',
+    'Gateway',
+    'RequestRedirect',
+    '*',
+    '0.0.0.0',
+    'default/wp-a',
+    'é',
+    '[',
+    70000,
+    0,
+    2 ** 32 - 1,
+    true,
+  ];
+  /** Every path to a leaf (scalar) or list of the message. */
+  const paths = (v: unknown, at: (string | number)[] = []): (string | number)[][] => {
+    if (Array.isArray(v)) return [at, ...v.flatMap((x, i) => paths(x, [...at, i]))];
+    if (typeof v === 'object' && v !== null && !Buffer.isBuffer(v)) return Object.entries(v).flatMap(([k, x]) => paths(x, [...at, k]));
+    return [at];
+  };
+  let accepted = 0;
+  let refused = 0;
+  for (let i = 0; i < 400; i++) {
+    const m = structuredClone(good) as unknown as Record<string | number, unknown>;
+    for (let j = 0; j <= rand(3); j++) {
+      const all = paths(m).filter((p) => p.length > 0);
+      const at = must(all[rand(all.length)], 'a path');
+      let parent = m as Record<string | number, unknown>;
+      for (const k of at.slice(0, -1)) parent = parent[k] as Record<string | number, unknown>;
+      const last = must(at[at.length - 1], 'a key');
+      parent[last] = Array.isArray(parent[last])
+        ? rand(2)
+          ? []
+          : [...(parent[last] as unknown[]), ...(parent[last] as unknown[])]
+        : odd[rand(odd.length)];
+    }
+    let wire: WaypointConfigMessage;
+    try {
+      wire = unpack<WaypointConfigMessage>(pack(TYPE_WAYPOINT, m));
+    } catch {
+      continue; // not even encodable: no control plane could send it
+    }
+    let l7: ReturnType<typeof waypointFromMessage>;
+    try {
+      l7 = waypointFromMessage(WP_A, wire);
+    } catch (err) {
+      assert.ok(err instanceof ResourceError, `mutation ${i}: ${(err as Error).stack}`);
+      refused++;
+      continue;
+    }
+    accepted++;
+    const routes = new RouteTable(l7.routes);
+    const authz = new L7Authorizer(l7.policies);
+    const headers = { 'x-canary': 'true', host: '10.96.0.11' };
+    routes.route(`default/${host('echo')}`, 80, { method: 'GET', target: '/echo/1?x=1', headers });
+    authz.check({
+      srcIp: '10.200.1.10',
+      host: '10.96.0.11',
+      port: 80,
+      method: 'GET',
+      target: '/admin/x',
+      headers,
+      waypoint: WP_A,
+      service: `default/${host('echo')}`,
+    });
+  }
+  assert.ok(accepted > 20 && refused > 20, `accepted ${accepted}, refused ${refused}`);
 });
 
 test("each waypoint's stream gets exactly its own configuration and the addresses; a node's gets no waypoint's", async () => {
