@@ -1,9 +1,10 @@
 // The node agent's answer to the CNI plugin: is this new pod in the mesh,
 // and if so, enrol it now — before any of its containers starts — and say
 // so only once its capture is on. Membership is decided as the pod agent
-// decides it: a workload of this node (by namespace/name, or else by one of
-// its addresses) that is ambient and speaks HBONE. A pod the state does not
-// know is not in the mesh (it is answered "skip" and starts untouched).
+// decides it: a workload of this node (by namespace/name, or by one of its
+// addresses for a sandbox the runtime does not name) that is ambient and
+// speaks HBONE. A pod the state does not know is not in the mesh (it is
+// answered "skip" and starts untouched).
 //
 // What the runtime told us survives an agent restart: the placements are
 // kept in <socket>.pods.json and handed to the next agent's first
@@ -90,8 +91,12 @@ export async function serveCni(o: CniEndpointOptions): Promise<CniServer> {
   const add = async (req: CniRequest): Promise<CniReply> => {
     const started = Date.now();
     const ws = mine();
-    const byName = req.pod && ws.find((w) => w.namespace === req.pod?.namespace && w.name === req.pod?.name);
-    const w = byName ?? ws.find((x) => x.addresses.some((a) => req.addresses.includes(a)));
+    // A pod the runtime names is that workload or none: matched by address as well, a new pod given
+    // an address the state still holds for another (stale, or reused) would be enrolled as that one,
+    // with its identity. Only a sandbox that comes unnamed is known by its address.
+    const w = req.pod
+      ? ws.find((x) => x.namespace === req.pod?.namespace && x.name === req.pod?.name)
+      : ws.find((x) => x.addresses.some((a) => req.addresses.includes(a)));
     const who = req.pod ? `${req.pod.namespace}/${req.pod.name}` : `sandbox ${req.containerId}`;
     if (!w) return { result: 'skip', reason: `${who} is not an ambient workload of node ${node}` };
     if (!capturedByNode(w)) return { result: 'skip', reason: `workload ${w.uid} is not captured by the node (protocol ${w.protocol})` };

@@ -200,6 +200,8 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
       // Known to the state, placed by nobody: they wait for their sandbox.
       meshWorkload('web', '10.200.1.130'),
       meshWorkload('web2', '10.200.1.131'),
+      // Known, but outside the mesh.
+      { ...meshWorkload('legacy', '10.200.1.139'), protocol: 'NONE' },
     ];
     const strict = {
       apiVersion: 'security.istio.io/v1',
@@ -275,6 +277,26 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
       pods.filter((p) => p.uid === `${topo.prefix}/web`).map((p) => p.netns),
       [web.netnsPath],
     );
+  });
+
+  test('with the agent up, a pod outside the mesh (unknown, or known as NONE) passes untouched', async () => {
+    for (const name of ['stranger', 'legacy']) {
+      const pod = await sandbox(name, 'shop');
+      const r = await add(pod);
+      assert.ok(r.ok, `ADD of ${name}: ${JSON.stringify(!r.ok && r.error)}`);
+      assert.deepEqual(pod.result, r.bridge);
+      // The stranger is given the address the state holds for web2 (no sandbox yet): a name decides, not that.
+      if (name === 'stranger') assert.equal(ipOf(pod), '10.200.1.131');
+      const dump = await configDump<{ pods: { netns: string }[]; placedByRuntime: Record<string, unknown> }>(n1());
+      assert.deepEqual(
+        dump.pods.filter((p) => p.netns === pod.netnsPath),
+        [],
+        `${name} not enrolled`,
+      );
+      assert.equal(Object.keys(dump.placedByRuntime).length, 1, 'web only');
+      assert.equal((await sh('ip', ['netns', 'exec', pod.netns, 'ss', '-Hltn'])).trim(), '', `no listener in ${name}`);
+      await del(pod);
+    }
   });
 
   test('a CNI pod that the state later locates as well is not enrolled again', async () => {
