@@ -256,6 +256,8 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
     await waitForLine(app, (l) => l.includes('listening'), 'the app listening');
     assert.deepEqual(web.result, r.bridge, "ambit-cni passes the bridge's result on unchanged");
     assert.deepEqual(await pending(), [`${topo.prefix}/web2`]);
+    const ambitConf = conflist.plugins.at(-1) ?? {};
+    assert.deepEqual(await runPlugin(ambitConf, 'CHECK', web, web.result).then((c) => [c.code, c.out]), [0, undefined], 'CHECK: captured');
     assert.equal(ipOf(web), '10.200.1.130');
     const inbound = await dialFrom(topo, meshClient(), ipOf(web), 8080);
     assert.equal(inbound.ok, 1, JSON.stringify(inbound.errors));
