@@ -98,8 +98,13 @@ export async function serveCni(o: CniEndpointOptions): Promise<CniServer> {
       ? ws.find((x) => x.namespace === req.pod?.namespace && x.name === req.pod?.name)
       : ws.find((x) => x.addresses.some((a) => req.addresses.includes(a)));
     const who = req.pod ? `${req.pod.namespace}/${req.pod.name}` : `sandbox ${req.containerId}`;
-    if (!w) return { result: 'skip', reason: `${who} is not an ambient workload of node ${node}` };
-    if (!capturedByNode(w)) return { result: 'skip', reason: `workload ${w.uid} is not captured by the node (protocol ${w.protocol})` };
+    const skip = (reason: string): CniReply => {
+      // With --kubernetes a new pod is not in the state yet (no address): the locator enrols it later.
+      log.info({ pod: who, containerId: req.containerId, reason }, 'pod left alone at CNI ADD');
+      return { result: 'skip', reason };
+    };
+    if (!w) return skip(`${who} is not an ambient workload of node ${node}`);
+    if (!capturedByNode(w)) return skip(`workload ${w.uid} is not captured by the node (protocol ${w.protocol})`);
     if (!req.pod?.uid)
       throw new AmbitError(
         'AMBIT_E_ENROL',

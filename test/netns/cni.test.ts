@@ -297,6 +297,11 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
       );
       assert.equal(Object.keys(dump.placedByRuntime).length, 1, 'web only');
       assert.equal((await sh('ip', ['netns', 'exec', pod.netns, 'ss', '-Hltn'])).trim(), '', `no listener in ${name}`);
+      const said = (logs.get('n1') ?? []).find((l) => l.msg === 'pod left alone at CNI ADD' && l.pod === `shop/${name}`);
+      assert.match(
+        String(said?.reason),
+        name === 'legacy' ? /legacy is not captured by the node \(protocol NONE\)/ : /is not an ambient workload of node n1/,
+      );
       await del(pod);
     }
   });
