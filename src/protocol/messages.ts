@@ -112,6 +112,8 @@ export interface WaypointConfigMessage {
   schema_version: number;
   routes: unknown[];
   policies: unknown[];
+  /** Absent from a control plane that sends none. */
+  destinations?: unknown[];
 }
 
 // ---- envoy.service.discovery.v3 ----

@@ -38,6 +38,7 @@ import { connectHeaders, newTraceparent } from '../tunnel/headers';
 import { type TunnelLimits, tunnelLimits } from '../tunnel/limits';
 import { HbonePool } from '../tunnel/pool';
 import { L7Authorizer } from '../waypoint/authz';
+import { DestinationTable } from '../waypoint/destination';
 import { RouteTable } from '../waypoint/match';
 import { WaypointMetrics } from '../waypoint/metrics';
 import { DEFAULT_WAYPOINT_LIMITS, type EndpointTarget, L7Proxy, type WaypointLimits, type WaypointView } from '../waypoint/proxy';
@@ -80,7 +81,12 @@ interface Served {
 }
 
 function viewOf(c: Served): WaypointView {
-  return { store: new MeshStore(c.mesh), routes: new RouteTable(c.l7.routes), authz: new L7Authorizer(c.l7.policies) };
+  return {
+    store: new MeshStore(c.mesh),
+    routes: new RouteTable(c.l7.routes),
+    authz: new L7Authorizer(c.l7.policies),
+    destinations: new DestinationTable(c.l7.destinations),
+  };
 }
 
 /**
@@ -105,7 +111,10 @@ async function fileSource(file: string, key: string, log: Logger): Promise<Waypo
       { declared: cfg.routes.waypoints.map(waypointKey) },
       `no Gateway ${key} of class istio-waypoint in ${file}: only policies targeting its services apply`,
     );
-  const served = (c: StandaloneConfig): Served => ({ mesh: c, l7: { routes: c.routes.routes, policies: c.routes.policies } });
+  const served = (c: StandaloneConfig): Served => ({
+    mesh: c,
+    l7: { routes: c.routes.routes, policies: c.routes.policies, destinations: c.routes.destinations },
+  });
   return {
     trustDomain: cfg.trustDomain,
     ca: await BuiltinCa.open(cfg.ca.dir),
@@ -162,7 +171,7 @@ function xdsSource(x: WaypointXdsSettings, s: WaypointSettings, key: string, log
     if (!own && !missing)
       log.warn({ waypoint: key }, `the control plane has no configuration for waypoint ${key}: is its Gateway declared?`);
     missing = !own;
-    return { mesh: meshOf(client.state(), trustDomain), l7: own ?? { routes: [], policies: [] } };
+    return { mesh: meshOf(client.state(), trustDomain), l7: own ?? { routes: [], policies: [], destinations: [] } };
   };
   return {
     trustDomain,
@@ -211,7 +220,7 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
   const metrics = new WaypointMetrics();
   // Set once the first configuration is in and the listener is built; until then readiness says what is awaited.
   let current: Served | undefined;
-  let built: { server: WaypointServer; pool: HbonePool; unwatch: () => void } | undefined;
+  let built: { server: WaypointServer; pool: HbonePool; proxy: L7Proxy; unwatch: () => void } | undefined;
   let ready = false;
   let stopping = false;
   const stop = (signal: string): void => {
@@ -243,6 +252,8 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
         services: current?.mesh.services.length ?? 0,
         routes: (current?.l7.routes ?? []).map((r) => ({ service: r.service, port: r.port, rules: r.rules.length })),
         policies: (current?.l7.policies ?? []).map((p) => `${p.namespace}/${p.name}`),
+        destinationRules: (current?.l7.destinations ?? []).map((p) => `${p.namespace}/${p.name} → ${p.service}`),
+        destinations: built?.proxy.destinationStats(),
         server: built?.server.stats(),
         pool: built?.pool.stats(),
       }),
@@ -319,7 +330,7 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
     },
     (code, why) => log.error({ code, err: why }, 'configuration change rejected; the last good one keeps serving'),
   );
-  built = { server, pool, unwatch };
+  built = { server, pool, proxy, unwatch };
   const port = await server.listen(s.listen.host, s.listen.port);
   ready = true;
   installLastResort({ log, role: 'waypoint' });

@@ -35,6 +35,7 @@ import type {
   WaypointConfig,
   WeightedBackend,
 } from '../waypoint/types';
+import { DESTINATION_RULE_VERSIONS, destinationRule, onePerService } from './destination-rule';
 import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './istio-waypoint';
 import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
 import { closest, type Report } from './schema';
@@ -47,6 +48,7 @@ const KINDS: Kinds = {
   Namespace: ['v1'],
   Service: ['v1'],
   AuthorizationPolicy: ['security.istio.io/v1', 'security.istio.io/v1beta1'],
+  DestinationRule: DESTINATION_RULE_VERSIONS,
 };
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 /** Gateway API Duration (GEP-2257): up to four <1-5 digits><unit> groups. */
@@ -667,11 +669,20 @@ export function compileWaypointConfig(
       const p = l7Policy(d, svc, waypoints);
       return p && d.problems === 0 ? [p] : [];
     });
+  const destinations = onePerService(
+    unique
+      .filter((d) => d.kind === 'DestinationRule')
+      .flatMap((doc) => {
+        const policy = destinationRule(doc, svc);
+        return policy && doc.problems === 0 ? [{ policy, doc }] : [];
+      }),
+  );
   return {
     routes: attach(routes, warnings),
     waypoints: [...waypoints.values()],
     bindings: bindings(waypoints, namespaces, services, known, problem, warnings),
     policies,
+    destinations,
     warnings,
   };
 }

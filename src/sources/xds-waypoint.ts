@@ -16,11 +16,15 @@ import type { IpBlock, StringMatch } from '../policy/types';
 import type { WaypointConfigMessage } from '../protocol/messages';
 import { TYPE_WAYPOINT } from '../protocol/protos';
 import type {
+  ConnectionPool,
+  DestinationPolicy,
   HeaderModifier,
   L7Match,
   L7Policy,
   L7Rule,
   L7Target,
+  LoadBalancer,
+  OutlierDetection,
   PathMatch,
   PathModifier,
   RetryCondition,
@@ -29,6 +33,8 @@ import type {
   RouteMatch,
   RouteRule,
   ServiceRoutes,
+  Subset,
+  TrafficPolicy,
   ValueMatch,
   WaypointConfig,
   WeightedBackend,
@@ -40,10 +46,11 @@ import { packResource, ResourceError, type XdsResource } from './xds-resources';
 /** The meaning of the WaypointConfig messages (schema_version); a waypoint refuses any other. */
 export const WAYPOINT_SCHEMA_VERSION = 1;
 
-/** What one waypoint enforces: RouteTable's routes and L7Authorizer's policies. */
+/** What one waypoint enforces: RouteTable's routes, L7Authorizer's policies and the DestinationRules of where it sends. */
 export interface WaypointL7 {
   routes: ServiceRoutes[];
   policies: L7Policy[];
+  destinations: DestinationPolicy[];
 }
 
 /**
@@ -59,11 +66,15 @@ export function waypointScopes(cfg: WaypointConfig): Map<string, WaypointL7> {
   const servedBy = (service: string): string | undefined => cfg.bindings.services.get(service);
   const scopes = new Map<string, WaypointL7>();
   for (const key of [...keys].sort()) {
+    const routes = cfg.routes.filter((r) => servedBy(r.service) === key);
+    // The rules of the services it serves and of every backend its routes send to, which it balances too.
+    const sends = new Set(routes.flatMap((r) => r.rules.flatMap((rule) => rule.backends.map((b) => b.service))));
     scopes.set(key, {
-      routes: cfg.routes.filter((r) => servedBy(r.service) === key),
+      routes,
       policies: cfg.policies.filter((p) =>
         p.targets.some((t) => (t.kind === 'Gateway' ? `${t.namespace}/${t.name}` === key : servedBy(t.service) === key)),
       ),
+      destinations: (cfg.destinations ?? []).filter((d) => servedBy(d.service) === key || sends.has(d.service)),
     });
   }
   return scopes;
@@ -112,6 +123,7 @@ export function waypointResources(cfg: WaypointConfig): Map<string, XdsResource>
       schema_version: WAYPOINT_SCHEMA_VERSION,
       routes: l7.routes.map(toWire),
       policies: l7.policies.map(policyToWire),
+      destinations: l7.destinations.map(toWire),
     };
     out.set(key, packResource(key, TYPE_WAYPOINT, message));
   }
@@ -247,7 +259,14 @@ const routeFilter: Check<RouteFilter> = tagged<RouteFilter>('type', {
   URLRewrite: obj({ type: lit('URLRewrite'), hostname: opt(hostname), path: opt(pathModifier) }),
 });
 
-const backend: Check<WeightedBackend> = obj({ namespace: str, name: str, service: str, port, weight: int(0, 1_000_000) });
+const backend: Check<WeightedBackend> = obj({
+  namespace: str,
+  name: str,
+  service: str,
+  port,
+  weight: int(0, 1_000_000),
+  subset: opt(matching(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, 'is not a subset name')),
+});
 
 const RETRY_CONDITIONS: readonly RetryCondition[] = [
   'connect-failure',
@@ -340,13 +359,71 @@ const l7Policy: Check<L7Policy> = obj({
   dryRun: bool,
 });
 
+// ---- destination policies (Istio DestinationRule) ----
+
+const uint32 = int(0, 2 ** 32 - 1);
+const loadBalancer: Check<LoadBalancer> = tagged<LoadBalancer>('type', {
+  ROUND_ROBIN: obj({ type: lit('ROUND_ROBIN') }),
+  LEAST_REQUEST: obj({ type: lit('LEAST_REQUEST') }),
+  RANDOM: obj({ type: lit('RANDOM') }),
+  HASH_HEADER: obj({ type: lit('HASH_HEADER'), name: headerName }),
+  HASH_COOKIE: obj({ type: lit('HASH_COOKIE'), name: matching(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'is not a cookie name') }),
+  HASH_SOURCE_IP: obj({ type: lit('HASH_SOURCE_IP') }),
+});
+const connectionPool: Check<ConnectionPool> = obj({
+  maxConnections: int(1, 2 ** 32 - 1),
+  maxPendingRequests: int(1, 2 ** 32 - 1),
+  maxRequests: int(1, 2 ** 32 - 1),
+  maxRequestsPerConnection: uint32,
+  maxRetries: uint32,
+});
+const outlierDetection: Check<OutlierDetection> = obj({
+  consecutive5xxErrors: uint32,
+  consecutiveGatewayErrors: uint32,
+  intervalMs: int(1, 2 ** 31 - 1),
+  baseEjectionMs: int(1, 2 ** 31 - 1),
+  maxEjectionPercent: int(0, 100),
+});
+const trafficPolicy: Check<TrafficPolicy> = obj({
+  loadBalancer: opt(loadBalancer),
+  connectionPool: opt(connectionPool),
+  outlierDetection: opt(outlierDetection),
+});
+const subset: Check<Subset> = obj({
+  name: matching(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, 'is not a subset name'),
+  labels: arr(obj({ key: str, value: str })),
+  trafficPolicy: (v, at) => trafficPolicy(v ?? {}, at),
+});
+const destinationPolicy: Check<DestinationPolicy> = (v, at) => {
+  const p = obj({ namespace: str, name: str, service: str, trafficPolicy: (x, a) => trafficPolicy(x ?? {}, a), subsets: arr(subset) })(
+    v,
+    at,
+  );
+  const names = new Set<string>();
+  p.subsets.forEach((s, i) => {
+    if (names.has(s.name)) bad(`${at}.subsets[${i}].name`, s.name, 'names another subset of this rule too');
+    names.add(s.name);
+  });
+  return p;
+};
+
 /** Decodes and checks one WaypointConfig resource; throws a ResourceError naming the resource and the field. */
 export function waypointFromMessage(name: string, m: WaypointConfigMessage): WaypointL7 {
   try {
     if (`${m.namespace}/${m.name}` !== name) bad('namespace/name', `${m.namespace}/${m.name}`, `must equal the resource name`);
     if (m.schema_version !== WAYPOINT_SCHEMA_VERSION)
       bad('schema_version', m.schema_version, `is not ${WAYPOINT_SCHEMA_VERSION}, the one this waypoint reads; run matching versions`);
-    return { routes: arr(serviceRoutes)(fromWire(m.routes), 'routes'), policies: arr(l7Policy)(fromWire(m.policies), 'policies') };
+    const destinations = arr(destinationPolicy)(fromWire(m.destinations ?? []), 'destinations');
+    const services = new Set<string>();
+    destinations.forEach((d, i) => {
+      if (services.has(d.service)) bad(`destinations[${i}].service`, d.service, 'has another destination policy too: one per service');
+      services.add(d.service);
+    });
+    return {
+      routes: arr(serviceRoutes)(fromWire(m.routes), 'routes'),
+      policies: arr(l7Policy)(fromWire(m.policies), 'policies'),
+      destinations,
+    };
   } catch (err) {
     if (err instanceof FieldError) throw new ResourceError(`${name}: ${err.message}`);
     throw err;

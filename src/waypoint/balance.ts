@@ -83,3 +83,75 @@ export class LeastRequestBalancer {
     };
   }
 }
+
+/**
+ * Weighted round robin: endpoints in turn, each as many times per round as
+ * its weight, in the order given (the caller keeps it stable). The position
+ * is the destination's, so it survives the endpoints coming and going;
+ * exclusions (endpoints already tried) move on to the next one.
+ */
+export class RoundRobinBalancer {
+  private position = 0;
+
+  pick(endpoints: readonly Endpoint[], exclude?: ReadonlySet<string>): Endpoint | undefined {
+    const pool = eligible(endpoints, exclude);
+    let total = 0;
+    for (const e of pool) total += e.weight;
+    if (total === 0) return undefined;
+    let at = this.position++ % total;
+    if (this.position >= Number.MAX_SAFE_INTEGER) this.position = 0;
+    for (const e of pool) {
+      if (at < e.weight) return e;
+      at -= e.weight;
+    }
+    return pool[pool.length - 1];
+  }
+}
+
+/** A random endpoint in proportion to weight (Istio's RANDOM). */
+export const pickRandom = (endpoints: readonly Endpoint[], random: Random, exclude?: ReadonlySet<string>): Endpoint | undefined =>
+  pickWeighted(eligible(endpoints, exclude), random);
+
+/**
+ * Consistent hashing by rendezvous (highest random weight): each endpoint
+ * scores hash(key, endpoint), scaled by its weight, and the best wins. The
+ * same key finds the same endpoint while it is there; an endpoint leaving
+ * moves only its own keys, and a retry takes the next best.
+ */
+export function pickHashed(endpoints: readonly Endpoint[], key: string, exclude?: ReadonlySet<string>): Endpoint | undefined {
+  let best: Endpoint | undefined;
+  let bestScore = -Infinity;
+  for (const e of eligible(endpoints, exclude)) {
+    // A uniform in (0, 1) from the hash; -w / ln(u) is the weighted rendezvous score.
+    const u = (hash32(`${key}\u0000${e.id}`) + 0.5) / 2 ** 32;
+    const score = -e.weight / Math.log(u);
+    if (score > bestScore) {
+      best = e;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+/** FNV-1a over UTF-16 code units, then murmur3's finaliser so that near keys spread. */
+export function hash32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/** Endpoints with weight, less the excluded while any other remains. */
+function eligible(endpoints: readonly Endpoint[], exclude?: ReadonlySet<string>): Endpoint[] {
+  const pool = endpoints.filter((e) => e.weight > 0);
+  if (!exclude || exclude.size === 0) return pool;
+  const fresh = pool.filter((e) => !exclude.has(e.id));
+  return fresh.length > 0 ? fresh : pool;
+}

@@ -21,6 +21,8 @@ export interface KeepAliveTarget {
   port: number;
   identity: string;
   service?: { hostname: string };
+  /** Requests one connection carries before it is closed (connectionPool.http.maxRequestsPerConnection); absent: no limit. */
+  maxRequests?: number;
 }
 
 export interface KeepAliveLimits {
@@ -36,7 +38,11 @@ export const DEFAULT_KEEPALIVE_LIMITS: KeepAliveLimits = { maxIdlePerKey: 64, id
 const OPEN_FAILED = Symbol('open failed');
 type OpenError = NodeJS.ErrnoException & { [OPEN_FAILED]?: true; refused?: boolean };
 
-const keyOf = (t: KeepAliveTarget): string => `${t.ip}:${t.port}|${t.identity}|${t.service?.hostname ?? ''}`;
+const keyOf = (t: KeepAliveTarget): string => `${t.ip}:${t.port}|${t.identity}|${t.service?.hostname ?? ''}|${t.maxRequests ?? ''}`;
+
+/** Requests a kept connection may still carry, on connections opened under maxRequestsPerConnection. */
+const REQUESTS_LEFT = Symbol('requests left');
+type Counted = { [REQUESTS_LEFT]?: number };
 
 /**
  * A CONNECT stream as the socket node:http's Agent keeps: JavaScript only
@@ -121,12 +127,27 @@ export class KeepAlivePool {
       createConnection: (o: { target: KeepAliveTarget }, cb: (err: Error | null, s?: net.Socket) => void) => {
         this.opened++;
         open(o.target).then(
-          (s) => cb(null, pooledSocket(s) as net.Socket),
+          (s) => {
+            const d = pooledSocket(s) as net.Socket & Counted;
+            if (o.target.maxRequests !== undefined && o.target.maxRequests > 0) d[REQUESTS_LEFT] = o.target.maxRequests;
+            cb(null, d);
+          },
           (err: OpenError) => cb(Object.assign(err instanceof Error ? err : new Error(String(err)), { [OPEN_FAILED]: true })),
         );
         return undefined;
       },
     });
+    // A connection that has carried its share of requests is closed instead of kept (the key keeps such connections apart).
+    const hooks = agent as unknown as { keepSocketAlive: (socket: net.Socket & Counted) => boolean };
+    const keep = hooks.keepSocketAlive.bind(agent);
+    hooks.keepSocketAlive = (socket) => {
+      const left = socket[REQUESTS_LEFT];
+      if (left !== undefined) {
+        socket[REQUESTS_LEFT] = left - 1;
+        if (left - 1 <= 0) return false;
+      }
+      return keep(socket);
+    };
     this.agent = agent;
   }
 

@@ -14,12 +14,14 @@ import type { MeshStore } from '../state/store';
 import { type Service, serviceKey, type Workload } from '../state/types';
 import { type Claim, verifiedSource } from '../tunnel/source';
 import type { L7Authorizer } from './authz';
-import { LeastRequestBalancer, pickWeighted, type Random } from './balance';
+import { pickWeighted, type Random } from './balance';
+import { DEFAULT_POLICY, DestinationState, type DestinationTable, type EffectivePolicy, inSubset } from './destination';
 import { applyRewrite, modifyHeaders, redirect } from './filters';
 import { formatFlags, grpcStatusLabel, RBAC_DENIED_BODY, RESPONSE_FLAGS, type ResponseFlag } from './flags';
 import { KeepAlivePool } from './keepalive';
 import type { RouteTable } from './match';
 import { httpLabels, type WaypointMetrics } from './metrics';
+import { outlierResult } from './outlier';
 import { type Clock, ISTIO_DEFAULT_RETRY, RetryBudget, RetryState } from './retry';
 import type { HeaderModifier, RouteRule } from './types';
 import {
@@ -37,6 +39,8 @@ export interface WaypointView {
   store: MeshStore;
   routes: RouteTable;
   authz: L7Authorizer;
+  /** DestinationRules; absent: Istio's defaults for every destination. */
+  destinations?: DestinationTable;
 }
 
 /** Where an attempt goes: an endpoint pod and the port its app listens on. */
@@ -53,7 +57,7 @@ export interface WaypointLimits {
   maxRequestBodyBytes: number;
   /** timeouts.request of requests whose route sets none (0: none, as Istio). */
   defaultRequestMs: number;
-  /** Retry budgets kept (one per destination service). */
+  /** Retry budgets kept (one per destination service), and destination states (one per service port and subset). */
   maxBudgets: number;
 }
 
@@ -125,13 +129,15 @@ interface Exchange {
   backend?: string;
   detail?: string;
   policy?: string;
+  /** The DestinationRule the destination was served with. */
+  destinationRule?: string;
 }
 
 const now: Clock = () => performance.now();
 
 export class L7Proxy {
-  private readonly balancer: LeastRequestBalancer;
   private readonly budgets = new Map<string, RetryBudget>();
+  private readonly destinations = new Map<string, DestinationState>();
   private readonly random: Random;
   private readonly clock: Clock;
   /** HTTP/1.1 connections to endpoints, kept between requests. */
@@ -141,7 +147,6 @@ export class L7Proxy {
     this.h1 = new KeepAlivePool((t) => deps.open(t as EndpointTarget));
     this.random = deps.random ?? Math.random;
     this.clock = deps.clock ?? now;
-    this.balancer = new LeastRequestBalancer(this.random);
   }
 
   /** Serves one request; never throws. */
@@ -191,7 +196,7 @@ export class L7Proxy {
     let target = x.target;
     let host = x.host;
     let responseModifier: HeaderModifier | undefined;
-    let backends: { service: string; port: number; weight: number }[];
+    let backends: { service: string; port: number; weight: number; subset?: string }[];
     if (svcKey !== undefined && view.routes.has(svcKey, d.port)) {
       const c = view.routes.route(svcKey, d.port, { method: x.method, target, headers: req.headers });
       if (!c) {
@@ -231,28 +236,69 @@ export class L7Proxy {
     // The backend is chosen once per request (Envoy's weighted clusters); retries go to its other endpoints.
     const backend = backends.length > 0 ? pickWeighted(backends, this.random) : undefined;
     let endpoints: EndpointTarget[];
+    // A destination as Envoy's cluster: a service port, or a subset of it; a pod addressed directly is one of its own.
+    let destination: string;
+    let policy: EffectivePolicy = DEFAULT_POLICY;
     if (backend) {
-      x.backend = backend.service;
-      endpoints = this.endpointsOf(view, backend.service, backend.port);
+      x.backend = backend.subset === undefined ? backend.service : `${backend.service} subset ${backend.subset}`;
+      destination = `${backend.service}|${backend.port}|${backend.subset ?? ''}`;
+      const found = view.destinations ? view.destinations.policyFor(backend.service, backend.subset) : DEFAULT_POLICY;
+      policy = found ?? DEFAULT_POLICY;
+      // A subset no DestinationRule defines has no endpoints (Envoy has no such cluster): no healthy upstream.
+      endpoints =
+        found === undefined || (backend.subset !== undefined && !view.destinations)
+          ? []
+          : this.endpointsOf(view, backend.service, backend.port, policy);
+      x.destinationRule = policy.rule;
     } else if (d.workload) {
       const ip = d.workload.addresses[0];
+      destination = `${d.workload.namespace}/${d.workload.name}`;
       endpoints = ip === undefined ? [] : [{ ip, port: d.port, workload: d.workload, identity: view.store.identityOf(d.workload) }];
     } else {
+      destination = '';
       endpoints = [];
     }
-    await this.attempts(res, x, out, endpoints, backend?.service ?? `${d.workload?.namespace}/${d.workload?.name}`, responseModifier);
+    await this.attempts(res, x, out, endpoints, backend?.service ?? destination, destination, policy, d, responseModifier);
   }
 
-  private endpointsOf(view: WaypointView, key: string, port: number): EndpointTarget[] {
+  private endpointsOf(view: WaypointView, key: string, port: number, policy: EffectivePolicy): EndpointTarget[] {
     const service = view.store.config.services.find((s) => serviceKey(s) === key);
     const sp = service?.ports.find((p) => p.port === port);
     if (!service || !sp) return [];
     return view.store.endpoints(service).flatMap((w) => {
       const ip = w.addresses[0];
-      return ip === undefined || w.capacity <= 0
+      return ip === undefined || w.capacity <= 0 || !inSubset(w.labels, policy.labels)
         ? []
         : [{ ip, port: sp.targetPort, workload: w, identity: view.store.identityOf(w), service }];
     });
+  }
+
+  private destination(key: string): DestinationState {
+    let s = this.destinations.get(key);
+    if (s) return s;
+    // Destinations come and go with the configuration: past the cap, an idle one goes (the oldest first).
+    if (this.destinations.size >= this.deps.limits.maxBudgets) {
+      for (const [k, v] of this.destinations)
+        if (v.breaker.idle) {
+          this.destinations.delete(k);
+          break;
+        }
+    }
+    s = new DestinationState(this.random, this.clock);
+    this.destinations.set(key, s);
+    return s;
+  }
+
+  /** Destination states kept (for tests and the config dump). */
+  destinationStats(): Record<string, ReturnType<DestinationState['breaker']['stats']> & { ejected: number }> {
+    const view = this.deps.view();
+    const out: Record<string, ReturnType<DestinationState['breaker']['stats']> & { ejected: number }> = {};
+    for (const [k, v] of this.destinations) {
+      const [service = '', , subset] = k.split('|');
+      const od = view.destinations?.policyFor(service, subset || undefined)?.outlierDetection;
+      out[k] = { ...v.breaker.stats(), ejected: od ? v.outlier.ejectedCount(od) : 0 };
+    }
+    return out;
   }
 
   private budget(key: string): RetryBudget {
@@ -275,15 +321,31 @@ export class L7Proxy {
     out: OutgoingRequest,
     endpoints: EndpointTarget[],
     budgetKey: string,
+    destinationKey: string,
+    policy: EffectivePolicy,
+    d: Downstream,
     responseModifier: HeaderModifier | undefined,
   ): Promise<void> {
     const requestMs = x.rule?.timeouts.requestMs ?? this.deps.limits.defaultRequestMs;
     const backendMs = x.rule?.timeouts.backendRequestMs ?? 0;
     const deadline = requestMs > 0 ? x.started + requestMs : undefined;
+    const dest = this.destination(destinationKey);
+    const pool = policy.connectionPool;
+    const active = dest.breaker.request(pool);
+    if (!active) {
+      x.flags.push(RESPONSE_FLAGS.UO);
+      x.detail = 'overflow: maxRequests';
+      return void local(res, x, 503, 'upstream connect error or disconnect/reset before headers. reset reason: overflow');
+    }
     const budget = this.budget(budgetKey);
     const endRequest = budget.request();
-    const retry = new RetryState(x.rule?.retry ?? ISTIO_DEFAULT_RETRY, budget, this.clock, this.random, deadline);
+    const retry = new RetryState(x.rule?.retry ?? ISTIO_DEFAULT_RETRY, budget, this.clock, this.random, deadline, () =>
+      dest.breaker.retry(pool),
+    );
     const tried = new Set<string>();
+    const od = policy.outlierDetection;
+    const hashInput = { headers: out.headers, srcIp: d.srcIp };
+    const candidates = endpoints.map((e) => ({ id: `${e.ip}:${e.port}`, weight: e.workload.capacity, e }));
     let gone = false;
     const cancel: { fire?: () => void } = {};
     res.once('close', () => {
@@ -292,21 +354,44 @@ export class L7Proxy {
     });
     try {
       for (;;) {
-        const ep = this.balancer.pick(
-          endpoints.map((e) => ({ id: `${e.ip}:${e.port}`, weight: e.workload.capacity, e })),
-          tried,
-        ) as ({ id: string; e: EndpointTarget } & { weight: number }) | undefined;
+        const conn = await this.connection(dest, pool, deadline, cancel);
+        if (conn === 'overflow' || conn === 'timeout') {
+          x.flags.push(conn === 'overflow' ? RESPONSE_FLAGS.UO : RESPONSE_FLAGS.UT);
+          x.detail = conn === 'overflow' ? 'overflow: maxConnections and maxPendingRequests' : 'timed out waiting for a connection';
+          return void (conn === 'overflow'
+            ? local(res, x, 503, 'upstream connect error or disconnect/reset before headers. reset reason: overflow')
+            : local(res, x, 504, 'upstream request timeout'));
+        }
+        if (conn === 'gone' || gone) {
+          if (typeof conn === 'function') conn();
+          x.flags.push(RESPONSE_FLAGS.DC);
+          return;
+        }
+        const ep = dest.pick(policy, candidates, tried, hashInput);
         if (!ep) {
+          conn();
           x.flags.push(RESPONSE_FLAGS.UH);
           return void local(res, x, 503, 'no healthy upstream');
         }
         tried.add(ep.id);
         x.upstream = ep.e;
         x.attempts++;
-        const done = this.balancer.start(ep.id);
+        const started = dest.start(ep.id);
+        const done = (): void => {
+          started();
+          conn();
+        };
         const left = deadline === undefined ? undefined : deadline - this.clock();
         const limit = [backendMs > 0 ? backendMs : undefined, left].filter((v): v is number => v !== undefined);
-        const r = await this.attempt(ep.e, out, limit.length > 0 ? Math.max(0, Math.min(...limit)) : undefined, cancel);
+        const r = await this.attempt(
+          ep.e,
+          out,
+          limit.length > 0 ? Math.max(0, Math.min(...limit)) : undefined,
+          cancel,
+          pool.maxRequestsPerConnection,
+        );
+        if (od && !gone)
+          dest.outlier.record(ep.id, r.kind === 'response' ? outlierResult(r.status, r.grpcStatus) : 'gateway', candidates.length, od);
         if (gone) {
           done();
           if (r.kind === 'response') r.response.abort();
@@ -346,6 +431,46 @@ export class L7Proxy {
     } finally {
       retry.finish();
       endRequest();
+      active();
+    }
+  }
+
+  /**
+   * A connection of the destination's pool for one attempt: at once, after
+   * a wait in its queue (bounded by the request's deadline and the client
+   * staying), or refused when the queue is full.
+   */
+  private async connection(
+    dest: DestinationState,
+    pool: EffectivePolicy['connectionPool'],
+    deadline: number | undefined,
+    cancel: { fire?: () => void },
+  ): Promise<(() => void) | 'overflow' | 'timeout' | 'gone'> {
+    const a = dest.breaker.connection(pool);
+    if (a === 'overflow') return 'overflow';
+    let why: 'timeout' | 'gone' | undefined;
+    const timer =
+      deadline === undefined
+        ? undefined
+        : setTimeout(
+            () => {
+              why = 'timeout';
+              a.cancel();
+            },
+            Math.max(0, deadline - this.clock()),
+          );
+    const before = cancel.fire;
+    cancel.fire = () => {
+      why = 'gone';
+      a.cancel();
+    };
+    try {
+      const release = await a.ready;
+      if (release) return release;
+      return why ?? 'gone';
+    } finally {
+      clearTimeout(timer);
+      cancel.fire = before;
     }
   }
 
@@ -359,11 +484,12 @@ export class L7Proxy {
     out: OutgoingRequest,
     limitMs: number | undefined,
     cancel: { fire?: () => void },
+    maxRequestsPerConnection = 0,
   ): Promise<AttemptResult> {
     let settled = false;
     let stream: Duplex | undefined;
     const work = (async (): Promise<AttemptResult> => {
-      if (!out.h2) return this.h1.send(ep, out);
+      if (!out.h2) return this.h1.send(maxRequestsPerConnection > 0 ? { ...ep, maxRequests: maxRequestsPerConnection } : ep, out);
       try {
         stream = await this.deps.open(ep);
       } catch (err) {
@@ -501,6 +627,7 @@ export class L7Proxy {
         route: x.rule ? `${x.rule.origin.kind} ${x.rule.origin.namespace}/${x.rule.origin.name} rule ${x.rule.index}` : undefined,
         backend: x.backend,
         policy: x.policy,
+        destination_rule: x.destinationRule,
         response_code: status,
         grpc_status: x.grpc ? grpcStatusLabel(x.grpcStatus) : undefined,
         response_flags: flags,

@@ -129,8 +129,11 @@ export type RetryDecision =
   | { retry: true; delayMs: number }
   | {
       retry: false;
-      /** Why not: the outcome is final, the attempts or the budget are spent, or the wait would pass the request deadline. */
-      reason: 'final' | 'attempts' | 'budget' | 'deadline';
+      /**
+       * Why not: the outcome is final, the attempts or the budget are spent,
+       * the destination's maxRetries are in flight, or the wait would pass the request deadline.
+       */
+      reason: 'final' | 'attempts' | 'budget' | 'overflow' | 'deadline';
       /** URX when retrying stopped on a retriable failure after every attempt. */
       flag?: ResponseFlag;
     };
@@ -151,6 +154,8 @@ export class RetryState {
     private readonly random: Random,
     /** Absolute clock time past which nothing may be attempted (timeouts.request), if any. */
     private readonly deadline?: number,
+    /** The destination's circuit breaker of retries in flight (connectionPool.http.maxRetries), if any. */
+    private readonly breaker?: () => (() => void) | undefined,
   ) {}
 
   /** Retries started so far. */
@@ -167,7 +172,15 @@ export class RetryState {
     if (this.deadline !== undefined && this.clock() + delayMs >= this.deadline) return { retry: false, reason: 'deadline' };
     const slot = this.budget.retry();
     if (!slot) return { retry: false, reason: 'budget' };
-    this.slot = slot;
+    const held = this.breaker ? this.breaker() : undefined;
+    if (this.breaker && !held) {
+      slot();
+      return { retry: false, reason: 'overflow' };
+    }
+    this.slot = () => {
+      slot();
+      held?.();
+    };
     this.retries++;
     return { retry: true, delayMs };
   }

@@ -63,6 +63,8 @@ export interface WeightedBackend {
   port: number;
   /** Relative share; 0 takes the backend out of rotation. */
   weight: number;
+  /** A subset of a DestinationRule of the service (its endpoints with the subset's labels); undefined: every endpoint. */
+  subset?: string;
 }
 
 /** Milliseconds; 0 disables the timeout (Gateway API's "0s"); undefined leaves ambit's default. */
@@ -201,12 +203,82 @@ export interface L7Policy {
   dryRun: boolean;
 }
 
+/**
+ * How the endpoints of a destination are chosen (Istio's loadBalancer):
+ * simple policies, or a consistent hash of a header, a cookie or the
+ * client's address (the same key goes to the same endpoint while the set
+ * of endpoints stays the same).
+ */
+export type LoadBalancer =
+  | { type: 'ROUND_ROBIN' | 'LEAST_REQUEST' | 'RANDOM' }
+  | { type: 'HASH_HEADER' | 'HASH_COOKIE'; name: string }
+  | { type: 'HASH_SOURCE_IP' };
+
+/** Istio's connectionPool, every limit filled in (Istio's defaults: 2³²−1, i.e. none; maxRequestsPerConnection 0, none). */
+export interface ConnectionPool {
+  /** tcp.maxConnections: attempts in flight at once to the destination, each on a connection of its own. */
+  maxConnections: number;
+  /** http.http1MaxPendingRequests: attempts waiting for a connection; one more is refused (503 UO). */
+  maxPendingRequests: number;
+  /** http.http2MaxRequests: requests active at once to the destination; one more is refused (503 UO). */
+  maxRequests: number;
+  /** http.maxRequestsPerConnection: requests one kept HTTP/1.1 connection carries; 0 is no limit. */
+  maxRequestsPerConnection: number;
+  /** http.maxRetries: retries in flight at once to the destination. */
+  maxRetries: number;
+}
+
+/** Istio's outlierDetection, filled in with Istio's defaults. */
+export interface OutlierDetection {
+  /** 5xx answers (and connection failures, resets, timeouts) in a row that eject an endpoint; 0 disables. */
+  consecutive5xxErrors: number;
+  /** 502, 503, 504 (and connection failures, resets, timeouts) in a row that eject an endpoint; 0 disables. */
+  consecutiveGatewayErrors: number;
+  /** How often ejections are reconsidered: an ejection count goes down by one per interval its endpoint stays in. */
+  intervalMs: number;
+  /** An endpoint stays out baseEjectionMs × the number of times it was ejected (capped at 300 s, Envoy's max_ejection_time). */
+  baseEjectionMs: number;
+  /** Share of the endpoints that may be out at once; one may always be (Envoy's rule). */
+  maxEjectionPercent: number;
+}
+
+/** A trafficPolicy: what is absent takes Istio's default (least request, no limits, no outlier detection). */
+export interface TrafficPolicy {
+  loadBalancer?: LoadBalancer;
+  connectionPool?: ConnectionPool;
+  outlierDetection?: OutlierDetection;
+}
+
+export interface Label {
+  key: string;
+  value: string;
+}
+
+/** A DestinationRule subset: the endpoints with all its labels, and a policy whose fields replace the rule's. */
+export interface Subset {
+  name: string;
+  labels: Label[];
+  trafficPolicy: TrafficPolicy;
+}
+
+/** An Istio DestinationRule, applied to the service its host names. */
+export interface DestinationPolicy {
+  namespace: string;
+  name: string;
+  /** The service's key in the mesh model: "<namespace>/<hostname>". */
+  service: string;
+  trafficPolicy: TrafficPolicy;
+  subsets: Subset[];
+}
+
 /** Everything the waypoint needs from the routes and policies, validated. */
 export interface WaypointConfig {
   routes: ServiceRoutes[];
   waypoints: Waypoint[];
   bindings: WaypointBindings;
   policies: L7Policy[];
+  /** DestinationRules, at most one per service. */
+  destinations: DestinationPolicy[];
   /** Accepted but worth telling (overlapping matches, routes ignored by precedence). */
   warnings: string[];
 }
