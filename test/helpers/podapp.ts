@@ -160,7 +160,11 @@ function halfclose(ip: string, port: number, text: string): void {
 
 function httpApp(port: number, name: string, failPercent: number): void {
   let n = 0;
+  // Requests being handled at once: each answer says how many were (x-in-flight), so a test can see what a limit let through.
+  let inFlight = 0;
   const handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse): void => {
+    inFlight++;
+    res.once('close', () => inFlight--);
     const url = new URL(req.url ?? '/', 'http://x');
     const sleep = Math.min(60_000, Number(url.searchParams.get('sleep') ?? 0) || 0);
     req.resume();
@@ -181,7 +185,7 @@ function httpApp(port: number, name: string, failPercent: number): void {
           return;
         }
         const body = JSON.stringify({ name, method: req.method, path: url.pathname, host: req.headers.host ?? req.headers[':authority'] });
-        r.writeHead(fail ? 503 : 200, { 'content-type': 'application/json', 'x-name': name });
+        r.writeHead(fail ? 503 : 200, { 'content-type': 'application/json', 'x-name': name, 'x-in-flight': String(inFlight) });
         r.end(`${body}\n`);
       }, sleep);
     });

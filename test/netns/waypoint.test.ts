@@ -18,6 +18,7 @@ import { BuiltinCa } from '../../src/identity/builtin-ca';
 import { Cleanup } from '../helpers/cleanup';
 import { CLI, httpInNetns, PODAPP, pinDirFor, requireRoot, sample, testBed, workloadOf } from '../helpers/fixture';
 import { certFor, connect, firstLine, openSession } from '../helpers/hbone-client';
+import { must } from '../helpers/must';
 import { jsonLines, TIME_SCALE, waitFor, waitForLine } from '../helpers/proc';
 import type { TestPod, Topology } from '../helpers/topology';
 
@@ -32,6 +33,8 @@ const VIP = {
   slow: '10.96.0.14',
   grpc: '10.96.0.15',
   tcp: '10.96.0.16',
+  resilient: '10.96.0.17',
+  limited: '10.96.0.18',
 };
 
 interface Answer {
@@ -170,6 +173,9 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         svc('slow', VIP.slow, 80, 8080, { app: 'echo' }, { name: 'http' }),
         svc('grpc', VIP.grpc, 9090, 8080, { grpc: 'yes' }, { appProtocol: 'grpc' }),
         svc('tcp', VIP.tcp, 7000, 7000, { app: 'echo-v2' }),
+        // Three endpoints (port 8082), one of which always answers 503; and one endpoint behind tight limits.
+        svc('resilient', VIP.resilient, 80, 8082, { grpc: 'yes' }, { name: 'http' }),
+        svc('limited', VIP.limited, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
       ],
       routes: [
         {
@@ -190,6 +196,27 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         route('flaky', [{ backendRefs: [{ name: 'flaky', port: 80 }], retry: { attempts: 3, codes: [503], backoff: '1ms' } }]),
         route('flaky-noretry', [{ backendRefs: [{ name: 'flaky-noretry', port: 80 }], retry: { attempts: 0 } }]),
         route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
+        {
+          apiVersion: 'networking.istio.io/v1',
+          kind: 'DestinationRule',
+          metadata: { name: 'resilient', namespace: 'default' },
+          spec: {
+            host: 'resilient',
+            trafficPolicy: {
+              loadBalancer: { simple: 'ROUND_ROBIN' },
+              outlierDetection: { consecutive5xxErrors: 2, interval: '1s', baseEjectionTime: '3s', maxEjectionPercent: 50 },
+            },
+          },
+        },
+        {
+          apiVersion: 'networking.istio.io/v1',
+          kind: 'DestinationRule',
+          metadata: { name: 'limited', namespace: 'default' },
+          spec: {
+            host: 'limited.default.svc.cluster.local',
+            trafficPolicy: { connectionPool: { tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1 } } },
+          },
+        },
         {
           apiVersion: 'security.istio.io/v1',
           kind: 'AuthorizationPolicy',
@@ -236,6 +263,9 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
       [b, ['http', '8081', 'flaky-b', '30']],
       [v2, ['http', '8080', 'echo-v2']],
       [v2, ['whoami', '7000']],
+      [a, ['http', '8082', 'res-a', '100']],
+      [b, ['http', '8082', 'res-b']],
+      [v2, ['http', '8082', 'res-v2']],
     ];
     for (const [pod, args] of apps) {
       const app = topo.spawnInPod(pod, process.execPath, [PODAPP, ...args]);
@@ -320,6 +350,68 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     assert.equal(r.status, 502);
     assert.equal((await request(session, `${VIP.echo}:80`)).status, 200);
     await waitFor('UPE in the access log', () => wpLog.find((l) => l.msg === 'request complete' && l.response_flags === 'UPE'));
+  });
+
+  test('outlier detection: a backend answering 503 is ejected, the others keep answering, and it is back after baseEjectionTime', async () => {
+    const one = () => request(session, `${VIP.resilient}:80`);
+    // Round robin over three endpoints: res-a's second 503 in a row, within its first two turns, ejects it.
+    const first: { a: Answer; at: number }[] = [];
+    for (let i = 0; i < 6; i++) first.push({ a: await one(), at: Date.now() });
+    const failed = first.filter((x) => x.a.status !== 200);
+    assert.equal(failed.length, 2, `two 503 from res-a before it is out: ${JSON.stringify(first.map((x) => nameOf(x.a)))}`);
+    assert.ok(
+      failed.every((x) => x.a.status === 503 && nameOf(x.a) === 'res-a'),
+      JSON.stringify(failed.map((x) => x.a.status)),
+    );
+    const ejectedAt = must(failed[1], 'second').at;
+    // While it is out (3 s), every request succeeds on the two others.
+    const during = await many(60, 3, one);
+    assert.deepEqual(
+      [...new Set(during.map((x) => `${x.status} ${nameOf(x)}`))].sort(),
+      ['200 res-b', '200 res-v2'],
+      'only the healthy endpoints answer while res-a is ejected',
+    );
+    assert.ok(Date.now() - ejectedAt < 3000, 'the requests above ran within the ejection');
+    // Then it comes back: the first request it takes is its 503 again, not before baseEjectionTime.
+    const back = await waitFor(
+      'res-a back in rotation',
+      async () => {
+        const a = await one();
+        return nameOf(a) === 'res-a' ? Date.now() : undefined;
+      },
+      15_000,
+    );
+    assert.ok(back - ejectedAt >= 2900, `back ${back - ejectedAt} ms after its ejection (baseEjectionTime 3 s)`);
+    assert.ok(back - ejectedAt < 3000 + 4000 * TIME_SCALE, `back ${back - ejectedAt} ms after its ejection (baseEjectionTime 3 s)`);
+    const log = wpLog.filter((l) => l.msg === 'request complete' && l['dst.service'] === host('resilient'));
+    assert.ok(
+      log.every((l) => l.destination_rule === 'default/resilient'),
+      'the access log names the DestinationRule',
+    );
+  });
+
+  test('connectionPool: a burst past maxConnections 1 + http1MaxPendingRequests 1 is answered 503 UO; the backend sees one at a time', async () => {
+    const burst = await Promise.all(Array.from({ length: 8 }, () => request(session, `${VIP.limited}:80`, { path: '/?sleep=400' })));
+    const ok = burst.filter((a) => a.status === 200);
+    const overflow = burst.filter((a) => a.status === 503);
+    assert.equal(ok.length + overflow.length, 8, JSON.stringify(burst.map((a) => a.status)));
+    assert.ok(ok.length >= 1 && ok.length <= 2, `one in flight and one waiting get through: ${ok.length} answered 200`);
+    assert.ok(
+      overflow.every((a) => /overflow/.test(a.body)),
+      JSON.stringify(overflow.map((a) => a.body)),
+    );
+    assert.deepEqual(
+      ok.map((a) => a.headers['x-in-flight']),
+      ok.map(() => '1'),
+      'the backend never had more than one request at once',
+    );
+    await waitFor('UO in the access log', () =>
+      wpLog.find((l) => l.msg === 'request complete' && l['dst.service'] === host('limited') && l.response_flags === 'UO'),
+    );
+    const text = await metrics();
+    assert.ok(requestsTotal(text, { destination_service: host('limited'), response_code: '503', response_flags: 'UO' }) >= 6);
+    // Once the burst is over, the destination serves again.
+    assert.equal((await request(session, `${VIP.limited}:80`)).status, 200);
   });
 
   test('gRPC: one client connection, every request balanced on its own over 3 endpoints', async () => {
