@@ -1,5 +1,5 @@
 // The control plane's view of a cluster: every pod, namespace, service,
-// EndpointSlice, Gateway, HTTPRoute, GRPCRoute and AuthorizationPolicy,
+// EndpointSlice, Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy and DestinationRule,
 // kept current by watches, turned into the mesh it serves (workloads,
 // services, waypoints, their routes and policies from the API; trust
 // domain, CA and more policies from its YAML). Changes are coalesced so a
@@ -20,7 +20,7 @@ import type { KubeClient } from './client';
 import { Informer } from './informer';
 import { meshFromCluster } from './mesh';
 import type { CheckedObject, EndpointSlice, Gateway, KubeObject, Namespace, Pod, Service } from './types';
-import { type ClusterDoc, policyDocs, routeDocs, waypointDocs } from './waypoints';
+import { type ClusterDoc, destinationRuleDocs, policyDocs, routeDocs, waypointDocs } from './waypoints';
 
 const COALESCE_MS = 100;
 const SHOWN_CHARS = 120;
@@ -70,6 +70,7 @@ export class KubeClusterSource extends EventEmitter {
   private readonly httpRoutes: Informer<CheckedObject>;
   private readonly grpcRoutes: Informer<CheckedObject>;
   private readonly policies: Informer<CheckedObject>;
+  private readonly destinationRules: Informer<CheckedObject>;
   private timer?: NodeJS.Timeout;
 
   constructor(client: KubeClient, log: Logger) {
@@ -82,6 +83,7 @@ export class KubeClusterSource extends EventEmitter {
     this.httpRoutes = new Informer(client, '/apis/gateway.networking.k8s.io/v1/httproutes', log, { optional: true });
     this.grpcRoutes = new Informer(client, '/apis/gateway.networking.k8s.io/v1/grpcroutes', log, { optional: true });
     this.policies = new Informer(client, '/apis/security.istio.io/v1/authorizationpolicies', log, { optional: true });
+    this.destinationRules = new Informer(client, '/apis/networking.istio.io/v1/destinationrules', log, { optional: true });
     for (const i of this.all()) {
       i.on('changed', () => {
         clearTimeout(this.timer);
@@ -129,6 +131,7 @@ export class KubeClusterSource extends EventEmitter {
       ...routeDocs({ httpRoutes: this.httpRoutes.list(), grpcRoutes: this.grpcRoutes.list(), gateways }),
       ...filePolicies.filter((d) => waypointPolicy(d) !== undefined).map((doc) => ({ doc })),
       ...clusterPolicies.filter((d) => waypointPolicy(d.doc) !== undefined),
+      ...destinationRuleDocs(this.destinationRules.list()),
     ];
     // Problems name the object, not its place in a list only this function sees.
     const waypointNamed = namer('cluster', docs);
@@ -172,6 +175,7 @@ export class KubeClusterSource extends EventEmitter {
       this.httpRoutes,
       this.grpcRoutes,
       this.policies,
+      this.destinationRules,
     ] as unknown as Informer<KubeObject>[];
   }
 }

@@ -1,8 +1,8 @@
 // The few fields of Kubernetes objects ambit reads, as the API server
 // serves them (core/v1 Pod, Namespace, Service; discovery.k8s.io/v1
 // EndpointSlice; gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute;
-// security.istio.io/v1 AuthorizationPolicy; authentication.k8s.io/v1
-// TokenReview).
+// security.istio.io/v1 AuthorizationPolicy; networking.istio.io/v1
+// DestinationRule; authentication.k8s.io/v1 TokenReview).
 export interface ObjectMeta {
   name: string;
   namespace?: string;

@@ -7,7 +7,8 @@
 // HTTPRoutes, GRPCRoutes and AuthorizationPolicies go to the reader as they
 // are, but for what belongs to another controller: references to Gateways
 // of another class (an ingress) are left out, and an object with nothing
-// else is not the mesh's at all.
+// else is not the mesh's at all. DestinationRules go as they are: one for a
+// host outside the mesh model applies to nothing (the reader warns).
 
 import { GATEWAY_GROUP, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_CLASS } from '../sources/istio-waypoint';
 import { isObj } from '../sources/k8s-doc';
@@ -17,6 +18,7 @@ import type { CheckedObject, Gateway, GatewayAddressEntry, Namespace, Service } 
 
 export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
 export const ISTIO_SECURITY_VERSION = 'security.istio.io/v1';
+export const ISTIO_NETWORKING_VERSION = 'networking.istio.io/v1';
 
 const isIp = (a: GatewayAddressEntry): boolean => (a.type ?? 'IPAddress') === 'IPAddress';
 
@@ -196,4 +198,16 @@ export function policyDocs(o: { policies: readonly CheckedObject[]; gateways: re
       return [];
     return withoutForeign(ISTIO_SECURITY_VERSION, 'AuthorizationPolicy', p, 'targetRefs', isForeign) ?? [];
   });
+}
+
+/**
+ * Every DestinationRule, for the waypoints. One with a workloadSelector is
+ * a sidecar's business (Istio applies it to the selected workloads' own
+ * proxies), not a waypoint's: left out without a word.
+ */
+export function destinationRuleDocs(rules: readonly CheckedObject[]): ClusterDoc[] {
+  return [...rules]
+    .sort(byName)
+    .filter((r) => !(isObj(r.spec) && r.spec.workloadSelector !== undefined))
+    .map((r) => ({ doc: docOf(ISTIO_NETWORKING_VERSION, 'DestinationRule', r, r.spec) }));
 }

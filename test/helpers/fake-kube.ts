@@ -1,7 +1,7 @@
 // A stand-in for the Kubernetes API server (no real one can run here): it
 // serves the paths and watch streams ambit uses — pods (optionally by
 // spec.nodeName), namespaces, services, EndpointSlices, Gateway API
-// gateways, httproutes and grpcroutes, Istio authorizationpolicies, and
+// gateways, httproutes and grpcroutes, Istio authorizationpolicies and destinationrules, and
 // TokenReview (a kind in `absent` answers 404, as a CRD not installed) —
 // with objects shaped like the recorded ones in test/fixtures/kube/.
 // Run as a process (`node fake-kube.js HOST PORT`), it is driven over stdin
@@ -37,6 +37,7 @@ const PATHS: Record<string, string> = {
   '/apis/gateway.networking.k8s.io/v1/httproutes': 'HTTPRoute',
   '/apis/gateway.networking.k8s.io/v1/grpcroutes': 'GRPCRoute',
   '/apis/security.istio.io/v1/authorizationpolicies': 'AuthorizationPolicy',
+  '/apis/networking.istio.io/v1/destinationrules': 'DestinationRule',
 };
 const LIST_KIND: Record<string, string> = {
   Pod: 'PodList',
@@ -47,6 +48,7 @@ const LIST_KIND: Record<string, string> = {
   HTTPRoute: 'HTTPRouteList',
   GRPCRoute: 'GRPCRouteList',
   AuthorizationPolicy: 'AuthorizationPolicyList',
+  DestinationRule: 'DestinationRuleList',
 };
 
 export const FIXTURES = path.resolve(__dirname, '../../../test/fixtures/kube');

@@ -315,6 +315,43 @@ test('a wrong object in the cluster is a warning naming it and its field; everyt
   }
 });
 
+test("the cluster's DestinationRules are its waypoint's: one for a sidecar (workloadSelector) is left out, a wrong one is a warning naming it", async () => {
+  const c = await cluster();
+  const rule = (name: string, spec: Record<string, unknown>): Obj => ({
+    apiVersion: 'networking.istio.io/v1',
+    kind: 'DestinationRule',
+    metadata: { name, namespace: 'demo', uid: `uid-${name}`, generation: 1 },
+    spec,
+  });
+  try {
+    c.put(rule('sidecar-only', { host: 'echo', workloadSelector: { matchLabels: { app: 'echo' } } }));
+    c.put(rule('typo', { host: 'echo', trafficPolicy: { outlierDetection: { baseEjectionTim: '1s' } } }));
+    c.put(
+      rule('web', {
+        host: 'web',
+        trafficPolicy: { connectionPool: { tcp: { maxConnections: 4 } } },
+        subsets: [{ name: 'v1', labels: { version: 'v1' } }],
+      }),
+    );
+    await waitFor('the rules watched', () => c.source.mesh(BASE).routes.destinations.length === 1 && c.source.mesh(BASE).warnings?.length);
+    const m = c.source.mesh(BASE);
+    assert.deepEqual(
+      m.routes.destinations.map((d) => [
+        `${d.namespace}/${d.name}`,
+        d.service,
+        d.trafficPolicy.connectionPool?.maxConnections,
+        d.subsets.length,
+      ]),
+      [['demo/web', WEB, 4, 1]],
+    );
+    assert.deepEqual(m.warnings, [
+      'DestinationRule demo/typo spec.trafficPolicy.outlierDetection.baseEjectionTim: unknown field; did you mean `baseEjectionTime`? (got "1s")',
+    ]);
+  } finally {
+    c.stop();
+  }
+});
+
 test('without the HTTPRoute, GRPCRoute and AuthorizationPolicy CRDs (404) there are no routes and no L7 policies, and no error', async () => {
   const c = await cluster(['HTTPRoute', 'GRPCRoute', 'AuthorizationPolicy']);
   try {
