@@ -65,6 +65,25 @@ async function body(r: AttemptResult): Promise<string> {
 /** Waits for the pool to take the connection back (the Agent frees it on the next tick). */
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 20));
 
+test('maxRequestsPerConnection: a connection carries that many requests, then a new one is opened', async () => {
+  const pool = new KeepAlivePool(open);
+  try {
+    for (let i = 0; i < 7; i++) {
+      assert.equal(await body(await pool.send({ ...target(), maxRequests: 3 }, get('/'))), 'x'.repeat(10));
+      await settle();
+    }
+    assert.equal(pool.opened, 3, '7 requests at 3 per connection');
+    // Without the limit the same endpoint's connections are kept apart and reused as before.
+    for (let i = 0; i < 3; i++) {
+      await body(await pool.send(target(), get('/')));
+      await settle();
+    }
+    assert.equal(pool.opened, 4);
+  } finally {
+    pool.close();
+  }
+});
+
 test('sequential requests to one endpoint share one connection', async () => {
   const pool = new KeepAlivePool(open);
   try {
