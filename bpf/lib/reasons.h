@@ -21,7 +21,10 @@ enum ambit_reason {
 	REASON_LOOKUP_DROP_NO_SOCKET = 12,/* enrolled pod, tunnel socket gone: fail closed */
 	REASON_LOOKUP_DROP_ASSIGN = 13,   /* bpf_sk_assign refused the socket */
 	REASON_CONNECT_SKIP_TUNNEL = 14,  /* the tunnel's own socket (marked): never captured */
-	REASON_MAX = 15,
+	REASON_CONNECT_REDIRECTED_V4MAPPED = 15, /* AF_INET6 socket to ::ffff:a.b.c.d sent to :15001 */
+	REASON_CONNECT_REFUSED_IPV6 = 16, /* enrolled pod to a native IPv6 destination: not carried, EPERM */
+	REASON_LOOKUP_DROP_IPV6 = 17,     /* IPv6 TCP to an enrolled pod: not carried, reset */
+	REASON_MAX = 18,
 };
 
 #endif

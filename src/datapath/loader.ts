@@ -1,7 +1,7 @@
 // Loads bpf/*.o, pins maps and links under one directory, attaches with
 // bpf_links only, and does it idempotently:
 //   <pinDir>/maps/<map>            shared by both objects, reused across restarts
-//   <pinDir>/links/<program>       cgroup links (connect4, sockops, getpeername4)
+//   <pinDir>/links/<program>       cgroup links (connect4, sockops, getpeername4, connect6, getpeername6)
 //   <pinDir>/links/netns-<pod>     one sk_lookup link per enrolled pod netns
 // A restart finds each pinned link, compares the attached program's tag with
 // the one just loaded, and keeps it (same tag), swaps the program atomically
@@ -12,6 +12,7 @@ import path from 'node:path';
 import { AmbitError } from '../errors';
 import { bpf, errno, errnoName, libcFns, O_CLOEXEC, O_DIRECTORY, O_RDONLY, type Ptr } from './ffi';
 import { DatapathMaps } from './maps';
+import { REASONS } from './reasons';
 
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/ambit';
 export const DEFAULT_OBJ_DIR = path.resolve(__dirname, '../../../build/bpf');
@@ -21,6 +22,9 @@ const CGROUP_PROGRAMS = [
   { prog: 'ambit_connect4', link: 'connect4' },
   { prog: 'ambit_sockops', link: 'sockops' },
   { prog: 'ambit_peername4', link: 'getpeername4' },
+  // AF_INET6 sockets: v4-mapped destinations captured like IPv4, native IPv6 refused.
+  { prog: 'ambit_connect6', link: 'connect6' },
+  { prog: 'ambit_peername6', link: 'getpeername6' },
 ] as const;
 const SK_LOOKUP_PROGRAM = 'ambit_sk_lookup';
 
@@ -43,6 +47,12 @@ export class Datapath {
   private readonly objects: Ptr[] = [];
   private readonly skLookup: Ptr;
   private readonly linksDir: string;
+  /**
+   * A program's tag ignores which maps it uses: after the counters map was
+   * recreated, a pinned link with the same tag still counts into the old
+   * one, so it is replaced rather than reused.
+   */
+  private countersRecreated = false;
 
   private constructor(
     readonly pinDir: string,
@@ -121,7 +131,9 @@ export class Datapath {
       const name = bpf.mapName(m);
       if (name.startsWith('.')) continue; // .rodata/.bss: private to the object
       names.push(name);
-      bpf.mapSetPinPath(m, path.join(this.pinDir, 'maps', name));
+      const pin = path.join(this.pinDir, 'maps', name);
+      if (name === COUNTERS_MAP && dropResizedCounters(pin)) this.countersRecreated = true;
+      bpf.mapSetPinPath(m, pin);
     }
     const rc = bpf.objectLoad(obj);
     if (rc < 0) {
@@ -157,7 +169,7 @@ export class Datapath {
         try {
           const info = linkInfo(linkFd);
           if (info.targetId === targetId) {
-            if (progTag(info.progId) === progTagByFd(newProgFd)) return 'reused';
+            if (!this.countersRecreated && progTag(info.progId) === progTagByFd(newProgFd)) return 'reused';
             const rc = bpf.linkUpdate(linkFd, newProgFd, null);
             if (rc < 0) throw new AmbitError('AMBIT_E_BPF_ATTACH', `replacing the program of link ${pin} failed: ${errnoName(rc)}`);
             return 'replaced';
@@ -186,6 +198,30 @@ export class Datapath {
     }
     return 'attached';
   }
+}
+
+const COUNTERS_MAP = 'counters';
+
+/**
+ * The counters map grows by one slot with every new reason, and libbpf
+ * refuses a pin of another size. Its content is only statistics, so an
+ * upgrade drops the old pin (counts restart from 0) instead of asking for
+ * a cleanup that would drop capture state too. Links reattached or
+ * replaced by this load count into the new map.
+ */
+function dropResizedCounters(pin: string): boolean {
+  if (!fs.existsSync(pin)) return false;
+  const fd = bpf.objGet(pin);
+  if (fd < 0) return false;
+  try {
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries (u32 each).
+    const info = Buffer.alloc(80);
+    if (bpf.objGetInfoByFd(fd, info, [info.length]) < 0 || info.readUInt32LE(16) === REASONS.length) return false;
+  } finally {
+    libcFns.close(fd);
+  }
+  fs.rmSync(pin, { force: true });
+  return true;
 }
 
 const netnsLinkName = (podKey: string): string => `netns-${podKey.replace(/[^A-Za-z0-9_.-]/g, '_')}`;

@@ -16,6 +16,9 @@ export const REASONS = [
   'LOOKUP_DROP_NO_SOCKET',
   'LOOKUP_DROP_ASSIGN',
   'CONNECT_SKIP_TUNNEL',
+  'CONNECT_REDIRECTED_V4MAPPED',
+  'CONNECT_REFUSED_IPV6',
+  'LOOKUP_DROP_IPV6',
 ] as const;
 
 export type Reason = (typeof REASONS)[number];

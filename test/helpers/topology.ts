@@ -13,7 +13,10 @@
 // 10.201.0.254 (where a control plane runs, reachable from every node) and routes 10.200.k.0/24
 // to node k; pod j of node i is 10.200.i.(10+j)/32 behind a veth whose node
 // end holds the gateway address 169.254.1.1 (every pod has the same
-// gateway, as in Calico).
+// gateway, as in Calico). With `ula`, IPv6 beside it: node i has
+// fd00:201::i/64 on the wire and routes fd00:200:k::/64 to node k; pod j of
+// node i is fd00:200:i::(10+j)/128 with the gateway fe80::1 on every
+// pod-facing veth.
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -28,6 +31,8 @@ export interface TestPod {
   netns: string; // netns name
   netnsPath: string; // /var/run/netns/<name>
   ip: string;
+  /** Its IPv6 (ULA) address, when the topology was built with `ula`. */
+  ip6?: string;
   cgroup: string; // absolute cgroup v2 directory
 }
 
@@ -37,6 +42,7 @@ export interface TestNode {
   netns: string;
   netnsPath: string;
   wireIp: string;
+  wireIp6?: string;
   podsCgroup: string;
   pods: TestPod[];
 }
@@ -48,6 +54,8 @@ export interface TopologyOptions {
   nodes: number;
   podsPerNode: number;
   prefix?: string;
+  /** Add IPv6 unique local addresses (fd00::/8) to nodes and pods, beside the IPv4 ones. */
+  ula?: boolean;
 }
 
 const NETNS_DIR = '/var/run/netns';
@@ -97,7 +105,7 @@ export class Topology {
     return p;
   }
 
-  private async build({ nodes, podsPerNode }: TopologyOptions): Promise<void> {
+  private async build({ nodes, podsPerNode, ula }: TopologyOptions): Promise<void> {
     fs.mkdirSync(this.cgroupRoot);
     fs.mkdirSync(this.hostCgroup);
     await sh('ip', ['netns', 'add', this.switchNs]);
@@ -128,6 +136,12 @@ export class Topology {
       await sh('ip', [...ipN, 'addr', 'add', `${node.wireIp}/24`, 'dev', 'wire0']);
       await sh('ip', [...ipN, 'link', 'set', 'wire0', 'up']);
       await this.sysctl(node.netnsPath, 'net.ipv4.ip_forward', '1');
+      if (ula) {
+        node.wireIp6 = `fd00:201::${i}`;
+        // nodad: usable at once, not after duplicate address detection.
+        await sh('ip', [...ipN, '-6', 'addr', 'add', `${node.wireIp6}/64`, 'dev', 'wire0', 'nodad']);
+        await this.sysctl(node.netnsPath, 'net.ipv6.conf.all.forwarding', '1');
+      }
 
       for (let j = 1; j <= podsPerNode; j++) {
         const pod: TestPod = {
@@ -154,11 +168,19 @@ export class Topology {
         await sh('ip', [...ipP, 'link', 'set', 'eth0', 'up']);
         await sh('ip', [...ipP, 'route', 'add', '169.254.1.1', 'dev', 'eth0']);
         await sh('ip', [...ipP, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0', 'onlink']);
+        if (ula) {
+          pod.ip6 = `fd00:200:${i}::${10 + j}`;
+          await sh('ip', [...ipN, '-6', 'addr', 'add', 'fe80::1/64', 'dev', `p${j}`, 'nodad']);
+          await sh('ip', [...ipN, '-6', 'route', 'add', `${pod.ip6}/128`, 'dev', `p${j}`]);
+          await sh('ip', [...ipP, '-6', 'addr', 'add', `${pod.ip6}/128`, 'dev', 'eth0', 'nodad']);
+          await sh('ip', [...ipP, '-6', 'route', 'add', 'default', 'via', 'fe80::1', 'dev', 'eth0']);
+        }
       }
     }
     for (const a of this.nodes) {
       for (const b of this.nodes) {
         if (a !== b) await sh('ip', ['-n', a.netns, 'route', 'add', `10.200.${b.index}.0/24`, 'via', b.wireIp]);
+        if (a !== b && b.wireIp6) await sh('ip', ['-n', a.netns, '-6', 'route', 'add', `fd00:200:${b.index}::/64`, 'via', b.wireIp6]);
       }
     }
   }

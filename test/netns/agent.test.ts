@@ -197,14 +197,18 @@ describe('ambit node (agent process)', () => {
       const attached = JSON.parse(await startAgent(node)) as { attachments: { link: string; action: string }[] };
       assert.deepEqual(
         attached.attachments.map((a) => a.action),
-        ['reused', 'reused', 'reused'],
+        ['reused', 'reused', 'reused', 'reused', 'reused'],
       );
       if (i === 0) await stopAgent(node, 'SIGTERM');
     }
 
     const links = JSON.parse(await sh('bpftool', ['link', 'show', '--json'])) as BpftoolLink[];
     const cgroupId = fs.statSync(node.podsCgroup).ino;
-    assert.equal(links.filter((l) => l.cgroup_id === cgroupId).length, 3, 'connect4, sockops, getpeername4 once each on the pods cgroup');
+    assert.equal(
+      links.filter((l) => l.cgroup_id === cgroupId).length,
+      5,
+      'connect4, sockops, getpeername4, connect6, getpeername6 once each on the pods cgroup',
+    );
     for (const pod of node.pods.slice(0, 2)) {
       const ino = fs.statSync(pod.netnsPath).ino;
       assert.equal(links.filter((l) => l.netns_ino === ino).length, 1, `one sk_lookup link on ${pod.netns}`);
@@ -231,7 +235,9 @@ describe('ambit node (agent process)', () => {
     };
     assert.deepEqual(status.links.map((l) => l.pin).sort(), [
       'connect4',
+      'connect6',
       'getpeername4',
+      'getpeername6',
       `netns-${topo.prefix}_n1-p1`,
       `netns-${topo.prefix}_n1-p2`,
       'sockops',

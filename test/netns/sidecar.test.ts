@@ -82,7 +82,14 @@ describe('sidecar mode', () => {
     const own = JSON.parse(await sh(process.execPath, [CLI, 'datapath', 'status', '--pin-dir', sidecarPins, '--json'])) as {
       links: { pin: string; target: string }[];
     };
-    assert.deepEqual(own.links.map((l) => l.pin).sort(), ['connect4', 'getpeername4', `netns-${topo.prefix}_n2-p1`, 'sockops']);
+    assert.deepEqual(own.links.map((l) => l.pin).sort(), [
+      'connect4',
+      'connect6',
+      'getpeername4',
+      'getpeername6',
+      `netns-${topo.prefix}_n2-p1`,
+      'sockops',
+    ]);
     const podCgroupId = fs.statSync(topo.pod(2, 1).cgroup).ino;
     assert.ok(
       own.links.filter((l) => !l.pin.startsWith('netns-')).every((l) => l.target === `cgroup id ${podCgroupId}`),

@@ -75,7 +75,7 @@ test('a changed connect4 replaces the program in the pinned link; the others are
   const old = Datapath.open({ pinDir, cgroupPath: node.podsCgroup, objDir: oldObjDir });
   assert.deepEqual(
     old.attachments.map((a) => a.action),
-    ['attached', 'attached', 'attached'],
+    ['attached', 'attached', 'attached', 'attached', 'attached'],
   );
   const connect4 = (): { linkId: number; tag: string } =>
     must(
@@ -93,13 +93,16 @@ test('a changed connect4 replaces the program in the pinned link; the others are
     { link: 'connect4', action: 'replaced' },
     { link: 'sockops', action: 'reused' },
     { link: 'getpeername4', action: 'reused' },
+    // connect6 shares connect4's cgroup walk, so the depth changed it too.
+    { link: 'connect6', action: 'replaced' },
+    { link: 'getpeername6', action: 'reused' },
   ]);
   const after = connect4();
   assert.equal(after.linkId, before.linkId, 'the same link');
   assert.notEqual(after.tag, before.tag, 'now running the new program');
 
   const links = JSON.parse(await sh('bpftool', ['link', 'show', '--json'])) as { cgroup_id?: number }[];
-  assert.equal(links.filter((l) => l.cgroup_id === fs.statSync(node.podsCgroup).ino).length, 3, 'still one attachment of each program');
+  assert.equal(links.filter((l) => l.cgroup_id === fs.statSync(node.podsCgroup).ino).length, 5, 'still one attachment of each program');
   const v2 = serve(upgraded);
   const r2 = await dialFrom(topo, topo.pod(1, 1), '192.0.2.7', 81);
   assert.deepEqual(r2.firstLines, { '192.0.2.7:81': 1 }, 'the new build captures');
