@@ -49,9 +49,15 @@ struct {
 	__type(value, struct orig_dst);
 } orig_by_flow SEC(".maps");
 
+/* One slot per reason. Overridable at build time only so that a test can
+ * build what an older agent (fewer reasons) pinned; the loader replaces a
+ * pinned counters map of another size. */
+#ifndef AMBIT_COUNTER_SLOTS
+#define AMBIT_COUNTER_SLOTS REASON_MAX
+#endif
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, REASON_MAX);
+	__uint(max_entries, AMBIT_COUNTER_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
