@@ -30,7 +30,7 @@
 #   AMBIT_VM_CACHE=/var/cache/ambit-vm   kernels, apt state (outside the repo, kept across clones)
 #   AMBIT_VM_TIMEOUT=2700                seconds per kernel before QEMU is killed
 #   AMBIT_VM_MEM=4096 AMBIT_VM_SMP=2     guest memory (MiB) and vCPUs
-#   AMBIT_VM_TESTS="probe capture tunnel"  files of dist/test/netns/ (without .test.js)
+#   AMBIT_VM_TESTS="probe capture tunnel ipv6"  files of dist/test/netns/ (without .test.js)
 #   AMBIT_VM_TEST_PATTERN=               --test-name-pattern for every file (a subset)
 #   AMBIT_VM_TEST_TIMEOUT_MS=900000      node --test-timeout: a hung test fails instead of eating the budget
 #   AMBIT_TEST_TIME_SCALE=10             multiplies the tests' waits (test/helpers/proc.ts): TCG is ~10x slower
@@ -111,7 +111,7 @@ CACHE=${AMBIT_VM_CACHE:-/var/cache/ambit-vm}
 TIMEOUT=${AMBIT_VM_TIMEOUT:-2700}
 MEM=${AMBIT_VM_MEM:-4096}
 SMP=${AMBIT_VM_SMP:-2}
-TESTS=${AMBIT_VM_TESTS:-probe capture tunnel}
+TESTS=${AMBIT_VM_TESTS:-probe capture tunnel ipv6}
 PATTERN=${AMBIT_VM_TEST_PATTERN:-}
 TEST_TIMEOUT_MS=${AMBIT_VM_TEST_TIMEOUT_MS:-900000}
 SCALE=${AMBIT_TEST_TIME_SCALE:-10}
