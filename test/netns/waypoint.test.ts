@@ -196,6 +196,8 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         route('flaky', [{ backendRefs: [{ name: 'flaky', port: 80 }], retry: { attempts: 3, codes: [503], backoff: '1ms' } }]),
         route('flaky-noretry', [{ backendRefs: [{ name: 'flaky-noretry', port: 80 }], retry: { attempts: 0 } }]),
         route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
+        // Routed, so that a waypoint on xDS (whose Address resources carry no port names) serves it as HTTP too.
+        route('limited', [{ backendRefs: [{ name: 'limited', port: 80 }] }]),
         {
           apiVersion: 'networking.istio.io/v1',
           kind: 'DestinationRule',
@@ -623,6 +625,9 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     // The service's L7 policy came along.
     const denied = await request(s, `${VIP.echo}:80`, { path: '/admin/users' });
     assert.equal(denied.status, 403);
+    // And the DestinationRules: the connection pool's limits answer a burst with 503 UO here too.
+    const burst = await Promise.all(Array.from({ length: 6 }, () => request(s, `${VIP.limited}:80`, { path: '/?sleep=300' })));
+    assert.ok(burst.filter((a) => a.status === 503 && /overflow/.test(a.body)).length >= 3, JSON.stringify(burst.map((a) => a.status)));
     // Its certificate is its own, issued by the control plane's CA on its token.
     assert.ok(cpLog.some((l) => l.msg === 'certificate issued' && l.waypoint === 'default/waypoint' && l.identity === id('waypoint')));
     onXds.kill('SIGTERM');
