@@ -174,7 +174,7 @@ describe('operations: metrics, readiness, admin', () => {
       parsed.certificates.map((c) => c.identity),
       [id('sa-n1')],
     );
-    assert.equal(parsed.datapath.links.length, 4);
+    assert.equal(parsed.datapath.links.length, 6, 'five cgroup links and the one pod netns link');
     assert.doesNotMatch(dump.body, /PRIVATE KEY/, 'no private key in the dump');
 
     assert.equal(
