@@ -30,6 +30,7 @@ import { packResource, ResourceError, toResources } from '../../src/sources/xds-
 import { WAYPOINT_SCHEMA_VERSION, waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
 import { MeshStore } from '../../src/state/store';
 import { L7Authorizer } from '../../src/waypoint/authz';
+import { DestinationState, DestinationTable } from '../../src/waypoint/destination';
 import { RouteTable } from '../../src/waypoint/match';
 import { FakeKube, fixture } from '../helpers/fake-kube';
 import { problemsOf } from '../helpers/mesh-yaml';
@@ -129,6 +130,20 @@ function doc(opts: { echoPath?: string } = {}): Record<string, unknown> {
       route('api', '/api'),
       denyPolicy('deny-echo-admin', 'echo'),
       denyPolicy('deny-api-admin', 'api'),
+      {
+        apiVersion: 'networking.istio.io/v1',
+        kind: 'DestinationRule',
+        metadata: { name: 'echo', namespace: 'default' },
+        spec: {
+          host: 'echo',
+          trafficPolicy: {
+            loadBalancer: { consistentHash: { httpHeaderName: 'x-user' } },
+            connectionPool: { tcp: { maxConnections: 10 }, http: { http1MaxPendingRequests: 5 } },
+            outlierDetection: { consecutive5xxErrors: 3 },
+          },
+          subsets: [{ name: 'v1', labels: { version: 'v1' }, trafficPolicy: { loadBalancer: { simple: 'ROUND_ROBIN' } } }],
+        },
+      },
     ],
     controlPlane: {
       tokens: [
@@ -233,6 +248,9 @@ test('the typed wire form round-trips the compiled routes and policies, regular 
     a.policies.map((p) => p.name),
     ['deny-echo-admin'],
   );
+  // The DestinationRule of the service it serves, field for field; wp-b's service has none.
+  assert.deepEqual(a.destinations, cfg.routes.destinations);
+  assert.deepEqual(waypointFromMessage(WP_B, unpack(must(res.get(WP_B), 'present').resource)).destinations, []);
   // Equal to the model the file compiles to, compiled RegExp included.
   assert.deepEqual(
     a.routes,
@@ -391,6 +409,12 @@ test('mutated messages never throw anything but a ResourceError, and what is acc
     accepted++;
     const routes = new RouteTable(l7.routes);
     const authz = new L7Authorizer(l7.policies);
+    const destinations = new DestinationTable(l7.destinations);
+    for (const subset of [undefined, 'v1']) {
+      const p = destinations.policyFor(`default/${host('echo')}`, subset);
+      if (p)
+        new DestinationState(Math.random, () => 0).pick(p, [{ id: 'a', weight: 1 }], new Set(), { headers: { 'x-user': 'u' }, srcIp: '' });
+    }
     const headers = { 'x-canary': 'true', host: '10.96.0.11' };
     routes.route(`default/${host('echo')}`, 80, { method: 'GET', target: '/echo/1?x=1', headers });
     authz.check({
