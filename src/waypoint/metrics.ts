@@ -77,6 +77,8 @@ export class WaypointMetrics {
   private readonly requestBytes: client.Histogram<string>;
   private readonly responseBytes: client.Histogram<string>;
   private readonly failures: client.Counter<string>;
+  private readonly overflows: client.Counter<string>;
+  private readonly ejections: client.Counter<string>;
 
   constructor() {
     const registers = [this.registry];
@@ -110,6 +112,20 @@ export class WaypointMetrics {
       labelNames: ['reason'],
       registers,
     });
+    // Envoy's circuit-breaker and outlier-detection counters under Istio's names (cluster_name
+    // "outbound|<port>|<subset>|<hostname>"), which dashboards for Istio already chart.
+    this.overflows = new client.Counter({
+      name: 'envoy_cluster_upstream_rq_pending_overflow',
+      help: 'Requests refused (503 UO) by a DestinationRule connection-pool limit',
+      labelNames: ['cluster_name'],
+      registers,
+    });
+    this.ejections = new client.Counter({
+      name: 'envoy_cluster_outlier_detection_ejections_enforced_total',
+      help: 'Endpoints ejected by a DestinationRule outlier detection',
+      labelNames: ['cluster_name'],
+      registers,
+    });
     client.collectDefaultMetrics({ register: this.registry });
   }
 
@@ -122,6 +138,16 @@ export class WaypointMetrics {
 
   failure(reason: string): void {
     this.failures.inc({ reason });
+  }
+
+  /** A request refused by a connection-pool limit of the destination (Envoy's cluster name). */
+  overflow(cluster: string): void {
+    this.overflows.inc({ cluster_name: cluster });
+  }
+
+  /** An endpoint of the destination ejected. */
+  ejected(cluster: string): void {
+    this.ejections.inc({ cluster_name: cluster });
   }
 
   text(): Promise<string> {

@@ -238,10 +238,12 @@ export class L7Proxy {
     let endpoints: EndpointTarget[];
     // A destination as Envoy's cluster: a service port, or a subset of it; a pod addressed directly is one of its own.
     let destination: string;
+    let cluster = '';
     let policy: EffectivePolicy = DEFAULT_POLICY;
     if (backend) {
       x.backend = backend.subset === undefined ? backend.service : `${backend.service} subset ${backend.subset}`;
       destination = `${backend.service}|${backend.port}|${backend.subset ?? ''}`;
+      cluster = `outbound|${backend.port}|${backend.subset ?? ''}|${backend.service.slice(backend.service.indexOf('/') + 1)}`;
       const found = view.destinations ? view.destinations.policyFor(backend.service, backend.subset) : DEFAULT_POLICY;
       policy = found ?? DEFAULT_POLICY;
       // A subset no DestinationRule defines has no endpoints (Envoy has no such cluster): no healthy upstream.
@@ -258,7 +260,17 @@ export class L7Proxy {
       destination = '';
       endpoints = [];
     }
-    await this.attempts(res, x, out, endpoints, backend?.service ?? destination, destination, policy, d, responseModifier);
+    await this.attempts(
+      res,
+      x,
+      out,
+      endpoints,
+      backend?.service ?? destination,
+      { key: destination, cluster },
+      policy,
+      d,
+      responseModifier,
+    );
   }
 
   private endpointsOf(view: WaypointView, key: string, port: number, policy: EffectivePolicy): EndpointTarget[] {
@@ -321,7 +333,8 @@ export class L7Proxy {
     out: OutgoingRequest,
     endpoints: EndpointTarget[],
     budgetKey: string,
-    destinationKey: string,
+    /** The destination's state key, and its Envoy cluster name for metrics ('' for a pod addressed directly). */
+    destination: { key: string; cluster: string },
     policy: EffectivePolicy,
     d: Downstream,
     responseModifier: HeaderModifier | undefined,
@@ -329,10 +342,14 @@ export class L7Proxy {
     const requestMs = x.rule?.timeouts.requestMs ?? this.deps.limits.defaultRequestMs;
     const backendMs = x.rule?.timeouts.backendRequestMs ?? 0;
     const deadline = requestMs > 0 ? x.started + requestMs : undefined;
-    const dest = this.destination(destinationKey);
+    const dest = this.destination(destination.key);
+    const overflow = (): void => {
+      if (destination.cluster) this.deps.metrics.overflow(destination.cluster);
+    };
     const pool = policy.connectionPool;
     const active = dest.breaker.request(pool);
     if (!active) {
+      overflow();
       x.flags.push(RESPONSE_FLAGS.UO);
       x.detail = 'overflow: maxRequests';
       return void local(res, x, 503, 'upstream connect error or disconnect/reset before headers. reset reason: overflow');
@@ -356,6 +373,7 @@ export class L7Proxy {
       for (;;) {
         const conn = await this.connection(dest, pool, deadline, cancel);
         if (conn === 'overflow' || conn === 'timeout') {
+          if (conn === 'overflow') overflow();
           x.flags.push(conn === 'overflow' ? RESPONSE_FLAGS.UO : RESPONSE_FLAGS.UT);
           x.detail = conn === 'overflow' ? 'overflow: maxConnections and maxPendingRequests' : 'timed out waiting for a connection';
           return void (conn === 'overflow'
@@ -390,8 +408,9 @@ export class L7Proxy {
           cancel,
           pool.maxRequestsPerConnection,
         );
-        if (od && !gone)
-          dest.outlier.record(ep.id, r.kind === 'response' ? outlierResult(r.status, r.grpcStatus) : 'gateway', candidates.length, od);
+        const result = r.kind === 'response' ? outlierResult(r.status, r.grpcStatus) : 'gateway';
+        if (od && !gone && dest.outlier.record(ep.id, result, candidates.length, od) && destination.cluster)
+          this.deps.metrics.ejected(destination.cluster);
         if (gone) {
           done();
           if (r.kind === 'response') r.response.abort();

@@ -55,6 +55,7 @@ let front: http.Server;
 let frontPort = 0;
 let proxy: L7Proxy;
 let now = 0;
+const metrics = new WaypointMetrics();
 
 before(async () => {
   for (const w of WORKLOADS) {
@@ -153,7 +154,7 @@ before(async () => {
     view: () => view,
     waypoint: 'default/waypoint',
     open,
-    metrics: new WaypointMetrics(),
+    metrics,
     log: pino({ level: 'silent' }),
     limits: DEFAULT_WAYPOINT_LIMITS,
     clock: () => now,
@@ -222,6 +223,10 @@ test('http2MaxRequests: past the limit the answer is 503 UO at once, and the bac
   assert.equal(must(apps.get('10.0.2.1'), 'busy app').hits - before, 2);
   const stats = proxy.destinationStats()['default/busy.default.svc.cluster.local|80|'];
   assert.deepEqual(stats, { requests: 0, connections: 0, pending: 0, retries: 0, ejected: 0 }, 'everything released');
+  assert.match(
+    await metrics.text(),
+    /^envoy_cluster_upstream_rq_pending_overflow\{cluster_name="outbound\|80\|\|busy\.default\.svc\.cluster\.local"\} 4$/m,
+  );
 });
 
 test('outlier detection: an endpoint answering 503 is ejected, its users move, and it returns after baseEjectionTime', async () => {
@@ -236,6 +241,10 @@ test('outlier detection: an endpoint answering 503 is ejected, its users move, a
     const moved = await get('/v1', { 'x-user': user });
     assert.deepEqual([moved.status, moved.name], [200, 'web-2'], 'the user goes to the next best while web-1 is out');
     assert.equal(proxy.destinationStats()[`${WEB_KEY}|80|v1`]?.ejected, 1);
+    assert.match(
+      await metrics.text(),
+      /^envoy_cluster_outlier_detection_ejections_enforced_total\{cluster_name="outbound\|80\|v1\|web\.default\.svc\.cluster\.local"\} 1$/m,
+    );
     now += 4_999;
     assert.equal((await get('/v1', { 'x-user': user })).name, 'web-2');
     now += 1;
