@@ -5,22 +5,20 @@
 // settings of its composition root in src/roots/ (or, for the one-shot
 // tools, ./tools.ts). Flags are listed in ./usage.ts (`ambit COMMAND
 // --help`); how a mistake on the command line is reported is in ./args.ts.
+// A command's root is imported only once the command is known: every
+// process pays in memory for each module it loads, and a tunnel worker
+// (`ambit worker`, one or more per node) must not carry gRPC, Kubernetes or
+// X.509 issuing that only the agent or the control plane use.
 import os from 'node:os';
 import { DEFAULT_CNI_SOCKET } from '../cni/protocol';
 import { AmbitError } from '../errors';
-import { runControlPlane } from '../roots/control-plane';
-import { type PodFacts, runNode, type XdsSettings } from '../roots/node';
+import type { PodFacts, XdsSettings } from '../roots/node';
 import type { ServingSettings } from '../roots/serve';
-import { runSidecar } from '../roots/sidecar';
-import { runWaypoint } from '../roots/waypoint';
 import { DEFAULT_PROBE_SOURCES, parseProbeSources } from '../tunnel/node-origin';
 import type { TunnelMode } from '../tunnel/tunnel';
-import { runWorker } from '../tunnel/worker';
 import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
 import { cni } from './cni';
-import { config } from './inspect';
 import { limitOptions, limitsFromFlags } from './limit-flags';
-import { ca, datapath } from './tools';
 import { CONTROL_PLANE_USAGE, NODE_USAGE, SIDECAR_USAGE, USAGE, VERSION_USAGE, WAYPOINT_USAGE, WORKER_USAGE } from './usage';
 import { versionLine } from './version';
 
@@ -124,6 +122,7 @@ async function node(argv: string[]): Promise<void> {
   const probeSources = str('probe-sources') === undefined ? DEFAULT_PROBE_SOURCES : parseProbeSources(str('probe-sources') ?? '');
   if (typeof probeSources === 'string') throw new UsageError(`--probe-sources ${probeSources}`, u);
   const cniSocket = str('cni-socket') ?? (values.cni ? DEFAULT_CNI_SOCKET : undefined);
+  const { runNode } = await import('../roots/node');
   await runNode({ node: name, state: configFile ? { file: configFile } : xdsState(values, u), ...serving, probeSources, cniSocket });
 }
 
@@ -162,6 +161,7 @@ async function sidecar(argv: string[]): Promise<void> {
   if (!workload) throw new UsageError('--workload UID is required', u);
   if (!values.config) throw new UsageError('--config FILE is required', u);
   // A sidecar serves one pod in-process by default.
+  const { runSidecar } = await import('../roots/sidecar');
   await runSidecar({ workload, configFile: values.config as string, ...servingFlags(values, u, 0) });
 }
 
@@ -189,6 +189,7 @@ async function waypoint(argv: string[]): Promise<void> {
   if (!m?.[1] || !(Number(m[2]) <= 65535))
     throw new UsageError(`--listen ${JSON.stringify(listen)} is not IPv4:PORT (e.g. 0.0.0.0:15008)`, u);
   const port = (flag: string, fallback: number): number => parseCount(`--${flag}`, str(flag), fallback, u, 0, 65535);
+  const { runWaypoint } = await import('../roots/waypoint');
   await runWaypoint({
     configFile,
     xds:
@@ -218,6 +219,7 @@ async function controlPlane(argv: string[]): Promise<void> {
   const maxResponseBytes =
     maxResponse === undefined ? undefined : parseCount('--xds-max-response-bytes', maxResponse, 0, u, 64 << 10, 1 << 30);
   if (!values.config) throw new UsageError('--config FILE is required', u);
+  const { runControlPlane } = await import('../roots/control-plane');
   await runControlPlane({
     configFile: values.config,
     listen: values.listen,
@@ -241,15 +243,15 @@ async function main(argv: string[]): Promise<void> {
     case 'worker':
       // Started by `ambit node` over IPC, not by hand; its flags are its init message.
       parseFlags(rest, {}, WORKER_USAGE);
-      return runWorker();
+      return (await import('../tunnel/worker')).runWorker();
     case 'ca':
-      return ca(rest);
+      return (await import('./tools')).ca(rest);
     case 'datapath':
-      return datapath(rest);
+      return (await import('./tools')).datapath(rest);
     case 'cni':
       return cni(rest);
     case 'config':
-      return config(rest);
+      return (await import('./inspect')).config(rest);
     case '--version':
     case 'version':
       parseFlags(rest, {}, VERSION_USAGE);
