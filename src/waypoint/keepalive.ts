@@ -94,9 +94,12 @@ function pooledSocket(s: Duplex): Duplex {
     get timeout(): number {
       return timeoutMs;
     },
+    // As net.Socket's: 0 with a callback takes that callback back off. node:http sets and clears
+    // one per request on a reused socket; without the removal each reuse left a listener behind.
     setTimeout(ms: number, cb?: () => void): Duplex {
       timeoutMs = ms;
-      if (cb) d.once('timeout', cb);
+      if (cb && ms === 0) d.removeListener('timeout', cb);
+      else if (cb) d.once('timeout', cb);
       touch();
       return d;
     },

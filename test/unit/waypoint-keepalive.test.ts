@@ -84,8 +84,13 @@ test('maxRequestsPerConnection: a connection carries that many requests, then a 
   }
 });
 
-test('sequential requests to one endpoint share one connection', async () => {
+test('sequential requests to one endpoint share one connection, and reuse leaves no listener behind', async () => {
   const pool = new KeepAlivePool(open);
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => {
+    warnings.push(`${w.name}: ${w.message}`);
+  };
+  process.on('warning', onWarning);
   try {
     for (let i = 0; i < 20; i++) {
       assert.equal(await body(await pool.send(target(), get('/'))), 'x'.repeat(10));
@@ -93,7 +98,10 @@ test('sequential requests to one endpoint share one connection', async () => {
     }
     assert.equal(pool.opened, 1);
     assert.deepEqual(Object.values(pool.idle()), [1]);
+    // 20 reuses of one socket: a listener added per request passes Node's limit of 10.
+    assert.deepEqual(warnings, [], 'no MaxListenersExceededWarning from a reused connection');
   } finally {
+    process.off('warning', onWarning);
     pool.close();
   }
 });
