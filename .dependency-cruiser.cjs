@@ -54,6 +54,30 @@ module.exports = {
     never('cni-plugin-stands-alone', ['cni'], ['datapath', 'tunnel', 'waypoint', 'identity', 'policy', 'state', 'sources', 'kube', 'observability', 'protocol', 'control-plane'],
       'the CNI plugin runs in the kubelet\'s pod creation and starts on Node\'s built-ins alone; the agent side is wired to the mesh in roots/cni.ts'),
     {
+      name: 'cli-loads-a-root-on-demand',
+      comment:
+        "every process runs src/cli/main.ts: it imports a command's root (and the one-shot tools) only once the command is known, " +
+        'so a tunnel worker does not load the agent, the control plane or the waypoint',
+      severity: 'error',
+      from: { path: '^src/cli/main\\.ts$' },
+      to: {
+        path: '^src/(roots|sources|kube|control-plane|waypoint|identity)/|^src/tunnel/worker(-host)?\\.ts$|^src/cli/(tools|inspect)\\.ts$',
+        dependencyTypesNot: ['dynamic-import', 'type-only'],
+      },
+    },
+    {
+      name: 'data-path-is-light',
+      comment:
+        'a tunnel worker (one or more per node) pays in memory for every module it loads: what it runs (the tunnel, datapath, ' +
+        'policy, model, observability, TLS contexts) uses no gRPC, protobuf, X.509 issuing or YAML parsing; the agent does that for it',
+      severity: 'error',
+      from: { path: '^src/(tunnel|datapath|policy|state|observability)/|^src/identity/(tls|spiffe)\\.ts$' },
+      to: {
+        path: '^src/(roots|sources|kube|control-plane|waypoint)/|^src/identity/(cert-manager|builtin-ca|csr|ca-client)\\.ts$|node_modules/(@grpc|@peculiar|protobufjs|yaml|tsyringe)/',
+        dependencyTypesNot: ['type-only'],
+      },
+    },
+    {
       name: 'no-orphans',
       comment: 'a file nothing imports is dead code (entry points excepted)',
       severity: 'error',
@@ -65,6 +89,7 @@ module.exports = {
     doNotFollow: { path: 'node_modules' },
     tsPreCompilationDeps: true, // type-only imports count: a layer may not even name what is above it
     tsConfig: { fileName: 'tsconfig.json' },
-    exclude: { path: '^(dist|node_modules)/' },
+    // Packages are leaves of the graph (doNotFollow), not excluded: a rule may name them.
+    exclude: { path: '^dist/' },
   },
 };

@@ -9,7 +9,6 @@
 // process pays in memory for each module it loads, and a tunnel worker
 // (`ambit worker`, one or more per node) must not carry gRPC, Kubernetes or
 // X.509 issuing that only the agent or the control plane use.
-import os from 'node:os';
 import { DEFAULT_CNI_SOCKET } from '../cni/protocol';
 import { AmbitError } from '../errors';
 import type { PodFacts, XdsSettings } from '../roots/node';
@@ -117,8 +116,9 @@ async function node(argv: string[]): Promise<void> {
   }
   if (values.kubernetes && values.pods)
     throw new UsageError('--kubernetes and --pods exclude each other (with --kubernetes the node finds its pods itself)', u);
-  // A node agent runs the tunnel in one worker per core by default.
-  const serving = servingFlags(values, u, os.cpus().length);
+  // A node agent runs the tunnel in one worker per CPU it may use by default.
+  const { defaultWorkerCount } = await import('../tunnel/worker-host');
+  const serving = servingFlags(values, u, defaultWorkerCount());
   const probeSources = str('probe-sources') === undefined ? DEFAULT_PROBE_SOURCES : parseProbeSources(str('probe-sources') ?? '');
   if (typeof probeSources === 'string') throw new UsageError(`--probe-sources ${probeSources}`, u);
   const cniSocket = str('cni-socket') ?? (values.cni ? DEFAULT_CNI_SOCKET : undefined);
