@@ -4,7 +4,7 @@ BPF_CFLAGS := -target bpf -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-
 BPF_OBJS := build/bpf/redirect.o build/bpf/inbound.o
 BPF_HDRS := $(wildcard bpf/lib/*.h)
 
-.PHONY: all build bpf ts deps lint format demo test test-unit test-netns bench bench-policy compare hygiene fuzz vm-test clean
+.PHONY: all build bpf ts deps lint format demo test test-unit test-netns bench bench-policy compare bench-memory hygiene fuzz vm-test clean
 
 all: build
 build: bpf ts
@@ -56,6 +56,11 @@ bench-policy: deps
 compare: deps
 	$(MAKE) build
 	node dist/bench/compare.js
+
+# RSS of one node's agent and each tunnel worker at BENCH_PODS (1,50) pods: ready, warm, under load.
+bench-memory: deps
+	$(MAKE) build
+	node dist/bench/memory.js
 
 # Growth of fds, memory, handles across BENCH_CONNECTIONS (100,000) short connections.
 hygiene: deps
