@@ -33,7 +33,8 @@ interface NodeFigures {
   totalMiB: number;
   /** What the node pays: each process's private pages, plus the pages they share (Node's code) once. */
   footprintMiB: number;
-  heapUsedMiB: number;
+  /** V8's heap (used of total) and the memory outside it that V8 knows of (Buffers), agent and workers summed. */
+  heap?: { usedMiB: number; totalMiB: number; externalMiB: number };
 }
 type Phase = 'ready' | 'warm' | 'load' | 'after';
 
@@ -61,7 +62,7 @@ function rssMiB(pid: number): number {
   }
 }
 
-function figures(proc: MeshProc): Omit<NodeFigures, 'heapUsedMiB'> {
+function figures(proc: MeshProc): NodeFigures {
   const agent = pidOf(proc.child, proc.label);
   const workers = withDescendants([agent]).filter((pid) => pid !== agent);
   const agentMiB = rssMiB(agent);
@@ -72,24 +73,31 @@ function figures(proc: MeshProc): Omit<NodeFigures, 'heapUsedMiB'> {
 }
 
 /** Agent and workers summed: the agent aggregates its workers' prom-client metrics. */
-async function heapUsedMiB(bed: Testbed, i: number): Promise<number> {
+async function heap(bed: Testbed, i: number): Promise<NodeFigures['heap']> {
   const node = bed.topology.nodes[i];
-  if (!node) return NaN;
+  if (!node) return undefined;
   const text = (await httpInNetns(node, '127.0.0.1', 15020, 'GET', '/metrics').catch(() => ({ body: '' }))).body;
-  const m = /^nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)$/m.exec(text);
-  return m?.[1] ? Number(m[1]) / MiB : NaN;
+  const metric = (name: string): number => {
+    const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
+    return m?.[1] ? Number(m[1]) / MiB : NaN;
+  };
+  return {
+    usedMiB: metric('nodejs_heap_size_used_bytes'),
+    totalMiB: metric('nodejs_heap_size_total_bytes'),
+    externalMiB: metric('nodejs_external_memory_bytes'),
+  };
 }
 
 async function snapshot(bed: Testbed): Promise<NodeFigures[]> {
-  return Promise.all(bed.procs.map(async (p, i) => ({ ...figures(p), heapUsedMiB: await heapUsedMiB(bed, i) })));
+  return Promise.all(bed.procs.map(async (p, i) => ({ ...figures(p), heap: await heap(bed, i) })));
 }
 
 /** The larger total of each node, sampled while `work` runs. */
 async function peakDuring(bed: Testbed, work: () => Promise<unknown>): Promise<NodeFigures[]> {
-  let peak = bed.procs.map((p) => ({ ...figures(p), heapUsedMiB: NaN }));
+  let peak = bed.procs.map(figures);
   const sample = setInterval(() => {
     peak = bed.procs.map((p, i) => {
-      const now = { ...figures(p), heapUsedMiB: NaN };
+      const now = figures(p);
       const before = peak[i];
       return before && before.totalMiB > now.totalMiB ? before : now;
     });
@@ -104,7 +112,8 @@ async function peakDuring(bed: Testbed, work: () => Promise<unknown>): Promise<N
 
 const line = (k: number, phase: Phase, f: NodeFigures): string =>
   `K=${String(k).padEnd(3)} ${phase.padEnd(6)} ${f.node.padEnd(12)} total ${fmt(f.totalMiB).padStart(6)} MiB = agent ${fmt(f.agentMiB)}` +
-  ` + workers ${f.workersMiB.map(fmt).join(' + ') || '(none)'}; footprint ${fmt(f.footprintMiB)} MiB; V8 heap used ${fmt(f.heapUsedMiB)} MiB`;
+  ` + workers ${f.workersMiB.map(fmt).join(' + ') || '(none)'}; footprint ${fmt(f.footprintMiB)} MiB` +
+  (f.heap ? `; V8 heap ${fmt(f.heap.usedMiB)} of ${fmt(f.heap.totalMiB)} MiB, external ${fmt(f.heap.externalMiB)} MiB` : '');
 
 async function main(): Promise<void> {
   const bed = new Testbed();
