@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { httpInNetns } from '../test/helpers/fixture';
 import { type MeshProc, Testbed } from './modes';
-import { fmt, pidOf, rssBytes, withDescendants } from './util';
+import { CLOCK_TICKS, cpuTicks, fmt, pidOf, rssBytes, withDescendants } from './util';
 
 const PODS = (process.env.BENCH_PODS ?? '1,50').split(',').map((s) => Number(s.trim()));
 const WARMUP = { connections: 20, concurrency: 4 };
@@ -139,13 +139,17 @@ async function main(): Promise<void> {
       const conn = bed.target(pair, 'conn');
       const stream = bed.target(pair, 'stream');
       const peak = await peakDuring(bed, async () => {
+        const pids = bed.meshPids();
+        const ticks = (): number => pids.reduce((a, pid) => a + cpuTicks(pid), 0);
+        const t0 = ticks();
         const rr = await bed.load(pair.client, ['rr', ip, String(port), String(LOAD.rate), '0.5', String(LOAD.seconds)], 60_000);
         const c = await bed.load(pair.client, ['conn', conn.ip, String(conn.port), String(LOAD.concurrency), String(LOAD.seconds)], 60_000);
         const s = await bed.load(pair.client, ['stream', stream.ip, String(stream.port), String(LOAD.seconds)], 60_000);
+        const cpuS = (ticks() - t0) / CLOCK_TICKS;
         // Not a latency benchmark (make compare is): a sanity check that the settings measured here do not cost the load.
         console.log(
           `K=${String(k).padEnd(3)} load: rr ${LOAD.rate}/s p50 ${fmt(rr.p50_us)} µs p90 ${fmt(rr.p90_us)} µs; ` +
-            `${fmt(c.per_s)} conn/s; stream ${fmt(s.mib_per_s)} MiB/s`,
+            `${fmt(c.per_s)} conn/s; stream ${fmt(s.mib_per_s)} MiB/s; mesh CPU ${fmt(cpuS)} s`,
         );
       });
       record('load', peak);
