@@ -8,15 +8,14 @@ import os from 'node:os';
 import { cgroupLookupUnder } from '../cni/pod-cgroup';
 import { cgroup2Root } from '../datapath/probe';
 import { AmbitError } from '../errors';
-import { IstioCaClient } from '../identity/ca-client';
+import type { IstioCaClient } from '../identity/ca-client';
 import { KubeClient } from '../kube/client';
 import { KubeNodePods } from '../kube/node-pods';
 import { PodLocator } from '../kube/pod-locator';
 import { createLogger, type Logger } from '../observability/log';
 import { type LocalPodSource, LocalPodsFile, NoLocalPods } from '../sources/local-pods';
 import { configFileSource, type StateSource } from '../sources/state-source';
-import { nodeMessage, XdsClient } from '../sources/xds-client';
-import { XdsMeshSource } from '../sources/xds-mesh';
+import type { XdsMeshSource } from '../sources/xds-mesh';
 import { byWorkload, loadPlacements, serveCni } from './cni';
 import type { PodAgent } from './pod-agent';
 import { type ServingSettings, serve, servedBy } from './serve';
@@ -97,6 +96,12 @@ async function xdsState(
       "give the control plane's root certificate (PEM)",
     );
   }
+  // gRPC and protobuf are loaded only here: a standalone agent does without them.
+  const [{ nodeMessage, XdsClient }, { XdsMeshSource }, { IstioCaClient }] = await Promise.all([
+    import('../sources/xds-client'),
+    import('../sources/xds-mesh'),
+    import('../identity/ca-client'),
+  ]);
   const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
   const node = nodeMessage({
     nodeName,
