@@ -13,7 +13,7 @@ export const NODE_USAGE = `usage:
   --pods-cgroup DIR        cgroup v2 directory holding the pods (standalone)
   --pin-dir DIR            bpffs directory for ambit's pins
   --tunnel hbone|plain     hbone (default): mutual TLS; plain: unencrypted TCP relay, to measure the datapath
-  --workers N              tunnel worker processes (default: one per core; 0: in the agent)
+  --workers N              tunnel worker processes (default: one per CPU the agent may use (affinity, cgroup cpu.max); 0: in the agent)
   --drain-seconds S        on SIGTERM, how long open connections may finish (default 25)
   --probe-sources LIST     plaintext from these reaches pods without policy, for kubelet probes under STRICT:
                            node (default): a socket of this host's network namespace; IP addresses: trusted
