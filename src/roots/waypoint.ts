@@ -42,6 +42,7 @@ import { DestinationTable } from '../waypoint/destination';
 import { RouteTable } from '../waypoint/match';
 import { WaypointMetrics } from '../waypoint/metrics';
 import { DEFAULT_WAYPOINT_LIMITS, type EndpointTarget, L7Proxy, type WaypointLimits, type WaypointView } from '../waypoint/proxy';
+import { RateLimitTable } from '../waypoint/rate-limit';
 import { DEFAULT_SERVER_LIMITS, WaypointServer } from '../waypoint/server';
 import { waypointKey } from '../waypoint/types';
 
@@ -86,6 +87,7 @@ function viewOf(c: Served): WaypointView {
     routes: new RouteTable(c.l7.routes),
     authz: new L7Authorizer(c.l7.policies),
     destinations: new DestinationTable(c.l7.destinations),
+    rateLimits: new RateLimitTable(c.l7.rateLimits),
   };
 }
 
@@ -113,7 +115,12 @@ async function fileSource(file: string, key: string, log: Logger): Promise<Waypo
     );
   const served = (c: StandaloneConfig): Served => ({
     mesh: c,
-    l7: { routes: c.routes.routes, policies: c.routes.policies, destinations: c.routes.destinations },
+    l7: {
+      routes: c.routes.routes,
+      policies: c.routes.policies,
+      destinations: c.routes.destinations,
+      rateLimits: c.routes.rateLimits ?? [],
+    },
   });
   return {
     trustDomain: cfg.trustDomain,

@@ -38,6 +38,7 @@ import type {
 import { DESTINATION_RULE_VERSIONS, destinationRule, onePerService } from './destination-rule';
 import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './istio-waypoint';
 import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
+import { onePolicyPerService, RATE_LIMIT_VERSIONS, rateLimitPolicy } from './rate-limit-policy';
 import { closest, type Report } from './schema';
 
 const GATEWAY_API = 'gateway.networking.k8s.io/v1';
@@ -49,6 +50,7 @@ const KINDS: Kinds = {
   Service: ['v1'],
   AuthorizationPolicy: ['security.istio.io/v1', 'security.istio.io/v1beta1'],
   DestinationRule: DESTINATION_RULE_VERSIONS,
+  HTTPLocalRateLimitPolicy: RATE_LIMIT_VERSIONS,
 };
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 /** Gateway API Duration (GEP-2257): up to four <1-5 digits><unit> groups. */
@@ -677,12 +679,21 @@ export function compileWaypointConfig(
         return policy && doc.problems === 0 ? [{ policy, doc }] : [];
       }),
   );
+  const rateLimits = onePolicyPerService(
+    unique
+      .filter((d) => d.kind === 'HTTPLocalRateLimitPolicy')
+      .flatMap((doc) => {
+        const policy = rateLimitPolicy(doc, svc);
+        return policy ? [{ policy, doc }] : [];
+      }),
+  );
   return {
     routes: attach(routes, warnings),
     waypoints: [...waypoints.values()],
     bindings: bindings(waypoints, namespaces, services, known, problem, warnings),
     policies,
     destinations,
+    rateLimits,
     warnings,
   };
 }

@@ -27,6 +27,7 @@ import type {
   OutlierDetection,
   PathMatch,
   PathModifier,
+  RateLimitPolicy,
   RetryCondition,
   RetryPolicy,
   RouteFilter,
@@ -51,6 +52,8 @@ export interface WaypointL7 {
   routes: ServiceRoutes[];
   policies: L7Policy[];
   destinations: DestinationPolicy[];
+  /** HTTPLocalRateLimitPolicies of the services it serves; absent: none. */
+  rateLimits?: RateLimitPolicy[];
 }
 
 /**

@@ -79,6 +79,7 @@ export class WaypointMetrics {
   private readonly failures: client.Counter<string>;
   private readonly overflows: client.Counter<string>;
   private readonly ejections: client.Counter<string>;
+  private readonly limited: client.Counter<string>;
 
   constructor() {
     const registers = [this.registry];
@@ -126,6 +127,13 @@ export class WaypointMetrics {
       labelNames: ['cluster_name'],
       registers,
     });
+    // Labels from configuration only (the policy and which of its limits), never the client: series stay bounded.
+    this.limited = new client.Counter({
+      name: 'ambit_waypoint_rate_limited_total',
+      help: 'Requests refused (429 RL) by an HTTPLocalRateLimitPolicy, by service, policy and limit (total, identity, override)',
+      labelNames: ['destination_service', 'policy', 'limit'],
+      registers,
+    });
     client.collectDefaultMetrics({ register: this.registry });
   }
 
@@ -148,6 +156,11 @@ export class WaypointMetrics {
   /** An endpoint of the destination ejected. */
   ejected(cluster: string): void {
     this.ejections.inc({ cluster_name: cluster });
+  }
+
+  /** A request refused by a local rate limit. */
+  rateLimited(service: string, policy: string, limit: string): void {
+    this.limited.inc({ destination_service: service, policy, limit });
   }
 
   text(): Promise<string> {

@@ -22,6 +22,7 @@ import { KeepAlivePool } from './keepalive';
 import type { RouteTable } from './match';
 import { httpLabels, type WaypointMetrics } from './metrics';
 import { outlierResult } from './outlier';
+import { RateLimiter, type RateLimitTable } from './rate-limit';
 import { type Clock, ISTIO_DEFAULT_RETRY, RetryBudget, RetryState } from './retry';
 import type { HeaderModifier, RouteRule } from './types';
 import {
@@ -41,6 +42,8 @@ export interface WaypointView {
   authz: L7Authorizer;
   /** DestinationRules; absent: Istio's defaults for every destination. */
   destinations?: DestinationTable;
+  /** HTTPLocalRateLimitPolicies; absent: no limits. */
+  rateLimits?: RateLimitTable;
 }
 
 /** Where an attempt goes: an endpoint pod and the port its app listens on. */
@@ -142,11 +145,14 @@ export class L7Proxy {
   private readonly clock: Clock;
   /** HTTP/1.1 connections to endpoints, kept between requests. */
   readonly h1: KeepAlivePool;
+  /** Token buckets of the rate limits; kept across reloads, so a reload does not hand out fresh bursts. */
+  readonly limiter: RateLimiter;
 
   constructor(private readonly deps: ProxyDeps) {
     this.h1 = new KeepAlivePool((t) => deps.open(t as EndpointTarget));
     this.random = deps.random ?? Math.random;
     this.clock = deps.clock ?? now;
+    this.limiter = new RateLimiter(this.clock);
   }
 
   /** Serves one request; never throws. */
@@ -190,6 +196,14 @@ export class L7Proxy {
     if (!verdict.allow) {
       x.detail = `rbac_access_denied: ${verdict.reason}`;
       return void local(res, x, 403, RBAC_DENIED_BODY);
+    }
+    // After authorization, as Envoy's local rate limit filter runs after RBAC: a denied request spends no token.
+    const limited = svcKey === undefined ? undefined : this.limiter.take(view.rateLimits, svcKey, d.srcIdentity);
+    if (limited) {
+      x.flags.push(RESPONSE_FLAGS.RL);
+      x.detail = `local_rate_limited: ${limited.policy} ${limited.limit} ${limited.requestsPerSecond}/s`;
+      this.deps.metrics.rateLimited(d.service?.hostname ?? '', limited.policy, limited.limit);
+      return void local(res, x, 429, 'local_rate_limited');
     }
 
     let headers: Headers = { ...req.headers };

@@ -279,6 +279,28 @@ export interface WaypointConfig {
   policies: L7Policy[];
   /** DestinationRules, at most one per service. */
   destinations: DestinationPolicy[];
+  /** HTTPLocalRateLimitPolicies, at most one per service; absent: none. */
+  rateLimits?: RateLimitPolicy[];
   /** Accepted but worth telling (overlapping matches, routes ignored by precedence). */
   warnings: string[];
+}
+
+/** A ServiceAccount an override names: the clients running as it (by their verified identity). */
+export interface ClientAccount {
+  namespace: string;
+  name: string;
+}
+
+/** Linkerd's HTTPLocalRateLimitPolicy, attached to a service rather than a Server: requests per second, each limit a token bucket. */
+export interface RateLimitPolicy {
+  namespace: string;
+  name: string;
+  /** The service's key in the mesh model: "<namespace>/<hostname>". */
+  service: string;
+  /** spec.total: every request to the service, whoever sends it. */
+  total?: number;
+  /** spec.identity: each client identity on its own, unless an override names it. */
+  identity?: number;
+  /** spec.overrides: the clients listed share one bucket of this rate instead of the identity limit. */
+  overrides: { requestsPerSecond: number; clients: ClientAccount[] }[];
 }
