@@ -120,3 +120,14 @@ export function parseCount(flag: string, value: string | undefined, fallback: nu
   }
   return n;
 }
+
+/** The verb, or --help for the whole group; anything else is a usage error. */
+export function verbOf(argv: string[], verbs: string[], group: string, usage: string): string {
+  const [verb] = argv;
+  if (verb === undefined || verb === '--help' || verb === '-h') {
+    if (verb === undefined) throw new UsageError(`${group} needs one of: ${verbs.join(', ')}`, usage);
+    throw new HelpRequested(usage);
+  }
+  if (!verbs.includes(verb)) throw new UsageError(`unknown ${group} command ${JSON.stringify(verb)}; one of: ${verbs.join(', ')}`, usage);
+  return verb;
+}

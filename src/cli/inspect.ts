@@ -14,9 +14,8 @@ import type { Authorization } from '../policy/types';
 import { MeshStore } from '../state/store';
 import type { MeshConfig } from '../state/types';
 import { type ConnectionInfo, type ConnectionList, MAX_LISTED } from '../tunnel/connections';
-import { parseFlags, UsageError } from './args';
+import { parseFlags, UsageError, verbOf } from './args';
 import { age, bytes, type Column, OUTPUT_FORMATS, type OutputFormat, render } from './table';
-import { verbOf } from './tools';
 import { CONFIG_USAGE } from './usage';
 
 export const KINDS = ['workloads', 'services', 'policies', 'certificates', 'connections'] as const;

@@ -4,12 +4,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_PIN_DIR } from '../datapath/loader';
 import { formatFindings, probe } from '../datapath/probe';
-import { cleanupDatapath, datapathStatus } from '../datapath/status';
+import { cleanupDatapath, datapathStatus, pendingPodsOf } from '../datapath/status';
 import { AmbitError } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
 import { requestCertificate } from '../identity/cert-manager';
 import { parseSpiffe } from '../identity/spiffe';
-import { HelpRequested, parseCount, parseFlags, UsageError } from './args';
+import { parseCount, parseFlags, UsageError, verbOf } from './args';
+import { DEFAULT_ADMIN, DEFAULT_FETCH_LIMITS, type FetchLimits, fetchAdmin, parseAdminAddress, showAddress } from './inspect';
 import {
   CA_INIT_USAGE,
   CA_ISSUE_USAGE,
@@ -19,17 +20,6 @@ import {
   DATAPATH_STATUS_USAGE,
   DATAPATH_USAGE,
 } from './usage';
-
-/** The verb, or --help for the whole group; anything else is a usage error. */
-export function verbOf(argv: string[], verbs: string[], group: string, usage: string): string {
-  const [verb] = argv;
-  if (verb === undefined || verb === '--help' || verb === '-h') {
-    if (verb === undefined) throw new UsageError(`${group} needs one of: ${verbs.join(', ')}`, usage);
-    throw new HelpRequested(usage);
-  }
-  if (!verbs.includes(verb)) throw new UsageError(`unknown ${group} command ${JSON.stringify(verb)}; one of: ${verbs.join(', ')}`, usage);
-  return verb;
-}
 
 export async function ca(argv: string[]): Promise<void> {
   const verb = verbOf(argv, ['init', 'issue'], 'ca', CA_USAGE);
@@ -63,12 +53,18 @@ export async function ca(argv: string[]): Promise<void> {
   console.log(`issued ${values.identity} until ${c.notAfter.toISOString()}: ${values.out}/{cert,key,root}.pem`);
 }
 
-export function datapath(argv: string[]): void {
+/** `datapath status` asks the agent for its pending pods; a node whose agent is down answers at once (refused), a stuck one within this. */
+const PENDING_FETCH: FetchLimits = { timeoutMs: 2000, maxBytes: DEFAULT_FETCH_LIMITS.maxBytes };
+
+export async function datapath(argv: string[]): Promise<void> {
   const verb = verbOf(argv, ['probe', 'status', 'cleanup'], 'datapath', DATAPATH_USAGE);
   const usage = verb === 'probe' ? DATAPATH_PROBE_USAGE : verb === 'status' ? DATAPATH_STATUS_USAGE : DATAPATH_CLEANUP_USAGE;
   const { values } = parseFlags(
     argv.slice(1),
-    { 'pin-dir': { type: 'string' }, ...(verb === 'status' ? { json: { type: 'boolean' as const } } : {}) },
+    {
+      'pin-dir': { type: 'string' },
+      ...(verb === 'status' ? { json: { type: 'boolean' as const }, admin: { type: 'string' as const } } : {}),
+    },
     usage,
   );
   const pinDir = values['pin-dir'] ?? DEFAULT_PIN_DIR;
@@ -79,9 +75,16 @@ export function datapath(argv: string[]): void {
     return;
   }
   if (verb === 'status') {
+    const addr = parseAdminAddress(typeof values.admin === 'string' ? values.admin : DEFAULT_ADMIN, usage);
     const s = datapathStatus(pinDir);
+    // The kernel holds what is captured; only the agent knows which pods should be and are not yet.
+    const pending = await fetchAdmin(addr, '/config_dump', PENDING_FETCH).then(
+      (dump) => pendingPodsOf(dump, pinDir),
+      (err: Error) => ({ unknown: err.message }),
+    );
     if (values.json) {
-      console.log(JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? Number(v) : v), 2));
+      const extra = 'pods' in pending ? { pendingPods: pending.pods } : { pendingPods: null, pendingPodsUnknown: pending.unknown };
+      console.log(JSON.stringify({ ...s, ...extra }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v), 2));
       return;
     }
     console.log(`pin directory ${s.pinDir}`);
@@ -92,6 +95,9 @@ export function datapath(argv: string[]): void {
       );
     console.log(`enrolled pods: ${s.enrolledCgroups}; captured addresses: ${Object.keys(s.podAddrs).join(', ') || 'none'}`);
     if (s.counters) for (const [k, v] of Object.entries(s.counters)) if (v > 0n) console.log(`  ${k.padEnd(28)} ${v}`);
+    if (!('pods' in pending)) console.log(`pods pending enrolment: unknown (asked ${showAddress(addr)}: ${pending.unknown})`);
+    else console.log(`pods pending enrolment: ${pending.pods.length || 'none'}`);
+    if ('pods' in pending) for (const p of pending.pods) console.log(`  ${p.uid}: ${p.why}`);
     return;
   }
   const removed = cleanupDatapath(pinDir);

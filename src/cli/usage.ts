@@ -85,7 +85,10 @@ export const CA_USAGE = `${CA_INIT_USAGE}\n${CA_ISSUE_USAGE.replace(/^usage:\n/,
 export const DATAPATH_PROBE_USAGE = `usage:
   ambit datapath probe [--pin-dir DIR]            check the kernel, mounts and privileges ambit needs`;
 export const DATAPATH_STATUS_USAGE = `usage:
-  ambit datapath status [--pin-dir DIR] [--json]  what is attached and pinned, enrolled pods, counters`;
+  ambit datapath status [--pin-dir DIR] [--json] [--admin HOST:PORT]
+                                                  what is attached and pinned, enrolled pods, counters, and the
+                                                  pods pending enrolment with why (asked of the agent at --admin,
+                                                  default 127.0.0.1:15000)`;
 export const DATAPATH_CLEANUP_USAGE = `usage:
   ambit datapath cleanup [--pin-dir DIR]          remove ambit's pins (detaches its programs)`;
 

@@ -112,3 +112,30 @@ function progName(progId: number): string {
     libcFns.close(fd);
   }
 }
+
+/** A mesh pod of the node that its agent has not captured yet, and why (GET /config_dump `pendingPods`). */
+export interface PendingPod {
+  uid: string;
+  why: string;
+}
+
+/**
+ * The pods pending enrolment in an agent's config dump, when that agent
+ * serves pinDir. Those live in the agent's memory, not in the kernel, so
+ * `ambit datapath status` asks the agent; an answer about another pin
+ * directory (another agent on that port) or of another shape is refused
+ * with why, never shown as this datapath's.
+ */
+export function pendingPodsOf(dump: unknown, pinDir: string): { pods: PendingPod[] } | { unknown: string } {
+  const d = dump as { pendingPods?: unknown; datapath?: { pinDir?: unknown } } | null;
+  if (typeof d !== 'object' || d === null || !Array.isArray(d.pendingPods))
+    return { unknown: 'the agent answered without a pendingPods list (an older ambit?)' };
+  const served = d.datapath?.pinDir;
+  if (typeof served === 'string' && path.resolve(served) !== path.resolve(pinDir))
+    return { unknown: `the agent there serves pin directory ${served}, not ${pinDir}` };
+  const pods = (d.pendingPods as unknown[]).flatMap((p) => {
+    const { uid, why } = (p ?? {}) as { uid?: unknown; why?: unknown };
+    return typeof uid === 'string' && typeof why === 'string' ? [{ uid, why }] : [];
+  });
+  return { pods };
+}

@@ -4,15 +4,27 @@
 //          Origin, a loopback Host: see admin-guard.ts)
 //   :15020 Prometheus — GET /metrics, GET /stats/prometheus
 //   :15021 readiness — GET /healthz/ready: 200 "ready", or 503 with the
-//          tasks still pending, one per line
+//          tasks still pending, one per line; either way followed by the
+//          pods pending enrolment, which do not make the process not ready
 import http from 'node:http';
 import { refusal } from './admin-guard';
 import type { Logger } from './log';
 import { RateLimitedLog } from './rate-limited';
 
 export interface Readiness {
+  /** What this process still lacks to serve; any makes it not ready (503). */
   pending: string[];
+  /**
+   * Pods it should capture but has not yet, and why. Listed in the answer
+   * but never a reason for 503: a pod waiting for its sandbox or whose
+   * netns vanished is that pod's problem, and a node agent marked not ready
+   * would only be taken out of rotation, not fix it (ztunnel does the same).
+   */
+  pods?: { uid: string; why: string }[];
 }
+
+/** Pods listed by /healthz/ready at most: the kubelet reads 10 KiB of a probe's answer, a human a screenful. */
+export const MAX_READY_PODS = 50;
 
 export interface AdminDeps {
   /** The exposition; undefined while still starting. */
@@ -221,7 +233,14 @@ function stats(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerRespo
 function ready(deps: AdminDeps, req: http.IncomingMessage, res: http.ServerResponse): void {
   if (req.method !== 'GET' || new URL(req.url ?? '/', 'http://localhost').pathname !== '/healthz/ready')
     return void send(res, 404, 'GET /healthz/ready\n');
-  const { pending } = deps.readiness();
-  if (pending.length === 0) return void send(res, 200, 'ready\n');
-  send(res, 503, `not ready:\n${pending.map((p) => `- ${p}`).join('\n')}\n`);
+  const { pending, pods = [] } = deps.readiness();
+  const head = pending.length === 0 ? 'ready\n' : `not ready:\n${pending.map((p) => `- ${p}`).join('\n')}\n`;
+  send(res, pending.length === 0 ? 200 : 503, head + podLines(pods));
+}
+
+function podLines(pods: { uid: string; why: string }[]): string {
+  if (!pods.length) return '';
+  const shown = pods.slice(0, MAX_READY_PODS).map((p) => `- ${p.uid}: ${p.why}\n`);
+  const more = pods.length > MAX_READY_PODS ? `- … and ${pods.length - MAX_READY_PODS} more (GET :15000/config_dump lists all)\n` : '';
+  return `pods pending enrolment (not captured yet; they do not make this process not ready):\n${shown.join('')}${more}`;
 }

@@ -197,9 +197,26 @@ export class PodAgent {
     this.reconciled.push(fn);
   }
 
-  /** Readiness: the datapath is attached and the configuration applied (start() returned); what is still missing. */
+  /**
+   * Readiness: the datapath is attached and the configuration applied
+   * (start() returned); what is still missing. A node agent stays ready
+   * while some of its pods are pending (listed apart, see Readiness.pods);
+   * a sidecar serves one pod only, so that pod failing makes it not ready.
+   */
   readiness(): Readiness {
-    return { pending: [...[...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`), ...this.dataPlane.pending()] };
+    const failed = 'sidecar' in this.opts.scope ? [...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`) : [];
+    return { pending: [...failed, ...this.dataPlane.pending()], pods: this.pendingPods() };
+  }
+
+  /** Every pod of this node the state puts in the mesh that is not captured yet, and why. */
+  pendingPods(): { uid: string; why: string }[] {
+    return [
+      ...this.waiting.map((uid) => ({
+        uid,
+        why: 'no netns and cgroup yet: waiting for its sandbox (a CNI ADD, or a process of the pod)',
+      })),
+      ...[...this.failed].map(([uid, why]) => ({ uid, why: `enrolment failed (retried at the next change): ${why}` })),
+    ];
   }
 
   /** What this process serves, for the admin API: state, pods, certificates (never keys), datapath. */
@@ -219,14 +236,7 @@ export class PodAgent {
       })),
       failedPods: Object.fromEntries(this.failed),
       waitingPods: this.waiting,
-      // Every pod of this node the state puts in the mesh that is not captured yet, and why.
-      pendingPods: [
-        ...this.waiting.map((uid) => ({
-          uid,
-          why: 'no netns and cgroup yet: waiting for its sandbox (a CNI ADD, or a process of the pod)',
-        })),
-        ...[...this.failed].map(([uid, why]) => ({ uid, why: `enrolment failed (retried at the next change): ${why}` })),
-      ],
+      pendingPods: this.pendingPods(),
       placedByRuntime: Object.fromEntries(this.placements),
       certificates: this.certs
         .certificates()

@@ -123,8 +123,21 @@ describe('ambit node (agent process)', () => {
       assert.match(await ghost, /AMBIT_E_NETNS.*cannot open netns .*ghost: ENOENT/);
       await applied;
       const ready = await httpInNetns(topo.node(1), '127.0.0.1', 15021, 'GET', '/healthz/ready');
-      assert.equal(ready.status, 503, 'a pod whose listeners cannot come up keeps the node not ready');
-      assert.match(ready.body, new RegExp(`not ready:\\n- listeners of pod ${topo.prefix}/ghost: .*ENOENT`));
+      // The pod's problem, not the node's: the agent stays ready and says which pod is pending and why.
+      assert.equal(ready.status, 200, ready.body);
+      assert.match(ready.body, new RegExp(`^ready\\npods pending enrolment .*\\n- ${topo.prefix}/ghost: enrolment failed .*ENOENT`));
+      const status = await sh('ip', [
+        'netns',
+        'exec',
+        topo.node(1).netns,
+        process.execPath,
+        CLI,
+        'datapath',
+        'status',
+        '--pin-dir',
+        pinDirFor(topo, topo.node(1)),
+      ]);
+      assert.match(status, new RegExp(`pods pending enrolment: 1\\n {2}${topo.prefix}/ghost: enrolment failed .*ENOENT`));
       assert.deepEqual(await netnsLinks(), [`netns-${topo.prefix}_n1-p1`], 'n1-p2 left the mesh: unenrolled');
       await expectRefusal(
         dialOutcome(topo, topo.pod(1, 3), topo.pod(1, 2).ip, 15008, 1000),
