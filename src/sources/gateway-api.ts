@@ -40,6 +40,7 @@ import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './
 import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
 import { onePolicyPerService, RATE_LIMIT_VERSIONS, rateLimitPolicy } from './rate-limit-policy';
 import { closest, type Report } from './schema';
+import { VIRTUAL_SERVICE_VERSIONS, virtualService } from './virtual-service';
 
 const GATEWAY_API = 'gateway.networking.k8s.io/v1';
 const KINDS: Kinds = {
@@ -51,6 +52,7 @@ const KINDS: Kinds = {
   AuthorizationPolicy: ['security.istio.io/v1', 'security.istio.io/v1beta1'],
   DestinationRule: DESTINATION_RULE_VERSIONS,
   HTTPLocalRateLimitPolicy: RATE_LIMIT_VERSIONS,
+  VirtualService: VIRTUAL_SERVICE_VERSIONS,
 };
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 /** Gateway API Duration (GEP-2257): up to four <1-5 digits><unit> groups. */
@@ -356,7 +358,31 @@ const FILTER_FIELDS: Record<string, string> = {
   ExternalAuth: 'externalAuth',
 };
 
-function filter(d: Doc, v: unknown, rel: string, supported: readonly string[]): RouteFilter | undefined {
+/** A RequestMirror's backendRef (a Service of the route's namespace and its port) and the share of requests copied. */
+function requestMirror(d: Doc, known: Known, v: unknown, at: string): RouteFilter | undefined {
+  const f = d.obj(v, at, 'must be { backendRef, percent | fraction }', ['backendRef', 'percent', 'fraction']);
+  if (!f) {
+    d.problem(at, v, 'is required for this filter type');
+    return undefined;
+  }
+  const ref = d.obj(f.backendRef, `${at}.backendRef`, 'must be { name, port }', ['group', 'kind', 'name', 'namespace', 'port']);
+  if (!ref) d.problem(`${at}.backendRef`, f.backendRef, 'is required: the Service copies go to, { name, port }');
+  const svc = ref && serviceRef(d, known, ref, `${at}.backendRef`, 'backendRef');
+  const port = svc && servicePort(d, svc, ref?.port, `${at}.backendRef.port`, true);
+  if (f.percent !== undefined && f.fraction !== undefined) d.problem(`${at}.fraction`, f.fraction, 'cannot go with percent; keep one');
+  let percent = 100;
+  if (f.percent !== undefined) percent = d.int(f, 'percent', at, 0, 100, 'the share of requests copied') ?? 100;
+  const fr = d.obj(f.fraction, `${at}.fraction`, 'must be { numerator, denominator }', ['numerator', 'denominator']);
+  if (fr) {
+    const num = d.int(fr, 'numerator', `${at}.fraction`, 0, 1_000_000, 'e.g. 1');
+    const den = fr.denominator === undefined ? 100 : d.int(fr, 'denominator', `${at}.fraction`, 1, 1_000_000, 'e.g. 100');
+    if (num !== undefined && den !== undefined && num > den) d.problem(`${at}.fraction.numerator`, num, 'must not exceed the denominator');
+    else if (num !== undefined && den !== undefined) percent = (num / den) * 100;
+  }
+  return svc && port !== undefined ? { type: 'RequestMirror', backend: { service: serviceKey(svc), port }, percent } : undefined;
+}
+
+function filter(d: Doc, known: Known, v: unknown, rel: string, supported: readonly string[]): RouteFilter | undefined {
   const o = d.obj(v, rel, 'must be { type, … }', ['type', ...Object.values(FILTER_FIELDS)]);
   if (!o) return undefined;
   const type = o.type as string;
@@ -373,6 +399,7 @@ function filter(d: Doc, v: unknown, rel: string, supported: readonly string[]): 
     return undefined;
   }
   const at = `${rel}.${field}`;
+  if (type === 'RequestMirror') return requestMirror(d, known, o[field], at);
   if (type === 'RequestHeaderModifier' || type === 'ResponseHeaderModifier') {
     const modifier = headerModifier(d, o[field], at);
     return modifier ? { type, modifier } : undefined;
@@ -481,7 +508,7 @@ function retry(d: Doc, v: unknown, rel: string): RetryPolicy | undefined {
 
 const HTTP_RULE = ['name', 'matches', 'filters', 'backendRefs', 'timeouts', 'retry', 'sessionPersistence'];
 const GRPC_RULE = ['name', 'matches', 'filters', 'backendRefs', 'sessionPersistence'];
-const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestRedirect', 'URLRewrite'];
+const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestRedirect', 'URLRewrite', 'RequestMirror'];
 const GRPC_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier'];
 
 function rule(d: Doc, known: Known, v: unknown, index: number, origin: RouteOrigin): RouteRule | undefined {
@@ -502,10 +529,11 @@ function rule(d: Doc, known: Known, v: unknown, index: number, origin: RouteOrig
       : rawMatches.flatMap((m, i) => (grpc ? grpcMatch(d, m, `${rel}.matches[${i}]`) : httpMatch(d, m, `${rel}.matches[${i}]`)) ?? []);
   const filters = d
     .list(r, 'filters', rel)
-    .flatMap((f, i) => filter(d, f, `${rel}.filters[${i}]`, grpc ? GRPC_FILTERS : HTTP_FILTERS) ?? []);
+    .flatMap((f, i) => filter(d, known, f, `${rel}.filters[${i}]`, grpc ? GRPC_FILTERS : HTTP_FILTERS) ?? []);
   const seen = new Set<string>();
   for (const [i, f] of filters.entries()) {
-    if (seen.has(f.type))
+    // Gateway API allows several mirrors; each other filter once.
+    if (seen.has(f.type) && f.type !== 'RequestMirror')
       d.problem(`${rel}.filters[${i}].type`, f.type, 'appears twice in the rule; Gateway API allows each of these filters once');
     seen.add(f.type);
   }
@@ -529,7 +557,7 @@ function rule(d: Doc, known: Known, v: unknown, index: number, origin: RouteOrig
 
 interface ParsedRoute {
   origin: RouteOrigin;
-  attachments: Attachment[];
+  attachments: readonly Attachment[];
   rules: RouteRule[];
   label: string;
 }
@@ -572,7 +600,17 @@ function attach(parsed: ParsedRoute[], warnings: string[]): ServiceRoutes[] {
   for (const p of parsed)
     for (const a of p.attachments) perService.set(serviceKey(a.service), [...(perService.get(serviceKey(a.service)) ?? []), p]);
   const out: ServiceRoutes[] = [];
-  for (const [service, routes] of perService) {
+  for (const [service, all] of perService) {
+    // A VirtualService and Gateway API routes are not merged either (Istio advises against mixing them): the Gateway API routes win.
+    const gatewayApi = all.some((r) => r.origin.kind !== 'VirtualService');
+    const routes = gatewayApi ? all.filter((r) => r.origin.kind !== 'VirtualService') : all;
+    if (gatewayApi)
+      for (const r of new Set(all))
+        if (r.origin.kind === 'VirtualService')
+          warnings.push(
+            `${r.label}: ignored for service ${service}: HTTPRoutes or GRPCRoutes attach to it, and they take precedence over a VirtualService; ` +
+              'route the service with one of the two',
+          );
     const oldest = [...routes].sort((a, b) => olderFirst(a.origin, b.origin))[0];
     const kind = oldest?.origin.kind;
     for (const r of new Set(routes))
@@ -664,7 +702,13 @@ export function compileWaypointConfig(
       d.problem('metadata.name', d.name, `names no known service (${svc.namesIn(d.namespace)})`);
     else services.set(`${d.namespace}/${d.name}`, label(d));
   }
-  const routes = unique.filter((d) => d.kind === 'HTTPRoute' || d.kind === 'GRPCRoute').flatMap((d) => route(d, svc) ?? []);
+  const routes = unique.flatMap((d) =>
+    d.kind === 'HTTPRoute' || d.kind === 'GRPCRoute'
+      ? (route(d, svc) ?? [])
+      : d.kind === 'VirtualService'
+        ? (virtualService(d, svc) ?? [])
+        : [],
+  );
   const policies = unique
     .filter((d) => d.kind === 'AuthorizationPolicy')
     .flatMap((d) => {

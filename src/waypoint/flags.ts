@@ -24,6 +24,10 @@ export const RESPONSE_FLAGS = {
   UC: 'UC',
   /** Local reset: the waypoint reset the stream itself (503). */
   LR: 'LR',
+  /** Delay injected by a route's fault (VirtualService fault.delay). */
+  DI: 'DI',
+  /** Aborted by a route's fault (VirtualService fault.abort): the configured status, nothing sent upstream. */
+  FI: 'FI',
   /** Rate limited locally (429). */
   RL: 'RL',
   /** Downstream protocol error: the client's request was not valid HTTP (400). */

@@ -21,7 +21,7 @@ export interface Candidate {
   matchIndex: number;
 }
 
-const PATH_RANK: Record<PathMatch['type'], number> = { Exact: 3, PathPrefix: 2, RegularExpression: 1 };
+const PATH_RANK: Record<PathMatch['type'], number> = { Exact: 3, PathPrefix: 2, Prefix: 2, RegularExpression: 1 };
 
 const byCreation = (a: string, b: string): number => (a === b ? 0 : a === '' ? 1 : b === '' ? -1 : a < b ? -1 : 1);
 const byText = (a: string, b: string): number => (a === b ? 0 : a < b ? -1 : 1);
@@ -35,6 +35,16 @@ const byText = (a: string, b: string): number => (a === b ? 0 : a < b ? -1 : 1);
  */
 export function comparePrecedence(a: Candidate, b: Candidate): number {
   const [ma, mb] = [a.match, b.match];
+  // A VirtualService's http routes are tried in the order written (Istio: first match wins); a service takes
+  // its routes from VirtualServices or from Gateway API routes, never both (src/sources/virtual-service.ts).
+  if (a.rule.origin.kind === 'VirtualService' && b.rule.origin.kind === 'VirtualService')
+    return (
+      byCreation(a.rule.origin.created, b.rule.origin.created) ||
+      byText(`${a.rule.origin.namespace}/${a.rule.origin.name}`, `${b.rule.origin.namespace}/${b.rule.origin.name}`) ||
+      a.rule.origin.order - b.rule.origin.order ||
+      a.rule.index - b.rule.index ||
+      a.matchIndex - b.matchIndex
+    );
   return (
     PATH_RANK[mb.path.type] - PATH_RANK[ma.path.type] ||
     mb.path.value.length - ma.path.value.length ||
@@ -58,6 +68,8 @@ export function pathMatches(m: PathMatch, path: string): boolean {
       const prefix = m.value.length > 1 && m.value.endsWith('/') ? m.value.slice(0, -1) : m.value;
       return prefix === '/' || path === prefix || path.startsWith(`${prefix}/`);
     }
+    case 'Prefix':
+      return path.startsWith(m.value);
     case 'RegularExpression':
       return regexMatches(m.regex, path);
   }

@@ -24,7 +24,7 @@ import { httpLabels, type WaypointMetrics } from './metrics';
 import { outlierResult } from './outlier';
 import { RateLimiter, type RateLimitTable } from './rate-limit';
 import { type Clock, ISTIO_DEFAULT_RETRY, RetryBudget, RetryState } from './retry';
-import type { HeaderModifier, RouteRule } from './types';
+import type { HeaderModifier, MirrorBackend, RouteFilter, RouteRule } from './types';
 import {
   type AttemptResult,
   endToEnd,
@@ -134,6 +134,8 @@ interface Exchange {
   policy?: string;
   /** The DestinationRule the destination was served with. */
   destinationRule?: string;
+  /** How long a fault delay held the request. */
+  delayedMs?: number;
 }
 
 const now: Clock = () => performance.now();
@@ -210,6 +212,7 @@ export class L7Proxy {
     let target = x.target;
     let host = x.host;
     let responseModifier: HeaderModifier | undefined;
+    const mirrors: Extract<RouteFilter, { type: 'RequestMirror' }>[] = [];
     let backends: { service: string; port: number; weight: number; subset?: string }[];
     if (svcKey !== undefined && view.routes.has(svcKey, d.port)) {
       const c = view.routes.route(svcKey, d.port, { method: x.method, target, headers: req.headers });
@@ -225,6 +228,7 @@ export class L7Proxy {
         }
         if (f.type === 'RequestHeaderModifier') headers = modifyHeaders(headers, f.modifier);
         else if (f.type === 'ResponseHeaderModifier') responseModifier = f.modifier;
+        else if (f.type === 'RequestMirror') mirrors.push(f);
         else if (f.type === 'URLRewrite') {
           const r = applyRewrite(target, c.match.path, f);
           target = r.target;
@@ -232,6 +236,20 @@ export class L7Proxy {
         }
       }
       backends = c.rule.backends;
+      if (c.rule.fault) {
+        // Envoy's fault filter runs before the router: a delayed request is held, an aborted one never leaves.
+        const { delay, abort } = c.rule.fault;
+        if (delay && this.random() * 100 < delay.percent) {
+          x.flags.push(RESPONSE_FLAGS.DI);
+          x.delayedMs = delay.ms;
+          await sleep(delay.ms);
+        }
+        if (abort && this.random() * 100 < abort.percent) {
+          x.flags.push(RESPONSE_FLAGS.FI);
+          x.detail = 'fault_filter_abort';
+          return void local(res, x, abort.status, 'fault filter abort');
+        }
+      }
     } else if (svcKey !== undefined) {
       backends = [{ service: svcKey, port: d.port, weight: 1 }];
     } else {
@@ -246,6 +264,7 @@ export class L7Proxy {
     if (body === 'too_large') return void local(res, x, 413, 'request body too large\n');
     x.requestBytes = body.length;
     const out: OutgoingRequest = { method: x.method, target, host, headers, body, h2: d.h2 };
+    for (const m of mirrors) if (this.random() * 100 < m.percent) this.mirror(view, m.backend, out);
 
     // The backend is chosen once per request (Envoy's weighted clusters); retries go to its other endpoints.
     const backend = backends.length > 0 ? pickWeighted(backends, this.random) : undefined;
@@ -284,6 +303,30 @@ export class L7Proxy {
       policy,
       d,
       responseModifier,
+    );
+  }
+
+  /**
+   * Sends a copy of the request to a mirror's service on the side (Envoy's
+   * shadow: Host gets "-shadow"). Never awaited: its answer is read and
+   * dropped, and its failure or slowness never touches the original.
+   */
+  mirror(view: WaypointView, m: MirrorBackend, out: OutgoingRequest): void {
+    const found = view.destinations ? view.destinations.policyFor(m.service, m.subset) : DEFAULT_POLICY;
+    const endpoints = found === undefined ? [] : this.endpointsOf(view, m.service, m.port, found);
+    const ep = endpoints[Math.floor(this.random() * endpoints.length)];
+    if (!ep) return;
+    const host = out.host.replace(/^([^:]*)(.*)$/, '$1-shadow$2');
+    const copy: OutgoingRequest = { ...out, host, headers: { ...out.headers, host, ...(out.h2 ? { ':authority': host } : {}) } };
+    const cancel: { fire?: () => void } = {};
+    void this.attempt(ep, copy, MIRROR_TIMEOUT_MS, cancel).then(
+      (r) => {
+        if (r.kind === 'response') {
+          r.response.body.on('error', () => undefined);
+          r.response.body.resume();
+        }
+      },
+      () => undefined,
     );
   }
 
@@ -355,7 +398,8 @@ export class L7Proxy {
   ): Promise<void> {
     const requestMs = x.rule?.timeouts.requestMs ?? this.deps.limits.defaultRequestMs;
     const backendMs = x.rule?.timeouts.backendRequestMs ?? 0;
-    const deadline = requestMs > 0 ? x.started + requestMs : undefined;
+    // An injected delay is not the upstream's time: as in Envoy, the route's timeout starts after it.
+    const deadline = requestMs > 0 ? x.started + (x.delayedMs ?? 0) + requestMs : undefined;
     const dest = this.destination(destination.key);
     const overflow = (): void => {
       if (destination.cluster) this.deps.metrics.overflow(destination.cluster);
@@ -738,5 +782,8 @@ function readBody(req: Readable, max: number): Promise<Buffer | 'too_large' | 'a
     req.once('error', () => settle('aborted'));
   });
 }
+
+/** How long a mirrored copy may take before it is dropped. */
+const MIRROR_TIMEOUT_MS = 30_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -12,7 +12,9 @@ export type ValueMatchType = 'Exact' | 'RegularExpression';
 export type PathMatch =
   | { type: 'Exact'; value: string }
   | { type: 'PathPrefix'; value: string }
-  | { type: 'RegularExpression'; value: string; regex: RegExp };
+  | { type: 'RegularExpression'; value: string; regex: RegExp }
+  /** Istio VirtualService's `uri.prefix`: a plain string prefix (`/a` matches `/ab` too). */
+  | { type: 'Prefix'; value: string };
 
 /** A header (name in lower case) or query parameter (name as written) and how its value must look. */
 export type ValueMatch =
@@ -53,7 +55,24 @@ export type RouteFilter =
       port?: number;
       statusCode: 301 | 302 | 303 | 307 | 308;
     }
-  | { type: 'URLRewrite'; hostname?: string; path?: PathModifier };
+  | { type: 'URLRewrite'; hostname?: string; path?: PathModifier }
+  /** A copy of the request to another service, sent on the side: its answer is dropped, and it never delays or fails the original. */
+  | { type: 'RequestMirror'; backend: MirrorBackend; percent: number };
+
+/** Where a mirror sends its copies: a service port, optionally a DestinationRule subset. */
+export interface MirrorBackend {
+  service: string;
+  port: number;
+  subset?: string;
+}
+
+/** Istio's `fault`: each part applies to a share of the requests (percent, 0..100, fractions allowed), drawn independently. */
+export interface FaultInjection {
+  /** Held for ms before the request goes on (Envoy's response flag DI). */
+  delay?: { ms: number; percent: number };
+  /** Answered by the waypoint with this status, never sent (Envoy's response flag FI). */
+  abort?: { status: number; percent: number };
+}
 
 /** A Service behind a rule: its key in the mesh model ("<namespace>/<hostname>") and the service port. */
 export interface WeightedBackend {
@@ -90,7 +109,7 @@ export interface RetryPolicy {
 
 /** The object a rule came from, for precedence ties and for messages. */
 export interface RouteOrigin {
-  kind: 'HTTPRoute' | 'GRPCRoute';
+  kind: 'HTTPRoute' | 'GRPCRoute' | 'VirtualService';
   namespace: string;
   name: string;
   /** creationTimestamp as written (RFC 3339), '' when absent: absent sorts last. */
@@ -111,6 +130,8 @@ export interface RouteRule {
   timeouts: RouteTimeouts;
   /** undefined: Istio's default policy (retry.ts). */
   retry?: RetryPolicy;
+  /** VirtualService `fault`: delays and aborts injected before the request is sent. */
+  fault?: FaultInjection;
 }
 
 /** The rules attached to one service (parentRef kind Service), on one port or on all of them. */

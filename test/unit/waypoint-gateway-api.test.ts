@@ -260,9 +260,7 @@ const REFUSED: [string, string, string[]][] = [
   ],
   [
     'unsupported filter type',
-    route(
-      '  rules: [{ filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: reviews, port: 80 } } }], backendRefs: [{ name: reviews, port: 80 }] }]',
-    ),
+    route('  rules: [{ filters: [{ type: CORS, cors: { allowOrigins: ["*"] } }], backendRefs: [{ name: reviews, port: 80 }] }]'),
     ['filters[0].type', "is not supported by ambit's waypoint", 'RequestHeaderModifier'],
   ],
   [
