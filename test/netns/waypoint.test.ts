@@ -35,6 +35,7 @@ const VIP = {
   tcp: '10.96.0.16',
   resilient: '10.96.0.17',
   limited: '10.96.0.18',
+  rated: '10.96.0.19',
 };
 
 interface Answer {
@@ -101,6 +102,8 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
   let topo: Topology;
   let wpPod: TestPod;
   let session: http2.ClientHttp2Session;
+  /** A client running as another service account than session's. */
+  let other: http2.ClientHttp2Session;
   let wpLog: Record<string, unknown>[];
   let config: string;
   /** The mesh file as written; tests that reload change a copy. */
@@ -176,6 +179,7 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         // Three endpoints (port 8082), one of which always answers 503; and one endpoint behind tight limits.
         svc('resilient', VIP.resilient, 80, 8082, { grpc: 'yes' }, { name: 'http' }),
         svc('limited', VIP.limited, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
+        svc('rated', VIP.rated, 80, 8080, { app: 'echo-v2' }, { name: 'http' }),
       ],
       routes: [
         {
@@ -198,6 +202,13 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
         route('slow', [{ backendRefs: [{ name: 'slow', port: 80 }], timeouts: { request: '300ms' } }]),
         // Routed, so that a waypoint on xDS (whose Address resources carry no port names) serves it as HTTP too.
         route('limited', [{ backendRefs: [{ name: 'limited', port: 80 }] }]),
+        route('rated', [{ backendRefs: [{ name: 'rated', port: 80 }] }]),
+        {
+          apiVersion: 'policy.linkerd.io/v1alpha1',
+          kind: 'HTTPLocalRateLimitPolicy',
+          metadata: { name: 'rated', namespace: 'default' },
+          spec: { targetRef: { group: '', kind: 'Service', name: 'rated' }, identity: { requestsPerSecond: 3 } },
+        },
         {
           apiVersion: 'networking.istio.io/v1',
           kind: 'DestinationRule',
@@ -288,6 +299,8 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     const ca = await BuiltinCa.open(caDir);
     session = await openSession(client.netnsPath, wpPod.ip, await certFor(ca, id('sleep')));
     cleanup.add('client session', () => session.destroy());
+    other = await openSession(client.netnsPath, wpPod.ip, await certFor(ca, id('other')));
+    cleanup.add('other client session', () => other.destroy());
   });
 
   after(() => {
@@ -414,6 +427,50 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     assert.ok(requestsTotal(text, { destination_service: host('limited'), response_code: '503', response_flags: 'UO' }) >= 6);
     // Once the burst is over, the destination serves again.
     assert.equal((await request(session, `${VIP.limited}:80`)).status, 200);
+  });
+
+  test('HTTPLocalRateLimitPolicy: an identity limited to 3 rps is answered 429 RL beyond it; another identity is unaffected', async () => {
+    const burst = await Promise.all(Array.from({ length: 12 }, () => request(session, `${VIP.rated}:80`)));
+    const statuses = burst.map((a) => a.status);
+    const ok = burst.filter((a) => a.status === 200);
+    const limited = burst.filter((a) => a.status === 429);
+    assert.equal(ok.length + limited.length, 12, JSON.stringify(statuses));
+    // A burst of one second's worth (3), and at most a token or two refilled while the burst is sent.
+    assert.ok(ok.length >= 3 && ok.length <= 5, `3 rps let ${ok.length} of a burst of 12 through: ${JSON.stringify(statuses)}`);
+    assert.ok(
+      limited.every((a) => a.body === 'local_rate_limited'),
+      JSON.stringify(limited.map((a) => a.body)),
+    );
+    // The other identity has a bucket of its own: its burst of 3 all goes through while sleep's is empty.
+    const theirs = await Promise.all(Array.from({ length: 3 }, () => request(other, `${VIP.rated}:80`)));
+    assert.deepEqual(
+      theirs.map((a) => a.status),
+      [200, 200, 200],
+    );
+    const line = await waitFor('RL in the access log', () =>
+      wpLog.find((l) => l.msg === 'request complete' && l['dst.service'] === host('rated') && l.response_flags === 'RL'),
+    );
+    assert.equal(line.response_code, 429);
+    assert.equal(line['src.identity'], id('sleep'));
+    assert.match(String(line.detail), /^local_rate_limited: default\/rated identity 3\/s$/);
+    const rl = { destination_service: host('rated'), source_principal: id('sleep'), response_code: '429', response_flags: 'RL' };
+    // A request is counted when its stream closes, which may be just after the client read the answer.
+    const text = await waitFor('every 429 counted', async () => {
+      const t = await metrics();
+      return requestsTotal(t, rl) === limited.length ? t : undefined;
+    });
+    assert.equal(requestsTotal(text, { destination_service: host('rated'), source_principal: id('other'), response_code: '429' }), 0);
+    assert.equal(
+      sample(text, 'ambit_waypoint_rate_limited_total', { destination_service: host('rated'), policy: 'default/rated', limit: 'identity' }),
+      limited.length,
+    );
+    // The bucket refills at the rate: sleep is served again within a second or so.
+    await waitFor(
+      'sleep served again as its bucket refills',
+      async () => (await request(session, `${VIP.rated}:80`)).status === 200,
+      3000,
+      100,
+    );
   });
 
   test('gRPC: one client connection, every request balanced on its own over 3 endpoints', async () => {
