@@ -114,6 +114,8 @@ export interface WaypointConfigMessage {
   policies: unknown[];
   /** Absent from a control plane that sends none. */
   destinations?: unknown[];
+  /** Absent from a control plane that sends none. */
+  rate_limits?: unknown[];
 }
 
 // ---- envoy.service.discovery.v3 ----

@@ -78,6 +78,8 @@ export function waypointScopes(cfg: WaypointConfig): Map<string, WaypointL7> {
         p.targets.some((t) => (t.kind === 'Gateway' ? `${t.namespace}/${t.name}` === key : servedBy(t.service) === key)),
       ),
       destinations: (cfg.destinations ?? []).filter((d) => servedBy(d.service) === key || sends.has(d.service)),
+      // A limit is taken where requests for the service arrive: at the waypoint that serves it.
+      rateLimits: (cfg.rateLimits ?? []).filter((p) => servedBy(p.service) === key),
     });
   }
   return scopes;
@@ -127,6 +129,7 @@ export function waypointResources(cfg: WaypointConfig): Map<string, XdsResource>
       routes: l7.routes.map(toWire),
       policies: l7.policies.map(policyToWire),
       destinations: l7.destinations.map(toWire),
+      rate_limits: (l7.rateLimits ?? []).map(toWire),
     };
     out.set(key, packResource(key, TYPE_WAYPOINT, message));
   }
@@ -410,6 +413,19 @@ const destinationPolicy: Check<DestinationPolicy> = (v, at) => {
   return p;
 };
 
+// ---- local rate limits (HTTPLocalRateLimitPolicy) ----
+
+const rps = int(1, 1_000_000);
+const accountName = matching(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, 'is not a service account or namespace name');
+const rateLimitPolicy: Check<RateLimitPolicy> = obj({
+  namespace: str,
+  name: str,
+  service: str,
+  total: opt(rps),
+  identity: opt(rps),
+  overrides: arr(obj({ requestsPerSecond: rps, clients: arr(obj({ namespace: accountName, name: accountName }), true) })),
+});
+
 /** Decodes and checks one WaypointConfig resource; throws a ResourceError naming the resource and the field. */
 export function waypointFromMessage(name: string, m: WaypointConfigMessage): WaypointL7 {
   try {
@@ -422,10 +438,17 @@ export function waypointFromMessage(name: string, m: WaypointConfigMessage): Way
       if (services.has(d.service)) bad(`destinations[${i}].service`, d.service, 'has another destination policy too: one per service');
       services.add(d.service);
     });
+    const rateLimits = arr(rateLimitPolicy)(fromWire(m.rate_limits ?? []), 'rate_limits');
+    const limited = new Set<string>();
+    rateLimits.forEach((p, i) => {
+      if (limited.has(p.service)) bad(`rate_limits[${i}].service`, p.service, 'has another rate limit policy too: one per service');
+      limited.add(p.service);
+    });
     return {
       routes: arr(serviceRoutes)(fromWire(m.routes), 'routes'),
       policies: arr(l7Policy)(fromWire(m.policies), 'policies'),
       destinations,
+      rateLimits,
     };
   } catch (err) {
     if (err instanceof FieldError) throw new ResourceError(`${name}: ${err.message}`);

@@ -6,10 +6,14 @@
 // the number of buckets.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { unpack } from '../../src/protocol/protos';
 import { compileWaypointConfig, parseWaypointConfig } from '../../src/sources/gateway-api';
+import { ResourceError } from '../../src/sources/xds-resources';
+import { waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
 import type { Service, Workload } from '../../src/state/types';
 import { RateLimiter, RateLimitTable } from '../../src/waypoint/rate-limit';
-import type { RateLimitPolicy } from '../../src/waypoint/types';
+import type { RateLimitPolicy, WaypointConfig } from '../../src/waypoint/types';
+import { must } from '../helpers/must';
 
 const svc = (name: string, namespace = 'default'): Service => ({
   name,
@@ -112,6 +116,54 @@ test('two policies on one service: the first applies, the other is a warning', (
     ['one'],
   );
   assert.ok(cfg.warnings.some((w) => w.includes('two') && w.includes('ignored')));
+});
+
+test('on the wire: the policies of the services a waypoint serves round-trip; a bad field is refused with its name', () => {
+  const parsed = parseWaypointConfig(
+    [
+      rl({
+        targetRef: { kind: 'Service', name: 'reviews' },
+        identity: { requestsPerSecond: 20 },
+        overrides: [{ requestsPerSecond: 50, clientRefs: [{ kind: 'ServiceAccount', name: 'web' }] }],
+      }),
+      rl({ targetRef: { kind: 'Service', name: 'ratings' }, total: { requestsPerSecond: 7 } }, 'ratings-limit'),
+    ],
+    KNOWN,
+  );
+  const cfg: WaypointConfig = {
+    ...parsed,
+    waypoints: [{ namespace: 'default', name: 'wp', for: 'service' }],
+    bindings: { services: new Map([[REVIEWS, 'default/wp']]), workloads: new Map() },
+  };
+  const res = must(waypointResources(cfg).get('default/wp'), 'resource');
+  const l7 = waypointFromMessage('default/wp', unpack(res.resource));
+  assert.deepEqual(
+    l7.rateLimits,
+    parsed.rateLimits?.filter((p) => p.service === REVIEWS),
+    'only the policy of the service it serves, field for field',
+  );
+  // biome-ignore lint/suspicious/noExplicitAny: the test breaks the message wherever it likes
+  type Any = any;
+  const bad = (f: (p: Any) => void, re: RegExp): void => {
+    const m = unpack<Any>(res.resource);
+    f(must(m.rate_limits?.[0], 'sent'));
+    assert.throws(
+      () => waypointFromMessage('default/wp', m as never),
+      (err: Error) => err instanceof ResourceError && re.test(err.message),
+    );
+  };
+  bad((p) => {
+    p.identity = 0;
+  }, /rate_limits\[0\]\.identity 0 must be a whole number 1\.\./);
+  bad((p) => {
+    p.overrides[0].clients = [];
+  }, /rate_limits\[0\]\.overrides\[0\]\.clients \[\] must not be empty/);
+  bad((p) => {
+    p.overrides[0].clients[0].name = 'Not/A/Name';
+  }, /clients\[0\]\.name "Not\/A\/Name" is not a service account/);
+  bad((p) => {
+    p.overrides[0].requests_per_second = 0;
+  }, /overrides\[0\]\.requests_per_second 0 must be a whole number/);
 });
 
 const policy = (p: Partial<RateLimitPolicy>): RateLimitTable =>
