@@ -23,7 +23,10 @@ COPY src/ src/
 RUN make build && npm prune --omit=dev --no-audit --no-fund
 
 # Run: Node 20 and libbpf1 (loaded through koffi). Nothing else: ambit spawns
-# no binaries (its tunnel workers are `node` itself), so no iproute2.
+# no binaries (its tunnel workers are `node` itself), so no iproute2. The
+# DaemonSet's install-cni init container uses the base's sh and coreutils and
+# copies its /usr/local/bin/node to the host, where the ambit-cni plugin runs
+# (a glibc build: the host needs glibc 2.28+ and libstdc++, as most do).
 FROM docker.io/library/node:20-bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libbpf1 \

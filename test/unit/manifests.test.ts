@@ -9,7 +9,9 @@
 //    arguments (the CLI contract), its privileges, and that the Dockerfile's
 //    image holds what the manifests run.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
@@ -25,6 +27,7 @@ import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import YAML from 'yaml';
+import { membersFileOf } from '../../src/cni/protocol';
 import { DEFAULT_OBJ_DIR } from '../../src/datapath/loader';
 import { PROTO_DIR } from '../../src/protocol/protos';
 import { parseConfig } from '../../src/sources/config';
@@ -58,6 +61,8 @@ const NODE_ARGS = [
   '/host/proc',
   '--pods-cgroup',
   '/sys/fs/cgroup',
+  '--cni-socket',
+  '/var/lib/ambit/cni/cni.sock',
 ];
 const CONTROL_PLANE_ARGS = ['control-plane', '--kubernetes', '--config', '/etc/ambit/mesh.yaml', '--listen', '0.0.0.0:15012'];
 const NODE_CAPABILITIES = ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'NET_RAW', 'SYS_PTRACE', 'SYS_RESOURCE'];
@@ -358,10 +363,20 @@ const find = (docs: Rendered[], kind: string, name: string): Doc => {
 };
 const agent = (docs = rendered()): Doc => find(docs, 'DaemonSet', 'ambit-node');
 const controlPlane = (docs = rendered()): Doc => find(docs, 'Deployment', 'ambit-control-plane');
+/** The one long-running container (the agent has an init container besides: see initContainer). */
 const onlyContainer = (workload: Doc): Doc => {
   assert.equal(workload.spec.template.spec.containers.length, 1, `${workload.metadata.name}: one container`);
-  assert.equal(workload.spec.template.spec.initContainers, undefined, `${workload.metadata.name}: no init containers`);
   return workload.spec.template.spec.containers[0];
+};
+/** The agent's one init container, install-cni. */
+const initContainer = (workload: Doc): Doc => {
+  const init = workload.spec.template.spec.initContainers ?? [];
+  assert.deepEqual(
+    init.map((c: Doc) => c.name),
+    ['install-cni'],
+    `${workload.metadata.name}: one init container`,
+  );
+  return init[0];
 };
 /** Where a volume is mounted in a container, or undefined. */
 const mountOf = (workload: Doc, volume: string): Doc => onlyContainer(workload).volumeMounts?.find((m: Doc) => m.name === volume);
@@ -425,8 +440,10 @@ test('the base and the Vagrant overlay, as kustomize renders them, validate too'
       assert.equal(doc.metadata.labels?.['app.kubernetes.io/part-of'], 'ambit');
     }
     for (const w of [agent(docs), controlPlane(docs)]) {
-      assert.equal(onlyContainer(w).image, image, `${path.relative(ROOT, dir)}: ${w.metadata.name} image`);
-      assert.equal(onlyContainer(w).imagePullPolicy, policy, `${path.relative(ROOT, dir)}: ${w.metadata.name} imagePullPolicy`);
+      for (const c of containersOf(w.spec.template.spec)) {
+        assert.equal(c.image, image, `${path.relative(ROOT, dir)}: ${w.metadata.name}/${c.name} image`);
+        assert.equal(c.imagePullPolicy, policy, `${path.relative(ROOT, dir)}: ${w.metadata.name}/${c.name} imagePullPolicy`);
+      }
       assert.equal(w.spec.template.metadata.labels['app.kubernetes.io/part-of'], 'ambit');
     }
   }
@@ -660,7 +677,16 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   const netns = host('/var/run/netns');
   assert.equal(netns.mount.mountPath, '/var/run/netns');
   assert.equal(netns.mount.mountPropagation, 'HostToContainer');
-  assert.equal(pod.volumes.filter((v: Doc) => v.hostPath).length, 4, 'no other host paths');
+  for (const p of ['/opt/cni/bin', '/etc/cni/net.d']) {
+    const cniDir = host(p);
+    assert.equal(cniDir.volume.hostPath.type, 'Directory', `${p}: the runtime's, never made up`);
+    assert.equal(cniDir.mount.mountPath, p, `${p} at the same path, for \`kubectl exec … ambit cni uninstall\``);
+  }
+  const cniRun = host('/var/lib/ambit/cni');
+  assert.equal(cniRun.volume.hostPath.type, 'DirectoryOrCreate');
+  assert.equal(path.posix.dirname(argAfter(c.args, '--cni-socket')), cniRun.mount.mountPath, 'the CNI socket is on the host path');
+  assert.notEqual(cniRun.mount.readOnly, true);
+  assert.equal(pod.volumes.filter((v: Doc) => v.hostPath).length, 7, 'no other host paths');
 
   const token = volumeOf(ds, (v) => v.projected);
   assert.deepEqual(token.projected.sources, [
@@ -672,12 +698,102 @@ test('the node agent runs the CLI contract, with exactly the capabilities it nee
   assert.equal(argAfter(c.args, '--xds-root'), path.posix.join(mountOf(ds, root.name).mountPath, 'root-cert.pem'));
 });
 
+test('install-cni puts ambit-cni on the node as istio-cni does: run here against a scratch root, idempotent, undone by uninstall', () => {
+  const ds = agent();
+  const c = onlyContainer(ds);
+  const init = initContainer(ds);
+  assert.equal(init.image, c.image, 'the same image as the agent');
+  assert.deepEqual(init.command, ['sh', '-c']);
+  assert.equal(init.securityContext.privileged, false);
+  assert.equal(init.securityContext.allowPrivilegeEscalation, false);
+  assert.equal(init.securityContext.readOnlyRootFilesystem, true);
+  assert.deepEqual(init.securityContext.capabilities, { drop: ['ALL'] }, 'root writing root-owned host files needs no capability');
+  assert.deepEqual(init.env, [{ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }]);
+  const script: string = at(init.args, 0, 'the install script');
+  assert.equal(init.args.length, 1);
+  const socket = argAfter(c.args, '--cni-socket');
+  const members = membersFileOf(socket);
+  // Every host directory the script writes is mounted at its host path (the wrapper and conflist name these paths).
+  const hostDirs = ['/opt/cni/bin', '/etc/cni/net.d', path.posix.dirname(socket)];
+  for (const dir of hostDirs) {
+    const v = volumeOf(ds, (x) => x.hostPath?.path === dir);
+    assert.ok(v, `hostPath ${dir}`);
+    const m = init.volumeMounts.find((x: Doc) => x.name === v.name);
+    assert.equal(m?.mountPath, dir, `install-cni mounts ${dir} at ${dir}`);
+    assert.notEqual(m?.readOnly, true);
+  }
+  assert.equal(init.volumeMounts.length, hostDirs.length, 'nothing else mounted');
+  assert.ok(script.includes(`exec node ${at(ENTRYPOINT, 1, 'ENTRYPOINT')} cni install `), "the image's CLI");
+  assert.ok(script.includes(`--socket ${socket} `), 'the plugin asks the socket the agent serves');
+  assert.ok(script.includes(members), 'the members file beside that socket');
+  assert.match(dockerfile().stages.at(-1)?.from ?? '', /\/node:20-bookworm-slim$/, 'the official image: node is /usr/local/bin/node');
+
+  // The script as the init container runs it, with / moved to a scratch directory.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ambit-install-cni-'));
+  try {
+    let local = script
+      .replaceAll('/usr/local/bin/node', process.execPath)
+      .replaceAll(
+        `exec node ${at(ENTRYPOINT, 1, 'ENTRYPOINT')}`,
+        `exec ${process.execPath} ${path.resolve(__dirname, '../../src/cli/main.js')}`,
+      );
+    for (const dir of hostDirs) local = local.replaceAll(dir, path.join(root, dir));
+    for (const dir of hostDirs) fs.mkdirSync(path.join(root, dir), { recursive: true });
+    const conf = path.join(root, '/etc/cni/net.d/10-bridge.conflist');
+    const bridge = { cniVersion: '1.0.0', name: 'pods', plugins: [{ type: 'bridge', bridge: 'cni0' }, { type: 'portmap' }] };
+    fs.writeFileSync(conf, JSON.stringify(bridge));
+    const run = (): string => execFileSync('sh', ['-c', local], { env: { ...process.env, NODE_NAME: 'n1' }, encoding: 'utf8' });
+    const first = run();
+    assert.match(first, /added +\S+\/opt\/cni\/bin\/ambit-cni\n/);
+    const chained = JSON.parse(fs.readFileSync(conf, 'utf8')) as typeof bridge;
+    assert.deepEqual(chained.plugins.at(-1), { type: 'ambit-cni', socket: path.join(root, socket) });
+    assert.deepEqual(chained.plugins.slice(0, -1), bridge.plugins);
+    const seeded = JSON.parse(fs.readFileSync(path.join(root, members), 'utf8'));
+    assert.equal(seeded.node, 'n1');
+    assert.deepEqual(seeded.pods, [], 'a first install lets pods pass until the agent has its state');
+    // The plugin runs on the copy of Node.js beside it, outside the image.
+    const wrapper = path.join(root, '/opt/cni/bin/ambit-cni');
+    assert.ok(fs.readFileSync(wrapper, 'utf8').includes(path.join(root, '/opt/cni/bin/ambit-cni.d/node')));
+    const version = execFileSync(wrapper, [], { env: { CNI_COMMAND: 'VERSION' }, input: '{}', encoding: 'utf8' });
+    assert.equal(JSON.parse(version).cniVersion, '1.0.0');
+
+    // Again (a restarted pod): nothing changes, and the agent's members file is kept.
+    const written = JSON.stringify({ node: 'n1', written: 'then', pods: [{ namespace: 'shop', name: 'web', addresses: [] }] });
+    fs.writeFileSync(path.join(root, members), written);
+    assert.ok(
+      run()
+        .trim()
+        .split('\n')
+        .every((l) => l.startsWith('unchanged')),
+    );
+    assert.equal(fs.readFileSync(path.join(root, members), 'utf8'), written);
+
+    // Removal, as daemonset/README.md says: the conflist as it was, the plugin gone.
+    execFileSync(process.execPath, [
+      path.resolve(__dirname, '../../src/cli/main.js'),
+      'cni',
+      'uninstall',
+      '--conf-dir',
+      path.join(root, '/etc/cni/net.d'),
+      '--bin-dir',
+      path.join(root, '/opt/cni/bin'),
+    ]);
+    assert.deepEqual(JSON.parse(fs.readFileSync(conf, 'utf8')), bridge);
+    assert.deepEqual(fs.readdirSync(path.join(root, '/opt/cni/bin')), []);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  const readme = fs.readFileSync(path.join(BASE, 'README.md'), 'utf8');
+  assert.ok(readme.includes('ambit cni uninstall'), 'daemonset/README.md says how to take the plugin out before removal');
+});
+
 test('the control plane runs the CLI contract, unprivileged, on its ConfigMap and CA Secret', () => {
   const docs = rendered();
   const cp = controlPlane(docs);
   const pod = cp.spec.template.spec;
   const c = onlyContainer(cp);
   assert.equal(cp.spec.replicas, 1);
+  assert.equal(pod.initContainers, undefined, 'no init containers');
   assert.deepEqual(c.command, ENTRYPOINT);
   assert.deepEqual(c.args, CONTROL_PLANE_ARGS);
   assert.equal(pod.serviceAccountName, 'ambit-control-plane');
