@@ -158,7 +158,8 @@ function halfclose(ip: string, port: number, text: string): void {
   s.on('error', (err) => console.log(JSON.stringify({ error: (err as NodeJS.ErrnoException).code ?? err.message })));
 }
 
-function httpApp(port: number, name: string, failPercent: number): void {
+/** logRequests: one JSON line per request on stdout ({ request, host }), for tests that must see what reached the app. */
+function httpApp(port: number, name: string, failPercent: number, logRequests = false): void {
   let n = 0;
   // Requests being handled at once: each answer says how many were (x-in-flight), so a test can see what a limit let through.
   let inFlight = 0;
@@ -185,6 +186,7 @@ function httpApp(port: number, name: string, failPercent: number): void {
           return;
         }
         const body = JSON.stringify({ name, method: req.method, path: url.pathname, host: req.headers.host ?? req.headers[':authority'] });
+        if (logRequests) console.log(JSON.stringify({ request: url.pathname, host: req.headers.host ?? req.headers[':authority'], name }));
         r.writeHead(fail ? 503 : 200, { 'content-type': 'application/json', 'x-name': name, 'x-in-flight': String(inFlight) });
         r.end(`${body}\n`);
       }, sleep);
@@ -207,7 +209,7 @@ function httpApp(port: number, name: string, failPercent: number): void {
 }
 
 const USAGE =
-  'usage: podapp http PORT NAME [FAIL_PERCENT] | whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS';
+  'usage: podapp http PORT NAME [FAIL_PERCENT] [log] | whoami PORT | sink PORT | halfclose IP PORT TEXT | dial IP PORT [N] [CONCURRENCY] [TIMEOUT_MS] | stream IP PORT MIB SECONDS';
 
 function usage(): never {
   console.error(USAGE);
@@ -218,7 +220,7 @@ const [mode, ...args] = process.argv.slice(2);
 /** Argument i, required (a missing one is a usage error); or fallback. */
 const arg = (i: number, fallback?: string): string => args[i] ?? fallback ?? usage();
 if (mode === 'whoami') whoami(Number(arg(0)));
-else if (mode === 'http') httpApp(Number(arg(0)), arg(1), Number(arg(2, '0')));
+else if (mode === 'http') httpApp(Number(arg(0)), arg(1), Number(arg(2, '0')), arg(3, '') === 'log');
 else if (mode === 'sink') sink(Number(arg(0)));
 else if (mode === 'halfclose') halfclose(arg(0), Number(arg(1)), arg(2));
 else if (mode === 'stream') stream(arg(0), Number(arg(1)), Number(arg(2)), Number(arg(3)));
