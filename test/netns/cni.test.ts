@@ -21,6 +21,7 @@ import {
   connectionFailures,
   dialFrom,
   dialOutcome,
+  httpInNetns,
   PODAPP,
   pinDirFor,
   requireRoot,
@@ -256,6 +257,16 @@ describe('ambit-cni: pods enrolled before their first packet', () => {
     await waitForLine(app, (l) => l.includes('listening'), 'the app listening');
     assert.deepEqual(web.result, r.bridge, "ambit-cni passes the bridge's result on unchanged");
     assert.deepEqual(await pending(), [`${topo.prefix}/web2`]);
+    // n1 stays ready while web2 waits for its sandbox and says so, as `ambit datapath status` does in n1's netns.
+    const ready = await httpInNetns(n1(), '127.0.0.1', 15021, 'GET', '/healthz/ready');
+    assert.equal(ready.status, 200, ready.body);
+    assert.match(ready.body, new RegExp(`^ready\\n(.*\\n)+- ${topo.prefix}/web2: no netns and cgroup yet`));
+    assert.doesNotMatch(ready.body, new RegExp(`- ${topo.prefix}/web:`));
+    const inN1 = ['netns', 'exec', n1().netns, process.execPath, CLI, 'datapath', 'status', '--pin-dir', pinDirFor(topo, n1()), '--json'];
+    assert.deepEqual(
+      (JSON.parse(await sh('ip', inN1)) as { pendingPods: { uid: string }[] }).pendingPods.map((p) => p.uid),
+      [`${topo.prefix}/web2`],
+    );
     const ambitConf = conflist.plugins.at(-1) ?? {};
     assert.deepEqual(await runPlugin(ambitConf, 'CHECK', web, web.result).then((c) => [c.code, c.out]), [0, undefined], 'CHECK: captured');
     assert.equal(ipOf(web), '10.200.1.130');
