@@ -19,6 +19,7 @@ import type { CheckedObject, Gateway, GatewayAddressEntry, Namespace, Service } 
 export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
 export const ISTIO_SECURITY_VERSION = 'security.istio.io/v1';
 export const ISTIO_NETWORKING_VERSION = 'networking.istio.io/v1';
+export const LINKERD_POLICY_VERSION = 'policy.linkerd.io/v1alpha1';
 
 const isIp = (a: GatewayAddressEntry): boolean => (a.type ?? 'IPAddress') === 'IPAddress';
 
@@ -210,4 +211,19 @@ export function destinationRuleDocs(rules: readonly CheckedObject[]): ClusterDoc
     .sort(byName)
     .filter((r) => !(isObj(r.spec) && r.spec.workloadSelector !== undefined))
     .map((r) => ({ doc: docOf(ISTIO_NETWORKING_VERSION, 'DestinationRule', r, r.spec) }));
+}
+
+/**
+ * The HTTPLocalRateLimitPolicies that target a Service, for the waypoints.
+ * One targeting a Linkerd Server (or anything else) is Linkerd's business
+ * in a cluster that runs both: left out without a word.
+ */
+export function rateLimitDocs(policies: readonly CheckedObject[]): ClusterDoc[] {
+  return [...policies]
+    .sort(byName)
+    .filter((p) => {
+      const ref = isObj(p.spec) && isObj(p.spec.targetRef) ? p.spec.targetRef : undefined;
+      return ref?.kind === 'Service' && (ref.group === undefined || ref.group === '' || ref.group === 'core');
+    })
+    .map((p) => ({ doc: docOf(LINKERD_POLICY_VERSION, 'HTTPLocalRateLimitPolicy', p, p.spec) }));
 }

@@ -94,7 +94,8 @@ export function rateLimitPolicy(d: Doc, known: Known): RateLimitPolicy | undefin
     const cs = clients(d, d.list(o, 'clientRefs', rel), `${rel}.clientRefs`);
     return n === undefined ? [] : [{ requestsPerSecond: n, clients: cs }];
   });
-  if (spec.total === undefined && spec.identity === undefined && overrides.length === 0)
+  // After a misspelt field, that one problem says it: "limits nothing" would only repeat it.
+  if (d.problems === 0 && spec.total === undefined && spec.identity === undefined && overrides.length === 0)
     d.problem('spec', d.spec, 'limits nothing: set total, identity or overrides (each { requestsPerSecond: <n> })');
   if (!svc || d.problems > 0) return undefined;
   return {

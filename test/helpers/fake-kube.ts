@@ -1,7 +1,8 @@
 // A stand-in for the Kubernetes API server (no real one can run here): it
 // serves the paths and watch streams ambit uses — pods (optionally by
 // spec.nodeName), namespaces, services, EndpointSlices, Gateway API
-// gateways, httproutes and grpcroutes, Istio authorizationpolicies and destinationrules, and
+// gateways, httproutes and grpcroutes, Istio authorizationpolicies and destinationrules, Linkerd's
+// httplocalratelimitpolicies, and
 // TokenReview (a kind in `absent` answers 404, as a CRD not installed) —
 // with objects shaped like the recorded ones in test/fixtures/kube/.
 // Run as a process (`node fake-kube.js HOST PORT`), it is driven over stdin
@@ -38,6 +39,7 @@ const PATHS: Record<string, string> = {
   '/apis/gateway.networking.k8s.io/v1/grpcroutes': 'GRPCRoute',
   '/apis/security.istio.io/v1/authorizationpolicies': 'AuthorizationPolicy',
   '/apis/networking.istio.io/v1/destinationrules': 'DestinationRule',
+  '/apis/policy.linkerd.io/v1alpha1/httplocalratelimitpolicies': 'HTTPLocalRateLimitPolicy',
 };
 const LIST_KIND: Record<string, string> = {
   Pod: 'PodList',
@@ -49,6 +51,7 @@ const LIST_KIND: Record<string, string> = {
   GRPCRoute: 'GRPCRouteList',
   AuthorizationPolicy: 'AuthorizationPolicyList',
   DestinationRule: 'DestinationRuleList',
+  HTTPLocalRateLimitPolicy: 'HTTPLocalRateLimitPolicyList',
 };
 
 export const FIXTURES = path.resolve(__dirname, '../../../test/fixtures/kube');

@@ -352,6 +352,36 @@ test("the cluster's DestinationRules are its waypoint's: one for a sidecar (work
   }
 });
 
+test("the cluster's HTTPLocalRateLimitPolicies on a Service are its waypoint's; one on a Linkerd Server is left out; a wrong one is a warning", async () => {
+  const c = await cluster();
+  const policy = (name: string, spec: Record<string, unknown>): Obj => ({
+    apiVersion: 'policy.linkerd.io/v1alpha1',
+    kind: 'HTTPLocalRateLimitPolicy',
+    metadata: { name, namespace: 'demo', uid: `uid-${name}`, generation: 1 },
+    spec,
+  });
+  try {
+    c.put(
+      policy('linkerd-server', {
+        targetRef: { group: 'policy.linkerd.io', kind: 'Server', name: 'web-http' },
+        total: { requestsPerSecond: 1 },
+      }),
+    );
+    c.put(policy('typo', { targetRef: { kind: 'Service', name: 'echo' }, identty: { requestsPerSecond: 1 } }));
+    c.put(policy('web', { targetRef: { group: '', kind: 'Service', name: 'web' }, identity: { requestsPerSecond: 5 } }));
+    await waitFor(
+      'the policies watched',
+      () => c.source.mesh(BASE).routes.rateLimits?.length === 1 && c.source.mesh(BASE).warnings?.length,
+    );
+    const m = c.source.mesh(BASE);
+    assert.deepEqual(m.routes.rateLimits, [{ namespace: 'demo', name: 'web', service: WEB, identity: 5, overrides: [] }]);
+    assert.equal(m.warnings?.length, 1, JSON.stringify(m.warnings));
+    assert.match(String(m.warnings?.[0]), /^HTTPLocalRateLimitPolicy demo\/typo spec\.identty: unknown field; did you mean `identity`\?/);
+  } finally {
+    c.stop();
+  }
+});
+
 test('without the HTTPRoute, GRPCRoute and AuthorizationPolicy CRDs (404) there are no routes and no L7 policies, and no error', async () => {
   const c = await cluster(['HTTPRoute', 'GRPCRoute', 'AuthorizationPolicy']);
   try {
