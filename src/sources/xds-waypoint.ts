@@ -18,6 +18,7 @@ import { TYPE_WAYPOINT } from '../protocol/protos';
 import type {
   ConnectionPool,
   DestinationPolicy,
+  FaultInjection,
   HeaderModifier,
   L7Match,
   L7Policy,
@@ -220,6 +221,7 @@ const regexOf = (pattern: string, at: string): RegExp => {
 const pathMatch: Check<PathMatch> = tagged<PathMatch>('type', {
   Exact: obj({ type: lit('Exact'), value: absPath }),
   PathPrefix: obj({ type: lit('PathPrefix'), value: absPath }),
+  Prefix: obj({ type: lit('Prefix'), value: absPath }),
   RegularExpression: (v, at) => {
     const m = obj({ type: lit('RegularExpression'), value: str })(v, at);
     return { ...m, regex: regexOf(m.value, `${at}.value`) };
@@ -249,6 +251,7 @@ const pathModifier: Check<PathModifier> = tagged<PathModifier>('type', {
   ReplaceFullPath: obj({ type: lit('ReplaceFullPath'), value: absPath }),
   ReplacePrefixMatch: obj({ type: lit('ReplacePrefixMatch'), value: absPath }),
 });
+const subsetName = matching(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, 'is not a subset name');
 const hostname = matching(/^[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'is not a hostname');
 
 const routeFilter: Check<RouteFilter> = tagged<RouteFilter>('type', {
@@ -263,6 +266,18 @@ const routeFilter: Check<RouteFilter> = tagged<RouteFilter>('type', {
     statusCode: lit(301, 302, 303, 307, 308),
   }),
   URLRewrite: obj({ type: lit('URLRewrite'), hostname: opt(hostname), path: opt(pathModifier) }),
+  RequestMirror: obj({
+    type: lit('RequestMirror'),
+    backend: obj({ service: str, port, subset: opt(subsetName) }),
+    percent: (v, at) => percent(v ?? 0, at),
+  }),
+});
+
+const percent: Check<number> = (v, at) =>
+  typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 100 ? v : bad(at, v, 'must be a percentage 0..100');
+const fault: Check<FaultInjection> = obj({
+  delay: opt(obj({ ms, percent: (v, at) => percent(v ?? 0, at) })),
+  abort: opt(obj({ status: int(200, 599), percent: (v, at) => percent(v ?? 0, at) })),
 });
 
 const backend: Check<WeightedBackend> = obj({
@@ -271,7 +286,7 @@ const backend: Check<WeightedBackend> = obj({
   service: str,
   port,
   weight: int(0, 1_000_000),
-  subset: opt(matching(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, 'is not a subset name')),
+  subset: opt(subsetName),
 });
 
 const RETRY_CONDITIONS: readonly RetryCondition[] = [
@@ -292,13 +307,20 @@ const retryPolicy: Check<RetryPolicy> = obj({
 
 const routeRule: Check<RouteRule> = (v, at) => {
   const r = obj({
-    origin: obj({ kind: lit('HTTPRoute', 'GRPCRoute'), namespace: str, name: str, created: str, order: int(0, 2 ** 31 - 1) }),
+    origin: obj({
+      kind: lit('HTTPRoute', 'GRPCRoute', 'VirtualService'),
+      namespace: str,
+      name: str,
+      created: str,
+      order: int(0, 2 ** 31 - 1),
+    }),
     index: int(0, 2 ** 31 - 1),
     matches: arr(routeMatch, true),
     filters: arr(routeFilter),
     backends: arr(backend),
     timeouts: obj({ requestMs: opt(ms), backendRequestMs: opt(ms) }),
     retry: opt(retryPolicy),
+    fault: opt(fault),
   })(v, at);
   if (r.backends.length === 0 && !r.filters.some((f) => f.type === 'RequestRedirect'))
     bad(`${at}.backends`, r.backends, 'is empty, and the rule has no RequestRedirect: nothing would answer');

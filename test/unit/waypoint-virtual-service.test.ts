@@ -9,7 +9,9 @@ import type net from 'node:net';
 import { after, before, test } from 'node:test';
 import pino from 'pino';
 import YAML from 'yaml';
+import { unpack } from '../../src/protocol/protos';
 import { compileWaypointConfig } from '../../src/sources/gateway-api';
+import { waypointFromMessage, waypointResources } from '../../src/sources/xds-waypoint';
 import { MeshStore } from '../../src/state/store';
 import type { MeshConfig, Service } from '../../src/state/types';
 import { L7Authorizer } from '../../src/waypoint/authz';
@@ -379,4 +381,25 @@ test('mirror: the copy reaches the mirror with a -shadow host, the client gets t
   while (hits.mirror === before && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10));
   assert.equal(hits.mirror - before, 1);
   assert.equal(hits.mirrorHosts.at(-1), 'web-shadow');
+});
+
+test('over xDS: VirtualService rules (string prefix, fault, mirrors) round-trip field for field; a bad percentage is refused', () => {
+  const c = compile(
+    vs(`    - match: [{ uri: { prefix: /api } }, { uri: { regex: "/v[0-9]+" } }]
+      route: [{ destination: { host: web, subset: v1 }, weight: 100 }]
+      fault: { delay: { fixedDelay: 1s, percentage: { value: 0.5 } }, abort: { httpStatus: 503 } }
+      mirrors: [{ destination: { host: mirror, subset: canary }, percentage: { value: 12.5 } }]
+    - route: [{ destination: { host: web } }]
+      fault: { abort: { httpStatus: 500, percentage: { value: 0 } } }`),
+  );
+  assert.deepEqual(c.problems, []);
+  const cfg = { ...c, waypoints: [{ namespace: 'default', name: 'wp', for: 'service' as const }] };
+  cfg.bindings = { services: new Map([[WEB, 'default/wp']]), workloads: new Map() };
+  const res = must(waypointResources(cfg).get('default/wp'), 'the waypoint resource');
+  const back = waypointFromMessage('default/wp', unpack(res.resource));
+  assert.deepEqual(back.routes, c.routes);
+  const message = unpack(res.resource) as { routes: { rules: { filters: { percent?: number }[] }[] }[] };
+  const filter = must(message.routes[0]?.rules[0]?.filters[0], 'the mirror on the wire');
+  filter.percent = 101;
+  assert.throws(() => waypointFromMessage('default/wp', message as never), /percent.*must be a percentage 0\.\.100/);
 });

@@ -301,9 +301,9 @@ test('what the waypoint receives is checked field by field: each problem is a Re
     [
       'a filter this version does not know',
       changed((m) => {
-        m.routes[0].rules[1].filters[0].type = 'RequestMirror';
+        m.routes[0].rules[1].filters[0].type = 'CORS';
       }),
-      /filters\[0\]\.type "RequestMirror" must be one of RequestHeaderModifier/,
+      /filters\[0\]\.type "CORS" must be one of RequestHeaderModifier/,
     ],
     [
       'a port out of range',
