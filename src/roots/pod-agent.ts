@@ -91,6 +91,8 @@ export class PodAgent {
   private readonly pods = new Map<string, PodRuntime>();
   /** Pods that should be enrolled but could not be, with why (retried at the next change). */
   private readonly failed = new Map<string, string>();
+  /** Those of them that failed for a reason of this process's, not of the pod's (see NODE_FAULTS). */
+  private readonly failedByNode = new Set<string>();
   /** Pods of this node not located yet (no netns/cgroup known), with podsLocatedSeparately. */
   private waiting: string[] = [];
   private readonly placements: Map<string, Placement>;
@@ -200,11 +202,16 @@ export class PodAgent {
   /**
    * Readiness: the datapath is attached and the configuration applied
    * (start() returned); what is still missing. A node agent stays ready
-   * while some of its pods are pending (listed apart, see Readiness.pods);
-   * a sidecar serves one pod only, so that pod failing makes it not ready.
+   * while some of its pods are pending (listed apart, see Readiness.pods)
+   * unless the cause is its own: no certificates (the CA is unreachable or
+   * refuses it) would fail every pod, and a not-ready agent halts a rollout.
+   * A sidecar serves one pod only, so that pod failing makes it not ready.
    */
   readiness(): Readiness {
-    const failed = 'sidecar' in this.opts.scope ? [...this.failed].map(([uid, why]) => `listeners of pod ${uid}: ${why}`) : [];
+    const sidecar = 'sidecar' in this.opts.scope;
+    const failed = [...this.failed]
+      .filter(([uid]) => sidecar || this.failedByNode.has(uid))
+      .map(([uid, why]) => `listeners of pod ${uid}: ${why}`);
     return { pending: [...failed, ...this.dataPlane.pending()], pods: this.pendingPods() };
   }
 
@@ -312,6 +319,7 @@ export class PodAgent {
       this.log.info({ pod: uid }, 'pod unenrolled');
     }
     for (const uid of this.failed.keys()) if (!wanted.has(uid)) this.failed.delete(uid);
+    for (const uid of this.failedByNode) if (!this.failed.has(uid)) this.failedByNode.delete(uid);
     this.certs.retain(new Set([...wanted.values()].map((w) => this.store.identityOf(w))));
     for (const w of wanted.values()) {
       if (this.pods.has(w.uid)) continue;
@@ -320,8 +328,11 @@ export class PodAgent {
       try {
         await this.enrol(w);
         this.failed.delete(w.uid);
+        this.failedByNode.delete(w.uid);
       } catch (err) {
         this.failed.set(w.uid, (err as Error).message);
+        if (NODE_FAULTS.has((err as AmbitError).code)) this.failedByNode.add(w.uid);
+        else this.failedByNode.delete(w.uid);
         this.log.error(
           { pod: w.uid, code: (err as AmbitError).code, err: (err as Error).message },
           'pod enrolment failed; its traffic is not captured',
@@ -352,6 +363,9 @@ export class PodAgent {
       );
   }
 }
+
+/** Enrolment failures that are this process's, not the pod's: it cannot get the pod a certificate. */
+const NODE_FAULTS: ReadonlySet<string> = new Set(['AMBIT_E_CA', 'AMBIT_E_AUTH']);
 
 /**
  * A workload whose traffic the node captures: in the mesh (HBONE), and not a
