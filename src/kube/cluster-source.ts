@@ -1,5 +1,5 @@
 // The control plane's view of a cluster: every pod, namespace, service,
-// EndpointSlice, Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy, DestinationRule and HTTPLocalRateLimitPolicy,
+// EndpointSlice, Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy, DestinationRule, VirtualService and HTTPLocalRateLimitPolicy,
 // kept current by watches, turned into the mesh it serves (workloads,
 // services, waypoints, their routes and policies from the API; trust
 // domain, CA and more policies from its YAML). Changes are coalesced so a
@@ -20,7 +20,7 @@ import type { KubeClient } from './client';
 import { Informer } from './informer';
 import { meshFromCluster } from './mesh';
 import type { CheckedObject, EndpointSlice, Gateway, KubeObject, Namespace, Pod, Service } from './types';
-import { type ClusterDoc, destinationRuleDocs, policyDocs, rateLimitDocs, routeDocs, waypointDocs } from './waypoints';
+import { type ClusterDoc, destinationRuleDocs, policyDocs, rateLimitDocs, routeDocs, virtualServiceDocs, waypointDocs } from './waypoints';
 
 const COALESCE_MS = 100;
 const SHOWN_CHARS = 120;
@@ -71,6 +71,7 @@ export class KubeClusterSource extends EventEmitter {
   private readonly grpcRoutes: Informer<CheckedObject>;
   private readonly policies: Informer<CheckedObject>;
   private readonly destinationRules: Informer<CheckedObject>;
+  private readonly virtualServices: Informer<CheckedObject>;
   private readonly rateLimits: Informer<CheckedObject>;
   private timer?: NodeJS.Timeout;
 
@@ -85,6 +86,7 @@ export class KubeClusterSource extends EventEmitter {
     this.grpcRoutes = new Informer(client, '/apis/gateway.networking.k8s.io/v1/grpcroutes', log, { optional: true });
     this.policies = new Informer(client, '/apis/security.istio.io/v1/authorizationpolicies', log, { optional: true });
     this.destinationRules = new Informer(client, '/apis/networking.istio.io/v1/destinationrules', log, { optional: true });
+    this.virtualServices = new Informer(client, '/apis/networking.istio.io/v1/virtualservices', log, { optional: true });
     // Linkerd's CRD: present where Linkerd's policy CRDs are installed; absent, the waypoints limit nothing.
     this.rateLimits = new Informer(client, '/apis/policy.linkerd.io/v1alpha1/httplocalratelimitpolicies', log, { optional: true });
     for (const i of this.all()) {
@@ -135,6 +137,7 @@ export class KubeClusterSource extends EventEmitter {
       ...filePolicies.filter((d) => waypointPolicy(d) !== undefined).map((doc) => ({ doc })),
       ...clusterPolicies.filter((d) => waypointPolicy(d.doc) !== undefined),
       ...destinationRuleDocs(this.destinationRules.list()),
+      ...virtualServiceDocs(this.virtualServices.list()),
       ...rateLimitDocs(this.rateLimits.list()),
     ];
     // Problems name the object, not its place in a list only this function sees.
@@ -180,6 +183,7 @@ export class KubeClusterSource extends EventEmitter {
       this.grpcRoutes,
       this.policies,
       this.destinationRules,
+      this.virtualServices,
       this.rateLimits,
     ] as unknown as Informer<KubeObject>[];
   }

@@ -214,6 +214,23 @@ export function destinationRuleDocs(rules: readonly CheckedObject[]): ClusterDoc
 }
 
 /**
+ * The VirtualServices of the mesh, for the waypoints: those without
+ * `gateways` or naming the reserved `mesh` (whose other gateways, an
+ * ingress's, are not the waypoint's business and are left out), with http
+ * routes. One bound to gateways only, or with only tcp or tls routes,
+ * belongs to an ingress or a sidecar: left out without a word.
+ */
+export function virtualServiceDocs(list: readonly CheckedObject[]): ClusterDoc[] {
+  return [...list].sort(byName).flatMap((v) => {
+    const spec = isObj(v.spec) ? v.spec : {};
+    const gateways = Array.isArray(spec.gateways) ? spec.gateways : undefined;
+    if ((gateways && !gateways.includes('mesh')) || !Array.isArray(spec.http)) return [];
+    const { gateways: _, ...rest } = spec;
+    return [{ doc: docOf(ISTIO_NETWORKING_VERSION, 'VirtualService', v, gateways ? rest : spec) }];
+  });
+}
+
+/**
  * The HTTPLocalRateLimitPolicies that target a Service, for the waypoints.
  * One targeting a Linkerd Server (or anything else) is Linkerd's business
  * in a cluster that runs both: left out without a word.

@@ -71,8 +71,15 @@ export function waypointScopes(cfg: WaypointConfig): Map<string, WaypointL7> {
   const scopes = new Map<string, WaypointL7>();
   for (const key of [...keys].sort()) {
     const routes = cfg.routes.filter((r) => servedBy(r.service) === key);
-    // The rules of the services it serves and of every backend its routes send to, which it balances too.
-    const sends = new Set(routes.flatMap((r) => r.rules.flatMap((rule) => rule.backends.map((b) => b.service))));
+    // The rules of the services it serves and of every backend (or mirror) its routes send to, which it balances too.
+    const sends = new Set(
+      routes.flatMap((r) =>
+        r.rules.flatMap((rule) => [
+          ...rule.backends.map((b) => b.service),
+          ...rule.filters.flatMap((f) => (f.type === 'RequestMirror' ? [f.backend.service] : [])),
+        ]),
+      ),
+    );
     scopes.set(key, {
       routes,
       policies: cfg.policies.filter((p) =>

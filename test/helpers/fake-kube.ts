@@ -1,7 +1,7 @@
 // A stand-in for the Kubernetes API server (no real one can run here): it
 // serves the paths and watch streams ambit uses — pods (optionally by
 // spec.nodeName), namespaces, services, EndpointSlices, Gateway API
-// gateways, httproutes and grpcroutes, Istio authorizationpolicies and destinationrules, Linkerd's
+// gateways, httproutes and grpcroutes, Istio authorizationpolicies, destinationrules and virtualservices, Linkerd's
 // httplocalratelimitpolicies, and
 // TokenReview (a kind in `absent` answers 404, as a CRD not installed) —
 // with objects shaped like the recorded ones in test/fixtures/kube/.
@@ -39,6 +39,7 @@ const PATHS: Record<string, string> = {
   '/apis/gateway.networking.k8s.io/v1/grpcroutes': 'GRPCRoute',
   '/apis/security.istio.io/v1/authorizationpolicies': 'AuthorizationPolicy',
   '/apis/networking.istio.io/v1/destinationrules': 'DestinationRule',
+  '/apis/networking.istio.io/v1/virtualservices': 'VirtualService',
   '/apis/policy.linkerd.io/v1alpha1/httplocalratelimitpolicies': 'HTTPLocalRateLimitPolicy',
 };
 const LIST_KIND: Record<string, string> = {
@@ -51,6 +52,7 @@ const LIST_KIND: Record<string, string> = {
   GRPCRoute: 'GRPCRouteList',
   AuthorizationPolicy: 'AuthorizationPolicyList',
   DestinationRule: 'DestinationRuleList',
+  VirtualService: 'VirtualServiceList',
   HTTPLocalRateLimitPolicy: 'HTTPLocalRateLimitPolicyList',
 };
 

@@ -352,6 +352,40 @@ test("the cluster's DestinationRules are its waypoint's: one for a sidecar (work
   }
 });
 
+test("the cluster's mesh VirtualServices are its waypoint's: one bound to an ingress gateway only is left out, a wrong one is a warning naming it", async () => {
+  const c = await cluster();
+  const vs = (name: string, spec: Record<string, unknown>): Obj => ({
+    apiVersion: 'networking.istio.io/v1',
+    kind: 'VirtualService',
+    metadata: { name, namespace: 'demo', uid: `uid-${name}`, generation: 1 },
+    spec,
+  });
+  try {
+    c.put(vs('ingress', { hosts: ['echo'], gateways: ['istio-system/ingress'], http: [{ route: [{ destination: { host: 'echo' } }] }] }));
+    c.put(vs('typo', { hosts: ['echo'], http: [{ route: [{ destination: { host: 'echo' } }], timeot: '1s' }] }));
+    c.put(
+      vs('web', {
+        hosts: ['web'],
+        gateways: ['mesh', 'istio-system/ingress'],
+        http: [{ route: [{ destination: { host: 'web', port: { number: 80 } } }], fault: { abort: { httpStatus: 503 } } }],
+      }),
+    );
+    await waitFor(
+      'the VirtualServices watched',
+      () => c.source.mesh(BASE).routes.routes.length === 1 && c.source.mesh(BASE).warnings?.length,
+    );
+    const m = c.source.mesh(BASE);
+    assert.deepEqual(
+      m.routes.routes.map((r) => [r.service, r.rules.map((x) => [x.origin.kind, x.origin.name, x.fault?.abort?.status])]),
+      [[WEB, [['VirtualService', 'web', 503]]]],
+    );
+    assert.equal(m.warnings?.length, 1, JSON.stringify(m.warnings));
+    assert.match(String(m.warnings?.[0]), /^VirtualService demo\/typo spec\.http\[0\]\.timeot: unknown field; did you mean `timeout`\?/);
+  } finally {
+    c.stop();
+  }
+});
+
 test("the cluster's HTTPLocalRateLimitPolicies on a Service are its waypoint's; one on a Linkerd Server is left out; a wrong one is a warning", async () => {
   const c = await cluster();
   const policy = (name: string, spec: Record<string, unknown>): Obj => ({

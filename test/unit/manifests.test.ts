@@ -821,7 +821,7 @@ test('the control plane runs the CLI contract, unprivileged, on its ConfigMap an
   assert.equal(pod.securityContext.fsGroup, pod.securityContext.runAsGroup);
 });
 
-test('RBAC: the agent reads pods and namespaces, the control plane adds services, endpointslices, gateways, routes, authorizationpolicies, destinationrules, httplocalratelimitpolicies and tokenreviews; nothing else', () => {
+test('RBAC: the agent reads pods and namespaces, the control plane adds services, endpointslices, gateways, routes, authorizationpolicies, destinationrules, virtualservices, httplocalratelimitpolicies and tokenreviews; nothing else', () => {
   const docs = rendered();
   const rules = (name: string): Doc => find(docs, 'ClusterRole', name).rules;
   assert.deepEqual(rules('ambit-node'), [{ apiGroups: [''], resources: ['pods', 'namespaces'], verbs: ['get', 'list', 'watch'] }]);
@@ -830,7 +830,7 @@ test('RBAC: the agent reads pods and namespaces, the control plane adds services
     { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['gateway.networking.k8s.io'], resources: ['gateways', 'httproutes', 'grpcroutes'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['security.istio.io'], resources: ['authorizationpolicies'], verbs: ['get', 'list', 'watch'] },
-    { apiGroups: ['networking.istio.io'], resources: ['destinationrules'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: ['networking.istio.io'], resources: ['destinationrules', 'virtualservices'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['policy.linkerd.io'], resources: ['httplocalratelimitpolicies'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
   ]);
