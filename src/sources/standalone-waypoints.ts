@@ -1,6 +1,6 @@
 // Waypoints in the standalone YAML: the Gateway API and Istio objects under
 // `routes:` (waypoint Gateways, HTTPRoutes, GRPCRoutes, targeted
-// AuthorizationPolicies, DestinationRules, Namespace and Service labels) are read by the
+// AuthorizationPolicies, DestinationRules, VirtualServices, Namespace and Service labels) are read by the
 // waypoint's reader (gateway-api.ts), with the labels of `services:` and
 // `namespaces:` entries given to it as Service and Namespace objects, and
 // the AuthorizationPolicies with targetRefs written under `policies:`, so
