@@ -232,7 +232,8 @@ function fault(d: Doc, v: unknown, rel: string): FaultInjection | undefined {
   ]);
   if (delay) {
     const at = `${rel}.delay`;
-    unsupported(d, delay, at, ['exponentialDelay', 'percent']);
+    unsupported(d, delay, at, ['exponentialDelay']);
+    if (delay.percent !== undefined) d.problem(`${at}.percent`, delay.percent, 'is deprecated in Istio; use percentage: { value }');
     const ms = istioDuration(delay.fixedDelay);
     if (ms === undefined) d.problem(`${at}.fixedDelay`, delay.fixedDelay, 'is required: a duration such as 5s or 100ms');
     const percent = percentage(d, delay.percentage, `${at}.percentage`);
