@@ -261,6 +261,8 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
         policies: (current?.l7.policies ?? []).map((p) => `${p.namespace}/${p.name}`),
         destinationRules: (current?.l7.destinations ?? []).map((p) => `${p.namespace}/${p.name} → ${p.service}`),
         destinations: built?.proxy.destinationStats(),
+        rateLimits: (current?.l7.rateLimits ?? []).map((p) => `${p.namespace}/${p.name} → ${p.service}`),
+        rateLimitBuckets: built?.proxy.limiter.size,
         server: built?.server.stats(),
         pool: built?.pool.stats(),
       }),

@@ -464,6 +464,10 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
       sample(text, 'ambit_waypoint_rate_limited_total', { destination_service: host('rated'), policy: 'default/rated', limit: 'identity' }),
       limited.length,
     );
+    // The admin dump names the policy and the buckets held (sleep's and other's at least).
+    const dump = JSON.parse((await httpInNetns(wpPod, '127.0.0.1', 15000, 'GET', '/config_dump')).body);
+    assert.ok(dump.rateLimits.includes(`default/rated → default/${host('rated')}`), JSON.stringify(dump.rateLimits));
+    assert.ok(dump.rateLimitBuckets >= 2, `buckets held: ${dump.rateLimitBuckets}`);
     // The bucket refills at the rate: sleep is served again within a second or so.
     await waitFor(
       'sleep served again as its bucket refills',
