@@ -689,6 +689,12 @@ describe('ambit waypoint: L7 routing, retries, timeouts, authorization, telemetr
     // And the DestinationRules: the connection pool's limits answer a burst with 503 UO here too.
     const burst = await Promise.all(Array.from({ length: 6 }, () => request(s, `${VIP.limited}:80`, { path: '/?sleep=300' })));
     assert.ok(burst.filter((a) => a.status === 503 && /overflow/.test(a.body)).length >= 3, JSON.stringify(burst.map((a) => a.status)));
+    // And the rate limits: sleep's bucket for rated starts full on this waypoint and holds 3.
+    const rated = await Promise.all(Array.from({ length: 10 }, () => request(s, `${VIP.rated}:80`)));
+    assert.ok(
+      rated.filter((a) => a.status === 429 && a.body === 'local_rate_limited').length >= 5,
+      JSON.stringify(rated.map((a) => a.status)),
+    );
     // Its certificate is its own, issued by the control plane's CA on its token.
     assert.ok(cpLog.some((l) => l.msg === 'certificate issued' && l.waypoint === 'default/waypoint' && l.identity === id('waypoint')));
     onXds.kill('SIGTERM');
