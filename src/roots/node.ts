@@ -3,8 +3,6 @@
 // through --pods or Kubernetes), the CA (built-in, or the control plane's),
 // and the data plane (tunnel workers, one per core by default), and hands
 // them to the shared serving life in ./serve.ts.
-import fs from 'node:fs';
-import os from 'node:os';
 import { cgroupLookupUnder } from '../cni/pod-cgroup';
 import { cgroup2Root } from '../datapath/probe';
 import { AmbitError } from '../errors';
@@ -19,6 +17,7 @@ import type { XdsMeshSource } from '../sources/xds-mesh';
 import { byWorkload, loadPlacements, serveCni } from './cni';
 import type { PodAgent } from './pod-agent';
 import { type ServingSettings, serve, servedBy } from './serve';
+import { instanceIp, readXdsRoot } from './xds-dial';
 
 /** A control plane to take state and certificates from (`--xds`). */
 export interface XdsSettings {
@@ -86,23 +85,14 @@ async function xdsState(
   nodeName: string,
   log: Logger,
 ): Promise<{ source: XdsMeshSource; ca: IstioCaClient }> {
-  let rootsPem: string;
-  try {
-    rootsPem = fs.readFileSync(x.rootFile, 'utf8');
-  } catch (err) {
-    throw new AmbitError(
-      'AMBIT_E_CONFIG',
-      `cannot read --xds-root ${x.rootFile}: ${(err as NodeJS.ErrnoException).code}`,
-      "give the control plane's root certificate (PEM)",
-    );
-  }
+  const rootsPem = readXdsRoot(x.rootFile);
   // gRPC and protobuf are loaded only here: a standalone agent does without them.
   const [{ nodeMessage, XdsClient }, { XdsMeshSource }, { IstioCaClient }] = await Promise.all([
     import('../sources/xds-client'),
     import('../sources/xds-mesh'),
     import('../identity/ca-client'),
   ]);
-  const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
+  const ip = instanceIp();
   const node = nodeMessage({
     nodeName,
     ip,
@@ -127,10 +117,4 @@ async function localPods(facts: PodFacts, nodeName: string, log: Logger): Promis
   const pods = new KubeNodePods(KubeClient.inCluster(facts.kubernetes.api), nodeName, locator, log.child({ component: 'kubernetes' }));
   await pods.start();
   return pods;
-}
-
-function firstIpv4(): string | undefined {
-  return Object.values(os.networkInterfaces())
-    .flat()
-    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 }

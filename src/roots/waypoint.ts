@@ -15,9 +15,7 @@
 // Either way a change that does not validate (a file that does not parse,
 // a resource NACKed) is logged with the reason and the last good
 // configuration keeps serving.
-import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import { AmbitError } from '../errors';
 import { BuiltinCa } from '../identity/builtin-ca';
 import type { CertificateAuthority } from '../identity/ca';
@@ -45,6 +43,7 @@ import { DEFAULT_WAYPOINT_LIMITS, type EndpointTarget, L7Proxy, type WaypointLim
 import { RateLimitTable } from '../waypoint/rate-limit';
 import { DEFAULT_SERVER_LIMITS, WaypointServer } from '../waypoint/server';
 import { waypointKey } from '../waypoint/types';
+import { firstIpv4, instanceIp, readXdsRoot } from './xds-dial';
 
 /** Where a waypoint on xDS finds its control plane (flags named as the node agent's). */
 export interface WaypointXdsSettings {
@@ -156,17 +155,8 @@ function meshOf(state: XdsState, trustDomain: string): MeshConfig {
 }
 
 function xdsSource(x: WaypointXdsSettings, s: WaypointSettings, key: string, log: Logger): WaypointSource {
-  let rootsPem: string;
-  try {
-    rootsPem = fs.readFileSync(x.rootFile, 'utf8');
-  } catch (err) {
-    throw new AmbitError(
-      'AMBIT_E_CONFIG',
-      `cannot read --xds-root ${x.rootFile}: ${(err as NodeJS.ErrnoException).code}`,
-      "give the control plane's root certificate (PEM): <ca.dir>/root-cert.pem of `ambit control-plane`",
-    );
-  }
-  const ip = process.env.INSTANCE_IP ?? firstIpv4() ?? '127.0.0.1';
+  const rootsPem = readXdsRoot(x.rootFile);
+  const ip = instanceIp();
   const node = waypointNodeMessage({ namespace: s.namespace, name: s.name, podName: process.env.POD_NAME ?? s.name, ip });
   const { address, serverName, tokenFile, trustDomain } = x;
   const client = new XdsClient({ address, rootsPem, serverName, tokenFile, node, trustDomain, types: WAYPOINT_TYPES, log });
@@ -345,10 +335,4 @@ export async function runWaypoint(s: WaypointSettings): Promise<{ port: number; 
   installLastResort({ log, role: 'waypoint' });
   log.info({ identity, listen: `${s.listen.host}:${port}`, routes: first.l7.routes.length }, 'waypoint ready');
   return { port, close: () => stop('close') };
-}
-
-function firstIpv4(): string | undefined {
-  return Object.values(os.networkInterfaces())
-    .flat()
-    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 }
