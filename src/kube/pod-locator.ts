@@ -99,14 +99,14 @@ export class PodLocator {
     const name = path.basename(podPath);
     const known = this.byName.get(name);
     if (known && fs.existsSync(known)) return known;
-    const hit = findDir(this.cgroupRoot, name, 6);
+    const hit = findDir(this.cgroupRoot, (n) => n === name, 6);
     if (hit) this.byName.set(name, hit);
     return hit;
   }
 }
 
-/** Breadth-first search for a directory called name, at most depth levels down. */
-function findDir(root: string, name: string, depth: number): string | undefined {
+/** Breadth-first search for the first directory whose name matches, at most depth levels down. */
+export function findDir(root: string, matches: (name: string) => boolean, depth: number): string | undefined {
   let level = [root];
   for (let d = 0; d < depth && level.length; d++) {
     const next: string[] = [];
@@ -120,7 +120,7 @@ function findDir(root: string, name: string, depth: number): string | undefined 
       for (const e of entries) {
         if (!e.isDirectory()) continue;
         const p = path.join(dir, e.name);
-        if (e.name === name) return p;
+        if (matches(e.name)) return p;
         next.push(p);
       }
     }

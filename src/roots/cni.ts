@@ -14,10 +14,10 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { PodCgroupLookup } from '../cni/pod-cgroup';
 import { type CniMembers, type CniReply, type CniRequest, membersFileOf } from '../cni/protocol';
 import { CniServer } from '../cni/server';
 import { AmbitError } from '../errors';
+import type { PodCgroupLookup } from '../kube/pod-cgroup';
 import type { Logger } from '../observability/log';
 import type { Workload } from '../state/types';
 import { capturedByNode, type Placement, type PodAgent } from './pod-agent';

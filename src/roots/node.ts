@@ -3,12 +3,13 @@
 // through --pods or Kubernetes), the CA (built-in, or the control plane's),
 // and the data plane (tunnel workers, one per core by default), and hands
 // them to the shared serving life in ./serve.ts.
-import { cgroupLookupUnder } from '../cni/pod-cgroup';
+
 import { cgroup2Root } from '../datapath/probe';
 import { AmbitError } from '../errors';
 import type { IstioCaClient } from '../identity/ca-client';
 import { KubeClient } from '../kube/client';
 import { KubeNodePods } from '../kube/node-pods';
+import { cgroupLookupUnder } from '../kube/pod-cgroup';
 import { PodLocator } from '../kube/pod-locator';
 import { createLogger, type Logger } from '../observability/log';
 import { type LocalPodSource, LocalPodsFile, NoLocalPods } from '../sources/local-pods';

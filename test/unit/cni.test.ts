@@ -11,9 +11,9 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { install, uninstall } from '../../src/cni/conflist';
 import { addressesOf, parseCniArgs } from '../../src/cni/plugin';
-import { cgroupLookupUnder } from '../../src/cni/pod-cgroup';
 import { type CniReply, type CniRequest, MAX_REQUEST_BYTES, membersFileOf, parseRequest } from '../../src/cni/protocol';
 import { CniServer } from '../../src/cni/server';
+import { cgroupLookupUnder } from '../../src/kube/pod-cgroup';
 import { Cleanup } from '../helpers/cleanup';
 
 const PLUGIN = path.resolve(__dirname, '../../../bin/ambit-cni');

@@ -7,8 +7,7 @@
 // So at ADD time the directory exists, with no process in it yet (the
 // sandbox's pause process joins it after the network is set up), and no
 // /proc walk could find it: it is looked up by name under the pods cgroup.
-import fs from 'node:fs';
-import path from 'node:path';
+import { findDir } from './pod-locator';
 
 /** Finds the cgroup directory of the pod with this Kubernetes uid; undefined when there is none. */
 export type PodCgroupLookup = (podUid: string) => string | undefined;
@@ -33,25 +32,6 @@ export function cgroupLookupUnder(root: string, depth = 6): PodCgroupLookup {
   return (uid) => {
     if (!UID.test(uid)) return undefined;
     const { exact, slice } = podCgroupNames(uid);
-    let level = [root];
-    for (let d = 0; d < depth && level.length; d++) {
-      const next: string[] = [];
-      for (const dir of level) {
-        let entries: fs.Dirent[];
-        try {
-          entries = fs.readdirSync(dir, { withFileTypes: true });
-        } catch {
-          continue;
-        }
-        for (const e of entries) {
-          if (!e.isDirectory()) continue;
-          const p = path.join(dir, e.name);
-          if (e.name === exact || slice.test(e.name)) return p;
-          next.push(p);
-        }
-      }
-      level = next;
-    }
-    return undefined;
+    return findDir(root, (name) => name === exact || slice.test(name), depth);
   };
 }
