@@ -22,7 +22,6 @@ import type {
   HeaderModifier,
   PathMatch,
   PathModifier,
-  RetryCondition,
   RetryPolicy,
   RouteFilter,
   RouteMatch,
@@ -35,6 +34,7 @@ import type {
   WaypointConfig,
   WeightedBackend,
 } from '../waypoint/types';
+import { DEFAULT_RETRY_ON } from '../waypoint/types';
 import { DESTINATION_RULE_VERSIONS, destinationRule, onePerService } from './destination-rule';
 import { bindings, GATEWAY_GROUP, gateway, type LabelSource, l7Policy } from './istio-waypoint';
 import { DNS, type Doc, HEADER_NAME, type Kinds, Known, type Obj, readObject } from './k8s-doc';
@@ -483,8 +483,6 @@ function timeouts(d: Doc, v: unknown, rel: string): RouteTimeouts {
   return { ...(requestMs === undefined ? {} : { requestMs }), ...(backendRequestMs === undefined ? {} : { backendRequestMs }) };
 }
 
-const DEFAULT_ON: readonly RetryCondition[] = ['connect-failure', 'refused-stream', 'unavailable', 'cancelled'];
-
 function retry(d: Doc, v: unknown, rel: string): RetryPolicy | undefined {
   const o = d.obj(v, rel, 'must be { attempts, codes, backoff }', ['attempts', 'codes', 'backoff']);
   if (!o) return undefined;
@@ -499,7 +497,7 @@ function retry(d: Doc, v: unknown, rel: string): RetryPolicy | undefined {
   const backoffBaseMs = base ?? 25;
   return {
     attempts,
-    on: codes.length > 0 ? [...DEFAULT_ON, 'retriable-status-codes'] : DEFAULT_ON,
+    on: codes.length > 0 ? [...DEFAULT_RETRY_ON, 'retriable-status-codes'] : DEFAULT_RETRY_ON,
     codes,
     backoffBaseMs,
     backoffMaxMs: backoffBaseMs * 10,

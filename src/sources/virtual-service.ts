@@ -26,6 +26,7 @@ import type {
   ValueMatch,
   WeightedBackend,
 } from '../waypoint/types';
+import { RETRY_CONDITIONS } from '../waypoint/types';
 import { istioDuration } from './destination-rule';
 import { type Doc, HEADER_NAME, type Known, type Obj } from './k8s-doc';
 
@@ -292,16 +293,7 @@ function retries(d: Doc, v: unknown, rel: string): { retry?: RetryPolicy; perTry
   const codes = new Set<number>();
   const raw = o.retryOn === undefined ? 'connect-failure,refused-stream,unavailable,cancelled,503' : o.retryOn;
   if (typeof raw !== 'string') d.problem(`${rel}.retryOn`, raw, 'must be a comma-separated list such as 5xx,connect-failure');
-  const known = [
-    '5xx',
-    'gateway-error',
-    'connect-failure',
-    'refused-stream',
-    'unavailable',
-    'cancelled',
-    'reset',
-    'retriable-status-codes',
-  ];
+  const known: readonly string[] = ['5xx', 'gateway-error', ...RETRY_CONDITIONS];
   for (const c of typeof raw === 'string' ? raw.split(',').map((s) => s.trim()) : []) {
     if (/^[45][0-9][0-9]$/.test(c)) codes.add(Number(c));
     else if (c === '5xx') {

@@ -29,7 +29,6 @@ import type {
   PathMatch,
   PathModifier,
   RateLimitPolicy,
-  RetryCondition,
   RetryPolicy,
   RouteFilter,
   RouteMatch,
@@ -41,7 +40,7 @@ import type {
   WaypointConfig,
   WeightedBackend,
 } from '../waypoint/types';
-import { waypointKey } from '../waypoint/types';
+import { RETRY_CONDITIONS, waypointKey } from '../waypoint/types';
 import { compileRouteRegex } from './route-regex';
 import { packResource, ResourceError, type XdsResource } from './xds-resources';
 
@@ -296,14 +295,6 @@ const backend: Check<WeightedBackend> = obj({
   subset: opt(subsetName),
 });
 
-const RETRY_CONDITIONS: readonly RetryCondition[] = [
-  'connect-failure',
-  'refused-stream',
-  'unavailable',
-  'cancelled',
-  'reset',
-  'retriable-status-codes',
-];
 const retryPolicy: Check<RetryPolicy> = obj({
   attempts: int(0, 100),
   on: arr(lit(...RETRY_CONDITIONS)),

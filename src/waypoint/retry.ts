@@ -4,7 +4,7 @@
 // source are injected (docs/waypoint.md, "Retries", for the figures).
 import type { Random } from './balance';
 import { RESPONSE_FLAGS, type ResponseFlag } from './flags';
-import type { RetryCondition, RetryPolicy } from './types';
+import { DEFAULT_RETRY_ON, type RetryCondition, type RetryPolicy } from './types';
 
 /** Monotonic milliseconds, as performance.now. */
 export type Clock = () => number;
@@ -17,7 +17,7 @@ export const BACKOFF_CAP_FACTOR = 10;
 /** Istio's default for every route without a retry policy of its own. */
 export const ISTIO_DEFAULT_RETRY: RetryPolicy = Object.freeze({
   attempts: 2,
-  on: Object.freeze<RetryCondition[]>(['connect-failure', 'refused-stream', 'unavailable', 'cancelled']),
+  on: DEFAULT_RETRY_ON,
   codes: Object.freeze<number[]>([]),
   backoffBaseMs: DEFAULT_BACKOFF_BASE_MS,
   backoffMaxMs: DEFAULT_BACKOFF_BASE_MS * BACKOFF_CAP_FACTOR,

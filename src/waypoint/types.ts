@@ -93,7 +93,17 @@ export interface RouteTimeouts {
 }
 
 /** Why an attempt failed, as Envoy's retry_on names the conditions. */
-export type RetryCondition = 'connect-failure' | 'refused-stream' | 'unavailable' | 'cancelled' | 'reset' | 'retriable-status-codes';
+export const RETRY_CONDITIONS = [
+  'connect-failure',
+  'refused-stream',
+  'unavailable',
+  'cancelled',
+  'reset',
+  'retriable-status-codes',
+] as const;
+export type RetryCondition = (typeof RETRY_CONDITIONS)[number];
+/** Istio's default retry_on (503 is not among them: an overloaded endpoint is not retried by default). */
+export const DEFAULT_RETRY_ON: readonly RetryCondition[] = Object.freeze(['connect-failure', 'refused-stream', 'unavailable', 'cancelled']);
 
 export interface RetryPolicy {
   /** Retries after the first attempt; 0 disables retrying. */
