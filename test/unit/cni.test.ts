@@ -15,6 +15,7 @@ import { type CniReply, type CniRequest, MAX_REQUEST_BYTES, membersFileOf, parse
 import { CniServer } from '../../src/cni/server';
 import { cgroupLookupUnder } from '../../src/kube/pod-cgroup';
 import { Cleanup } from '../helpers/cleanup';
+import { waitFor } from '../helpers/proc';
 
 const PLUGIN = path.resolve(__dirname, '../../../bin/ambit-cni');
 const UID = '5f0c2b1e-8a7d-4c3b-9e2f-1a2b3c4d5e6f';
@@ -169,10 +170,14 @@ describe('ambit-cni plugin against a scripted agent', () => {
   });
 
   test('beyond maxInFlight a request is answered busy at once', async () => {
-    answer = () => new Promise(() => undefined);
+    let held = 0;
+    answer = () => {
+      held++;
+      return new Promise(() => undefined);
+    };
     const stalled = [0, 1].map(() => net.connect(socket).on('error', () => undefined));
     for (const s of stalled) s.write(`${JSON.stringify({ command: 'CHECK', containerId: 'x', netns: '', addresses: [] })}\n`);
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor('both stalled requests in the agent', () => held === 2, 5000, 10);
     const r = await runPlugin(podEnv('ADD'), netconf(socket));
     for (const s of stalled) s.destroy();
     assert.equal(r.out?.code, 100);
